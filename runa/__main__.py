@@ -1,0 +1,5 @@
+import sys
+
+from runa.cli.main import main
+
+sys.exit(main())

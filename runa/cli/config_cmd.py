@@ -1,0 +1,45 @@
+"""``runa config show|check``: the effective configuration and where each value came from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from runa import config as config_mod
+from runa.cli.context import CliContext
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "config",
+        help="show or check the layered configuration",
+        description="Show the effective configuration with the layer that set each key, "
+        "or check every layer and report the first bad value with its file, key and value. "
+        "Layers, later wins: packaged defaults, /etc/runa/runa.toml, /etc/runa/conf.d/*.toml, "
+        "~/.config/runa/runa.toml, ~/.config/runa/conf.d/*.toml, RUNA_* variables, flags.",
+    )
+    sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="print every key, its value and its origin")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=show_config)
+    check = sub.add_parser("check", help="validate every layer; exit 78 on the first error")
+    check.set_defaults(func=check_config)
+
+
+def show_config(ctx: CliContext, args: argparse.Namespace) -> int:
+    cfg = ctx.config
+    rows = [{"key": key, "value": cfg[key], "origin": cfg.origin(key)} for key in sorted(cfg)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(row["key"]) for row in rows)
+        for row in rows:
+            print(f"{row['key']:<{width}}  {json.dumps(row['value'])}  # {row['origin']}")
+    return 0
+
+
+def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
+    files = config_mod.config_files(ctx.paths)
+    ctx.config  # noqa: B018 - loading validates every layer, raising ConfigError
+    print(f"configuration is valid ({len(files)} file(s) read)")
+    return 0

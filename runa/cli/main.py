@@ -1,0 +1,61 @@
+"""Entry point of the ``runa`` command.
+
+Exit status: 0 success; 1 a failure the message explains; 2 a bad command line
+(argparse); 64 a request that cannot be done as asked; 69 a needed service is
+not running; 70 an internal error; 78 a configuration error. Each subcommand's
+``--help`` says more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from runa import __version__
+from runa.cli import config_cmd, daemon_cmd, stack_cmd
+from runa.cli.context import CliContext
+from runa.errors import RunaError
+
+COMMAND_MODULES = (stack_cmd, config_cmd, daemon_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runa",
+        description="Runa: a local, offline LLM runtime of small cooperating processes.",
+        epilog="Run 'runa COMMAND --help' for the options of one command. "
+        "Docs: docs/ in the source tree, man runa(1) when installed.",
+    )
+    parser.add_argument("--version", action="version", version=f"runa {__version__}")
+    parser.add_argument(
+        "--stack",
+        metavar="NAME",
+        help="the stack to talk to: u<uid> (your own, the default) or 'shared' "
+        "(also RUNA_STACK)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ctx = CliContext.from_environ(stack=args.stack)
+    try:
+        return int(args.func(ctx, args) or 0)
+    except RunaError as error:
+        print(f"runa: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `runa status | head`: stop quietly, as other tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout is gone for good
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""``runa up | down | status``: run the stack without systemd, under Runa's own supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from runa import log
+from runa.cli.context import CliContext
+from runa.errors import RunaError
+from runa.supervisor import state as state_file
+from runa.supervisor.core import ComponentSpec, Supervisor, daemon_argv
+
+# The components `runa up` runs, in start order. Later issues add the keeper and splinfer.
+STACK = ("demo",)
+
+EX_UNAVAILABLE = 69
+
+
+class StackError(RunaError):
+    exit_code = EX_UNAVAILABLE
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    up = commands.add_parser(
+        "up",
+        help="start the stack under Runa's own supervisor (no systemd needed)",
+        description="Start every component under Runa's own supervisor and wait until each "
+        "has reported READY. In the foreground Ctrl-C stops the stack; with --detach the "
+        "supervisor keeps running in the background and 'runa down' stops it. With a systemd "
+        "user manager, prefer 'systemctl --user start runa.target'.",
+    )
+    up.add_argument("--detach", "-d", action="store_true",
+                    help="return once the stack is ready, leaving it running")
+    up.set_defaults(func=cmd_up)
+    down = commands.add_parser("down", help="stop a stack started with 'runa up'",
+                               description="Stop the supervisor and every component it runs.")
+    down.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+                      help="how long to wait for a clean stop (default: %(default)s)")
+    down.set_defaults(func=cmd_down)
+    status = commands.add_parser(
+        "status", help="show the components of a stack started with 'runa up'",
+        description="Show each component's state, pid and last status. Exit status 0 when "
+        "every component is running, 3 when the stack is not running or degraded.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+
+def _specs(ctx: CliContext) -> list[ComponentSpec]:
+    cfg = ctx.config
+    return [
+        ComponentSpec(
+            name=name,
+            argv=daemon_argv(name),
+            watchdog_s=float(cfg[f"components.{name}.watchdog_sec"]),
+            start_timeout_s=cfg["service.start_timeout_s"],
+        )
+        for name in STACK
+    ]
+
+
+def _running_supervisor(ctx: CliContext) -> int | None:
+    current = state_file.read(ctx.paths.runtime / "supervisor.json")
+    pid = current.get("supervisor_pid") if current else None
+    return pid if pid and state_file.pid_alive(pid) else None
+
+
+def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
+    pid = _running_supervisor(ctx)
+    if pid:
+        print(f"runa: the stack {ctx.stack} is already running (supervisor pid {pid})")
+        return 0
+    if args.detach:
+        return _up_detached(ctx)
+    cfg = ctx.config
+    logger = log.setup("supervisor", cfg["log.level"], cfg["log.target"])
+    supervisor = Supervisor(_specs(ctx), ctx.paths.runtime, logger, ctx.env)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    supervisor.start_all()
+    timeout = cfg["service.start_timeout_s"] + 5
+    if not supervisor.wait_ready(timeout):
+        supervisor.stop_all()
+        failed = [c.describe() for c in supervisor.children if c.state != "running"]
+        raise StackError(f"the stack did not become ready: {failed}")
+    print(f"runa: stack {ctx.stack} is up ({', '.join(STACK)}); Ctrl-C stops it", flush=True)
+    return supervisor.run()
+
+
+def _up_detached(ctx: CliContext) -> int:
+    runtime = ctx.paths.runtime
+    runtime.mkdir(parents=True, exist_ok=True)
+    log_path = runtime / "supervisor.log"
+    argv = [sys.executable, "-m", "runa", "--stack", ctx.stack, "up"]
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=dict(ctx.env))
+    deadline = time.monotonic() + ctx.config["service.start_timeout_s"] + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"the supervisor exited with status {process.returncode}; "
+                             f"see {log_path}")
+        current = state_file.read(runtime / "supervisor.json")
+        comps = current.get("components", []) if current else []
+        if current and current.get("supervisor_pid") == process.pid and comps and all(
+                c["state"] == "running" for c in comps):
+            print(f"runa: stack {ctx.stack} is up (supervisor pid {process.pid})")
+            return 0
+        time.sleep(0.05)
+    process.terminate()
+    raise StackError(f"the stack did not become ready in time; see {log_path}")
+
+
+def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
+    pid = _running_supervisor(ctx)
+    if pid is None:
+        print(f"runa: the stack {ctx.stack} is not running")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not state_file.pid_alive(pid):
+            print(f"runa: stack {ctx.stack} stopped")
+            return 0
+        time.sleep(0.05)
+    raise StackError(f"the supervisor (pid {pid}) did not stop within {args.timeout:g} s")
+
+
+def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
+    pid = _running_supervisor(ctx)
+    current = state_file.read(ctx.paths.runtime / "supervisor.json") or {}
+    comps = current.get("components", []) if pid else []
+    healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
+    if args.json:
+        print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
+                          "components": comps}, indent=2))
+    elif not pid:
+        print(f"stack {ctx.stack}: not running")
+    else:
+        print(f"stack {ctx.stack}: supervisor pid {pid}, {'healthy' if healthy else 'degraded'}")
+        for c in comps:
+            print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} {c['status']}"
+                  + (f" ({c['reason']})" if c["reason"] else ""))
+    return 0 if healthy else 3

@@ -1,0 +1,319 @@
+"""Layered TOML configuration (DESIGN §4).
+
+Layers, later wins::
+
+    packaged defaults (the schema below)
+    /etc/runa/runa.toml, then /etc/runa/conf.d/*.toml in name order
+    ~/.config/runa/runa.toml, then ~/.config/runa/conf.d/*.toml   (personal stack only)
+    RUNA_* environment variables
+    command-line flags
+
+Every value is checked against the schema when its layer is read, so a bad value
+is reported with the file (or variable), the dotted key and the value itself, and
+nothing from a broken configuration is ever half-applied.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runa.errors import ConfigError
+from runa.paths import Paths
+
+Check = Callable[[Any], str | None]
+"""A value check: returns a problem description, or None when the value is fine."""
+
+
+def in_range(low: float | None = None, high: float | None = None) -> Check:
+    def check(value: Any) -> str | None:
+        if low is not None and value < low:
+            return f"must be at least {low}"
+        if high is not None and value > high:
+            return f"must be at most {high}"
+        return None
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+_SIZE = re.compile(r"^(\d+)([KMGT]?)$")
+_PERCENT = re.compile(r"^(\d+)%$")
+
+
+def parse_size(text: str) -> int:
+    """Parse a systemd-style byte size ("512M", "2G", "1048576") into bytes."""
+    match = _SIZE.match(text.strip().upper())
+    if not match:
+        raise ValueError(f"not a size: {text!r}")
+    number, unit = match.groups()
+    return int(number) * 1024 ** " KMGT".index(unit or " ")
+
+
+def size_check(value: Any) -> str | None:
+    try:
+        parse_size(value)
+    except ValueError:
+        return 'must be a size such as "512M" or "2G"'
+    return None
+
+
+def percent_check(value: Any) -> str | None:
+    match = _PERCENT.match(value)
+    if not match or int(match.group(1)) == 0:
+        return 'must be a percentage of one CPU such as "50%" or "150%"'
+    return None
+
+
+def octal_mode_check(value: Any) -> str | None:
+    if not re.fullmatch(r"0?[0-7]{3}", value):
+        return 'must be an octal file mode such as "0600"'
+    return None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its type, packaged default and check."""
+
+    key: str
+    type: type
+    default: Any
+    doc: str
+    check: Check | None = None
+
+    def validate(self, value: Any, source: str, key: str) -> Any:
+        """Coerce and check ``value``, raising ConfigError naming source, key and value."""
+        expected = self.type
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(source, key, value, f"must be {_type_name(expected)}")
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise ConfigError(source, key, value, problem)
+        return value
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        kind, kind.__name__
+    )
+
+
+# Component names that may carry a [components.<name>] table.
+COMPONENTS = ("splinter", "splinfer", "tieto", "gilgul", "demo")
+
+SCHEMA: tuple[Setting, ...] = (
+    Setting("bus.dir", str, "/dev/shm", "Directory holding the bus segments."),
+    Setting("bus.mode", str, "0600", "File mode of the bus segments.", octal_mode_check),
+    Setting("bus.group", str, "", "Group owning the bus segments (empty: the user's)."),
+    Setting("bus.slots", int, 4096, "KV slots in the main bus.", in_range(16, 1 << 22)),
+    Setting("bus.max_value_bytes", int, 4096, "Largest KV value.", in_range(64, 1 << 20)),
+    Setting("bus.channels", int, 64, "Channels in the main bus.", in_range(4, 4096)),
+    Setting(
+        "bus.channel_bytes", int, 262144, "Ring size of each channel.", in_range(4096, 1 << 26)
+    ),
+    Setting(
+        "bus.envelope_max_bytes", int, 65536, "Largest envelope.", in_range(512, 1 << 24)
+    ),
+    Setting("log.level", str, "info", "Lowest level logged.",
+            one_of("debug", "info", "warning", "error")),
+    Setting("log.target", str, "auto", "Where logs go: journald if present, else stderr.",
+            one_of("auto", "journal", "stderr")),
+    Setting("service.heartbeat_interval_s", float, 1.0,
+            "Seconds between a daemon's health writes.", in_range(0.05, 60)),
+    Setting("service.watchdog_sec", int, 10, "Default WatchdogSec= of the units.",
+            in_range(1, 3600)),
+    Setting("service.start_timeout_s", float, 30.0,
+            "How long a component may take to become ready.", in_range(1, 3600)),
+    Setting("demo.startup_delay_s", float, 0.0,
+            "Seconds the demo daemon pretends to load before READY.", in_range(0, 600)),
+    Setting("demo.tick_s", float, 1.0, "Seconds between the demo daemon's ticks.",
+            in_range(0.01, 3600)),
+    *(
+        setting
+        for name in COMPONENTS
+        for setting in (
+            Setting(f"components.{name}.cpu_quota", str, "100%",
+                    f"CPUQuota= of runa-{name}.service.", percent_check),
+            Setting(f"components.{name}.memory_max", str, "512M",
+                    f"MemoryMax= of runa-{name}.service.", size_check),
+            Setting(f"components.{name}.watchdog_sec", int, 10,
+                    f"WatchdogSec= of runa-{name}.service.", in_range(1, 3600)),
+        )
+    ),
+)
+
+_BY_KEY = {setting.key: setting for setting in SCHEMA}
+
+
+def _env_name(key: str) -> str:
+    return "RUNA_" + key.replace(".", "_").upper()
+
+
+_BY_ENV = {_env_name(key): key for key in _BY_KEY}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """The values one source contributed, already validated."""
+
+    source: str
+    values: Mapping[str, Any]
+
+
+class Config(Mapping[str, Any]):
+    """The effective configuration: every schema key with the value of the last layer."""
+
+    def __init__(self, layers: Iterable[Layer]) -> None:
+        self.layers = (Layer("packaged defaults", {s.key: s.default for s in SCHEMA}),
+                       *layers)
+        self._values: dict[str, Any] = {}
+        self._origin: dict[str, str] = {}
+        for layer in self.layers:
+            for key, value in layer.values.items():
+                self._values[key] = value
+                self._origin[key] = layer.source
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise KeyError(f"no configuration key {key!r}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def origin(self, key: str) -> str:
+        """The layer that set ``key`` (a file path, an environment variable, or a flag)."""
+        return self._origin[key]
+
+    def component(self, name: str) -> dict[str, Any]:
+        """The ``[components.<name>]`` table as a plain dict."""
+        prefix = f"components.{name}."
+        return {k[len(prefix):]: v for k, v in self._values.items() if k.startswith(prefix)}
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, value in table.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            yield from _flatten(value, key + ".")
+        else:
+            yield key, value
+
+
+def _unknown(source: str, key: str, value: Any) -> ConfigError:
+    close = difflib.get_close_matches(key, _BY_KEY, n=1)
+    hint = f"unknown key (did you mean {close[0]}?)" if close else "unknown key"
+    return ConfigError(source, key, value, hint)
+
+
+def read_toml(path: Path) -> Layer:
+    """Read and validate one TOML file."""
+    source = str(path)
+    try:
+        with path.open("rb") as handle:
+            table = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(source, "(file)", "", f"not valid TOML: {error}") from error
+    except OSError as error:
+        raise ConfigError(source, "(file)", "", f"cannot be read: {error.strerror}") from error
+    values = {}
+    for key, value in _flatten(table):
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise _unknown(source, key, value)
+        values[key] = setting.validate(value, source, key)
+    return Layer(source, values)
+
+
+def _parse_env(setting: Setting, text: str, source: str) -> Any:
+    if setting.type is str:
+        return text
+    if setting.type is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(source, setting.key, text, "must be true or false")
+    try:
+        return setting.type(text)
+    except ValueError:
+        raise ConfigError(source, setting.key, text, f"must be {_type_name(setting.type)}") \
+            from None
+
+
+def read_env(env: Mapping[str, str]) -> Layer:
+    """The ``RUNA_*`` variables that name a configuration key."""
+    values = {}
+    for name in sorted(env):
+        key = _BY_ENV.get(name)
+        if key is None:
+            continue
+        setting = _BY_KEY[key]
+        values[key] = setting.validate(_parse_env(setting, env[name], name), name, key)
+    return Layer("environment", values)
+
+
+def read_overrides(overrides: Mapping[str, Any], source: str = "command line") -> Layer:
+    """Values given as flags, as ``{dotted key: value}``."""
+    values = {}
+    for key, value in overrides.items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise _unknown(source, key, value)
+        if isinstance(value, str) and setting.type is not str:
+            value = _parse_env(setting, value, source)
+        values[key] = setting.validate(value, source, key)
+    return Layer(source, values)
+
+
+def config_files(paths: Paths) -> list[Path]:
+    """The TOML files of every file layer that exists, in the order they apply."""
+    dirs = [paths.sysconfdir]
+    if paths.user_config is not None:
+        dirs.append(paths.user_config)
+    files: list[Path] = []
+    for base in dirs:
+        main = base / "runa.toml"
+        if main.is_file():
+            files.append(main)
+        dropins = base / "conf.d"
+        if dropins.is_dir():
+            files.extend(sorted(p for p in dropins.glob("*.toml") if p.is_file()))
+    return files
+
+
+def load(
+    paths: Paths,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read every layer for ``paths`` and return the effective configuration."""
+    layers = [read_toml(path) for path in config_files(paths)]
+    layers.append(read_env(env))
+    if overrides:
+        layers.append(read_overrides(overrides))
+    return Config(layers)
+
+
+def setting(key: str) -> Setting:
+    """The schema entry of ``key``."""
+    return _BY_KEY[key]

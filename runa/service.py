@@ -1,0 +1,216 @@
+"""The service base every Runa daemon runs on.
+
+It speaks the sd_notify protocol (to systemd, or to gilgul's own supervisor, which
+provides ``NOTIFY_SOCKET`` the same way): ``READY=1`` only once the daemon can
+serve, ``STATUS=`` as it goes, ``EXTEND_TIMEOUT_USEC=`` during a long start-up,
+``WATCHDOG=1`` from the real work loop, ``STOPPING=1`` on a clean SIGTERM.
+
+A daemon is a plain object with ``start``/``step``/``stop``; the runner owns the
+loop. Every ``step`` is bounded by half the watchdog interval, so a hung loop misses
+pings and a busy one does not. The bus heartbeat (``<component>:health``) plugs in
+as a hook called from the same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from runa import log
+from runa.errors import RunaError
+
+
+class Notifier(Protocol):
+    """Sends one sd_notify datagram; the seam tests replace."""
+
+    def notify(self, state: str) -> None: ...
+
+
+class SdNotifier:
+    """sd_notify through systemd-python; a no-op where ``NOTIFY_SOCKET`` is unset."""
+
+    def notify(self, state: str) -> None:
+        from systemd import daemon
+
+        daemon.notify(state)
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+@dataclass(frozen=True)
+class Health:
+    """What a daemon's heartbeat reports (DESIGN §2: ``<component>:health``)."""
+
+    component: str
+    pid: int
+    incarnation: int
+    ts_mono_ns: int
+    status: str
+
+
+HeartbeatHook = Callable[[Health], None]
+
+
+def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
+    """The watchdog interval in seconds systemd asked this process for, if any.
+
+    Mirrors sd_watchdog_enabled(3): ``WATCHDOG_USEC`` applies only when
+    ``WATCHDOG_PID`` is unset or names this process.
+    """
+    usec = env.get("WATCHDOG_USEC")
+    if not usec:
+        return None
+    owner = env.get("WATCHDOG_PID")
+    if owner and owner.strip() != str(pid):
+        return None
+    try:
+        value = int(usec)
+    except ValueError:
+        return None
+    return value / 1e6 if value > 0 else None
+
+
+class Daemon(Protocol):
+    """What the runner drives. ``step`` must return within ``timeout`` seconds."""
+
+    name: str
+
+    def start(self, ctx: ServiceContext) -> None: ...
+
+    def step(self, timeout: float) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class ServiceContext:
+    """What a daemon may tell the service manager while it runs."""
+
+    notifier: Notifier
+    clock: Clock
+    logger: logging.Logger
+    watchdog_s: float | None
+    stopping: threading.Event = field(default_factory=threading.Event)
+    status_text: str = "starting"
+    _last_ping: float = 0.0
+
+    def status(self, text: str) -> None:
+        """Publish a one-line status (``systemctl status`` shows it)."""
+        self.status_text = text
+        self.notifier.notify(f"STATUS={text}")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """Ask for ``seconds`` more start-up (or stop) time, e.g. while a model loads."""
+        self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
+
+    def keepalive(self) -> None:
+        """Ping the watchdog if half its interval has passed; cheap enough to call per token."""
+        if self.watchdog_s is None:
+            return
+        now = self.clock.monotonic()
+        if now - self._last_ping >= self.watchdog_s / 2:
+            self._last_ping = now
+            self.notifier.notify("WATCHDOG=1")
+
+    @property
+    def wait_bound(self) -> float:
+        """The longest a daemon may block before returning to the loop."""
+        return self.watchdog_s / 2 if self.watchdog_s else 1.0
+
+
+class ServiceRunner:
+    """Runs one daemon: start, READY, the bounded work loop, and a clean stop."""
+
+    def __init__(
+        self,
+        daemon: Daemon,
+        logger: logging.Logger,
+        *,
+        notifier: Notifier | None = None,
+        clock: Clock | None = None,
+        env: Mapping[str, str] | None = None,
+        heartbeat: HeartbeatHook | None = None,
+        heartbeat_interval: float = 1.0,
+    ) -> None:
+        env = os.environ if env is None else env
+        self.daemon = daemon
+        self.logger = logger
+        self.heartbeat = heartbeat
+        self.heartbeat_interval = heartbeat_interval
+        self.incarnation = int(env.get("RUNA_INCARNATION", "0") or 0)
+        self.ctx = ServiceContext(
+            notifier=notifier or SdNotifier(),
+            clock=clock or SystemClock(),
+            logger=logger,
+            watchdog_s=watchdog_interval(env, os.getpid()),
+        )
+
+    def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
+        """Ask the loop to finish its current step and stop (the SIGTERM handler)."""
+        if signum is not None and not self.ctx.stopping.is_set():
+            self.logger.info("received %s, stopping", signal.Signals(signum).name)
+        self.ctx.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Run until stopped; the return value is the process exit status."""
+        ctx = self.ctx
+        name = self.daemon.name
+        log.event(self.logger, "starting", f"{name} starting", incarnation=self.incarnation)
+        try:
+            self.daemon.start(ctx)
+        except RunaError as error:
+            ctx.status(f"failed: {error}")
+            log.event(self.logger, "start_failed", f"{name} could not start: {error}",
+                      level=logging.ERROR)
+            return error.exit_code
+        if ctx.stopping.is_set():
+            self.daemon.stop()
+            return 0
+        ctx.notifier.notify("READY=1")
+        ctx.status("ready" if ctx.status_text == "starting" else ctx.status_text)
+        log.event(self.logger, "ready", f"{name} ready", incarnation=self.incarnation)
+        try:
+            self._loop()
+        except Exception as error:  # a crash must reach the journal before the process dies
+            self.logger.exception("%s crashed: %s", name, error,
+                                  extra={"RUNA_EVENT": "crashed"})
+            return 70  # EX_SOFTWARE
+        ctx.notifier.notify("STOPPING=1")
+        ctx.status("stopping")
+        self.daemon.stop()
+        log.event(self.logger, "stopped", f"{name} stopped cleanly",
+                  incarnation=self.incarnation)
+        return 0
+
+    def _loop(self) -> None:
+        ctx = self.ctx
+        clock = ctx.clock
+        next_beat = clock.monotonic()
+        while not ctx.stopping.is_set():
+            now = clock.monotonic()
+            if self.heartbeat is not None and now >= next_beat:
+                self.heartbeat(Health(self.daemon.name, os.getpid(), self.incarnation,
+                                      time.monotonic_ns(), ctx.status_text))
+                next_beat = now + self.heartbeat_interval
+            ctx.keepalive()
+            bound = ctx.wait_bound
+            if self.heartbeat is not None:
+                bound = min(bound, max(0.0, next_beat - now))
+            self.daemon.step(bound)

@@ -1,0 +1,1 @@
+"""Test support that ships with Runa: the systemd harness and a tiny synthetic model."""

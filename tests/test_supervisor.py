@@ -1,0 +1,60 @@
+"""``runa up | status | down`` under Runa's own supervisor (no systemd involved)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from support import runa, wait_for
+
+from runa.supervisor import state as state_file
+
+
+def status(env: dict[str, str]) -> dict:
+    result = runa("status", "--json", env=env)
+    return json.loads(result.stdout) | {"rc": result.returncode}
+
+
+def test_up_detach_status_down(runa_env: dict[str, str]) -> None:
+    env = {**runa_env, "RUNA_DEMO_STARTUP_DELAY_S": "0.5"}
+    assert status(env)["rc"] == 3
+
+    up = runa("up", "--detach", env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        current = status(env)
+        assert current["rc"] == 0 and current["healthy"]
+        [demo] = current["components"]
+        assert demo["name"] == "demo" and demo["state"] == "running"
+        assert state_file.pid_alive(demo["pid"])
+        assert runa("up", "--detach", env=env).stdout.startswith("runa: the stack")
+    finally:
+        down = runa("down", env=env)
+    assert down.returncode == 0, down.stderr
+    assert not state_file.pid_alive(demo["pid"])
+    assert status(env)["rc"] == 3
+
+
+def test_supervisor_kills_a_frozen_component_for_its_watchdog(runa_env: dict[str, str]) -> None:
+    env = {**runa_env, "RUNA_COMPONENTS_DEMO_WATCHDOG_SEC": "1"}
+    assert runa("up", "--detach", env=env).returncode == 0
+    try:
+        pid = status(env)["components"][0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        demo = wait_for(lambda: next((c for c in status(env)["components"]
+                                      if c["state"] == "failed"), None), 10,
+                        "the supervisor to kill the frozen component")
+        assert demo["reason"] == "watchdog"
+        assert not state_file.pid_alive(pid)
+    finally:
+        runa("down", env=env)
+
+
+def test_a_killed_supervisor_leaves_no_orphans(runa_env: dict[str, str]) -> None:
+    assert runa("up", "--detach", env=runa_env).returncode == 0
+    state = json.loads((Path(runa_env["XDG_RUNTIME_DIR"]) / "runa/supervisor.json").read_text())
+    child = state["components"][0]["pid"]
+    os.kill(state["supervisor_pid"], signal.SIGKILL)
+    wait_for(lambda: not state_file.pid_alive(child), 10, "the orphaned component to exit")
