@@ -35,8 +35,11 @@ def systemctl(user_manager: UserManager) -> Callable[..., subprocess.CompletedPr
 
 
 @pytest.fixture
-def runa_env(tmp_path: Path) -> dict[str, str]:
-    """Environment for a ``runa`` subprocess with every layer and directory under tmp_path."""
+def runa_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment for a ``runa`` subprocess with every layer and directory under tmp_path.
+
+    The stack name is unique to the test; its bus segments in /dev/shm are removed after it.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     env.update(
         RUNA_SYSCONFDIR=str(tmp_path / "etc"),
@@ -48,4 +51,6 @@ def runa_env(tmp_path: Path) -> dict[str, str]:
         RUNA_STACK=f"t{os.getpid()}x{tmp_path.name[-8:]}",
     )
     (tmp_path / "run").mkdir(mode=0o700)
-    return env
+    yield env
+    for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
+        segment.unlink()

@@ -49,7 +49,7 @@ def test_later_layers_override_earlier_ones(paths: Paths, runa_env: dict[str, st
 def test_shared_stack_ignores_the_personal_layer(runa_env: dict[str, str]) -> None:
     paths = Paths.for_stack("shared", runa_env)
     write(Path(runa_env["XDG_CONFIG_HOME"]) / "runa/runa.toml", "[bus]\nslots = 400\n")
-    assert config.load(paths, {})["bus.slots"] == 4096
+    assert config.load(paths, {})["bus.slots"] == config.setting("bus.slots").default
 
 
 @pytest.mark.parametrize(
@@ -109,17 +109,17 @@ def test_cli_show_json_reports_each_origin(runa_env: dict[str, str], tmp_path: P
     assert rows["demo.tick_s"]["value"] == 0.5 and rows["demo.tick_s"]["origin"] == "environment"
 
 
-def test_the_shipped_admin_file_lists_valid_keys_with_their_defaults(tmp_path: Path) -> None:
-    """etc/runa/runa.toml, uncommented, must load and equal the packaged defaults."""
+def test_the_shipped_admin_file_is_the_generated_template(tmp_path: Path) -> None:
+    """etc/runa/runa.toml equals `runa config template`, and uncommented it loads as defaults."""
     import re
 
     shipped = Path(__file__).resolve().parents[1] / "etc/runa/runa.toml"
+    assert shipped.read_text() == config.admin_template(), "run: runa config template"
     lines = [
         line[2:] for line in shipped.read_text().splitlines()
         if re.match(r"# (\[[a-z_.]+\]|[a-z_]+ = )", line)
     ]
-    uncommented = write(tmp_path / "runa.toml", "\n".join(lines))
-    layer = config.read_toml(uncommented)
+    layer = config.read_toml(write(tmp_path / "runa.toml", "\n".join(lines)))
     assert len(layer.values) > 10
     for key, value in layer.values.items():
         assert value == config.setting(key).default, key

@@ -26,8 +26,9 @@ def test_up_detach_status_down(runa_env: dict[str, str]) -> None:
     try:
         current = status(env)
         assert current["rc"] == 0 and current["healthy"]
-        [demo] = current["components"]
-        assert demo["name"] == "demo" and demo["state"] == "running"
+        assert [c["name"] for c in current["components"]] == ["splinter", "demo"]
+        assert all(c["state"] == "running" for c in current["components"])
+        demo = current["components"][1]
         assert state_file.pid_alive(demo["pid"])
         assert runa("up", "--detach", env=env).stdout.startswith("runa: the stack")
     finally:
@@ -41,12 +42,12 @@ def test_supervisor_kills_a_frozen_component_for_its_watchdog(runa_env: dict[str
     env = {**runa_env, "RUNA_COMPONENTS_DEMO_WATCHDOG_SEC": "1"}
     assert runa("up", "--detach", env=env).returncode == 0
     try:
-        pid = status(env)["components"][0]["pid"]
+        pid = status(env)["components"][1]["pid"]
         os.kill(pid, signal.SIGSTOP)
         demo = wait_for(lambda: next((c for c in status(env)["components"]
                                       if c["state"] == "failed"), None), 10,
                         "the supervisor to kill the frozen component")
-        assert demo["reason"] == "watchdog"
+        assert demo["name"] == "demo" and demo["reason"] == "watchdog"
         assert not state_file.pid_alive(pid)
     finally:
         runa("down", env=env)
@@ -55,6 +56,7 @@ def test_supervisor_kills_a_frozen_component_for_its_watchdog(runa_env: dict[str
 def test_a_killed_supervisor_leaves_no_orphans(runa_env: dict[str, str]) -> None:
     assert runa("up", "--detach", env=runa_env).returncode == 0
     state = json.loads((Path(runa_env["XDG_RUNTIME_DIR"]) / "runa/supervisor.json").read_text())
-    child = state["components"][0]["pid"]
+    children = [c["pid"] for c in state["components"]]
     os.kill(state["supervisor_pid"], signal.SIGKILL)
-    wait_for(lambda: not state_file.pid_alive(child), 10, "the orphaned component to exit")
+    wait_for(lambda: not any(state_file.pid_alive(pid) for pid in children), 10,
+             "the orphaned components to exit")

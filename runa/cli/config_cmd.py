@@ -24,6 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     show.set_defaults(func=show_config)
     check = sub.add_parser("check", help="validate every layer; exit 78 on the first error")
     check.set_defaults(func=check_config)
+    template = sub.add_parser("template", help="print /etc/runa/runa.toml with every key "
+                              "commented out at its packaged default")
+    template.set_defaults(func=lambda ctx, args: print(config_mod.admin_template(), end="") or 0)
 
 
 def show_config(ctx: CliContext, args: argparse.Namespace) -> int:

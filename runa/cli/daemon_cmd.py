@@ -9,12 +9,14 @@ import argparse
 import importlib
 
 from runa import log
+from runa.bus import HealthWriter
 from runa.cli.context import CliContext
 from runa.service import ServiceRunner
 
-# name -> "module:factory"; a factory takes (config, logger) and returns a Daemon.
+# name -> "module:factory"; a factory takes (config, logger, stack) and returns a Daemon.
 DAEMONS = {
     "demo": "runa.demo.daemon:create",
+    "splinter": "runa.keeper.daemon:create",
 }
 
 
@@ -35,7 +37,12 @@ def run_daemon(ctx: CliContext, args: argparse.Namespace) -> int:
     logger = log.setup(args.name, cfg["log.level"], cfg["log.target"])
     module_name, factory_name = DAEMONS[args.name].split(":")
     factory = getattr(importlib.import_module(module_name), factory_name)
-    daemon = factory(cfg, logger)
-    runner = ServiceRunner(daemon, logger, heartbeat_interval=cfg["service.heartbeat_interval_s"])
+    daemon = factory(cfg, logger, ctx.stack)
+    interval = cfg["service.heartbeat_interval_s"]
+    heartbeat = HealthWriter(cfg, ctx.stack, logger, interval)
+    runner = ServiceRunner(daemon, logger, heartbeat=heartbeat, heartbeat_interval=interval)
     runner.install_signal_handlers()
-    return runner.run()
+    try:
+        return runner.run()
+    finally:
+        heartbeat.close()

@@ -16,8 +16,8 @@ from runa.errors import RunaError
 from runa.supervisor import state as state_file
 from runa.supervisor.core import ComponentSpec, Supervisor, daemon_argv
 
-# The components `runa up` runs, in start order. Later issues add the keeper and splinfer.
-STACK = ("demo",)
+# The components `runa up` runs, in start order: the bus keeper first.
+STACK = ("splinter", "demo")
 
 EX_UNAVAILABLE = 69
 
@@ -82,9 +82,7 @@ def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
     supervisor = Supervisor(_specs(ctx), ctx.paths.runtime, logger, ctx.env)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
-    supervisor.start_all()
-    timeout = cfg["service.start_timeout_s"] + 5
-    if not supervisor.wait_ready(timeout):
+    if not supervisor.start_all(cfg["service.start_timeout_s"] + 5):
         supervisor.stop_all()
         failed = [c.describe() for c in supervisor.children if c.state != "running"]
         raise StackError(f"the stack did not become ready: {failed}")
@@ -101,7 +99,7 @@ def _up_detached(ctx: CliContext) -> int:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env=dict(ctx.env))
-    deadline = time.monotonic() + ctx.config["service.start_timeout_s"] + 10
+    deadline = time.monotonic() + len(STACK) * (ctx.config["service.start_timeout_s"] + 5) + 5
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise StackError(f"the supervisor exited with status {process.returncode}; "

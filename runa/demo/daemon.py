@@ -50,5 +50,5 @@ class DemoDaemon:
         self.logger.info("demo stopping after %d ticks", self.ticks)
 
 
-def create(config: Config, logger: logging.Logger) -> DemoDaemon:
+def create(config: Config, logger: logging.Logger, stack: str) -> DemoDaemon:
     return DemoDaemon(logger, config["demo.startup_delay_s"], config["demo.tick_s"])

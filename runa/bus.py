@@ -1,0 +1,120 @@
+"""Reaching the stack's buses from configuration: geometry, paths, heartbeats.
+
+Every component and command opens its buses through here, so the segment geometry
+and location come from one place (the ``[bus]`` configuration table).
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+
+from runa.config import Config
+from runa.errors import RunaError
+from runa.service import Health
+from runa.splinter import BUSES, Bus, Geometry, ensure_segment, segment_path
+from runa.splinter.errors import SegmentNotFound, SplinterError
+
+EX_UNAVAILABLE = 69
+
+
+class BusNotRunning(RunaError):
+    """The stack's bus does not exist: nobody has started the keeper."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+# coven and alethia carry few, small records; their pages are reserved up front like the
+# main bus's, so they get a small fixed geometry instead of the main bus's.
+SMALL_BUS = Geometry(slots=256, max_key=128, max_value=2048, channels=8,
+                     channel_capacity=65536, subscribers=4, stats_entries=16,
+                     max_envelope=16384)
+
+
+def geometry(config: Config, name: str = "main") -> Geometry:
+    """The segment geometry of bus ``name``: the ``[bus]`` table for main, small otherwise."""
+    if name != "main":
+        return SMALL_BUS
+    return Geometry(
+        slots=config["bus.slots"],
+        max_key=config["bus.max_key_bytes"],
+        max_value=config["bus.max_value_bytes"],
+        channels=config["bus.channels"],
+        channel_capacity=config["bus.channel_bytes"],
+        max_envelope=config["bus.envelope_max_bytes"],
+    )
+
+
+def path(config: Config, stack: str, name: str = "main") -> str:
+    return segment_path(stack, name, config["bus.dir"])
+
+
+def mode_and_gid(config: Config) -> tuple[int, int | None]:
+    """The segment file mode and group from ``bus.mode`` / ``bus.group``."""
+    group = config["bus.group"]
+    try:
+        gid = grp.getgrnam(group).gr_gid if group else None
+    except KeyError:
+        raise RunaError(f"bus.group = {group!r}: no such group") from None
+    return int(config["bus.mode"], 8), gid
+
+
+def ensure_buses(config: Config, stack: str) -> list[tuple[str, bool]]:
+    """Create every bus of ``stack`` that does not exist; [(path, created)].
+
+    An existing segment is validated and left untouched, contents included.
+    """
+    mode, gid = mode_and_gid(config)
+    return [(where, ensure_segment(where, geometry(config, name), mode=mode, gid=gid))
+            for name in BUSES for where in (path(config, stack, name),)]
+
+
+def connect(config: Config, stack: str, name: str = "main") -> Bus:
+    """Open the stack's bus ``name``; BusNotRunning with what to do when it does not exist."""
+    where = path(config, stack, name)
+    try:
+        return Bus.open(where)
+    except SegmentNotFound:
+        raise BusNotRunning(
+            f"the {name} bus of stack {stack} does not exist ({where}); start Runa with "
+            "'systemctl --user start runa.target' or 'runa up'") from None
+
+
+def health_key(component: str) -> str:
+    return f"{component}:health"
+
+
+class HealthWriter:
+    """The service heartbeat hook: writes ``<component>:health`` to the main bus.
+
+    The key carries a TTL of three intervals, so a component that stops beating
+    disappears from the bus on the keeper's next sweep (DESIGN §2, Health).
+    A bus that is not there yet (the keeper is still starting) is retried next beat.
+    """
+
+    def __init__(self, config: Config, stack: str, logger: logging.Logger,
+                 interval_s: float) -> None:
+        self.config = config
+        self.stack = stack
+        self.logger = logger
+        self.ttl_ms = max(1, int(interval_s * 3000))
+        self._bus: Bus | None = None
+
+    def __call__(self, health: Health) -> None:
+        if self._bus is None:
+            try:
+                self._bus = Bus.open(path(self.config, self.stack))
+            except SegmentNotFound:
+                return
+        value = json.dumps({"pid": health.pid, "incarnation": health.incarnation,
+                            "ts_mono_ns": health.ts_mono_ns, "status": health.status})
+        try:
+            self._bus.set(health_key(health.component), value, ttl_ms=self.ttl_ms)
+        except SplinterError as error:
+            self.logger.warning("heartbeat not written: %s", error)
+
+    def close(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+            self._bus = None

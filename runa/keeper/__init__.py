@@ -1,0 +1,1 @@
+"""The bus keeper (``runa daemon splinter``): creates the buses, reaps, keeps stats."""

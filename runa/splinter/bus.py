@@ -1,0 +1,214 @@
+"""``Bus``: one open segment with its KV store, channels and stats, for one process.
+
+Threads may share one bus (writer locks are per-thread robust mutexes, readers take none). After
+``fork`` open a new one in the child: the owner identity of queues and subscribers is the
+(pid, start time) of the process that opened the bus.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from runa.splinter import envelope as env_mod
+from runa.splinter.channel import (
+    ChannelInfo,
+    ChannelTable,
+    QueueReceiver,
+    Reaped,
+    Sender,
+    Subscriber,
+)
+from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError
+from runa.splinter.futex import Futex
+from runa.splinter.kv import KV
+from runa.splinter.liveness import is_alive, self_identity
+from runa.splinter.locks import WriterLocks
+from runa.splinter.segment import DEFAULT_DIR, Segment, segment_path
+from runa.splinter.stats import ComponentStats, StatsTable
+
+
+class Bus:
+    """The splinter bus as one process sees it.
+
+    Test seams (never used in production): ``skip_recheck`` disables the KV reader's epoch
+    re-check; ``write_hook`` is called half-way through every slot write and channel append.
+    """
+
+    def __init__(
+        self,
+        segment: Segment,
+        *,
+        clock: Callable[[], int] = time.monotonic_ns,
+        identity: tuple[int, int] | None = None,
+        is_alive: Callable[[int, int], bool] = is_alive,
+        skip_recheck: bool = False,
+        write_hook: Callable[[], None] | None = None,
+    ) -> None:
+        self.segment = segment
+        self.path = segment.path
+        self.geometry = segment.geometry
+        self.identity = identity or self_identity()
+        self.locks = WriterLocks(segment.base_address, segment.layout.locks_off, segment.words)
+        self.futex = Futex()
+        self.kv = KV(segment, self.locks, clock=clock, skip_recheck=skip_recheck,
+                     write_hook=write_hook)
+        self.channels = ChannelTable(segment, self.locks, self.futex, self.identity,
+                                     write_hook=write_hook, is_alive=is_alive)
+        self.stats = StatsTable(segment, self.locks)
+        # KV shorthands, bound directly (a delegating method would add a call to every get).
+        self.get = self.kv.get
+        self.set = self.kv.set
+        self.unset = self.kv.unset
+        self.list = self.kv.list
+
+    @classmethod
+    def open(cls, path: str, **kwargs: Any) -> Bus:
+        """Open the segment at ``path`` (validated) as a bus."""
+        seg = Segment.open(path)
+        try:
+            return cls(seg, **kwargs)
+        except BaseException:
+            seg.close()
+            raise
+
+    @classmethod
+    def for_stack(cls, stack: str, bus: str = "main", directory: str = DEFAULT_DIR,
+                  **kwargs: Any) -> Bus:
+        """Open ``<directory>/runa-<stack>-<bus>``."""
+        return cls.open(segment_path(stack, bus, directory), **kwargs)
+
+    def close(self) -> None:
+        self.segment.close()
+
+    def __enter__(self) -> Bus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_process(self) -> None:
+        if os.getpid() != self.identity[0]:
+            raise SplinterError(
+                f"{self.path}: this Bus was opened by pid {self.identity[0]}; open a new one "
+                "after fork (channel ownership belongs to the opening process)"
+            )
+
+    # -- channels ---------------------------------------------------------------------------
+
+    def queue(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeReceiver:
+        """Open (create or adopt) the queue ``name`` with this process as its one consumer."""
+        self._check_process()
+        idx, st = self.channels.open_channel(name, "queue", take_ownership=True)
+        return EnvelopeReceiver(QueueReceiver(self.channels, name, idx, st), self, stats)
+
+    def subscribe(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeReceiver:
+        """Subscribe to broadcast channel ``name`` (created if missing), from the newest message."""
+        self._check_process()
+        idx, st = self.channels.open_channel(name, "broadcast", take_ownership=False)
+        slot, sub_st = self.channels.add_subscriber(idx, st, name)
+        return EnvelopeReceiver(Subscriber(self.channels, name, idx, st, slot, sub_st), self, stats)
+
+    def sender(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeSender:
+        """A sender to the existing channel ``name`` (ChannelNotFound if nobody opened it)."""
+        found = self.channels.find(name)
+        if found is None:
+            raise ChannelNotFound(name, "no such channel (its owner has not opened it)")
+        return EnvelopeSender(Sender(self.channels, name, *found), self, stats)
+
+    def broadcast(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeSender:
+        """A sender to broadcast channel ``name``, creating the channel if needed."""
+        self._check_process()
+        idx, st = self.channels.open_channel(name, "broadcast", take_ownership=False)
+        return EnvelopeSender(Sender(self.channels, name, idx, st), self, stats)
+
+    def reap(self) -> list[Reaped]:
+        """Free channels and subscribers of dead processes (the keeper calls this)."""
+        return self.channels.reap()
+
+    def channel_info(self) -> list[ChannelInfo]:
+        return self.channels.info()
+
+    def component_stats(self, component: str) -> ComponentStats:
+        return self.stats.component(component)
+
+    def export(self) -> dict[str, Any]:
+        """Everything `runa bus export` shows, as plain data."""
+        info = self.segment.info
+        return {
+            "path": self.path,
+            "layout_version": info.version,
+            "geometry": vars(self.geometry).copy(),
+            "total_size": info.total_size,
+            "kv": self.kv.counts(),
+            "channels": [vars(c) | {"subscribers": [vars(s) for s in c.subscribers]}
+                         for c in self.channel_info()],
+            "stats": self.stats.snapshot(),
+        }
+
+
+class EnvelopeSender:
+    """A channel sender that speaks envelopes (and raw bytes), counting into component stats."""
+
+    def __init__(self, raw: Sender, bus: Bus, stats: ComponentStats | None) -> None:
+        self.raw = raw
+        self.name = raw.name
+        self._limit = bus.geometry.max_envelope
+        self._stats = stats
+
+    def send_bytes(self, data: bytes) -> None:
+        st = self._stats
+        try:
+            self.raw.send(data)
+        except SplinterError as e:
+            if st is not None and getattr(e, "code", None) == env_mod.Fault.BACKPRESSURE:
+                st.incr("backpressure")
+            raise
+        if st is not None:
+            st.incr("msgs_out")
+            st.incr("bytes_out", len(data))
+
+    def send(self, envelope: env_mod.Envelope) -> None:
+        """Encode and append; Backpressure if a queue is full, MessageTooLarge over the limit."""
+        self.send_bytes(env_mod.encode(envelope, self._limit))
+        if envelope.type == "error" and self._stats is not None:
+            self._stats.incr("faults_out")
+
+
+class EnvelopeReceiver:
+    """A queue receiver or broadcast subscriber that decodes envelopes and counts them."""
+
+    def __init__(self, raw: QueueReceiver | Subscriber, bus: Bus,
+                 stats: ComponentStats | None) -> None:
+        self.raw = raw
+        self.name = raw.name
+        self._limit = bus.geometry.max_envelope
+        self._stats = stats
+
+    def recv_bytes(self, timeout: float | None = None) -> bytes | None:
+        data = self.raw.recv(timeout)
+        if data is not None and self._stats is not None:
+            self._stats.incr("msgs_in")
+            self._stats.incr("bytes_in", len(data))
+        return data
+
+    def recv(self, timeout: float | None = None) -> env_mod.Envelope | None:
+        """The next envelope or None on timeout.
+
+        A malformed message raises BadSchema (counted in ``bad_schema``); the channel is already
+        past it, so the caller answers the sender (``envelope.error_reply``) and reads on.
+        """
+        data = self.recv_bytes(timeout)
+        if data is None:
+            return None
+        try:
+            return env_mod.decode(data, self._limit)
+        except BadSchema:
+            if self._stats is not None:
+                self._stats.incr("bad_schema")
+            raise
+
+    def close(self) -> None:
+        self.raw.close()
