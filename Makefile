@@ -2,15 +2,18 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-UP_ARGS ?=
+QUESTION ?= In one sentence, what is a microkernel?
 
 .PHONY: setup run test lint clean
 
 setup:
 	@tools/setup
 
+# Set up, install the default model (once), start the stack in the background, ask a question.
 run: setup
-	$(VENV)/bin/runa up $(UP_ARGS)
+	$(VENV)/bin/runa models setup
+	$(VENV)/bin/runa up --detach
+	$(VENV)/bin/runa ask "$(QUESTION)"
 
 test: setup
 	$(PY) -m ruff check .

@@ -95,6 +95,8 @@ class Setting:
     def validate(self, value: Any, source: str, key: str) -> Any:
         """Coerce and check ``value``, raising ConfigError naming source, key and value."""
         expected = self.type
+        if expected is bool and not isinstance(value, bool):
+            raise ConfigError(source, key, value, "must be true or false")
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -132,6 +134,17 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("splinter.reap_interval_s", float, 1.0,
             "Seconds between the keeper's sweeps for channels of dead processes.",
             in_range(0.05, 60)),
+    Setting("splinter.decay_interval_s", float, 0.5,
+            "Seconds between the keeper's decay sweeps (expired keys go within TTL + this).",
+            in_range(0.05, 60)),
+    Setting("splinter.idle_expiry_s", float, 0.0,
+            "Remove ephemeral keys neither read nor written for this long (0: never).",
+            in_range(0, 10**8)),
+    Setting("splinter.promote_reads", int, 100,
+            "Reads of a key since its last promote event that trigger the next one.",
+            in_range(1, 1 << 40)),
+    Setting("splinter.promote_cooldown_s", float, 600.0,
+            "A key gets at most one promote event per this many seconds.", in_range(0, 10**8)),
     Setting("log.level", str, "info", "Lowest level logged.",
             one_of("debug", "info", "warning", "error")),
     Setting("log.target", str, "auto", "Where logs go: journald if present, else stderr.",
@@ -142,6 +155,23 @@ SCHEMA: tuple[Setting, ...] = (
             in_range(1, 3600)),
     Setting("service.start_timeout_s", float, 30.0,
             "How long a component may take to become ready.", in_range(1, 3600)),
+    Setting("splinfer.model", str, "default",
+            "The chat model: a catalog name, a file in a models directory, or a path."),
+    Setting("splinfer.ctx_size", int, 4096, "Context length in tokens (0: the model's own).",
+            in_range(0, 1 << 20)),
+    Setting("splinfer.threads", int, -1, "Threads for generation (-1: one per usable CPU).",
+            in_range(-1, 1024)),
+    Setting("splinfer.batch_size", int, 2048, "Logical batch size for prompt processing.",
+            in_range(1, 65536)),
+    Setting("splinfer.flash_attn", bool, True, "Use flash attention (faster and smaller on CPU)."),
+    Setting("splinfer.memory_max", str, "",
+            "Refuse a model that would need more (empty: the unit's MemoryMax= only).",
+            lambda v: None if v == "" else size_check(v)),
+    Setting("splinfer.idle_unload_s", float, 300.0,
+            "Unload the model after this many idle seconds (0: never).", in_range(0, 1e7)),
+    Setting("splinfer.stream_timeout_s", float, 10.0,
+            "Give up on a reader that has not made room in its reply channel for this long.",
+            in_range(0.1, 3600)),
     Setting("demo.startup_delay_s", float, 0.0,
             "Seconds the demo daemon pretends to load before READY.", in_range(0, 600)),
     Setting("demo.tick_s", float, 1.0, "Seconds between the demo daemon's ticks.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -57,8 +58,22 @@ class _StderrFormatter(logging.Formatter):
         return f"{text} [{fields}]" if fields else text
 
 
+def socket_answers(path: Path) -> bool:
+    """Whether a datagram socket at ``path`` has a listener (a stale file does not count)."""
+    if not path.is_socket():
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def journal_available() -> bool:
-    return JOURNAL_SOCKET.is_socket()
+    return socket_answers(JOURNAL_SOCKET)
 
 
 def setup(

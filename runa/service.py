@@ -97,15 +97,25 @@ class Daemon(Protocol):
 
 @dataclass
 class ServiceContext:
-    """What a daemon may tell the service manager while it runs."""
+    """What a daemon may tell the service manager while it runs.
+
+    ``keepalive()`` is the one liveness call: it pings the watchdog and writes the
+    heartbeat when each is due. The runner calls it between steps; a daemon doing
+    long work (a model decode) calls it from inside that work.
+    """
 
     notifier: Notifier
     clock: Clock
     logger: logging.Logger
     watchdog_s: float | None
+    component: str = ""
+    incarnation: int = 0
+    heartbeat: HeartbeatHook | None = None
+    heartbeat_interval: float = 1.0
     stopping: threading.Event = field(default_factory=threading.Event)
     status_text: str = "starting"
-    _last_ping: float = 0.0
+    _last_ping: float = float("-inf")
+    _next_beat: float = float("-inf")
 
     def status(self, text: str) -> None:
         """Publish a one-line status (``systemctl status`` shows it)."""
@@ -117,18 +127,23 @@ class ServiceContext:
         self.notifier.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1e6)}")
 
     def keepalive(self) -> None:
-        """Ping the watchdog if half its interval has passed; cheap enough to call per token."""
-        if self.watchdog_s is None:
-            return
+        """Ping the watchdog and write the heartbeat when due; cheap enough to call per token."""
         now = self.clock.monotonic()
-        if now - self._last_ping >= self.watchdog_s / 2:
+        if self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s / 2:
             self._last_ping = now
             self.notifier.notify("WATCHDOG=1")
+        if self.heartbeat is not None and now >= self._next_beat:
+            self._next_beat = now + self.heartbeat_interval
+            self.heartbeat(Health(self.component, os.getpid(), self.incarnation,
+                                  time.monotonic_ns(), self.status_text))
 
     @property
     def wait_bound(self) -> float:
         """The longest a daemon may block before returning to the loop."""
-        return self.watchdog_s / 2 if self.watchdog_s else 1.0
+        bound = self.watchdog_s / 2 if self.watchdog_s else 1.0
+        if self.heartbeat is not None:
+            bound = min(bound, max(0.0, self._next_beat - self.clock.monotonic()))
+        return bound
 
 
 class ServiceRunner:
@@ -148,14 +163,16 @@ class ServiceRunner:
         env = os.environ if env is None else env
         self.daemon = daemon
         self.logger = logger
-        self.heartbeat = heartbeat
-        self.heartbeat_interval = heartbeat_interval
         self.incarnation = int(env.get("RUNA_INCARNATION", "0") or 0)
         self.ctx = ServiceContext(
             notifier=notifier or SdNotifier(),
             clock=clock or SystemClock(),
             logger=logger,
             watchdog_s=watchdog_interval(env, os.getpid()),
+            component=daemon.name,
+            incarnation=self.incarnation,
+            heartbeat=heartbeat,
+            heartbeat_interval=heartbeat_interval,
         )
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
@@ -201,16 +218,6 @@ class ServiceRunner:
 
     def _loop(self) -> None:
         ctx = self.ctx
-        clock = ctx.clock
-        next_beat = clock.monotonic()
         while not ctx.stopping.is_set():
-            now = clock.monotonic()
-            if self.heartbeat is not None and now >= next_beat:
-                self.heartbeat(Health(self.daemon.name, os.getpid(), self.incarnation,
-                                      time.monotonic_ns(), ctx.status_text))
-                next_beat = now + self.heartbeat_interval
             ctx.keepalive()
-            bound = ctx.wait_bound
-            if self.heartbeat is not None:
-                bound = min(bound, max(0.0, next_beat - now))
-            self.daemon.step(bound)
+            self.daemon.step(ctx.wait_bound)

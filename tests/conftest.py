@@ -8,7 +8,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import isolated_env, remove_segments
 
+from runa.models.catalog import SMOLLM2_135M
+from runa.models.errors import ModelSetupError
+from runa.models.install import is_installed, setup_model
+from runa.paths import Paths, personal_stack
 from runa.testing.usermanager import UserManager
 
 
@@ -40,17 +45,29 @@ def runa_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
     The stack name is unique to the test; its bus segments in /dev/shm are removed after it.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
-    env.update(
-        RUNA_SYSCONFDIR=str(tmp_path / "etc"),
-        HOME=str(tmp_path / "home"),
-        XDG_CONFIG_HOME=str(tmp_path / "home/.config"),
-        XDG_DATA_HOME=str(tmp_path / "home/.local/share"),
-        XDG_STATE_HOME=str(tmp_path / "home/.local/state"),
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-        RUNA_STACK=f"t{os.getpid()}x{tmp_path.name[-8:]}",
-    )
-    (tmp_path / "run").mkdir(mode=0o700)
+    env = isolated_env(tmp_path)
     yield env
-    for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
-        segment.unlink()
+    remove_segments(env)
+
+
+@pytest.fixture(scope="session")
+def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct: $RUNA_TEST_MODEL, an installed copy, or set up for this session.
+
+    Skips (saying why) only when none is installed and ``runa models setup`` cannot
+    fetch it, e.g. offline.
+    """
+    override = os.environ.get("RUNA_TEST_MODEL")
+    if override:
+        return Path(override)
+    for directory in Paths.for_stack(personal_stack()).models:
+        candidate = directory / SMOLLM2_135M.filename
+        if candidate.is_file() and candidate.stat().st_size == SMOLLM2_135M.size:
+            return candidate
+    target = tmp_path_factory.mktemp("models")
+    try:
+        result = setup_model(SMOLLM2_135M, target)
+    except ModelSetupError as e:
+        pytest.skip(f"default model not installed and setup failed: {e}")
+    assert is_installed(SMOLLM2_135M, result.path)
+    return result.path

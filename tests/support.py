@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def runa(*args: str, env: dict[str, str], timeout: float = 60,
@@ -25,3 +27,27 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def isolated_env(root: Path) -> dict[str, str]:
+    """Environment for ``runa`` processes with every layer and directory under ``root``.
+
+    The stack name is unique, so its bus segments in /dev/shm never meet another test's.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
+    env.update(
+        RUNA_SYSCONFDIR=str(root / "etc"),
+        HOME=str(root / "home"),
+        XDG_CONFIG_HOME=str(root / "home/.config"),
+        XDG_DATA_HOME=str(root / "home/.local/share"),
+        XDG_STATE_HOME=str(root / "home/.local/state"),
+        XDG_RUNTIME_DIR=str(root / "run"),
+        RUNA_STACK=f"t{os.getpid()}x{root.name[-10:]}",
+    )
+    (root / "run").mkdir(mode=0o700, exist_ok=True)
+    return env
+
+
+def remove_segments(env: dict[str, str]) -> None:
+    for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
+        segment.unlink()

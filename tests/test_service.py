@@ -130,3 +130,20 @@ def test_sigterm_handler_stops_the_loop() -> None:
 )
 def test_watchdog_interval_follows_sd_watchdog_enabled(env, pid, expected) -> None:
     assert watchdog_interval(env, pid) == expected
+
+
+def test_long_work_that_calls_keepalive_still_pings_and_heartbeats() -> None:
+    """A decode that takes 10 s of (fake) time inside one step is not mistaken for a hang."""
+    runner, daemon, notifier, beats = make(steps=1, env={"WATCHDOG_USEC": "2000000"})
+
+    def long_step(timeout: float) -> None:
+        assert daemon.ctx is not None
+        for _ in range(100):  # 100 tokens, 0.1 s each
+            daemon.clock.now += 0.1
+            daemon.ctx.keepalive()
+        daemon.ctx.stopping.set()
+
+    daemon.step = long_step  # type: ignore[method-assign]
+    runner.run()
+    assert notifier.sent.count("WATCHDOG=1") >= 10  # at least every half interval (1 s)
+    assert len(beats) >= 10  # one per heartbeat interval (1 s)

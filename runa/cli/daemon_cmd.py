@@ -17,6 +17,7 @@ from runa.service import ServiceRunner
 DAEMONS = {
     "demo": "runa.demo.daemon:create",
     "splinter": "runa.keeper.daemon:create",
+    "splinfer": "runa.splinfer.daemon:create",
 }
 
 

@@ -17,7 +17,7 @@ from runa.supervisor import state as state_file
 from runa.supervisor.core import ComponentSpec, Supervisor, daemon_argv
 
 # The components `runa up` runs, in start order: the bus keeper first.
-STACK = ("splinter", "demo")
+STACK = ("splinter", "splinfer")
 
 EX_UNAVAILABLE = 69
 

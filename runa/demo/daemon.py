@@ -29,8 +29,9 @@ class DemoDaemon:
         if remaining:
             ctx.status(f"loading ({remaining:.1f} s)")
         while remaining > 0 and not ctx.stopping.is_set():
-            ctx.extend_timeout(min(remaining, 1.0) + 5.0)
-            chunk = min(remaining, ctx.wait_bound, 1.0)
+            chunk = min(remaining, 0.5)
+            ctx.extend_timeout(chunk + 5.0)
+            ctx.keepalive()
             ctx.stopping.wait(chunk)
             remaining -= chunk
         ctx.status("ticking")

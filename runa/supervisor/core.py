@@ -89,10 +89,17 @@ class Supervisor:
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
         self.stopping = True
 
-    def start_all(self) -> None:
+    def start_all(self, timeout: float) -> bool:
+        """Start the children in order, each once the one before is ready (like After=).
+
+        False as soon as one fails to become ready within ``timeout`` seconds.
+        """
         for child in self.children:
             self._spawn(child)
-        self._save()
+            self._save()
+            if not self._wait_ready([child], timeout):
+                return False
+        return True
 
     def _spawn(self, child: Child) -> None:
         env = dict(self.env, NOTIFY_SOCKET=str(self.listener.path))
@@ -109,14 +116,13 @@ class Supervisor:
         log.event(self.logger, "spawned", f"{child.spec.name} started as pid {child.pid}",
                   unit=child.spec.name, main_pid=child.pid)
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Run the loop until every child is running (True) or one has failed (False)."""
+    def _wait_ready(self, children: Sequence[Child], timeout: float) -> bool:
         end = self.clock() + timeout
         while self.clock() < end and not self.stopping:
-            self.poll(0.1)
-            if any(c.state in ("failed", "exited") for c in self.children):
+            self.poll(0.05)
+            if any(c.state in ("failed", "exited") for c in children):
                 return False
-            if all(c.state == "running" for c in self.children):
+            if all(c.state == "running" for c in children):
                 return True
         return False
 

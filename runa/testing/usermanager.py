@@ -23,7 +23,6 @@ import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from runa.errors import RunaError
+from runa.log import socket_answers
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 JOURNALD = Path("/lib/systemd/systemd-journald")
@@ -145,12 +145,12 @@ class UserManager:
     # -- steps ---------------------------------------------------------------------------
 
     def _ensure_journald(self) -> None:
-        if _socket_answers(JOURNAL_SOCKET):
+        if socket_answers(JOURNAL_SOCKET):
             return
         self.journald = subprocess.Popen([str(JOURNALD)], stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while not _socket_answers(JOURNAL_SOCKET):
+        while not socket_answers(JOURNAL_SOCKET):
             if self.journald.poll() is not None or time.monotonic() > deadline:
                 raise HarnessError("systemd-journald did not start")
             time.sleep(0.02)
@@ -276,19 +276,6 @@ class UserManager:
             with contextlib.suppress(OSError):
                 BOOTED_MARKER.rmdir()
             self._created_marker = False
-
-
-def _socket_answers(path: Path) -> bool:
-    if not path.is_socket():
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def _is_process(pid: int, names: set[str]) -> bool:

@@ -1,0 +1,89 @@
+"""``runa ask``: one question to the running model, the answer streamed to stdout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from runa import bus as bus_mod
+from runa.cli.context import CliContext
+from runa.client import ServiceClient
+from runa.errors import UsageError
+
+# llama.cpp's spellings, as `llama-cli` takes them; the bus carries the long names.
+SAMPLING_FLAGS = (
+    (("--temp",), float, "temp", "temperature; 0 = greedy (always the likeliest token)"),
+    (("--top-k",), int, "top_k", "keep the K likeliest tokens (0 = off)"),
+    (("--top-p",), float, "top_p", "nucleus sampling threshold (1 = off)"),
+    (("--min-p",), float, "min_p", "drop tokens below P times the likeliest (0 = off)"),
+    (("--repeat-penalty",), float, "repeat_penalty", "penalise repeats (1 = off)"),
+    (("-n", "--n-predict"), int, "n_predict", "at most N tokens (-1 = until done)"),
+    (("-s", "--seed"), int, "seed", "random seed (-1 = a new one each time)"),
+)
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (llama.cpp's options)")
+    for flags, kind, dest, text in SAMPLING_FLAGS:
+        group.add_argument(*flags, type=kind, dest=dest, default=None, help=text)
+
+
+def sampling_params(args: argparse.Namespace) -> dict[str, object]:
+    return {dest: getattr(args, dest) for _, _, dest, _ in SAMPLING_FLAGS
+            if getattr(args, dest) is not None}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "ask",
+        help="ask the running model one question; the answer streams to stdout",
+        description="Send one question to splinfer over the bus and stream the answer to "
+        "standard output. Ctrl-C stops the answer. Exit status: 0 answered; 65 the request "
+        "was refused (a parameter out of range, the message names it); 69 Runa is not "
+        "running; 70 the model failed; 75 busy, try again; 130 interrupted.",
+        epilog="Example: runa ask --temp 0 'Write one sentence about the sea.'",
+    )
+    parser.add_argument("question", nargs="+", help="the question ('-' reads standard input)")
+    parser.add_argument("--system", metavar="TEXT", help="a system prompt for this question")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object (text and counters) instead of streaming")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="give up when nothing arrives for S seconds and splinfer has no "
+                        "heartbeat (default: %(default)s)")
+    add_sampling_flags(parser)
+    parser.set_defaults(func=cmd_ask)
+
+
+def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
+    question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
+    if not question.strip():
+        raise UsageError("runa ask: the question is empty")
+    payload: dict[str, object] = {"op": "chat", "text": question,
+                                  "params": sampling_params(args)}
+    if args.system:
+        payload["system"] = args.system
+    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(bus, "splinfer",
+                                                                       "ask") as client:
+        pieces: list[str] = []
+        final: dict[str, object] = {}
+        try:
+            for envelope in client.request(payload, idle_timeout=args.timeout):
+                piece = envelope.payload.get("text", "")
+                pieces.append(piece)
+                if not args.json and piece:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+                if envelope.eof:
+                    final = envelope.payload
+        except KeyboardInterrupt:
+            client.cancel()
+            if not args.json:
+                sys.stdout.write("\n")
+            print("runa: answer stopped", file=sys.stderr)
+            return 130
+    if args.json:
+        print(json.dumps({**final, "text": "".join(pieces)}))
+    else:
+        sys.stdout.write("\n")
+    return 0

