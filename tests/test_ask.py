@@ -108,11 +108,12 @@ def test_ask_without_a_running_stack_says_so(runa_env) -> None:
     assert "does not exist" in result.stderr and "runa up" in result.stderr
 
 
-def test_idle_unload_and_reload(tmp_path: Path) -> None:
+def test_idle_unload_and_reload_with_model_flags(tmp_path: Path) -> None:
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
-    env = {**isolated_env(tmp_path), **CONTEXT, "RUNA_SPLINFER_MODEL": str(model),
-           "RUNA_SPLINFER_IDLE_UNLOAD_S": "0.5", "RUNA_LOG_TARGET": "stderr"}
-    assert runa("up", "--detach", env=env).returncode == 0
+    env = {**isolated_env(tmp_path), "RUNA_SPLINFER_IDLE_UNLOAD_S": "0.5",
+           "RUNA_LOG_TARGET": "stderr"}
+    # llama.cpp's spellings choose the model and size its context, as in llama-cli.
+    assert runa("up", "--detach", "-m", str(model), "-c", "512", "-t", "2", env=env).returncode == 0
     try:
         log = tmp_path / "run/runa/supervisor.log"
         wait_for(lambda: "unloaded the model" in log.read_text(), 10, "the idle unload")

@@ -65,9 +65,22 @@ def register(commands: argparse._SubParsersAction) -> None:
     watch.add_argument("--count", type=int, metavar="N", help="stop after N changes/messages")
     watch.set_defaults(func=cmd_watch)
 
-    export = sub.add_parser("export", help="the bus's geometry, keys, channels and "
-                            "per-component counters as JSON")
+    export = sub.add_parser("export", help="the bus's geometry, counters (store, decay, "
+                            "keeper, per component), channels and hot keys as JSON")
     export.set_defaults(func=cmd_export)
+
+    scope = sub.add_parser(
+        "scope", help="live view: per-component rates, channel depths, hot keys, decay",
+        description="A live terminal view of the bus: messages in/out per second of each "
+        "component (from counter deltas), channel depths and send rates, the most read keys, "
+        "and the store's expirations and evictions. q or Ctrl-C quits.")
+    scope.add_argument("--interval", type=float, default=1.0, metavar="S",
+                       help="seconds between frames (default: %(default)s)")
+    scope.add_argument("--once", action="store_true",
+                       help="print one frame (rates over one interval) and exit")
+    scope.add_argument("--top", type=int, default=10, metavar="N",
+                       help="how many hot keys to show (default: %(default)s)")
+    scope.set_defaults(func=cmd_scope)
 
 
 def _bus(ctx: CliContext, args: argparse.Namespace):
@@ -158,3 +171,15 @@ def cmd_export(ctx: CliContext, args: argparse.Namespace) -> int:
     with _bus(ctx, args) as bus:
         print(json.dumps(bus.export(), indent=2, default=str))
     return 0
+
+
+def cmd_scope(ctx: CliContext, args: argparse.Namespace) -> int:
+    if not 0.05 <= args.interval <= 3600:
+        raise RunaError(f"--interval {args.interval}: must be between 0.05 and 3600 seconds")
+    if args.top < 0:
+        raise RunaError(f"--top {args.top}: must not be negative")
+    from runa.cli import scope
+
+    with _bus(ctx, args) as bus:
+        return scope.run(bus, interval=args.interval, once=args.once, top=args.top,
+                         title=f"runa bus scope: {bus.path}")

@@ -36,3 +36,29 @@ class CliContext:
     @cached_property
     def config(self) -> config_mod.Config:
         return config_mod.load(self.paths, self.env, self.overrides)
+
+
+# llama.cpp's command-line spellings for the settings that choose and size the model.
+MODEL_FLAGS = (
+    (("-m", "--model"), str, "splinfer.model", "PATH|NAME",
+     "the GGUF model (a path, a file in a models directory, or 'default')"),
+    (("-c", "--ctx-size"), int, "splinfer.ctx_size", "N", "context length in tokens"),
+    (("-t", "--threads"), int, "splinfer.threads", "N", "threads for generation"),
+)
+
+
+def add_model_flags(parser) -> None:  # type: ignore[no-untyped-def]
+    group = parser.add_argument_group("model (llama.cpp's options)")
+    for flags, kind, key, metavar, text in MODEL_FLAGS:
+        group.add_argument(*flags, type=kind, dest=key, metavar=metavar, default=None, help=text)
+
+
+def model_overrides(args) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The model flags given on the command line, as configuration overrides."""
+    return {key: getattr(args, key) for _, _, key, _, _ in MODEL_FLAGS
+            if getattr(args, key, None) is not None}
+
+
+def as_environment(overrides: dict[str, Any]) -> dict[str, str]:
+    """Overrides as ``RUNA_*`` variables, for child processes (the supervised components)."""
+    return {"RUNA_" + key.replace(".", "_").upper(): str(value) for key, value in overrides.items()}

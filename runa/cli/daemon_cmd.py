@@ -10,7 +10,7 @@ import importlib
 
 from runa import log
 from runa.bus import HealthWriter
-from runa.cli.context import CliContext
+from runa.cli.context import CliContext, add_model_flags, model_overrides
 from runa.service import ServiceRunner
 
 # name -> "module:factory"; a factory takes (config, logger, stack) and returns a Daemon.
@@ -30,10 +30,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "logs to journald (stderr where there is none) and stops cleanly on SIGTERM.",
     )
     parser.add_argument("name", choices=sorted(DAEMONS), help="the component to run")
+    add_model_flags(parser)
     parser.set_defaults(func=run_daemon)
 
 
 def run_daemon(ctx: CliContext, args: argparse.Namespace) -> int:
+    ctx.overrides.update(model_overrides(args))
     cfg = ctx.config
     logger = log.setup(args.name, cfg["log.level"], cfg["log.target"])
     module_name, factory_name = DAEMONS[args.name].split(":")

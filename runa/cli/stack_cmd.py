@@ -11,7 +11,7 @@ import sys
 import time
 
 from runa import log
-from runa.cli.context import CliContext
+from runa.cli.context import CliContext, add_model_flags, as_environment, model_overrides
 from runa.errors import RunaError
 from runa.supervisor import state as state_file
 from runa.supervisor.core import ComponentSpec, Supervisor, daemon_argv
@@ -37,6 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--detach", "-d", action="store_true",
                     help="return once the stack is ready, leaving it running")
+    add_model_flags(up)
     up.set_defaults(func=cmd_up)
     down = commands.add_parser("down", help="stop a stack started with 'runa up'",
                                description="Stop the supervisor and every component it runs.")
@@ -71,6 +72,9 @@ def _running_supervisor(ctx: CliContext) -> int | None:
 
 
 def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
+    overrides = model_overrides(args)
+    ctx.overrides.update(overrides)
+    ctx.env = {**ctx.env, **as_environment(overrides)}  # the components read them too
     pid = _running_supervisor(ctx)
     if pid:
         print(f"runa: the stack {ctx.stack} is already running (supervisor pid {pid})")
