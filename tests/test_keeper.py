@@ -1,19 +1,26 @@
-"""The bus keeper as a process: creates the buses, heartbeats, reaps, survives restarts."""
+"""The bus keeper: creates the buses, heartbeats, reaps, decays, survives restarts."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import runa, wait_for
 
-from runa.splinter import Bus
+from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
+from runa.splinter import EVENTS_CHANNEL, Bus, Geometry, create_segment
+
+MS = 1_000_000
 
 
 @pytest.fixture
@@ -23,7 +30,8 @@ def keeper(runa_env: dict[str, str], tmp_path: Path):
     env = {**runa_env, "RUNA_LOG_TARGET": "stderr", "RUNA_SPLINTER_REAP_INTERVAL_S": "0.2"}
     log_path = tmp_path / "keeper.log"
 
-    def start() -> subprocess.Popen:
+    def start(**overrides: str) -> subprocess.Popen:
+        env.update(overrides)
         with open(log_path, "a") as log:
             proc = subprocess.Popen([sys.executable, "-m", "runa", "daemon", "splinter"],
                                     env=env, stderr=log)
@@ -91,3 +99,108 @@ def test_keeper_reaps_the_queue_of_a_sigkilled_owner(keeper) -> None:
         wait_for(lambda: not bus.channel_info(), 10, "the keeper to reap the dead queue")
     log = keeper.log.read_text()
     assert f"reaped queue 'victim' of dead pid {owner.pid}" in log
+
+
+def test_keeper_expires_ttl_keys_of_a_50k_slot_bus_within_ttl_plus_1s(keeper) -> None:
+    """Done-means 1: 50,000 slots, 10% with TTLs; gone from list and stats, nobody reading."""
+    keeper(RUNA_BUS_SLOTS="50000", RUNA_BUS_MAX_VALUE_BYTES="128")
+    env = keeper.env
+    main = f"/dev/shm/runa-{env['RUNA_STACK']}-main"
+    ttl_s = 1.0
+    value = b"v" * 64
+    with Bus.open(main) as bus:
+        assert bus.geometry.slots == 50_000
+        for i in range(40_000):
+            bus.set(f"plain:{i}", value)
+        before = bus.kv.counts()
+        first = time.monotonic()
+        for i in range(5_000):
+            bus.set(f"ttl:{i}", value, ttl_ms=int(ttl_s * 1000))
+        wait_for(lambda: bus.kv.counts()["expired"] - before["expired"] >= 5_000, ttl_s + 5,
+                 "the keeper to expire 5,000 TTL keys", interval=0.02)
+        gone = time.monotonic() - first
+        assert gone <= ttl_s + 1.0, f"expired keys stayed {gone:.2f} s after the first was set"
+        after = bus.kv.counts()
+        assert after["live"] == before["live"] and after["expired"] - before["expired"] == 5_000
+        assert bus.kv.info("ttl:0") is None and bus.kv.info("ttl:4999") is None
+        assert bus.kv.info("plain:0") is not None
+    listed = runa("bus", "list", "ttl:", env=env)
+    assert (listed.returncode, listed.stdout) == (0, "")
+    exported = json.loads(runa("bus", "export", env=env, check=True).stdout)
+    assert exported["kv"]["live"] == after["live"]
+    assert exported["kv"]["expired"] >= 5_000
+    assert exported["keeper"]["sweeps"] > 0
+    # a sweep of the whole 50,000-slot table is what bounds the delay; it must stay small
+    assert exported["keeper"]["last_sweep_ns"] < 250 * MS
+
+
+def test_keeper_announces_a_key_read_past_the_threshold_once(keeper) -> None:
+    keeper(RUNA_SPLINTER_PROMOTE_READS="5", RUNA_SPLINTER_DECAY_INTERVAL_S="0.1")
+    main = f"/dev/shm/runa-{keeper.env['RUNA_STACK']}-main"
+    with Bus.open(main) as bus:
+        events = bus.subscribe(EVENTS_CHANNEL)
+        bus.set("user:1:fact", "tea, no sugar")
+        for _ in range(5):
+            bus.get("user:1:fact")
+        event = events.recv(timeout=10)
+        assert event is not None, "no promote event within 10 s"
+        assert (event.type, event.sender, event.to) == ("event", "splinter", "*")
+        payload = event.payload
+        assert (payload["op"], payload["key"], payload["reads"], payload["total_reads"],
+                payload["bytes"], payload["bus"]) == ("promote", "user:1:fact", 5, 5, 13, "main")
+        for _ in range(10):  # read past the threshold again: the cooldown holds it back
+            bus.get("user:1:fact")
+        assert events.recv(timeout=0.5) is None
+        assert bus.keeper_counters.get()["promotions"] == 1
+        assert bus.component_stats("splinter").get()["msgs_out"] == 1
+
+
+@pytest.fixture
+def small_bus() -> Iterator[Bus]:
+    directory = tempfile.mkdtemp(prefix="runa-test-", dir="/dev/shm")
+    path = os.path.join(directory, "runa-test-main")
+    create_segment(path, Geometry(slots=64, max_key=512, max_value=64, channels=4,
+                                  channel_capacity=4096, max_envelope=512))
+    bus = Bus.open(path)
+    try:
+        yield bus
+    finally:
+        bus.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_decayer_sweep_records_what_it_did(small_bus: Bus) -> None:
+    """One sweep, fake clock: TTL and idle expiry, a promote, the keeper counters."""
+    now = [time.monotonic_ns()]
+    kv = small_bus.kv
+    kv.set("ttl", b"x", ttl_ms=50)
+    kv.set("eph", b"x", ephemeral=True)
+    kv.set("hot", b"x")
+    for _ in range(3):
+        kv.get("hot")
+    events = small_bus.subscribe(EVENTS_CHANNEL)
+    policy = DecayPolicy(idle_ns=100 * MS, promote_reads=3, promote_cooldown_ns=10**12)
+    decayer = Decayer(small_bus, policy, events=EventPublisher(small_bus, "splinter"),
+                      clock_ns=lambda: now[0])
+    report = decayer.sweep()
+    assert (report.expired, report.idle_expired, report.promoted) == (0, 0, ["hot"])
+    now[0] += 200 * MS
+    report = decayer.sweep()
+    assert (report.expired, report.idle_expired, report.promoted) == (1, 1, [])
+    assert sorted(kv.list()) == ["hot"]
+    counters = small_bus.keeper_counters.get()
+    assert (counters["sweeps"], counters["promotions"]) == (2, 1)
+    assert counters["last_sweep_at_ns"] == now[0] and counters["max_sweep_ns"] > 0
+    assert events.recv(timeout=0).payload["key"] == "hot"
+
+
+def test_decayer_reports_an_event_it_cannot_send(small_bus: Bus) -> None:
+    long_key = "k" * 500  # its promote envelope is larger than this bus's 512-byte limit
+    small_bus.kv.set(long_key, b"x")
+    small_bus.kv.get(long_key)
+    decayer = Decayer(small_bus, DecayPolicy(promote_reads=1),
+                      events=EventPublisher(small_bus, "splinter"))
+    report = decayer.sweep()
+    assert report.promoted == [] and len(report.errors) == 1
+    assert "at most 512 per message" in report.errors[0]
+    assert decayer.sweep().errors == []  # marked anyway: no retry on every sweep

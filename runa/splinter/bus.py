@@ -21,13 +21,17 @@ from runa.splinter.channel import (
     Sender,
     Subscriber,
 )
+from runa.splinter.decay import hot_keys
 from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError
 from runa.splinter.futex import Futex
 from runa.splinter.kv import KV
 from runa.splinter.liveness import is_alive, self_identity
 from runa.splinter.locks import WriterLocks
 from runa.splinter.segment import DEFAULT_DIR, Segment, segment_path
-from runa.splinter.stats import ComponentStats, StatsTable
+from runa.splinter.stats import ComponentStats, KeeperCounters, StatsTable
+
+EVENTS_CHANNEL = "events"  # the broadcast channel of bus-wide events (promote, ...)
+HOT_KEYS_EXPORTED = 10
 
 
 class Bus:
@@ -58,6 +62,8 @@ class Bus:
         self.channels = ChannelTable(segment, self.locks, self.futex, self.identity,
                                      write_hook=write_hook, is_alive=is_alive)
         self.stats = StatsTable(segment, self.locks)
+        self.keeper_counters = KeeperCounters(segment)
+        self._clock = clock
         # KV shorthands, bound directly (a delegating method would add a call to every get).
         self.get = self.kv.get
         self.set = self.kv.set
@@ -134,15 +140,30 @@ class Bus:
     def component_stats(self, component: str) -> ComponentStats:
         return self.stats.component(component)
 
+    def hot_keys(self, n: int = HOT_KEYS_EXPORTED) -> list[dict[str, Any]]:
+        """The ``n`` most read live keys as plain data (reads since each key was inserted)."""
+        now = self._clock()
+        return [
+            {"key": s.key, "reads": s.reads, "bytes": s.length, "ephemeral": s.ephemeral,
+             "ttl_ms": max(0, (s.expiry_ns - now) // 1_000_000) if s.expiry_ns else None,
+             "idle_ms": max(0, (now - s.atime_ns) // 1_000_000)}
+            for s in hot_keys(self.kv, n)
+        ]
+
     def export(self) -> dict[str, Any]:
         """Everything `runa bus export` shows, as plain data."""
         info = self.segment.info
+        keeper: dict[str, Any] = dict(self.keeper_counters.get())
+        at = keeper["last_sweep_at_ns"]
+        keeper["last_sweep_age_ms"] = (self._clock() - at) // 1_000_000 if at else None
         return {
             "path": self.path,
             "layout_version": info.version,
             "geometry": vars(self.geometry).copy(),
             "total_size": info.total_size,
             "kv": self.kv.counts(),
+            "keeper": keeper,
+            "hot_keys": self.hot_keys(),
             "channels": [vars(c) | {"subscribers": [vars(s) for s in c.subscribers]}
                          for c in self.channel_info()],
             "stats": self.stats.snapshot(),
@@ -172,8 +193,12 @@ class EnvelopeSender:
 
     def send(self, envelope: env_mod.Envelope) -> None:
         """Encode and append; Backpressure if a queue is full, MessageTooLarge over the limit."""
-        self.send_bytes(env_mod.encode(envelope, self._limit))
-        if envelope.type == "error" and self._stats is not None:
+        data = env_mod.encode(envelope, self._limit)
+        if self._stats is None:  # the common fast path: one call less before the wake-up
+            self.raw.send(data)
+            return
+        self.send_bytes(data)
+        if envelope.type == "error":
             self._stats.incr("faults_out")
 
 
@@ -200,14 +225,18 @@ class EnvelopeReceiver:
         A malformed message raises BadSchema (counted in ``bad_schema``); the channel is already
         past it, so the caller answers the sender (``envelope.error_reply``) and reads on.
         """
-        data = self.recv_bytes(timeout)
+        data = self.raw.recv(timeout)
         if data is None:
             return None
+        st = self._stats
+        if st is not None:
+            st.incr("msgs_in")
+            st.incr("bytes_in", len(data))
         try:
             return env_mod.decode(data, self._limit)
         except BadSchema:
-            if self._stats is not None:
-                self._stats.incr("bad_schema")
+            if st is not None:
+                st.incr("bad_schema")
             raise
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ writer issues FUTEX_WAKE only if some waiting byte is set (the wake costs a sysc
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from runa.splinter.errors import (
     MessageTooLarge,
     SubscriberDropped,
 )
-from runa.splinter.futex import Futex
+from runa.splinter.futex import Futex, Timespec
 from runa.splinter.layout import (
     C_BACKPRESSURE,
     C_CREATED,
@@ -390,11 +391,20 @@ class _Handle:
         self._cap = g.channel_capacity
         self._max = g.max_envelope
         self._flags = lay.channel(index) + C_FLAGS_OFF
-        self._nflags = g.subscribers
+        self._flags_end = self._flags + g.subscribers
         self._no_waiters = bytes(g.subscribers)
-        self._futex_addr = table.segment.base_address + ((self._cw + C_TAIL) << 3)
-        self._futex = table.futex
+        # Word indices and bound callables, resolved once: the send and wake-up paths are the
+        # bus's latency floor, and every lookup saved there shows in bench/bus.py.
+        cw = self._cw
+        self._w_state, self._w_tail, self._w_head = cw + C_STATE, cw + C_TAIL, cw + C_HEAD
+        self._w_reserve, self._w_sent = cw + C_RESERVE, cw + C_SENT
+        self._is_queue = table.W[cw + C_KIND] == KIND_QUEUE  # fixed for this incarnation
+        self._futex_ptr = Futex.pointer(table.segment.base_address + ((cw + C_TAIL) << 3))
+        self._wake = table.futex.wake_ptr
+        self._wait = table.futex.wait_ptr
         self._lock = table.locks.pointer(lay.channel_lock(index))
+        self._trylock = table.locks.trylock
+        self._unlock = table.locks.unlock
 
     def _gone(self) -> ChannelNotFound:
         return ChannelNotFound(self.name, "was closed or reaped since it was opened")
@@ -433,27 +443,26 @@ class Sender(_Handle):
         if n > self._max:
             raise MessageTooLarge(n, self._max)
         rec = REC_HEADER + ((n + 7) & ~7)
-        W, mm, cw, cap = self._W, self._mm, self._cw, self._cap
-        locks = self.table.locks
+        W, mm, cap = self._W, self._mm, self._cap
         lk = self._lock
-        rc = locks.trylock(lk)
+        rc = self._trylock(lk)
         if rc:
-            locks.settle(lk, rc)
+            self.table.locks.settle(lk, rc)
         try:
-            if W[cw + C_STATE] != self.state:
+            if W[self._w_state] != self.state:
                 raise _Stale
-            tail = W[cw + C_TAIL]
+            tail = W[self._w_tail]
             pos = tail % cap
             room = cap - pos
             pad = room if rec > room else 0
             need = pad + rec
-            if W[cw + C_KIND] == KIND_QUEUE:
-                free = cap - (tail - W[cw + C_HEAD])
+            if self._is_queue:
+                free = cap - (tail - W[self._w_head])
                 if need > free:
-                    W[cw + C_BACKPRESSURE] += 1
+                    W[self._cw + C_BACKPRESSURE] += 1
                     raise Backpressure(self.name, need, free)
             else:
-                W[cw + C_RESERVE] = tail + need  # subscribers: these bytes are going
+                W[self._w_reserve] = tail + need  # subscribers: these bytes are going
             ring = self._ring
             if pad:
                 W[(ring + pos) >> 3] = REC_WRAP
@@ -469,18 +478,23 @@ class Sender(_Handle):
                 mm[off : off + half] = data[:half]
                 hook()
                 mm[off + half : off + n] = data[half:]
-            W[cw + C_TAIL] = tail + need  # publish: one store
-            W[cw + C_SENT] += 1
+            W[self._w_tail] = tail + need  # publish: one store
+            W[self._w_sent] += 1
         finally:
-            locks.unlock(lk)
+            self._unlock(lk)
         # The unlock is an atomic read-modify-write (a full barrier on x86), so this read of
         # the waiting flags cannot be satisfied before the tail store is visible.
-        if mm[self._flags : self._flags + self._nflags] != self._no_waiters:
-            self._futex.wake(self._futex_addr)
+        if mm[self._flags : self._flags_end] != self._no_waiters:
+            self._wake(self._futex_ptr)
 
 
 class _Reader(_Handle):
     _flag: int
+
+    def _bind(self, index: int, state: int) -> None:
+        super()._bind(index, state)
+        self._ts = Timespec()  # this reader's wait timeout, reused by every wait
+        self._ts_ref = ctypes.byref(self._ts)
 
     def _next(self) -> bytes | None:
         raise NotImplementedError
@@ -498,19 +512,21 @@ class _Reader(_Handle):
             return data
         deadline = None if timeout is None else time.monotonic() + timeout
         W, mm, flag = self._W, self._mm, self._flag
-        tail_word = self._cw + C_TAIL
+        tail_word = self._w_tail
+        ts, ts_ref = self._ts, self._ts_ref
         while True:
             mm[flag] = 1
             tail = W[tail_word]
             if tail == self._position():
                 if deadline is None:
-                    remaining = None
+                    self._wait(self._futex_ptr, tail, None)
                 else:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         mm[flag] = 0
                         return None
-                self._futex.wait(self._futex_addr, tail, remaining)
+                    ts.set(remaining)
+                    self._wait(self._futex_ptr, tail, ts_ref)
             mm[flag] = 0
             data = self._next()
             if data is not None:

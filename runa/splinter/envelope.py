@@ -121,10 +121,16 @@ class Envelope:
         return self.type == "query" and self.payload.get("op") == "cancel"
 
 
+# json.dumps builds a new encoder on every call when given options (~3 µs of a ~8 µs encode,
+# measured for a 250-byte event); one configured encoder, reused, does not. It holds no state.
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(env: Envelope, limit: int | None = None) -> bytes:
     """Compact UTF-8 JSON; raises MessageTooLarge over ``limit`` and BadSchema if invalid."""
-    _validate(env.to_dict(), env.id, env.reply_to, env.sender)
-    data = json.dumps(env.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    d = env.to_dict()
+    _validate(d, env.id, env.reply_to, env.sender)
+    data = _COMPACT.encode(d).encode("utf-8")
     if limit is not None and len(data) > limit:
         raise MessageTooLarge(len(data), limit)
     return data

@@ -27,6 +27,17 @@ HEADER_SIZE = PAGE
 HEADER = struct.Struct("<8sIIQ8IQQQQQII")
 HDR_COUNTERS = 128  # byte offset of the store counters (u64 each)
 CTR_LIVE, CTR_TOMBS, CTR_INSERTS, CTR_UNSETS, CTR_EVICTIONS, CTR_RECOVERED = range(6)
+# Added in place of reserved (zero) header bytes, so version-1 segments made before them read 0.
+CTR_EXPIRED, CTR_IDLE_EXPIRED, CTR_STORE_FULL = 6, 7, 8
+# The keeper's counters, kept in the header too so `runa bus export` can read them from outside.
+K_SWEEPS, K_SWEEP_NS, K_SWEEP_MAX_NS, K_SWEEP_AT, K_PROMOTIONS, K_REAPED = range(9, 15)
+STORE_COUNTERS = (
+    "live", "tombstones", "inserts", "unsets", "evictions", "lock_recoveries", "expired",
+    "idle_expired", "store_full",
+)
+KEEPER_COUNTERS = (
+    "sweeps", "last_sweep_ns", "max_sweep_ns", "last_sweep_at_ns", "promotions", "reaped",
+)
 
 # -- slot: a 128-byte header, then the key, then two value buffers ------------------------------
 # word offsets inside the slot header
@@ -41,7 +52,9 @@ S_FLAGS = 7  # bit 0 = ephemeral
 S_ATIME = 8  # CLOCK_MONOTONIC ns of the last read or write (readers update it at most once a ms)
 S_MTIME = 9  # CLOCK_MONOTONIC ns of the last write
 S_READS = 10  # reads since the key was inserted (approximate: concurrent readers may lose counts)
-# words 11..15 reserved
+S_PROMOTED_READS = 11  # ``reads`` when the keeper last issued a promote event for the key
+S_PROMOTED_AT = 12  # CLOCK_MONOTONIC ns of that event; 0 = never promoted
+# words 13..15 reserved
 SLOT_HEADER = 128
 
 STATE_EMPTY, STATE_LIVE, STATE_TOMB = 0, 1, 2

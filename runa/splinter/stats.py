@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from runa.splinter.errors import SplinterError, StatsTableFull
 from runa.splinter.layout import (
+    HDR_COUNTERS,
+    K_SWEEPS,
+    KEEPER_COUNTERS,
     LOCK_STATS_TABLE,
     MAX_COMPONENT_NAME,
     STAT_COUNTERS_OFF,
@@ -86,3 +89,26 @@ class StatsTable:
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Every component's counters by name."""
         return {n: ComponentStats(self.segment, n, e).get() for e, n in self._entries()}
+
+
+class KeeperCounters:
+    """The keeper's counters (layout.KEEPER_COUNTERS), kept in the segment header.
+
+    They live in the header, not in the keeper's stats entry, because a stats entry has room for
+    exactly the eight message counters and the header page had reserved words to spare (so the
+    layout version stays 1). One writer, the keeper; anyone may read them.
+    """
+
+    def __init__(self, segment: Segment) -> None:
+        self._W = segment.words
+        self._base = HDR_COUNTERS // 8 + K_SWEEPS
+        self._index = {f: i for i, f in enumerate(KEEPER_COUNTERS)}
+
+    def incr(self, field: str, n: int = 1) -> None:
+        self._W[self._base + self._index[field]] += n
+
+    def put(self, field: str, value: int) -> None:
+        self._W[self._base + self._index[field]] = value
+
+    def get(self) -> dict[str, int]:
+        return {f: self._W[self._base + i] for i, f in enumerate(KEEPER_COUNTERS)}

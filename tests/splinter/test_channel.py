@@ -226,6 +226,17 @@ def _stopped_subscriber(path: str, ready_w: int, out) -> None:
         out.put(f"dropped: {e}")
 
 
+def wait_stopped(pid: int, timeout: float = 10) -> None:
+    """Wait until ``pid`` is in the stopped state (``T`` in /proc/<pid>/stat)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.001)
+    raise AssertionError(f"pid {pid} did not stop within {timeout} s")
+
+
 def test_writer_never_blocks_on_a_stopped_subscriber_in_another_process(make_bus, mp) -> None:
     bus, path = make_bus()
     tx = bus.broadcast("events")
@@ -234,6 +245,7 @@ def test_writer_never_blocks_on_a_stopped_subscriber_in_another_process(make_bus
     child = mp.Process(target=_stopped_subscriber, args=(path, w, out))
     child.start()
     assert os.read(r, 1) == b"r"
+    wait_stopped(child.pid)  # else a SIGCONT sent before its SIGSTOP would leave it stopped
     worst = 0.0
     for i in range(200):
         t = time.monotonic()

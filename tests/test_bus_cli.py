@@ -1,0 +1,119 @@
+"""``runa bus export`` and ``runa bus scope`` against a real bus, as a person runs them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from support import runa
+
+from runa.splinter import Bus
+
+
+@pytest.fixture
+def bus(runa_env: dict[str, str]) -> Iterator[Bus]:
+    runa("bus", "init", env=runa_env, check=True)
+    with Bus.open(f"/dev/shm/runa-{runa_env['RUNA_STACK']}-main") as opened:
+        yield opened
+
+
+@pytest.fixture
+def busy_component(bus: Bus) -> Iterator[None]:
+    """Component "probe" sends ~5,000 messages a second (by its counters) while the test runs."""
+    stats = bus.component_stats("probe")
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.01):
+            stats.incr("msgs_out", 50)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
+
+
+def read_hot_key(bus: Bus, times: int) -> None:
+    bus.set("user:1:hot", b"often read")
+    for _ in range(times):
+        assert bus.get("user:1:hot") == b"often read"
+
+
+def row(output: str, first_cell: str) -> list[str]:
+    for line in output.splitlines():
+        cells = [c.strip() for c in re.split(r"[│┃|]", line) if c.strip()]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
+
+
+def test_scope_once_shows_a_components_rate_and_a_hot_key(
+    runa_env: dict[str, str], bus: Bus, busy_component: None
+) -> None:
+    read_hot_key(bus, 42)
+    result = runa("bus", "scope", "--once", "--interval", "0.5", env=runa_env, check=True)
+    probe = row(result.stdout, "probe")  # component, in/s, out/s, msgs in, msgs out, ...
+    out_rate = float(probe[2].replace(",", ""))
+    assert 1_000 <= out_rate <= 20_000, probe
+    assert int(probe[4]) > 0
+    hot = row(result.stdout, "user:1:hot")  # key, reads, reads/s, bytes, ...
+    assert (hot[1], hot[3]) == ("42", "10")
+    assert row(result.stdout, "live keys")[1] == "1 / 2048"
+
+
+def test_export_shows_decay_counters_and_hot_keys(runa_env: dict[str, str], bus: Bus) -> None:
+    read_hot_key(bus, 7)
+    bus.set("short", b"x", ttl_ms=1)
+    time.sleep(0.01)
+    bus.set("other", b"y", ttl_ms=60_000)
+    data = json.loads(runa("bus", "export", env=runa_env, check=True).stdout)
+    for counter in ("live", "expired", "idle_expired", "evictions", "store_full", "inserts"):
+        assert counter in data["kv"], counter
+    for counter in ("sweeps", "last_sweep_ns", "promotions", "reaped"):
+        assert counter in data["keeper"], counter
+    assert data["hot_keys"][0]["key"] == "user:1:hot" and data["hot_keys"][0]["reads"] == 7
+    assert data["kv"]["live"] == 3  # "short" expired but no keeper runs here to remove it
+    assert data["kv"]["expired"] == 0
+
+
+def take_terminal() -> None:
+    """In the child, after setsid: make the pty on stdin the controlling terminal, so Ctrl-C
+    typed into it is a SIGINT, as in a person's terminal."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+@pytest.mark.parametrize("key", [b"q", b"\x03"], ids=["q", "ctrl-c"])
+def test_scope_quits_on_q_or_ctrl_c(runa_env: dict[str, str], bus: Bus, key: bytes) -> None:
+    """The live view in a real terminal: it draws frames and leaves on 'q' or Ctrl-C."""
+    main, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "runa", "bus", "scope", "--interval", "0.1"],
+                            env={**runa_env, "TERM": "xterm"}, stdin=child, stdout=child,
+                            stderr=child, close_fds=True, start_new_session=True,
+                            preexec_fn=take_terminal)
+    os.close(child)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 15
+        while b"hot keys" not in seen and time.monotonic() < deadline:
+            if select.select([main], [], [], 0.5)[0]:
+                seen += os.read(main, 65536)
+        assert b"hot keys" in seen, seen[-500:]
+        os.write(main, key)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
