@@ -32,14 +32,20 @@ def field_name(name: str) -> str:
 
 
 class _ComponentFilter(logging.Filter):
-    """Stamps every record with the component's name."""
+    """Stamps every record with the component's name, unless the record names another.
+
+    gilgul's events about a component (``restart``, ``escalated``) carry that component's
+    name, so ``journalctl RUNA_COMPONENT=splinfer`` tells splinfer's whole story; who wrote
+    the record stays in ``SYSLOG_IDENTIFIER``.
+    """
 
     def __init__(self, component: str) -> None:
         super().__init__()
         self.component = component
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.RUNA_COMPONENT = self.component
+        if not getattr(record, "RUNA_COMPONENT", None):
+            record.RUNA_COMPONENT = self.component
         return True
 
 

@@ -18,6 +18,7 @@ DAEMONS = {
     "demo": "runa.demo.daemon:create",
     "splinter": "runa.keeper.daemon:create",
     "splinfer": "runa.splinfer.daemon:create",
+    "gilgul": "runa.gilgul.daemon:create",
 }
 
 

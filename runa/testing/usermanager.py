@@ -10,10 +10,23 @@ The recipe is the measured one (shared notes, platform-systemd-packaging §1a):
    the whole machine (PID 1 included) into its ``init.scope``. If the move fails
    the harness refuses to start.
 4. ``mkdir /run/systemd/system`` only while the manager checks for it.
-5. Tear everything down in ``stop()``, which ``with`` calls from a finally path.
+5. Create ``/run/systemd/inaccessible/{reg,dir,chr,blk,fifo,sock}`` as PID 1 would have:
+   sandboxing directives (``ProtectKernelLogs=``, ``InaccessiblePaths=``, …) bind-mount these
+   over what they hide, and without them every such unit fails with 226/NAMESPACE.
+6. Make ``/run`` a mount point (a bind mount onto itself) where the host has it as a plain
+   directory, as this VM does: a booted system mounts a tmpfs there. Otherwise any unit with
+   an implied ``MountAPIVFS=`` (``ProtectKernelTunables=``, ``ProtectControlGroups=``, …) gets
+   an empty tmpfs on ``/run`` and loses ``$NOTIFY_SOCKET``, the journal and D-Bus.
+7. Tear everything down in ``stop()``, which ``with`` calls from a finally path.
 
 Used by the test suite (the ``real_systemd`` marker), the benchmarks and the
 packaging test; ``python -m runa.testing.usermanager start|stop|env`` drives it by hand.
+
+The committed units run ``/usr/bin/runa``, which exists only once Runa is installed as a
+package. ``use_runa()`` makes a checkout's ``runa`` (e.g. the venv's) reachable for them: one
+prefix drop-in, ``runa-.service.d/10-harness.conf`` in the manager's runtime unit directory,
+applies to every ``runa-*.service`` and replaces ``ExecStart=`` with that executable
+(``%j`` is the part of the unit name after ``runa-``), plus any test environment.
 """
 
 from __future__ import annotations
@@ -23,10 +36,11 @@ import json
 import os
 import pwd
 import signal
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from runa.errors import RunaError
@@ -37,6 +51,8 @@ JOURNALD = Path("/lib/systemd/systemd-journald")
 SYSTEMD = Path("/lib/systemd/systemd")
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 BOOTED_MARKER = Path("/run/systemd/system")
+INACCESSIBLE = Path("/run/systemd/inaccessible")
+RUN = Path("/run")
 STATE_DIR = Path("/run/runa-harness")
 
 
@@ -73,6 +89,8 @@ class UserManager:
         self.manager: subprocess.Popen[bytes] | None = None
         self.journald: subprocess.Popen[bytes] | None = None
         self._created_marker = False
+        self._created_inaccessible = False
+        self._mounted_run = False
 
     # -- public --------------------------------------------------------------------------
 
@@ -84,11 +102,40 @@ class UserManager:
             "DBUS_SESSION_BUS_ADDRESS": f"unix:path={self.runtime_dir}/bus",
         }
 
+    @property
+    def unit_dir(self) -> Path:
+        """The manager's runtime unit directory (``$XDG_RUNTIME_DIR/systemd/user``)."""
+        return self.runtime_dir / "systemd/user"
+
+    def use_runa(self, executable: Path | str,
+                 environment: Mapping[str, str] | None = None) -> Path:
+        """Run every ``runa-*.service`` with ``executable`` (and ``environment``); no reload.
+
+        Returns the drop-in written; ``forget_runa()`` removes it.
+        """
+        lines = ["# Written by runa.testing.usermanager: the units run this checkout's runa.",
+                 "[Service]", "ExecStart=", f"ExecStart={executable} daemon %j"]
+        for key, value in sorted((environment or {}).items()):
+            quoted = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+            lines.append(f'Environment="{key}={quoted}"')
+        path = self.unit_dir / "runa-.service.d/10-harness.conf"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def forget_runa(self) -> None:
+        path = self.unit_dir / "runa-.service.d/10-harness.conf"
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
     def start(self) -> UserManager:
         self.cleanup_leftovers()
         try:
             self._ensure_journald()
             self._prepare_runtime_dir()
+            self._make_inaccessible_nodes()
+            self._make_run_a_mount()
             self._prepare_cgroups()
             self._launch()
             self._save_state()
@@ -119,6 +166,8 @@ class UserManager:
                 self.journald.wait()
         self._remove_cgroups()
         self._remove_booted_marker()
+        self._remove_inaccessible_nodes()
+        self._unmount_run()
         self.state_file.unlink(missing_ok=True)
         self.manager = self.journald = None
 
@@ -159,6 +208,42 @@ class UserManager:
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.runtime_dir, self.uid, self.user.pw_gid)
         os.chmod(self.runtime_dir, 0o700)
+
+    def _make_inaccessible_nodes(self) -> None:
+        """What PID 1 creates at boot (``make_inaccessible_nodes()``); mode 0 on every node."""
+        if INACCESSIBLE.exists():
+            return
+        INACCESSIBLE.mkdir(parents=True, mode=0o755)
+        self._created_inaccessible = True
+        (INACCESSIBLE / "dir").mkdir(mode=0)
+        (INACCESSIBLE / "reg").touch(mode=0)
+        for name, kind in (("chr", stat.S_IFCHR), ("blk", stat.S_IFBLK),
+                           ("fifo", stat.S_IFIFO), ("sock", stat.S_IFSOCK)):
+            os.mknod(INACCESSIBLE / name, kind, os.makedev(0, 0))
+        for entry in INACCESSIBLE.iterdir():
+            os.chmod(entry, 0)
+
+    def _remove_inaccessible_nodes(self) -> None:
+        if not self._created_inaccessible:
+            return
+        for entry in INACCESSIBLE.iterdir():
+            with contextlib.suppress(OSError):
+                entry.rmdir() if entry.is_dir() else entry.unlink()
+        with contextlib.suppress(OSError):
+            INACCESSIBLE.rmdir()
+        self._created_inaccessible = False
+
+    def _make_run_a_mount(self) -> None:
+        if _is_mount_point(RUN):
+            return
+        subprocess.run(["mount", "--bind", str(RUN), str(RUN)], check=True, capture_output=True)
+        self._mounted_run = True
+
+    def _unmount_run(self) -> None:
+        """Detach our bind mount lazily: files others hold open under /run stay valid."""
+        if self._mounted_run:
+            subprocess.run(["umount", "--lazy", str(RUN)], check=False, capture_output=True)
+            self._mounted_run = False
 
     def _prepare_cgroups(self) -> None:
         for hierarchy in _hierarchies():
@@ -276,6 +361,15 @@ class UserManager:
             with contextlib.suppress(OSError):
                 BOOTED_MARKER.rmdir()
             self._created_marker = False
+
+
+def _is_mount_point(path: Path) -> bool:
+    """From the mount table: ``os.path.ismount`` misses a bind mount within one file system."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split()[4] == str(path) for line in lines if len(line.split()) > 4)
 
 
 def _is_process(pid: int, names: set[str]) -> bool:

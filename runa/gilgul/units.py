@@ -1,0 +1,115 @@
+"""Rendering the systemd user units from the registry and the Jinja2 templates (DESIGN §5).
+
+The committed units under ``systemd/`` are this module's output for the packaged registry and
+the configuration's packaged defaults, with ``ExecStart=/usr/bin/runa``; a test keeps them
+equal. Rendering is pure: text in memory, written only once every unit rendered.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from runa import config as config_mod
+from runa.gilgul.registry import Registry, render_value, unit_name
+
+EXECUTABLE = "/usr/bin/runa"
+TARGET = "runa.target"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The resource settings a unit carries: CPUQuota=, MemoryMax=, WatchdogSec=."""
+
+    cpu_quota: str
+    memory_max: str
+    watchdog_sec: int
+
+    @classmethod
+    def of(cls, values: Mapping[str, object]) -> Limits:
+        """From a ``[components.<name>]`` table (``Config.component``)."""
+        return cls(cpu_quota=str(values["cpu_quota"]), memory_max=str(values["memory_max"]),
+                   watchdog_sec=int(values["watchdog_sec"]))  # type: ignore[call-overload]
+
+    @classmethod
+    def packaged(cls, component: str) -> Limits:
+        """The configuration's packaged defaults: what the committed units carry."""
+        return cls.of({key: config_mod.setting(f"components.{component}.{key}").default
+                       for key in ("cpu_quota", "memory_max", "watchdog_sec")})
+
+
+def _environment() -> jinja2.Environment:
+    templates = resources.files("runa") / "data" / "templates"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # unit files, not HTML
+    )
+    env.filters["unit_name"] = unit_name
+    env.filters["systemd_value"] = render_value
+    return env
+
+
+def render(registry: Registry, executable: str = EXECUTABLE) -> dict[str, str]:
+    """Every unit of ``registry``: ``{file name: text}``, the target first."""
+    env = _environment()
+    units = {TARGET: env.get_template("target.j2").render(
+        components=registry.enabled,
+        documentation=registry.components[0].documentation if registry.components else ())}
+    service = env.get_template("service.j2")
+    manager = registry.manager
+    for component in registry:
+        after = [unit_name(name) for name in component.after]
+        if manager is not None and not component.is_manager:
+            after.insert(0, manager.unit)  # its drop-ins first; it sees every start
+        units[component.unit] = service.render(
+            unit=component.unit, c=component, executable=executable, after=after,
+            limits=Limits.packaged(component.name))
+    return units
+
+
+def write(units: Mapping[str, str], directory: Path) -> list[Path]:
+    """Write ``units`` into ``directory``, each file replaced atomically; the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in units.items():
+        written.append(write_atomically(directory / name, text))
+    return written
+
+
+def write_atomically(path: Path, text: str, mode: int = 0o644) -> Path:
+    """Write through a temporary file and rename, so readers see the old text or the new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def differences(units: Mapping[str, str], directory: Path) -> list[str]:
+    """How ``directory`` differs from ``units``: one line per missing, changed or extra file."""
+    problems = []
+    for name, text in units.items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.read_text() != text:
+            problems.append(f"{path}: differs from the rendered unit")
+    for path in sorted(directory.glob("runa*")):
+        if path.suffix in (".service", ".target") and path.name not in units:
+            problems.append(f"{path}: not rendered from the registry")
+    return problems
