@@ -2,18 +2,19 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-QUESTION ?= In one sentence, what is a microkernel?
 
 .PHONY: setup run test lint clean
 
 setup:
 	@tools/setup
 
-# Set up, install the default model (once), start the stack in the background, ask a question.
+# Set up, install the default model (once), start the stack in the background, open the chat.
+# With standard input not a terminal, the chat answers one question per line and ends at the
+# end of input (`make run < /dev/null` ends at once).
 run: setup
 	$(VENV)/bin/runa models setup
 	$(VENV)/bin/runa up --detach
-	$(VENV)/bin/runa ask "$(QUESTION)"
+	$(VENV)/bin/runa chat
 
 test: setup
 	$(PY) -m ruff check .

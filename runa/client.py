@@ -86,6 +86,29 @@ class ServiceClient:
                 f"{self.service} is not running (no '{self.service}' channel on the bus); "
                 "start Runa with 'systemctl --user start runa.target' or 'runa up'") from None
 
+    def check_running(self, grace: float = 3.0) -> None:
+        """Fail fast, saying what to do, when the service has no queue or no heartbeat.
+
+        A service that has just started may not have written its first heartbeat yet,
+        so a missing one is waited for up to ``grace`` seconds.
+        """
+        self._sender()
+        deadline = self.clock() + grace
+        while not self.alive():
+            if self.clock() >= deadline:
+                raise ServiceUnavailable(
+                    f"{self.service} has no heartbeat (starting, hung or stopped); see "
+                    "'runa status', or start Runa with 'runa up'")
+            time.sleep(0.05)
+
+    def call(self, payload: dict[str, Any], *, idle_timeout: float = 30.0) -> dict[str, Any]:
+        """One query, one answer: the payload of its final response envelope."""
+        for envelope in self.request(payload, idle_timeout=idle_timeout):
+            if envelope.eof:
+                return envelope.payload
+        raise ServiceFault(self.service, {"code": Fault.INTERNAL_ERROR,
+                                          "message": "the answer ended without its last part"})
+
     def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0
                 ) -> Iterator[Envelope]:
         """Send a query and yield its response envelopes until the one with ``eof``.
@@ -96,14 +119,16 @@ class ServiceClient:
         """
         sender = self._sender()
         query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name)
+        # Set before sending and kept if the caller is interrupted mid-stream (Ctrl-C), so
+        # cancel() knows what to stop even when the interrupt lands right after the send.
+        self._active = query.id
         try:
             sender.send(query)
         except Backpressure:
+            self._active = None
             raise ServiceFault(self.service, {"code": Fault.BACKPRESSURE,
                                               "message": "its queue is full; try again"}) \
                 from None
-        # Stays set if the caller is interrupted mid-stream, so cancel() knows what to stop.
-        self._active = query.id
         quiet_since = self.clock()
         while True:
             envelope = self.replies.recv(timeout=0.5)

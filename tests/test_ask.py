@@ -16,7 +16,17 @@ from support import isolated_env, remove_segments, runa, wait_for
 from runa.testing.tiny_gguf import write_tiny_gguf
 
 CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "512", "RUNA_SPLINFER_THREADS": "2",
-           "RUNA_SPLINFER_FLASH_ATTN": "true", "RUNA_SPLINFER_BATCH_SIZE": "512"}
+           "RUNA_SPLINFER_FLASH_ATTN": "true", "RUNA_SPLINFER_BATCH_SIZE": "512",
+           "RUNA_SPLINFER_PERSONA": "plain"}
+
+
+def plain_persona(env: dict[str, str]) -> None:
+    """A persona without system prompt or options: answers are llama.cpp's own, so they
+    can be compared with llama-cpp-python called directly."""
+    personas = Path(env["XDG_CONFIG_HOME"]) / "runa/personas"
+    personas.mkdir(parents=True, exist_ok=True)
+    (personas / "plain.md").write_text("---\ndescription: no system prompt, llama.cpp defaults\n"
+                                       "---\n")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +36,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     model = write_tiny_gguf(root / "tiny.gguf")
     env = {**isolated_env(root), **CONTEXT, "RUNA_SPLINFER_MODEL": str(model),
            "RUNA_LOG_TARGET": "stderr"}
+    plain_persona(env)
     up = runa("up", "--detach", env=env)
     assert up.returncode == 0, up.stderr + (root / "run/runa/supervisor.log").read_text()
     env["_MODEL"] = str(model)
@@ -59,6 +70,9 @@ def test_json_output_reports_the_turn_counters(stack) -> None:
     assert answer["n_gen"] == 7 and answer["finish_reason"] == "length"
     assert answer["n_eval"] == answer["n_prompt"] > 0
     assert answer["text"] == direct_greedy(stack["_MODEL"], "hello", 7)
+    # A one-shot question: the stack's default persona answers, nothing is kept.
+    assert (answer["persona"], answer["conversation"], answer["restored"]) == (
+        "plain", None, False)
 
 
 def test_out_of_range_parameter_is_refused_with_its_name(stack) -> None:
@@ -140,6 +154,7 @@ def test_a_missing_model_stops_runa_up_naming_the_path(runa_env, tmp_path: Path)
 def test_default_model_greedy_answer_is_identical_to_llama_cpp_python(
         real_model: Path, tmp_path: Path) -> None:
     env = {**isolated_env(tmp_path), **CONTEXT, "RUNA_SPLINFER_MODEL": str(real_model)}
+    plain_persona(env)
     assert runa("up", "--detach", env=env).returncode == 0
     try:
         question = "Write one sentence about the sea."

@@ -1,8 +1,12 @@
-"""splinfer: llama.cpp inference, independent of the bus.
+"""splinfer: llama.cpp inference, many conversations at once, independent of the bus.
 
-``engine.Engine`` loads one model (after ``fit.check_fit`` says it fits) and
-answers chat messages token by token; ``params`` holds the inference options
-under llama.cpp's names; ``prompt`` turns messages into tokens safely and keeps
-long conversations inside the context. The daemon that puts this on the bus is
-a separate module and the only one that knows about envelopes.
+``engine.Engine`` loads one model (after ``fit.check_fit`` says it fits) into one
+context with several sequences and decodes every running answer in one batch
+(``generation`` holds the per-answer loop); ``params`` holds the inference options
+under llama.cpp's names; ``prompt`` turns messages into tokens safely and keeps long
+conversations inside the context, ``turnplan`` extends a conversation's tokens turn
+by turn; ``conversations`` keeps histories and saved model states on disk
+(``statefile``, ``storage``, ``modelid``); ``personas`` reads the persona files.
+The daemon that puts this on the bus (``daemon``, with ``requests`` and ``stream``)
+is the only module that knows about envelopes.
 """

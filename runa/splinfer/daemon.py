@@ -1,17 +1,29 @@
-"""splinfer as a daemon: one model, answering chat queries that arrive on the bus.
+"""splinfer as a daemon: one model, many conversations, answered together over the bus.
 
-It listens on the queue ``splinfer``; each ``chat`` query is answered by a stream of
-``response`` envelopes with the request's id (``seq`` 0, 1, …; the last one has
-``eof`` and the turn's counters). While it generates it keeps reading its queue,
-so a ``cancel`` for the running request stops it between two tokens; other queries
-wait their turn (one conversation at a time, for now). Watchdog pings and heartbeats
-come from inside the generation loop, so a long decode is never mistaken for a hang.
-The model is unloaded after ``splinfer.idle_unload_s`` and loaded again on demand.
-Payload schemas: docs/protocol.md, "splinfer".
+It listens on the queue ``splinfer`` (payloads: docs/protocol.md, "splinfer").
+Each ``chat`` is admitted into a sequence of the engine's context as soon as one
+is free and decoded in the shared batch with every other running answer; each
+answer streams on its own reply channel and can be cancelled on its own. The
+queue is read between decode steps (and from inside long decodes), so cancels,
+``status``, ``personas``, ``history`` and ``forget`` are answered while answers
+are being generated; chats that find every sequence answering wait, in order.
+
+A chat naming a ``conversation`` continues it: its history lives on disk
+(``conversations.py``), its tokens stay in its sequence while it is resident,
+and when it leaves the sequence (evicted for another conversation, the model
+unloaded after ``splinfer.idle_unload_s``, splinfer stopping) or has been idle
+``splinfer.state_save_idle_s``, its KV state goes to a state file, restored when
+it returns — also after a restart. A state that is missing, damaged or made by
+another model or llama.cpp is reported in the journal and the kept history is
+evaluated again.
+
+Watchdog pings and heartbeats come from the work loop and from inside long
+decodes, so a long prompt is never mistaken for a hang.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -22,33 +34,71 @@ from typing import Any
 from runa import bus as bus_mod
 from runa import cgroup, log
 from runa.config import Config, parse_size
-from runa.errors import RunaError
+from runa.errors import ConfigError, RunaError
 from runa.models.resolve import resolve_model
 from runa.paths import Paths
 from runa.service import ServiceContext
-from runa.splinfer.engine import Engine, GenerationResult
-from runa.splinfer.errors import InferenceError, ParamError, PromptTooLongError
+from runa.splinfer import modelid, statefile
+from runa.splinfer.conversations import (
+    Conversation,
+    ConversationError,
+    ConversationStore,
+    StateSaveError,
+    UnknownConversationError,
+)
+from runa.splinfer.engine import Engine
+from runa.splinfer.errors import (
+    InferenceError,
+    NoFreeSequenceError,
+    ParamError,
+    PromptTooLongError,
+    TemplateError,
+)
+from runa.splinfer.generation import Generation, GenerationResult
 from runa.splinfer.hooks import TokenHook
-from runa.splinfer.params import SamplingParams, parse_params
+from runa.splinfer.params import parse_params
+from runa.splinfer.personas import (
+    Persona,
+    PersonaError,
+    PersonaLibrary,
+    UnknownPersonaError,
+    persona_dirs,
+)
+from runa.splinfer.prompt import answer_reserve
+from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat
+from runa.splinfer.sequence import Sequence
+from runa.splinfer.statefile import StateIdentity
+from runa.splinfer.stream import ReplyStream
+from runa.splinfer.turnplan import TurnPlan, next_basis, plan_turn
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
-from runa.splinter.errors import Backpressure, BadSchema, ChannelNotFound, SplinterError
+from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError
 
 NAME = "splinfer"
+OPS = ("chat", "cancel", "status", "personas", "history", "forget")
+#: How long the loop waits for the queue while it only waits for slow readers.
+DRAIN_WAIT_S = 0.005
 
 
-class _ReaderGone(Exception):
-    """The reply channel vanished or stayed full past the stream timeout."""
+def conversation_key(conversation: str) -> str:
+    return f"{NAME}:conv:{conversation}"
 
 
-@dataclass
+@dataclass(eq=False)
 class _Turn:
-    request: Envelope
-    reply: Any  # EnvelopeSender
-    seq: int = 0
+    """One chat request from admission to its last envelope."""
+
+    request: ChatRequest
+    stream: ReplyStream
+    seq: Sequence
+    persona: Persona
+    conv: Conversation | None = None
+    system: tuple[dict[str, str], ...] = ()
+    plan: TurnPlan | None = None
+    gen: Generation | None = None
+    restored: bool = False
     cancelled: bool = False
-    unsent: str = ""
-    last_flush: float = float("-inf")
+    forgotten: bool = False
 
 
 class Splinfer:
@@ -64,6 +114,8 @@ class Splinfer:
         token_hook: TokenHook | None = None,
         clock: Callable[[], float] = time.monotonic,
         memory_limit: Callable[[], int | None] = cgroup.memory_limit,
+        personas: PersonaLibrary | None = None,
+        store: ConversationStore | None = None,
     ) -> None:
         self.config = config
         self.stack = stack
@@ -75,10 +127,23 @@ class Splinfer:
         self.idle_unload_s = config["splinfer.idle_unload_s"]
         self.stream_timeout_s = config["splinfer.stream_timeout_s"]
         self.stream_flush_s = config["splinfer.stream_flush_ms"] / 1000
+        self.save_idle_s = config["splinfer.state_save_idle_s"]
+        self.default_persona = config["splinfer.persona"]
+        self.personas = personas or PersonaLibrary(persona_dirs(self.paths), logger)
+        self.store = store or ConversationStore(
+            self.paths.state / "conversations",
+            max_state_bytes=config["splinfer.state_max_mib"] << 20,
+            publish=self._publish, logger=logger)
         self.engine: Engine | None = None
         self.bus: Bus | None = None
-        self.pending: deque[Envelope] = deque()
-        self.turn: _Turn | None = None
+        self.identity: StateIdentity | None = None
+        self.pending: deque[ChatRequest] = deque()
+        self.inbox: deque[Envelope] = deque()
+        self.turns: dict[str, _Turn] = {}
+        self.draining: list[_Turn] = []
+        self.sequences: dict[str, Sequence] = {}
+        self.dirty: dict[str, float] = {}
+        """Conversations whose KV changed since their state file was written: when."""
         self.last_used = clock()
         self._ctx: ServiceContext | None = None
 
@@ -88,21 +153,51 @@ class Splinfer:
         self._ctx = ctx
         self.context_params, _ = parse_params(
             {k: self.config[f"splinfer.{k}"]
-             for k in ("ctx_size", "threads", "batch_size", "flash_attn")},
+             for k in ("ctx_size", "threads", "batch_size", "flash_attn", "parallel",
+                       "cache_type_k", "cache_type_v")},
             source="configuration [splinfer]")
+        try:
+            self.personas.get(self.default_persona)
+        except (UnknownPersonaError, PersonaError) as error:
+            raise ConfigError(self.config.origin("splinfer.persona"), "splinfer.persona",
+                              self.default_persona, str(error)) from None
         model = resolve_model(self.config["splinfer.model"], self.paths.models)
         ctx.status(f"loading {model.path.name}")
         ctx.extend_timeout(60)
         self.engine = Engine(model, self.context_params, memory_limit=self._memory_limit(),
-                             clock=self.clock, logger=self.logger)
+                             clock=self.clock, logger=self.logger, on_evict=self._on_evict)
         self.engine.load()
         log.event(self.logger, "model_loaded", f"loaded {model.path} in "
                   f"{self.engine.load_seconds:.2f} s", model=str(model.path))
         self.bus = bus_mod.connect(self.config, self.stack)
         self.stats = self.bus.component_stats(NAME)
         self.queue = self.bus.queue(NAME, stats=self.stats)
+        self.identity = self._identity(ctx)
+        self.store.open()
+        self.store.enforce_cap()
+        self.store.republish()
         self.last_used = self.clock()
         ctx.status(f"ready: {model.path.name}")
+
+    def _identity(self, ctx: ServiceContext) -> StateIdentity:
+        """What saved states must match: the model's sha256 (cached), llama.cpp, KV layout."""
+        assert self.engine is not None
+        last = [self.clock()]
+
+        def progress() -> None:
+            if self.clock() - last[0] > 5:
+                last[0] = self.clock()
+                ctx.extend_timeout(30)
+
+        digest, cached = modelid.model_sha256(self.engine.info.path,
+                                              self.paths.state / "model-ids.json",
+                                              progress=progress)
+        if not cached:
+            self.logger.info("model sha256 %s (%s)", digest, self.engine.info.path)
+        return StateIdentity(model=digest, llama=statefile.llama_identity(),
+                             kv=statefile.kv_identity(self.context_params.flash_attn,
+                                                      self.context_params.cache_type_k,
+                                                      self.context_params.cache_type_v))
 
     def _memory_limit(self) -> int | None:
         """The tighter of ``splinfer.memory_max`` and the cgroup's limit (MemoryMax=)."""
@@ -113,27 +208,99 @@ class Splinfer:
         return min(known) if known else None
 
     def step(self, timeout: float) -> None:
-        request = self.pending.popleft() if self.pending else self._receive(timeout)
-        if request is not None:
-            self._dispatch(request)
-        elif self._idle_expired():
-            self._unload_idle()
+        busy = bool(self.turns or self.inbox)
+        waiting = bool(self.pending or self.draining)
+        self._read_queue(0 if busy else DRAIN_WAIT_S if waiting else timeout)
+        self._process_inbox()
+        self._admit()
+        if self.turns:
+            self._decode_step()
+        self._pump()
+        if not self.turns and not self.pending and not self.draining:
+            self._idle_work()
 
     def stop(self) -> None:
+        for turn in list(self.turns.values()):
+            assert turn.gen is not None and self.engine is not None
+            self.engine.finish(turn.gen)
+            turn.stream.fail(Fault.INTERNAL_ERROR, "splinfer stopped while answering; ask again")
+        self.turns.clear()
+        for request in self.pending:
+            self._fail_request(request, Fault.INTERNAL_ERROR, "splinfer stopped; ask again")
+        self.pending.clear()
         if self.engine is not None:
-            self.engine.close()
+            self.engine.close()  # every resident conversation leaves: its state is saved
         if self.bus is not None:
             self.queue.close()
             self.bus.close()
 
-    # -- requests ------------------------------------------------------------------------
+    # -- reading the queue -----------------------------------------------------------------
 
-    def _receive(self, timeout: float) -> Envelope | None:
+    def _read_queue(self, timeout: float) -> None:
+        """Move what is waiting into the inbox; cancels take effect at once."""
+        while True:
+            try:
+                envelope = self.queue.recv(timeout)
+            except BadSchema as error:
+                self._answer_bad_schema(error)
+                timeout = 0
+                continue
+            if envelope is None:
+                return
+            timeout = 0
+            if envelope.type == "query" and envelope.payload.get("op") == "cancel":
+                self._cancel(envelope)
+            else:
+                self.inbox.append(envelope)
+
+    def _during_decode(self) -> None:
+        """Called from inside long decodes: stay alive, notice cancels."""
+        assert self._ctx is not None
+        self._ctx.keepalive()
+        self._read_queue(0)
+
+    def _process_inbox(self) -> None:
+        while self.inbox:
+            request = self.inbox.popleft()
+            if request.type != "query":
+                continue  # events and stray responses are not for us
+            try:
+                self._dispatch(request)
+            except BadSchema as error:
+                self._answer_bad_schema(error, request)
+            except ConversationError as error:  # a damaged history file: not the client's fault
+                self.logger.error("%s", error, extra={"RUNA_EVENT": "history_unreadable"})
+                self._send_quietly(request.reply_to or "", env_mod.fault(
+                    Fault.INTERNAL_ERROR, str(error), sender=NAME, to=request.sender,
+                    id=request.id))
+
+    def _dispatch(self, request: Envelope) -> None:
+        op = request.payload.get("op")
+        if op == "chat":
+            self.pending.append(parse_chat(request))
+            self._check_persona(self.pending[-1])
+        elif op == "status":
+            self._reply_once(request, self.describe())
+        elif op == "personas":
+            self._reply_once(request, self._personas())
+        elif op == "history":
+            self._reply_once(request, self._history(request))
+        elif op == "forget":
+            self._reply_once(request, self._forget(request))
+        elif op == "cancel":
+            self._cancel(request)
+        else:
+            raise bad(request, f"unknown op {op!r}; splinfer answers {', '.join(OPS)}")
+
+    def _check_persona(self, chat: ChatRequest) -> None:
+        """Refuse an unknown or broken persona at once (it is checked again on admission)."""
+        if chat.persona is None:
+            return
         try:
-            return self.queue.recv(timeout)
-        except BadSchema as error:
-            self._answer_bad_schema(error)
-            return None
+            self.personas.get(chat.persona)
+        except (UnknownPersonaError, PersonaError) as error:
+            self.pending.pop()
+            raise bad(chat.envelope, str(error)) from None
 
     def _answer_bad_schema(self, error: BadSchema, request: Envelope | None = None) -> None:
         self.logger.warning("bad request: %s", error.message, extra={"RUNA_EVENT": "bad_schema"})
@@ -141,90 +308,337 @@ class Splinfer:
         if where:
             self._send_quietly(where, env_mod.error_reply(request, error, sender=NAME))
 
-    def _dispatch(self, request: Envelope) -> None:
-        op = request.payload.get("op")
-        if request.type != "query":
-            return  # events and stray responses are not for us
-        if op == "chat":
-            self._chat(request)
-        elif op == "cancel":
-            pass  # nothing is running: the target already finished
-        elif op == "status":
-            self._reply_once(request, self.describe())
-        else:
-            self._answer_bad_schema(
-                BadSchema(f"unknown op {op!r}; splinfer answers chat, cancel, status",
-                          id=request.id, reply_to=request.reply_to, sender=request.sender),
-                request)
+    # -- the small queries -------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
         engine = self.engine
+        loaded = bool(engine and engine.loaded)
+        resident = [s for s in engine.residents if s.owner] if engine and loaded else []
         return {"model": str(engine.info.path) if engine else None,
-                "loaded": bool(engine and engine.loaded),
-                "n_ctx": engine.n_ctx if engine and engine.loaded else None,
-                "busy": self.turn is not None, "queued": len(self.pending)}
+                "loaded": loaded,
+                "n_ctx": engine.n_ctx if engine and loaded else None,
+                "busy": bool(self.turns), "queued": len(self.pending),
+                "conversations": {"active": len(self.turns), "resident": len(resident),
+                                  "stored": len(self.store.ids()),
+                                  "parallel": self.context_params.parallel}}
 
-    def _chat(self, request: Envelope) -> None:
-        assert self.engine is not None and self._ctx is not None
+    def _personas(self) -> dict[str, Any]:
+        return {"personas": [{"name": p.name, "description": p.description,
+                              "source": str(p.source)} for p in self.personas.all()],
+                "default": self.default_persona}
+
+    def _history(self, request: Envelope) -> dict[str, Any]:
+        conversation = conversation_field(request, required=True)
+        assert conversation is not None
         try:
-            messages, sampling = self._parse_chat(request)
-        except BadSchema as error:
-            self._answer_bad_schema(error, request)
+            conv = self.store.load(conversation)
+        except UnknownConversationError as error:
+            raise bad(request, str(error)) from None
+        messages = conv.messages
+        limit = self.bus.geometry.max_envelope - 1024  # type: ignore[union-attr]
+        omitted = 0
+        while messages and len(json.dumps(messages).encode()) > limit:
+            cut = max(2, len(messages) // 8 & ~1)  # whole turns (pairs), oldest first
+            messages, omitted = messages[cut:], omitted + cut
+        answer = {"conversation": conv.id, "persona": conv.persona, "messages": messages}
+        if omitted:
+            answer["omitted"] = omitted
+        return answer
+
+    def _forget(self, request: Envelope) -> dict[str, Any]:
+        conversation = conversation_field(request, required=True)
+        assert conversation is not None
+        active = next((t for t in self.turns.values()
+                       if t.conv is not None and t.conv.id == conversation), None)
+        if active is not None:
+            active.cancelled = active.forgotten = True
+        try:
+            self.store.forget(conversation)
+        except UnknownConversationError as error:
+            if active is None:
+                raise bad(request, str(error)) from None
+        self.dirty.pop(conversation, None)
+        seq = self.sequences.get(conversation)
+        if seq is not None and active is None:
+            self.sequences.pop(conversation)
+            if self.engine is not None and self.engine.loaded:
+                self.engine.release(seq)
+        log.event(self.logger, "forgotten", f"forgot conversation {conversation}",
+                  conversation=conversation)
+        return {"conversation": conversation, "forgotten": True}
+
+    def _cancel(self, request: Envelope) -> None:
+        target = request.payload.get("target")
+        if not isinstance(target, str):
+            self._answer_bad_schema(bad(request, "cancel needs 'target': the id of a chat"),
+                                    request)
             return
+        turn = self.turns.get(target)
+        if turn is not None:
+            if not turn.cancelled:
+                turn.cancelled = True
+                log.event(self.logger, "cancelled", "request cancelled by its client",
+                          request=target)
+            return
+        for chat in self.pending:
+            if chat.id == target:
+                self.pending.remove(chat)
+                log.event(self.logger, "cancelled", "request cancelled by its client",
+                          request=target)
+                self._reply_once(chat.envelope, {
+                    "text": "", "finish_reason": "cancelled", "n_prompt": 0, "n_eval": 0,
+                    "n_gen": 0, "prompt_ms": 0.0, "gen_ms": 0.0, "dropped_messages": 0,
+                    "conversation": chat.conversation, "persona": chat.persona,
+                    "restored": False})
+                return
+
+    # -- admitting chats ------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        """Start every waiting chat that can have a sequence now, in order."""
+        active = {t.conv.id for t in self.turns.values() if t.conv is not None}
+        for chat in list(self.pending):
+            if chat.conversation is not None and chat.conversation in active:
+                continue  # one turn of a conversation at a time
+            try:
+                turn = self._begin(chat)
+            except NoFreeSequenceError:
+                return  # every sequence is answering; the rest wait their turn
+            except (BadSchema, ParamError, PromptTooLongError, TemplateError,
+                    UnknownPersonaError, PersonaError) as error:
+                self.pending.remove(chat)
+                self._fail_request(chat, Fault.BAD_SCHEMA, _message(error))
+                continue
+            except (InferenceError, RunaError) as error:
+                self.pending.remove(chat)
+                self._fail_request(chat, Fault.INTERNAL_ERROR, str(error))
+                continue
+            self.pending.remove(chat)
+            if turn is None:
+                continue
+            self.turns[chat.id] = turn
+            if turn.conv is not None:
+                active.add(turn.conv.id)
+            assert self._ctx is not None
+            self._ctx.status(f"answering {len(self.turns)}")
+
+    def _begin(self, chat: ChatRequest) -> _Turn | None:
+        """Build the prompt, find (or restore) the sequence, start decoding; None if the
+        reply channel is gone."""
+        engine = self._ensure_loaded()
+        assert self.identity is not None and self.bus is not None
+        known = self.sequences.get(chat.conversation) if chat.conversation else None
+        if not engine.can_claim(known or engine.new_sequence()):
+            raise NoFreeSequenceError("every sequence is answering")  # before any work
+        conv = self._conversation(chat)
+        persona = self.personas.get(chat.persona or (conv.persona if conv else None)
+                                    or self.default_persona)
+        _, sampling = parse_params(chat.params, sampling=persona.sampling(),
+                                   source="request params")
+        prompt_system = chat.system if chat.system is not None else persona.system
+        system = ({"role": "system", "content": prompt_system},) if prompt_system else ()
+        user = {"role": "user", "content": chat.text}
+        if conv is not None:
+            plan = plan_turn(engine.builder, system=system, history=conv.messages,
+                             window=conv.window, user=user, basis=conv.basis,
+                             model=self.identity.model, n_ctx=engine.n_ctx,
+                             reserve=answer_reserve(sampling.n_predict, engine.n_ctx))
+            seq = self.sequences.get(conv.id) or engine.new_sequence(owner=conv.id)
+        else:
+            window = engine.prompt([*system, user], sampling)
+            plan = TurnPlan(window.tokens, window.dropped, False)
+            seq = engine.new_sequence()
         try:
-            reply = self.bus.sender(request.reply_to, stats=self.stats)  # type: ignore[union-attr]
+            sender = self.bus.sender(chat.envelope.reply_to or "", stats=self.stats)
         except ChannelNotFound:
-            self.logger.info("reply channel %s is gone; dropping request", request.reply_to)
-            return
-        self.turn = turn = _Turn(request, reply)
-        self._ctx.status("generating")
+            self.logger.info("reply channel %s is gone; dropping request", chat.envelope.reply_to)
+            return None
+        stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
+                             flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
+        turn = _Turn(chat, stream, seq, persona, conv, system, plan)
+        if conv is not None:
+            turn.restored = self._bring_back(conv, seq)
+            self.sequences[conv.id] = seq
+        turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
+                                on_text=stream.text, cancel=lambda: turn.cancelled)
+        if conv is not None:
+            self.dirty[conv.id] = self.clock()
+        return turn
+
+    def _conversation(self, chat: ChatRequest) -> Conversation | None:
+        if chat.conversation is None:
+            return None
         try:
-            self._ensure_loaded()
-            result = self.engine.chat(
-                self.engine.new_sequence(), messages, sampling,
-                on_token=self.token_hook, on_text=self._stream_text,
-                cancel=lambda: turn.cancelled, on_progress=self._while_busy)
-            self._send(turn, {"text": turn.unsent, **self._counters(result)}, eof=True)
-            log.event(self.logger, "turn", f"answered {result.n_gen} tokens "
-                      f"({result.finish_reason})", n_eval=result.n_eval, n_gen=result.n_gen,
-                      finish=result.finish_reason)
-        except _ReaderGone as gone:
-            self.logger.warning("stopped answering %s: %s", request.id, gone,
-                                extra={"RUNA_EVENT": "stream_abandoned"})
-        except (ParamError, PromptTooLongError) as error:  # the request itself cannot be served
-            self._fail(turn, Fault.BAD_SCHEMA, str(error))
-        except (InferenceError, RunaError) as error:
-            self._fail(turn, Fault.INTERNAL_ERROR, str(error))
-        finally:
-            self.turn = None
-            self.last_used = self.clock()
+            conv = self.store.load(chat.conversation)
+        except UnknownConversationError:
+            persona = chat.persona or self.default_persona
+            return self.store.new(chat.conversation, persona)
+        if chat.persona is not None and chat.persona != conv.persona:
+            log.event(self.logger, "persona_changed", f"conversation {conv.id} now talks with "
+                      f"{chat.persona} (was {conv.persona})", conversation=conv.id)
+            conv.persona = chat.persona
+        return conv
+
+    def _bring_back(self, conv: Conversation, seq: Sequence) -> bool:
+        """Make the conversation's KV state current in ``seq``; whether saved state was used."""
+        assert self.engine is not None and self.identity is not None
+        if seq.resident and seq.tokens:
+            return True
+        if not conv.messages:
+            return False  # a new conversation: nothing to restore
+        self.engine.claim(seq)  # may evict another conversation (its state is saved then)
+        try:
+            saved = self.store.load_state(conv.id, self.identity)
+            self.engine.restore_state(seq, saved.data, saved.tokens)
+        except (statefile.StateError, InferenceError) as error:
+            kind = getattr(error, "kind", "rejected")
+            log.event(self.logger, "state_unusable",
+                      f"conversation {conv.id}: saved state {kind} ({error}); re-processing "
+                      "its history", level=logging.WARNING, conversation=conv.id, reason=kind)
+            return False
+        log.event(self.logger, "state_restored", f"restored conversation {conv.id} "
+                  f"({len(saved.tokens)} tokens)", conversation=conv.id,
+                  n_tokens=len(saved.tokens))
+        return True
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def _decode_step(self) -> None:
+        assert self.engine is not None
+        turns = list(self.turns.values())
+        try:
+            self.engine.step([t.gen for t in turns if t.gen is not None],
+                             on_progress=self._during_decode)
+        except InferenceError as error:
+            for turn in turns:
+                if turn.gen is not None and turn.gen.error is error:
+                    self._drop_turn(turn, Fault.INTERNAL_ERROR, str(error))
+        for turn in turns:
+            if turn.gen is not None and turn.gen.done and turn.request.id in self.turns:
+                self._complete(turn)
+
+    def _complete(self, turn: _Turn) -> None:
+        """Record the answered turn, send the final envelope, free the sequence."""
+        assert self.engine is not None and turn.gen is not None
+        result = turn.gen.result
+        assert result is not None
+        del self.turns[turn.request.id]
+        conv = turn.conv
+        if conv is not None and not turn.forgotten:
+            self._record(turn, conv, result)  # a cancelled turn too: the person saw it
+        else:
+            self.engine.release(turn.seq)
+            if conv is not None:
+                self.sequences.pop(conv.id, None)
+                self.dirty.pop(conv.id, None)
+        dropped = turn.plan.window if turn.plan is not None else result.dropped_messages
+        turn.stream.finish({
+            **_counters(result), "dropped_messages": dropped,
+            "conversation": conv.id if conv is not None else None,
+            "persona": turn.persona.name, "restored": turn.restored})
+        log.event(self.logger, "turn", f"answered {result.n_gen} tokens "
+                  f"({result.finish_reason})", n_eval=result.n_eval, n_gen=result.n_gen,
+                  finish=result.finish_reason, conversation=conv.id if conv else "")
+        self.draining.append(turn)
+        self.last_used = self.clock()
+        if not self.turns and self._ctx is not None:
             self._ctx.status("ready")
 
-    def _parse_chat(self, request: Envelope) -> tuple[list[dict[str, str]], SamplingParams]:
-        payload = request.payload
-        if not request.reply_to:
-            raise BadSchema("chat needs 'reply_to': the channel the answer streams to",
-                            id=request.id, sender=request.sender)
-        text = payload.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise BadSchema("chat needs a non-empty string 'text'", id=request.id,
-                            reply_to=request.reply_to, sender=request.sender)
-        params = payload.get("params") or {}
-        system = payload.get("system")
-        if not isinstance(params, dict) or (system is not None and not isinstance(system, str)):
-            raise BadSchema("'params' must be an object and 'system' a string", id=request.id,
-                            reply_to=request.reply_to, sender=request.sender)
+    def _record(self, turn: _Turn, conv: Conversation, result: GenerationResult) -> None:
+        assert self.engine is not None and self.identity is not None and turn.plan is not None
+        user = {"role": "user", "content": turn.request.text}
+        conv.messages += [user, {"role": "assistant", "content": result.text}]
+        conv.window = turn.plan.window
+        conv.persona = turn.persona.name
+        conv.basis = next_basis(self.engine.builder, system=turn.system, history=conv.messages,
+                                window=conv.window, prompt=turn.plan.tokens,
+                                answer=result.tokens, model=self.identity.model)
         try:
-            _, sampling = parse_params(params, context=self.context_params,
-                                       source="request params")
-        except ParamError as error:
-            raise BadSchema(str(error), id=request.id, reply_to=request.reply_to,
-                            sender=request.sender) from None
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": text}]
-        return messages, sampling
+            self.store.save(conv)
+        except ConversationError as error:
+            log.event(self.logger, "history_not_saved", str(error), level=logging.ERROR,
+                      conversation=conv.id)
+        self.dirty[conv.id] = self.clock()
 
-    def _ensure_loaded(self) -> None:
+    def _drop_turn(self, turn: _Turn, code: Fault, message: str) -> None:
+        assert self.engine is not None
+        self.turns.pop(turn.request.id, None)
+        if turn.gen is not None:
+            self.engine.finish(turn.gen)
+        self.engine.release(turn.seq)
+        if turn.conv is not None:
+            self.sequences.pop(turn.conv.id, None)
+            self.dirty.pop(turn.conv.id, None)
+        self.logger.warning("request %s failed: %s", turn.request.id, message,
+                            extra={"RUNA_EVENT": "request_failed"})
+        turn.stream.fail(code, message)
+        self.draining.append(turn)
+
+    def _pump(self) -> None:
+        for turn in list(self.turns.values()) + self.draining:
+            turn.stream.pump()
+            if turn.stream.gone and not turn.cancelled:
+                turn.cancelled = True
+                self.logger.warning("stopped answering %s: %s", turn.request.id,
+                                    turn.stream.gone, extra={"RUNA_EVENT": "stream_abandoned"})
+        self.draining = [t for t in self.draining if not t.stream.done]
+
+    # -- saving state ---------------------------------------------------------------------------
+
+    def _on_evict(self, seq: Sequence) -> None:
+        """The engine is taking ``seq``'s slot: save the conversation's state if it changed."""
+        if not seq.owner or seq.owner not in self.dirty:
+            return
+        self._save_state(seq)
+
+    def _save_state(self, seq: Sequence) -> None:
+        assert self.engine is not None and self.identity is not None
+        conversation = seq.owner
+        self.dirty.pop(conversation, None)
+        if not self.store.exists(conversation):
+            return  # never answered (or forgotten): nothing to come back to
+        started = self.clock()
+        try:
+            data = self.engine.save_state(seq)
+            header = self.store.save_state(conversation, self.identity, seq.tokens, data)
+        except (StateSaveError, ValueError) as error:
+            log.event(self.logger, "state_not_saved", str(error), level=logging.WARNING,
+                      conversation=conversation)
+            return
+        log.event(self.logger, "state_saved", f"saved conversation {conversation} "
+                  f"({header.n_tokens} tokens, {header.data_bytes >> 20} MiB) in "
+                  f"{(self.clock() - started) * 1000:.0f} ms", conversation=conversation,
+                  n_tokens=header.n_tokens)
+
+    def _idle_work(self) -> None:
+        engine = self.engine
+        if engine is None or not engine.loaded:
+            return
+        if self.save_idle_s and self.dirty:
+            now = self.clock()
+            for seq in engine.residents:
+                since = self.dirty.get(seq.owner)
+                if since is not None and now - since >= self.save_idle_s:
+                    self._save_state(seq)
+                    return  # one per step: the queue is read again in between
+        if self._idle_expired():
+            self._unload_idle()
+
+    def _publish(self, conversation: str, meta: dict[str, Any] | None) -> None:
+        """Mirror a state file's metadata on the bus (``splinfer:conv:<id>``)."""
+        if self.bus is None:
+            return
+        try:
+            if meta is None:
+                self.bus.unset(conversation_key(conversation))
+            else:
+                self.bus.set(conversation_key(conversation), json.dumps(meta), ephemeral=True)
+        except SplinterError as error:
+            self.logger.warning("conversation metadata not published: %s", error)
+
+    # -- model loading --------------------------------------------------------------------------
+
+    def _ensure_loaded(self) -> Engine:
         assert self.engine is not None and self._ctx is not None
         if not self.engine.loaded:
             self._ctx.status("reloading model")
@@ -233,6 +647,7 @@ class Splinfer:
             log.event(self.logger, "model_loaded", f"reloaded {self.engine.info.path} in "
                       f"{self.engine.load_seconds:.2f} s", model=str(self.engine.info.path))
             self._ctx.keepalive()
+        return self.engine
 
     def _idle_expired(self) -> bool:
         return bool(self.idle_unload_s and self.engine and self.engine.loaded
@@ -240,73 +655,20 @@ class Splinfer:
 
     def _unload_idle(self) -> None:
         assert self.engine is not None and self._ctx is not None
-        self.engine.unload()
+        self.engine.unload()  # resident conversations leave: their states are saved
+        self.sequences.clear()
         log.event(self.logger, "model_unloaded",
                   f"unloaded the model after {self.idle_unload_s:g} s idle")
         self._ctx.status("idle (model unloaded)")
 
-    # -- while generating ------------------------------------------------------------------
+    # -- answering -------------------------------------------------------------------------------
 
-    def _while_busy(self) -> None:
-        """Called between tokens and from inside long decodes: stay alive, watch for cancel."""
-        assert self._ctx is not None and self.turn is not None
-        self._ctx.keepalive()
-        while True:
-            try:
-                envelope = self.queue.recv(0)
-            except BadSchema as error:
-                self._answer_bad_schema(error)
-                continue
-            if envelope is None:
-                return
-            payload = envelope.payload
-            if envelope.type == "query" and payload.get("op") == "cancel":
-                if payload.get("target") == self.turn.request.id:
-                    self.turn.cancelled = True
-                    log.event(self.logger, "cancelled", "request cancelled by its client",
-                              request=self.turn.request.id)
-            else:
-                self.pending.append(envelope)
-
-    def _stream_text(self, text: str) -> None:
-        """Stream text, coalesced to one envelope per ``splinfer.stream_flush_ms``.
-
-        The first piece goes at once (time to first token is what a person feels); after
-        that, waking the client for every token would take CPU from the decode on a small
-        machine, and 50 ms of batching is below what anyone reads at.
-        """
-        turn = self.turn
-        assert turn is not None
-        turn.unsent += text
-        now = self.clock()
-        if turn.unsent and now - turn.last_flush >= self.stream_flush_s:
-            self._send(turn, {"text": turn.unsent})
-            turn.unsent, turn.last_flush = "", now
-        self._while_busy()
-
-    def _send(self, turn: _Turn, payload: dict[str, Any], eof: bool = False) -> None:
-        envelope = env_mod.response(turn.request, NAME, payload, seq=turn.seq, eof=eof)
-        deadline = self.clock() + self.stream_timeout_s
-        while True:
-            try:
-                turn.reply.send(envelope)
-                turn.seq += 1
-                return
-            except Backpressure:
-                if self.clock() > deadline:
-                    raise _ReaderGone(f"{turn.request.reply_to} full for "
-                                      f"{self.stream_timeout_s:g} s") from None
-                self._ctx.keepalive()  # type: ignore[union-attr]
-                time.sleep(0.002)
-            except ChannelNotFound:
-                raise _ReaderGone(f"{turn.request.reply_to} was closed") from None
-
-    def _fail(self, turn: _Turn, code: Fault, message: str) -> None:
-        self.logger.warning("request %s failed: %s", turn.request.id, message,
+    def _fail_request(self, chat: ChatRequest, code: Fault, message: str) -> None:
+        self.logger.warning("request %s failed: %s", chat.id, message,
                             extra={"RUNA_EVENT": "request_failed"})
-        envelope = env_mod.fault(code, message, sender=NAME, to=turn.request.sender,
-                                 id=turn.request.id)
-        self._send_quietly(turn.request.reply_to or "", envelope)
+        envelope = env_mod.fault(code, message, sender=NAME, to=chat.envelope.sender,
+                                 id=chat.id)
+        self._send_quietly(chat.envelope.reply_to or "", envelope)
 
     def _reply_once(self, request: Envelope, payload: dict[str, Any]) -> None:
         if request.reply_to:
@@ -319,14 +681,18 @@ class Splinfer:
         except SplinterError as error:
             self.logger.info("could not answer on %s: %s", channel, error)
 
-    @staticmethod
-    def _counters(result: GenerationResult) -> dict[str, Any]:
-        return {"finish_reason": result.finish_reason, "n_prompt": result.n_prompt,
-                "n_eval": result.n_eval, "n_gen": result.n_gen,
-                "prompt_ms": round(result.prompt_seconds * 1000, 2),
-                "gen_ms": round(result.gen_seconds * 1000, 2),
-                "dropped_messages": result.dropped_messages}
+
+def _message(error: Exception) -> str:
+    return error.message if isinstance(error, BadSchema) else str(error)
+
+
+def _counters(result: GenerationResult) -> dict[str, Any]:
+    return {"finish_reason": result.finish_reason, "n_prompt": result.n_prompt,
+            "n_eval": result.n_eval, "n_gen": result.n_gen,
+            "prompt_ms": round(result.prompt_seconds * 1000, 2),
+            "gen_ms": round(result.gen_seconds * 1000, 2)}
 
 
 def create(config: Config, logger: logging.Logger, stack: str) -> Splinfer:
     return Splinfer(config, stack, logger)
+

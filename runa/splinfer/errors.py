@@ -82,3 +82,9 @@ class PromptTooLongError(InferenceError):
 
 class DecodeError(InferenceError):
     """llama.cpp failed while evaluating tokens."""
+
+
+class NoFreeSequenceError(InferenceError):
+    """Every sequence slot (or every KV cell) is taken by answers still running."""
+
+    exit_code = 75  # EX_TEMPFAIL

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from runa.models.gguf_info import ModelInfo
 from runa.splinfer.errors import MemoryFitError
-from runa.splinfer.params import ContextParams
+from runa.splinfer.params import CACHE_TYPES, ContextParams
 
 MIB = 1 << 20
 DEFAULT_RUNTIME_OVERHEAD = 64 * MIB
@@ -73,6 +73,13 @@ def _mib(n: int) -> str:
     return f"{n / MIB:.0f} MiB"
 
 
+def kv_bytes_per_token(info: ModelInfo, params: ContextParams) -> int:
+    """KV bytes one token costs with the context's cache types (f16: 2 bytes an element)."""
+    k_bytes, v_bytes = CACHE_TYPES[params.cache_type_k], CACHE_TYPES[params.cache_type_v]
+    return int(sum(kv * (info.head_dim_k * k_bytes + info.head_dim_v * v_bytes)
+                   for kv in info.n_head_kv))
+
+
 def estimate_memory(
     info: ModelInfo,
     params: ContextParams,
@@ -81,7 +88,7 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Bytes the loaded model with ``params`` is expected to need (see module docstring)."""
     geo = Geometry.resolve(info, params)
-    kv_per_token = info.kv_bytes_per_token(2)
+    kv_per_token = kv_bytes_per_token(info, params)
     logits = geo.n_ubatch * info.n_vocab * 4
     attention = 0 if params.flash_attn else geo.n_ubatch * geo.n_ctx * max(info.n_head) * 4
     activations = geo.n_ubatch * (8 * info.n_embd + 6 * info.n_ff) * 4

@@ -27,6 +27,14 @@ from runa.splinfer.errors import ParamError, UnknownParamError
 _log = logging.getLogger(__name__)
 
 
+#: KV cache element types llama.cpp accepts (``--cache-type-k``) and bytes per element.
+CACHE_TYPES: Mapping[str, float] = {
+    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+    "iq4_nl": 18 / 32, "q5_0": 22 / 32, "q5_1": 24 / 32,
+}
+QUANTIZED_CACHE_TYPES = frozenset(CACHE_TYPES) - {"f32", "f16", "bf16"}
+
+
 @dataclass(frozen=True)
 class ContextParams:
     """Settings fixed at load time. Defaults are llama.cpp's."""
@@ -41,6 +49,18 @@ class ContextParams:
     """-1: same as ``threads``."""
     flash_attn: bool = True
     """llama.cpp's ``auto`` turns it on for CPU; it is faster and smaller there."""
+    parallel: int = 1
+    """Sequences (conversations) decoded together in the one context (llama.cpp's
+    ``-np``); they share one unified KV cache of ``ctx_size`` cells (``-kvu``)."""
+    cache_type_k: str = "f16"
+    """Element type of the K cache (``-ctk``): f32, f16, bf16 or a quantized type."""
+    cache_type_v: str = "f16"
+    """Element type of the V cache (``-ctv``); a quantized one needs flash attention."""
+
+    def __post_init__(self) -> None:
+        if self.cache_type_v in QUANTIZED_CACHE_TYPES and not self.flash_attn:
+            raise ParamError("cache_type_v", self.cache_type_v,
+                             "a quantized V cache needs flash_attn on (llama.cpp)")
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,9 @@ SPECS: Mapping[str, _Spec] = {
     "threads": _spec(int, 1, 1024, "-1 (automatic) or 1 to 1024", -1),
     "threads_batch": _spec(int, 1, 1024, "-1 (same as threads) or 1 to 1024", -1),
     "flash_attn": _spec(bool, None, None, "on/off (true/false)"),
+    "parallel": _spec(int, 1, 64, "1 to 64"),
+    "cache_type_k": _spec(str, None, None, ", ".join(CACHE_TYPES)),
+    "cache_type_v": _spec(str, None, None, ", ".join(CACHE_TYPES)),
     "temp": _spec(float, 0.0, 100.0, "0 (greedy) to 100"),
     "top_k": _spec(int, 0, 2**31 - 1, "0 (off) or more"),
     "top_p": _spec(float, 0.0, 1.0, "0 to 1 (1 = off)"),
@@ -120,6 +143,10 @@ ALIASES: Mapping[str, str] = {
     "n_ubatch": "ubatch_size",
     "n_threads": "threads",
     "n_threads_batch": "threads_batch",
+    "n_parallel": "parallel",
+    "n_seq_max": "parallel",
+    "type_k": "cache_type_k",
+    "type_v": "cache_type_v",
     "typical_p": "typical",
     "last_n_tokens_size": "repeat_last_n",
     "repetition_penalty": "repeat_penalty",
@@ -134,6 +161,10 @@ _FALSE = {"0", "false", "no", "off", "disabled"}
 def _coerce(name: str, raw: object, spec: _Spec, source: str) -> Any:
     """Turn ``raw`` (a TOML/JSON value or a command-line string) into the field's type."""
     bad = ParamError(name, raw, f"expected {spec.kind.__name__}: {spec.allowed}", source)
+    if spec.kind is str:
+        if isinstance(raw, str) and raw.strip().lower() in CACHE_TYPES:
+            return raw.strip().lower()
+        raise ParamError(name, raw, f"one of {spec.allowed}", source)
     if spec.kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -158,7 +189,7 @@ def _coerce(name: str, raw: object, spec: _Spec, source: str) -> Any:
 
 
 def _check_range(name: str, value: Any, spec: _Spec, source: str) -> None:
-    if spec.kind is bool or value in spec.special:
+    if spec.kind in (bool, str) or value in spec.special:
         return
     low_ok = spec.low is None or (
         value > spec.low if name in _EXCLUSIVE_LOW else value >= spec.low
@@ -215,9 +246,12 @@ def parse_params(
         value = _coerce(name, raw, spec, source)
         _check_range(name, value, spec, source)
         changes[name] = value
-    new_context = dataclasses.replace(
-        context, **{k: v for k, v in changes.items() if k in _CONTEXT_FIELDS}
-    )
+    try:
+        new_context = dataclasses.replace(
+            context, **{k: v for k, v in changes.items() if k in _CONTEXT_FIELDS}
+        )
+    except ParamError as error:  # a combination llama.cpp refuses
+        raise ParamError(error.name, error.value, error.allowed, source) from None
     new_sampling = dataclasses.replace(
         sampling, **{k: v for k, v in changes.items() if k in _SAMPLING_FIELDS}
     )

@@ -99,7 +99,10 @@ class PromptBuilder:
             return self._tokenizer.tokenize(rendered, special=True)
         return self._protected(messages, rendered)
 
-    def _protected(self, messages: list[dict[str, str]], rendered: str) -> list[int]:
+    def _fragments(self, messages: list[dict[str, str]], rendered: str
+                   ) -> list[tuple[int, str | int]]:
+        """(offset in ``rendered``, text or control token id) pieces, split at the template's
+        control tokens only: message text never becomes a control token."""
         stand_ins = [{**m, "content": f"\ue000{i}\ue001"} for i, m in enumerate(messages)]
         parts = _SENTINEL.split(self.render(stand_ins))
         order = [int(p) for p in parts[1::2]]
@@ -111,28 +114,65 @@ class PromptBuilder:
                 "this model's chat template rewrites message text, so Runa cannot keep "
                 "template markers inside messages as plain text; remove them from the message"
             )
-        fragments: list[str | int] = []
+        fragments: list[tuple[int, str | int]] = []
         pending: list[str] = []
+        start = offset = 0
         for k, part in enumerate(parts):
             if k % 2:
-                pending.append(messages[int(part)]["content"])
+                content = messages[int(part)]["content"]
+                pending.append(content)
+                offset += len(content)
                 continue
             pos = 0
             for match in self._special_re.finditer(part) if self._special_re else ():
                 pending.append(part[pos : match.start()])
-                fragments.append("".join(pending))
+                fragments.append((start, "".join(pending)))
                 pending = []
-                fragments.append(self._tokenizer.special_tokens[match.group()])
+                fragments.append((offset + match.start(),
+                                  self._tokenizer.special_tokens[match.group()]))
                 pos = match.end()
+                start = offset + pos
             pending.append(part[pos:])
-        fragments.append("".join(pending))
+            offset += len(part)
+        fragments.append((start, "".join(pending)))
+        return fragments
+
+    def _tokenize_fragments(self, fragments: list[tuple[int, str | int]]) -> list[int]:
         tokens: list[int] = []
-        for fragment in fragments:
+        for _, fragment in fragments:
             if isinstance(fragment, int):
                 tokens.append(fragment)
             elif fragment:
                 tokens.extend(self._tokenizer.tokenize(fragment, special=False))
         return tokens
+
+    def _protected(self, messages: list[dict[str, str]], rendered: str) -> list[int]:
+        return self._tokenize_fragments(self._fragments(messages, rendered))
+
+    def continuation(self, messages: Sequence[Message], prefix: str) -> list[int] | None:
+        """Tokens of the prompt for ``messages`` after its first ``len(prefix)`` characters.
+
+        A conversation's next prompt is its previous prompt, the answer, and the
+        template's text for the new turn. Tokenizing only that new text gives the
+        same tokens as tokenizing the whole prompt when the new text starts with a
+        control token (llama.cpp splits at control tokens first), so the tokens
+        already in the sequence stay valid and only the new ones are evaluated; a
+        re-tokenized answer would often differ from the tokens the model produced.
+        None when the prompt does not start with ``prefix`` or the new text does not
+        start with a control token of the template (then build the whole prompt).
+        """
+        messages = check_messages(messages)
+        rendered = self.render(messages)
+        if not prefix or not rendered.startswith(prefix) or self._special_re is None:
+            return None
+        fragments = self._fragments(messages, rendered)
+        cut = len(prefix)
+        for i, (offset, fragment) in enumerate(fragments):
+            if offset == cut and isinstance(fragment, int):
+                return self._tokenize_fragments(fragments[i:])
+            if offset > cut:
+                break
+        return None
 
 
 def answer_reserve(n_predict: int, n_ctx: int) -> int:

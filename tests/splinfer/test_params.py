@@ -87,3 +87,21 @@ def test_layers_apply_on_top_of_each_other() -> None:
     context, sampling = parse_params({"temp": 0.3, "ctx_size": 2048})
     context, sampling = parse_params({"top_k": 9}, context=context, sampling=sampling)
     assert (context.ctx_size, sampling.temp, sampling.top_k) == (2048, 0.3, 9)
+
+
+def test_sequences_and_kv_cache_types_are_context_options() -> None:
+    warnings: list[str] = []
+    context, _ = parse_params({"parallel": 4, "cache_type_k": "Q8_0", "type_v": "q8_0",
+                               "flash_attn": True}, warn=warnings.append)
+    assert (context.parallel, context.cache_type_k, context.cache_type_v) == (4, "q8_0", "q8_0")
+    assert warnings == ["'type_v' is an alias; write 'cache_type_v' instead"]
+    with pytest.raises(ParamError, match=r"cache_type_k = 'f8'.*one of f32, f16, bf16, q8_0"):
+        parse_params({"cache_type_k": "f8"})
+    with pytest.raises(ParamError, match="parallel = 0 is not allowed; allowed: 1 to 64"):
+        parse_params({"parallel": 0})
+
+
+def test_a_quantized_v_cache_needs_flash_attention() -> None:
+    with pytest.raises(ParamError, match=r"runa\.toml: cache_type_v = 'q4_0'.*needs flash_attn"):
+        parse_params({"cache_type_v": "q4_0", "flash_attn": False}, source="runa.toml")
+    assert parse_params({"cache_type_v": "q4_0"})[0].flash_attn  # on by default: fine

@@ -1,0 +1,247 @@
+"""The read-answer loop of ``runa chat``, on a terminal or on piped lines.
+
+On a terminal: prompt-toolkit reads the line (history, editing); Ctrl-C at the prompt
+drops the line, Ctrl-C during an answer stops that answer (splinfer is told to cancel)
+and the loop goes on; Ctrl-D or /quit leaves with 0. On piped input every line is one
+question (or command), answers go to stdout, notices to stderr, and the first failure
+ends the run with its exit status, so scripts and CI can rely on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from runa.chat import commands
+from runa.chat.commands import Command
+from runa.chat.session import ChatSession, UnknownConversation, UnknownPersona
+from runa.errors import RunaError
+
+EX_USAGE = 64
+EX_INTERRUPTED = 130
+
+
+class LineReader(Protocol):
+    def read(self, prompt: str) -> str:
+        """One line; EOFError at the end of input, KeyboardInterrupt on Ctrl-C."""
+        ...
+
+
+class TerminalReader:
+    """prompt-toolkit on the terminal, with the input history kept in a file."""
+
+    def __init__(self, history: Path) -> None:
+        # Imported here: only a terminal session pays for prompt-toolkit's import.
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.history import FileHistory
+
+        self._prompt: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
+
+    def read(self, prompt: str) -> str:
+        # Python's own SIGINT handling, not prompt-toolkit's: a Ctrl-C typed just after
+        # Enter (the terminal back in cooked mode, prompt-toolkit still closing) must not
+        # be swallowed. It then surfaces here as KeyboardInterrupt and drops that line.
+        return self._prompt.prompt(prompt, handle_sigint=False)
+
+
+class StreamReader:
+    """Lines from a stream (a pipe, a file, /dev/null); the prompt is not shown."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def read(self, prompt: str) -> str:
+        line = self.stream.readline()
+        if not line:
+            raise EOFError
+        return line
+
+
+FINISH_NOTES = {
+    "length": "[the answer reached n_predict; /params n_predict=-1 lets it finish]",
+    "context": "[the context is full; /new starts a fresh conversation]",
+    "policy": "[the token policy stopped the answer]",
+}
+
+
+class Repl:
+    """Drives one ChatSession from a LineReader; ``run`` returns the exit status."""
+
+    def __init__(self, session: ChatSession, reader: LineReader, *, out: TextIO,
+                 notices: TextIO, interactive: bool) -> None:
+        self.session = session
+        self.reader = reader
+        self.out = out
+        self.notices = notices
+        self.interactive = interactive
+
+    def prompt(self) -> str:
+        """The status line: the conversation's persona and the start of its id."""
+        return f"{self.session.persona or 'runa'} {self.session.conversation[:8]}> "
+
+    def notice(self, text: str) -> None:
+        self.notices.write(text + "\n")
+        self.notices.flush()
+
+    def error(self, error: RunaError) -> int:
+        self.notice(f"runa: {error}")
+        return error.exit_code
+
+    def run(self) -> int:
+        while True:
+            try:
+                line = self.reader.read(self.prompt())
+            except KeyboardInterrupt:
+                if not self.interactive:
+                    return EX_INTERRUPTED
+                continue  # the typed line is dropped; a fresh prompt follows
+            except EOFError:
+                return 0
+            item = commands.parse(line)
+            if item is None:
+                continue
+            if isinstance(item, Command) and item.name == "quit":
+                return 0
+            try:
+                status = (self.command(item) if isinstance(item, Command)
+                          else self.answer(item.text))
+            except RunaError as error:
+                status = self.error(error)
+            except KeyboardInterrupt:
+                if not self.interactive:
+                    return EX_INTERRUPTED
+                self.notice("[interrupted]")
+                status = 0
+            if status and not self.interactive:
+                return status
+
+    # -- answers -----------------------------------------------------------------------------
+
+    def answer(self, text: str) -> int:
+        wrote = False
+        try:
+            for piece in self.session.ask(text):
+                self.out.write(piece)
+                self.out.flush()
+                wrote = True
+        except KeyboardInterrupt:
+            self._end_line(wrote)
+            self._cancel()
+            self.notice("[answer stopped]")
+            return 0 if self.interactive else EX_INTERRUPTED
+        except RunaError:
+            self._end_line(wrote)  # the error goes on a line of its own
+            raise
+        self._end_line(True)
+        if self.interactive:  # piped runs keep stderr for what went wrong
+            self._finish_notes(self.session.last)
+        return 0
+
+    def _end_line(self, wrote: bool) -> None:
+        if wrote:
+            self.out.write("\n")
+            self.out.flush()
+
+    def _cancel(self) -> None:
+        try:
+            self.session.cancel()
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: do not wait for splinfer's confirmation
+        except RunaError:
+            pass  # splinfer is gone; the next question will say so
+
+    def _finish_notes(self, final: dict[str, Any]) -> None:
+        reason = str(final.get("finish_reason"))
+        note = FINISH_NOTES.get(reason)
+        if reason == "length" and "n_predict" in self.session.params.values:
+            note = None  # the person asked for that length
+        if note:
+            self.notice(note)
+        dropped = final.get("dropped_messages") or 0
+        if dropped:
+            self.notice(f"[the oldest {dropped} messages no longer fit the context and were "
+                        "left out of it]")
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def command(self, command: Command) -> int:
+        handler = getattr(self, f"cmd_{command.name}", None)
+        if command.name not in commands.HELP or handler is None:
+            self.notice(f"unknown command /{command.name}; /help lists them")
+            return EX_USAGE
+        return int(handler(command.args) or 0)
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def cmd_help(self, _args: tuple[str, ...]) -> int:
+        self.say(commands.help_text())
+        return 0
+
+    def cmd_persona(self, args: tuple[str, ...]) -> int:
+        if len(args) > 1:
+            self.notice("/persona takes one name (or none, to list them)")
+            return EX_USAGE
+        if not args:
+            self._list_personas()
+            return 0
+        try:
+            self.notice(self.session.switch_persona(args[0]))
+        except UnknownPersona as error:
+            self.error(error)
+            self._list_personas()
+            return error.exit_code
+        return 0
+
+    def _list_personas(self) -> None:
+        personas = self.session.personas()
+        current = self.session.persona or personas.default
+        width = max((len(p.name) for p in personas.personas), default=0)
+        self.say("personas (* = this conversation's; /persona NAME switches):")
+        for persona in personas.personas:
+            mark = "*" if persona.name == current else " "
+            source = f"  [{_home_as_tilde(persona.source)}]" if persona.source else ""
+            self.say(f"{mark} {persona.name:<{width}}  {persona.description}{source}".rstrip())
+
+    def cmd_new(self, _args: tuple[str, ...]) -> int:
+        self.notice(f"new conversation {self.session.new()}")
+        return 0
+
+    def cmd_history(self, _args: tuple[str, ...]) -> int:
+        messages: list[dict[str, str]] = []
+        try:
+            if self.session.messages or not self.session.keeps_conversations:
+                messages = self.session.history()  # (a new one would only be refused)
+        except UnknownConversation:
+            pass
+        if not messages:
+            self.say("(nothing yet in this conversation)")
+        for message in messages:
+            # Not the persona's name: after /persona it would be wrong for the older answers.
+            who = "you" if message.get("role") == "user" else message.get("role", "assistant")
+            self.say(f"{who}: {message.get('content', '')}")
+        return 0
+
+    def cmd_params(self, args: tuple[str, ...]) -> int:
+        params = self.session.params
+        if args == ("reset",):
+            params.reset()
+            self.notice("sampling settings: back to the persona's and llama.cpp's defaults")
+            return 0
+        if args:
+            for note in params.update(args):
+                self.notice(note)
+            now = ", ".join(f"{name}={value}" for name, value in params.values.items())
+            self.notice(f"this session sends: {now or 'nothing (the defaults apply)'}")
+            return 0
+        width = max(len(name) for name, _, _ in params.rows())
+        for name, value, source in params.rows():
+            self.say(f"  {name:<{width}}  {value!s:<8}  {source}")
+        self.say("  * llama.cpp's default, unless the persona sets its own")
+        return 0
+
+
+def _home_as_tilde(path: str) -> str:
+    home = str(Path.home())
+    return "~" + path[len(home):] if path.startswith(home + "/") else path

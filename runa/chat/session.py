@@ -1,0 +1,250 @@
+"""One person's conversation with splinfer, spoken in its bus protocol (docs/protocol.md).
+
+The session knows which conversation and persona it is in and which sampling settings
+it sends; it talks only through a client object (``ServiceClient`` in use, a fake in the
+tests), so nothing here starts processes or touches the terminal.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Protocol
+
+from runa.chat.params import SessionParams
+from runa.client import ServiceFault
+from runa.errors import RunaError, UsageError
+from runa.splinter import Envelope, Fault
+
+
+class ChatClient(Protocol):
+    """What the session needs of ``runa.client.ServiceClient``."""
+
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = ...
+                ) -> Iterator[Envelope]: ...
+
+    def call(self, payload: dict[str, Any], *, idle_timeout: float = ...) -> dict[str, Any]: ...
+
+    def cancel(self, wait: float = ...) -> Envelope | None: ...
+
+
+class NotSupported(RunaError):
+    """The running splinfer predates an operation (conversations, personas)."""
+
+    exit_code = 69
+
+
+class UnknownPersona(RunaError):
+    """A persona name splinfer does not have; the message lists the ones it has."""
+
+    exit_code = 65
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(f"no persona {name!r}; known: {', '.join(known) or '(none)'}")
+
+
+class UnknownConversation(RunaError):
+    """A conversation id splinfer has never seen (or has forgotten)."""
+
+    exit_code = 65
+
+
+def new_conversation_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Personas:
+    """splinfer's answer to ``personas``."""
+
+    personas: tuple[Persona, ...]
+    default: str | None
+
+    @property
+    def names(self) -> list[str]:
+        return [persona.name for persona in self.personas]
+
+
+class Start(Enum):
+    """How ``runa chat`` came to its conversation id."""
+
+    FRESH = "fresh"  # a new id made up here
+    RESUME = "resume"  # the remembered id: gone from splinfer means start afresh under it
+    EXPLICIT = "explicit"  # --conversation ID: it must exist
+    EXPLICIT_NEW = "explicit_new"  # --new --conversation ID: it must not exist yet
+
+
+class ChatSession:
+    """The state of one REPL: conversation id, chosen persona, sampling settings."""
+
+    def __init__(self, client: ChatClient, conversation: str, *, persona: str | None = None,
+                 params: SessionParams | None = None, timeout: float = 60.0,
+                 new_id: Callable[[], str] = new_conversation_id,
+                 remember: Callable[[str], None] = lambda _conversation: None) -> None:
+        self.client = client
+        self.conversation = conversation
+        self.chosen_persona = persona
+        """Sent with every question once chosen (--persona, /persona); None: splinfer's."""
+        self.persona = persona
+        """The conversation's persona as last heard from splinfer (for the prompt)."""
+        self.params = params or SessionParams()
+        self.timeout = timeout
+        self.messages = 0
+        """Messages in this conversation that splinfer keeps (decides the re-read notice)."""
+        self.keeps_conversations = True
+        self.history_persona: str | None = None
+        """The persona splinfer named in its last ``history`` answer."""
+        self.last: dict[str, Any] = {}
+        self._new_id = new_id
+        self._remember = remember
+
+    # -- starting --------------------------------------------------------------------------
+
+    def start(self, how: Start) -> list[str]:
+        """Check the conversation and the persona with splinfer; notices for the person."""
+        if how is not Start.FRESH:  # a made-up id is new: asking would only log a refusal
+            self._look_up(how)
+        notices = self._check_persona_at_start()
+        self._remember(self.conversation)
+        if not self.keeps_conversations:
+            notices.append("this splinfer keeps no conversations yet: each question is "
+                           "answered on its own")
+        elif self.messages:
+            notices.append(f"resuming conversation {self.conversation} ({self.messages} "
+                           "messages; /history shows them, /new starts another)")
+        else:
+            notices.append(f"new conversation {self.conversation}")
+        return notices
+
+    def _look_up(self, how: Start) -> None:
+        """Whether splinfer knows the conversation, as ``how`` requires; its persona if so."""
+        try:
+            known = self.history()
+        except UnknownConversation:
+            if how is Start.EXPLICIT:
+                raise UnknownConversation(
+                    f"splinfer has no conversation {self.conversation!r}; start one under "
+                    f"that id with: runa chat --new --conversation {self.conversation}"
+                ) from None
+            return  # remembered but gone (forgotten, or another machine's): start afresh
+        except NotSupported:
+            self.keeps_conversations = False
+            return
+        if how is Start.EXPLICIT_NEW:
+            raise UsageError(f"conversation {self.conversation!r} exists already; "
+                             f"resume it with: runa chat --conversation {self.conversation}")
+        self.messages = len(known)
+        if self.persona is None:
+            self.persona = self.history_persona
+
+    def _check_persona_at_start(self) -> list[str]:
+        try:
+            personas = self.personas()
+        except NotSupported:  # personas came with conversations (issue 6): neither is there
+            self.keeps_conversations = False
+            return (["this splinfer has no personas yet; --persona is ignored"]
+                    if self.chosen_persona else [])
+        if self.chosen_persona is not None:
+            if self.chosen_persona not in personas.names:
+                raise UnknownPersona(self.chosen_persona, personas.names)
+            if self.messages and self.history_persona not in (None, self.chosen_persona):
+                return [self._reread_notice()]
+        if self.persona is None:
+            self.persona = personas.default
+        return []
+
+    # -- operations --------------------------------------------------------------------------
+
+    def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.client.call(payload, idle_timeout=self.timeout)
+        except ServiceFault as fault:
+            if fault.code == Fault.BAD_SCHEMA and "unknown op" in str(fault):
+                raise NotSupported(f"this splinfer does not answer {payload['op']!r} yet "
+                                   "(it predates conversations and personas)") from None
+            raise
+
+    def personas(self) -> Personas:
+        answer = self._call({"op": "personas"})
+        return Personas(
+            tuple(Persona(str(p.get("name", "")), str(p.get("description") or ""),
+                          str(p.get("source") or "")) for p in answer.get("personas", [])),
+            answer.get("default"))
+
+    def history(self) -> list[dict[str, str]]:
+        """The conversation's messages as splinfer keeps them (system prompt left out)."""
+        try:
+            answer = self._call({"op": "history", "conversation": self.conversation})
+        except ServiceFault as fault:
+            if fault.code == Fault.BAD_SCHEMA:  # the only thing wrong with a valid id
+                raise UnknownConversation(
+                    f"splinfer has no conversation {self.conversation!r} yet") from None
+            raise
+        self.history_persona = answer.get("persona")
+        return [m for m in answer.get("messages", []) if m.get("role") != "system"]
+
+    def switch_persona(self, name: str) -> str:
+        """Use persona ``name`` from the next question on; a notice for the person."""
+        personas = self.personas()
+        if name not in personas.names:
+            raise UnknownPersona(name, personas.names)
+        was = self.persona
+        self.chosen_persona = self.persona = name
+        if name == was:
+            return f"persona {name} (unchanged)"
+        if self.messages:
+            return self._reread_notice()
+        return f"persona {name}"
+
+    def _reread_notice(self) -> str:
+        return (f"persona {self.chosen_persona}: its system prompt replaces the old one, so "
+                "this conversation's history is re-read once, with your next message")
+
+    def new(self) -> str:
+        """Start a new conversation (splinfer keeps the old one); its id."""
+        self.conversation = self._new_id()
+        self.messages = 0
+        self._remember(self.conversation)
+        return self.conversation
+
+    def payload(self, text: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {"op": "chat", "text": text,
+                                   "conversation": self.conversation,
+                                   "params": self.params.payload()}
+        if self.chosen_persona:
+            payload["persona"] = self.chosen_persona
+        return payload
+
+    def ask(self, text: str) -> Iterator[str]:
+        """Stream the answer to ``text`` piece by piece; its counters land in ``last``."""
+        self.last = {}
+        for envelope in self.client.request(self.payload(text), idle_timeout=self.timeout):
+            piece = envelope.payload.get("text", "")
+            if envelope.eof:
+                self.last = dict(envelope.payload)
+                self.persona = self.last.get("persona") or self.persona
+                if self.keeps_conversations:
+                    self.messages += 2
+            if piece:
+                yield piece
+
+    def cancel(self) -> dict[str, Any] | None:
+        """Tell splinfer to stop the running answer; its final payload if it came in time."""
+        envelope = self.client.cancel()
+        if envelope is not None and envelope.type != "error":
+            self.last = dict(envelope.payload)
+            if self.keeps_conversations:
+                self.messages += 2  # the question is in the history either way
+            return self.last
+        return None

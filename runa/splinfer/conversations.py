@@ -1,0 +1,274 @@
+"""Conversations on disk: the history (always kept) and the saved model state (a cache).
+
+Under ``<state>/conversations/`` each conversation has
+
+- ``<id>.json``: its persona, its messages, and the *basis* of its next turn (the
+  tokens of the last prompt and answer, and a digest of the text they stand for),
+  rewritten after every answered turn. This is the conversation; it is never
+  dropped by the size cap.
+- ``<id>.state``: its KV state (``statefile.py``), written when the conversation
+  leaves its sequence (evicted for another one, the model unloaded, splinfer
+  stopping) or after it has been idle a while. It only saves time: without it
+  the history is re-processed. The state files together stay under
+  ``splinfer.state_max_mib``; the least recently saved go first.
+
+Every write goes through ``storage.atomic_write`` (temporary file, fsync, rename),
+so a crash or a full disk leaves the previous file in place. Each state file's
+metadata is also published on the bus as ``splinfer:conv:<id>`` (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runa import log
+from runa.splinfer import statefile
+from runa.splinfer.errors import InferenceError
+from runa.splinfer.statefile import SavedState, StateHeader, StateIdentity
+from runa.splinfer.storage import Writer, atomic_write, remove_temporaries
+
+ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+HISTORY_FORMAT = 1
+
+#: ``publish(conversation id, metadata or None to remove)``: the bus mirror of state files.
+MetaPublisher = Callable[[str, dict[str, Any] | None], None]
+
+
+class ConversationError(InferenceError):
+    """A conversation cannot be found, read or written."""
+
+
+class UnknownConversationError(ConversationError):
+    exit_code = 65
+
+    def __init__(self, conversation: str) -> None:
+        self.conversation = conversation
+        super().__init__(f"no conversation {conversation!r}")
+
+
+class StateSaveError(ConversationError):
+    """Writing a state file failed (e.g. a full disk); the previous file is still there."""
+
+
+def check_id(conversation: object) -> str:
+    """The id if it is 1 to 64 of ``A-Z a-z 0-9 _ . -`` (and not ``.``/``..``), else ValueError."""
+    if not isinstance(conversation, str) or not ID.match(conversation) or \
+            conversation in (".", ".."):
+        raise ValueError(f"conversation must be 1 to 64 of A-Z a-z 0-9 _ . -, not "
+                         f"{conversation!r}")
+    return conversation
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What the next turn can build on: the tokens of the last prompt plus its answer."""
+
+    model: str
+    """sha256 of the model the tokens belong to."""
+    digest: str
+    """sha256 of the text the tokens stand for (the rendered prompt and the answer)."""
+    tokens: tuple[int, ...]
+
+
+@dataclass
+class Conversation:
+    id: str
+    persona: str
+    messages: list[dict[str, str]] = field(default_factory=list)
+    """User and assistant messages, oldest first (the system prompt comes from the persona)."""
+    window: int = 0
+    """Index of the first message in the model's context; older ones were dropped to fit."""
+    basis: Basis | None = None
+    created: float = 0.0
+    updated: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        basis = self.basis
+        return {
+            "format": HISTORY_FORMAT, "id": self.id, "persona": self.persona,
+            "created": self.created, "updated": self.updated, "window": self.window,
+            "messages": self.messages,
+            "basis": None if basis is None else {"model": basis.model, "digest": basis.digest,
+                                                 "tokens": list(basis.tokens)},
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Conversation:
+        messages = [{"role": str(m["role"]), "content": str(m["content"])}
+                    for m in data["messages"]]
+        raw = data.get("basis")
+        basis = None
+        if raw:
+            basis = Basis(str(raw["model"]), str(raw["digest"]),
+                          tuple(int(t) for t in raw["tokens"]))
+        return cls(id=str(data["id"]), persona=str(data["persona"]), messages=messages,
+                   window=max(0, min(int(data.get("window", 0)), len(messages))),
+                   basis=basis, created=float(data.get("created", 0.0)),
+                   updated=float(data.get("updated", 0.0)))
+
+
+@dataclass(frozen=True)
+class StateFile:
+    conversation: str
+    path: Path
+    size: int
+    mtime: float
+
+
+class ConversationStore:
+    """The ``conversations`` directory of one stack."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        max_state_bytes: int,
+        writer: Writer = atomic_write,
+        clock: Callable[[], float] = time.time,
+        publish: MetaPublisher | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.root = root
+        self.max_state_bytes = max_state_bytes
+        self.writer = writer
+        self.clock = clock
+        self.publish = publish
+        self.log = logger or logging.getLogger(__name__)
+
+    def open(self) -> None:
+        """Create the directory (0700) and clear what a crashed writer left behind."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        removed = remove_temporaries(self.root)
+        if removed:
+            self.log.info("removed %d unfinished file(s) from %s", removed, self.root)
+
+    def history_path(self, conversation: str) -> Path:
+        return self.root / f"{check_id(conversation)}.json"
+
+    def state_path(self, conversation: str) -> Path:
+        return self.root / f"{check_id(conversation)}.state"
+
+    # -- history -------------------------------------------------------------------
+
+    def exists(self, conversation: str) -> bool:
+        return self.history_path(conversation).is_file()
+
+    def ids(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.json") if ID.match(p.stem))
+
+    def new(self, conversation: str, persona: str) -> Conversation:
+        now = self.clock()
+        return Conversation(id=check_id(conversation), persona=persona, created=now,
+                            updated=now)
+
+    def load(self, conversation: str) -> Conversation:
+        """The stored conversation; UnknownConversationError, or ConversationError if damaged."""
+        path = self.history_path(conversation)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UnknownConversationError(conversation) from None
+        except (OSError, ValueError) as error:
+            raise ConversationError(f"{path}: the history cannot be read: {error}") from None
+        try:
+            conv = Conversation.from_json(data)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ConversationError(f"{path}: the history is damaged ({error!r})") from None
+        if conv.id != conversation:
+            raise ConversationError(f"{path}: holds conversation {conv.id!r}")
+        return conv
+
+    def save(self, conv: Conversation) -> None:
+        """Write the history (atomically); ConversationError if that fails."""
+        conv.updated = self.clock()
+        path = self.history_path(conv.id)
+        data = json.dumps(conv.as_json(), ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            self.writer(path, [data], size=len(data))
+        except OSError as error:
+            raise ConversationError(f"{path}: the history could not be written: "
+                                    f"{error.strerror or error}") from None
+
+    def forget(self, conversation: str) -> None:
+        """Delete the history and the saved state; UnknownConversationError if neither exists."""
+        history, state = self.history_path(conversation), self.state_path(conversation)
+        if not history.exists() and not state.exists():
+            raise UnknownConversationError(conversation)
+        self.drop_state(conversation)
+        history.unlink(missing_ok=True)
+
+    # -- saved model state ----------------------------------------------------------
+
+    def save_state(self, conversation: str, identity: StateIdentity, tokens: Sequence[int],
+                   data: memoryview) -> StateHeader:
+        """Write the state file; StateSaveError keeps the previous one. Then apply the cap."""
+        path = self.state_path(conversation)
+        chunks, size, header = statefile.encode(conversation, identity, tokens, data,
+                                                now=self.clock())
+        try:
+            self.writer(path, chunks, size=size)
+        except OSError as error:
+            raise StateSaveError(f"{path}: the state could not be saved "
+                                 f"({error.strerror or error}); the previous one is kept") \
+                from None
+        if self.publish is not None:
+            self.publish(conversation, header.meta(path))
+        self.enforce_cap()
+        return header
+
+    def load_state(self, conversation: str, identity: StateIdentity) -> SavedState:
+        """The verified state; statefile.StateError (missing, corrupt, foreign) if unusable."""
+        return statefile.read(self.state_path(conversation), identity, conversation)
+
+    def drop_state(self, conversation: str) -> None:
+        self.state_path(conversation).unlink(missing_ok=True)
+        if self.publish is not None:
+            self.publish(conversation, None)
+
+    def state_files(self) -> list[StateFile]:
+        """Every state file, least recently saved first."""
+        found = []
+        for path in self.root.glob("*.state"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            found.append(StateFile(path.stem, path, st.st_size, st.st_mtime))
+        return sorted(found, key=lambda f: (f.mtime, f.conversation))
+
+    def enforce_cap(self) -> list[str]:
+        """Delete the least recently saved states until they fit ``max_state_bytes``."""
+        files = self.state_files()
+        total = sum(f.size for f in files)
+        dropped = []
+        for f in files:
+            if total <= self.max_state_bytes:
+                break
+            self.drop_state(f.conversation)
+            total -= f.size
+            dropped.append(f.conversation)
+            log.event(self.log, "state_dropped",
+                      f"dropped the saved state of {f.conversation} ({f.size >> 20} MiB) to "
+                      f"stay under {self.max_state_bytes >> 20} MiB", conversation=f.conversation)
+        return dropped
+
+    def republish(self) -> int:
+        """Put the metadata of every state file on the bus (after a restart); how many."""
+        if self.publish is None:
+            return 0
+        count = 0
+        for f in self.state_files():
+            try:
+                header, _ = statefile.read_header(f.path)
+            except statefile.StateError:
+                continue
+            self.publish(f.conversation, header.meta(f.path))
+            count += 1
+        return count

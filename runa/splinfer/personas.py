@@ -1,0 +1,296 @@
+"""Personas: a system prompt and default sampling parameters, in one Markdown file each.
+
+``<name>.md`` holds YAML front matter, then the system prompt::
+
+    ---
+    description: A calm, plain, honest assistant.
+    temp: 0.7
+    repeat_penalty: 1.1
+    ---
+    You are Runa, ...
+
+Front matter keys are llama.cpp's sampling options (``temp``, ``top_k``,
+``mirostat_ent`` …; upstream spellings such as ``temperature`` or
+``mirostat_tau`` work with a warning), plus ``description`` and ``tags``.
+Upstream Runa's ``persona`` (the name; the file name decides) and ``access``
+(not enforced: the trust boundary is the uid, DESIGN §6) are accepted with a
+warning. Options fixed when the model loads (``ctx_size`` …) are an error, as
+is anything else unknown: every error names the file and the line.
+
+Layers, later wins, a name in a later layer replaces the same name below it
+(DESIGN §4): the packaged defaults (``runa/data/personas``) <
+``/usr/share/runa/personas`` < ``/etc/runa/personas`` < ``~/.config/runa/personas``
+(the personal stack only). The library re-reads the directories when a file in
+them changes, so a new or edited persona works without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from runa.paths import Paths
+from runa.splinfer.errors import InferenceError, ParamError
+from runa.splinfer.params import ContextParams, SamplingParams, canonical_name, parse_params
+
+PACKAGED = Path(str(resources.files("runa"))) / "data" / "personas"
+SYSTEM = Path("/usr/share/runa/personas")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CONTEXT_OPTIONS = set(ContextParams.__dataclass_fields__)
+_FENCE = re.compile(r"^---[ \t]*$")
+_END = re.compile(r"^(---|\.\.\.)[ \t]*$")
+
+
+class PersonaError(InferenceError):
+    """A persona file cannot be used; the message names the file and the line."""
+
+    exit_code = 65  # EX_DATAERR
+
+    def __init__(self, path: Path, line: int | None, problem: str) -> None:
+        self.path = path
+        self.line = line
+        self.problem = problem
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {problem}")
+
+
+class UnknownPersonaError(InferenceError):
+    """No persona of that name; the message lists the known ones."""
+
+    exit_code = 65
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        self.known = list(known)
+        listed = ", ".join(self.known) if self.known else "none"
+        super().__init__(f"unknown persona {name!r}; known personas: {listed}")
+
+
+@dataclass(frozen=True)
+class Persona:
+    name: str
+    description: str
+    system: str
+    """The system prompt (the file's body); empty means the model's own default."""
+    params: Mapping[str, Any]
+    """Sampling options under llama.cpp's names, already checked."""
+    source: Path
+    tags: tuple[str, ...] = ()
+
+    def sampling(self, base: SamplingParams | None = None) -> SamplingParams:
+        """``base`` (llama.cpp's defaults) with this persona's options on top."""
+        return parse_params(self.params, sampling=base, source=str(self.source))[1]
+
+
+def split_front_matter(path: Path, text: str) -> tuple[str, int, str]:
+    """(front matter, its first line number, body); no front matter gives ("", 0, text)."""
+    lines = text.splitlines(keepends=True)
+    if not lines or not _FENCE.match(lines[0].rstrip("\r\n")):
+        return "", 0, text
+    for i in range(1, len(lines)):
+        if _END.match(lines[i].rstrip("\r\n")):
+            return "".join(lines[1:i]), 2, "".join(lines[i + 1 :])
+    raise PersonaError(path, 1, "the front matter that starts here has no closing '---' line")
+
+
+def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona:
+    """Read one persona file's text; PersonaError names the file and line of any problem."""
+    name = path.stem
+    if not NAME.match(name):
+        raise PersonaError(path, None, f"{name!r} is not a persona name: use letters, "
+                           "digits, '_', '.', '-' (at most 64), starting with a letter or digit")
+    front, first_line, body = split_front_matter(path, text)
+    info: dict[str, Any] = {"description": "", "tags": ()}
+    params: dict[str, Any] = {}
+    param_lines: dict[str, int] = {}
+    for key, value, line in _entries(path, front, first_line):
+        where = f"{path}:{line}"
+        if key == "description":
+            if not isinstance(value, str):
+                raise PersonaError(path, line, "description must be text")
+            info["description"] = value.strip()
+        elif key == "tags":
+            if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+                raise PersonaError(path, line, "tags must be a list of words")
+            info["tags"] = tuple(value)
+        elif key in ("persona", "name"):
+            if value != name:
+                warn(f"{where}: {key} {value!r} is ignored; the file name makes this persona "
+                     f"{name!r}")
+        elif key == "access":
+            warn(f"{where}: access is not enforced: everyone who can use this stack can use "
+                 "every persona")
+        else:
+            option, checked = _param(path, line, key, value, warn)
+            if option in params:
+                raise PersonaError(path, line, f"{option} is already set on line "
+                                               f"{param_lines[option]} (as another spelling)")
+            params[option], param_lines[option] = checked, line
+    return Persona(name=name, description=info["description"], system=body.strip(),
+                   params=MappingProxyType(params), source=path, tags=info["tags"])
+
+
+def _entries(path: Path, front: str, first_line: int) -> list[tuple[str, Any, int]]:
+    """(key, value, line) for each front matter entry, in order."""
+    if not front.strip():
+        return []
+    try:
+        node = yaml.compose(front, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(front)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        if mark is not None and mark.line >= front.count("\n") and error.context_mark:
+            mark = error.context_mark  # "got <stream end>": point at what was left open
+        line = first_line + mark.line if mark is not None else first_line
+        problem = " ".join(p for p in (error.context, error.problem) if p) or str(error)
+        raise PersonaError(path, line, f"front matter is not valid YAML: {problem}") from None
+    except yaml.YAMLError as error:
+        raise PersonaError(path, first_line, f"front matter is not valid YAML: {error}") from None
+    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
+        raise PersonaError(path, first_line, "front matter must be 'key: value' lines")
+    entries: list[tuple[str, Any, int]] = []
+    seen: dict[str, int] = {}
+    for key_node, _ in node.value:
+        line = first_line + key_node.start_mark.line
+        key = key_node.value
+        if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
+            raise PersonaError(path, line, "front matter keys must be words")
+        if key in seen:
+            raise PersonaError(path, line, f"{key} is already set on line {seen[key]}")
+        seen[key] = line
+        entries.append((key, data[key], line))
+    return entries
+
+
+def _param(path: Path, line: int, key: str, value: Any,
+           warn: Callable[[str], None]) -> tuple[str, Any]:
+    """(llama.cpp name, value) for one option line; PersonaError if it cannot be used."""
+    where = f"{path}:{line}"
+    try:
+        name = canonical_name(key, source=where, warn=warn)
+    except ParamError as error:
+        raise PersonaError(path, line, error.args[0].removeprefix(f"{where}: ")) from None
+    if name in _CONTEXT_OPTIONS:
+        raise PersonaError(path, line, f"{name} is fixed when the model loads, not per persona; "
+                                       "set it in the [splinfer] table of runa.toml")
+    try:
+        parse_params({name: value}, source=where)
+    except ParamError as error:
+        raise PersonaError(path, line, error.args[0].removeprefix(f"{where}: ")) from None
+    return name, value
+
+
+@dataclass(frozen=True)
+class PersonaDir:
+    layer: str
+    path: Path
+
+
+def persona_dirs(paths: Paths, *, packaged: Path = PACKAGED,
+                 system: Path = SYSTEM) -> list[PersonaDir]:
+    """The persona layers of a stack, lowest first (DESIGN §4)."""
+    dirs = [PersonaDir("packaged", packaged), PersonaDir("system", system),
+            PersonaDir("admin", paths.sysconfdir / "personas")]
+    if paths.user_config is not None:
+        dirs.append(PersonaDir("user", paths.user_config / "personas"))
+    return dirs
+
+
+@dataclass
+class _Loaded:
+    signature: tuple = ()
+    personas: dict[str, Persona] = field(default_factory=dict)
+    problems: dict[str, PersonaError] = field(default_factory=dict)
+
+
+class PersonaLibrary:
+    """Every persona of a stack, layered; re-read when a file changes."""
+
+    def __init__(self, dirs: Sequence[PersonaDir], logger: logging.Logger | None = None) -> None:
+        self.dirs = list(dirs)
+        self.log = logger or logging.getLogger(__name__)
+        self._loaded = _Loaded(signature=("never",))
+
+    def _files(self) -> list[Path]:
+        """Persona files, lowest layer first; within a layer in name order."""
+        found: list[Path] = []
+        for directory in self.dirs:
+            try:
+                entries = sorted(os.scandir(directory.path), key=lambda e: e.name)
+            except OSError:
+                continue
+            found.extend(Path(e.path) for e in entries
+                         if e.name.endswith(".md") and not e.name.startswith(".")
+                         and e.is_file())
+        return found
+
+    @staticmethod
+    def _signature(files: Sequence[Path]) -> tuple:
+        stamps = []
+        for path in files:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            stamps.append((str(path), st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
+
+    def refresh(self) -> None:
+        """Re-read the layers if any persona file appeared, changed or went away."""
+        files = self._files()
+        signature = self._signature(files)
+        if signature == self._loaded.signature:
+            return
+        loaded = _Loaded(signature=signature)
+        for path in files:
+            name = path.stem
+            try:
+                text = path.read_text(encoding="utf-8")
+                persona = parse_persona(path, text, self.log.warning)
+            except UnicodeDecodeError:
+                loaded.problems[name] = PersonaError(path, None, "is not UTF-8 text")
+                loaded.personas.pop(name, None)
+                continue
+            except OSError as error:
+                loaded.problems[name] = PersonaError(path, None,
+                                                     f"cannot be read: {error.strerror}")
+                loaded.personas.pop(name, None)
+                continue
+            except PersonaError as error:
+                loaded.problems[name] = error
+                loaded.personas.pop(name, None)
+                continue
+            loaded.personas[name] = persona
+            loaded.problems.pop(name, None)
+        for problem in loaded.problems.values():
+            self.log.warning("persona not usable: %s", problem,
+                             extra={"RUNA_EVENT": "persona_error"})
+        self._loaded = loaded
+
+    def get(self, name: str) -> Persona:
+        """The persona ``name``; UnknownPersonaError lists the known ones, PersonaError says
+        what is wrong with its file."""
+        self.refresh()
+        if name in self._loaded.problems:
+            raise self._loaded.problems[name]
+        try:
+            return self._loaded.personas[name]
+        except KeyError:
+            raise UnknownPersonaError(name, sorted(self._loaded.personas)) from None
+
+    def all(self) -> list[Persona]:
+        self.refresh()
+        return [self._loaded.personas[name] for name in sorted(self._loaded.personas)]
+
+    def problems(self) -> dict[str, PersonaError]:
+        self.refresh()
+        return dict(self._loaded.problems)

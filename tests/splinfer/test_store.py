@@ -1,0 +1,160 @@
+"""The conversations directory: histories always kept, states capped, a full disk harmless."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runa.splinfer import statefile
+from runa.splinfer.conversations import (
+    Basis,
+    ConversationError,
+    ConversationStore,
+    StateSaveError,
+    UnknownConversationError,
+    check_id,
+)
+from runa.splinfer.statefile import StateIdentity
+from runa.splinfer.storage import atomic_write
+
+ME = StateIdentity(model="m" * 64, llama=statefile.llama_identity(), kv=statefile.kv_identity(True))
+MIB = 1 << 20
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+def store_at(root: Path, **kw) -> ConversationStore:
+    store = ConversationStore(root, max_state_bytes=kw.pop("cap", 64 * MIB), **kw)
+    store.open()
+    return store
+
+
+def test_history_round_trip_with_its_basis(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    conv = store.new("chat-1", "tutor")
+    conv.messages = [{"role": "user", "content": "hi ü"}, {"role": "assistant", "content": "yo"}]
+    conv.window, conv.basis = 0, Basis("m" * 64, "d" * 64, (1, 2, 3))
+    store.save(conv)
+    again = store.load("chat-1")
+    assert (again.persona, again.messages, again.basis, again.window) == (
+        "tutor", conv.messages, conv.basis, 0)
+    assert store.ids() == ["chat-1"]
+    assert oct((tmp_path / "chat-1.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_unknown_and_damaged_histories(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    with pytest.raises(UnknownConversationError, match="no conversation 'nope'"):
+        store.load("nope")
+    with pytest.raises(UnknownConversationError):
+        store.forget("nope")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(ConversationError, match=r"bad\.json: the history cannot be read"):
+        store.load("bad")
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x" * 65, "spa ce", 7, None, "é"])
+def test_conversation_ids_are_checked(bad: object) -> None:
+    with pytest.raises(ValueError, match="1 to 64"):
+        check_id(bad)
+
+
+def test_states_are_capped_oldest_first_and_published(tmp_path: Path) -> None:
+    published: dict[str, dict | None] = {}
+    store = store_at(tmp_path, cap=5 * MIB, clock=Clock(),
+                     publish=lambda conv, meta: published.__setitem__(conv, meta))
+    blob = memoryview(b"\x07" * (2 * MIB))
+    for i, name in enumerate(["old", "mid", "new"]):
+        store.save_state(name, ME, [1, 2, 3], blob)
+        os.utime(store.state_path(name), (1000 + i, 1000 + i))  # saved in this order
+    store.save_state("newest", ME, [1], blob)
+    left = sorted(f.conversation for f in store.state_files())
+    assert left == ["new", "newest"]  # 2 x 2 MiB fit in 5 MiB: the two oldest went
+    assert published["old"] is None and published["mid"] is None
+    assert published["newest"]["n_tokens"] == 1
+    assert published["newest"]["path"] == str(store.state_path("newest"))
+
+
+def test_forget_deletes_history_and_state(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    conv = store.new("gone", "default")
+    store.save(conv)
+    store.save_state("gone", ME, [1], memoryview(b"x" * 100))
+    store.forget("gone")
+    assert list(tmp_path.iterdir()) == []
+
+
+def full_disk_writer(path: Path, chunks, *, size=None) -> None:
+    """Like a disk that fills up half-way through the file."""
+    tmp = path.with_name(f".{path.name}.test.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(b"partial")
+    tmp.unlink()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_keeps_the_previous_state(tmp_path: Path) -> None:
+    store = store_at(tmp_path)
+    store.save_state("c1", ME, [1, 2], memoryview(b"first" * 100))
+    before = store.state_path("c1").read_bytes()
+    store.writer = full_disk_writer
+    with pytest.raises(StateSaveError, match=r"No space left on device.*previous one is kept"):
+        store.save_state("c1", ME, [1, 2, 3], memoryview(b"second" * 100))
+    assert store.state_path("c1").read_bytes() == before
+    assert store.load_state("c1", ME).tokens == [1, 2]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (root only): a disk that really fills up."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_filesystem_keeps_the_previous_state(tiny_tmpfs: Path) -> None:
+    store = store_at(tiny_tmpfs / "conversations")
+    store.save_state("c1", ME, [1, 2], memoryview(b"a" * (600 << 10)))
+    with pytest.raises(StateSaveError, match="No space left"):
+        store.save_state("c1", ME, [1, 2, 3], memoryview(b"b" * (600 << 10)))
+    assert store.load_state("c1", ME).tokens == [1, 2]
+    assert [p.name for p in (tiny_tmpfs / "conversations").iterdir()] == ["c1.state"]
+    store.save(store.new("c1", "default"))  # small files still fit: the history is kept
+
+
+def test_atomic_write_leaves_the_old_file_when_a_chunk_fails(tmp_path: Path) -> None:
+    target = tmp_path / "f"
+    target.write_bytes(b"old")
+
+    def chunks():
+        yield b"new "
+        raise OSError(errno.EIO, "disk went away")
+
+    with pytest.raises(OSError, match="disk went away"):
+        atomic_write(target, chunks())
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["f"]
+
+
+def test_leftover_temporaries_are_cleared_on_open(tmp_path: Path) -> None:
+    (tmp_path / ".c1.state.123.tmp").write_bytes(b"half")
+    store_at(tmp_path)
+    assert list(tmp_path.iterdir()) == []
