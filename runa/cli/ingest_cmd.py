@@ -1,0 +1,116 @@
+"""``runa ingest PATH... --topic T``: bring documents into a topic's index, incrementally."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from runa.cli.context import CliContext
+from runa.tieto.topic import COLUMN_TYPES, parse_declaration
+
+if TYPE_CHECKING:  # the index and the model load only when the command runs
+    from runa.tieto.ingest import IngestEvent, IngestReport
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "ingest",
+        help="add documents to a topic's index (tieto)",
+        description="Index Markdown/text files (with optional YAML front matter) and JSONL "
+        'files (one {"text": ..., "meta": {...}} per line) into TOPIC, creating it if needed. '
+        "Directories are walked for .md, .markdown, .txt, .text and .jsonl files. Unchanged "
+        "files are skipped (sha256); files gone from a directory given again are removed. "
+        "A broken file is reported with its line and the rest goes on. Exit status: 0 all "
+        "ingested; 65 some files or lines failed (each is named on standard error); 64 bad "
+        "usage; 66 the embedding model is not installed (run 'runa models setup').",
+        epilog="Example: runa ingest ~/notes --topic notes --filterable year:integer",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="files or directories")
+    parser.add_argument("--topic", required=True, metavar="T", help="the topic to add to")
+    parser.add_argument(
+        "--filterable", action="append", metavar="KEY:TYPE", type=parse_declaration,
+        help="declare a front-matter key filterable in the vector search itself (repeat for "
+        f"more; TYPE is one of {', '.join(COLUMN_TYPES)}); given again with other keys, the "
+        "topic's declared keys are replaced. Undeclared keys can be filtered on too.")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="start the topic over: forget everything it holds, then ingest")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress, only problems and the summary")
+    parser.set_defaults(func=cmd_ingest)
+
+
+class IngestProgress:
+    """One updating line on a terminal; a line per changed file otherwise; problems always."""
+
+    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.quiet = quiet
+        self.width = 0
+
+    def _line(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.width)[: max(self.width, len(text))])
+            self.width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _clear(self) -> None:
+        if self.tty and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.width = 0
+
+    def __call__(self, event: IngestEvent) -> None:
+        if event.stage == "failed":
+            self._clear()
+            self.stream.write(f"runa: {event.message}\n")
+            return
+        if self.quiet:
+            return
+        where = f"[{event.done}/{event.total}]" if event.total else ""
+        if event.stage == "embed":
+            if self.tty:
+                self._line(f"{where} {event.path}: embedded {event.chunks} chunks")
+        elif event.stage == "ingested":
+            self._line(f"{where} {event.path}: {event.chunks} chunks")
+        elif event.stage == "removed":
+            self._line(f"removed {event.path}")
+        elif event.stage == "unchanged" and self.tty:
+            self._line(f"{where} {event.path}: unchanged")
+
+    def finish(self) -> None:
+        self._clear()
+
+
+def summary(topic: str, report: IngestReport) -> str:
+    parts = [f"{report.ingested} ingested ({report.chunks_embedded} chunks embedded)",
+             f"{report.unchanged} unchanged"]
+    if report.removed:
+        parts.append(f"{report.removed} removed")
+    if report.failed:
+        parts.append(f"{report.failed} with problems")
+    return f"topic {topic}: {report.files} files: {', '.join(parts)} in {report.seconds:.1f} s"
+
+
+def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.tieto.api import Tieto, TietoSettings
+
+    tieto = Tieto(TietoSettings.from_config(ctx.config, ctx.paths))
+    progress = IngestProgress(quiet=args.quiet)
+    try:
+        report = tieto.ingest(args.paths, args.topic, filterable=args.filterable,
+                              rebuild=args.rebuild, progress=progress)
+    finally:
+        progress.finish()
+        tieto.close()
+    if args.json:
+        print(json.dumps({"topic": args.topic, **report.as_dict()}, indent=2))
+    else:
+        print(summary(args.topic, report), file=sys.stderr)
+    return 0 if report.ok else 65

