@@ -14,11 +14,23 @@ import sys
 from collections.abc import Sequence
 
 from runa import __version__
-from runa.cli import ask_cmd, bus_cmd, config_cmd, daemon_cmd, models_cmd, stack_cmd
+from runa.cli import (
+    ask_cmd,
+    bus_cmd,
+    chat_cmd,
+    config_cmd,
+    daemon_cmd,
+    ingest_cmd,
+    models_cmd,
+    recall_cmd,
+    stack_cmd,
+    units_cmd,
+)
 from runa.cli.context import CliContext
 from runa.errors import RunaError
 
-COMMAND_MODULES = (ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, daemon_cmd)
+COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
+                   daemon_cmd, ingest_cmd, recall_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
