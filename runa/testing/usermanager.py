@@ -115,6 +115,12 @@ class UserManager:
         """
         lines = ["# Written by runa.testing.usermanager: the units run this checkout's runa.",
                  "[Service]", "ExecStart=", f"ExecStart={executable} daemon %j"]
+        # The checkout may live under /tmp, which PrivateTmp= hides: bind its venv back in.
+        venv = Path(executable).parent.parent
+        lines.append(f"BindReadOnlyPaths={venv}")
+        checkout = venv.parent
+        if (checkout / "runa").is_dir():  # an editable install imports from the checkout
+            lines.append(f"BindReadOnlyPaths={checkout / 'runa'}")
         for key, value in sorted((environment or {}).items()):
             quoted = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
             lines.append(f'Environment="{key}={quoted}"')
