@@ -246,7 +246,12 @@ def test_a_component_alive_but_silent_is_restarted_for_no_heartbeat(stack: Stack
     stack.remove_dropin(dropin)
     since = time.time()
     stack.wait_replaced("demo", mute_pid)
-    events = stack.event_names("demo", since)
+    # gilgul logs "running" once the new incarnation is active, a moment after the new pid.
+    def four_events() -> list | None:
+        found = stack.event_names("demo", since)
+        return found if len(found) >= 4 else None
+
+    events = wait_for(four_events, 30, "gilgul to log the restarted demo as running")
     assert events[:4] == [("no_heartbeat", "no-heartbeat"), ("failed", "no-heartbeat"),
                           ("restart", "no-heartbeat"), ("running", "")]
     silent = stack.events(identifier="runa-demo", RUNA_EVENT="heartbeat_stopped",
