@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,13 +48,13 @@ MODEL_FLAGS = (
 )
 
 
-def add_model_flags(parser) -> None:  # type: ignore[no-untyped-def]
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (llama.cpp's options)")
     for flags, kind, key, metavar, text in MODEL_FLAGS:
         group.add_argument(*flags, type=kind, dest=key, metavar=metavar, default=None, help=text)
 
 
-def model_overrides(args) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def model_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The model flags given on the command line, as configuration overrides."""
     return {key: getattr(args, key) for _, _, key, _, _ in MODEL_FLAGS
             if getattr(args, key, None) is not None}
