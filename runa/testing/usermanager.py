@@ -32,6 +32,7 @@ applies to every ``runa-*.service`` and replaces ``ExecStart=`` with that execut
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -54,6 +55,7 @@ BOOTED_MARKER = Path("/run/systemd/system")
 INACCESSIBLE = Path("/run/systemd/inaccessible")
 RUN = Path("/run")
 STATE_DIR = Path("/run/runa-harness")
+LOCK_FILE = STATE_DIR / "lock"
 
 
 class HarnessError(RunaError):
@@ -71,6 +73,44 @@ def _walk_bottom_up(path: Path) -> Iterator[Path]:
     for child in sorted(p for p in path.iterdir() if p.is_dir()):
         yield from _walk_bottom_up(child)
     yield path
+
+
+class _MachineLock:
+    """One harness at a time on this machine: journald, /run and the cgroup tree are shared.
+
+    A second test run (another worker, a packaging test) waits here instead of killing the
+    first one's manager. Re-entrant within a process, so one test session may start managers
+    for several users; the kernel drops the lock if the holder dies.
+    """
+
+    def __init__(self, path: Path = LOCK_FILE) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        if self._depth == 0:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"runa harness: waiting for another run to release {self.path}",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._fd = fd
+        self._depth += 1
+
+    def release(self) -> None:
+        if self._depth == 0:
+            return
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+_LOCK = _MachineLock()
 
 
 class UserManager:
@@ -91,6 +131,7 @@ class UserManager:
         self._created_marker = False
         self._created_inaccessible = False
         self._mounted_run = False
+        self._locked = False
 
     # -- public --------------------------------------------------------------------------
 
@@ -136,6 +177,8 @@ class UserManager:
             path.parent.rmdir()
 
     def start(self) -> UserManager:
+        _LOCK.acquire()
+        self._locked = True
         self.cleanup_leftovers()
         try:
             self._ensure_journald()
@@ -176,6 +219,9 @@ class UserManager:
         self._unmount_run()
         self.state_file.unlink(missing_ok=True)
         self.manager = self.journald = None
+        if self._locked:
+            self._locked = False
+            _LOCK.release()
 
     def cleanup_leftovers(self) -> None:
         """Kill processes an earlier, interrupted run left and remove its cgroups."""
