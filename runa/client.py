@@ -42,6 +42,7 @@ class ServiceFault(RunaError):
     """The service answered with an error envelope."""
 
     def __init__(self, service: str, payload: dict[str, Any]) -> None:
+        self.payload = payload
         self.code = int(payload.get("code", Fault.INTERNAL_ERROR))
         self.name = str(payload.get("name", "INTERNAL_ERROR"))
         self.exit_code = FAULT_EXIT.get(self.code, 1)  # type: ignore[call-overload]
@@ -129,14 +130,13 @@ class ServiceClient:
             raise ServiceFault(self.service, {"code": Fault.BACKPRESSURE,
                                               "message": "its queue is full; try again"}) \
                 from None
+        sent_to = _incarnation(self.health())
         quiet_since = self.clock()
         while True:
             envelope = self.replies.recv(timeout=0.5)
             if envelope is None:
-                if self.clock() - quiet_since > idle_timeout and not self.alive():
-                    self._active = None
-                    raise ServiceUnavailable(
-                        f"{self.service} stopped answering and has no heartbeat")
+                if self.clock() - quiet_since > idle_timeout:
+                    self._fail_if_gone(sent_to)
                 continue
             quiet_since = self.clock()
             if envelope.id != query.id:
@@ -149,6 +149,26 @@ class ServiceClient:
             yield envelope
             if envelope.eof:
                 return
+
+    def _fail_if_gone(self, sent_to: tuple[Any, Any] | None) -> None:
+        """Raise when a quiet service has no heartbeat, or is a new incarnation.
+
+        A service that died holding the query (taken off its queue, not answered) is
+        replaced by one that heartbeats but never heard of it: without this check the
+        client would wait for ever. Queries still queued are adopted and answered by
+        the new incarnation, so this is only decided after ``idle_timeout`` of silence.
+        """
+        health = self.health()
+        if health is None:
+            self._active = None
+            raise ServiceUnavailable(f"{self.service} stopped answering and has no heartbeat")
+        now = _incarnation(health)
+        if sent_to is not None and now != sent_to:
+            self._active = None
+            raise ServiceUnavailable(
+                f"{self.service} restarted while this request was waiting (pid {sent_to[0]} "
+                f"→ {now[0]}) and the new one has not answered it; it was probably lost with "
+                "the old process: ask again")
 
     def cancel(self, wait: float = 5.0) -> Envelope | None:
         """Stop the running request; return its final envelope if it arrives within ``wait``."""
@@ -165,3 +185,10 @@ class ServiceClient:
                 self._active = None
                 return envelope
         return None
+
+
+def _incarnation(health: dict[str, Any] | None) -> tuple[Any, Any] | None:
+    """Which process answers for the service: (pid, incarnation) from its heartbeat."""
+    if health is None:
+        return None
+    return (health.get("pid"), health.get("incarnation"))
