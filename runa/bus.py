@@ -85,6 +85,12 @@ def health_key(component: str) -> str:
     return f"{component}:health"
 
 
+def is_health_key(key: str) -> bool:
+    """Whether ``key`` is a service heartbeat: machinery, read by every client, never memory."""
+    component, _, kind = key.partition(":")
+    return bool(component) and kind == "health"
+
+
 class HealthWriter:
     """The service heartbeat hook: writes ``<component>:health`` to the main bus.
 

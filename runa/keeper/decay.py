@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runa.bus import is_health_key
 from runa.config import Config
 from runa.splinter import EVENTS_CHANNEL, Bus, EnvelopeSender, SlotInfo
 from runa.splinter import envelope as envelope_mod
@@ -123,6 +124,8 @@ class Decayer:
         if self.events is not None:
             for slot in promote_candidates(kv, policy.promote_reads,
                                            policy.promote_cooldown_ns, now):
+                if is_health_key(slot.key):
+                    continue  # polled by every client; nothing a person said
                 if not kv.mark_promoted(slot.index, slot.keygen, slot.reads, now):
                     continue  # removed or replaced since the scan
                 try:
