@@ -238,6 +238,16 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("tieto.min_similarity", float, 0.0,
             "Drop chunks whose cosine similarity to the question is below this (0: keep all).",
             in_range(-1, 1)),
+    Setting("tieto.sieve", float, 0.35,
+            "'runa recall --complete' and /rag: sources under this cosine similarity are not "
+            "given to the model; with none left the answer is that it does not know.",
+            in_range(-1, 1)),
+    Setting("tieto.complete_k", int, 3,
+            "Chunks retrieved as the sources of a completion (--complete, /rag).",
+            in_range(1, 20)),
+    Setting("tieto.short_term_topic", str, "short-term",
+            "Topic that short-term memory (keys the keeper promotes) is filed into; on the "
+            "shared stack each user gets <topic>-u<uid>."),
     Setting("demo.startup_delay_s", float, 0.0,
             "Seconds the demo daemon pretends to load before READY.", in_range(0, 600)),
     Setting("demo.tick_s", float, 1.0, "Seconds between the demo daemon's ticks.",

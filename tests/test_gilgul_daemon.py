@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,15 @@ from runa.gilgul.incarnation import IncarnationFiles
 from runa.service import ServiceContext
 
 SPLINFER, SPLINTER, GILGUL = (registry.unit_name(n) for n in ("splinfer", "splinter", "gilgul"))
+
+
+def core_registry() -> registry.Registry:
+    """The packaged registry without tieto: these tests script splinter and splinfer only."""
+    with tempfile.TemporaryDirectory() as etc:
+        (Path(etc) / "components.d").mkdir()
+        (Path(etc) / "components.d/50-no-tieto.toml").write_text(
+            "[components.tieto]\nenabled = false\n")
+        return registry.load(Path(etc))
 
 
 class FakeClock:
@@ -122,12 +132,12 @@ def world(tmp_path: Path):
     def reload_inputs() -> tuple[Config, registry.Registry]:
         if isinstance(inputs["config"], Exception):
             raise inputs["config"]
-        return inputs["config"], registry.load()
+        return inputs["config"], core_registry()
 
     def build(config: Config | None = None) -> tuple[Gilgul, ServiceContext]:
         config = config or inputs["config"]
         logger = logging.getLogger("runa.gilgul.test")
-        gilgul = Gilgul(config, registry.load(), "t1", logger, env={},
+        gilgul = Gilgul(config, core_registry(), "t1", logger, env={},
                         connect=lambda: manager, open_bus=lambda: bus,  # type: ignore[arg-type,return-value]
                         dropins=DropIns(tmp_path / "units"),
                         incarnations=IncarnationFiles(tmp_path / "gilgul"),

@@ -58,6 +58,10 @@ DEMO = """\
 [components.demo]
 description = "Runa demo daemon (gilgul's test subject)"
 after = ["splinter"]
+
+# tieto's own restart test is tests/tieto/test_tieto_systemd.py.
+[components.tieto]
+enabled = false
 """
 
 

@@ -36,9 +36,9 @@ def write(path: Path, text: str) -> Path:
 
 def test_the_packaged_registry() -> None:
     reg = registry.load()
-    assert [c.name for c in reg] == ["splinter", "splinfer", "gilgul"]
+    assert [c.name for c in reg] == ["splinter", "splinfer", "tieto", "gilgul"]
     assert reg.manager is not None and reg.manager.name == "gilgul"
-    assert [c.name for c in reg.watched] == ["splinter", "splinfer"]
+    assert [c.name for c in reg.watched] == ["splinter", "splinfer", "tieto"]
     assert reg.get("splinfer").after == ("splinter",)
     hardening = dict(reg.get("splinfer").hardening)
     assert hardening["PrivateNetwork"] is True
@@ -67,7 +67,7 @@ timeout_start_sec = 300
     hardening = dict(splinfer.hardening)
     assert hardening["MemoryDenyWriteExecute"] is False and hardening["ProtectHome"] == "read-only"
     assert hardening["NoNewPrivileges"] is True  # the defaults stay under the override
-    assert [c.name for c in reg.watched] == ["splinter", "splinfer", "demo"]
+    assert [c.name for c in reg.watched] == ["splinter", "splinfer", "tieto", "demo"]
     assert reg.sources[1:] == (str(tmp_path / "components.d/10-a.toml"),
                                str(tmp_path / "components.d/20-b.toml"))
 
@@ -90,13 +90,13 @@ timeout_start_sec = 300
          "defaults.hardening.InaccessiblePaths", "/dev/shm"),
         ("[components.splinter.hardening]\nTemporaryFileSystem = '/dev:ro'\n",
          "components.splinter.hardening.TemporaryFileSystem", "/dev/shm"),
-        ("[components.splinfer]\nafter = ['tieto']\n", "components.splinfer.after",
+        ("[components.splinfer]\nafter = ['demo']\n", "components.splinfer.after",
          "names no component"),
         ("[components.splinter]\nafter = ['splinfer']\n", "components.splinter.after",
          "cycle"),
         ("[components.chatbot]\ndescription = 'x'\n", "components.chatbot",
          "no such component"),
-        ("[components.tieto]\nafter = ['splinter']\n", "components.tieto.description",
+        ("[components.demo]\nafter = ['splinter']\n", "components.demo.description",
          "needs a description"),
         ("[components.demo]\ndescription = 'd'\nrole = 'manager'\n", "components.demo.role",
          "only one manager"),
@@ -132,7 +132,8 @@ def test_the_committed_units_are_the_rendered_ones() -> None:
 def test_the_units_follow_the_design() -> None:
     rendered = units.render(registry.load())
     target = rendered["runa.target"]
-    assert "Wants=runa-splinter.service runa-splinfer.service runa-gilgul.service" in target
+    assert ("Wants=runa-splinter.service runa-splinfer.service runa-tieto.service "
+            "runa-gilgul.service") in target
     for name in ("splinter", "splinfer", "gilgul"):
         text = rendered[f"runa-{name}.service"]
         settings = dict(line.split("=", 1) for line in text.splitlines()

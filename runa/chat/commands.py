@@ -25,6 +25,8 @@ HELP: dict[str, tuple[str, str]] = {
     "history": ("/history", "show this conversation so far"),
     "params": ("/params [name=value ...|reset]",
                "show the sampling settings, or set them (llama.cpp names; name= unsets)"),
+    "rag": ("/rag on TOPIC | /rag off",
+            "answer from TOPIC's passages (tieto) and list the sources, or stop"),
     "help": ("/help", "this list"),
     "quit": ("/quit", "leave (so does Ctrl-D); Ctrl-C stops an answer"),
 }

@@ -77,7 +77,8 @@ class Repl:
 
     def prompt(self) -> str:
         """The status line: the conversation's persona and the start of its id."""
-        return f"{self.session.persona or 'runa'} {self.session.conversation[:8]}> "
+        rag = f" [rag:{self.session.rag_topic}]" if self.session.rag_topic else ""
+        return f"{self.session.persona or 'runa'} {self.session.conversation[:8]}{rag}> "
 
     def notice(self, text: str) -> None:
         self.notices.write(text + "\n")
@@ -133,9 +134,24 @@ class Repl:
             self._end_line(wrote)  # the error goes on a line of its own
             raise
         self._end_line(True)
+        self._sources()
         if self.interactive:  # piped runs keep stderr for what went wrong
             self._finish_notes(self.session.last)
         return 0
+
+    def _sources(self) -> None:
+        """After an answer with /rag on: the sources it cites (else all it was given)."""
+        grounding = self.session.grounding
+        if grounding is None or not grounding.sources:
+            return
+        cited = self.session.last.get("citations") or []
+        numbered = list(enumerate(grounding.sources, start=1))
+        shown = [(n, h) for n, h in numbered if n in cited] or numbered
+        self.say("Sources:" if cited else "Sources given (the answer cites none):")
+        for n, hit in shown:
+            where = f"{hit.source}:{hit.line}" if hit.source else hit.record
+            similarity = "" if hit.similarity is None else f"  similarity {hit.similarity:.2f}"
+            self.say(f"  [{n}] {_home_as_tilde(where)}{similarity}")
 
     def _end_line(self, wrote: bool) -> None:
         if wrote:
@@ -203,6 +219,17 @@ class Repl:
             mark = "*" if persona.name == current else " "
             source = f"  [{_home_as_tilde(persona.source)}]" if persona.source else ""
             self.say(f"{mark} {persona.name:<{width}}  {persona.description}{source}".rstrip())
+
+    def cmd_rag(self, args: tuple[str, ...]) -> int:
+        if args == ("off",):
+            self.notice(self.session.rag(None))
+            return 0
+        if len(args) != 2 or args[0] != "on":
+            where = f" (now: topic {self.session.rag_topic})" if self.session.rag_topic else ""
+            self.notice(f"/rag on TOPIC takes sources from TOPIC; /rag off stops{where}")
+            return EX_USAGE
+        self.notice(self.session.rag(args[1]))
+        return 0
 
     def cmd_new(self, _args: tuple[str, ...]) -> int:
         self.notice(f"new conversation {self.session.new()}")

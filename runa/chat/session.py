@@ -17,6 +17,15 @@ from runa.chat.params import SessionParams
 from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
 from runa.splinter import Envelope, Fault
+from runa.tieto.answer import CitationFilter, Grounding, chat_turn
+
+
+class Retriever(Protocol):
+    """What ``/rag`` needs of tieto (runa.chat.rag.Retrieval)."""
+
+    def topics(self) -> list[str]: ...
+
+    def ground(self, question: str, topic: str) -> Grounding: ...
 
 
 class ChatClient(Protocol):
@@ -91,7 +100,8 @@ class ChatSession:
     def __init__(self, client: ChatClient, conversation: str, *, persona: str | None = None,
                  params: SessionParams | None = None, timeout: float = 60.0,
                  new_id: Callable[[], str] = new_conversation_id,
-                 remember: Callable[[str], None] = lambda _conversation: None) -> None:
+                 remember: Callable[[str], None] = lambda _conversation: None,
+                 retriever: Retriever | None = None) -> None:
         self.client = client
         self.conversation = conversation
         self.chosen_persona = persona
@@ -108,6 +118,11 @@ class ChatSession:
         self.last: dict[str, Any] = {}
         self._new_id = new_id
         self._remember = remember
+        self.retriever = retriever
+        self.rag_topic: str | None = None
+        """With /rag on: the topic every question takes its sources from."""
+        self.grounding: Grounding | None = None
+        """The sources of the last answer (None without /rag)."""
 
     # -- starting --------------------------------------------------------------------------
 
@@ -226,16 +241,49 @@ class ChatSession:
             payload["persona"] = self.chosen_persona
         return payload
 
+    def rag(self, topic: str | None) -> str:
+        """Take sources from ``topic`` from the next question on (None: stop); a notice."""
+        if topic is None:
+            self.rag_topic = self.grounding = None
+            return "retrieval off: questions go to the model alone"
+        if self.retriever is None:
+            raise NotSupported("retrieval is not available in this chat")
+        known = self.retriever.topics()
+        if topic not in known:
+            raise UsageError(f"no topic {topic!r} (known topics: {', '.join(known) or 'none'}"
+                             f"); create it with 'runa ingest PATH... --topic {topic}'")
+        self.rag_topic = topic
+        return (f"retrieval on: each question goes with the best passages of topic {topic}, "
+                "and the answer lists its sources")
+
     def ask(self, text: str) -> Iterator[str]:
-        """Stream the answer to ``text`` piece by piece; its counters land in ``last``."""
+        """Stream the answer to ``text`` piece by piece; its counters land in ``last``.
+
+        With /rag on, the question goes with its sources and only citations of them are
+        kept; with none relevant, the answer says so without asking the model.
+        """
         self.last = {}
+        self.grounding = None
+        citations: CitationFilter | None = None
+        if self.rag_topic is not None and self.retriever is not None:
+            self.grounding = self.retriever.ground(text, self.rag_topic)
+            if not self.grounding.known:
+                self.last = {"finish_reason": "no_sources"}
+                yield self.grounding.unknown_text()
+                return
+            citations = CitationFilter(len(self.grounding.sources))
+            text = chat_turn(self.grounding)
         for envelope in self.client.request(self.payload(text), idle_timeout=self.timeout):
             piece = envelope.payload.get("text", "")
+            if citations is not None:
+                piece = citations.feed(piece) + (citations.finish() if envelope.eof else "")
             if envelope.eof:
                 self.last = dict(envelope.payload)
                 self.persona = self.last.get("persona") or self.persona
                 if self.keeps_conversations:
                     self.messages += 2
+                if citations is not None:
+                    self.last["citations"] = citations.cited
             if piece:
                 yield piece
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from contextlib import ExitStack
 
 from runa import bus as bus_mod
 from runa.chat.files import ChatFiles, valid_conversation_id
@@ -24,7 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="A conversation with splinfer: answers stream as they are written, "
         "splinfer keeps the conversation (and its model state), and 'runa chat' resumes "
         "the last one. Ctrl-C stops an answer, Ctrl-D leaves; /help lists the commands "
-        "(/persona, /new, /history, /params, /quit). When standard input is not a terminal, "
+        "(/persona, /new, /history, /params, /rag, /quit). When standard input is not a terminal, "
         "each line is one question and each answer is printed; it ends at the end of input. "
         "Exit status: 0 done; 64 a bad option or sampling value; 65 refused (unknown "
         "persona or conversation, a value splinfer will not take); 69 Runa is not running; "
@@ -60,6 +61,9 @@ def starting_point(args: argparse.Namespace, files: ChatFiles) -> tuple[str, Sta
 
 
 def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.chat.rag import Retrieval  # numpy and the index load only for /rag
+    from runa.tieto.access import open_tieto
+
     files = ChatFiles.for_person(ctx.env, ctx.stack)
     params = SessionParams(sampling_params(args))
     conversation, how = starting_point(args, files)
@@ -68,10 +72,15 @@ def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
     if interactive:  # Ctrl-C must stop answers even if started with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
     with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(bus, "splinfer",
-                                                                       "chat") as client:
+                                                                       "chat") as client, \
+            ExitStack() as stack:
         client.check_running()
+        retrieval = Retrieval(lambda: open_tieto(ctx.config, ctx.paths, ctx.stack, "chat",
+                                                 timeout=args.timeout))
+        stack.callback(retrieval.close)
         session = ChatSession(client, conversation, persona=args.persona, params=params,
-                              timeout=args.timeout, remember=files.remember)
+                              timeout=args.timeout, remember=files.remember,
+                              retriever=retrieval)
         for notice in session.start(how):
             print(notice, file=notices)
         reader: LineReader = (TerminalReader(files.ensure_history()) if interactive

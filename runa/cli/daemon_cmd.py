@@ -19,6 +19,7 @@ DAEMONS = {
     "splinter": "runa.keeper.daemon:create",
     "splinfer": "runa.splinfer.daemon:create",
     "gilgul": "runa.gilgul.daemon:create",
+    "tieto": "runa.tieto.daemon:create",
 }
 
 

@@ -21,7 +21,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="add documents to a topic's index (tieto)",
         description="Index Markdown/text files (with optional YAML front matter) and JSONL "
         'files (one {"text": ..., "meta": {...}} per line) into TOPIC, creating it if needed. '
-        "Directories are walked for .md, .markdown, .txt, .text and .jsonl files. Unchanged "
+        "Directories are walked for .md, .markdown, .txt, .text and .jsonl files. When the "
+        "tieto daemon runs it does the work (its model stays loaded), else this command "
+        "does. Unchanged "
         "files are skipped (sha256); files gone from a directory given again are removed. "
         "A broken file is reported with its line and the rest goes on. Exit status: 0 all "
         "ingested; 65 some files or lines failed (each is named on standard error); 64 bad "
@@ -41,6 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="no progress, only problems and the summary")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="when the tieto daemon does the work: give up when nothing "
+                        "arrives for S seconds and it has no heartbeat (default: %(default)s)")
     parser.set_defaults(func=cmd_ingest)
 
 
@@ -99,16 +104,16 @@ def summary(topic: str, report: IngestReport) -> str:
 
 
 def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.api import Tieto, TietoSettings
+    from runa.tieto.access import open_tieto
 
-    tieto = Tieto(TietoSettings.from_config(ctx.config, ctx.paths))
     progress = IngestProgress(quiet=args.quiet)
     try:
-        report = tieto.ingest(args.paths, args.topic, filterable=args.filterable,
-                              rebuild=args.rebuild, progress=progress)
+        with open_tieto(ctx.config, ctx.paths, ctx.stack, "ingest",
+                        timeout=args.timeout) as tieto:
+            report = tieto.ingest(args.paths, args.topic, filterable=args.filterable,
+                                  rebuild=args.rebuild, progress=progress)
     finally:
         progress.finish()
-        tieto.close()
     if args.json:
         print(json.dumps({"topic": args.topic, **report.as_dict()}, indent=2))
     else:

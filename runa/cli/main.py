@@ -24,13 +24,14 @@ from runa.cli import (
     models_cmd,
     recall_cmd,
     stack_cmd,
+    topic_cmd,
     units_cmd,
 )
 from runa.cli.context import CliContext
 from runa.errors import RunaError
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
-                   daemon_cmd, ingest_cmd, recall_cmd)
+                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,9 +8,12 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
+from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
+from runa.errors import UsageError
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
+    from runa.tieto.access import Local, Remote
     from runa.tieto.recall import Hit
 
 MODES = ("hybrid", "vector", "fts")
@@ -26,7 +29,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "OP one of = != < <= > >= in; numbers and dates compare as such, a missing key never "
         "matches, a list matches if any item does. Exit status: 0 (also with no hits); "
         "64 a bad filter; 65 the topic was built with another embedding model; 66 no such "
-        "topic, or the embedding model is not installed (run 'runa models setup').",
+        "topic, or the embedding model is not installed (run 'runa models setup'); with "
+        "--complete also 69 Runa (splinfer) is not running, 130 interrupted. When the tieto "
+        "daemon runs it answers (its model stays loaded), else this command does.",
         epilog="Example: runa recall 'how do I reset my password?' --topic notes "
         "--filter 'year>=2020' --filter 'lang in en,fi'",
     )
@@ -41,7 +46,19 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-similarity", type=float, default=None, metavar="X",
                         help="drop chunks below this cosine similarity (default: "
                         "tieto.min_similarity)")
-    parser.add_argument("--json", action="store_true", help="print the hits as JSON")
+    parser.add_argument("--json", action="store_true", help="print the hits (or the answer) "
+                        "as JSON")
+    answer = parser.add_argument_group("answering (--complete)")
+    answer.add_argument("--complete", action="store_true",
+                        help="answer the question with the running model from the best chunks, "
+                        "citing them as [1], [2], ...; says it does not know when no chunk "
+                        "reaches the sieve")
+    answer.add_argument("--sieve", type=float, default=None, metavar="X",
+                        help="least cosine similarity of a source (default: tieto.sieve)")
+    answer.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="give up when nothing arrives for S seconds and the service has "
+                        "no heartbeat (default: %(default)s)")
+    add_sampling_flags(answer)
     parser.set_defaults(func=cmd_recall)
 
 
@@ -58,14 +75,15 @@ def format_hit(rank: int, hit: Hit, width: int = 100) -> str:
 
 
 def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.api import Tieto, TietoSettings
+    from runa.tieto.access import open_tieto
 
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
-    tieto = Tieto(TietoSettings.from_config(ctx.config, ctx.paths))
-    try:
+    if not args.complete and (args.sieve is not None or sampling_params(args)):
+        raise UsageError("runa recall: --sieve and the sampling options go with --complete")
+    with open_tieto(ctx.config, ctx.paths, ctx.stack, "recall", timeout=args.timeout) as tieto:
+        if args.complete:
+            return answer(tieto, question, args)
         hits = tieto.recall(question, args.topic, args.filters, **_overrides(args))
-    finally:
-        tieto.close()
     if args.json:
         print(json.dumps({"topic": args.topic, "question": question,
                           "hits": [h.as_dict() for h in hits]}, indent=2, ensure_ascii=False))
@@ -74,4 +92,54 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
         print(f"no chunk of topic {args.topic} matches", file=sys.stderr)
     for rank, hit in enumerate(hits, start=1):
         print(format_hit(rank, hit))
+    return 0
+
+
+def format_source(source: dict[str, object]) -> str:
+    where = f"{source['source']}:{source['line']}" if source.get("source") else source["record"]
+    similarity = source.get("similarity")
+    tail = f"  similarity {similarity:.3f}" if isinstance(similarity, float) else ""
+    return f"[{source['n']}] {where} (chunk {source['chunk']}){tail}"
+
+
+def answer(tieto: Local | Remote, question: str, args: argparse.Namespace) -> int:
+    """Stream the grounded answer, then its sources (the cited ones, else all given)."""
+    overrides = {**_overrides(args), "sieve": args.sieve}
+    pieces: list[str] = []
+    head: dict[str, object] = {}
+    final: dict[str, object] = {}
+    try:
+        for payload in tieto.complete(question, args.topic, args.filters,
+                                      params=sampling_params(args), **overrides):
+            if "sources" in payload:
+                head = payload
+                continue
+            piece = str(payload.get("text", ""))
+            pieces.append(piece)
+            if not args.json and piece:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            if payload.get("eof"):
+                final = payload
+    except KeyboardInterrupt:
+        tieto.cancel()
+        sys.stdout.write("\n")
+        print("runa: answer stopped", file=sys.stderr)
+        return 130
+    sources = list(head.get("sources") or [])  # type: ignore[call-overload]
+    cited = [int(n) for n in final.get("citations") or []]  # type: ignore[attr-defined]
+    if args.json:
+        final = {k: v for k, v in final.items() if k not in ("eof", "text")}
+        print(json.dumps({"topic": args.topic, "question": question, "answer": "".join(pieces),
+                          **final, "sources": sources,
+                          "best_similarity": head.get("best_similarity"),
+                          "sieve": head.get("sieve")}, indent=2, ensure_ascii=False))
+        return 0
+    sys.stdout.write("\n")
+    if sources:
+        shown = [s for s in sources if s["n"] in cited] or sources
+        title = "Sources:" if cited else "Sources given to the model (the answer cites none):"
+        print("\n" + title)
+        for source in shown:
+            print(format_source(source))
     return 0

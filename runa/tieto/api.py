@@ -18,12 +18,15 @@ from runa.models.catalog import lookup_embedding
 from runa.models.errors import ModelNotFoundError
 from runa.models.resolve import resolve_model
 from runa.paths import Paths
+from runa.tieto.answer import Grounding, ground
 from runa.tieto.embed import Embedder, LlamaEmbedder
 from runa.tieto.errors import UnknownTopicError
 from runa.tieto.filters import parse as parse_filter
 from runa.tieto.index import TopicIndex
 from runa.tieto.ingest import Ingester, IngestReport, Progress
+from runa.tieto.memory import Memory
 from runa.tieto.recall import Hit, RecallParams, recall
+from runa.tieto.snapshot import restore, snapshot
 from runa.tieto.topic import TopicConfig, check_topic_name, declare
 
 INDEX_FILE = "index.sqlite"
@@ -43,6 +46,10 @@ class TietoSettings:
     chunk_tokens: int = 254
     overlap: int = 32
     recall: RecallParams = field(default_factory=RecallParams)
+    sieve: float = 0.35
+    """Completions: sources under this cosine similarity are not given to the model."""
+    complete_k: int = 3
+    short_term_topic: str = "short-term"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], paths: Paths) -> TietoSettings:
@@ -60,6 +67,8 @@ class TietoSettings:
                 fts_weight=config["tieto.fts_weight"],
                 min_similarity=config["tieto.min_similarity"],
             ),
+            sieve=config["tieto.sieve"], complete_k=config["tieto.complete_k"],
+            short_term_topic=config["tieto.short_term_topic"],
         )  # fmt: skip
 
 
@@ -166,6 +175,43 @@ class Tieto:
         needs_model = params.mode != "fts" or params.min_similarity > 0
         return recall(index, question, self.embedder() if needs_model else None,
                       conditions, params)
+
+    def ground(self, question: str, topic: str, filters: Sequence[str] = (),
+               **overrides: Any) -> Grounding:
+        """The sources a completion may cite: ``complete_k`` hits at or above the sieve.
+
+        ``overrides`` may set ``k`` and ``sieve`` besides the RecallParams fields.
+        """
+        sieve = overrides.pop("sieve", None)
+        sieve = self.settings.sieve if sieve is None else sieve
+        overrides.setdefault("k", self.settings.complete_k)
+        hits = self.recall(question, topic, filters, **overrides)
+        return ground(question, topic, hits, sieve)
+
+    def remember(self, memory: Memory) -> int:
+        """File one short-term memory (a promoted bus key); chunks embedded (0: unchanged)."""
+        path = self.index_path(memory.topic)
+        if path.is_file():
+            index = self.open(memory.topic)
+        else:
+            embedder = self.embedder()
+            config = TopicConfig(memory.topic, embedder.model_id, embedder.dim, declare(()))
+            index = self._open[memory.topic] = TopicIndex.create(path, config)
+        ingester = Ingester(index, self.embedder, chunk_tokens=self.settings.chunk_tokens,
+                            overlap=self.settings.overlap)
+        return ingester.put(memory.name, memory.sha256, [memory.record])
+
+    def snapshot(self, topic: str, dest: Path) -> int:
+        """Write a consistent copy of ``topic`` to the new file ``dest``; its size."""
+        return snapshot(self.open(topic), dest)
+
+    def restore(self, topic: str, source: Path) -> None:
+        """Replace ``topic`` (created if new) with the snapshot ``source``."""
+        path = self.index_path(topic)
+        index = self._open.pop(topic, None)
+        if index is not None:
+            index.close()
+        restore(source, path)
 
     def close(self) -> None:
         for index in self._open.values():

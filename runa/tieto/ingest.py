@@ -119,6 +119,21 @@ class Ingester:
         report.seconds = self.clock() - started
         return report
 
+    def put(self, name: str, sha256: str, records: Sequence[Record]) -> int:
+        """Store ``records`` as the content of source ``name`` (not a file: e.g. a bus key);
+        the number of chunks embedded, 0 when ``sha256`` is what the source already has.
+
+        MetadataError when a record's metadata does not fit the topic's declared keys.
+        """
+        known = self.index.source(name)
+        if known is not None and known.sha256 == sha256:
+            return 0
+        docs, problems = self._prepare(records, Path(name), 1, 1)
+        if problems:
+            raise problems[0]
+        size = sum(len(r.text.encode()) for r in records)
+        return self.index.replace_source(name, sha256, size, True, docs)
+
     def _one(self, path: Path, number: int, total: int, report: IngestReport) -> None:
         name = str(path)
         try:

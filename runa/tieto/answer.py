@@ -1,0 +1,185 @@
+"""Answers from retrieved chunks: the sieve, the numbered-sources prompt, the citations.
+
+A completion is grounded only if something relevant was found: when the best
+hit's cosine similarity is under the sieve (``tieto.sieve``) no model is asked
+and the answer says plainly that the topic does not say. Otherwise the chunks
+that pass the sieve are numbered [1]..[n] in the prompt, the model is told to
+cite them, and :class:`CitationFilter` keeps only citations of those numbers in
+the streamed text: a model (the 135M default above all) may invent a [7] when
+there are three sources, and a citation of a chunk that was never retrieved
+must not reach the person. The model itself is reached through a
+``ChatStream`` (``runa.client.ServiceClient`` to splinfer in use), so this
+module runs the same in the daemon, in ``runa recall --complete`` without the
+daemon, and in the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runa.splinter import Envelope
+
+if TYPE_CHECKING:  # the chat imports this module; numpy and the index load only for retrieval
+    from runa.tieto.recall import Hit
+
+INSTRUCTIONS = (
+    "You answer questions using only the numbered sources you are given. After each fact, "
+    "write the number of its source in brackets, like [1]. If the sources do not contain "
+    "the answer, say that you do not know."
+)
+#: The longest bracket content still read as a citation: "[1, 2, 3]" and the like.
+_MAX_CITATION = 16
+_CITATION_BODY = re.compile(r"^\d+(\s*,\s*\d+)*$")
+
+
+class ChatStream(Protocol):
+    """What a completion needs of splinfer's client (``runa.client.ServiceClient``)."""
+
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = ...
+                ) -> Iterator[Envelope]: ...
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """What a question found: the sources the model may cite, or why there are none."""
+
+    question: str
+    topic: str
+    sources: tuple[Hit, ...]
+    best_similarity: float | None
+    sieve: float
+
+    @property
+    def known(self) -> bool:
+        return bool(self.sources)
+
+    def describe_sources(self) -> list[dict[str, Any]]:
+        """The numbered sources as plain data (JSON, the bus)."""
+        return [source_dict(n, hit) for n, hit in enumerate(self.sources, start=1)]
+
+    def unknown_text(self) -> str:
+        if self.best_similarity is None:
+            why = "nothing in it matches"
+        else:
+            why = (f"the closest passage has similarity {self.best_similarity:.2f}, under "
+                   f"the sieve {self.sieve:.2f}")
+        return (f"I don't know: topic {self.topic} has nothing relevant to that question "
+                f"({why}).")
+
+
+def source_dict(n: int, hit: Hit) -> dict[str, Any]:
+    return {"n": n, "id": hit.id, "source": hit.source, "line": hit.line, "chunk": hit.chunk,
+            "record": hit.record, "similarity": hit.similarity, "text": hit.text}
+
+
+def ground(question: str, topic: str, hits: Sequence[Hit], sieve: float) -> Grounding:
+    """Keep the hits at or above the sieve, best first; none means "I don't know"."""
+    similarities = [h.similarity for h in hits if h.similarity is not None]
+    best = max(similarities) if similarities else None
+    kept = tuple(h for h in hits if h.similarity is not None and h.similarity >= sieve)
+    return Grounding(question, topic, kept, best, sieve)
+
+
+def sources_block(sources: Sequence[Hit]) -> str:
+    parts = []
+    for n, hit in enumerate(sources, start=1):
+        where = hit.source.rsplit("/", 1)[-1] if hit.source else hit.record
+        parts.append(f"[{n}] ({where})\n{hit.text.strip()}")
+    return "\n\n".join(parts)
+
+
+def prompt(grounding: Grounding) -> tuple[str, str]:
+    """(system, user) for a one-shot completion."""
+    user = f"Sources:\n\n{sources_block(grounding.sources)}\n\nQuestion: {grounding.question}"
+    return INSTRUCTIONS, user
+
+
+def chat_turn(grounding: Grounding) -> str:
+    """The user turn of a chat with retrieval: instructions travel with the sources, so the
+    conversation's own system prompt (and its saved model state) stays as it is."""
+    return (f"{INSTRUCTIONS}\n\nSources:\n\n{sources_block(grounding.sources)}\n\n"
+            f"Question: {grounding.question}")
+
+
+class CitationFilter:
+    """Streams text through, keeping only citations [n] with 1 <= n <= ``count``.
+
+    A ``[`` opens a possible citation; it is held back until its ``]`` (or until it
+    clearly is not one), so a piece boundary inside ``[12]`` changes nothing.
+    ``[2, 9]`` with three sources becomes ``[2]``; ``[9]`` disappears. ``cited``
+    lists the kept numbers in order of first appearance.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.cited: list[int] = []
+        self.dropped: list[int] = []
+        self._held = ""
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for char in text:
+            if self._held:
+                self._held += char
+                if char == "]":
+                    out.append(self._resolve(self._held[1:-1]))
+                    self._held = ""
+                elif char == "[":
+                    out.append(self._held[:-1])
+                    self._held = "["
+                elif len(self._held) > _MAX_CITATION or not re.fullmatch(r"[\d,\s]", char):
+                    out.append(self._held)
+                    self._held = ""
+            elif char == "[":
+                self._held = "["
+            else:
+                out.append(char)
+        return "".join(out)
+
+    def finish(self) -> str:
+        rest, self._held = self._held, ""
+        return rest
+
+    def _resolve(self, body: str) -> str:
+        if not _CITATION_BODY.match(body.strip()):
+            return f"[{body}]"
+        numbers = [int(n) for n in re.findall(r"\d+", body)]
+        kept = [n for n in numbers if 1 <= n <= self.count]
+        self.dropped += [n for n in numbers if n not in kept]
+        for n in kept:
+            if n not in self.cited:
+                self.cited.append(n)
+        return f"[{', '.join(map(str, kept))}]" if kept else ""
+
+
+def complete(grounding: Grounding, splinfer: ChatStream, *, params: dict[str, Any] | None = None,
+             idle_timeout: float = 60.0) -> Iterator[dict[str, Any]]:
+    """The answer as payloads: ``{"sources", "known", ...}`` first, then ``{"text": piece}``,
+    and last a payload with ``"eof": True``, the citations and splinfer's counters.
+
+    With nothing relevant the model is not asked: the one text piece says so.
+    """
+    yield {"sources": grounding.describe_sources(), "known": grounding.known,
+           "best_similarity": grounding.best_similarity, "sieve": grounding.sieve}
+    if not grounding.known:
+        yield {"eof": True, "text": grounding.unknown_text(), "citations": [], "known": False,
+               "finish_reason": "no_sources"}
+        return
+    system, user = prompt(grounding)
+    citations = CitationFilter(len(grounding.sources))
+    payload = {"op": "chat", "text": user, "system": system, "params": dict(params or {})}
+    final: dict[str, Any] = {}
+    text = ""
+    for envelope in splinfer.request(payload, idle_timeout=idle_timeout):
+        text = citations.feed(envelope.payload.get("text", ""))
+        if envelope.eof:
+            final = {k: v for k, v in envelope.payload.items() if k != "text"}
+            text += citations.finish()
+            break
+        if text:
+            yield {"text": text}
+    yield {**final, "eof": True, "text": text, "citations": citations.cited,
+           "dropped_citations": citations.dropped, "known": True}

@@ -1,0 +1,477 @@
+"""tieto as a daemon: one loaded embedding model and the open topics, served on the bus.
+
+It listens on the queue ``tieto`` (payloads: docs/protocol.md, "tieto") and maps
+each request onto :class:`runa.tieto.api.Tieto`: ``recall``, ``sources``,
+``ingest``, ``snapshot``, ``restore``, ``topics``, ``status``; ``complete``
+retrieves here and then asks splinfer over the bus, in a worker thread, so the
+loop keeps reading the queue (a ``cancel`` reaches the answer between tokens) and
+other requests are served meanwhile. It also subscribes to the ``events``
+broadcast and files the keeper's ``promote`` events into short-term memory
+(runa.tieto.memory).
+
+The embedding model loads on first need, so the daemon is ready at once and the
+unit starts even where the model is not installed yet (requests then fail with
+what to run). Long work (an ingest) pings the watchdog between embedding batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runa import bus as bus_mod
+from runa import log
+from runa.client import ServiceClient
+from runa.config import Config
+from runa.errors import ConfigError, RunaError
+from runa.paths import Paths
+from runa.service import ServiceContext
+from runa.splinter import EVENTS_CHANNEL, Bus, Envelope, Fault
+from runa.splinter import envelope as env_mod
+from runa.splinter.errors import BadSchema, SplinterError, SubscriberDropped
+from runa.tieto.answer import Grounding, complete
+from runa.tieto.api import Tieto, TietoSettings
+from runa.tieto.embed import Embedder
+from runa.tieto.errors import TietoError, TopicError
+from runa.tieto.ingest import IngestEvent
+from runa.tieto.memory import memory
+from runa.tieto.topic import check_topic_name, parse_declaration
+
+NAME = "tieto"
+OPS = ("recall", "sources", "complete", "ingest", "snapshot", "restore", "topics", "status",
+       "cancel")
+#: Texts per embedding call inside the daemon: the watchdog is pinged between calls.
+EMBED_SLICE = 4
+#: Longest wait on the queue, so promote events are filed promptly.
+QUEUE_WAIT_S = 0.25
+
+
+class LivelyEmbedder:
+    """An embedder that pings the service manager between small slices of work."""
+
+    def __init__(self, inner: Embedder, keepalive: Callable[[], None]) -> None:
+        self.inner = inner
+        self.keepalive = keepalive
+        self.dim = inner.dim
+        self.max_tokens = inner.max_tokens
+        self.model_id = inner.model_id
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        parts = []
+        for start in range(0, len(texts), EMBED_SLICE):
+            self.keepalive()
+            parts.append(self.inner.embed(texts[start:start + EMBED_SLICE]))
+        return np.concatenate(parts) if parts else self.inner.embed([])
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
+class _Completion:
+    """One ``complete`` answer streaming from splinfer to its client in a worker thread."""
+
+    def __init__(self, request: Envelope, reply: Callable[[dict[str, Any], bool], None],
+                 grounding: Grounding, splinfer: Callable[[], ServiceClient],
+                 params: dict[str, Any], logger: logging.Logger) -> None:
+        self.request = request
+        self.reply = reply
+        self.grounding = grounding
+        self.splinfer = splinfer
+        self.params = params
+        self.logger = logger
+        self.cancelled = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"complete-{request.id[:8]}",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self.splinfer() as client:
+                for payload in complete(self.grounding, _Cancellable(client, self.cancelled),
+                                        params=self.params):
+                    eof = bool(payload.pop("eof", False))
+                    self.reply(payload, eof)
+        except RunaError as error:
+            self.reply(_fault_payload(error), True)
+        except Exception as error:  # answered, logged, and the loop goes on
+            self.logger.exception("completion failed: %s", error)
+            self.reply({"error": Fault.INTERNAL_ERROR, "message": str(error)}, True)
+
+
+class _Cancellable:
+    """splinfer's stream, stopped (splinfer told to cancel) once ``cancelled`` is set."""
+
+    def __init__(self, client: ServiceClient, cancelled: threading.Event) -> None:
+        self.client = client
+        self.cancelled = cancelled
+
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = 60.0
+                ) -> Iterator[Envelope]:
+        for envelope in self.client.request(payload, idle_timeout=idle_timeout):
+            if self.cancelled.is_set() and not envelope.eof:
+                final = self.client.cancel()
+                if final is not None and final.type != "error":
+                    yield final
+                return
+            yield envelope
+
+
+def _fault_payload(error: RunaError) -> dict[str, Any]:
+    """An error as the client needs it: the fault, the message, the command's exit status."""
+    code = Fault.BAD_SCHEMA if isinstance(error, TietoError | ConfigError) or \
+        error.exit_code in (64, 65, 66) else Fault.INTERNAL_ERROR
+    return {"error": code, "message": str(error), "exit_code": error.exit_code,
+            "kind": type(error).__name__}
+
+
+class TietoDaemon:
+    name = NAME
+
+    def __init__(self, config: Config, stack: str, logger: logging.Logger, *,
+                 paths: Paths | None = None,
+                 embedder_factory: Callable[[], Embedder] | None = None,
+                 splinfer: Callable[[Bus], ServiceClient] | None = None) -> None:
+        self.config = config
+        self.stack = stack
+        self.logger = logger
+        self.paths = paths or Paths.for_stack(stack)
+        self.settings = TietoSettings.from_config(config, self.paths)
+        self._embedder_factory = embedder_factory
+        self._splinfer = splinfer or (lambda bus: ServiceClient(bus, "splinfer", NAME))
+        self.tieto: Tieto | None = None
+        self._embedder: LivelyEmbedder | None = None
+        self.bus: Bus | None = None
+        self.inbox: deque[Envelope] = deque()
+        self.completions: dict[str, _Completion] = {}
+        self._send_lock = threading.Lock()
+        self._ctx: ServiceContext | None = None
+        self.filed = 0
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        try:
+            check_topic_name(self.settings.short_term_topic)
+        except TopicError as error:
+            raise ConfigError(self.config.origin("tieto.short_term_topic"),
+                              "tieto.short_term_topic", self.settings.short_term_topic,
+                              str(error)) from None
+        self.tieto = Tieto(self.settings, embedder_factory=self._load_embedder)
+        self.bus = bus_mod.connect(self.config, self.stack)
+        self.stats = self.bus.component_stats(NAME)
+        self.queue = self.bus.queue(NAME, stats=self.stats)
+        self.events = self.bus.subscribe(EVENTS_CHANNEL)
+        ctx.status(f"ready: {len(self.tieto.topics())} topics")
+
+    def _load_embedder(self) -> Embedder:
+        assert self._ctx is not None
+        self._ctx.status("loading the embedding model")
+        self._ctx.keepalive()
+        inner = self._embedder_factory() if self._embedder_factory else \
+            Tieto(self.settings)._load_embedder()
+        self._embedder = LivelyEmbedder(inner, self._ctx.keepalive)
+        self._ctx.status("ready")
+        return self._embedder
+
+    def step(self, timeout: float) -> None:
+        self._read_events()
+        if not self.inbox:
+            self._read_queue(min(timeout, QUEUE_WAIT_S))
+        while self.inbox:
+            self._handle(self.inbox.popleft())
+        for rid, completion in list(self.completions.items()):
+            if not completion.thread.is_alive():
+                del self.completions[rid]
+
+    def stop(self) -> None:
+        for completion in self.completions.values():
+            completion.cancelled.set()
+        for completion in self.completions.values():
+            completion.thread.join(timeout=5)
+        if self.tieto is not None:
+            self.tieto.close()
+        if self._embedder is not None:
+            self._embedder.close()
+        if self.bus is not None:
+            self.queue.close()
+            self.events.close()
+            self.bus.close()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_queue(self, timeout: float) -> None:
+        while True:
+            try:
+                envelope = self.queue.recv(timeout)
+            except BadSchema as error:
+                self._bad_schema(error)
+                timeout = 0
+                continue
+            if envelope is None:
+                return
+            timeout = 0
+            if envelope.type == "query" and envelope.payload.get("op") == "cancel":
+                self._cancel(envelope)
+            else:
+                self.inbox.append(envelope)
+
+    def _read_events(self) -> None:
+        while True:
+            try:
+                event = self.events.recv(0)
+            except SubscriberDropped:
+                self.logger.warning("missed events (the events channel overran); "
+                                    "listening again from the newest")
+                self.events.raw.resubscribe()
+                continue
+            except BadSchema:
+                continue
+            if event is None:
+                return
+            if event.type == "event" and event.payload.get("op") == "promote":
+                self._file(event.payload)
+
+    def _file(self, event: dict[str, Any]) -> None:
+        """File one promoted key into short-term memory (runa.tieto.memory)."""
+        assert self.bus is not None and self.tieto is not None
+        key = event.get("key")
+        if not isinstance(key, str) or not key.startswith("user:"):
+            return
+        value = self.bus.get(key)
+        if value is None:
+            return  # gone (expired, evicted) between the sweep and now
+        found = memory(event, value, self.stack, self.settings.short_term_topic)
+        if found is None:
+            return
+        try:
+            chunks = self.tieto.remember(found)
+        except RunaError as error:
+            log.event(self.logger, "memory_not_filed", f"promoted key {key}: {error}",
+                      level=logging.WARNING, key=key)
+            return
+        if chunks:
+            self.filed += 1
+            log.event(self.logger, "memory_filed", f"filed promoted key {key} into topic "
+                      f"{found.topic}", key=key, topic=found.topic)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _handle(self, request: Envelope) -> None:
+        if request.type != "query":
+            return
+        op = request.payload.get("op")
+        handler = getattr(self, f"_op_{op}", None) if op in OPS else None
+        try:
+            if handler is None:
+                raise BadSchema(f"unknown op {op!r}; tieto answers {', '.join(OPS)}",
+                                id=request.id, sender=request.sender,
+                                reply_to=request.reply_to)
+            handler(request)
+        except BadSchema as error:
+            self._bad_schema(error, request)
+        except RunaError as error:
+            self._fail(request, _fault_payload(error))
+        except Exception as error:  # answered, logged, and the loop goes on
+            self.logger.exception("%s failed: %s", op, error)
+            self._fail(request, {"error": Fault.INTERNAL_ERROR, "message": str(error)})
+
+    def _op_status(self, request: Envelope) -> None:
+        assert self.tieto is not None
+        self._reply(request, {"topics": self.tieto.topics(),
+                              "model_loaded": self._embedder is not None,
+                              "completing": len(self.completions), "memories_filed": self.filed},
+                    0, True)
+
+    def _op_topics(self, request: Envelope) -> None:
+        assert self.tieto is not None
+        self._reply(request, {"topics": self.tieto.topics()}, 0, True)
+
+    def _op_recall(self, request: Envelope) -> None:
+        assert self.tieto is not None
+        p = request.payload
+        hits = self.tieto.recall(_text(request, "question"), _text(request, "topic"),
+                                 _strings(request, "filters"), **_overrides(request))
+        for seq, hit in enumerate(hits):
+            self._reply(request, {"hit": hit.as_dict()}, seq, False)
+        self._reply(request, {"topic": p["topic"], "count": len(hits)}, len(hits), True)
+
+    def _grounding(self, request: Envelope) -> Grounding:
+        assert self.tieto is not None
+        overrides = _overrides(request)
+        sieve = request.payload.get("sieve")
+        if sieve is not None:
+            overrides["sieve"] = _number(request, "sieve")
+        return self.tieto.ground(_text(request, "question"), _text(request, "topic"),
+                                 _strings(request, "filters"), **overrides)
+
+    def _op_sources(self, request: Envelope) -> None:
+        grounding = self._grounding(request)
+        self._reply(request, {"hits": [h.as_dict() for h in grounding.sources],
+                              "best_similarity": grounding.best_similarity,
+                              "sieve": grounding.sieve, "known": grounding.known}, 0, True)
+
+    def _op_complete(self, request: Envelope) -> None:
+        assert self.bus is not None
+        if not request.reply_to:
+            raise BadSchema("complete needs reply_to", id=request.id, sender=request.sender)
+        grounding = self._grounding(request)
+        params = request.payload.get("params") or {}
+        if not isinstance(params, dict):
+            raise BadSchema("'params' must be an object", id=request.id,
+                            sender=request.sender, reply_to=request.reply_to)
+        seq = iter(range(1 << 30))
+        bus = self.bus
+
+        def reply(payload: dict[str, Any], eof: bool) -> None:
+            if "error" in payload:
+                self._fail(request, payload)
+            else:
+                self._reply(request, payload, next(seq), eof)
+
+        completion = _Completion(request, reply, grounding, lambda: self._splinfer(bus),
+                                 params, self.logger)
+        self.completions[request.id] = completion
+        completion.start()
+
+    def _op_ingest(self, request: Envelope) -> None:
+        assert self.tieto is not None
+        paths = [Path(p) for p in _strings(request, "paths")]
+        if not paths or not all(p.is_absolute() for p in paths):
+            raise _bad(request, "ingest needs 'paths': absolute paths of files or directories")
+        declared = request.payload.get("filterable")
+        filterable = None if declared is None else \
+            [parse_declaration(d) for d in _strings(request, "filterable")]
+        seq = iter(range(1 << 30))
+
+        def progress(event: IngestEvent) -> None:
+            self._reply(request, {"event": vars(event)}, next(seq), False)
+            if self._ctx is not None:
+                self._ctx.keepalive()
+
+        report = self.tieto.ingest(paths, _text(request, "topic"), filterable=filterable,
+                                   rebuild=bool(request.payload.get("rebuild")),
+                                   progress=progress)
+        self._reply(request, {"report": report.as_dict()}, next(seq), True)
+
+    def _op_snapshot(self, request: Envelope) -> None:
+        assert self.tieto is not None
+        dest = Path(_text(request, "path"))
+        if not dest.is_absolute():
+            raise _bad(request, "snapshot needs 'path': an absolute path for the new file")
+        size = self.tieto.snapshot(_text(request, "topic"), dest)
+        self._reply(request, {"topic": request.payload["topic"], "path": str(dest),
+                              "bytes": size}, 0, True)
+
+    def _op_restore(self, request: Envelope) -> None:
+        assert self.tieto is not None
+        source = Path(_text(request, "path"))
+        if not source.is_absolute():
+            raise _bad(request, "restore needs 'path': the absolute path of a snapshot")
+        self.tieto.restore(_text(request, "topic"), source)
+        self._reply(request, {"topic": request.payload["topic"], "restored": str(source)},
+                    0, True)
+
+    def _cancel(self, request: Envelope) -> None:
+        target = request.payload.get("target")
+        completion = self.completions.get(target) if isinstance(target, str) else None
+        if completion is not None:
+            completion.cancelled.set()
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _reply(self, request: Envelope, payload: dict[str, Any], seq: int, eof: bool) -> None:
+        if request.reply_to:
+            self._send(request.reply_to, env_mod.response(request, NAME, payload, seq=seq,
+                                                          eof=eof))
+
+    def _fail(self, request: Envelope, payload: dict[str, Any]) -> None:
+        code = Fault(payload.pop("error", Fault.INTERNAL_ERROR))
+        envelope = env_mod.fault(code, str(payload.get("message", "failed")), sender=NAME,
+                                 to=request.sender, id=request.id)
+        envelope.payload.update({k: v for k, v in payload.items() if k != "message"})
+        self.logger.info("request %s failed: %s", request.id, envelope.payload["message"],
+                         extra={"RUNA_EVENT": "request_failed"})
+        if request.reply_to:
+            self._send(request.reply_to, envelope)
+
+    def _bad_schema(self, error: BadSchema, request: Envelope | None = None) -> None:
+        self.logger.warning("bad request: %s", error.message, extra={"RUNA_EVENT": "bad_schema"})
+        where = env_mod.reply_channel(request, error)
+        if where:
+            self._send(where, env_mod.error_reply(request, error, sender=NAME))
+
+    def _send(self, channel: str, envelope: Envelope) -> None:
+        """Send, waiting a little for a full reply queue; a client that is gone is logged."""
+        assert self.bus is not None
+        deadline = time.monotonic() + 5.0
+        with self._send_lock:
+            while True:
+                try:
+                    self.bus.sender(channel, stats=self.stats).send(envelope)
+                    return
+                except SplinterError as error:
+                    if getattr(error, "code", None) != Fault.BACKPRESSURE or \
+                            time.monotonic() > deadline:
+                        self.logger.info("could not answer on %s: %s", channel, error)
+                        return
+                time.sleep(0.01)
+
+
+def _bad(request: Envelope, message: str) -> BadSchema:
+    return BadSchema(message, id=request.id, sender=request.sender, reply_to=request.reply_to)
+
+
+def _text(request: Envelope, field: str) -> str:
+    value = request.payload.get(field)
+    if not isinstance(value, str) or not value:
+        raise _bad(request, f"{request.payload.get('op')} needs {field!r}: a non-empty string")
+    return value
+
+
+def _number(request: Envelope, field: str) -> float:
+    value = request.payload.get(field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(request, f"{field!r} must be a number, not {value!r}")
+    return float(value)
+
+
+def _strings(request: Envelope, field: str) -> list[str]:
+    value = request.payload.get(field, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(request, f"{field!r} must be a list of strings")
+    return value
+
+
+def _overrides(request: Envelope) -> dict[str, Any]:
+    """The recall settings a request may change (k, mode, min_similarity)."""
+    out: dict[str, Any] = {}
+    p = request.payload
+    if p.get("k") is not None:
+        if isinstance(p["k"], bool) or not isinstance(p["k"], int) or p["k"] < 1:
+            raise _bad(request, f"'k' must be a positive integer, not {p['k']!r}")
+        out["k"] = p["k"]
+    if p.get("mode") is not None:
+        out["mode"] = _text(request, "mode")
+    if p.get("min_similarity") is not None:
+        out["min_similarity"] = _number(request, "min_similarity")
+    return out
+
+
+def create(config: Config, logger: logging.Logger, stack: str) -> TietoDaemon:
+    return TietoDaemon(config, stack, logger)
+

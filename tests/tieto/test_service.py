@@ -1,0 +1,238 @@
+"""tieto on a real bus: the daemon answers recall, ingest, snapshot and complete, files
+promoted keys, and the commands use it when it runs and the library when it does not.
+
+The daemon runs in a thread of the test process on a real bus segment, with the fake
+embedder; splinfer is a small scripted stand-in on the same bus (the real model's answers
+are covered by test_complete_real.py), so the citation checks can see a model citing a
+source that does not exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import isolated_env, remove_segments, wait_for
+
+from runa import bus as bus_mod
+from runa import config as config_mod
+from runa.bus import HealthWriter
+from runa.paths import Paths
+from runa.service import ServiceRunner
+from runa.splinter import EVENTS_CHANNEL
+from runa.splinter import envelope as env_mod
+from runa.tieto.access import Local, Remote, open_tieto
+from runa.tieto.daemon import TietoDaemon
+
+from .fakes import FakeEmbedder
+
+DOCS = {
+    "car.md": "---\nyear: 2024\n---\nThe car insurance renews every March with Lähi-Vakuutus.",
+    "boat.md": "---\nyear: 2021\n---\nThe sailing boat is moored at the south harbour pier.",
+    "soup.md": "The soup recipe needs three carrots, one onion and a litre of stock.",
+}
+
+
+class Quiet:
+    def notify(self, state: str) -> None:
+        pass
+
+
+class FakeSplinfer:
+    """Answers every chat with ``script`` in pieces, on the queue ``splinfer``."""
+
+    def __init__(self, config: config_mod.Config, stack: str, script: list[str]) -> None:
+        self.bus = bus_mod.connect(config, stack)
+        self.queue = self.bus.queue("splinfer")
+        self.script = script
+        self.prompts: list[dict[str, object]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.bus.set("splinfer:health", "{}", ttl_ms=3000)
+            request = self.queue.recv(0.1)
+            if request is None or request.payload.get("op") != "chat":
+                continue
+            self.prompts.append(request.payload)
+            sender = self.bus.sender(request.reply_to or "")
+            for seq, piece in enumerate(self.script):
+                sender.send(env_mod.response(request, "splinfer", {"text": piece}, seq=seq))
+            sender.send(env_mod.response(request, "splinfer", {
+                "text": "", "finish_reason": "stop", "n_gen": len(self.script)},
+                seq=len(self.script), eof=True))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.queue.close()
+        self.bus.close()
+
+
+class Stack:
+    def __init__(self, root: Path) -> None:
+        self.env = isolated_env(root)
+        (root / "etc").mkdir()
+        (root / "etc/runa.toml").write_text("[tieto]\nsieve = 0.3\n")
+        self.paths = Paths.for_stack(self.env["RUNA_STACK"], self.env)
+        self.config = config_mod.load(self.paths, self.env, {})
+        self.stack = self.env["RUNA_STACK"]
+        bus_mod.ensure_buses(self.config, self.stack)
+        self.docs = root / "docs"
+        self.docs.mkdir()
+        for name, text in DOCS.items():
+            (self.docs / name).write_text(text)
+        self.fake = FakeEmbedder()
+        self.daemon: TietoDaemon | None = None
+        self.runner: ServiceRunner | None = None
+        self.thread: threading.Thread | None = None
+
+    def start_daemon(self) -> None:
+        logger = logging.getLogger("runa.test.tieto")
+        self.heartbeat = HealthWriter(self.config, self.stack, logger, 0.2)
+        self.daemon = TietoDaemon(self.config, self.stack, logger, paths=self.paths,
+                                  embedder_factory=lambda: self.fake)
+        self.runner = ServiceRunner(self.daemon, logger, notifier=Quiet(), env={},
+                                    heartbeat=self.heartbeat, heartbeat_interval=0.2)
+        self.thread = threading.Thread(target=self.runner.run, daemon=True)
+        self.thread.start()
+        with bus_mod.connect(self.config, self.stack) as bus:
+            wait_for(lambda: bus.get("tieto:health"), 10, "tieto's first heartbeat")
+
+    def stop_daemon(self) -> None:
+        if self.runner is not None and self.thread is not None:
+            self.runner.request_stop()
+            self.thread.join(10)
+            self.heartbeat.close()
+            with bus_mod.connect(self.config, self.stack) as bus:
+                bus.unset("tieto:health")
+            self.runner = None
+
+    def access(self):
+        return open_tieto(self.config, self.paths, self.stack, "test",
+                          embedder_factory=lambda: self.fake)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(tmp_path)
+    yield s
+    s.stop_daemon()
+    remove_segments(s.env)
+
+
+def test_without_the_daemon_the_library_answers(stack: Stack) -> None:
+    with stack.access() as tieto:
+        assert isinstance(tieto, Local)
+        report = tieto.ingest([stack.docs], "notes")
+        assert report.ingested == 3
+        hits = tieto.recall("when does the car insurance renew", "notes")
+        assert hits[0].source.endswith("car.md")
+
+
+def test_recall_and_ingest_go_through_the_running_daemon(stack: Stack) -> None:
+    stack.start_daemon()
+    events = []
+    with stack.access() as tieto:
+        assert isinstance(tieto, Remote)
+        report = tieto.ingest([stack.docs], "notes", filterable=[("year", "integer")],
+                              progress=events.append)
+        assert (report.ingested, report.failed) == (3, 0)
+        assert {e.stage for e in events} >= {"ingested"}
+        hits = tieto.recall("when does the car insurance renew", "notes")
+        assert hits[0].source.endswith("car.md") and hits[0].similarity is not None
+        only_old = tieto.recall("car insurance", "notes", ["year<2022"])
+        assert [h.source.rsplit("/", 1)[-1] for h in only_old] == ["boat.md"]
+        with pytest.raises(Exception) as refused:
+            tieto.recall("car", "nothing-here")
+        assert refused.value.exit_code == 66 and "nothing-here" in str(refused.value)
+    assert stack.fake.embedded > 0  # the daemon's model did the work
+
+
+def test_snapshot_restore_gives_identical_recall(stack: Stack, tmp_path: Path) -> None:
+    stack.start_daemon()
+    question = "what does the soup need"
+    with stack.access() as tieto:
+        tieto.ingest([stack.docs], "notes")
+        before = [h.as_dict() for h in tieto.recall(question, "notes", k=3)]
+        assert tieto.snapshot("notes", tmp_path / "snap.sqlite") > 0
+        (stack.docs / "soup.md").write_text("Nothing about food here any more.")
+        tieto.ingest([stack.docs], "notes")
+        assert [h.as_dict() for h in tieto.recall(question, "notes", k=3)] != before
+        tieto.restore("notes", tmp_path / "snap.sqlite")
+        assert [h.as_dict() for h in tieto.recall(question, "notes", k=3)] == before
+        tieto.restore("copy", tmp_path / "snap.sqlite")
+        assert [h.as_dict() for h in tieto.recall(question, "copy", k=3)] == before
+        with pytest.raises(Exception, match="not a topic snapshot"):
+            (tmp_path / "junk").write_text("junk")
+            tieto.restore("notes", tmp_path / "junk")
+
+
+def test_complete_cites_only_retrieved_sources(stack: Stack) -> None:
+    stack.start_daemon()
+    splinfer = FakeSplinfer(stack.config, stack.stack,
+                            ["It renews in March [", "1]. See also [7] and [1, 9", "]."])
+    splinfer.thread.start()
+    try:
+        with stack.access() as tieto:
+            tieto.ingest([stack.docs], "notes")
+            payloads = list(tieto.complete("when does the car insurance renew", "notes"))
+    finally:
+        splinfer.stop()
+    head, final = payloads[0], payloads[-1]
+    text = "".join(str(p.get("text", "")) for p in payloads[1:])
+    assert head["known"] and head["sources"][0]["source"].endswith("car.md")
+    assert text == "It renews in March [1]. See also  and [1]."
+    assert final["citations"] == [1] and final["dropped_citations"] == [7, 9]
+    prompt = splinfer.prompts[0]
+    assert "[1] (car.md)" in str(prompt["text"]) and "[1]" in str(prompt["system"])
+
+
+def test_complete_under_the_sieve_says_it_does_not_know_without_asking(stack: Stack) -> None:
+    stack.start_daemon()
+    with stack.access() as tieto:
+        tieto.ingest([stack.docs], "notes")
+        payloads = list(tieto.complete("quantum chromodynamics lattice", "notes"))
+    assert payloads[0]["known"] is False and payloads[0]["sources"] == []
+    assert payloads[-1]["finish_reason"] == "no_sources"
+    assert payloads[-1]["text"].startswith("I don't know")
+    # Nothing ran on splinfer's queue (there is none): the model was never asked.
+
+
+def test_a_promoted_user_key_is_found_in_short_term_memory(stack: Stack) -> None:
+    stack.start_daemon()
+    key = "user:1000:note:dentist"
+    with bus_mod.connect(stack.config, stack.stack) as bus:
+        bus.set(key, "The dentist appointment is on Friday at nine.")
+        bus.set("splinfer:conv:x", json.dumps({"path": "/x"}))
+        events = bus.broadcast(EVENTS_CHANNEL)
+        for hot in ("splinfer:conv:x", key):
+            events.send(env_mod.event("splinter", {"op": "promote", "key": hot, "reads": 100,
+                                                   "total_reads": 100, "bus": "main"}))
+    topic = stack.config["tieto.short_term_topic"]
+    with stack.access() as tieto:
+        wait_for(lambda: topic in tieto.topics(), 10, "the short-term topic")
+        hits = tieto.recall("when is the dentist appointment", topic)
+    assert [h.source for h in hits] == [f"bus:{key}"]  # the machinery's key was not filed
+    assert hits[0].meta["key"] == key
+
+
+def test_the_daemon_answers_bad_requests_and_keeps_going(stack: Stack) -> None:
+    stack.start_daemon()
+    from runa.client import ServiceClient, ServiceFault
+
+    with bus_mod.connect(stack.config, stack.stack) as bus, \
+            ServiceClient(bus, "tieto", "test") as client:
+        with pytest.raises(ServiceFault, match="unknown op"):
+            client.call({"op": "teleport"})
+        with pytest.raises(ServiceFault, match="absolute"):
+            client.call({"op": "ingest", "topic": "t", "paths": ["relative/dir"]})
+        start = time.monotonic()
+        assert client.call({"op": "status"})["topics"] == []
+        assert time.monotonic() - start < 5
