@@ -223,6 +223,27 @@ def test_a_promoted_user_key_is_found_in_short_term_memory(stack: Stack) -> None
     assert hits[0].meta["key"] == key
 
 
+def test_a_key_read_often_is_promoted_by_the_keeper_and_recalled(stack: Stack) -> None:
+    """End to end through the keeper's own sweep: reads -> promote event -> short-term topic."""
+    from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
+
+    stack.start_daemon()
+    key = "user:1000:note:keys"
+    with bus_mod.connect(stack.config, stack.stack) as bus:
+        bus.set(key, "The spare house keys are in the blue tin on the bookshelf.")
+        for _ in range(3):
+            assert bus.get(key) is not None
+        decayer = Decayer(bus, DecayPolicy(promote_reads=3),
+                          events=EventPublisher(bus, "splinter"))
+        assert decayer.sweep().promoted == [key]
+    topic = stack.config["tieto.short_term_topic"]
+    with stack.access() as tieto:
+        wait_for(lambda: topic in tieto.topics(), 10, "the short-term topic")
+        hits = tieto.recall("where are the spare keys", topic)
+    assert hits and hits[0].source == f"bus:{key}"
+    assert "blue tin" in hits[0].text
+
+
 def test_the_daemon_answers_bad_requests_and_keeps_going(stack: Stack) -> None:
     stack.start_daemon()
     from runa.client import ServiceClient, ServiceFault
