@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from runa import __version__
 from runa.cli import (
     ask_cmd,
+    audit_cmd,
     bus_cmd,
     chat_cmd,
     config_cmd,
@@ -31,7 +32,7 @@ from runa.cli.context import CliContext
 from runa.errors import RunaError
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
-                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd)
+                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

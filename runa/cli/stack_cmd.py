@@ -13,11 +13,9 @@ import time
 from runa import log
 from runa.cli.context import CliContext, add_model_flags, as_environment, model_overrides
 from runa.errors import RunaError
+from runa.gilgul import registry
+from runa.supervisor import stack as supervisor_stack
 from runa.supervisor import state as state_file
-from runa.supervisor.core import ComponentSpec, Supervisor, daemon_argv
-
-# The components `runa up` runs, in start order: the bus keeper first.
-STACK = ("splinter", "splinfer")
 
 EX_UNAVAILABLE = 69
 
@@ -30,10 +28,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser(
         "up",
         help="start the stack under Runa's own supervisor (no systemd needed)",
-        description="Start every component under Runa's own supervisor and wait until each "
-        "has reported READY. In the foreground Ctrl-C stops the stack; with --detach the "
-        "supervisor keeps running in the background and 'runa down' stops it. With a systemd "
-        "user manager, prefer 'systemctl --user start runa.target'.",
+        description="Start every enabled component of the registry under Runa's own "
+        "supervisor (gilgul without systemd) and wait until each has reported READY. It "
+        "restarts failed components with gilgul's policy and logs the same journal events "
+        "('runa audit'). In the foreground Ctrl-C stops the stack; with --detach the "
+        "supervisor keeps running in the background and 'runa down' stops it. With the "
+        "stack already up, it starts what is stopped or held. With a systemd user manager, "
+        "prefer 'systemctl --user start runa.target'.",
     )
     up.add_argument("--detach", "-d", action="store_true",
                     help="return once the stack is ready, leaving it running")
@@ -52,19 +53,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
 
-def _specs(ctx: CliContext) -> list[ComponentSpec]:
-    cfg = ctx.config
-    return [
-        ComponentSpec(
-            name=name,
-            argv=daemon_argv(name),
-            watchdog_s=float(cfg[f"components.{name}.watchdog_sec"]),
-            start_timeout_s=cfg["service.start_timeout_s"],
-        )
-        for name in STACK
-    ]
-
-
 def _running_supervisor(ctx: CliContext) -> int | None:
     current = state_file.read(ctx.paths.runtime / "supervisor.json")
     pid = current.get("supervisor_pid") if current else None
@@ -77,21 +65,33 @@ def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
     ctx.env = {**ctx.env, **as_environment(overrides)}  # the components read them too
     pid = _running_supervisor(ctx)
     if pid:
-        print(f"runa: the stack {ctx.stack} is already running (supervisor pid {pid})")
+        os.kill(pid, signal.SIGHUP)  # start whatever is stopped or held
+        print(f"runa: the stack {ctx.stack} is already running (supervisor pid {pid}); "
+              "asked it to start any stopped or held component")
         return 0
     if args.detach:
         return _up_detached(ctx)
     cfg = ctx.config
     logger = log.setup("supervisor", cfg["log.level"], cfg["log.target"])
-    supervisor = Supervisor(_specs(ctx), ctx.paths.runtime, logger, ctx.env)
+    previous = state_file.read(ctx.paths.runtime / "supervisor.json")
+    supervisor = supervisor_stack.create(cfg, ctx.paths, ctx.stack, ctx.env, logger)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
-    if not supervisor.start_all(cfg["service.start_timeout_s"] + 5):
-        supervisor.stop_all()
+    signal.signal(signal.SIGHUP, supervisor.request_reconcile)
+    supervisor.reconcile(previous)
+    if not supervisor.start_all():
         failed = [c.describe() for c in supervisor.children if c.state != "running"]
+        supervisor.stop_all()
         raise StackError(f"the stack did not become ready: {failed}")
-    print(f"runa: stack {ctx.stack} is up ({', '.join(STACK)}); Ctrl-C stops it", flush=True)
+    names = ", ".join(c.spec.name for c in supervisor.children)
+    print(f"runa: stack {ctx.stack} is up ({names}); Ctrl-C stops it", flush=True)
     return supervisor.run()
+
+
+def _start_budget(ctx: CliContext) -> float:
+    """How long a detached start may take: every component's start timeout, plus slack."""
+    reg = registry.load(ctx.paths.sysconfdir)
+    return sum(c.timeout_start_sec + 5 for c in reg.watched) + 5
 
 
 def _up_detached(ctx: CliContext) -> int:
@@ -103,7 +103,7 @@ def _up_detached(ctx: CliContext) -> int:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env=dict(ctx.env))
-    deadline = time.monotonic() + len(STACK) * (ctx.config["service.start_timeout_s"] + 5) + 5
+    deadline = time.monotonic() + _start_budget(ctx)
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise StackError(f"the supervisor exited with status {process.returncode}; "
@@ -141,12 +141,14 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
     if args.json:
         print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
+                          "memory_limits": current.get("memory_limits") if pid else None,
                           "components": comps}, indent=2))
     elif not pid:
         print(f"stack {ctx.stack}: not running")
     else:
         print(f"stack {ctx.stack}: supervisor pid {pid}, {'healthy' if healthy else 'degraded'}")
         for c in comps:
-            print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} {c['status']}"
+            print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} "
+                  f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"
                   + (f" ({c['reason']})" if c["reason"] else ""))
     return 0 if healthy else 3

@@ -1,0 +1,66 @@
+"""Wiring the supervisor from the registry and the configuration, as gilgul is wired.
+
+The components are the registry's (``runa/data/components.toml`` plus
+``<sysconfdir>/components.d``): every enabled one but the manager, in registry order, so a
+component added there (tieto, a local one) runs under ``runa up`` as under ``runa.target``.
+Their limits are the ``[components.<name>]`` settings that become the units' drop-ins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from runa import bus as bus_mod
+from runa.config import Config, parse_size
+from runa.gilgul import health, registry
+from runa.gilgul.hook import PolicyHook
+from runa.gilgul.incarnation import IncarnationFiles
+from runa.gilgul.policy import Policy, PolicySettings
+from runa.paths import Paths
+from runa.splinter import Bus
+from runa.supervisor.core import ComponentSpec, Gilgul, Supervisor, daemon_argv
+from runa.supervisor.limits import MemoryLimiter, find_layout
+
+
+def specs(config: Config, reg: registry.Registry) -> list[ComponentSpec]:
+    out = []
+    for component in reg.watched:
+        values = config.component(component.name)
+        out.append(ComponentSpec(
+            name=component.name,
+            argv=daemon_argv(component.name),
+            watchdog_s=float(values["watchdog_sec"]),
+            start_timeout_s=float(component.timeout_start_sec),
+            stop_timeout_s=float(component.timeout_stop_sec),
+            memory_max=parse_size(str(values["memory_max"])),
+        ))
+    return out
+
+
+def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
+           logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> Supervisor:
+    """The supervisor for ``stack``; a bad registry raises RegistryError (exit 78)."""
+    reg = registry.load(paths.sysconfdir)
+    gilgul = Gilgul(
+        policy=Policy(PolicySettings.from_config(config), clock),
+        heartbeats=health.HeartbeatWatch(config["gilgul.heartbeat_timeout_s"],
+                                         config["service.heartbeat_interval_s"]),
+        incarnations=IncarnationFiles(paths.runtime / "gilgul"),
+        hook=PolicyHook(config["gilgul.policy_script"], logger),
+        heartbeat_interval_s=config["service.heartbeat_interval_s"],
+    )
+    return Supervisor(specs(config, reg), paths.runtime, logger, env, gilgul,
+                      limiter=MemoryLimiter(find_layout(stack), logger),
+                      open_bus=_open_bus(config, stack), stack=stack, clock=clock)
+
+
+def _open_bus(config: Config, stack: str) -> Callable[[], Bus | None]:
+    def open_bus() -> Bus | None:
+        try:
+            return bus_mod.connect(config, stack)
+        except bus_mod.BusNotRunning:
+            return None
+
+    return open_bus
