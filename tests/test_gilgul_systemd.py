@@ -11,6 +11,7 @@ contents. Deadlines are generous; the numbers that matter are in docs/gilgul.md.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -316,6 +317,27 @@ def test_a_crash_loop_backs_off_then_escalates_to_the_policy_script(stack: Stack
     stack.systemctl("start", registry.unit_name("demo"))
     wait_for(lambda: stack.events(RUNA_COMPONENT="demo", RUNA_EVENT="running", since=since),
              10, "gilgul to see the demo running again")
+
+
+def test_runa_audit_lists_the_fault_tests_incarnations_with_their_reasons(
+        stack: Stack) -> None:
+    # The faults above, read back as a person would: SIGKILL, SIGSTOP (watchdog), the keeper
+    # killed, the silent demo, and the crash loop with its escalation.
+    out = runa("audit", "--json", "--mode", "systemd", "--since", f"@{stack.since}",
+               env=stack.env)
+    assert out.returncode == 0, out.stderr
+    items = json.loads(out.stdout)["incarnations"]
+    assert all(i["mode"] == "systemd" for i in items)
+
+    def reasons(component: str, field: str) -> list[str]:
+        return [i[field] for i in items if i["component"] == component and i[field]]
+
+    assert reasons("splinfer", "start_reason")[-3:] == ["signal", "watchdog", "signal"]
+    assert "signal" in reasons("splinter", "start_reason")
+    assert reasons("demo", "end_reason")[-5:] == ["no-heartbeat", "signal", "exit-code",
+                                                  "exit-code", "exit-code"]
+    held = [i for i in items if i["component"] == "demo" and i["decision"] == "hold"]
+    assert held and held[-1]["escalated"]
 
 
 def test_a_memory_max_from_the_configuration_is_applied_and_enforced(stack: Stack) -> None:

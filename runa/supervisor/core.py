@@ -246,14 +246,20 @@ class Supervisor:
         for child in reversed(self.children):
             if child.process is None:
                 continue
+            how, was_running = "asked to stop", child.state == "stopping"
             try:
                 child.process.wait(max(0.0, now + child.spec.stop_timeout_s - self.clock()))
             except subprocess.TimeoutExpired:
                 child.process.kill()
                 child.process.wait()
-                child.reason = "killed after stop timeout"
+                child.reason = how = "killed after stop timeout"
             child.exit_code = child.process.returncode
             child.state = "stopped"
+            if not was_running:
+                continue  # its end is logged already
+            log.event(self.logger, "stopped", f"{child.spec.name} stopped with the stack "
+                      f"({how})", component=child.spec.name, incarnation=child.incarnation,
+                      main_pid=child.process.pid)
         self._save(running=False)
         self.listener.close()
         self.limiter.cleanup()
