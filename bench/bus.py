@@ -288,17 +288,18 @@ def wake_pair(placement: tuple[int | None, int | None], n: int, publish: Callabl
 
 
 def bus_wake(path: str, placement: tuple[int | None, int | None], n: int,
-             wait_s: float | None = None) -> list[float]:
+             wait_s: float | None = None, native: bool = True) -> list[float]:
     """EVENT published on a broadcast channel until a subscriber process has it decoded.
 
     The subscriber blocks in ``recv()`` without a timeout, as the pipe baseline's read does;
     ``wait_s`` bounds each wait instead, as a service's loop does (a timer per wait).
+    ``native=False``: both ends on the pure-Python channel path instead of the C extension.
     """
-    with Bus.open(path) as bus:
+    with Bus.open(path, native=native) as bus:
         sender = bus.broadcast("bench.wake")
 
         def subscribe() -> Receiver:
-            child = Bus.open(path)  # its own mapping, opened after fork as a service would
+            child = Bus.open(path, native=native)  # its own mapping, opened after fork
             sub = child.subscribe("bench.wake")
             return lambda: sub.recv(wait_s)
 
@@ -322,6 +323,14 @@ def pipe_wake(limit: int, placement: tuple[int | None, int | None], n: int) -> l
         os.close(w)
 
 
+def native_built() -> bool:
+    """Whether channels run on the C fast path here (it is optional; see setup.py)."""
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        create_segment(f"{d}/probe", default_geometry(slots=64))
+        with Bus.open(f"{d}/probe") as bus:
+            return bus.channels.native
+
+
 # -- decay --------------------------------------------------------------------------------------
 
 
@@ -329,8 +338,8 @@ def decay_sweeps(workdir: Path, slots: int = 50_000) -> dict[str, float]:
     """A keeper sweep (expiry + promote scans) of a 50k-slot bus, 90% full, 10% with TTLs."""
     path = str(workdir / "runa-bench-decay")
     create_segment(path, default_geometry(slots=slots))
-    now = [time.monotonic_ns()]
-    with Bus.open(path) as bus:
+    now = [time.monotonic_ns()]  # one fake clock for the TTLs and the keeper: a loaded
+    with Bus.open(path, clock=lambda: now[0]) as bus:  # machine cannot make keys due early
         for i in range(int(slots * 0.8)):
             bus.set(f"bench:plain:{i:06d}", VALUE)
         for i in range(slots // 10):
@@ -453,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
                 if placement == SAME:
                     lat = bus_wake(path, placement, wake_n, SERVICE_WAIT_S)[wake_n // 10:]
                     run["same_bounded_p50"] = percentile(lat, 50)
+                    lat = bus_wake(path, placement, wake_n, native=False)[wake_n // 10:]
+                    run["same_python_p50"] = percentile(lat, 50)
             wake_runs.append(run)
         place(None)
         server.close()
@@ -476,7 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         "timer_overhead_ns_subtracted": overhead, "kv_cpu": 0, "redis_server_cpu": 0,
         "wake_placements": {"same": SAME, "cross": CROSS, "unpinned": "none"},
         "wake_subscriber_wait": "recv() without timeout, like the pipe's blocking read",
-        "wake_bounded_wait_s": SERVICE_WAIT_S, "envelope_bytes": len(envelope_mod.encode(EVENT)),
+        "wake_bounded_wait_s": SERVICE_WAIT_S,
+        "channel_fast_path": "C extension runa.splinter._fastchan" if native_built()
+        else "pure Python (the C extension is not built)",
+        "envelope_bytes": len(envelope_mod.encode(EVENT)),
         "redis": {"server": redis_version, "redis_py": redis.__version__,
                   "hiredis": hiredis.__version__, "transport": "unix socket, --port 0"},
         "idle_daemons": list(daemons), "idle_window_s": IDLE_WINDOW_S,
@@ -498,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         m[f"wake_{name}_cpu_p99_us"] = summarize(wake_runs, f"{name}_p99")
     m["wake_unpinned_p50_us"] = summarize(wake_runs, "unpinned_p50")
     m["wake_same_cpu_bounded_wait_p50_us"] = summarize(wake_runs, "same_bounded_p50")
+    m["wake_same_cpu_pure_python_p50_us"] = summarize(wake_runs, "same_python_p50")
     m["wake_same_cpu_pipe_ratio"] = round(median(
         [r["same_p50"] / r["pipe_same_p50"] for r in wake_runs]), 2)
     m["idle_stack_cpu_pct"] = round(idle["pct"], 3)

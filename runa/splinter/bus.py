@@ -38,7 +38,8 @@ class Bus:
     """The splinter bus as one process sees it.
 
     Test seams (never used in production): ``skip_recheck`` disables the KV reader's epoch
-    re-check; ``write_hook`` is called half-way through every slot write and channel append.
+    re-check; ``write_hook`` is called half-way through every slot write and channel append;
+    ``native=False`` keeps channels off their C fast path (tests and bench/bus.py compare them).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class Bus:
         is_alive: Callable[[int, int], bool] = is_alive,
         skip_recheck: bool = False,
         write_hook: Callable[[], None] | None = None,
+        native: bool = True,
     ) -> None:
         self.segment = segment
         self.path = segment.path
@@ -60,7 +62,7 @@ class Bus:
         self.kv = KV(segment, self.locks, clock=clock, skip_recheck=skip_recheck,
                      write_hook=write_hook)
         self.channels = ChannelTable(segment, self.locks, self.futex, self.identity,
-                                     write_hook=write_hook, is_alive=is_alive)
+                                     write_hook=write_hook, is_alive=is_alive, native=native)
         self.stats = StatsTable(segment, self.locks)
         self.keeper_counters = KeeperCounters(segment)
         self._clock = clock

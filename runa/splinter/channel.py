@@ -15,6 +15,12 @@ the bytes, padded to 8; a record that would straddle the end is preceded by a WR
 
 Waiting: a reader raises its "waiting" byte and FUTEX_WAITs on the low 32 bits of the tail; a
 writer issues FUTEX_WAKE only if some waiting byte is set (the wake costs a syscall).
+
+Fast path: where the optional C extension ``_fastchan`` is built, a send is one call to it (lock,
+append, publish, wake) and so is a receive (read, or wait with the GIL released and read). It
+writes the same bytes in the same order as the Python code here and returns False for anything
+unusual (lock taken, stale channel, full queue, dropped subscriber), which then runs the Python
+path below, so errors and recovery have one implementation. Measured in bench/bus.py ("Wake").
 """
 
 from __future__ import annotations
@@ -53,10 +59,13 @@ from runa.splinter.layout import (
     C_TAIL,
     CHAN_ACTIVE,
     CHAN_FREE,
+    CTR_RECOVERED,
+    HDR_COUNTERS,
     KIND_BROADCAST,
     KIND_QUEUE,
     LOCK_CHANNEL_TABLE,
     MAX_CHANNEL_NAME,
+    MUTEX_SIZE,
     REC_HEADER,
     REC_WRAP,
     SUB_ACTIVE,
@@ -69,6 +78,11 @@ from runa.splinter.layout import (
 from runa.splinter.liveness import is_alive
 from runa.splinter.locks import WriterLocks
 from runa.splinter.segment import Segment
+
+try:
+    from runa.splinter import _fastchan
+except ImportError:  # built without a C compiler: the pure-Python path does the same, slower
+    _fastchan = None  # type: ignore[assignment]
 
 KINDS = {"queue": KIND_QUEUE, "broadcast": KIND_BROADCAST}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
@@ -135,7 +149,10 @@ class ChannelTable:
         *,
         write_hook: Callable[[], None] | None = None,
         is_alive: Callable[[int, int], bool] = is_alive,
+        native: bool = True,
     ) -> None:
+        """``native=False`` keeps every handle on the pure-Python path (tests compare the two);
+        so does a ``write_hook``, which must run half-way through each append."""
         self.segment = segment
         self.layout = segment.layout
         self.geometry = segment.geometry
@@ -146,6 +163,7 @@ class ChannelTable:
         self._alive = is_alive
         self.W = segment.words
         self.mm = segment.mm
+        self.native = native and _fastchan is not None and write_hook is None
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -405,6 +423,24 @@ class _Handle:
         self._lock = table.locks.pointer(lay.channel_lock(index))
         self._trylock = table.locks.trylock
         self._unlock = table.locks.unlock
+        self._fast = None
+
+    def _native(self, **reader: int) -> _fastchan.Channel | None:
+        """This handle's C fast path (None without the extension): the layout's word indices
+        and offsets, so the C code holds no layout of its own."""
+        t = self.table
+        if not t.native:
+            return None
+        cw = self._cw
+        return _fastchan.Channel(
+            self._W, state=self.state, state_word=cw + C_STATE, tail_word=cw + C_TAIL,
+            head_word=cw + C_HEAD, reserve_word=cw + C_RESERVE, sent_word=cw + C_SENT,
+            received_word=cw + C_RECEIVED, recovered_word=HDR_COUNTERS // 8 + CTR_RECOVERED,
+            flags=self._flags, nflags=self._flags_end - self._flags, ring=self._ring,
+            cap=self._cap, max_record=self._max,
+            lock=t.layout.locks_off + t.layout.channel_lock(self.index) * MUTEX_SIZE,
+            wrap=REC_WRAP, queue=self._is_queue, **reader,
+        )
 
     def _gone(self) -> ChannelNotFound:
         return ChannelNotFound(self.name, "was closed or reaped since it was opened")
@@ -421,11 +457,18 @@ class Sender(_Handle):
     finds the new incarnation by name on its next send.
     """
 
+    def _bind(self, index: int, state: int) -> None:
+        super()._bind(index, state)
+        self._fast = self._native()
+
     def send(self, data: bytes) -> None:
         """Append one message.
 
         Raises Backpressure (queue full), MessageTooLarge, ChannelNotFound.
         """
+        fast = self._fast
+        if fast is not None and fast.append(data):
+            return
         try:
             self._append(data)
         except _Stale:
@@ -444,6 +487,8 @@ class Sender(_Handle):
             raise MessageTooLarge(n, self._max)
         rec = REC_HEADER + ((n + 7) & ~7)
         W, mm, cap = self._W, self._mm, self._cap
+        if W[self._w_state] != self.state:  # also: a closed bus raises here, before the lock
+            raise _Stale
         lk = self._lock
         rc = self._trylock(lk)
         if rc:
@@ -507,6 +552,11 @@ class _Reader(_Handle):
 
         Returns None on timeout. Blocks in FUTEX_WAIT: no CPU is used while waiting.
         """
+        fast = self._fast
+        if fast is not None:
+            data = fast.receive(timeout)
+            if data is not False:
+                return data
         data = self._next()
         if data is not None or timeout == 0:
             return data
@@ -539,6 +589,7 @@ class QueueReceiver(_Reader):
     def __init__(self, table: ChannelTable, name: str, index: int, state: int) -> None:
         super().__init__(table, name, index, state)
         self._flag = self._flags
+        self._fast = self._native(position_word=self._cw + C_HEAD, flag=self._flag)
 
     def _position(self) -> int:
         return self._W[self._cw + C_HEAD]
@@ -588,6 +639,8 @@ class Subscriber(_Reader):
         self._sw = self.table.layout.subscriber(self.index, slot) >> 3
         self._flag = self._flags + slot
         self.dropped = False
+        self._fast = self._native(position_word=self._sw + SUB_CURSOR, flag=self._flag,
+                                  substate_word=self._sw + SUB_STATE, sub_state=sub_state)
 
     def _position(self) -> int:
         return self._W[self._sw + SUB_CURSOR]

@@ -10,6 +10,7 @@ import pytest
 
 from runa.splinter import Bus, Geometry
 from runa.splinter import envelope as E
+from runa.splinter.channel import _fastchan
 from runa.splinter.errors import (
     Backpressure,
     BadSchema,
@@ -24,6 +25,21 @@ from runa.splinter.liveness import process_start_time
 from .support import SMALL
 
 CAP = SMALL.channel_capacity
+
+
+@pytest.fixture(params=[
+    pytest.param(True, id="native", marks=pytest.mark.skipif(
+        _fastchan is None, reason="the C extension runa.splinter._fastchan is not built")),
+    pytest.param(False, id="python"),
+])
+def make_bus(request, make_bus):
+    """Every channel test runs on the C fast path and on the pure-Python path (this process's
+    bus; children open theirs with the default)."""
+    def make(*args, **kwargs):
+        kwargs.setdefault("native", request.param)
+        return make_bus(*args, **kwargs)
+
+    return make
 
 
 def test_queue_roundtrip_fifo_and_wraparound(make_bus) -> None:
