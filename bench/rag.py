@@ -6,15 +6,19 @@ Three measurements, all through runa.tieto with the real all-MiniLM-L6-v2 GGUF:
    the Python FAQ's questions asked of a corpus of the FAQ's answers (questions
    removed) plus the Python tutorial and glossary as distractors (bench/rag_corpus.py
    says how it was made). recall@5 (the answer's chunk in the top 5) and MRR@10 for
-   vector, full-text and hybrid (RRF) retrieval.
+   vector, full-text and hybrid (z-score fusion) retrieval, and for the vectors
+   without the sign-bit prefilter (``vector_exact``).
 2. Latency on a file-backed index of 100,000 chunks of 384-d vectors with a warm
    cache: the real corpus chunks plus filler chunks (sentences of the Python library
    reference regrouped, vectors near real ones). p50 of vector, hybrid and filtered
    queries (a declared key keeping 10% and 50% of the chunks; also the same filters
    on an undeclared key), question embedding excluded (measured apart); rounds
-   interleaved; wall time, and the CPU time of the querying thread for the main three
-   (on a shared machine the wall time includes waiting for a CPU). Baseline: numpy
-   brute force (matmul + argpartition) on the same vectors.
+   interleaved; wall time, and the CPU time of the querying thread (on a shared
+   machine the wall time includes waiting for a CPU). A/B in the same run: the same
+   queries with ``exact=True`` (no prefilter), and the KNN statement of the previous
+   layout (a float vec0 table, bench-only, ``vec0_float_*``). Faithfulness: overlap
+   of the top 10 with numpy's exact top 10 (unfiltered and filtered10). Baseline:
+   numpy brute force (matmul + argpartition) on the same vectors.
 3. Ingest speed: chunks per second of a cold ingest (chunk + embed + write).
 
 Indexes are cached in ~/.cache/runa-bench/rag (never in the repository). ``--quick``
@@ -54,14 +58,14 @@ from runa.tieto.api import Tieto, TietoSettings, embedding_model_path  # noqa: E
 from runa.tieto.chunk import Chunk  # noqa: E402
 from runa.tieto.embed import Embedder, LlamaEmbedder  # noqa: E402
 from runa.tieto.filters import parse as parse_filter  # noqa: E402
-from runa.tieto.index import PreparedDoc, TopicIndex  # noqa: E402
+from runa.tieto.index import PREFILTER, SCHEMA_VERSION, PreparedDoc, TopicIndex  # noqa: E402
 from runa.tieto.recall import RecallParams, recall  # noqa: E402
 from runa.tieto.sources import Record  # noqa: E402
 from runa.tieto.topic import TopicConfig, declare  # noqa: E402
 
 WORK = CACHE / "rag"
 BIG_CHUNKS = 100_000
-BIG_VERSION = 1  # bump when the 100k index's recipe changes
+BIG_VERSION = 2  # bump when the 100k index's recipe or the index format changes
 K_EVAL = 10
 K_QUERY = 10
 
@@ -99,7 +103,7 @@ def eval_settings(root: Path, args: argparse.Namespace) -> TietoSettings:
 def eval_index(doc_root: Path, embedder: LlamaEmbedder, args: argparse.Namespace
                ) -> tuple[Tieto, dict[str, Any]]:
     """The eval topic, built now (timed) unless cached for this corpus and chunking."""
-    key = hashlib.sha256(json.dumps([source_hashes(doc_root), embedder.model_id,
+    key = hashlib.sha256(json.dumps([source_hashes(doc_root), embedder.model_id, SCHEMA_VERSION,
                                      args.chunk_tokens, args.overlap]).encode()).hexdigest()[:12]
     root = WORK / f"eval-{key}"
     corpus = WORK / "corpus"
@@ -124,18 +128,20 @@ def eval_index(doc_root: Path, embedder: LlamaEmbedder, args: argparse.Namespace
 
 def quality(tieto: Tieto, queries: list[dict[str, str]]) -> dict[str, float]:
     out: dict[str, float] = {}
-    for mode in ("vector", "fts", "hybrid"):
+    for mode, exact in (("vector", False), ("fts", False), ("hybrid", False),
+                        ("vector", True)):
         found_at_5 = 0
         reciprocal = 0.0
         for q in queries:
-            hits = tieto.recall(q["query"], "faq", k=K_EVAL, mode=mode)
+            hits = tieto.recall(q["query"], "faq", k=K_EVAL, mode=mode, exact=exact)
             ranks = [i for i, h in enumerate(hits, 1) if h.meta.get("entry") == q["relevant"]]
             if ranks and ranks[0] <= 5:
                 found_at_5 += 1
             if ranks:
                 reciprocal += 1.0 / ranks[0]
-        out[f"{mode}_recall_at_5"] = round(found_at_5 / len(queries), 4)
-        out[f"{mode}_mrr"] = round(reciprocal / len(queries), 4)
+        name = f"{mode}_exact" if exact else mode  # exact: the vectors without the prefilter
+        out[f"{name}_recall_at_5"] = round(found_at_5 / len(queries), 4)
+        out[f"{name}_mrr"] = round(reciprocal / len(queries), 4)
     best = max(out["vector_mrr"], out["fts_mrr"])
     out["hybrid_mrr_gain"] = round(out["hybrid_mrr"] - best, 4)
     return out
@@ -190,7 +196,7 @@ def big_index(doc_root: Path, eval_topic: TopicIndex) -> Path:
     print(f"building the {BIG_CHUNKS}-chunk index once: {path}")
     shutil.rmtree(path.parent, ignore_errors=True)
     rows = eval_topic.db.execute(
-        "SELECT c.text, v.embedding FROM chunks c JOIN vectors v ON v.chunk_id = c.id "
+        "SELECT c.text, e.vector FROM chunks c JOIN embeddings e ON e.chunk_id = c.id "
         "ORDER BY c.id").fetchall()
     real = [(t, np.frombuffer(b, dtype=np.float32)) for t, b in rows]
     rng = random.Random(10)
@@ -219,9 +225,37 @@ def big_index(doc_root: Path, eval_topic: TopicIndex) -> Path:
     return path
 
 
+def float_vec0(index: TopicIndex) -> None:
+    """Bench-only A/B: the vectors also in a float vec0 table (tieto's format 1 layout)."""
+    if index.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'bench_float_vec0'"
+                        ).fetchone():
+        return
+    print("adding the float vec0 table for the A/B once")
+    index.db.execute("CREATE VIRTUAL TABLE bench_float_vec0 USING vec0(chunk_id integer "
+                     "primary key, embedding float[384] distance_metric=cosine, "
+                     "bucket integer)")
+    index.db.execute("BEGIN")
+    index.db.execute("INSERT INTO bench_float_vec0(chunk_id, embedding, bucket) "
+                     "SELECT chunk_id, vector, (chunk_id - 1) % 10 FROM embeddings")
+    index.db.execute("COMMIT")
+    index.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def index_mib(path: Path) -> int:
+    """The 100k index's own size, without the bench-only A/B table (SQLite's dbstat)."""
+    index = TopicIndex.open(path)
+    (size,) = index.db.execute("SELECT sum(pgsize) FROM dbstat WHERE name NOT LIKE "
+                               "'bench_float_vec0%'").fetchone()
+    index.close()
+    return round(size / 2**20)
+
+
 def latency(path: Path, embedder: Embedder, questions: list[str], rounds: int
             ) -> tuple[dict[str, float], dict[str, float]]:
     index = TopicIndex.open(path)
+    float_vec0(index)
+    float_sql = ("SELECT chunk_id, distance FROM bench_float_vec0 WHERE embedding MATCH ? "
+                 "AND k = ?")
     vectors = {q: v for q, v in zip(questions, embedder.embed(questions), strict=True)}
     fake = Precomputed(embedder, vectors)
     embed_ms = []
@@ -229,25 +263,35 @@ def latency(path: Path, embedder: Embedder, questions: list[str], rounds: int
         t = time.perf_counter()
         embedder.embed([q])
         embed_ms.append((time.perf_counter() - t) * 1000)
-    kinds: dict[str, tuple[str, list[str]]] = {
-        "vector_query": ("vector", []),
-        "filtered10_query": ("vector", ["bucket=3"]),
-        "filtered50_query": ("vector", ["bucket<5"]),
-        "filtered10_undeclared_query": ("vector", ["shard=3"]),
-        "filtered50_undeclared_query": ("vector", ["shard<5"]),
-        "fts_query": ("fts", []),
-        "hybrid_query": ("hybrid", []),
+    # name: (mode, filters, exact vector scan); the _exact kinds are the A/B of the
+    # bit prefilter, in the same run.
+    kinds: dict[str, tuple[str, list[str], bool]] = {
+        "vector_query": ("vector", [], False),
+        "vector_exact_query": ("vector", [], True),
+        "filtered10_query": ("vector", ["bucket=3"], False),
+        "filtered10_exact_query": ("vector", ["bucket=3"], True),
+        "filtered50_query": ("vector", ["bucket<5"], False),
+        "filtered10_undeclared_query": ("vector", ["shard=3"], False),
+        "filtered50_undeclared_query": ("vector", ["shard<5"], False),
+        "fts_query": ("fts", [], False),
+        "hybrid_query": ("hybrid", [], False),
     }
-    conditions = {name: [parse_filter(f) for f in flt] for name, (_, flt) in kinds.items()}
-    matrix = np.stack([np.frombuffer(b, dtype=np.float32) for (b,) in index.db.execute(
-        "SELECT embedding FROM vectors ORDER BY chunk_id")])
-    samples: dict[str, list[float]] = {name: [] for name in [*kinds, "numpy_bruteforce"]}
+    conditions = {name: [parse_filter(f) for f in flt] for name, (_, flt, _) in kinds.items()}
+    rows = index.db.execute("SELECT chunk_id, vector FROM embeddings ORDER BY chunk_id")
+    ids, blobs = zip(*rows.fetchall(), strict=True)
+    chunk_ids = np.array(ids)
+    matrix = np.stack([np.frombuffer(b, dtype=np.float32) for b in blobs])
+    bucket3 = (chunk_ids - 1) % 10 == 3  # big_index: bucket = i % 10 for chunk id i + 1
+    baseline_names = ["numpy_bruteforce", "vec0_float_scan", "vec0_float_filtered10_scan"]
+    samples: dict[str, list[float]] = {name: [] for name in [*kinds, *baseline_names]}
     cpu: dict[str, list[float]] = {name: [] for name in kinds}
-    checked = 0
+    overlap: dict[str, list[float]] = {name: [] for name in (
+        "vector", "vector_exact", "filtered10", "filtered10_exact")}
     for round_ in range(rounds + 1):  # round 0 warms the cache and is not counted
         for q in questions:
-            for name, (mode, _) in kinds.items():
-                params = RecallParams(k=K_QUERY, mode=mode)
+            found: dict[str, list[int]] = {}
+            for name, (mode, _, exact) in kinds.items():
+                params = RecallParams(k=K_QUERY, mode=mode, exact=exact)
                 t, c = time.perf_counter(), time.thread_time()
                 hits = recall(index, q, fake, conditions[name], params)
                 ms = (time.perf_counter() - t) * 1000
@@ -256,27 +300,43 @@ def latency(path: Path, embedder: Embedder, questions: list[str], rounds: int
                     cpu[name].append((time.thread_time() - c) * 1000)
                 if len(hits) != K_QUERY and mode != "fts":
                     sys.exit(f"{name} returned {len(hits)} hits for {q!r}, wanted {K_QUERY}")
+                found[name] = [h.id for h in hits]
             t = time.perf_counter()
             scores = matrix @ vectors[q]
             top = np.argpartition(-scores, K_QUERY)[:K_QUERY]
             top = top[np.argsort(-scores[top])]
             ms = (time.perf_counter() - t) * 1000
+            blob = vectors[q].tobytes()
+            for name, sql in (("vec0_float_scan", float_sql),
+                              ("vec0_float_filtered10_scan", float_sql + " AND bucket = 3")):
+                c = time.thread_time()
+                index.db.execute(sql, (blob, K_QUERY)).fetchall()
+                if round_:
+                    samples[name].append((time.thread_time() - c) * 1000)
             if round_:
                 samples["numpy_bruteforce"].append(ms)
-            if checked < 5:  # vec0 and numpy agree on the unfiltered top 10
-                ids = [h.id for h in recall(index, q, fake, [], RecallParams(k=K_QUERY,
-                                                                             mode="vector"))]
-                assert set(ids[:5]) <= {int(i) + 1 for i in top}, "vec0 and numpy disagree"
-                checked += 1
+                continue
+            # Faithfulness, once per question: the prefiltered top 10 against the exact one.
+            masked = np.where(bucket3, scores, -np.inf)
+            top3 = np.argpartition(-masked, K_QUERY)[:K_QUERY]
+            for key, exact_ids in (("vector", top), ("filtered10", top3)):
+                want = set(chunk_ids[exact_ids].tolist())
+                for variant in (key, f"{key}_exact"):
+                    overlap[variant].append(len(want & set(found[f"{variant}_query"])) / K_QUERY)
     index.close()
     metrics = {f"{name}_p50_ms": round(percentile(s, 50), 2) for name, s in samples.items()
-               if name != "numpy_bruteforce"}
-    for name in ("vector_query", "filtered10_query", "hybrid_query"):
+               if name not in baseline_names}
+    for name in kinds:
         metrics[f"{name}_cpu_p50_ms"] = round(percentile(cpu[name], 50), 2)
+    for key, values in overlap.items():
+        metrics[f"{key}_overlap_at_10"] = round(float(np.mean(values)), 4)
+        metrics[f"{key}_overlap_at_10_min"] = round(float(np.min(values)), 2)
     metrics["question_embed_p50_ms"] = round(percentile(embed_ms, 50), 2)
     metrics["filtered50_over_vector_ratio"] = round(
         metrics["filtered50_query_p50_ms"] / metrics["vector_query_p50_ms"], 3)
     baselines = {"numpy_bruteforce_p50_ms": round(percentile(samples["numpy_bruteforce"], 50), 2)}
+    for name in baseline_names[1:]:  # CPU time: the old layout's KNN statement alone
+        baselines[f"{name}_cpu_p50_ms"] = round(percentile(samples[name], 50), 2)
     return metrics, baselines
 
 
@@ -317,6 +377,7 @@ def main() -> int:
         "corpus": header["source"], "model": MINILM_L6_V2.filename,
         "chunk_tokens": args.chunk_tokens, "overlap": args.overlap, "rrf_k": args.rrf_k,
         "fts_weight": args.fts_weight, "candidates": args.candidates, "k_eval": K_EVAL,
+        "fusion": RecallParams().fusion, "prefilter": PREFILTER,
         "quick": args.quick,
     }
     metrics.update(quality(tieto, queries))
@@ -338,7 +399,7 @@ def main() -> int:
         metrics.update(lat)
         params.update({"index_chunks": BIG_CHUNKS, "dim": embedder.dim, "k_query": K_QUERY,
                        "latency_queries": n_q, "rounds": rounds,
-                       "index_mib": round(big.stat().st_size / 2**20),
+                       "index_mib": index_mib(big),
                        "loadavg_1m": round(os.getloadavg()[0], 2)})
     else:
         baselines = {}

@@ -229,12 +229,15 @@ SCHEMA: tuple[Setting, ...] = (
             "vector or fts.", one_of("hybrid", "vector", "fts")),
     Setting("tieto.candidates", int, 50,
             "Depth of the vector and full-text lists before fusion.", in_range(1, 4096)),
+    Setting("tieto.fusion", str, "zscore",
+            "How hybrid combines vector and full-text results: zscore (standardised scores, "
+            "mixed by fts_weight) or rrf (reciprocal rank fusion).", one_of("zscore", "rrf")),
     Setting("tieto.rrf_k", float, 1.0,
-            "Reciprocal rank fusion constant: score = sum of weight/(rrf_k + rank).",
-            in_range(0, 10000)),
-    Setting("tieto.fts_weight", float, 0.4,
-            "Weight of the full-text ranking in the fusion (the vector ranking weighs 1).",
-            in_range(0, 100)),
+            "Reciprocal rank fusion constant (fusion = rrf): score = sum of "
+            "weight/(rrf_k + rank).", in_range(0, 10000)),
+    Setting("tieto.fts_weight", float, 0.2,
+            "Weight of the full-text side in hybrid ranking, 0-1 (zscore: the vector score "
+            "weighs 1 minus this; rrf: the vector ranking weighs 1).", in_range(0, 1)),
     Setting("tieto.min_similarity", float, 0.0,
             "Drop chunks whose cosine similarity to the question is below this (0: keep all).",
             in_range(-1, 1)),

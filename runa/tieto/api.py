@@ -64,7 +64,7 @@ class TietoSettings:
             recall=RecallParams(
                 k=config["tieto.k"], mode=config["tieto.mode"],
                 candidates=config["tieto.candidates"], rrf_k=config["tieto.rrf_k"],
-                fts_weight=config["tieto.fts_weight"],
+                fts_weight=config["tieto.fts_weight"], fusion=config["tieto.fusion"],
                 min_similarity=config["tieto.min_similarity"],
             ),
             sieve=config["tieto.sieve"], complete_k=config["tieto.complete_k"],

@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 
 from runa.tieto.api import Tieto, TietoSettings
-from runa.tieto.errors import DimensionMismatchError, EmbeddingMismatchError, UnknownTopicError
+from runa.tieto.errors import (
+    DimensionMismatchError,
+    EmbeddingMismatchError,
+    TietoError,
+    UnknownTopicError,
+)
 from runa.tieto.fts import fts_query
-from runa.tieto.fusion import rrf
 from runa.tieto.recall import RecallParams
 
 from .fakes import FakeEmbedder
@@ -61,6 +65,21 @@ def test_hybrid_fuses_both_lists_and_measures_every_hit(notes: Tieto) -> None:
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
+def test_hybrid_can_fuse_by_rank_and_refuses_an_unknown_fusion(notes: Tieto) -> None:
+    by_rank = notes.recall("zeppelin tomatoes", "notes", k=5, fusion="rrf")
+    assert by_rank[0].score == pytest.approx(sum(
+        (1.0 if name == "vector" else 0.2) / (1.0 + rank)
+        for name, rank in by_rank[0].ranks.items()))
+    with pytest.raises(TietoError, match="fusion 'borda' is not one of zscore, rrf"):
+        notes.recall("zeppelin", "notes", fusion="borda")
+
+
+def test_exact_and_prefiltered_vectors_agree_on_a_small_topic(notes: Tieto) -> None:
+    fast = notes.recall("water tomatoes", "notes", k=4, mode="vector")
+    exact = notes.recall("water tomatoes", "notes", k=4, mode="vector", exact=True)
+    assert [h.id for h in fast] == [h.id for h in exact]
+
+
 def test_min_similarity_sieve(notes: Tieto) -> None:
     everything = notes.recall("tomatoes sun water", "notes", k=10, mode="vector")
     sieve = (everything[0].similarity + everything[-1].similarity) / 2
@@ -106,13 +125,6 @@ def test_changed_file_with_another_model_is_refused(tmp_path: Path) -> None:
         other.ingest([docs], "t")
 
 
-def test_rrf_orders_by_summed_reciprocal_ranks() -> None:
-    fused = rrf({"vector": [1, 2, 3], "fts": [3, 4]}, k=10)
-    assert [f.id for f in fused][:2] == [3, 1]
-    assert fused[0].ranks == {"vector": 3, "fts": 1}
-    assert fused[0].score == pytest.approx(1 / 13 + 1 / 11)
-
-
 def test_fts_query_quotes_words_and_drops_function_words() -> None:
     assert fts_query('How do I use "quotes" AND -minus*?') == \
         '"use" OR "quotes" OR "minus"'
@@ -125,7 +137,7 @@ def test_config_defaults_are_the_library_defaults() -> None:
     from runa import config
 
     defaults = RecallParams()
-    for key in ("k", "mode", "candidates", "rrf_k", "fts_weight", "min_similarity"):
+    for key in ("k", "mode", "candidates", "fusion", "rrf_k", "fts_weight", "min_similarity"):
         assert config.setting(f"tieto.{key}").default == getattr(defaults, key), key
     assert config.setting("tieto.chunk_tokens").default == TietoSettings(Path()).chunk_tokens
     assert config.setting("tieto.chunk_overlap").default == TietoSettings(Path()).overlap
