@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean deb rpm package-test
 
 setup:
 	@tools/setup
@@ -22,6 +22,21 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check .
+
+# The Debian packages into build/deb/ (lintian must be clean) and the RPMs into build/rpm/
+# (rpmbuild on Debian with packaging/fedora's shim macros; rpmlint). docs/packaging.md.
+deb:
+	tools/setup --packaging
+	packaging/build-deb
+
+rpm:
+	tools/setup --packaging
+	packaging/build-rpm
+
+# Build the .debs, install them with apt, run Runa from them as a plain user, purge; check
+# the polkit rules with a real polkitd. Installs system-wide: root, on a machine you may change.
+package-test: deb
+	RUNA_PACKAGING_TEST=1 $(PY) -m pytest -m packaging tests/packaging
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
