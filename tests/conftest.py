@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,6 +16,22 @@ from runa.models.errors import ModelSetupError
 from runa.models.install import is_installed, setup_model
 from runa.paths import Paths, personal_stack
 from runa.testing.usermanager import UserManager
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runa_logging_restored() -> Iterator[None]:
+    """Give every module the ``runa`` logger tree as it found it.
+
+    A test that runs a daemon or the supervisor in-process calls ``runa.log.setup``, which
+    replaces the tree's handlers and stops propagation; left so, later modules' ``caplog``
+    sees nothing, depending on the order pytest happens to collect them in.
+    """
+    root = logging.getLogger("runa")
+    saved = (list(root.handlers), root.level, root.propagate)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    root.propagate = saved[2]
 
 
 @pytest.fixture(scope="session")
