@@ -1,7 +1,8 @@
 """Inference: splinfer through the bus against llama-cpp-python and llama-server (issues 5, 6).
 
 Four measurements on the default model, all greedy, with the settings splinfer ships
-(flash attention on, f16 cache, 4096-token context shared by 4 sequences):
+(flash attention on, f16 cache, 4096-token context shared by 4 sequences; ``--flash-attn
+off`` measures the other setting):
 
 1. Generation speed through the bus against llama-cpp-python called directly (same
    context parameters, same prompt, so the same tokens): tokens after the first over
@@ -18,9 +19,10 @@ Without ``--quick`` it also builds llama-server from llama-cpp-python's vendored
 llama.cpp (once, into ~/.cache/runa-bench; never into the repository) and measures
 the same resume and four-at-once runs there as baselines. docs/bench.md says more.
 
-    python bench/inference.py [--quick]
+    python bench/inference.py [--quick] [--flash-attn on|off]
 
-Writes bench/results/inference.json and prints the table.
+Writes bench/results/inference.json (inference-flash-attn-off.json with that override) and
+prints the table.
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ def resume_rounds(client: Client, llm, state_dir: Path, conv: str, rounds: int
     a round. The overhead is the resume TTFT minus the decode of the new turn's own tokens
     (the final envelope's ``prompt_ms``): the restore, the planning and the bus."""
     first = client.chat(history_text(llm, conv), 16, conversation=conv)
-    reprocess, resume, overhead = [], [], []
+    reprocess, resume, overhead, turn_ms = [], [], [], []
     details: dict[str, Any] = {"history_prompt_tokens": first["n_prompt"]}
     for r in range(rounds):
         push_out(client, f"a{r}")
@@ -239,7 +241,9 @@ def resume_rounds(client: Client, llm, state_dir: Path, conv: str, rounds: int
         reprocess.append((again["first"] - again["sent"]) * 1000)
         resume.append((back["first"] - back["sent"]) * 1000)
         overhead.append(resume[-1] - back["prompt_ms"])
+        turn_ms.append(back["prompt_ms"])
         details.update(reprocess_n_eval=again["n_eval"], resume_n_eval=back["n_eval"])
+    details["resume_prompt_ms"] = round(median(turn_ms), 1)
     return reprocess, resume, overhead, details
 
 
@@ -425,10 +429,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="under a minute: 3 rounds each, 3 s idle window, no llama-server")
     parser.add_argument("--model", help="GGUF file (default: the installed default model)")
+    parser.add_argument("--flash-attn", choices=("on", "off"),
+                        help="override splinfer.flash_attn (default: as shipped, on)")
     args = parser.parse_args()
+    out = None
+    if args.flash_attn and (args.flash_attn == "on") != CONTEXT["flash_attn"]:
+        CONTEXT["flash_attn"] = args.flash_attn == "on"
+        out = REPO / "bench/results" / f"inference-flash-attn-{args.flash_attn}.json"
     rounds = 3 if args.quick else 5
     idle_window = 3.0 if args.quick else 30.0
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
 
     paths = Paths.for_stack(personal_stack())
     model = Path(args.model) if args.model else resolve_model(SMOLLM2_135M.name,
@@ -437,7 +448,8 @@ def main() -> int:
 
     llm = Llama(model_path=str(model), n_ctx=CONTEXT["ctx_size"],
                 n_batch=CONTEXT["batch_size"], n_threads=CONTEXT["threads"],
-                n_threads_batch=CONTEXT["threads"], flash_attn=True, verbose=False)
+                n_threads_batch=CONTEXT["threads"], flash_attn=CONTEXT["flash_attn"],
+                verbose=False)
     with tempfile.TemporaryDirectory(prefix="runa-bench-") as tmp:
         root = Path(tmp)
         env = stack_env(root, model)
@@ -515,10 +527,11 @@ def main() -> int:
                 "greedy": True, "n_gen": final["n_gen"], "concurrent_n_gen": n_gens,
                 "idle_window_s": idle_window, "prompt": PROMPT, "quick": args.quick,
                 **details, "seconds": round(time.monotonic() - started, 1),
+                "loadavg_before": round(load_before, 2),
                 "loadavg_after": round(os.getloadavg()[0], 2)},
         metrics=metrics, baselines=baselines, targets=targets,
     )
-    return report(result)
+    return report(result, out)
 
 
 if __name__ == "__main__":
