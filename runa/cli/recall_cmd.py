@@ -24,8 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "recall",
         help="find the passages of a topic that answer a question (tieto)",
         description="Search TOPIC by meaning (the embedding model) and by words (full text), "
-        "fused by reciprocal rank, and print the best chunks with their source file, line and "
-        "cosine similarity. Filters narrow the candidates before the search: KEY OP VALUE with "
+        "fused by their standardised scores (tieto.fusion), and print the best chunks with "
+        "their source file, line and cosine similarity. Filters narrow the candidates before "
+        "the search: KEY OP VALUE with "
         "OP one of = != < <= > >= in; numbers and dates compare as such, a missing key never "
         "matches, a list matches if any item does. Exit status: 0 (also with no hits); "
         "64 a bad filter; 65 the topic was built with another embedding model; 66 no such "
