@@ -38,6 +38,13 @@ PACKAGE_PLACES = (Path("/usr/bin/runa"), Path("/usr/lib/runa"), Path("/usr/share
                   Path("/usr/lib/systemd/user/runa.target"))
 
 
+NOTES = {
+    "boat.md": "---\nyear: 2021\n---\nThe sailing boat is moored at the south harbour pier.\n",
+    "soup.md": "The soup recipe needs three carrots, one onion and a litre of stock.\n",
+    "car.md": "The car insurance renews every March.\n",
+}
+
+
 def apt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PATH": DEBIAN_PATH}
     return subprocess.run(["apt-get", "-y", "-q", *args], env=env, capture_output=True,
@@ -166,6 +173,25 @@ def test_plain_user_starts_runa_target_and_asks(installed: Installed) -> None:
     assert len(ask.stdout.strip()) > 3, f"no answer: {ask.stdout!r} {ask.stderr!r}"
     # It ran the packaged model, not a copy in the person's home.
     assert not (installed.user.home / ".local/share/runa/models").exists()
+
+    # tieto, packaged (issue 11): a small folder ingested through the running daemon with the
+    # packaged embedding model, then recalled.
+    notes = installed.user.home / "notes"
+    notes.mkdir()
+    for name, text in NOTES.items():
+        (notes / name).write_text(text)
+    for path in (notes, *notes.iterdir()):
+        os.chown(path, installed.user.uid, installed.user.uid)
+    health = installed.as_user("runa", "bus", "get", "tieto:health")
+    assert health.returncode == 0, f"tieto does not heartbeat: {health.stderr}"
+    ingest = installed.as_user("runa", "ingest", str(notes), "--topic", "notes", "--json",
+                               timeout=300)
+    assert ingest.returncode == 0, ingest.stderr
+    recall = installed.as_user("runa", "recall", "--json", "--topic", "notes",
+                               "where is the sailing boat kept?", timeout=120)
+    assert recall.returncode == 0, recall.stderr
+    hits = json.loads(recall.stdout)["hits"]
+    assert hits and hits[0]["source"].endswith("boat.md"), hits
 
     deadline = time.monotonic() + 30
     while (seen := _journal_components(installed.user.uid, started)) < set(COMPONENTS):
