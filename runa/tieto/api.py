@@ -211,7 +211,7 @@ class Tieto:
         index = self._open.pop(topic, None)
         if index is not None:
             index.close()
-        restore(source, path)
+        restore(source, path, topic)
 
     def close(self) -> None:
         for index in self._open.values():

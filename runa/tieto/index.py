@@ -29,7 +29,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,15 @@ class TopicIndex:
             yield BulkWriter(self)
 
     # -- declared keys -----------------------------------------------------------------
+
+    def rename(self, name: str) -> None:
+        """Record ``name`` as the topic's name (a snapshot restored under another topic)."""
+        if name == self.config.name:
+            return
+        config = replace(self.config, name=name)
+        with self.db:
+            self.db.execute("UPDATE info SET value = ? WHERE key = 'topic'", (config.to_json(),))
+        self.config = config
 
     def redeclare(self, config: TopicConfig,
                   declared_values: Callable[[dict[str, Any]], Sequence[Any]]) -> None:

@@ -63,11 +63,13 @@ def check_snapshot(source: Path) -> str:
         index.close()
 
 
-def restore(source: Path, dest: Path) -> None:
+def restore(source: Path, dest: Path, name: str | None = None) -> None:
     """Replace the topic file ``dest`` with the snapshot ``source`` (checked first).
 
-    ``dest`` must not be open in this process (the caller closes it); another
-    process's readers see the restored content at their next transaction.
+    ``name`` is the topic it now is, recorded when the snapshot was taken of another
+    one (so its errors name the right topic). ``dest`` must not be open in this process
+    (the caller closes it); another process's readers see the restored content at
+    their next transaction.
     """
     check_snapshot(source)
     dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -85,3 +87,9 @@ def restore(source: Path, dest: Path) -> None:
         raise SnapshotError(f"restoring {source} into {dest} failed: {e}") from None
     finally:
         src.close()
+    if name is not None:
+        index = TopicIndex.open(dest)
+        try:
+            index.rename(name)
+        finally:
+            index.close()

@@ -28,6 +28,7 @@ from runa.splinter import EVENTS_CHANNEL
 from runa.splinter import envelope as env_mod
 from runa.tieto.access import Local, Remote, open_tieto
 from runa.tieto.daemon import TietoDaemon
+from runa.tieto.snapshot import check_snapshot
 
 from .fakes import FakeEmbedder
 
@@ -169,6 +170,9 @@ def test_snapshot_restore_gives_identical_recall(stack: Stack, tmp_path: Path) -
         assert [h.as_dict() for h in tieto.recall(question, "notes", k=3)] == before
         tieto.restore("copy", tmp_path / "snap.sqlite")
         assert [h.as_dict() for h in tieto.recall(question, "copy", k=3)] == before
+        # Restored under another name, the topic knows its new name (its errors say it).
+        tieto.snapshot("copy", tmp_path / "copy.sqlite")
+        assert check_snapshot(tmp_path / "copy.sqlite") == "copy"
         with pytest.raises(Exception, match="not a topic snapshot"):
             (tmp_path / "junk").write_text("junk")
             tieto.restore("notes", tmp_path / "junk")
