@@ -23,8 +23,10 @@ SAMPLING_FLAGS = (
 )
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("sampling (llama.cpp's options)")
+def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The sampling flags, in their own help group (or in ``parser`` if it is a group)."""
+    group = parser if isinstance(parser, argparse._ArgumentGroup) \
+        else parser.add_argument_group("sampling (llama.cpp's options)")
     for flags, kind, dest, text in SAMPLING_FLAGS:
         group.add_argument(*flags, type=kind, dest=dest, default=None, help=text)
 
