@@ -9,12 +9,21 @@ from __future__ import annotations
 import grp
 import json
 import logging
+from collections.abc import Callable, Iterator
 
 from runa.config import Config
 from runa.errors import RunaError
 from runa.service import Health
-from runa.splinter import BUSES, Bus, Geometry, ensure_segment, segment_path
-from runa.splinter.errors import SegmentNotFound, SplinterError
+from runa.splinter import (
+    BUSES,
+    Bus,
+    Envelope,
+    EnvelopeReceiver,
+    Geometry,
+    ensure_segment,
+    segment_path,
+)
+from runa.splinter.errors import BadSchema, SegmentNotFound, SplinterError
 
 EX_UNAVAILABLE = 69
 
@@ -124,3 +133,28 @@ class HealthWriter:
         if self._bus is not None:
             self._bus.close()
             self._bus = None
+
+
+def read_requests(queue: EnvelopeReceiver, timeout: float, *,
+                  on_bad_schema: Callable[[BadSchema], None],
+                  on_cancel: Callable[[Envelope], None]) -> Iterator[Envelope]:
+    """What a service's queue holds now (waiting up to ``timeout`` for the first).
+
+    Cancels are handed to ``on_cancel`` as they are read, ahead of the requests queued
+    before them, so a long answer can be stopped at once; a malformed envelope goes to
+    ``on_bad_schema`` (to be answered if it can be) and reading goes on.
+    """
+    while True:
+        try:
+            envelope = queue.recv(timeout)
+        except BadSchema as error:
+            on_bad_schema(error)
+            timeout = 0
+            continue
+        if envelope is None:
+            return
+        timeout = 0
+        if envelope.type == "query" and envelope.payload.get("op") == "cancel":
+            on_cancel(envelope)
+        else:
+            yield envelope

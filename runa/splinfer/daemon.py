@@ -238,20 +238,9 @@ class Splinfer:
 
     def _read_queue(self, timeout: float) -> None:
         """Move what is waiting into the inbox; cancels take effect at once."""
-        while True:
-            try:
-                envelope = self.queue.recv(timeout)
-            except BadSchema as error:
-                self._answer_bad_schema(error)
-                timeout = 0
-                continue
-            if envelope is None:
-                return
-            timeout = 0
-            if envelope.type == "query" and envelope.payload.get("op") == "cancel":
-                self._cancel(envelope)
-            else:
-                self.inbox.append(envelope)
+        self.inbox.extend(bus_mod.read_requests(self.queue, timeout,
+                                        on_bad_schema=self._answer_bad_schema,
+                                        on_cancel=self._cancel))
 
     def _during_decode(self) -> None:
         """Called from inside long decodes: stay alive, notice cancels."""

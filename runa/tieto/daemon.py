@@ -215,20 +215,8 @@ class TietoDaemon:
     # -- reading ----------------------------------------------------------------------------
 
     def _read_queue(self, timeout: float) -> None:
-        while True:
-            try:
-                envelope = self.queue.recv(timeout)
-            except BadSchema as error:
-                self._bad_schema(error)
-                timeout = 0
-                continue
-            if envelope is None:
-                return
-            timeout = 0
-            if envelope.type == "query" and envelope.payload.get("op") == "cancel":
-                self._cancel(envelope)
-            else:
-                self.inbox.append(envelope)
+        self.inbox.extend(bus_mod.read_requests(self.queue, timeout, on_bad_schema=self._bad_schema,
+                                        on_cancel=self._cancel))
 
     def _read_events(self) -> None:
         while True:
