@@ -158,3 +158,15 @@ def read_requests(queue: EnvelopeReceiver, timeout: float, *,
             on_cancel(envelope)
         else:
             yield envelope
+
+
+def bus_opener(config: Config, stack: str) -> Callable[[], Bus | None]:
+    """A callable that opens the stack's main bus, or gives None while the keeper has not
+    created it yet (a watcher started before the keeper tries again later)."""
+    def open_bus() -> Bus | None:
+        try:
+            return connect(config, stack)
+        except BusNotRunning:
+            return None
+
+    return open_bus

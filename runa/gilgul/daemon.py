@@ -390,16 +390,6 @@ class Gilgul:
         self._ctx.notifier.notify("READY=1")
 
 
-def _open_bus(config: Config, stack: str) -> Callable[[], Bus | None]:
-    def open_bus() -> Bus | None:
-        try:
-            return bus_mod.connect(config, stack)
-        except bus_mod.BusNotRunning:
-            return None
-
-    return open_bus
-
-
 def create(config: Config, logger: logging.Logger, stack: str,
            env: Mapping[str, str] | None = None) -> Gilgul:
     """Load the registry (a bad one raises here: exit 78, no restart) and wire gilgul up."""
@@ -413,7 +403,7 @@ def create(config: Config, logger: logging.Logger, stack: str,
     return Gilgul(
         config, reg, stack, logger, env=env,
         connect=lambda: SystemdUserManager.connect(env),
-        open_bus=_open_bus(config, stack),
+        open_bus=bus_mod.bus_opener(config, stack),
         dropins=DropIns(dropin_unit_dir(env)),
         incarnations=IncarnationFiles(incarnation_dir(env)),
         hook=PolicyHook(config["gilgul.policy_script"], logger),

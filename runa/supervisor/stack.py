@@ -19,7 +19,6 @@ from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.policy import Policy, PolicySettings
 from runa.paths import Paths
-from runa.splinter import Bus
 from runa.supervisor.core import ComponentSpec, Gilgul, Supervisor, daemon_argv
 from runa.supervisor.limits import MemoryLimiter, find_layout
 
@@ -53,14 +52,4 @@ def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
     )
     return Supervisor(specs(config, reg), paths.runtime, logger, env, gilgul,
                       limiter=MemoryLimiter(find_layout(stack), logger),
-                      open_bus=_open_bus(config, stack), stack=stack, clock=clock)
-
-
-def _open_bus(config: Config, stack: str) -> Callable[[], Bus | None]:
-    def open_bus() -> Bus | None:
-        try:
-            return bus_mod.connect(config, stack)
-        except bus_mod.BusNotRunning:
-            return None
-
-    return open_bus
+                      open_bus=bus_mod.bus_opener(config, stack), stack=stack, clock=clock)
