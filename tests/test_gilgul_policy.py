@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runa import config
-from runa.gilgul.policy import NOT_RUNNING, Policy, PolicySettings
+from runa.gilgul.policy import NOT_RUNNING, Decision, Policy, PolicySettings
 
 SETTINGS = PolicySettings(backoff_initial_s=1.0, backoff_max_s=8.0, escalate_after=6,
                           window_s=60.0)
@@ -137,3 +137,13 @@ def test_settings_come_from_the_configuration() -> None:
     settings = PolicySettings.from_config(defaults)
     assert settings == PolicySettings()  # the dataclass defaults are the packaged ones
     assert [settings.delay(n) for n in range(1, 8)] == [0, 1, 2, 4, 8, 16, 30]
+
+
+def test_a_decision_says_what_happens_next_in_words() -> None:
+    def decided(restart_in: float | None) -> Decision:
+        return Decision("splinfer", "signal", 3, 2, restart_in, escalate=False)
+
+    assert decided(0).plan() == "restarting at once"
+    assert decided(1.5).plan() == "restarting in 1.5 s"
+    assert decided(None).plan("'runa up'") == \
+        "held: no more restarts until it is started by hand ('runa up')"

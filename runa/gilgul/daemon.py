@@ -227,12 +227,7 @@ class Gilgul:
                       decision="stack-stopping")
             return
         decision = self.policy.failed(name, reason)
-        if decision.restart_in is None:
-            plan = "held: no more restarts until it is started by hand"
-        elif decision.restart_in == 0:
-            plan = "restarting at once"
-        else:
-            plan = f"restarting in {decision.restart_in:g} s"
+        plan = decision.plan()
         log.event(self.logger, "failed",
                   f"{name} failed ({reason}), incarnation {decision.incarnation}, "
                   f"{decision.failures} failure(s) in {self.policy.settings.window_s:g} s: "

@@ -67,6 +67,15 @@ class Decision:
             return "hold"
         return "restart"
 
+    def plan(self, start_by_hand: str = "") -> str:
+        """The decision in words, for the journal; ``start_by_hand`` says how, if held."""
+        if self.restart_in is None:
+            how = f" ({start_by_hand})" if start_by_hand else ""
+            return f"held: no more restarts until it is started by hand{how}"
+        if self.restart_in == 0:
+            return "restarting at once"
+        return f"restarting in {self.restart_in:g} s"
+
 
 @dataclass
 class _Record:

@@ -379,12 +379,7 @@ class Supervisor:
             return
         decision = self.policy.failed(name, reason)
         child.state = "held" if decision.restart_in is None else "failed"
-        if decision.restart_in is None:
-            plan = "held: no more restarts until it is started by hand ('runa up')"
-        elif decision.restart_in == 0:
-            plan = "restarting at once"
-        else:
-            plan = f"restarting in {decision.restart_in:g} s"
+        plan = decision.plan("'runa up'")
         log.event(self.logger, "failed",
                   f"{name} failed ({reason}: {_describe(code, status)}), incarnation "
                   f"{decision.incarnation}, {decision.failures} failure(s) in "
