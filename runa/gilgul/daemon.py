@@ -24,7 +24,7 @@ from runa import config as config_mod
 from runa import log
 from runa.config import Config
 from runa.errors import RunaError
-from runa.gilgul import health, registry
+from runa.gilgul import events, health, registry
 from runa.gilgul.dbus import Event, JobRemoved, ManagerError, SystemdUserManager, UnitChanged
 from runa.gilgul.dbus import UnitManager as UnitManagerProtocol
 from runa.gilgul.dropins import DropIns
@@ -199,18 +199,9 @@ class Gilgul:
         state = self.manager.unit_state(unit.component.unit)
         unit.main_pid = int(state.get("MainPID", 0))
         self.heartbeats.started(name, self.clock())
-        fields = {"component": name, "incarnation": self.policy.incarnation(name),
-                  "main_pid": unit.main_pid}
-        if unit.restart_issued is not None:
-            fields["latency_ms"] = round((self.clock() - unit.restart_issued) * 1000, 1)
-            unit.restart_issued = None
-            message = (f"{name} is back as incarnation {fields['incarnation']} "
-                       f"(pid {unit.main_pid}, {fields['latency_ms']} ms after the restart)")
-        else:
-            # Started by someone else (systemctl, the target): nothing of ours is pending.
-            self.policy.running(name)
-            message = f"{name} is running (pid {unit.main_pid})"
-        log.event(self.logger, "running", message, **fields)
+        events.running(self.logger, self.policy, name, self.policy.incarnation(name),
+                       unit.main_pid, unit.restart_issued, self.clock())
+        unit.restart_issued = None
 
     def _failed(self, unit: _Unit) -> None:
         assert self.manager is not None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from runa import bus as bus_mod
 from runa import log
-from runa.gilgul import health
+from runa.gilgul import events, health
 from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.policy import NO_HEARTBEAT, NOT_RUNNING, Policy
@@ -318,17 +318,9 @@ class Supervisor:
     def _became_running(self, child: Child, now: float) -> None:
         name = child.spec.name
         self.gilgul.heartbeats.started(name, now)
-        fields: dict[str, object] = {"component": name, "incarnation": child.incarnation,
-                                     "main_pid": child.pid}
-        if child.restart_issued is not None:
-            fields["latency_ms"] = round((now - child.restart_issued) * 1000, 1)
-            child.restart_issued = None
-            message = (f"{name} is back as incarnation {child.incarnation} (pid {child.pid}, "
-                       f"{fields['latency_ms']} ms after the restart)")
-        else:
-            self.policy.running(name)
-            message = f"{name} is running (pid {child.pid})"
-        log.event(self.logger, "running", message, **fields)
+        events.running(self.logger, self.policy, name, child.incarnation, child.pid or 0,
+                       child.restart_issued, now)
+        child.restart_issued = None
 
     def _check(self, child: Child, now: float) -> bool:
         process = child.process

@@ -1,0 +1,28 @@
+"""Journal events that gilgul writes alike under systemd and under its own supervisor.
+
+``runa audit`` folds both modes' events into incarnations, so the wording and the
+fields must not drift apart: each event both modes share is written here once.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from runa import log
+from runa.gilgul.policy import Policy
+
+
+def running(logger: logging.Logger, policy: Policy, name: str, incarnation: int, pid: int,
+            restart_issued: float | None, now: float) -> None:
+    """``name`` is up as ``pid``: back from our restart (with its latency) or started by
+    someone else, in which case the policy learns it runs and nothing of ours is pending."""
+    fields: dict[str, object] = {"component": name, "incarnation": incarnation,
+                                 "main_pid": pid}
+    if restart_issued is not None:
+        fields["latency_ms"] = round((now - restart_issued) * 1000, 1)
+        message = (f"{name} is back as incarnation {incarnation} (pid {pid}, "
+                   f"{fields['latency_ms']} ms after the restart)")
+    else:
+        policy.running(name)
+        message = f"{name} is running (pid {pid})"
+    log.event(logger, "running", message, **fields)
