@@ -30,10 +30,13 @@ class FakeWheelDownloader:
         self.calls = 0
 
     def wheel_bytes(self, tmp: Path) -> bytes:
+        # Fixed timestamps: zipfile stamps members with the clock at 2 s resolution, so two
+        # builds straddling a tick would differ and fail the pin (as a real re-upload would).
         path = tmp / "w.zip"
         with zipfile.ZipFile(path, "w") as z:
-            z.writestr(self.member, self.payload)
-            z.writestr("pkg-0.1.dist-info/METADATA", "Name: pkg\n")
+            for name, data in ((self.member, self.payload),
+                               ("pkg-0.1.dist-info/METADATA", b"Name: pkg\n")):
+                z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)
         return path.read_bytes()
 
     def __call__(self, model: CatalogModel, dest: Path) -> Path:
