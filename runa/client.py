@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +31,12 @@ FAULT_EXIT = {
     Fault.TTL_EXPIRED: 75,
     Fault.INTERNAL_ERROR: 70,  # EX_SOFTWARE
 }
+
+
+# How soon a request notices its ``stop`` event while the service is silent.
+STOP_POLL = 0.1
+# How long a cancel waits for the service's final envelope.
+CANCEL_WAIT = 5.0
 
 
 class ServiceUnavailable(RunaError):
@@ -110,13 +117,15 @@ class ServiceClient:
         raise ServiceFault(self.service, {"code": Fault.INTERNAL_ERROR,
                                           "message": "the answer ended without its last part"})
 
-    def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0
-                ) -> Iterator[Envelope]:
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0,
+                stop: threading.Event | None = None) -> Iterator[Envelope]:
         """Send a query and yield its response envelopes until the one with ``eof``.
 
         Raises ServiceUnavailable when the service is not there or stops heartbeating
         while nothing arrives for ``idle_timeout`` seconds, and ServiceFault on an error
-        envelope.
+        envelope. Once ``stop`` is set (by another thread) the request is cancelled within
+        ``STOP_POLL`` seconds, even while the service is still silent (a long prompt), and
+        the stream ends with the service's final envelope if one comes.
         """
         sender = self._sender()
         query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name)
@@ -133,7 +142,12 @@ class ServiceClient:
         sent_to = _incarnation(self.health())
         quiet_since = self.clock()
         while True:
-            envelope = self.replies.recv(timeout=0.5)
+            if stop is not None and stop.is_set():
+                final = self.cancel()
+                if final is not None and final.type != "error":
+                    yield final
+                return
+            envelope = self.replies.recv(timeout=0.5 if stop is None else STOP_POLL)
             if envelope is None:
                 if self.clock() - quiet_since > idle_timeout:
                     self._fail_if_gone(sent_to)
@@ -170,7 +184,7 @@ class ServiceClient:
                 f"→ {now[0]}) and the new one has not answered it; it was probably lost with "
                 "the old process: ask again")
 
-    def cancel(self, wait: float = 5.0) -> Envelope | None:
+    def cancel(self, wait: float = CANCEL_WAIT) -> Envelope | None:
         """Stop the running request; return its final envelope if it arrives within ``wait``."""
         target = self._active
         if target is None:

@@ -4,7 +4,8 @@ It listens on the queue ``tieto`` (payloads: docs/protocol.md, "tieto") and maps
 each request onto :class:`runa.tieto.api.Tieto`: ``recall``, ``sources``,
 ``ingest``, ``snapshot``, ``restore``, ``topics``, ``status``; ``complete``
 retrieves here and then asks splinfer over the bus, in a worker thread, so the
-loop keeps reading the queue (a ``cancel`` reaches the answer between tokens) and
+loop keeps reading the queue (a ``cancel`` reaches splinfer at once, even while it still
+reads the prompt) and
 other requests are served meanwhile. It also subscribes to the ``events``
 broadcast and files the keeper's ``promote`` events into short-term memory
 (runa.tieto.memory).
@@ -28,7 +29,7 @@ import numpy as np
 
 from runa import bus as bus_mod
 from runa import log
-from runa.client import ServiceClient
+from runa.client import CANCEL_WAIT, ServiceClient
 from runa.config import Config
 from runa.errors import ConfigError, RunaError
 from runa.paths import Paths
@@ -113,7 +114,7 @@ class _Completion:
 
 
 class _Cancellable:
-    """splinfer's stream, stopped (splinfer told to cancel) once ``cancelled`` is set."""
+    """splinfer's stream, cancelled (splinfer told so) once ``cancelled`` is set."""
 
     def __init__(self, client: ServiceClient, cancelled: threading.Event) -> None:
         self.client = client
@@ -121,13 +122,7 @@ class _Cancellable:
 
     def request(self, payload: dict[str, Any], *, idle_timeout: float = 60.0
                 ) -> Iterator[Envelope]:
-        for envelope in self.client.request(payload, idle_timeout=idle_timeout):
-            if self.cancelled.is_set() and not envelope.eof:
-                final = self.client.cancel()
-                if final is not None and final.type != "error":
-                    yield final
-                return
-            yield envelope
+        return self.client.request(payload, idle_timeout=idle_timeout, stop=self.cancelled)
 
 
 def _fault_payload(error: RunaError) -> dict[str, Any]:
@@ -202,12 +197,18 @@ class TietoDaemon:
         for completion in self.completions.values():
             completion.cancelled.set()
         for completion in self.completions.values():
-            completion.thread.join(timeout=5)
+            # A cancelled request ends within CANCEL_WAIT even if splinfer never answers.
+            completion.thread.join(timeout=CANCEL_WAIT + 2)
+        running = [c.request.id for c in self.completions.values() if c.thread.is_alive()]
         if self.tieto is not None:
             self.tieto.close()
         if self._embedder is not None:
             self._embedder.close()
-        if self.bus is not None:
+        if running:
+            # Unmapping the bus under a thread that still reads it would crash the process.
+            self.logger.warning("completion %s did not end; the bus stays open until exit",
+                                ", ".join(running))
+        elif self.bus is not None:
             self.queue.close()
             self.events.close()
             self.bus.close()

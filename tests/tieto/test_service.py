@@ -24,7 +24,7 @@ from runa import config as config_mod
 from runa.bus import HealthWriter
 from runa.paths import Paths
 from runa.service import ServiceRunner
-from runa.splinter import EVENTS_CHANNEL
+from runa.splinter import EVENTS_CHANNEL, Envelope
 from runa.splinter import envelope as env_mod
 from runa.tieto.access import Local, Remote, open_tieto
 from runa.tieto.daemon import TietoDaemon
@@ -47,11 +47,15 @@ class Quiet:
 class FakeSplinfer:
     """Answers every chat with ``script`` in pieces, on the queue ``splinfer``."""
 
-    def __init__(self, config: config_mod.Config, stack: str, script: list[str]) -> None:
+    def __init__(self, config: config_mod.Config, stack: str, script: list[str], *,
+                 silent: bool = False) -> None:
         self.bus = bus_mod.connect(config, stack)
         self.queue = self.bus.queue("splinfer")
         self.script = script
+        self.silent = silent  # still reading a long prompt: nothing until cancelled
         self.prompts: list[dict[str, object]] = []
+        self.held: dict[str, Envelope] = {}
+        self.cancelled_at: float | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -59,9 +63,22 @@ class FakeSplinfer:
         while not self.stopping.is_set():
             self.bus.set("splinfer:health", "{}", ttl_ms=3000)
             request = self.queue.recv(0.1)
-            if request is None or request.payload.get("op") != "chat":
+            if request is None:
+                continue
+            if request.payload.get("op") == "cancel":
+                held = self.held.pop(str(request.payload.get("target")), None)
+                if held is not None:
+                    self.cancelled_at = time.monotonic()
+                    self.bus.sender(held.reply_to or "").send(env_mod.response(
+                        held, "splinfer", {"text": "", "finish_reason": "cancelled"}, seq=0,
+                        eof=True))
+                continue
+            if request.payload.get("op") != "chat":
                 continue
             self.prompts.append(request.payload)
+            if self.silent:
+                self.held[request.id] = request
+                continue
             sender = self.bus.sender(request.reply_to or "")
             for seq, piece in enumerate(self.script):
                 sender.send(env_mod.response(request, "splinfer", {"text": piece}, seq=seq))
@@ -261,3 +278,40 @@ def test_the_daemon_answers_bad_requests_and_keeps_going(stack: Stack) -> None:
         start = time.monotonic()
         assert client.call({"op": "status"})["topics"] == []
         assert time.monotonic() - start < 5
+
+
+def test_cancel_reaches_splinfer_while_it_reads_the_prompt(stack: Stack) -> None:
+    # A long prompt on an old machine: seconds before splinfer's first token. A cancel
+    # must not wait for that token.
+    stack.start_daemon()
+    splinfer = FakeSplinfer(stack.config, stack.stack, [], silent=True)
+    splinfer.thread.start()
+    try:
+        with stack.access() as tieto:
+            tieto.ingest([stack.docs], "notes")
+            stream = tieto.complete("when does the car insurance renew", "notes")
+            assert next(stream)["known"]  # the sources; splinfer is asked now
+            wait_for(lambda: splinfer.held, 10, "the question to reach splinfer")
+            asked = time.monotonic()
+            tieto.cancel()
+            wait_for(lambda: splinfer.cancelled_at, 5, "splinfer to be told to cancel")
+            assert splinfer.cancelled_at is not None and splinfer.cancelled_at - asked < 1.5
+    finally:
+        splinfer.stop()
+
+
+def test_stopping_the_daemon_mid_answer_cancels_it_cleanly(stack: Stack) -> None:
+    stack.start_daemon()
+    splinfer = FakeSplinfer(stack.config, stack.stack, [], silent=True)
+    splinfer.thread.start()
+    try:
+        with stack.access() as tieto:
+            tieto.ingest([stack.docs], "notes")
+            stream = tieto.complete("when does the car insurance renew", "notes")
+            next(stream)
+            wait_for(lambda: splinfer.held, 10, "the question to reach splinfer")
+            stack.stop_daemon()  # systemctl stop: the worker thread is still waiting
+            assert splinfer.cancelled_at is not None  # told, before the bus was closed
+            assert list(stream)[-1]["finish_reason"] == "cancelled"
+    finally:
+        splinfer.stop()
