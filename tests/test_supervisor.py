@@ -46,6 +46,14 @@ def test_up_detach_status_down(stack_env: dict[str, str]) -> None:
         pids = [c["pid"] for c in current["components"]]
         assert all(state_file.pid_alive(pid) for pid in pids)
         assert runa("up", "--detach", env=env).stdout.startswith("runa: the stack")
+        # Another stack's commands leave this one alone and say why.
+        other = {**env, "RUNA_STACK": "other"}
+        refused = runa("up", "--detach", env=other)
+        assert refused.returncode == 69 and f"runs the stack {env['RUNA_STACK']}" in \
+            refused.stderr and "one stack per user" in refused.stderr
+        assert "is not running (this user's supervisor runs" in runa("down", env=other).stdout
+        assert status(other)["rc"] == 3
+        assert status(env)["healthy"] and all(state_file.pid_alive(pid) for pid in pids)
     finally:
         down = runa("down", env=env)
     assert down.returncode == 0, down.stderr

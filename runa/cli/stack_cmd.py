@@ -53,17 +53,43 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
 
-def _running_supervisor(ctx: CliContext) -> int | None:
+def _live_supervisor(ctx: CliContext) -> tuple[int, str] | None:
+    """This user's running supervisor: (pid, the stack it runs), or None.
+
+    Its state file and notify socket are per user, not per stack, so one supervised
+    stack runs at a time; a command for another stack must not signal this one.
+    """
     current = state_file.read(ctx.paths.runtime / "supervisor.json")
     pid = current.get("supervisor_pid") if current else None
-    return pid if pid and state_file.pid_alive(pid) else None
+    if not pid or not state_file.pid_alive(pid):
+        return None
+    return pid, str(current.get("stack") or ctx.stack)
+
+
+def _running_supervisor(ctx: CliContext) -> int | None:
+    """The pid of the supervisor running ``ctx.stack``, if it runs."""
+    live = _live_supervisor(ctx)
+    return live[0] if live and live[1] == ctx.stack else None
+
+
+def _other_stack(ctx: CliContext) -> str:
+    """", while this user's supervisor runs stack X" when X is not ``ctx.stack``."""
+    live = _live_supervisor(ctx)
+    if live is None or live[1] == ctx.stack:
+        return ""
+    return f" (this user's supervisor runs the stack {live[1]}, pid {live[0]})"
 
 
 def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
     ctx.overrides.update(overrides)
     ctx.env = {**ctx.env, **as_environment(overrides)}  # the components read them too
-    pid = _running_supervisor(ctx)
+    live = _live_supervisor(ctx)
+    if live and live[1] != ctx.stack:
+        raise StackError(f"cannot start the stack {ctx.stack}{_other_stack(ctx)}: 'runa up' "
+                         "runs one stack per user at a time; stop that one first with "
+                         f"'runa --stack {live[1]} down'")
+    pid = live[0] if live else None
     if pid:
         os.kill(pid, signal.SIGHUP)  # start whatever is stopped or held
         print(f"runa: the stack {ctx.stack} is already running (supervisor pid {pid}); "
@@ -122,7 +148,7 @@ def _up_detached(ctx: CliContext) -> int:
 def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
     pid = _running_supervisor(ctx)
     if pid is None:
-        print(f"runa: the stack {ctx.stack} is not running")
+        print(f"runa: the stack {ctx.stack} is not running{_other_stack(ctx)}")
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + args.timeout
@@ -144,7 +170,7 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
                           "memory_limits": current.get("memory_limits") if pid else None,
                           "components": comps}, indent=2))
     elif not pid:
-        print(f"stack {ctx.stack}: not running")
+        print(f"stack {ctx.stack}: not running{_other_stack(ctx)}")
     else:
         print(f"stack {ctx.stack}: supervisor pid {pid}, {'healthy' if healthy else 'degraded'}")
         for c in comps:
