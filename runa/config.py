@@ -159,7 +159,8 @@ SCHEMA: tuple[Setting, ...] = (
             "The chat model: a catalog name, a file in a models directory, or a path."),
     Setting("splinfer.ctx_size", int, 4096, "Context length in tokens (0: the model's own).",
             in_range(0, 1 << 20)),
-    Setting("splinfer.threads", int, -1, "Threads for generation (-1: one per usable CPU).",
+    Setting("splinfer.threads", int, -1, "Threads for generation (-1: one per usable CPU, "
+            "fewer while other programs keep CPUs busy).",
             in_range(-1, 1024)),
     Setting("splinfer.batch_size", int, 2048, "Logical batch size for prompt processing.",
             in_range(1, 65536)),

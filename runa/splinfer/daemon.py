@@ -306,6 +306,7 @@ class Splinfer:
         return {"model": str(engine.info.path) if engine else None,
                 "loaded": loaded,
                 "n_ctx": engine.n_ctx if engine and loaded else None,
+                "threads": engine.threads_now if engine and loaded else None,
                 "busy": bool(self.turns), "queued": len(self.pending),
                 "conversations": {"active": len(self.turns), "resident": len(resident),
                                   "stored": len(self.store.ids()),

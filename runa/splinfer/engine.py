@@ -44,6 +44,7 @@ from pathlib import Path
 import llama_cpp
 
 from runa.models.gguf_info import ModelInfo, read_model_info
+from runa.splinfer.cpushare import CpuShare
 from runa.splinfer.errors import (
     DecodeError,
     ModelLoadError,
@@ -141,6 +142,8 @@ class Engine:
         logger: logging.Logger | None = None,
         on_evict: EvictHook | None = None,
         interleave_chunk: int = INTERLEAVE_CHUNK,
+        adapt_threads: bool = True,
+        cpu_share: CpuShare | None = None,
     ) -> None:
         self.info = model if isinstance(model, ModelInfo) else read_model_info(Path(model))
         self.context = context or ContextParams()
@@ -153,6 +156,12 @@ class Engine:
         self._clock = clock
         self._progress_interval = progress_interval
         self._cpu_count = cpu_count
+        # With automatic threads, fewer while other programs keep CPUs busy (cpushare.py).
+        self._adapt_threads = adapt_threads and self.context.threads <= 0 \
+            and self.context.threads_batch <= 0
+        self._cpu_share = cpu_share
+        self._share: CpuShare | None = None
+        self.threads_now = 0
         self._llama_factory = llama_factory
         self._log = logger or logging.getLogger(__name__)
         self._llm: llama_cpp.Llama | None = None
@@ -273,6 +282,9 @@ class Engine:
         self._slots = [None] * self.context.parallel
         self._busy.clear()
         self._slow_tokens = False
+        self.threads_now = self.threads()[0]
+        if self._adapt_threads:
+            self._share = self._cpu_share or CpuShare.for_this_process()
         self.load_seconds = self._clock() - started
 
     def unload(self) -> None:
@@ -491,6 +503,8 @@ class Engine:
                 n += 1
             batch.logits[n - 1] = 1
         batch.n_tokens = n
+        if self._share is not None:
+            self._use_threads(ctx, self._share.threads())
         if watch is not None:
             self._watch = watch
             llama_cpp.llama_set_abort_callback(ctx, self._abort_cb, None)
@@ -513,6 +527,13 @@ class Engine:
         if rc == 1:
             raise DecodeError(f"no room in the context for {n} more tokens")
         raise DecodeError(f"llama_decode failed with code {rc}")
+
+    def _use_threads(self, ctx: llama_cpp.llama_context_p, threads: int) -> None:
+        if threads != self.threads_now:
+            llama_cpp.llama_set_n_threads(ctx, threads, threads)
+            self._log.debug("using %d thread(s): other programs keep %.1f CPU(s) busy",
+                            threads, self._share.others if self._share else 0.0)
+            self.threads_now = threads
 
     def _resync(self, seq: Sequence, chunk: Seq[int]) -> None:
         """After a failed or aborted decode, keep exactly the positions llama.cpp kept."""
