@@ -88,3 +88,21 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"default model not installed and setup failed: {e}")
     assert is_installed(SMOLLM2_135M, result.path)
     return result.path
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (root only): a disk that really fills up.
+
+    ``mount -o remount,size=…`` on it frees space again.
+    """
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

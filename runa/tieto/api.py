@@ -20,7 +20,7 @@ from runa.models.resolve import resolve_model
 from runa.paths import Paths
 from runa.tieto.answer import Grounding, ground
 from runa.tieto.embed import Embedder, LlamaEmbedder
-from runa.tieto.errors import UnknownTopicError
+from runa.tieto.errors import IndexWriteError, UnknownTopicError
 from runa.tieto.filters import parse as parse_filter
 from runa.tieto.index import TopicIndex
 from runa.tieto.ingest import Ingester, IngestReport, Progress
@@ -152,15 +152,21 @@ class Tieto:
             embedder = self.embedder()
             config = TopicConfig(topic, embedder.model_id, embedder.dim,
                                  declare(filterable or ()))
-            index = self._open[topic] = TopicIndex.create(path, config)
+            try:
+                index = self._open[topic] = TopicIndex.create(path, config)
+            except IndexWriteError as e:
+                self._drop(topic)
+                raise e.topic_not_created() from None
         ingester = Ingester(index, self.embedder, chunk_tokens=self.settings.chunk_tokens,
                             overlap=self.settings.overlap,
                             **({"progress": progress} if progress else {}))
         try:
             report = ingester.run(paths)
-        except BaseException:
+        except BaseException as e:
             if created:
                 self._drop(topic)
+                if isinstance(e, IndexWriteError):
+                    raise e.topic_not_created() from None
             raise
         if created and index.stats()["sources"] == 0:
             self._drop(topic)  # nothing usable: do not leave an empty topic behind

@@ -91,3 +91,30 @@ class DimensionMismatchError(EmbeddingMismatchError):
 
 class IndexCorruptError(TietoError):
     """The index file is not a tieto index or was written by an incompatible version."""
+
+
+class IndexWriteError(TietoError):
+    """The topic's index file cannot be written: a full disk, an I/O error, a read-only file.
+
+    SQLite rolls the failed change back, so the index keeps what it had before it.
+    """
+
+    exit_code = 74  # EX_IOERR
+
+    def __init__(self, path: Path | str, problem: str, context: str = "") -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"cannot write the index {self.path}: {problem}"
+                         + (f"; {context}" if context else ""))
+
+    def during_ingest(self, ingested: int, total: int) -> IndexWriteError:
+        """The same error, saying what an interrupted ingest keeps and how to finish it."""
+        return IndexWriteError(self.path, self.problem, (
+            f"{ingested} of {total} file(s) were ingested before it and are kept; free some "
+            "space and run the same command again to add the rest (unchanged files are "
+            "skipped)"))
+
+    def topic_not_created(self) -> IndexWriteError:
+        """The same error, for an ingest that was creating its topic (removed again)."""
+        return IndexWriteError(self.path, self.problem,
+                               "the new topic was not created; free some space and run it again")

@@ -40,6 +40,7 @@ from runa.tieto.errors import (
     DimensionMismatchError,
     EmbeddingMismatchError,
     IndexCorruptError,
+    IndexWriteError,
     MetadataError,
     TietoError,
 )
@@ -138,21 +139,29 @@ class TopicIndex:
         The index holds the person's text: its directory is 0700 and the file (so also
         SQLite's -wal and -shm beside it) 0600, whatever the umask.
         """
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o700)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            raise
+        except OSError as e:
+            raise IndexWriteError(path, f"cannot create it: {e.strerror or e}") from None
         db = connect(path)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             # executescript commits any open transaction first, so the script has its own.
             db.executescript("BEGIN;" + _SCHEMA.format(tokenize=fts_tokenize.replace("'", "''"))
                              + _vectors_ddl("vector_bits", config) + ";COMMIT;")
-            with _transaction(db):
+            with _transaction(db, path):
                 db.executemany("INSERT INTO info(key, value) VALUES (?, ?)",
                                [("schema", str(SCHEMA_VERSION)), ("topic", config.to_json())])
-        except BaseException:
+        except BaseException as e:
             db.close()
             path.unlink(missing_ok=True)
+            failure = write_failure(e, path) if isinstance(e, sqlite3.Error) else None
+            if failure is not None:
+                raise failure from None
             raise
         return cls(db, path, config)
 
@@ -220,7 +229,7 @@ class TopicIndex:
                     f"{self.config.dim} dimensions",
                 )
         added = 0
-        with _transaction(self.db):
+        with _transaction(self.db, self.path):
             self._delete_source(path)
             cur = self.db.execute(
                 "INSERT INTO sources(path, sha256, size, complete) VALUES (?, ?, ?, ?)",
@@ -232,7 +241,7 @@ class TopicIndex:
         return added
 
     def remove_source(self, path: str) -> bool:
-        with _transaction(self.db):
+        with _transaction(self.db, self.path):
             return self._delete_source(path)
 
     def _delete_source(self, path: str) -> bool:
@@ -278,7 +287,7 @@ class TopicIndex:
     @contextmanager
     def bulk(self) -> Iterator[BulkWriter]:
         """Many documents in one transaction (the benchmark's 100k-chunk index)."""
-        with _transaction(self.db):
+        with _transaction(self.db, self.path):
             yield BulkWriter(self)
 
     # -- declared keys -----------------------------------------------------------------
@@ -299,7 +308,7 @@ class TopicIndex:
         ``declared_values(meta)`` gives a document's column values for ``config``; a
         value that does not fit aborts the change with a MetadataError naming its file.
         """
-        with _transaction(self.db):
+        with _transaction(self.db, self.path):
             self.db.execute("DROP TABLE vector_bits")
             self.db.execute(_vectors_ddl("vector_bits", config))
             insert = _insert_bits_sql(config)
@@ -459,15 +468,35 @@ class BulkWriter:
         return self.index._insert_doc(None, doc)
 
 
+#: SQLite's primary result codes for a file that cannot be written (disk, I/O, permissions).
+_WRITE_FAILURES = {8: "the index file is read-only", 10: "a disk I/O error",
+                   13: "the disk is full", 14: "the index file cannot be opened"}
+
+
+def write_failure(error: sqlite3.Error, path: Path) -> IndexWriteError | None:
+    """The IndexWriteError an SQLite error means, or None when it is about something else."""
+    code = getattr(error, "sqlite_errorcode", None)
+    what = _WRITE_FAILURES.get(code & 0xFF) if isinstance(code, int) else None
+    return IndexWriteError(path, f"{what} ({error})") if what else None
+
+
 @contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
+def _transaction(db: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """One write transaction; a full disk or I/O error becomes IndexWriteError, rolled back."""
     try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        failure = write_failure(e, path)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def sign_bits(vectors: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from runa.tieto.chunk import Chunk, Chunker
 from runa.tieto.embed import Embedder
-from runa.tieto.errors import InputError, MetadataError
+from runa.tieto.errors import IndexWriteError, InputError, MetadataError
 from runa.tieto.index import PreparedDoc, TopicIndex
 from runa.tieto.sources import Record, parse, read_bytes, walk
 from runa.tieto.topic import DeclaredValueError
@@ -111,11 +111,14 @@ class Ingester:
         files = list(walk([r for r in roots if r.exists()]))
         report.files = len(files)
         seen: set[str] = set()
-        for number, (_, path) in enumerate(files, start=1):
-            seen.add(str(path))
-            self._one(path, number, len(files), report)
-        for root in roots:
-            self._remove_missing(root, seen, report)
+        try:
+            for number, (_, path) in enumerate(files, start=1):
+                seen.add(str(path))
+                self._one(path, number, len(files), report)
+            for root in roots:
+                self._remove_missing(root, seen, report)
+        except IndexWriteError as e:  # every later file would fail the same way: stop here
+            raise e.during_ingest(report.ingested, report.files) from None
         report.seconds = self.clock() - started
         return report
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -114,21 +112,6 @@ def test_a_full_disk_keeps_the_previous_state(tmp_path: Path) -> None:
         store.save_state("c1", ME, [1, 2, 3], memoryview(b"second" * 100))
     assert store.state_path("c1").read_bytes() == before
     assert store.load_state("c1", ME).tokens == [1, 2]
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (root only): a disk that really fills up."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
-                           str(mount)], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_really_full_filesystem_keeps_the_previous_state(tiny_tmpfs: Path) -> None:
