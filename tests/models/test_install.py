@@ -180,3 +180,14 @@ def test_real_setup_of_the_default_model(tmp_path: Path) -> None:
     again = setup_model(SMOLLM2_135M, tmp_path, download=None)
     assert not again.installed
     assert time.monotonic() - started < 5
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(fake, tiny_tmpfs: Path) -> None:
+    model, download = fake
+    subprocess.run(["mount", "-o", "remount,size=256k", str(tiny_tmpfs)], check=True)
+    with pytest.raises(ModelSetupError) as err:
+        setup_model(model, tiny_tmpfs / "models", download=download)
+    message = str(err.value)
+    assert "No space left on device" in message and str(tiny_tmpfs / "models") in message
+    assert "runa models setup" in message
+    assert os.listdir(tiny_tmpfs / "models") == []  # no partial file
