@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import isolated_env, remove_segments
+from support import isolated_env, remove_segments, small_filesystem
 
 from runa.models.catalog import SMOLLM2_135M
 from runa.models.errors import ModelSetupError
@@ -92,17 +92,6 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 1 MiB filesystem (root only): a disk that really fills up.
-
-    ``mount -o remount,size=…`` on it frees space again.
-    """
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs",
-                           str(mount)], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A real 1 MiB filesystem (root only): a disk that really fills up."""
+    with small_filesystem(tmp_path / "small", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)

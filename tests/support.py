@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import pytest
 
 
 def runa(*args: str, env: dict[str, str], timeout: float = 60,
@@ -51,3 +54,20 @@ def isolated_env(root: Path) -> dict[str, str]:
 def remove_segments(env: dict[str, str]) -> None:
     for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
         segment.unlink()
+
+
+@contextmanager
+def small_filesystem(mount: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` on ``mount`` (root only; the test is skipped elsewhere).
+
+    A disk that really fills up; ``mount -o remount,size=…`` frees space again.
+    """
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

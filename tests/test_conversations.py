@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import isolated_env, remove_segments, runa, wait_for
+from support import isolated_env, remove_segments, runa, small_filesystem, wait_for
 
 from runa.bus import connect
 from runa.client import ServiceClient, ServiceFault
@@ -387,16 +386,8 @@ def test_killed_after_an_idle_save_the_conversation_still_comes_back(tmp_path: P
 @pytest.fixture
 def small_state_dir(tmp_path: Path) -> Iterator[Path]:
     """The stack's state directory on a real 256 KiB filesystem (root only)."""
-    state = tmp_path / "home/.local/state"
-    state.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs",
-                           str(state)], capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with small_filesystem(tmp_path / "home/.local/state", "256k") as state:
         yield state
-    finally:
-        subprocess.run(["umount", "-l", str(state)], check=False)
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_state(tmp_path: Path,

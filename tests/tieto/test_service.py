@@ -14,7 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import isolated_env, remove_segments, wait_for
@@ -280,9 +282,9 @@ def test_the_daemon_answers_bad_requests_and_keeps_going(stack: Stack) -> None:
         assert time.monotonic() - start < 5
 
 
-def test_cancel_reaches_splinfer_while_it_reads_the_prompt(stack: Stack) -> None:
-    # A long prompt on an old machine: seconds before splinfer's first token. A cancel
-    # must not wait for that token.
+@contextmanager
+def answer_waiting_for_splinfer(stack: Stack) -> Iterator[tuple[FakeSplinfer, Any, Iterator]]:
+    """A ``complete`` whose question splinfer holds, still reading the prompt (no token yet)."""
     stack.start_daemon()
     splinfer = FakeSplinfer(stack.config, stack.stack, [], silent=True)
     splinfer.thread.start()
@@ -292,26 +294,23 @@ def test_cancel_reaches_splinfer_while_it_reads_the_prompt(stack: Stack) -> None
             stream = tieto.complete("when does the car insurance renew", "notes")
             assert next(stream)["known"]  # the sources; splinfer is asked now
             wait_for(lambda: splinfer.held, 10, "the question to reach splinfer")
-            asked = time.monotonic()
-            tieto.cancel()
-            wait_for(lambda: splinfer.cancelled_at, 5, "splinfer to be told to cancel")
-            assert splinfer.cancelled_at is not None and splinfer.cancelled_at - asked < 1.5
+            yield splinfer, tieto, stream
     finally:
         splinfer.stop()
+
+
+def test_cancel_reaches_splinfer_while_it_reads_the_prompt(stack: Stack) -> None:
+    # A long prompt on an old machine: seconds before splinfer's first token. A cancel
+    # must not wait for that token.
+    with answer_waiting_for_splinfer(stack) as (splinfer, tieto, _stream):
+        asked = time.monotonic()
+        tieto.cancel()
+        wait_for(lambda: splinfer.cancelled_at, 5, "splinfer to be told to cancel")
+        assert splinfer.cancelled_at is not None and splinfer.cancelled_at - asked < 1.5
 
 
 def test_stopping_the_daemon_mid_answer_cancels_it_cleanly(stack: Stack) -> None:
-    stack.start_daemon()
-    splinfer = FakeSplinfer(stack.config, stack.stack, [], silent=True)
-    splinfer.thread.start()
-    try:
-        with stack.access() as tieto:
-            tieto.ingest([stack.docs], "notes")
-            stream = tieto.complete("when does the car insurance renew", "notes")
-            next(stream)
-            wait_for(lambda: splinfer.held, 10, "the question to reach splinfer")
-            stack.stop_daemon()  # systemctl stop: the worker thread is still waiting
-            assert splinfer.cancelled_at is not None  # told, before the bus was closed
-            assert list(stream)[-1]["finish_reason"] == "cancelled"
-    finally:
-        splinfer.stop()
+    with answer_waiting_for_splinfer(stack) as (splinfer, _tieto, stream):
+        stack.stop_daemon()  # systemctl stop: the worker thread is still waiting
+        assert splinfer.cancelled_at is not None  # told, before the bus was closed
+        assert list(stream)[-1]["finish_reason"] == "cancelled"
