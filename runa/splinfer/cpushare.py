@@ -9,8 +9,11 @@ engine asks a :class:`CpuShare` before each decode and sets llama.cpp's thread c
 CPUs left free.
 
 The measure is the machine's busy time (``/proc/stat``, only the CPUs this process may use)
-minus this process's own CPU time, over the last ``interval``: what others used. Our own
+minus this process's own CPU time since the previous sample: what others used. Our own
 threads never count, so using fewer of them cannot make the machine look quieter or busier.
+A sample is taken when ``threads()`` is asked and ``interval`` has passed; the daemon also
+asks while idle (``Engine.watch_cpu``), so the first decode of an answer sees the last
+second or so, not an average over the whole idle time before it.
 """
 
 from __future__ import annotations
@@ -71,10 +74,14 @@ class CpuShare:
         self.others = 0.0  # CPUs others used over the last sample
 
     @classmethod
-    def for_this_process(cls, **kwargs: float) -> CpuShare:
-        """Watching the CPUs this process may run on (taskset/cpusets respected)."""
-        cpus = frozenset(os.sched_getaffinity(0))
-        return cls(len(cpus), machine=lambda: machine_busy_seconds(cpus), **kwargs)
+    def for_this_process(cls, cpus: int | None = None, *, interval: float = 0.5) -> CpuShare:
+        """Watching the CPUs this process may run on (taskset/cpusets respected).
+
+        ``cpus`` is the most threads it will advise (default: the usable CPU count).
+        """
+        usable = frozenset(os.sched_getaffinity(0))
+        return cls(len(usable) if cpus is None else cpus,
+                   machine=lambda: machine_busy_seconds(usable), interval=interval)
 
     def threads(self) -> int:
         now = self._clock()

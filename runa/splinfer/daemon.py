@@ -604,6 +604,7 @@ class Splinfer:
         engine = self.engine
         if engine is None or not engine.loaded:
             return
+        engine.watch_cpu()  # so the next answer's first decode sees the last second
         if self.save_idle_s and self.dirty:
             now = self.clock()
             for seq in engine.residents:

@@ -284,7 +284,7 @@ class Engine:
         self._slow_tokens = False
         self.threads_now = self.threads()[0]
         if self._adapt_threads:
-            self._share = self._cpu_share or CpuShare.for_this_process()
+            self._share = self._cpu_share or CpuShare.for_this_process(self._cpu_count())
         self.load_seconds = self._clock() - started
 
     def unload(self) -> None:
@@ -527,6 +527,11 @@ class Engine:
         if rc == 1:
             raise DecodeError(f"no room in the context for {n} more tokens")
         raise DecodeError(f"llama_decode failed with code {rc}")
+
+    def watch_cpu(self) -> None:
+        """Sample what other programs use, between answers too (see cpushare.py)."""
+        if self._share is not None:
+            self._share.threads()
 
     def _use_threads(self, ctx: llama_cpp.llama_context_p, threads: int) -> None:
         if threads != self.threads_now:

@@ -40,7 +40,7 @@ from runa.splinter.errors import BadSchema, SplinterError, SubscriberDropped
 from runa.tieto.answer import Grounding, complete
 from runa.tieto.api import Tieto, TietoSettings
 from runa.tieto.embed import Embedder
-from runa.tieto.errors import TietoError, TopicError
+from runa.tieto.errors import IndexWriteError, TietoError, TopicError
 from runa.tieto.ingest import IngestEvent
 from runa.tieto.memory import memory
 from runa.tieto.topic import check_topic_name, parse_declaration
@@ -127,8 +127,10 @@ class _Cancellable:
 
 def _fault_payload(error: RunaError) -> dict[str, Any]:
     """An error as the client needs it: the fault, the message, the command's exit status."""
-    code = Fault.BAD_SCHEMA if isinstance(error, TietoError | ConfigError) or \
-        error.exit_code in (64, 65, 66) else Fault.INTERNAL_ERROR
+    request_was_bad = isinstance(error, TietoError | ConfigError) and \
+        not isinstance(error, IndexWriteError)  # a full disk is not the request's fault
+    code = Fault.BAD_SCHEMA if request_was_bad or error.exit_code in (64, 65, 66) \
+        else Fault.INTERNAL_ERROR
     return {"error": code, "message": str(error), "exit_code": error.exit_code,
             "kind": type(error).__name__}
 

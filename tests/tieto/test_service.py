@@ -306,7 +306,8 @@ def test_cancel_reaches_splinfer_while_it_reads_the_prompt(stack: Stack) -> None
         asked = time.monotonic()
         tieto.cancel()
         wait_for(lambda: splinfer.cancelled_at, 5, "splinfer to be told to cancel")
-        assert splinfer.cancelled_at is not None and splinfer.cancelled_at - asked < 1.5
+        # Well before the token that never comes (tieto polls 0.25 s, the client 0.1 s).
+        assert splinfer.cancelled_at is not None and splinfer.cancelled_at - asked < 4
 
 
 def test_stopping_the_daemon_mid_answer_cancels_it_cleanly(stack: Stack) -> None:
