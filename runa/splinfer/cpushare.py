@@ -3,7 +3,7 @@
 llama.cpp's threads meet at a barrier after every graph node. When another program keeps
 one of two CPUs busy, one of our two threads runs only part of the time and the other spins
 at the barrier waiting for it. Measured on a 2-CPU machine with SmolLM2-135M: one busy
-process beside generation took 2 threads from 127 to 49 tokens/s while 1 thread kept 91
+process beside generation took 2 threads from 127 to 44 tokens/s while 1 thread kept 89
 (bench/contention.py; docs/bench.md, "Contention"). So with ``splinfer.threads = -1`` the
 engine asks a :class:`CpuShare` before each decode and sets llama.cpp's thread count to the
 CPUs left free.
