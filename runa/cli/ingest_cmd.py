@@ -110,8 +110,15 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     try:
         with open_tieto(ctx.config, ctx.paths, ctx.stack, "ingest",
                         timeout=args.timeout) as tieto:
-            report = tieto.ingest(args.paths, args.topic, filterable=args.filterable,
-                                  rebuild=args.rebuild, progress=progress)
+            try:
+                report = tieto.ingest(args.paths, args.topic, filterable=args.filterable,
+                                      rebuild=args.rebuild, progress=progress)
+            except KeyboardInterrupt:
+                tieto.cancel()  # the daemon's ingest stops at its next file or batch
+                progress.finish()
+                print("runa: ingest stopped; the files ingested until then are kept (a topic "
+                      "being created is not)", file=sys.stderr)
+                return 130
     finally:
         progress.finish()
     if args.json:

@@ -122,10 +122,14 @@ class Tieto:
             self._open[topic] = TopicIndex.open(path)
         return self._open[topic]
 
-    def _drop(self, topic: str) -> None:
+    def release(self, topic: str) -> None:
+        """Close the open handle of ``topic``: another connection created or replaced its file."""
         index = self._open.pop(topic, None)
         if index is not None:
             index.close()
+
+    def _drop(self, topic: str) -> None:
+        self.release(topic)
         shutil.rmtree(self.index_path(topic).parent, ignore_errors=True)
 
     def ingest(self, paths: Sequence[Path], topic: str, *,

@@ -39,9 +39,10 @@ from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, SplinterError, SubscriberDropped
 from runa.tieto.answer import Grounding, complete
 from runa.tieto.api import Tieto, TietoSettings
-from runa.tieto.embed import Embedder
-from runa.tieto.errors import IndexWriteError, TietoError, TopicError
-from runa.tieto.ingest import IngestEvent
+from runa.tieto.background import IngestJob, IngestQueue, LockedEmbedder
+from runa.tieto.embed import Embedder, EmbedderWrapper
+from runa.tieto.errors import IndexWriteError, TietoError, TopicBusyError, TopicError
+from runa.tieto.ingest import IngestEvent, IngestReport
 from runa.tieto.memory import memory
 from runa.tieto.topic import check_topic_name, parse_declaration
 
@@ -52,20 +53,16 @@ OPS = ("recall", "sources", "complete", "ingest", "snapshot", "restore", "topics
 EMBED_SLICE = 4
 #: Longest wait on the queue, so promote events are filed promptly.
 QUEUE_WAIT_S = 0.25
+#: How long stopping waits for a running ingest to reach its next cancellation point.
+INGEST_STOP_WAIT_S = 10.0
 
 
-class LivelyEmbedder:
+class LivelyEmbedder(EmbedderWrapper):
     """An embedder that pings the service manager between small slices of work."""
 
     def __init__(self, inner: Embedder, keepalive: Callable[[], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.keepalive = keepalive
-        self.dim = inner.dim
-        self.max_tokens = inner.max_tokens
-        self.model_id = inner.model_id
-
-    def count_tokens(self, text: str) -> int:
-        return self.inner.count_tokens(text)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         parts = []
@@ -73,11 +70,6 @@ class LivelyEmbedder:
             self.keepalive()
             parts.append(self.inner.embed(texts[start:start + EMBED_SLICE]))
         return np.concatenate(parts) if parts else self.inner.embed([])
-
-    def close(self) -> None:
-        close = getattr(self.inner, "close", None)
-        if close is not None:
-            close()
 
 
 class _Completion:
@@ -129,8 +121,9 @@ def _fault_payload(error: RunaError) -> dict[str, Any]:
     """An error as the client needs it: the fault, the message, the command's exit status."""
     request_was_bad = isinstance(error, TietoError | ConfigError) and \
         not isinstance(error, IndexWriteError)  # a full disk is not the request's fault
-    code = Fault.BAD_SCHEMA if request_was_bad or error.exit_code in (64, 65, 66) \
-        else Fault.INTERNAL_ERROR
+    code = Fault.BACKPRESSURE if isinstance(error, TopicBusyError) else \
+        Fault.BAD_SCHEMA if request_was_bad or error.exit_code in (64, 65, 66) else \
+        Fault.INTERNAL_ERROR
     return {"error": code, "message": str(error), "exit_code": error.exit_code,
             "kind": type(error).__name__}
 
@@ -150,7 +143,10 @@ class TietoDaemon:
         self._embedder_factory = embedder_factory
         self._splinfer = splinfer or (lambda bus: ServiceClient(bus, "splinfer", NAME))
         self.tieto: Tieto | None = None
-        self._embedder: LivelyEmbedder | None = None
+        self.ingests: IngestQueue | None = None
+        self._model: LockedEmbedder | None = None
+        self._model_lock = threading.Lock()
+        self._ingested: deque[str] = deque()  # topics the ingest worker finished with
         self.bus: Bus | None = None
         self.inbox: deque[Envelope] = deque()
         self.completions: dict[str, _Completion] = {}
@@ -168,27 +164,39 @@ class TietoDaemon:
             raise ConfigError(self.config.origin("tieto.short_term_topic"),
                               "tieto.short_term_topic", self.settings.short_term_topic,
                               str(error)) from None
-        self.tieto = Tieto(self.settings, embedder_factory=self._load_embedder)
+        self.tieto = Tieto(self.settings, embedder_factory=self._lively_model)
+        self.ingests = IngestQueue(Tieto(self.settings, embedder_factory=self._shared_model),
+                                   self._ingested.append, self.logger)
         self.bus = bus_mod.connect(self.config, self.stack)
         self.stats = self.bus.component_stats(NAME)
         self.queue = self.bus.queue(NAME, stats=self.stats)
         self.events = self.bus.subscribe(EVENTS_CHANNEL)
         ctx.status(f"ready: {len(self.tieto.topics())} topics")
 
-    def _load_embedder(self) -> Embedder:
+    def _shared_model(self) -> LockedEmbedder:
+        """The one embedding model, loaded on first need by whichever thread needs it."""
+        with self._model_lock:
+            if self._model is None:
+                assert self._ctx is not None
+                self._ctx.status("loading the embedding model")
+                inner = self._embedder_factory() if self._embedder_factory else \
+                    Tieto(self.settings)._load_embedder()
+                self._model = LockedEmbedder(inner, threading.Lock())
+                self._ctx.status("ready")
+            return self._model
+
+    def _lively_model(self) -> Embedder:
+        """The model as the daemon's loop uses it: pinging the watchdog between slices."""
         assert self._ctx is not None
-        self._ctx.status("loading the embedding model")
-        self._ctx.keepalive()
-        inner = self._embedder_factory() if self._embedder_factory else \
-            Tieto(self.settings)._load_embedder()
-        self._embedder = LivelyEmbedder(inner, self._ctx.keepalive)
-        self._ctx.status("ready")
-        return self._embedder
+        return LivelyEmbedder(self._shared_model(), self._ctx.keepalive)
 
     def step(self, timeout: float) -> None:
         self._read_events()
         if not self.inbox:
             self._read_queue(min(timeout, QUEUE_WAIT_S))
+        while self._ingested:  # its file may be new or replaced: open it afresh next time
+            assert self.tieto is not None
+            self.tieto.release(self._ingested.popleft())
         while self.inbox:
             self._handle(self.inbox.popleft())
         for rid, completion in list(self.completions.items()):
@@ -198,17 +206,20 @@ class TietoDaemon:
     def stop(self) -> None:
         for completion in self.completions.values():
             completion.cancelled.set()
+        ingest_ended = self.ingests.stop(INGEST_STOP_WAIT_S) if self.ingests else True
         for completion in self.completions.values():
             # A cancelled request ends within CANCEL_WAIT even if splinfer never answers.
             completion.thread.join(timeout=CANCEL_WAIT + 2)
         running = [c.request.id for c in self.completions.values() if c.thread.is_alive()]
+        if not ingest_ended:
+            running.append("the ingest")
         if self.tieto is not None:
             self.tieto.close()
-        if self._embedder is not None:
-            self._embedder.close()
+        if self._model is not None and ingest_ended:
+            self._model.close()
         if running:
             # Unmapping the bus under a thread that still reads it would crash the process.
-            self.logger.warning("completion %s did not end; the bus stays open until exit",
+            self.logger.warning("%s did not end; the bus stays open until exit",
                                 ", ".join(running))
         elif self.bus is not None:
             self.queue.close()
@@ -284,8 +295,9 @@ class TietoDaemon:
     def _op_status(self, request: Envelope) -> None:
         assert self.tieto is not None
         self._reply(request, {"topics": self.tieto.topics(),
-                              "model_loaded": self._embedder is not None,
-                              "completing": len(self.completions), "memories_filed": self.filed},
+                              "model_loaded": self._model is not None,
+                              "completing": len(self.completions), "memories_filed": self.filed,
+                              **(self.ingests.describe() if self.ingests else {})},
                     0, True)
 
     def _op_topics(self, request: Envelope) -> None:
@@ -347,17 +359,26 @@ class TietoDaemon:
         declared = request.payload.get("filterable")
         filterable = None if declared is None else \
             [parse_declaration(d) for d in _strings(request, "filterable")]
-        seq = iter(range(1 << 30))
+        topic = _text(request, "topic")
+        check_topic_name(topic)
+        assert self.ingests is not None
+        seq = iter(range(1 << 30))  # used by the worker thread only, once submitted
 
         def progress(event: IngestEvent) -> None:
             self._reply(request, {"event": vars(event)}, next(seq), False)
-            if self._ctx is not None:
-                self._ctx.keepalive()
 
-        report = self.tieto.ingest(paths, _text(request, "topic"), filterable=filterable,
-                                   rebuild=bool(request.payload.get("rebuild")),
-                                   progress=progress)
-        self._reply(request, {"report": report.as_dict()}, next(seq), True)
+        def done(report: IngestReport) -> None:
+            self._reply(request, {"report": report.as_dict()}, next(seq), True)
+
+        def failed(error: BaseException) -> None:
+            self._fail(request, _fault_payload(error) if isinstance(error, RunaError) else
+                       {"error": Fault.INTERNAL_ERROR, "message": str(error)})
+
+        ahead = self.ingests.submit(IngestJob(
+            request.id, topic, paths, filterable, bool(request.payload.get("rebuild")),
+            progress, done, failed))
+        if ahead:
+            self.logger.info("ingest into %s waits for %d earlier one(s)", topic, ahead)
 
     def _op_snapshot(self, request: Envelope) -> None:
         assert self.tieto is not None
@@ -373,15 +394,23 @@ class TietoDaemon:
         source = Path(_text(request, "path"))
         if not source.is_absolute():
             raise _bad(request, "restore needs 'path': the absolute path of a snapshot")
+        topic = _text(request, "topic")
+        if self.ingests is not None and topic in self.ingests.busy_topics():
+            raise TopicBusyError(f"topic {topic!r} is being ingested; restore it when the "
+                                 "ingest has ended (or cancel the ingest)")
         self.tieto.restore(_text(request, "topic"), source)
         self._reply(request, {"topic": request.payload["topic"], "restored": str(source)},
                     0, True)
 
     def _cancel(self, request: Envelope) -> None:
         target = request.payload.get("target")
-        completion = self.completions.get(target) if isinstance(target, str) else None
+        if not isinstance(target, str):
+            return
+        completion = self.completions.get(target)
         if completion is not None:
             completion.cancelled.set()
+        elif self.ingests is not None:
+            self.ingests.cancel(target)
 
     # -- sending ---------------------------------------------------------------------------
 

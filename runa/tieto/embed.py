@@ -34,6 +34,27 @@ class Embedder(Protocol):
         ...
 
 
+class EmbedderWrapper:
+    """Another embedder with something around its calls (same model, same vectors)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.dim = inner.dim
+        self.max_tokens = inner.max_tokens
+        self.model_id = inner.model_id
+
+    def count_tokens(self, text: str) -> int:
+        return self.inner.count_tokens(text)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.embed(texts)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is not None:
+            close()
+
+
 class EmbedderError(TietoError):
     """The embedding model cannot be loaded or used."""
 

@@ -93,6 +93,12 @@ class IndexCorruptError(TietoError):
     """The index file is not a tieto index or was written by an incompatible version."""
 
 
+class TopicBusyError(TietoError):
+    """The topic is being ingested; what was asked would replace it under the ingest."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again when the ingest has ended
+
+
 class IndexWriteError(TietoError):
     """The topic's index file cannot be written: a full disk, an I/O error, a read-only file.
 

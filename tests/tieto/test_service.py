@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +27,7 @@ from support import isolated_env, remove_segments, wait_for
 from runa import bus as bus_mod
 from runa import config as config_mod
 from runa.bus import HealthWriter
+from runa.client import ServiceClient
 from runa.paths import Paths
 from runa.service import ServiceRunner
 from runa.splinter import EVENTS_CHANNEL, Envelope
@@ -315,3 +319,104 @@ def test_stopping_the_daemon_mid_answer_cancels_it_cleanly(stack: Stack) -> None
         stack.stop_daemon()  # systemctl stop: the worker thread is still waiting
         assert splinfer.cancelled_at is not None  # told, before the bus was closed
         assert list(stream)[-1]["finish_reason"] == "cancelled"
+
+
+class SlowEmbedder(FakeEmbedder):
+    """An embedding model on an old machine: every call takes a while."""
+
+    def embed(self, texts):
+        time.sleep(0.1)
+        return super().embed(texts)
+
+
+def _bulk(root: Path, count: int = 40) -> Path:
+    root.mkdir()
+    for i in range(count):
+        (root / f"b{i:02}.md").write_text(f"Bulk note {i} about harbours and ropes.\n")
+    return root
+
+
+class Ingesting:
+    """``runa ingest`` of a folder through the daemon, in a thread, as another process would."""
+
+    def __init__(self, stack: Stack, folder: Path, topic: str) -> None:
+        self.events: list[object] = []
+        self.result: object = None
+        self.access = stack.access()
+        self.remote = self.access.__enter__()
+        self.thread = threading.Thread(target=self._run, args=(folder, topic), daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.events, 10, "the ingest to start")
+
+    def _run(self, folder: Path, topic: str) -> None:
+        try:
+            self.result = self.remote.ingest([folder], topic, progress=self.events.append)
+        except Exception as error:  # what the command would print
+            self.result = error
+
+    def request_id(self) -> str:
+        return str(self.remote.client._active)
+
+    def finish(self) -> object:
+        self.thread.join(30)
+        self.access.__exit__(None, None, None)
+        return self.result
+
+
+def test_questions_are_answered_while_a_long_ingest_runs(stack: Stack, tmp_path: Path) -> None:
+    stack.fake = SlowEmbedder()
+    stack.start_daemon()
+    with stack.access() as tieto:
+        tieto.ingest([stack.docs], "notes")
+        ingest = Ingesting(stack, _bulk(tmp_path / "bulk"), "bulk")
+        asked = time.monotonic()
+        hits = tieto.recall("when does the car insurance renew", "notes")
+        answered = time.monotonic() - asked
+        assert hits[0].source.endswith("car.md")
+        assert ingest.thread.is_alive(), "the ingest ended before the question was answered"
+        assert answered < 3  # one embedding call at most, not the whole ingest (≥ 4 s)
+        assert tieto.client.call({"op": "status"})["ingesting"] == "bulk"
+        with pytest.raises(Exception) as busy:
+            tieto.restore("bulk", tmp_path / "any.sqlite")
+        assert busy.value.exit_code == 75 and "being ingested" in str(busy.value)
+    report = ingest.finish()
+    assert getattr(report, "ingested", None) == 40, report
+
+
+def test_a_running_ingest_can_be_cancelled_and_keeps_what_it_did(stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    stack.fake = SlowEmbedder()
+    stack.start_daemon()
+    bulk = _bulk(tmp_path / "bulk")
+    with stack.access() as tieto:
+        tieto.ingest([bulk / "b00.md"], "bulk")  # the topic exists: what is done stays
+        ingest = Ingesting(stack, bulk, "bulk")
+        wait_for(lambda: sum(getattr(e, "stage", "") == "ingested" for e in ingest.events) >= 2,
+                 10, "two files to be ingested")
+        with bus_mod.connect(stack.config, stack.stack) as bus:
+            bus.sender("tieto").send(env_mod.cancel("test", "tieto", ingest.request_id()))
+        outcome = ingest.finish()
+        assert getattr(outcome, "exit_code", None) == 130 and "cancelled" in str(outcome)
+        kept = {h.source for h in tieto.recall("bulk note harbours", "bulk", k=50)}
+        assert 1 < len(kept) < 40
+        assert tieto.client.call({"op": "status"})["ingesting"] is None
+
+
+def test_ctrl_c_on_runa_ingest_stops_the_daemons_ingest(stack: Stack, tmp_path: Path) -> None:
+    stack.fake = SlowEmbedder()
+    stack.start_daemon()
+    bulk = _bulk(tmp_path / "bulk")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "runa", "ingest", str(bulk), "--topic", "bulk"],
+        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with bus_mod.connect(stack.config, stack.stack) as bus, \
+            ServiceClient(bus, "tieto", "test") as client:
+        wait_for(lambda: client.call({"op": "status"})["ingesting"] == "bulk", 20,
+                 "the daemon to start the command's ingest")
+        command.send_signal(signal.SIGINT)
+        _, err = command.communicate(timeout=20)
+        assert command.returncode == 130 and "ingest stopped" in err, err
+        wait_for(lambda: client.call({"op": "status"})["ingesting"] is None, 10,
+                 "the daemon's ingest to stop")
+        # Cancelled, not finished: the topic it was creating is gone (40 files take ≥ 4 s).
+        assert "bulk" not in client.call({"op": "topics"})["topics"]
