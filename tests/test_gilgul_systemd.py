@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults import SURVIVOR, write_fault_stack
 from support import runa, wait_for
 
 from runa.gilgul import registry, units
@@ -30,36 +31,8 @@ from runa.testing.tiny_gguf import write_tiny_gguf
 pytestmark = pytest.mark.real_systemd
 
 RUNA = str(Path(sys.executable).with_name("runa"))
-SURVIVOR = ("test:survivor", "still here")
 WATCHED = ("splinter", "splinfer", "demo")
-
-CONFIG = """\
-[splinfer]
-ctx_size = 512
-threads = 2
-batch_size = 512
-idle_unload_s = 2.0
-
-[gilgul]
-backoff_initial_s = 0.5
-backoff_max_s = 2.0
-window_s = 120.0
-escalate_after = 4
-heartbeat_timeout_s = 2.0
-policy_script = "{root}/policy.sh"
-
-[components.splinfer]
-watchdog_sec = 2
-
-[components.demo]
-watchdog_sec = 2
-"""
-
-DEMO = """\
-[components.demo]
-description = "Runa demo daemon (gilgul's test subject)"
-after = ["splinter"]
-
+NO_TIETO = """
 # tieto's own restart test is tests/tieto/test_tieto_systemd.py.
 [components.tieto]
 enabled = false
@@ -137,12 +110,8 @@ class Stack:
 def stack(user_manager) -> Iterator[Stack]:
     root = user_manager.runtime_dir / f"runa-gilgul-test-{os.getpid()}"  # outside PrivateTmp=
     shutil.rmtree(root, ignore_errors=True)
-    (root / "etc/components.d").mkdir(parents=True)
-    (root / "etc/runa.toml").write_text(CONFIG.format(root=root))
-    (root / "etc/components.d/50-demo.toml").write_text(DEMO)
-    hook = root / "policy.sh"
-    hook.write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {root}/escalations\n')
-    hook.chmod(0o755)
+    write_fault_stack(root, splinfer_extra="idle_unload_s = 2.0\n",
+                      components_extra=NO_TIETO)
     model = write_tiny_gguf(root / "tiny.gguf")
     common = {"RUNA_STACK": f"g{os.getpid()}", "RUNA_SYSCONFDIR": str(root / "etc"),
               "XDG_CONFIG_HOME": str(root / "home/.config"),

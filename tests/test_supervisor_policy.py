@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from faults import SURVIVOR, write_fault_stack
 from support import isolated_env, remove_segments, runa
 
 from runa import config as config_mod
@@ -29,35 +30,6 @@ from runa.paths import Paths
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor.core import Supervisor
 from runa.testing.tiny_gguf import write_tiny_gguf
-
-SURVIVOR = ("test:survivor", "still here")
-
-CONFIG = """\
-[splinfer]
-ctx_size = 512
-threads = 2
-batch_size = 512
-
-[gilgul]
-backoff_initial_s = 0.5
-backoff_max_s = 2.0
-window_s = 120.0
-escalate_after = 4
-heartbeat_timeout_s = 2.0
-policy_script = "{root}/policy.sh"
-
-[components.splinfer]
-watchdog_sec = 2
-
-[components.demo]
-watchdog_sec = 2
-"""
-
-DEMO = """\
-[components.demo]
-description = "Runa demo daemon (gilgul's test subject)"
-after = ["splinter"]
-"""
 
 
 class Capture(logging.Handler):
@@ -124,12 +96,7 @@ class Harness:
 
 @contextlib.contextmanager
 def _stack(root: Path) -> Iterator[Harness]:
-    (root / "etc/components.d").mkdir(parents=True)
-    (root / "etc/runa.toml").write_text(CONFIG.format(root=root))
-    (root / "etc/components.d/50-demo.toml").write_text(DEMO)
-    hook = root / "policy.sh"
-    hook.write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {root}/escalations\n')
-    hook.chmod(0o755)
+    write_fault_stack(root)
     env = isolated_env(root) | {"RUNA_SPLINFER_MODEL": str(write_tiny_gguf(root / "tiny.gguf")),
                                 "RUNA_LOG_TARGET": "stderr"}
     paths = Paths.for_stack(env["RUNA_STACK"], env)

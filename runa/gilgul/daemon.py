@@ -228,14 +228,7 @@ class Gilgul:
                   exit_code=state.get("ExecMainCode", ""),
                   exit_status=state.get("ExecMainStatus", ""))
         if decision.escalate:
-            ran = self.hook.run(name, reason, decision.incarnation)
-            log.event(self.logger, "escalated",
-                      f"{name} escalated after {decision.failures} failures in "
-                      f"{self.policy.settings.window_s:g} s ({reason})"
-                      + (f"; ran {self.hook.script}" if ran else "; no policy script"),
-                      level=logging.ERROR, component=name, reason=reason,
-                      incarnation=decision.incarnation, failures=decision.failures,
-                      decision=decision.action, script=self.hook.script)
+            events.escalated(self.logger, self.policy, self.hook, name, reason, decision)
 
     # -- what gilgul does -------------------------------------------------------------------
 

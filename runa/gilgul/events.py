@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 
 from runa import log
-from runa.gilgul.policy import Policy
+from runa.gilgul.hook import PolicyHook
+from runa.gilgul.policy import Decision, Policy
 
 
 def running(logger: logging.Logger, policy: Policy, name: str, incarnation: int, pid: int,
@@ -26,3 +27,16 @@ def running(logger: logging.Logger, policy: Policy, name: str, incarnation: int,
         policy.running(name)
         message = f"{name} is running (pid {pid})"
     log.event(logger, "running", message, **fields)
+
+
+def escalated(logger: logging.Logger, policy: Policy, hook: PolicyHook, name: str,
+              reason: str, decision: Decision) -> None:
+    """Too many failures in the window: run the policy script (if any) and say so."""
+    ran = hook.run(name, reason, decision.incarnation)
+    log.event(logger, "escalated",
+              f"{name} escalated after {decision.failures} failures in "
+              f"{policy.settings.window_s:g} s ({reason})"
+              + (f"; ran {hook.script}" if ran else "; no policy script"),
+              level=logging.ERROR, component=name, reason=reason,
+              incarnation=decision.incarnation, failures=decision.failures,
+              decision=decision.action, script=hook.script)

@@ -381,15 +381,7 @@ class Supervisor:
                   decision=decision.action, delay_s=decision.restart_in or 0,
                   exit_code=code, exit_status=status, main_pid=child.pid)
         if decision.escalate:
-            hook = self.gilgul.hook
-            ran = hook.run(name, reason, decision.incarnation)
-            log.event(self.logger, "escalated",
-                      f"{name} escalated after {decision.failures} failures in "
-                      f"{self.policy.settings.window_s:g} s ({reason})"
-                      + (f"; ran {hook.script}" if ran else "; no policy script"),
-                      level=logging.ERROR, component=name, reason=reason,
-                      incarnation=decision.incarnation, failures=decision.failures,
-                      decision=decision.action, script=hook.script)
+            events.escalated(self.logger, self.policy, self.gilgul.hook, name, reason, decision)
 
     def _kill(self, child: Child, reason: str, signum: signal.Signals, why: str) -> None:
         """End a child the way systemd would: ``signum`` plus SIGCONT, SIGKILL if it lingers."""
