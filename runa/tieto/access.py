@@ -70,9 +70,9 @@ def report_from_dict(data: dict[str, Any]) -> IngestReport:
     """An IngestReport as the daemon sent it (``IngestReport.as_dict``)."""
     fields = {k: data[k] for k in ("files", "unchanged", "ingested", "removed", "failed",
                                    "chunks_embedded", "seconds") if k in data}
-    problems = [InputError(p["path"], p.get("line"), p["problem"])
-                for p in data.get("problems", [])]
-    return IngestReport(**fields, problems=problems)
+    problems, skipped = ([InputError(p["path"], p.get("line"), p["problem"])
+                          for p in data.get(kind, [])] for kind in ("problems", "skipped"))
+    return IngestReport(**fields, problems=problems, skipped=skipped)
 
 
 def _request(overrides: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ embedder (tests use a small deterministic one).
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -167,14 +168,25 @@ class Tieto:
         try:
             report = ingester.run(paths)
         except BaseException as e:
-            if created:
-                self._drop(topic)
-                if isinstance(e, IndexWriteError):
-                    raise e.topic_not_created() from None
+            # Interrupted (Ctrl-C, a cancel, a full disk): a new topic keeps the files it
+            # finished, as an existing one does; only one with none is removed again.
+            if created and self._drop_if_empty(topic, index) and isinstance(e, IndexWriteError):
+                raise e.topic_not_created() from None
             raise
-        if created and index.stats()["sources"] == 0:
-            self._drop(topic)  # nothing usable: do not leave an empty topic behind
+        if created:
+            self._drop_if_empty(topic, index)  # nothing usable: leave no empty topic behind
         return report
+
+    def _drop_if_empty(self, topic: str, index: TopicIndex) -> bool:
+        """Remove ``topic`` when it holds no file; whether it did. One that cannot be read
+        is left alone: it may hold what an interrupted ingest finished."""
+        try:
+            empty = index.stats()["sources"] == 0
+        except sqlite3.Error:  # keeping it is the safe answer
+            return False
+        if empty:
+            self._drop(topic)
+        return empty
 
     def recall(self, question: str, topic: str, filters: Sequence[str] = (),
                **overrides: Any) -> list[Hit]:

@@ -44,6 +44,10 @@ class NotTextError(InputError):
     """The file is binary or not UTF-8."""
 
 
+class NotRegularFileError(InputError):
+    """A FIFO, socket or device where a file was expected: skipped, never waited on."""
+
+
 class MetadataError(InputError):
     """A front-matter value does not fit the type its key is declared with in the topic."""
 

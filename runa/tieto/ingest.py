@@ -5,7 +5,8 @@ skipped without loading the embedding model — else parse, chunk, embed and
 replace the file's previous content in one transaction. Files that were
 ingested from under a directory given again but are no longer there are
 removed. A file that cannot be read or parsed is reported (file and line) and
-left as it was in the index; the rest goes on. A JSONL file with some broken
+left as it was in the index; the rest goes on. A FIFO, socket or device where a file
+was expected is skipped, its reason reported, without waiting on it. A JSONL file with some broken
 lines keeps its good lines and is marked incomplete: while it is unchanged the
 next run embeds nothing but parses it again to name the broken lines again.
 """
@@ -22,7 +23,7 @@ import numpy as np
 
 from runa.tieto.chunk import Chunk, Chunker
 from runa.tieto.embed import Embedder
-from runa.tieto.errors import IndexWriteError, InputError, MetadataError
+from runa.tieto.errors import IndexWriteError, InputError, MetadataError, NotRegularFileError
 from runa.tieto.index import PreparedDoc, TopicIndex
 from runa.tieto.sources import Record, parse, read_bytes, walk
 from runa.tieto.topic import DeclaredValueError
@@ -33,7 +34,7 @@ EMBED_BATCH = 32
 
 @dataclass(frozen=True)
 class IngestEvent:
-    """Progress: ``stage`` is one of scan, unchanged, ingested, failed, removed, embed."""
+    """Progress: ``stage`` is one of scan, unchanged, ingested, failed, skipped, removed, embed."""
 
     stage: str
     path: str
@@ -57,6 +58,8 @@ class IngestReport:
     chunks_embedded: int = 0
     seconds: float = 0.0
     problems: list[InputError] = field(default_factory=list)
+    skipped: list[InputError] = field(default_factory=list)
+    """Things that are not regular files (a FIFO, a socket): not read, not a failure."""
 
     @property
     def ok(self) -> bool:
@@ -69,6 +72,8 @@ class IngestReport:
             "chunks_embedded": self.chunks_embedded, "seconds": round(self.seconds, 3),
             "problems": [{"path": p.path, "line": p.line, "problem": p.problem}
                          for p in self.problems],
+            "skipped": [{"path": p.path, "line": p.line, "problem": p.problem}
+                        for p in self.skipped],
         }  # fmt: skip
 
 
@@ -155,6 +160,10 @@ class Ingester:
                 raise problems[0] if len(problems) == 1 else InputError(
                     path, problems[0].line, f"nothing usable ({len(problems)} problems)")
             added = self.index.replace_source(name, sha, source.size, not problems, docs)
+        except NotRegularFileError as e:
+            report.skipped.append(e)
+            self.progress(IngestEvent("skipped", name, number, total, message=str(e)))
+            return
         except InputError as e:
             report.failed += 1
             report.problems.append(e)

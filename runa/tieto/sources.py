@@ -1,7 +1,9 @@
 """Read input files into records: one per Markdown/text file, one per JSONL line.
 
 A file is read whole as bytes (its sha256 is what incremental ingest compares),
-refused when binary or not UTF-8, and parsed by its kind:
+refused when binary or not UTF-8, and parsed by its kind. Only regular files are read: a FIFO
+named ``notes.md`` would block its reader for ever, so it is opened without blocking and
+refused after a look at what was opened (NotRegularFileError); the ingest skips it.
 
 * ``.jsonl``: each non-blank line ``{"text": "...", "meta": {...}}``; a broken
   line is reported with its number and the other lines still count;
@@ -13,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from runa.tieto.errors import (
     EmptyInputError,
     InputError,
     JsonlLineError,
+    NotRegularFileError,
     NotTextError,
 )
 
@@ -58,9 +62,32 @@ class SourceFile:
     problems: tuple[InputError, ...] = field(default_factory=tuple)
 
 
-def read_bytes(path: Path) -> tuple[bytes, str]:
-    """The file's bytes and their sha256."""
-    data = path.read_bytes()
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISDIR, "a directory"))
+#: Open flags: never wait for a FIFO's writer, never take a terminal as controlling one.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _check_regular(mode: int, path: Path) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+        raise NotRegularFileError(path, None, f"not a regular file ({kind}); skipped")
+
+
+def read_bytes(path: Path, *, opener: Callable[[Path, int], int] = os.open
+               ) -> tuple[bytes, str]:
+    """The file's bytes and their sha256; NotRegularFileError for anything but a file.
+
+    What is checked is the opened descriptor, so a file swapped for a FIFO between a look
+    at the path and the open cannot block the read. ``os.stat`` first spares opening a
+    device at all.
+    """
+    _check_regular(os.stat(path).st_mode, path)
+    fd = opener(path, _OPEN_FLAGS)
+    with os.fdopen(fd, "rb") as file:
+        _check_regular(os.fstat(fd).st_mode, path)
+        data = file.read()
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -137,7 +164,9 @@ def walk(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
     """(root, file) for every file to ingest under ``paths``, in a stable order.
 
     A directory yields its files with a known suffix, hidden files and
-    directories skipped; a file is yielded as it is, whatever its suffix.
+    directories skipped; a file is yielded as it is, whatever its suffix. Anything
+    else that is not a directory (a FIFO, a socket) is yielded too, for the reader
+    to refuse with its reason rather than leave it unmentioned.
     """
     for root in paths:
         if root.is_dir():
@@ -146,5 +175,5 @@ def walk(paths: Sequence[Path]) -> Iterator[tuple[Path, Path]]:
                 for name in sorted(files):
                     if not name.startswith(".") and name.lower().endswith(KNOWN_SUFFIXES):
                         yield root, Path(directory) / name
-        elif root.is_file():
+        elif root.exists():
             yield root, root

@@ -76,10 +76,37 @@ def test_a_full_disk_stops_the_ingest_keeps_the_index_and_says_how_to_finish(
     assert (report.failed, report.unchanged, report.ingested) == (0, kept, 121 - kept)
 
 
-def test_a_new_topic_on_a_full_disk_is_not_left_behind(tiny_tmpfs: Path, tieto_on,
-                                                       tmp_path: Path) -> None:
+def test_a_new_topic_on_a_full_disk_keeps_the_files_that_fitted(tiny_tmpfs: Path, tieto_on,
+                                                                tmp_path: Path) -> None:
+    # As an interrupted ingest into an existing topic does (and as the manual says): the files
+    # done are kept, and the same command finishes the job once there is space.
+    bulk = _many_files(tmp_path / "bulk")
+    tieto = tieto_on()
+    with pytest.raises(IndexWriteError) as full:
+        tieto.ingest([bulk], "bulk")
+    assert full.value.exit_code == 74
+    assert tieto.topics() == ["bulk"]
+    tieto.close()
+    again = tieto_on()
+    kept = again.open("bulk").stats()["sources"]
+    assert 1 <= kept < 120
+    assert f"{kept} of 120 file(s) were ingested before it and are kept" in str(full.value)
+    assert "run the same command again" in str(full.value)
+    with sqlite3.connect(again.index_path("bulk")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    _grow(tiny_tmpfs, "64m")
+    report = again.ingest([bulk], "bulk")
+    assert (report.failed, report.unchanged, report.ingested) == (0, kept, 120 - kept)
+
+
+def test_a_new_topic_whose_first_file_does_not_fit_is_not_left_behind(
+        tiny_tmpfs: Path, tieto_on, tmp_path: Path) -> None:
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    rng = random.Random(11)
+    (huge / "big.md").write_text(" ".join(f"w{rng.randrange(10**9)}" for _ in range(150_000)))
     tieto = tieto_on()
     with pytest.raises(IndexWriteError, match="the new topic was not created"):
-        tieto.ingest([_many_files(tmp_path / "bulk")], "bulk")
+        tieto.ingest([huge], "bulk")
     assert tieto.topics() == []
     assert not (tiny_tmpfs / "topics" / "bulk").exists()
