@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from runa.cli.context import CliContext
+from runa.errors import UsageError
 from runa.tieto.topic import COLUMN_TYPES, parse_declaration
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
+    from runa.client import ServiceClient
     from runa.tieto.ingest import IngestEvent, IngestReport
 
 
@@ -27,12 +29,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "files are skipped (sha256); files gone from a directory given again are removed. "
         "A broken file is reported with its line and the rest goes on. Exit status: 0 all "
         "ingested; 65 some files or lines failed (each is named on standard error); 64 bad "
-        "usage; 66 the embedding model is not installed (run 'runa models setup').",
+        "usage; 66 the embedding model is not installed (run 'runa models setup'). Anything "
+        "that is not a regular file (a FIFO, a socket) is skipped and named. Ctrl-C stops the "
+        "ingest; the files ingested until then are kept (exit 130). --status lists the tieto "
+        "daemon's running and waiting ingests with their ids; --cancel stops one (exit 66: "
+        "no such ingest).",
         epilog="Example: runa ingest ~/notes --topic notes --filterable year:integer",
     )
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                         help="files or directories")
-    parser.add_argument("--topic", required=True, metavar="T", help="the topic to add to")
+    parser.add_argument("--topic", metavar="T", help="the topic to add to")
+    parser.add_argument("--status", action="store_true",
+                        help="list the ingests the tieto daemon runs or has waiting: id, state, "
+                        "topic, progress, paths (with --json: as JSON)")
+    parser.add_argument("--cancel", nargs="?", const="", metavar="ID",
+                        help="cancel the ingest ID (its id as --status shows it, or all of it); "
+                        "without ID the running one. A running ingest stops at its next file "
+                        "or embedding batch and keeps what it did")
     parser.add_argument(
         "--filterable", action="append", metavar="KEY:TYPE", type=parse_declaration,
         help="declare a front-matter key filterable in the vector search itself (repeat for "
@@ -45,7 +58,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="no progress, only problems and the summary")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="when the tieto daemon does the work: give up when nothing "
-                        "arrives for S seconds and it has no heartbeat (default: %(default)s)")
+                        "arrives for S seconds and it has no heartbeat; with --cancel: wait "
+                        "up to S seconds for the ingest to stop (default: %(default)s)")
     parser.set_defaults(func=cmd_ingest)
 
 
@@ -57,6 +71,8 @@ class IngestProgress:
         self.tty = stream.isatty()
         self.quiet = quiet
         self.width = 0
+        self.ingested = 0
+        """Files ingested so far: what an interrupted ingest keeps."""
 
     def _line(self, text: str) -> None:
         if self.tty:
@@ -72,10 +88,12 @@ class IngestProgress:
             self.width = 0
 
     def __call__(self, event: IngestEvent) -> None:
-        if event.stage == "failed":
+        if event.stage in ("failed", "skipped"):
             self._clear()
             self.stream.write(f"runa: {event.message}\n")
             return
+        if event.stage == "ingested":
+            self.ingested += 1
         if self.quiet:
             return
         where = f"[{event.done}/{event.total}]" if event.total else ""
@@ -100,12 +118,20 @@ def summary(topic: str, report: IngestReport) -> str:
         parts.append(f"{report.removed} removed")
     if report.failed:
         parts.append(f"{report.failed} with problems")
+    if report.skipped:
+        parts.append(f"{len(report.skipped)} skipped (not regular files)")
     return f"topic {topic}: {report.files} files: {', '.join(parts)} in {report.seconds:.1f} s"
 
 
 def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.access import open_tieto
 
+    if args.status or args.cancel is not None:
+        if args.paths or args.topic or (args.status and args.cancel is not None):
+            raise UsageError("--status and --cancel take no PATH or --topic, nor each other")
+        return _status(ctx, args) if args.status else _cancel(ctx, args)
+    if not args.paths or not args.topic:
+        raise UsageError("ingest needs PATH... and --topic T (or --status, or --cancel)")
     progress = IngestProgress(quiet=args.quiet)
     try:
         with open_tieto(ctx.config, ctx.paths, ctx.stack, "ingest",
@@ -116,8 +142,8 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 tieto.cancel()  # the daemon's ingest stops at its next file or batch
                 progress.finish()
-                print("runa: ingest stopped; the files ingested until then are kept (a topic "
-                      "being created is not)", file=sys.stderr)
+                print(f"runa: ingest stopped; the files ingested until then are kept "
+                      f"({progress.ingested} this time)", file=sys.stderr)
                 return 130
     finally:
         progress.finish()
@@ -126,3 +152,64 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     else:
         print(summary(args.topic, report), file=sys.stderr)
     return 0 if report.ok else 65
+
+
+def _daemon(ctx: CliContext) -> ServiceClient | None:
+    """A client of the running tieto daemon, or None when it does not run."""
+    from runa import bus as bus_mod
+    from runa.client import ServiceClient, ServiceUnavailable
+
+    try:
+        bus = bus_mod.connect(ctx.config, ctx.stack)
+    except bus_mod.BusNotRunning:
+        return None
+    client = ServiceClient(bus, "tieto", "ingest")
+    try:
+        client.check_running(grace=0.0)
+    except ServiceUnavailable:
+        client.close()
+        bus.close()
+        return None
+    return client
+
+
+def _status(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.tieto.ingests import list_ingests
+
+    client = _daemon(ctx)
+    if client is None:
+        print("tieto is not running: no ingest runs in the background (one without it runs "
+              "inside the command that started it)")
+        return 0
+    with client.bus, client:
+        ingests = list_ingests(client)
+    if args.json:
+        print(json.dumps([vars(i) for i in ingests], indent=2))
+        return 0
+    if not ingests:
+        print("no ingests running or waiting")
+        return 0
+    rows = [("ID", "STATE", "TOPIC", "PROGRESS", "PATHS")] + [
+        (i.short_id, i.state, i.topic, i.progress(), " ".join(i.paths)) for i in ingests]
+    widths = [max(len(row[c]) for row in rows) for c in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  "
+              + row[4])
+    return 0
+
+
+def _cancel(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.client import ServiceUnavailable
+    from runa.tieto.ingests import cancel_ingest, find_ingest, list_ingests
+
+    client = _daemon(ctx)
+    if client is None:
+        raise ServiceUnavailable("tieto is not running, so no ingest runs in the background; "
+                                 "stop one running in its own command with Ctrl-C")
+    with client.bus, client:
+        target = find_ingest(list_ingests(client), args.cancel or None)
+        last = cancel_ingest(client, target, args.timeout)
+    waiting = "waiting " if last.state == "waiting" else ""
+    print(f"runa: cancelled the {waiting}ingest into {last.topic} ({last.short_id}); "
+          f"{last.kept()}", file=sys.stderr)
+    return 0

@@ -8,6 +8,12 @@ WAL lets the daemon's connections read meanwhile, and each file is committed on 
 the daemon's embedding model behind a lock (``LockedEmbedder``: llama.cpp contexts are not
 thread-safe; a question waits at most one embedding batch).
 
+An ingest whose requester is gone (its process exited, its reply channel was reaped) is
+stopped at its next file or embedding batch: nobody would read the answer, and it would hold
+up every ingest queued behind it. Files it finished are kept either way, and a topic it was
+creating too (runa.tieto.api). :meth:`IngestQueue.describe` lists the running and waiting
+ingests with their ids, so a person can see them (``runa ingest --status``) and cancel one.
+
 Plain Python: requests are dicts of arguments and results go to callables, so the tests drive
 it without a bus.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from runa import log
 from runa.errors import RunaError
 from runa.tieto.api import Tieto
 from runa.tieto.embed import Embedder, EmbedderWrapper
@@ -35,6 +43,20 @@ class IngestCancelled(RunaError):
     """The ingest was cancelled (by its client, or because tieto is stopping)."""
 
     exit_code = 130
+
+
+class RequesterGone(IngestCancelled):
+    """Nobody waits for the ingest any more: the process that asked for it is gone."""
+
+
+#: How often a running ingest looks whether its requester is still there.
+REQUESTER_CHECK_S = 1.0
+#: Progress stages that finish one file (``embed`` is a batch within a file).
+_FILE_STAGES = frozenset({"ingested", "unchanged", "failed", "skipped"})
+
+
+def _never_gone() -> str | None:
+    return None
 
 
 class LockedEmbedder(EmbedderWrapper):
@@ -66,6 +88,34 @@ class IngestJob:
     done: Callable[[IngestReport], None]
     failed: Callable[[BaseException], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    requester_gone: Callable[[], str | None] = _never_gone
+    """Why nobody waits for the answer any more (the requester exited), or None."""
+    requester: str = ""
+    """Who asked (the client's name), for the status."""
+    files_done: int = 0
+    files_total: int = 0
+    current: str = ""
+    """The file being worked on."""
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+
+    def note(self, event: IngestEvent) -> None:
+        """Follow the job's progress (for the status and for what a stopped job kept)."""
+        self.current = event.path
+        if event.stage in _FILE_STAGES and event.total:
+            self.files_done, self.files_total = event.done, event.total
+
+    def kept(self) -> str:
+        """What an interrupted job leaves behind, in words."""
+        if not self.files_total:
+            return "no file was done"
+        return f"{self.files_done} of {self.files_total} files done are kept"
+
+    def describe(self, state: str) -> dict[str, Any]:
+        return {"id": self.id, "topic": self.topic, "state": state,
+                "paths": [str(p) for p in self.paths], "requester": self.requester,
+                "done": self.files_done, "total": self.files_total, "current": self.current,
+                "submitted_at": self.submitted_at, "started_at": self.started_at}
 
 
 class IngestQueue:
@@ -76,10 +126,13 @@ class IngestQueue:
     """
 
     def __init__(self, tieto: Tieto, finished: Callable[[str], None],
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, *, requester_check_s: float = REQUESTER_CHECK_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.tieto = tieto
         self.finished = finished
         self.logger = logger
+        self.requester_check_s = requester_check_s
+        self.clock = clock
         self._jobs: deque[IngestJob] = deque()
         self._running: IngestJob | None = None
         self._lock = threading.Lock()
@@ -103,9 +156,12 @@ class IngestQueue:
             return running | {job.topic for job in self._jobs}
 
     def describe(self) -> dict[str, Any]:
+        """The running ingest's topic, how many wait, and each of them (running first)."""
         with self._lock:
+            running = [self._running.describe("running")] if self._running else []
             return {"ingesting": self._running.topic if self._running else None,
-                    "ingests_waiting": len(self._jobs)}
+                    "ingests_waiting": len(self._jobs),
+                    "ingests": running + [job.describe("waiting") for job in self._jobs]}
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a waiting or running job; False when there is none with that id."""
@@ -148,6 +204,7 @@ class IngestQueue:
 
     def _run(self) -> None:
         while (job := self._next()) is not None:
+            job.started_at = time.time()
             answer = self._one(job)
             # Closed between jobs: a restore on the daemon's side may replace any file.
             self.tieto.close()
@@ -158,18 +215,42 @@ class IngestQueue:
 
     def _one(self, job: IngestJob) -> Callable[[], None]:
         """Run ``job``; what tells its client how it ended."""
+        next_check = self.clock() + self.requester_check_s  # just looked, below
+
         def progress(event: IngestEvent) -> None:
+            nonlocal next_check
+            job.note(event)
             if job.cancelled.is_set():
-                raise IngestCancelled(
-                    f"the ingest into {job.topic!r} was cancelled; the files ingested until "
-                    "then are kept (a topic being created is not)")
+                raise IngestCancelled(f"the ingest into {job.topic!r} was cancelled; "
+                                      f"{job.kept()}")
+            if self.clock() >= next_check:
+                next_check = self.clock() + self.requester_check_s
+                self._check_requester(job)
             job.progress(event)
 
         try:
+            self._check_requester(job)
             report = self.tieto.ingest(job.paths, job.topic, filterable=job.filterable,
                                        rebuild=job.rebuild, progress=progress)
+        except RequesterGone as gone:  # nobody to answer: say it in the log instead
+            log.event(self.logger, "ingest_orphaned", str(gone), level=logging.WARNING,
+                      ingest=job.id, topic=job.topic, done=job.files_done,
+                      total=job.files_total)
+            return _nothing
         except Exception as error:  # answered; the worker goes on with the next job
             if not isinstance(error, RunaError):
                 self.logger.exception("ingest into %s failed: %s", job.topic, error)
             return functools.partial(job.failed, error)
         return functools.partial(job.done, report)
+
+    @staticmethod
+    def _check_requester(job: IngestJob) -> None:
+        """RequesterGone when the process that asked for ``job`` is gone."""
+        reason = job.requester_gone()
+        if reason is not None:
+            raise RequesterGone(f"stopped the ingest {job.id} into {job.topic!r}: {reason}; "
+                                f"{job.kept()}")
+
+
+def _nothing() -> None:
+    pass

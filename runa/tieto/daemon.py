@@ -376,7 +376,8 @@ class TietoDaemon:
 
         ahead = self.ingests.submit(IngestJob(
             request.id, topic, paths, filterable, bool(request.payload.get("rebuild")),
-            progress, done, failed))
+            progress, done, failed, requester_gone=self._requester_gone(request),
+            requester=request.sender))
         if ahead:
             self.logger.info("ingest into %s waits for %d earlier one(s)", topic, ahead)
 
@@ -401,6 +402,25 @@ class TietoDaemon:
         self.tieto.restore(_text(request, "topic"), source)
         self._reply(request, {"topic": request.payload["topic"], "restored": str(source)},
                     0, True)
+
+    def _requester_gone(self, request: Envelope) -> Callable[[], str | None]:
+        """Why nobody can read the answers to ``request`` any more, or None while someone can:
+        its reply queue is gone (reaped) or the process that owns it has exited."""
+        channel = request.reply_to
+        bus = self.bus
+        assert bus is not None
+
+        def gone() -> str | None:
+            if not channel:
+                return None  # nobody was to be answered: nobody can be gone
+            info = next((c for c in bus.channel_info() if c.name == channel), None)
+            if info is None:
+                return f"its reply queue {channel} is gone"
+            if not info.owner_alive:
+                return f"the process that asked for it (pid {info.owner_pid}) has exited"
+            return None
+
+        return gone
 
     def _cancel(self, request: Envelope) -> None:
         target = request.payload.get("target")

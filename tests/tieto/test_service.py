@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import isolated_env, remove_segments, wait_for
+from support import isolated_env, remove_segments, runa, wait_for
 
 from runa import bus as bus_mod
 from runa import config as config_mod
@@ -339,14 +341,18 @@ def _bulk(root: Path, count: int = 40) -> Path:
 class Ingesting:
     """``runa ingest`` of a folder through the daemon, in a thread, as another process would."""
 
-    def __init__(self, stack: Stack, folder: Path, topic: str) -> None:
+    def __init__(self, stack: Stack, folder: Path, topic: str, *, queued: bool = False) -> None:
+        """``queued``: it waits behind another ingest, so no progress comes yet."""
         self.events: list[object] = []
         self.result: object = None
         self.access = stack.access()
         self.remote = self.access.__enter__()
         self.thread = threading.Thread(target=self._run, args=(folder, topic), daemon=True)
         self.thread.start()
-        wait_for(lambda: self.events, 10, "the ingest to start")
+        if queued:
+            wait_for(lambda: self.remote.client._active, 10, "the ingest to be sent")
+        else:
+            wait_for(lambda: self.events, 10, "the ingest to start")
 
     def _run(self, folder: Path, topic: str) -> None:
         try:
@@ -413,10 +419,110 @@ def test_ctrl_c_on_runa_ingest_stops_the_daemons_ingest(stack: Stack, tmp_path: 
             ServiceClient(bus, "tieto", "test") as client:
         wait_for(lambda: client.call({"op": "status"})["ingesting"] == "bulk", 20,
                  "the daemon to start the command's ingest")
+        wait_for(lambda: _sources(stack, "bulk") >= 2, 20, "two files to be ingested")
         command.send_signal(signal.SIGINT)
         _, err = command.communicate(timeout=20)
         assert command.returncode == 130 and "ingest stopped" in err, err
+        assert "ingested until then are kept" in err, err
         wait_for(lambda: client.call({"op": "status"})["ingesting"] is None, 10,
                  "the daemon's ingest to stop")
-        # Cancelled, not finished: the topic it was creating is gone (40 files take ≥ 4 s).
-        assert "bulk" not in client.call({"op": "topics"})["topics"]
+        # Cancelled, not finished (40 files take ≥ 4 s): the topic it was creating is kept
+        # with the files done, as the manual says.
+        assert "bulk" in client.call({"op": "topics"})["topics"]
+        assert 2 <= _sources(stack, "bulk") < 40
+
+
+def _sources(stack: Stack, topic: str) -> int:
+    """Files in ``topic``'s index now, read beside the daemon (WAL lets both read)."""
+    index = stack.paths.data / "tieto" / topic / "index.sqlite"
+    if not index.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{index}?mode=ro", uri=True) as db:
+            return int(db.execute("SELECT count(*) FROM sources").fetchone()[0])
+    except sqlite3.OperationalError:  # being created right now
+        return 0
+
+
+def test_an_ingest_whose_client_was_killed_stops_and_keeps_what_it_did(
+        stack: Stack, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="runa.test.tieto")
+    stack.fake = SlowEmbedder()
+    stack.start_daemon()
+    bulk = _bulk(tmp_path / "bulk", 150)  # ≥ 15 s of embedding
+    command = subprocess.Popen(
+        [sys.executable, "-m", "runa", "ingest", str(bulk), "--topic", "bulk"],
+        env=stack.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with bus_mod.connect(stack.config, stack.stack) as bus, \
+            ServiceClient(bus, "tieto", "test") as client:
+        wait_for(lambda: _sources(stack, "bulk") >= 2, 30, "two files to be ingested")
+        command.kill()
+        command.wait(10)
+        killed = time.monotonic()
+        wait_for(lambda: client.call({"op": "status"})["ingesting"] is None, 10,
+                 "the daemon to stop the ingest nobody waits for")
+        assert time.monotonic() - killed < 8
+        kept = _sources(stack, "bulk")
+        assert 2 <= kept < 150
+        orphaned = [r for r in caplog.records if getattr(r, "RUNA_EVENT", "") == "ingest_orphaned"]
+        assert orphaned and "bulk" in orphaned[0].getMessage()
+        assert f"{kept} of 150 files" in orphaned[0].getMessage()
+        assert not any("no such channel" in r.getMessage() for r in caplog.records)
+    # The next ingest runs at once instead of waiting behind it.
+    with stack.access() as tieto:
+        started = time.monotonic()
+        assert tieto.ingest([stack.docs], "notes").ingested == 3
+        assert time.monotonic() - started < 5
+
+
+def _ingests(stack: Stack) -> list[str]:
+    return runa("ingest", "--status", env=stack.env).stdout.splitlines()
+
+
+def test_runa_ingest_status_shows_ingests_and_cancel_stops_one_by_id(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.fake = SlowEmbedder()
+    stack.start_daemon()
+    first = Ingesting(stack, _bulk(tmp_path / "bulk", 400), "bulk")  # ≥ 40 s
+    second = Ingesting(stack, stack.docs, "notes", queued=True)
+    wait_for(lambda: _sources(stack, "bulk") >= 2, 20, "two files to be ingested")
+
+    shown = wait_for(lambda: [ln for ln in _ingests(stack) if "notes" in ln], 10,
+                     "the waiting ingest in the status")
+    status = _ingests(stack)
+    assert status[0].split() == ["ID", "STATE", "TOPIC", "PROGRESS", "PATHS"]
+    running = next(ln for ln in status if " bulk " in ln)
+    assert running.split()[1] == "running" and "/400 files" in running
+    assert running.split()[0] == first.request_id()[-8:]
+    assert str(shown[0]).split()[1] == "waiting"
+
+    done = runa("ingest", "--cancel", second.request_id()[-8:], env=stack.env)
+    assert done.returncode == 0, done.stderr
+    assert "cancelled the waiting ingest into notes" in done.stderr
+    assert getattr(second.finish(), "exit_code", None) == 130
+
+    unknown = runa("ingest", "--cancel", "00000000", env=stack.env)
+    assert unknown.returncode == 66 and "no ingest 00000000" in unknown.stderr
+
+    done = runa("ingest", "--cancel", env=stack.env)  # no id: the running one
+    assert done.returncode == 0, done.stderr
+    assert "cancelled the ingest into bulk" in done.stderr and "kept" in done.stderr
+    assert getattr(first.finish(), "exit_code", None) == 130
+    assert 2 <= _sources(stack, "bulk") < 400
+    assert _ingests(stack) == ["no ingests running or waiting"]
+
+
+def test_a_fifo_in_the_folder_does_not_hold_up_the_daemons_ingests(
+        stack: Stack, tmp_path: Path) -> None:
+    stack.start_daemon()
+    os.mkfifo(stack.docs / "pipe.md")
+    try:
+        done = runa("ingest", str(stack.docs), "--topic", "notes", env=stack.env, timeout=30)
+    finally:
+        with suppress(OSError):  # a reader blocked on it (unfixed) gets its end of file
+            os.close(os.open(stack.docs / "pipe.md", os.O_WRONLY | os.O_NONBLOCK))
+    assert done.returncode == 0, done.stderr
+    assert f"{stack.docs / 'pipe.md'}: not a regular file (a FIFO); skipped" in done.stderr
+    assert "3 ingested" in done.stderr and "1 skipped" in done.stderr
+    with stack.access() as tieto:
+        assert tieto.ingest([stack.docs / "car.md"], "cars").ingested == 1
