@@ -495,6 +495,10 @@ def test_runa_ingest_status_shows_ingests_and_cancel_stops_one_by_id(
     assert running.split()[1] == "running" and "/400 files" in running
     assert running.split()[0] == first.request_id()[-8:]
     assert str(shown[0]).split()[1] == "waiting"
+    listed = json.loads(runa("ingest", "--status", "--json", env=stack.env).stdout)
+    assert [(i["id"], i["topic"], i["state"]) for i in listed] == [
+        (first.request_id(), "bulk", "running"), (second.request_id(), "notes", "waiting")]
+    assert listed[0]["total"] == 400 and listed[0]["done"] >= 2
 
     done = runa("ingest", "--cancel", second.request_id()[-8:], env=stack.env)
     assert done.returncode == 0, done.stderr
@@ -526,3 +530,14 @@ def test_a_fifo_in_the_folder_does_not_hold_up_the_daemons_ingests(
     assert "3 ingested" in done.stderr and "1 skipped" in done.stderr
     with stack.access() as tieto:
         assert tieto.ingest([stack.docs / "car.md"], "cars").ingested == 1
+
+
+def test_ingest_status_and_cancel_without_the_daemon_say_so(stack: Stack) -> None:
+    status = runa("ingest", "--status", env=stack.env)
+    assert status.returncode == 0 and "tieto is not running" in status.stdout
+    cancel = runa("ingest", "--cancel", env=stack.env)
+    assert cancel.returncode == 69 and "tieto is not running" in cancel.stderr
+    mixed = runa("ingest", str(stack.docs), "--status", env=stack.env)
+    assert mixed.returncode == 64 and "take no PATH" in mixed.stderr
+    bare = runa("ingest", str(stack.docs), env=stack.env)
+    assert bare.returncode == 64 and "--topic T" in bare.stderr
