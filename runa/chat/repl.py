@@ -151,7 +151,7 @@ class Repl:
         for n, hit in shown:
             where = f"{hit.source}:{hit.line}" if hit.source else hit.record
             similarity = "" if hit.similarity is None else f"  similarity {hit.similarity:.2f}"
-            self.say(f"  [{n}] {_home_as_tilde(where)}{similarity}")
+            self.say(f"  [{n}] {_home_as_tilde(where)}  score {hit.score:.2f}{similarity}")
 
     def _end_line(self, wrote: bool) -> None:
         if wrote:

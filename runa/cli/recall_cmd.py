@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 from typing import TYPE_CHECKING
@@ -25,12 +26,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="find the passages of a topic that answer a question (tieto)",
         description="Search TOPIC by meaning (the embedding model) and by words (full text), "
         "fused by their standardised scores (tieto.fusion), and print the best chunks with "
-        "their source file, line and cosine similarity. Filters narrow the candidates before "
+        "their source file, line, the score they are ranked by and their cosine similarity. "
+        "Filters narrow the candidates before "
         "the search: KEY OP VALUE with "
         "OP one of = != < <= > >= in; numbers and dates compare as such, a missing key never "
         "matches, a list matches if any item does. Exit status: 0 (also with no hits); "
-        "64 a bad filter; 65 the topic was built with another embedding model; 66 no such "
-        "topic, or the embedding model is not installed (run 'runa models setup'); with "
+        "64 a bad filter or a number out of range; 65 the topic was built with another "
+        "embedding model; 66 no such topic, or the embedding model is not installed (run "
+        "'runa models setup'); with "
         "--complete also 69 Runa (splinfer) is not running, 130 interrupted. When the tieto "
         "daemon runs it answers (its model stays loaded), else this command does.",
         epilog="Example: runa recall 'how do I reset my password?' --topic notes "
@@ -63,16 +66,29 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_recall)
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """UsageError (ParamError) naming the flag and its range for a number out of it."""
+    from runa.tieto.recall import check_number
+
+    for field, value in (("k", args.k), ("min_similarity", args.min_similarity),
+                         ("sieve", args.sieve)):
+        if value is not None:
+            check_number(field, value, "--" + field.replace("_", "-"))
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout:g}")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
     chosen = {"k": args.k, "mode": args.mode, "min_similarity": args.min_similarity}
     return {key: value for key, value in chosen.items() if value is not None}
 
 
 def format_hit(rank: int, hit: Hit, width: int = 100) -> str:
+    """The hit's place, the score the hits are sorted by, and its cosine beside it."""
     where = f"{hit.source}:{hit.line}" if hit.source else hit.record
     similarity = "" if hit.similarity is None else f"  similarity {hit.similarity:.3f}"
     body = textwrap.indent(hit.text.strip(), "   ")
-    return f"{rank}. {where} (chunk {hit.chunk}){similarity}\n{body}\n"
+    return f"{rank}. {where} (chunk {hit.chunk})  score {hit.score:.3f}{similarity}\n{body}\n"
 
 
 def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -81,12 +97,13 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not args.complete and (args.sieve is not None or sampling_params(args)):
         raise UsageError("runa recall: --sieve and the sampling options go with --complete")
+    check_numbers(args)
     with open_tieto(ctx.config, ctx.paths, ctx.stack, "recall", timeout=args.timeout) as tieto:
         if args.complete:
             return answer(tieto, question, args)
         hits = tieto.recall(question, args.topic, args.filters, **_overrides(args))
     if args.json:
-        print(json.dumps({"topic": args.topic, "question": question,
+        print(json.dumps({"topic": args.topic, "question": question, "sorted_by": "score",
                           "hits": [h.as_dict() for h in hits]}, indent=2, ensure_ascii=False))
         return 0
     if not hits:
@@ -98,8 +115,9 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def format_source(source: dict[str, object]) -> str:
     where = f"{source['source']}:{source['line']}" if source.get("source") else source["record"]
-    similarity = source.get("similarity")
-    tail = f"  similarity {similarity:.3f}" if isinstance(similarity, float) else ""
+    score, similarity = source.get("score"), source.get("similarity")
+    tail = f"  score {score:.3f}" if isinstance(score, float) else ""
+    tail += f"  similarity {similarity:.3f}" if isinstance(similarity, float) else ""
     return f"[{source['n']}] {where} (chunk {source['chunk']}){tail}"
 
 

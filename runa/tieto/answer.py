@@ -72,7 +72,8 @@ class Grounding:
 
 def source_dict(n: int, hit: Hit) -> dict[str, Any]:
     return {"n": n, "id": hit.id, "source": hit.source, "line": hit.line, "chunk": hit.chunk,
-            "record": hit.record, "similarity": hit.similarity, "text": hit.text}
+            "record": hit.record, "score": hit.score, "similarity": hit.similarity,
+            "text": hit.text}
 
 
 def ground(question: str, topic: str, hits: Sequence[Hit], sieve: float) -> Grounding:

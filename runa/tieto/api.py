@@ -25,7 +25,7 @@ from runa.tieto.filters import parse as parse_filter
 from runa.tieto.index import TopicIndex
 from runa.tieto.ingest import Ingester, IngestReport, Progress
 from runa.tieto.memory import Memory
-from runa.tieto.recall import Hit, RecallParams, recall
+from runa.tieto.recall import Hit, RecallParams, check_number, recall
 from runa.tieto.snapshot import restore, snapshot
 from runa.tieto.topic import TopicConfig, check_topic_name, declare
 
@@ -194,6 +194,7 @@ class Tieto:
         """
         sieve = overrides.pop("sieve", None)
         sieve = self.settings.sieve if sieve is None else sieve
+        check_number("sieve", sieve)
         overrides.setdefault("k", self.settings.complete_k)
         hits = self.recall(question, topic, filters, **overrides)
         return ground(question, topic, hits, sieve)
