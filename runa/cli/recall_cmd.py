@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.errors import UsageError
+from runa.tieto.answer import sources_heading
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
     from runa.tieto.access import Local, Remote
@@ -56,9 +57,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     answer.add_argument("--complete", action="store_true",
                         help="answer the question with the running model from the best chunks, "
                         "citing them as [1], [2], ...; says it does not know when no chunk "
-                        "reaches the sieve")
+                        "reaches the sieve; an answer citing none of them is marked, or "
+                        "refused with tieto.uncited = refuse")
     answer.add_argument("--sieve", type=float, default=None, metavar="X",
                         help="least cosine similarity of a source (default: tieto.sieve)")
+    answer.add_argument("--uncited", choices=("mark", "refuse"), default=None,
+                        help="an answer citing none of its sources: mark it, or refuse it "
+                        "(\"I don't know\" and the best passage) (default: tieto.uncited)")
     answer.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and the service has "
                         "no heartbeat (default: %(default)s)")
@@ -95,12 +100,13 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.access import open_tieto
 
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
-    if not args.complete and (args.sieve is not None or sampling_params(args)):
-        raise UsageError("runa recall: --sieve and the sampling options go with --complete")
+    if not args.complete and (args.sieve is not None or args.uncited or sampling_params(args)):
+        raise UsageError("runa recall: --sieve, --uncited and the sampling options go with "
+                         "--complete")
     check_numbers(args)
     with open_tieto(ctx.config, ctx.paths, ctx.stack, "recall", timeout=args.timeout) as tieto:
         if args.complete:
-            return answer(tieto, question, args)
+            return answer(tieto, question, args, args.uncited or ctx.config["tieto.uncited"])
         hits = tieto.recall(question, args.topic, args.filters, **_overrides(args))
     if args.json:
         print(json.dumps({"topic": args.topic, "question": question, "sorted_by": "score",
@@ -121,9 +127,10 @@ def format_source(source: dict[str, object]) -> str:
     return f"[{source['n']}] {where} (chunk {source['chunk']}){tail}"
 
 
-def answer(tieto: Local | Remote, question: str, args: argparse.Namespace) -> int:
+def answer(tieto: Local | Remote, question: str, args: argparse.Namespace, uncited: str
+           ) -> int:
     """Stream the grounded answer, then its sources (the cited ones, else all given)."""
-    overrides = {**_overrides(args), "sieve": args.sieve}
+    overrides = {**_overrides(args), "sieve": args.sieve, "uncited": uncited}
     pieces: list[str] = []
     head: dict[str, object] = {}
     final: dict[str, object] = {}
@@ -152,13 +159,13 @@ def answer(tieto: Local | Remote, question: str, args: argparse.Namespace) -> in
         print(json.dumps({"topic": args.topic, "question": question, "answer": "".join(pieces),
                           **final, "sources": sources,
                           "best_similarity": head.get("best_similarity"),
-                          "sieve": head.get("sieve")}, indent=2, ensure_ascii=False))
+                          "sieve": head.get("sieve"), "uncited": head.get("uncited")},
+                         indent=2, ensure_ascii=False))
         return 0
     sys.stdout.write("\n")
     if sources:
         shown = [s for s in sources if s["n"] in cited] or sources
-        title = "Sources:" if cited else "Sources given to the model (the answer cites none):"
-        print("\n" + title)
+        print("\n" + sources_heading(final))
         for source in shown:
             print(format_source(source))
     return 0
