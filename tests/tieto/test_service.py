@@ -32,7 +32,7 @@ from runa.paths import Paths
 from runa.service import ServiceRunner
 from runa.splinter import EVENTS_CHANNEL, Envelope
 from runa.splinter import envelope as env_mod
-from runa.tieto.access import Local, Remote, open_tieto
+from runa.tieto.access import Local, Remote, TietoServiceError, open_tieto
 from runa.tieto.daemon import TietoDaemon
 from runa.tieto.snapshot import check_snapshot
 
@@ -335,6 +335,20 @@ def test_the_daemon_answers_bad_requests_and_keeps_going(stack: Stack) -> None:
         start = time.monotonic()
         assert client.call({"op": "status"})["topics"] == []
         assert time.monotonic() - start < 5
+
+
+def test_the_daemon_refuses_numbers_out_of_range_as_usage_errors(stack: Stack) -> None:
+    """Through the daemon too: a clear usage error (64), not an internal error (70)."""
+    stack.start_daemon()
+    with stack.access() as tieto:
+        tieto.ingest([stack.docs], "notes", filterable=[("year", "integer")])
+        with pytest.raises(TietoServiceError, match=f"{'9' * 30} is out of its range") as huge:
+            tieto.recall("car insurance", "notes", ["year = " + "9" * 30])
+        with pytest.raises(TietoServiceError, match="min_similarity must be a number from -1 "
+                           "to 1, not nan") as nan:
+            tieto.recall("car insurance", "notes", min_similarity=float("nan"))
+        assert huge.value.exit_code == nan.value.exit_code == 64
+        assert tieto.recall("car insurance", "notes")  # and it goes on answering
 
 
 @contextmanager
