@@ -246,6 +246,10 @@ SCHEMA: tuple[Setting, ...] = (
             "'runa recall --complete' and /rag: sources under this cosine similarity are not "
             "given to the model; with none left the answer is that it does not know.",
             in_range(-1, 1)),
+    Setting("tieto.uncited", str, "mark",
+            "A --complete or /rag answer that cites none of its sources: mark it as not "
+            "grounded, or refuse it (\"I don't know\" and the best passage instead).",
+            one_of("mark", "refuse")),
     Setting("tieto.complete_k", int, 3,
             "Chunks retrieved as the sources of a completion (--complete, /rag).",
             in_range(1, 20)),

@@ -29,16 +29,21 @@ class Retriever:
         return self.local.ground(question, topic)
 
 
-@pytest.fixture
-def retriever(tmp_path: Path) -> Iterator[Retriever]:
+def home_topic(tmp_path: Path, uncited: str = "mark") -> Tieto:
     fake = FakeEmbedder()
-    tieto = Tieto(TietoSettings(root=tmp_path / "topics", sieve=0.3),
+    tieto = Tieto(TietoSettings(root=tmp_path / "topics", sieve=0.3, uncited=uncited),
                   embedder_factory=lambda: fake)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "car.md").write_text("The car insurance renews every March.")
     (docs / "soup.md").write_text("The soup needs three carrots and an onion.")
     tieto.ingest([docs], "home")
+    return tieto
+
+
+@pytest.fixture
+def retriever(tmp_path: Path) -> Iterator[Retriever]:
+    tieto = home_topic(tmp_path)
     yield Retriever(tieto)
     tieto.close()
 
@@ -80,3 +85,35 @@ def test_rag_on_an_unknown_topic_names_the_known_ones(retriever: Retriever) -> N
     assert status == 0
     out = run.out.getvalue()
     assert "no topic 'nope' (known topics: home)" in out and "/rag on TOPIC" in out
+
+
+def test_an_answer_citing_none_of_its_sources_is_marked(retriever: Retriever) -> None:
+    run = rag_run(retriever, ("Run 'sudo renew' as root.",))
+    status, _ = run.run("/rag on home", "when does the car insurance renew")
+    assert status == 0
+    out = run.out.getvalue()
+    assert "Run 'sudo renew' as root.\n[not grounded: the answer cites none of its sources" \
+        in out
+    assert "car.md:1" in out  # the sources it was given, to check it against
+    assert run.session.last["grounded"] is False
+
+
+def test_an_answer_citing_a_source_is_not_marked(retriever: Retriever) -> None:
+    run = rag_run(retriever, ("It renews in March [1].",))
+    run.run("/rag on home", "when does the car insurance renew")
+    assert "not grounded" not in run.out.getvalue() and run.session.last["grounded"] is True
+
+
+def test_uncited_refuse_shows_i_dont_know_and_the_best_passage(tmp_path: Path) -> None:
+    tieto = home_topic(tmp_path, uncited="refuse")
+    try:
+        run = rag_run(Retriever(tieto), ("Run ", "'sudo renew'", " as root.",))
+        status, _ = run.run("/rag on home", "when does the car insurance renew")
+    finally:
+        tieto.close()
+    assert status == 0
+    out = run.out.getvalue()
+    assert "sudo" not in out
+    assert "I don't know: the answer the model wrote cites none of the sources of topic home" \
+        in out and "The car insurance renews every March." in out
+    assert run.session.last["withheld"] is True

@@ -18,8 +18,11 @@ from runa.tieto.answer import Grounding
 class Retrieval:
     """Opens tieto on first use (a chat without /rag never loads it) and keeps it open."""
 
-    def __init__(self, opener: Callable[[], AbstractContextManager[Local | Remote]]) -> None:
+    def __init__(self, opener: Callable[[], AbstractContextManager[Local | Remote]],
+                 uncited: str | None = None) -> None:
         self._opener = opener
+        self.uncited = uncited
+        """``tieto.uncited`` of this chat's configuration (None: tieto's own)."""
         self._stack = ExitStack()
         self._access: Local | Remote | None = None
 
@@ -32,7 +35,7 @@ class Retrieval:
         return self._tieto().topics()
 
     def ground(self, question: str, topic: str) -> Grounding:
-        return self._tieto().ground(question, topic)
+        return self._tieto().ground(question, topic, uncited=self.uncited)
 
     def close(self) -> None:
         self._stack.close()

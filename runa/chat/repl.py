@@ -16,6 +16,7 @@ from runa.chat import commands
 from runa.chat.commands import Command
 from runa.chat.session import ChatSession, UnknownConversation, UnknownPersona
 from runa.errors import RunaError
+from runa.tieto.answer import sources_heading
 
 EX_USAGE = 64
 EX_INTERRUPTED = 130
@@ -147,11 +148,11 @@ class Repl:
         cited = self.session.last.get("citations") or []
         numbered = list(enumerate(grounding.sources, start=1))
         shown = [(n, h) for n, h in numbered if n in cited] or numbered
-        self.say("Sources:" if cited else "Sources given (the answer cites none):")
+        self.say(sources_heading(self.session.last))
         for n, hit in shown:
             where = f"{hit.source}:{hit.line}" if hit.source else hit.record
             similarity = "" if hit.similarity is None else f"  similarity {hit.similarity:.2f}"
-            self.say(f"  [{n}] {_home_as_tilde(where)}{similarity}")
+            self.say(f"  [{n}] {_home_as_tilde(where)}  score {hit.score:.2f}{similarity}")
 
     def _end_line(self, wrote: bool) -> None:
         if wrote:

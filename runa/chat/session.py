@@ -17,7 +17,7 @@ from runa.chat.params import SessionParams
 from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
 from runa.splinter import Envelope, Fault
-from runa.tieto.answer import CitationFilter, Grounding, chat_turn
+from runa.tieto.answer import GroundedAnswer, Grounding, chat_turn
 
 
 class Retriever(Protocol):
@@ -260,18 +260,19 @@ class ChatSession:
         """Stream the answer to ``text`` piece by piece; its counters land in ``last``.
 
         With /rag on, the question goes with its sources and only citations of them are
-        kept; with none relevant, the answer says so without asking the model.
+        kept (an answer citing none is marked, or withheld: runa.tieto.answer.GroundedAnswer);
+        with none relevant, the answer says so without asking the model.
         """
         self.last = {}
         self.grounding = None
-        citations: CitationFilter | None = None
+        citations: GroundedAnswer | None = None
         if self.rag_topic is not None and self.retriever is not None:
             self.grounding = self.retriever.ground(text, self.rag_topic)
             if not self.grounding.known:
                 self.last = {"finish_reason": "no_sources"}
                 yield self.grounding.unknown_text()
                 return
-            citations = CitationFilter(len(self.grounding.sources))
+            citations = GroundedAnswer(self.grounding)
             text = chat_turn(self.grounding)
         for envelope in self.client.request(self.payload(text), idle_timeout=self.timeout):
             piece = envelope.payload.get("text", "")
@@ -283,7 +284,7 @@ class ChatSession:
                 if self.keeps_conversations:
                     self.messages += 2
                 if citations is not None:
-                    self.last["citations"] = citations.cited
+                    self.last.update(citations.outcome())
             if piece:
                 yield piece
 

@@ -76,7 +76,8 @@ def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
             ExitStack() as stack:
         client.check_running()
         retrieval = Retrieval(lambda: open_tieto(ctx.config, ctx.paths, ctx.stack, "chat",
-                                                 timeout=args.timeout))
+                                                 timeout=args.timeout),
+                              uncited=ctx.config["tieto.uncited"])
         stack.callback(retrieval.close)
         session = ChatSession(client, conversation, persona=args.persona, params=params,
                               timeout=args.timeout, remember=files.remember,

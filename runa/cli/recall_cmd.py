@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 from typing import TYPE_CHECKING
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.errors import UsageError
+from runa.tieto.answer import sources_heading
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
     from runa.tieto.access import Local, Remote
@@ -25,12 +27,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="find the passages of a topic that answer a question (tieto)",
         description="Search TOPIC by meaning (the embedding model) and by words (full text), "
         "fused by their standardised scores (tieto.fusion), and print the best chunks with "
-        "their source file, line and cosine similarity. Filters narrow the candidates before "
+        "their source file, line, the score they are ranked by and their cosine similarity. "
+        "Filters narrow the candidates before "
         "the search: KEY OP VALUE with "
         "OP one of = != < <= > >= in; numbers and dates compare as such, a missing key never "
         "matches, a list matches if any item does. Exit status: 0 (also with no hits); "
-        "64 a bad filter; 65 the topic was built with another embedding model; 66 no such "
-        "topic, or the embedding model is not installed (run 'runa models setup'); with "
+        "64 a bad filter or a number out of range; 65 the topic was built with another "
+        "embedding model; 66 no such topic, or the embedding model is not installed (run "
+        "'runa models setup'); with "
         "--complete also 69 Runa (splinfer) is not running, 130 interrupted. When the tieto "
         "daemon runs it answers (its model stays loaded), else this command does.",
         epilog="Example: runa recall 'how do I reset my password?' --topic notes "
@@ -53,14 +57,30 @@ def register(commands: argparse._SubParsersAction) -> None:
     answer.add_argument("--complete", action="store_true",
                         help="answer the question with the running model from the best chunks, "
                         "citing them as [1], [2], ...; says it does not know when no chunk "
-                        "reaches the sieve")
+                        "reaches the sieve; an answer citing none of them is marked, or "
+                        "refused with tieto.uncited = refuse")
     answer.add_argument("--sieve", type=float, default=None, metavar="X",
                         help="least cosine similarity of a source (default: tieto.sieve)")
+    answer.add_argument("--uncited", choices=("mark", "refuse"), default=None,
+                        help="an answer citing none of its sources: mark it, or refuse it "
+                        "(\"I don't know\" and the best passage) (default: tieto.uncited)")
     answer.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and the service has "
                         "no heartbeat (default: %(default)s)")
     add_sampling_flags(answer)
     parser.set_defaults(func=cmd_recall)
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """UsageError (ParamError) naming the flag and its range for a number out of it."""
+    from runa.tieto.recall import check_number
+
+    for field, value in (("k", args.k), ("min_similarity", args.min_similarity),
+                         ("sieve", args.sieve)):
+        if value is not None:
+            check_number(field, value, "--" + field.replace("_", "-"))
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout:g}")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -69,24 +89,27 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def format_hit(rank: int, hit: Hit, width: int = 100) -> str:
+    """The hit's place, the score the hits are sorted by, and its cosine beside it."""
     where = f"{hit.source}:{hit.line}" if hit.source else hit.record
     similarity = "" if hit.similarity is None else f"  similarity {hit.similarity:.3f}"
     body = textwrap.indent(hit.text.strip(), "   ")
-    return f"{rank}. {where} (chunk {hit.chunk}){similarity}\n{body}\n"
+    return f"{rank}. {where} (chunk {hit.chunk})  score {hit.score:.3f}{similarity}\n{body}\n"
 
 
 def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.access import open_tieto
 
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
-    if not args.complete and (args.sieve is not None or sampling_params(args)):
-        raise UsageError("runa recall: --sieve and the sampling options go with --complete")
+    if not args.complete and (args.sieve is not None or args.uncited or sampling_params(args)):
+        raise UsageError("runa recall: --sieve, --uncited and the sampling options go with "
+                         "--complete")
+    check_numbers(args)
     with open_tieto(ctx.config, ctx.paths, ctx.stack, "recall", timeout=args.timeout) as tieto:
         if args.complete:
-            return answer(tieto, question, args)
+            return answer(tieto, question, args, args.uncited or ctx.config["tieto.uncited"])
         hits = tieto.recall(question, args.topic, args.filters, **_overrides(args))
     if args.json:
-        print(json.dumps({"topic": args.topic, "question": question,
+        print(json.dumps({"topic": args.topic, "question": question, "sorted_by": "score",
                           "hits": [h.as_dict() for h in hits]}, indent=2, ensure_ascii=False))
         return 0
     if not hits:
@@ -98,14 +121,16 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def format_source(source: dict[str, object]) -> str:
     where = f"{source['source']}:{source['line']}" if source.get("source") else source["record"]
-    similarity = source.get("similarity")
-    tail = f"  similarity {similarity:.3f}" if isinstance(similarity, float) else ""
+    score, similarity = source.get("score"), source.get("similarity")
+    tail = f"  score {score:.3f}" if isinstance(score, float) else ""
+    tail += f"  similarity {similarity:.3f}" if isinstance(similarity, float) else ""
     return f"[{source['n']}] {where} (chunk {source['chunk']}){tail}"
 
 
-def answer(tieto: Local | Remote, question: str, args: argparse.Namespace) -> int:
+def answer(tieto: Local | Remote, question: str, args: argparse.Namespace, uncited: str
+           ) -> int:
     """Stream the grounded answer, then its sources (the cited ones, else all given)."""
-    overrides = {**_overrides(args), "sieve": args.sieve}
+    overrides = {**_overrides(args), "sieve": args.sieve, "uncited": uncited}
     pieces: list[str] = []
     head: dict[str, object] = {}
     final: dict[str, object] = {}
@@ -134,13 +159,13 @@ def answer(tieto: Local | Remote, question: str, args: argparse.Namespace) -> in
         print(json.dumps({"topic": args.topic, "question": question, "answer": "".join(pieces),
                           **final, "sources": sources,
                           "best_similarity": head.get("best_similarity"),
-                          "sieve": head.get("sieve")}, indent=2, ensure_ascii=False))
+                          "sieve": head.get("sieve"), "uncited": head.get("uncited")},
+                         indent=2, ensure_ascii=False))
         return 0
     sys.stdout.write("\n")
     if sources:
         shown = [s for s in sources if s["n"] in cited] or sources
-        title = "Sources:" if cited else "Sources given to the model (the answer cites none):"
-        print("\n" + title)
+        print("\n" + sources_heading(final))
         for source in shown:
             print(format_source(source))
     return 0

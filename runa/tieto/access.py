@@ -115,7 +115,8 @@ class Remote:
         answer = self._call({"op": "sources", "question": question, "topic": topic,
                              "filters": list(filters), **_request(overrides)})
         return Grounding(question, topic, tuple(Hit(**h) for h in answer.get("hits", [])),
-                         answer.get("best_similarity"), float(answer.get("sieve", 0.0)))
+                         answer.get("best_similarity"), float(answer.get("sieve", 0.0)),
+                         str(answer.get("uncited", "mark")))
 
     def complete(self, question: str, topic: str, filters: Sequence[str] = (), *,
                  params: dict[str, Any] | None = None, **overrides: Any

@@ -7,7 +7,11 @@ that pass the sieve are numbered [1]..[n] in the prompt, the model is told to
 cite them, and :class:`CitationFilter` keeps only citations of those numbers in
 the streamed text: a model (the 135M default above all) may invent a [7] when
 there are three sources, and a citation of a chunk that was never retrieved
-must not reach the person. The model itself is reached through a
+must not reach the person. An answer that cites none of its sources is not
+grounded (``grounded: false``): small models often answer from nothing, so it is
+marked where the person reads it, or, with ``tieto.uncited = "refuse"``, held
+back until complete and replaced by "I don't know" and the best passage
+(:class:`GroundedAnswer`). The model itself is reached through a
 ``ChatStream`` (``runa.client.ServiceClient`` to splinfer in use), so this
 module runs the same in the daemon, in ``runa recall --complete`` without the
 daemon, and in the tests.
@@ -30,6 +34,10 @@ INSTRUCTIONS = (
     "write the number of its source in brackets, like [1]. If the sources do not contain "
     "the answer, say that you do not know."
 )
+#: What an answer citing none of its sources gets: ``mark`` it, or ``refuse`` to show it.
+UNCITED = ("mark", "refuse")
+UNCITED_MARK = ("[not grounded: the answer cites none of its sources, so nothing ties it to "
+                "them; check it against them]")
 #: The longest bracket content still read as a citation: "[1, 2, 3]" and the like.
 _MAX_CITATION = 16
 _CITATION_BODY = re.compile(r"^\d+(\s*,\s*\d+)*$")
@@ -51,6 +59,8 @@ class Grounding:
     sources: tuple[Hit, ...]
     best_similarity: float | None
     sieve: float
+    uncited: str = "mark"
+    """What an answer citing none of the sources gets: one of UNCITED."""
 
     @property
     def known(self) -> bool:
@@ -69,18 +79,29 @@ class Grounding:
         return (f"I don't know: topic {self.topic} has nothing relevant to that question "
                 f"({why}).")
 
+    def uncited_text(self) -> str:
+        """What replaces an answer citing none of the sources (``uncited = "refuse"``)."""
+        best = self.sources[0]
+        where = f"{best.source.rsplit('/', 1)[-1]}:{best.line}" if best.source else best.record
+        similarity = "" if best.similarity is None else f", similarity {best.similarity:.2f}"
+        return (f"I don't know: the answer the model wrote cites none of the sources of topic "
+                f"{self.topic}, so it is not shown. The best passage, [1] {where}"
+                f"{similarity}:\n{best.text.strip()}")
+
 
 def source_dict(n: int, hit: Hit) -> dict[str, Any]:
     return {"n": n, "id": hit.id, "source": hit.source, "line": hit.line, "chunk": hit.chunk,
-            "record": hit.record, "similarity": hit.similarity, "text": hit.text}
+            "record": hit.record, "score": hit.score, "similarity": hit.similarity,
+            "text": hit.text}
 
 
-def ground(question: str, topic: str, hits: Sequence[Hit], sieve: float) -> Grounding:
+def ground(question: str, topic: str, hits: Sequence[Hit], sieve: float,
+           uncited: str = "mark") -> Grounding:
     """Keep the hits at or above the sieve, best first; none means "I don't know"."""
     similarities = [h.similarity for h in hits if h.similarity is not None]
     best = max(similarities) if similarities else None
     kept = tuple(h for h in hits if h.similarity is not None and h.similarity >= sieve)
-    return Grounding(question, topic, kept, best, sieve)
+    return Grounding(question, topic, kept, best, sieve, uncited)
 
 
 def sources_block(sources: Sequence[Hit]) -> str:
@@ -155,31 +176,83 @@ class CitationFilter:
         return f"[{', '.join(map(str, kept))}]" if kept else ""
 
 
+class GroundedAnswer:
+    """The answer on its way to the person: citations filtered (:class:`CitationFilter`);
+    with ``uncited = "refuse"`` held back until complete and shown only if it cites a
+    source, else replaced by :meth:`Grounding.uncited_text`. ``feed``/``finish`` as the
+    filter's; ``outcome()`` is what the final payload says about it."""
+
+    def __init__(self, grounding: Grounding) -> None:
+        self.grounding = grounding
+        self.citations = CitationFilter(len(grounding.sources))
+        self.hold = grounding.uncited == "refuse"
+        self.withheld = False
+        self._held: list[str] = []
+
+    @property
+    def cited(self) -> list[int]:
+        return self.citations.cited
+
+    @property
+    def grounded(self) -> bool:
+        return bool(self.citations.cited)
+
+    def feed(self, text: str) -> str:
+        shown = self.citations.feed(text)
+        if not self.hold:
+            return shown
+        self._held.append(shown)
+        return ""
+
+    def finish(self) -> str:
+        rest = self.citations.finish()
+        if not self.hold:
+            return rest
+        text, self._held = "".join(self._held) + rest, []
+        if self.grounded:
+            return text
+        self.withheld = True
+        return self.grounding.uncited_text()
+
+    def outcome(self) -> dict[str, Any]:
+        return {"citations": self.cited, "dropped_citations": self.citations.dropped,
+                "grounded": self.grounded, "withheld": self.withheld}
+
+
+def sources_heading(final: dict[str, Any]) -> str:
+    """What goes above the sources listed after an answer (``final``: its last payload)."""
+    if final.get("grounded", bool(final.get("citations"))):  # (an older daemon: no field)
+        return "Sources:"
+    mark = "" if final.get("withheld") else UNCITED_MARK + "\n"
+    return f"{mark}Sources given to the model:"
+
+
 def complete(grounding: Grounding, splinfer: ChatStream, *, params: dict[str, Any] | None = None,
              idle_timeout: float = 60.0) -> Iterator[dict[str, Any]]:
     """The answer as payloads: ``{"sources", "known", ...}`` first, then ``{"text": piece}``,
-    and last a payload with ``"eof": True``, the citations and splinfer's counters.
+    and last a payload with ``"eof": True``, the citations, whether the answer is grounded
+    (cites one of its sources) or withheld (``uncited = "refuse"``) and splinfer's counters.
 
     With nothing relevant the model is not asked: the one text piece says so.
     """
     yield {"sources": grounding.describe_sources(), "known": grounding.known,
-           "best_similarity": grounding.best_similarity, "sieve": grounding.sieve}
+           "best_similarity": grounding.best_similarity, "sieve": grounding.sieve,
+           "uncited": grounding.uncited}
     if not grounding.known:
         yield {"eof": True, "text": grounding.unknown_text(), "citations": [], "known": False,
-               "finish_reason": "no_sources"}
+               "grounded": False, "withheld": False, "finish_reason": "no_sources"}
         return
     system, user = prompt(grounding)
-    citations = CitationFilter(len(grounding.sources))
+    answer = GroundedAnswer(grounding)
     payload = {"op": "chat", "text": user, "system": system, "params": dict(params or {})}
     final: dict[str, Any] = {}
     text = ""
     for envelope in splinfer.request(payload, idle_timeout=idle_timeout):
-        text = citations.feed(envelope.payload.get("text", ""))
+        text = answer.feed(envelope.payload.get("text", ""))
         if envelope.eof:
             final = {k: v for k, v in envelope.payload.items() if k != "text"}
-            text += citations.finish()
+            text += answer.finish()
             break
         if text:
             yield {"text": text}
-    yield {**final, "eof": True, "text": text, "citations": citations.cited,
-           "dropped_citations": citations.dropped, "known": True}
+    yield {**final, "eof": True, "text": text, **answer.outcome(), "known": True}

@@ -19,14 +19,14 @@ from runa.models.catalog import lookup_embedding
 from runa.models.errors import ModelNotFoundError
 from runa.models.resolve import resolve_model
 from runa.paths import Paths
-from runa.tieto.answer import Grounding, ground
+from runa.tieto.answer import UNCITED, Grounding, ground
 from runa.tieto.embed import Embedder, LlamaEmbedder
-from runa.tieto.errors import IndexWriteError, UnknownTopicError
+from runa.tieto.errors import IndexWriteError, ParamError, UnknownTopicError
 from runa.tieto.filters import parse as parse_filter
 from runa.tieto.index import TopicIndex
 from runa.tieto.ingest import Ingester, IngestReport, Progress
 from runa.tieto.memory import Memory
-from runa.tieto.recall import Hit, RecallParams, recall
+from runa.tieto.recall import Hit, RecallParams, check_number, recall
 from runa.tieto.snapshot import restore, snapshot
 from runa.tieto.topic import TopicConfig, check_topic_name, declare
 
@@ -50,6 +50,8 @@ class TietoSettings:
     sieve: float = 0.35
     """Completions: sources under this cosine similarity are not given to the model."""
     complete_k: int = 3
+    uncited: str = "mark"
+    """An answer citing none of its sources: ``mark`` it, or ``refuse`` (I don't know)."""
     short_term_topic: str = "short-term"
 
     @classmethod
@@ -69,6 +71,7 @@ class TietoSettings:
                 min_similarity=config["tieto.min_similarity"],
             ),
             sieve=config["tieto.sieve"], complete_k=config["tieto.complete_k"],
+            uncited=config["tieto.uncited"],
             short_term_topic=config["tieto.short_term_topic"],
         )  # fmt: skip
 
@@ -202,13 +205,17 @@ class Tieto:
                **overrides: Any) -> Grounding:
         """The sources a completion may cite: ``complete_k`` hits at or above the sieve.
 
-        ``overrides`` may set ``k`` and ``sieve`` besides the RecallParams fields.
+        ``overrides`` may set ``k``, ``sieve`` and ``uncited`` besides the RecallParams fields.
         """
+        uncited = overrides.pop("uncited", None) or self.settings.uncited
+        if uncited not in UNCITED:
+            raise ParamError(f"uncited must be one of {', '.join(UNCITED)}, not {uncited!r}")
         sieve = overrides.pop("sieve", None)
         sieve = self.settings.sieve if sieve is None else sieve
+        check_number("sieve", sieve)
         overrides.setdefault("k", self.settings.complete_k)
         hits = self.recall(question, topic, filters, **overrides)
-        return ground(question, topic, hits, sieve)
+        return ground(question, topic, hits, sieve, uncited)
 
     def remember(self, memory: Memory) -> int:
         """File one short-term memory (a promoted bus key); chunks embedded (0: unchanged)."""

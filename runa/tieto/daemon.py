@@ -319,6 +319,8 @@ class TietoDaemon:
         sieve = request.payload.get("sieve")
         if sieve is not None:
             overrides["sieve"] = _number(request, "sieve")
+        if request.payload.get("uncited") is not None:
+            overrides["uncited"] = _text(request, "uncited")
         return self.tieto.ground(_text(request, "question"), _text(request, "topic"),
                                  _strings(request, "filters"), **overrides)
 
@@ -326,7 +328,8 @@ class TietoDaemon:
         grounding = self._grounding(request)
         self._reply(request, {"hits": [h.as_dict() for h in grounding.sources],
                               "best_similarity": grounding.best_similarity,
-                              "sieve": grounding.sieve, "known": grounding.known}, 0, True)
+                              "sieve": grounding.sieve, "known": grounding.known,
+                              "uncited": grounding.uncited}, 0, True)
 
     def _op_complete(self, request: Envelope) -> None:
         assert self.bus is not None

@@ -21,6 +21,7 @@ whenever at least k chunks match.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -203,6 +204,18 @@ def _unknown_key(cond: Condition, topic: TopicConfig,
     )
 
 
+#: What an integer key holds (SQLite's INTEGER): a value beyond cannot be compared with it.
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _beyond_float(text: str) -> bool:
+    """A numeral too large even for a float (parse_number gives None for it)."""
+    try:
+        return not math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
 def _coerce(cond: Condition, lit: Literal, kind: str) -> Literal:
     """A literal in the form a declared key of type ``kind`` compares it in."""
     def bad(what: str) -> FilterError:
@@ -211,6 +224,12 @@ def _coerce(cond: Condition, lit: Literal, kind: str) -> Literal:
 
     if kind in ("integer", "float"):
         number = lit.number if lit.kind == "number" else parse_number(lit.text)
+        too_large = _beyond_float(lit.text) if number is None else \
+            kind == "integer" and not _INT64[0] <= number <= _INT64[1]
+        if too_large:
+            span = f" ({_INT64[0]} to {_INT64[1]})" if kind == "integer" else ""
+            raise FilterError(f"filter {cond.expression!r}: {cond.key!r} is declared {kind}; "
+                              f"{lit.text} is out of its range{span}")
         if number is None:
             raise bad("a number")
         return Literal(lit.text, "number", number=number)

@@ -10,6 +10,7 @@ so a caller can apply a sieve ("nothing relevant") on one scale.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ import numpy as np
 
 from runa.tieto.chunk import Chunker
 from runa.tieto.embed import Embedder
-from runa.tieto.errors import TietoError
+from runa.tieto.errors import ParamError, TietoError
 from runa.tieto.filters import Compiled, Condition, compile_filters
 from runa.tieto.fts import fts_query
 from runa.tieto.fusion import rrf, zscore
@@ -26,6 +27,31 @@ from runa.tieto.index import TopicIndex
 
 MODES = ("hybrid", "vector", "fts")
 FUSIONS = ("zscore", "rrf")
+#: The range of every number a recall or a completion takes, from a flag, a request or the
+#: configuration alike: NaN, an infinity or a value outside is refused, naming the range.
+RANGES: dict[str, tuple[float, float]] = {
+    "k": (1, 1000), "candidates": (1, 4096), "rrf_k": (0, 10000), "fts_weight": (0, 1),
+    "min_similarity": (-1, 1), "sieve": (-1, 1),  # cosine similarities
+}
+_WHOLE = ("k", "candidates")
+
+
+def _show(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value)
+
+
+def check_number(field: str, value: object, name: str | None = None) -> None:
+    """ParamError unless ``value`` is in ``RANGES[field]``; the message calls it ``name``
+    (a command's flag) or ``field``."""
+    low, high = RANGES[field]
+    whole = field in _WHOLE
+    number = isinstance(value, int) or (isinstance(value, float) and not whole)
+    if number and not isinstance(value, bool) and math.isfinite(value) \
+            and low <= value <= high:  # type: ignore[arg-type,operator]
+        return
+    what = "a whole number" if whole else "a number"
+    raise ParamError(f"{name or field} must be {what} from {low:g} to {high:g}, "
+                     f"not {_show(value)}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +72,10 @@ class RecallParams:
     exact: bool = False
     """Rank every matching chunk by cosine instead of a sign-bit prefilter's candidates
     (slower; the prefilter agrees on ~99% of a top 10, runa.tieto.index)."""
+
+    def __post_init__(self) -> None:
+        for name in ("k", "candidates", "rrf_k", "fts_weight", "min_similarity"):
+            check_number(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,22 @@ def test_ingest_then_recall(env: dict[str, str], docs: Path) -> None:
     found = runa("recall", "how can I change my password?", "--topic", "notes", "--k", "1",
                  env=env)
     assert found.returncode == 0, found.stderr
-    assert found.stdout.startswith(f"1. {docs / 'passwords.md'}:6 (chunk 0)  similarity 0.")
+    first = found.stdout.splitlines()[0]
+    assert first.startswith(f"1. {docs / 'passwords.md'}:6 (chunk 0)  score "), first
+    assert "  similarity 0." in first  # the cosine beside the score the list is sorted by
     assert "Forgot password" in found.stdout
 
     filtered = runa("recall", "how can I change my password?", "--topic", "notes",
                     "--filter", "year>=2022", "--json", env=env)
-    hits = json.loads(filtered.stdout)["hits"]
+    listing = json.loads(filtered.stdout)
+    hits = listing["hits"]
+    assert listing["sorted_by"] == "score"
     assert [h["source"] for h in hits] == [str(docs / "office.jsonl")]
     assert set(hits[0]) >= {"text", "score", "similarity", "source", "line", "chunk"}
+    # year is declared integer: a number beyond 64 bits cannot be compared with it
+    huge = runa("recall", "x", "--topic", "notes", "--filter", "year = " + "9" * 30, env=env)
+    assert huge.returncode == 64 and "Traceback" not in huge.stderr, huge.stderr
+    assert f"'year' is declared integer; {'9' * 30} is out of its range" in huge.stderr
 
 
 def test_errors_and_exit_codes(env: dict[str, str], docs: Path) -> None:

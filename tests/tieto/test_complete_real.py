@@ -85,3 +85,23 @@ def test_plain_text_output_lists_the_sources(stack: dict[str, str]) -> None:
                   "Where is the sailing boat moored?", env=stack, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Sources" in result.stdout and "boat.md" in result.stdout
+
+
+def test_an_uncited_answer_is_marked_and_refuse_shows_the_best_passage(
+        stack: dict[str, str]) -> None:
+    """A question the documents come close to but do not answer (the 135M model is known to
+    make something up here): the answer says whether it cites its sources, and with
+    tieto.uncited = "refuse" an uncited one becomes "I don't know" and the best passage."""
+    question = "What is the phone number of the insurer?"
+    marked = complete(stack, question)
+    assert marked["known"] is True and marked["sources"]
+    assert marked["grounded"] is bool(marked["citations"]) and marked["withheld"] is False
+    refused = complete({**stack, "RUNA_TIETO_UNCITED": "refuse"}, question)  # this command's
+    if marked["grounded"]:
+        assert refused["answer"] == marked["answer"] and refused["withheld"] is False
+    else:
+        assert refused["withheld"] is True and refused["grounded"] is False, (marked, refused)
+        assert str(refused["answer"]).startswith("I don't know")
+        assert str(refused["answer"]).endswith(
+            str(refused["sources"][0]["text"]).strip())  # type: ignore[index]
+    print(f"grounded={marked['grounded']} answer={marked['answer']!r}")

@@ -127,6 +127,25 @@ def test_unknown_key_suggests_the_close_one(both: Tieto) -> None:
         both.recall("gardens", "cols", ["draft>true"])
 
 
+HUGE = "9" * 30  # beyond a 64-bit integer, yet a finite number
+HUGER = "9" * 400  # beyond even a float
+
+
+@pytest.mark.parametrize("value", [HUGE, f"-{HUGE}", HUGER])
+@pytest.mark.parametrize("mode", ["vector", "fts", "hybrid"])
+def test_an_integer_too_large_for_a_declared_key_is_a_clear_error(both: Tieto, value: str,
+                                                                  mode: str) -> None:
+    with pytest.raises(FilterError, match=f"'year' is declared integer; {value} is out of "
+                       "its range") as err:
+        _names(both, "cols", f"year = {value}", mode=mode)
+    assert err.value.exit_code == 64
+
+
+def test_a_huge_number_on_an_undeclared_key_just_compares(both: Tieto) -> None:
+    assert _names(both, "plain", f"year = {HUGE}") == set()
+    assert _names(both, "plain", f"year < {HUGE}") == {"a", "b", "c", "e"}
+
+
 def test_declared_key_with_a_wrong_value_is_an_ingest_error(tieto: Tieto, tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d/a.md").write_text("---\nyear: soon\n---\nText a.\n")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from runa.errors import UsageError
 from runa.tieto.api import Tieto, TietoSettings
 from runa.tieto.errors import (
     DimensionMismatchError,
@@ -156,3 +158,39 @@ def test_an_injected_embedder_is_not_closed_by_tieto(tmp_path: Path) -> None:
     t.embedder()
     t.close()
     assert not shared.closed
+
+
+def test_a_listing_shows_the_score_it_is_sorted_by_beside_the_cosine(notes: Tieto) -> None:
+    """Hybrid hits are ordered by the fused score, so a cosine listed lower may be higher:
+    the number a person reads down the list must be the one the list is sorted by."""
+    from runa.cli.recall_cmd import format_hit
+
+    hits = notes.recall("zeppelin budget tomatoes water", "notes", k=5)
+    similarities = [h.similarity for h in hits]
+    assert similarities != sorted(similarities, reverse=True)  # the case that misled
+    lines = [format_hit(n, h).splitlines()[0] for n, h in enumerate(hits, start=1)]
+    shown = [float(re.search(r"  score (-?\d+\.\d+)", line)[1]) for line in lines]  # type: ignore[index]
+    assert shown == sorted(shown, reverse=True), lines
+    for hit, line in zip(hits, lines, strict=True):
+        assert line.endswith(f"score {hit.score:.3f}  similarity {hit.similarity:.3f}"), line
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"min_similarity": float("nan")}, "min_similarity must be a number from -1 to 1, not nan"),
+    ({"min_similarity": 1.5}, "min_similarity must be a number from -1 to 1, not 1.5"),
+    ({"min_similarity": float("-inf")}, "min_similarity must be a number from -1 to 1"),
+    ({"fts_weight": -0.1}, "fts_weight must be a number from 0 to 1, not -0.1"),
+    ({"rrf_k": float("inf")}, "rrf_k must be a number from 0 to 10000, not inf"),
+    ({"k": 0}, "k must be a whole number from 1 to 1000, not 0"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_range(notes: Tieto, override: dict,
+                                                           message: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)) as refused:
+        notes.recall("tomatoes", "notes", **override)
+    assert refused.value.exit_code == 64
+
+
+@pytest.mark.parametrize("sieve", [2.0, float("nan"), -1.5])
+def test_a_sieve_out_of_range_is_refused(notes: Tieto, sieve: float) -> None:
+    with pytest.raises(UsageError, match=f"sieve must be a number from -1 to 1, not {sieve:g}"):
+        notes.ground("tomatoes", "notes", sieve=sieve)

@@ -34,7 +34,7 @@ from runa.paths import Paths
 from runa.service import ServiceRunner
 from runa.splinter import EVENTS_CHANNEL, Envelope
 from runa.splinter import envelope as env_mod
-from runa.tieto.access import Local, Remote, open_tieto
+from runa.tieto.access import Local, Remote, TietoServiceError, open_tieto
 from runa.tieto.daemon import TietoDaemon
 from runa.tieto.snapshot import check_snapshot
 
@@ -219,8 +219,59 @@ def test_complete_cites_only_retrieved_sources(stack: Stack) -> None:
     assert head["known"] and head["sources"][0]["source"].endswith("car.md")
     assert text == "It renews in March [1]. See also  and [1]."
     assert final["citations"] == [1] and final["dropped_citations"] == [7, 9]
+    assert final["grounded"] is True and final["withheld"] is False
     prompt = splinfer.prompts[0]
     assert "[1] (car.md)" in str(prompt["text"]) and "[1]" in str(prompt["system"])
+
+
+UNCITED = ["To renew it, run ", "'sudo renew --all'", " as root."]  # cites nothing
+
+
+def _complete(stack: Stack, script: list[str], question: str = "when does the car "
+              "insurance renew", **overrides: str) -> tuple[list[dict[str, Any]], str]:
+    """The payloads of one completion over the running daemon, and the text shown."""
+    splinfer = FakeSplinfer(stack.config, stack.stack, script)
+    splinfer.thread.start()
+    try:
+        with stack.access() as tieto:
+            tieto.ingest([stack.docs], "notes")
+            payloads = list(tieto.complete(question, "notes", **overrides))
+    finally:
+        splinfer.stop()
+    return payloads, "".join(str(p.get("text", "")) for p in payloads[1:])
+
+
+def test_an_answer_citing_none_of_its_sources_is_marked_ungrounded(stack: Stack) -> None:
+    stack.start_daemon()
+    payloads, text = _complete(stack, UNCITED)
+    final = payloads[-1]
+    assert text == "".join(UNCITED)  # shown as the model wrote it ("mark", the default) ...
+    assert final["grounded"] is False and final["citations"] == []  # ... and marked
+    assert final["withheld"] is False and final["known"] is True
+    # The asker's own setting (runa recall --uncited, the chat's tieto.uncited) wins.
+    payloads, text = _complete(stack, UNCITED, uncited="refuse")
+    assert text.startswith("I don't know") and payloads[-1]["withheld"] is True
+
+
+def test_uncited_refuse_says_it_does_not_know_and_gives_the_best_passage(stack: Stack) -> None:
+    (stack.paths.sysconfdir / "runa.toml").write_text(
+        '[tieto]\nsieve = 0.3\nuncited = "refuse"\n')
+    stack.config = config_mod.load(stack.paths, stack.env, {})
+    stack.start_daemon()
+    payloads, text = _complete(stack, UNCITED)
+    final = payloads[-1]
+    assert "sudo" not in text and [p for p in payloads[1:-1] if p.get("text")] == []
+    assert text.startswith("I don't know: the answer the model wrote cites none of the "
+                           "sources of topic notes")
+    assert "The best passage, [1] car.md:" in text
+    assert text.endswith("The car insurance renews every March with Lähi-Vakuutus.")
+    assert (final["grounded"], final["withheld"], final["known"]) == (False, True, True)
+    # An answer that cites a source is shown whole, once it is complete.
+    payloads, text = _complete(stack, ["It renews in March [", "1]."])
+    assert text == "It renews in March [1]." and payloads[-1]["grounded"] is True
+    assert payloads[-1]["withheld"] is False
+    with stack.access() as tieto:  # the chat's /rag asks for the sources and the setting
+        assert tieto.ground("when does the car insurance renew", "notes").uncited == "refuse"
 
 
 def test_complete_under_the_sieve_says_it_does_not_know_without_asking(stack: Stack) -> None:
@@ -286,6 +337,20 @@ def test_the_daemon_answers_bad_requests_and_keeps_going(stack: Stack) -> None:
         start = time.monotonic()
         assert client.call({"op": "status"})["topics"] == []
         assert time.monotonic() - start < 5
+
+
+def test_the_daemon_refuses_numbers_out_of_range_as_usage_errors(stack: Stack) -> None:
+    """Through the daemon too: a clear usage error (64), not an internal error (70)."""
+    stack.start_daemon()
+    with stack.access() as tieto:
+        tieto.ingest([stack.docs], "notes", filterable=[("year", "integer")])
+        with pytest.raises(TietoServiceError, match=f"{'9' * 30} is out of its range") as huge:
+            tieto.recall("car insurance", "notes", ["year = " + "9" * 30])
+        with pytest.raises(TietoServiceError, match="min_similarity must be a number from -1 "
+                           "to 1, not nan") as nan:
+            tieto.recall("car insurance", "notes", min_similarity=float("nan"))
+        assert huge.value.exit_code == nan.value.exit_code == 64
+        assert tieto.recall("car insurance", "notes")  # and it goes on answering
 
 
 @contextmanager
