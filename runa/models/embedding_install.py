@@ -91,7 +91,7 @@ def setup_embedding_model(model: EmbeddingModel, models_dir: Path, *,
         installed=lambda target, rep: is_installed(model, target, rep),
         build=build,
         fetch=lambda dest: download(model, dest),  # type: ignore[arg-type]  # duck-typed pins
-        hint=offline_hint(model, models_dir, key="tieto.embedding_model"),
+        hint=offline_hint(model, models_dir),
         report=report,
     )
 
