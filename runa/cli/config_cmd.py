@@ -28,7 +28,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=show_config)
     check = sub.add_parser("check", help="validate every layer and check the values against "
-                           "this machine (bus directory and group, the chat model); exit 78 "
+                           "this machine (bus directory and group, chat model, persona); exit 78 "
                            "on an error, warnings alone exit 0")
     check.set_defaults(func=check_config)
     template = sub.add_parser("template", help="print /etc/runa/runa.toml with every key "
