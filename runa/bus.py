@@ -11,8 +11,9 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 
+from runa import preflight
 from runa.config import Config
-from runa.errors import RunaError
+from runa.errors import ConfigError, RunaError
 from runa.service import Health
 from runa.splinter import (
     BUSES,
@@ -65,15 +66,18 @@ def mode_and_gid(config: Config) -> tuple[int, int | None]:
     try:
         gid = grp.getgrnam(group).gr_gid if group else None
     except KeyError:
-        raise RunaError(f"bus.group = {group!r}: no such group") from None
+        raise ConfigError(config.origin("bus.group"), "bus.group", group, "no such group") \
+            from None
     return int(config["bus.mode"], 8), gid
 
 
 def ensure_buses(config: Config, stack: str) -> list[tuple[str, bool]]:
     """Create every bus of ``stack`` that does not exist; [(path, created)].
 
-    An existing segment is validated and left untouched, contents included.
+    An existing segment is validated and left untouched, contents included. A bus
+    directory or group this machine cannot use is refused first (``runa.preflight``).
     """
+    preflight.refuse(preflight.bus_findings(config))
     mode, gid = mode_and_gid(config)
     return [(where, ensure_segment(where, geometry(config, name), mode=mode, gid=gid))
             for name in BUSES for where in (path(config, stack, name),)]

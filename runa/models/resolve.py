@@ -12,13 +12,22 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from runa.config import Config
+from runa.errors import ConfigError
 from runa.models.catalog import lookup
-from runa.models.errors import ModelNotFoundError
-from runa.models.gguf_info import ModelInfo, read_model_info
+from runa.models.errors import ModelError, ModelNotFoundError, NotAChatModelError
+from runa.models.gguf_info import ModelInfo, not_a_chat_model, read_model_info
+from runa.paths import Paths
 
+#: Where the chat model is chosen. No flag is named here: only `runa up` and `runa daemon`
+#: have -m, and these messages also reach commands that do not.
+CHOOSE_CHAT_MODEL = (
+    "set splinfer.model to a GGUF file (in ~/.config/runa/runa.toml, /etc/runa/runa.toml or "
+    "the variable RUNA_SPLINFER_MODEL)"
+)
 NOT_FOUND_HINT = (
     "Run `runa models setup` to install the default model, install the runa-model-default "
-    "package, or pass a GGUF file with -m PATH."
+    f"package, or {CHOOSE_CHAT_MODEL}."
 )
 
 
@@ -58,6 +67,29 @@ def resolve_model(name: str | Path, search_dirs: Sequence[Path]) -> ModelInfo:
             return read_model_info(path)
     searched = tried if _is_explicit_path(name) else [Path(d) for d in search_dirs]
     raise ModelNotFoundError(name, searched, NOT_FOUND_HINT)
+
+
+def require_chat_model(info: ModelInfo) -> ModelInfo:
+    """``info`` if it can chat, else NotAChatModelError naming the file and what it is."""
+    what = not_a_chat_model(info)
+    if what is not None:
+        raise NotAChatModelError(info.path, what)
+    return info
+
+
+def configured_chat_model(config: Config, paths: Paths) -> ModelInfo:
+    """The checked chat model ``splinfer.model`` names.
+
+    Missing, damaged or not a chat model: a ConfigError naming the layer that chose
+    it, the value and the problem; splinfer refuses to start with it and
+    ``runa config check`` prints the same line.
+    """
+    name = config["splinfer.model"]
+    try:
+        return require_chat_model(resolve_model(name, paths.models))
+    except ModelError as error:
+        raise ConfigError(config.origin("splinfer.model"), "splinfer.model", name,
+                          str(error)) from None
 
 
 def list_models(search_dirs: Sequence[Path]) -> list[Path]:

@@ -101,8 +101,8 @@ class Conversation:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Conversation:
-        messages = [{"role": str(m["role"]), "content": str(m["content"])}
-                    for m in data["messages"]]
+        """The conversation in ``data``; ValueError naming the first bad message row."""
+        messages = [_message(n, m) for n, m in enumerate(data["messages"], 1)]
         raw = data.get("basis")
         basis = None
         if raw:
@@ -112,6 +112,27 @@ class Conversation:
                    window=max(0, min(int(data.get("window", 0)), len(messages))),
                    basis=basis, created=float(data.get("created", 0.0)),
                    updated=float(data.get("updated", 0.0)))
+
+
+#: The roles a kept history holds (the system prompt comes from the persona).
+HISTORY_ROLES = ("user", "assistant")
+
+
+def _message(number: int, row: object) -> dict[str, str]:
+    """One history row checked, so a damaged one is refused instead of read as another role.
+
+    The error names the row and its role, never its content (errors reach the journal).
+    """
+    if not isinstance(row, dict):
+        raise ValueError(f"message {number} is {type(row).__name__}, not an object")
+    role, content = row.get("role"), row.get("content")
+    if role not in HISTORY_ROLES:
+        raise ValueError(f"message {number} has role {role!r}; a history holds only "
+                         f"{' and '.join(HISTORY_ROLES)} messages")
+    if not isinstance(content, str):
+        raise ValueError(f"message {number} ({role}) has no text 'content' "
+                         f"({type(content).__name__})")
+    return {"role": role, "content": content}
 
 
 @dataclass(frozen=True)
@@ -180,7 +201,8 @@ class ConversationStore:
         try:
             conv = Conversation.from_json(data)
         except (KeyError, TypeError, ValueError) as error:
-            raise ConversationError(f"{path}: the history is damaged ({error!r})") from None
+            detail = str(error) if type(error) is ValueError else repr(error)
+            raise ConversationError(f"{path}: the history is damaged ({detail})") from None
         if conv.id != conversation:
             raise ConversationError(f"{path}: holds conversation {conv.id!r}")
         return conv

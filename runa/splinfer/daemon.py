@@ -34,8 +34,8 @@ from typing import Any
 from runa import bus as bus_mod
 from runa import cgroup, log
 from runa.config import Config, parse_size
-from runa.errors import ConfigError, RunaError
-from runa.models.resolve import resolve_model
+from runa.errors import RunaError
+from runa.models.resolve import configured_chat_model
 from runa.paths import Paths
 from runa.service import ServiceContext
 from runa.splinfer import modelid, statefile
@@ -62,6 +62,7 @@ from runa.splinfer.personas import (
     PersonaError,
     PersonaLibrary,
     UnknownPersonaError,
+    configured_persona,
     persona_dirs,
 )
 from runa.splinfer.prompt import answer_reserve
@@ -156,12 +157,8 @@ class Splinfer:
              for k in ("ctx_size", "threads", "batch_size", "flash_attn", "parallel",
                        "cache_type_k", "cache_type_v")},
             source="configuration [splinfer]")
-        try:
-            self.personas.get(self.default_persona)
-        except (UnknownPersonaError, PersonaError) as error:
-            raise ConfigError(self.config.origin("splinfer.persona"), "splinfer.persona",
-                              self.default_persona, str(error)) from None
-        model = resolve_model(self.config["splinfer.model"], self.paths.models)
+        configured_persona(self.config, self.personas)
+        model = configured_chat_model(self.config, self.paths)
         ctx.status(f"loading {model.path.name}")
         ctx.extend_timeout(60)
         self.engine = Engine(model, self.context_params, memory_limit=self._memory_limit(),

@@ -44,6 +44,7 @@ from pathlib import Path
 import llama_cpp
 
 from runa.models.gguf_info import ModelInfo, read_model_info
+from runa.models.resolve import require_chat_model
 from runa.splinfer.cpushare import CpuShare
 from runa.splinfer.errors import (
     DecodeError,
@@ -145,7 +146,8 @@ class Engine:
         adapt_threads: bool = True,
         cpu_share: CpuShare | None = None,
     ) -> None:
-        self.info = model if isinstance(model, ModelInfo) else read_model_info(Path(model))
+        info = model if isinstance(model, ModelInfo) else read_model_info(Path(model))
+        self.info = require_chat_model(info)  # an embedding model would answer noise
         self.context = context or ContextParams()
         self.geometry = Geometry.resolve(self.info, self.context)
         self.memory_limit = memory_limit

@@ -199,6 +199,20 @@ def _check_range(name: str, value: Any, spec: _Spec, source: str) -> None:
         raise ParamError(name, value, f"allowed: {spec.allowed}", source)
 
 
+def param_problem(name: str, value: object) -> str | None:
+    """Why ``value`` cannot be parameter ``name`` ("must be …"), or None when it can.
+
+    The configuration checks its ``[splinfer]`` keys with this, so a value the
+    daemon would refuse at start is refused by ``runa config check`` too.
+    """
+    spec = SPECS[name]
+    try:
+        _check_range(name, _coerce(name, value, spec, ""), spec, "")
+    except ParamError:
+        return f"must be {spec.allowed}"
+    return None
+
+
 def canonical_name(
     name: str, *, source: str = "", warn: Callable[[str], None] | None = None
 ) -> str:

@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from runa.config import Config
+from runa.errors import ConfigError
 from runa.paths import Paths
 from runa.splinfer.errors import InferenceError, ParamError
 from runa.splinfer.params import ContextParams, SamplingParams, canonical_name, parse_params
@@ -294,3 +296,16 @@ class PersonaLibrary:
     def problems(self) -> dict[str, PersonaError]:
         self.refresh()
         return dict(self._loaded.problems)
+
+
+def configured_persona(config: Config, library: PersonaLibrary) -> Persona:
+    """The persona ``splinfer.persona`` names; ConfigError naming the layer if it is unusable.
+
+    splinfer refuses to start with it, and ``runa config check`` prints the same line.
+    """
+    name = config["splinfer.persona"]
+    try:
+        return library.get(name)
+    except (UnknownPersonaError, PersonaError) as error:
+        raise ConfigError(config.origin("splinfer.persona"), "splinfer.persona", name,
+                          str(error)) from None

@@ -110,7 +110,8 @@ def test_download_failure_tells_what_to_do(fake, tmp_path: Path) -> None:
         setup_model(model, tmp_path / "models", download=offline)
     message = str(err.value)
     assert "connection refused" in message
-    assert "runa-model-default" in message and "-m PATH" in message
+    assert "runa-model-default" in message and "set splinfer.model to it" in message
+    assert "RUNA_SPLINFER_MODEL" in message and "-m PATH" not in message
     assert os.listdir(tmp_path / "models") == []
 
 

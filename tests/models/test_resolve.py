@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from runa.models.catalog import SMOLLM2_135M
-from runa.models.errors import CorruptModelError, ModelNotFoundError
-from runa.models.resolve import list_models, resolve_model
+from runa.models.errors import CorruptModelError, ModelNotFoundError, NotAChatModelError
+from runa.models.gguf_info import read_model_info
+from runa.models.resolve import list_models, require_chat_model, resolve_model
 
 
 @pytest.fixture
@@ -48,7 +49,9 @@ def test_missing_model_says_where_it_looked_and_what_to_do(dirs: tuple[Path, Pat
         resolve_model("default", dirs)
     message = str(err.value)
     assert str(dirs[0]) in message and str(dirs[1]) in message
-    assert "runa models setup" in message and "-m" in message
+    assert "runa models setup" in message
+    assert "set splinfer.model" in message and "RUNA_SPLINFER_MODEL" in message
+    assert "-m PATH" not in message  # most commands that show this have no such flag
 
 
 def test_corrupt_file_is_named(dirs: tuple[Path, Path]) -> None:
@@ -56,3 +59,23 @@ def test_corrupt_file_is_named(dirs: tuple[Path, Path]) -> None:
     (personal / "broken.gguf").write_bytes(b"GGUF" + b"\xff" * 64)
     with pytest.raises(CorruptModelError, match=r"broken\.gguf"):
         resolve_model("broken", dirs)
+
+
+def test_an_embedding_model_is_not_a_chat_model(tiny_model: Path, tmp_path: Path) -> None:
+    """Judged by its metadata (architecture, pooling type), before llama.cpp loads it."""
+    from tieto.tiny_bert import write_tiny_bert
+
+    from runa.models.bert_gguf import convert_bert
+    from runa.splinfer.engine import Engine
+
+    embedding = tmp_path / "bert.gguf"
+    convert_bert(write_tiny_bert(tmp_path / "source"), embedding)
+    info = read_model_info(embedding)
+    assert (info.architecture, info.pooling_type) == ("bert", 1)
+    with pytest.raises(NotAChatModelError) as err:
+        require_chat_model(info)
+    assert str(err.value) == (f"{embedding}: an embedding model (bert); set splinfer.model to "
+                              "a chat model")
+    with pytest.raises(NotAChatModelError):
+        Engine(embedding)  # every way in to the chat engine refuses it
+    assert require_chat_model(read_model_info(tiny_model)).architecture == "llama"

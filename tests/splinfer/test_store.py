@@ -63,6 +63,39 @@ def test_unknown_and_damaged_histories(tmp_path: Path) -> None:
         store.load("bad")
 
 
+@pytest.mark.parametrize(
+    ("row", "problem"),
+    [
+        ({"role": 5, "content": "secret words"},
+         "message 2 has role 5; a history holds only user and assistant messages"),
+        ({"role": "system", "content": "secret words"},
+         "message 2 has role 'system'; a history holds only user and assistant messages"),
+        ({"role": "assistant", "content": ["secret words"]},
+         "message 2 (assistant) has no text 'content' (list)"),
+        ("secret words", "message 2 is str, not an object"),
+    ],
+)
+def test_a_history_row_with_a_bad_role_or_content_is_refused_naming_the_row(
+    tmp_path: Path, row: object, problem: str
+) -> None:
+    """{"role": 5} was read as the role "5" and went into the prompt without a word."""
+    import json
+
+    store = store_at(tmp_path)
+    conv = store.new("chat-1", "tutor")
+    conv.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    store.save(conv)
+    path = tmp_path / "chat-1.json"
+    data = json.loads(path.read_text())
+    data["messages"][1] = row
+    path.write_text(json.dumps(data))
+
+    with pytest.raises(ConversationError) as caught:
+        store.load("chat-1")
+    assert str(caught.value) == f"{path}: the history is damaged ({problem})"
+    assert "secret" not in str(caught.value)  # the error reaches the journal: no message text
+
+
 @pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "x" * 65, "spa ce", 7, None, "é"])
 def test_conversation_ids_are_checked(bad: object) -> None:
     with pytest.raises(ValueError, match="1 to 64"):

@@ -147,3 +147,17 @@ def test_real_model_vectors_match_numpy_reference(minilm_source: Path, minilm) -
                                                                               strict=True)]
     assert min(cosines) >= 0.999, list(zip(texts, cosines, strict=True))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.real_model
+def test_the_packaged_embedding_model_is_refused_as_the_chat_model(
+    minilm_gguf: Path, runa_env: dict[str, str]
+) -> None:
+    """Set as splinfer.model, all-MiniLM once loaded and answered '[unused27] …' with exit 0."""
+    env = {**runa_env, "RUNA_SPLINFER_MODEL": str(minilm_gguf), "RUNA_LOG_TARGET": "stderr"}
+    line = (f"environment: splinfer.model = '{minilm_gguf}': {minilm_gguf}: an embedding model "
+            "(bert); set splinfer.model to a chat model")
+    for args in (("config", "check"), ("daemon", "splinfer")):
+        done = subprocess.run([sys.executable, "-m", "runa", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 78 and line in done.stderr, (args, done.stderr)
