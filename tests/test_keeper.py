@@ -19,6 +19,7 @@ from support import runa, wait_for
 
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
 from runa.splinter import EVENTS_CHANNEL, Bus, Geometry, create_segment
+from runa.splinter.layout import CTR_LIVE, CTR_TOMBS, HDR_COUNTERS, S_KEYLEN
 
 MS = 1_000_000
 
@@ -206,3 +207,36 @@ def test_decayer_reports_an_event_it_cannot_send(small_bus: Bus) -> None:
     assert report.promoted == [] and len(report.errors) == 1
     assert "at most 512 per message" in report.errors[0]
     assert decayer.sweep().errors == []  # marked anyway: no retry on every sweep
+
+
+def test_decayer_sweep_repairs_drifted_counters_and_scrubs_leftovers(small_bus: Bus) -> None:
+    """A segment whose header counters drifted (writers SIGKILLed under an older version:
+    ``live`` 6 for 3 real keys) and whose free slot still holds a dead insert's key and value
+    is exact and clean again after one sweep, and the repair is counted."""
+    kv = small_bus.kv
+    for key in ("a", "b", "c", "d"):
+        kv.set(key, b"x")
+    kv.unset("b")
+    real = kv.counts()
+    seg = small_bus.segment
+    words, first = seg.words, HDR_COUNTERS // 8
+    words[first + CTR_LIVE] = 6
+    words[first + CTR_TOMBS] = real["tombstones"] + 2
+    free = next(i for i in range(seg.geometry.slots) if not kv.live_at(i))
+    words[(seg.layout.slot(free) >> 3) + S_KEYLEN] = 6  # what an insert killed mid-way leaves
+    seg.mm[seg.layout.slot_key(free) : seg.layout.slot_key(free) + 6] = b"secret"
+    seg.mm[seg.layout.slot_buffer(free, 1) : seg.layout.slot_buffer(free, 1) + 5] = b"value"
+
+    report = Decayer(small_bus, DecayPolicy()).sweep()
+
+    counts = kv.counts()
+    assert (counts["live"], counts["tombstones"]) == (3, real["tombstones"])
+    assert report.repaired.counters == {
+        "live": (6, 3), "tombstones": (real["tombstones"] + 2, real["tombstones"])}
+    assert report.repaired.scrubbed == 1
+    slot = seg.mm[seg.layout.slot(free) : seg.layout.slot(free) + seg.layout.slot_stride]
+    assert b"secret" not in slot and b"value" not in slot
+    assert small_bus.keeper_counters.get()["repairs"] == 1
+    assert not Decayer(small_bus, DecayPolicy()).sweep().repaired  # nothing left to repair
+    assert small_bus.keeper_counters.get()["repairs"] == 1
+    assert sorted(kv.list()) == ["a", "c", "d"]

@@ -96,6 +96,14 @@ class Keeper:
                                   len(report.promoted), report.duration_ns / 1e6)
             for problem in report.errors:
                 self.logger.warning("bus %s: %s", name, problem)
+            if report.repaired:
+                fixes = [f"{what} {was} -> {now}"
+                         for what, (was, now) in report.repaired.counters.items()]
+                if report.repaired.scrubbed:
+                    fixes.append(f"{report.repaired.scrubbed} leftover slot(s) scrubbed")
+                log.event(self.logger, "store_repaired",
+                          f"bus {name}: store repaired: {', '.join(fixes)}",
+                          level=logging.WARNING, bus=name)
 
     def stop(self) -> None:
         for bus in self.buses.values():
