@@ -40,7 +40,13 @@ class SegmentExists(SegmentError):
     """Create refused: a segment is already there (create never truncates a live one)."""
 
 
-class BadMagic(SegmentError):
+class SegmentDamaged(SegmentError):
+    """The file at a segment's path is not a usable segment (cut short, overwritten, or its
+    header does not add up). Its contents cannot be trusted; removing the file lets the keeper
+    create a fresh one."""
+
+
+class BadMagic(SegmentDamaged):
     """The file is not a splinter segment (its first bytes are not our magic)."""
 
 
@@ -53,7 +59,7 @@ class VersionMismatch(SegmentError):
         super().__init__(path, f"layout version {found}, this library reads version {expected}")
 
 
-class SegmentSizeError(SegmentError):
+class SegmentSizeError(SegmentDamaged):
     """The file size disagrees with the size its header declares (truncated or grown)."""
 
     def __init__(self, path: str, actual: int, expected: int) -> None:
@@ -64,7 +70,7 @@ class SegmentSizeError(SegmentError):
         )
 
 
-class SegmentCorrupt(SegmentError):
+class SegmentCorrupt(SegmentDamaged):
     """The header is internally inconsistent (geometry does not add up)."""
 
 
