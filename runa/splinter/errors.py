@@ -121,6 +121,19 @@ class ValueTooLarge(SplinterError):
         super().__init__(f"value for {key!r} is {size} bytes; this bus holds at most {limit}")
 
 
+class InvalidTtl(SplinterError, ValueError):
+    """A key's TTL is not a whole number of milliseconds in the range the expiry word holds."""
+
+    exit_code = 65
+
+    def __init__(self, ttl_ms: object, high: int) -> None:
+        self.ttl_ms = ttl_ms
+        super().__init__(
+            f"ttl_ms {ttl_ms!r}: must be a whole number of milliseconds from 1 to {high} "
+            "(100 years), or none"
+        )
+
+
 class StoreFull(SplinterError):
     """Every slot holds a live key: the insert cannot be placed."""
 

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import compress
 
-from runa.splinter.errors import InvalidKey, StoreFull, ValueTooLarge
+from runa.splinter.errors import InvalidKey, InvalidTtl, StoreFull, ValueTooLarge
 from runa.splinter.layout import (
     CTR_EVICTIONS,
     CTR_EXPIRED,
@@ -64,6 +64,8 @@ from runa.splinter.layout import (
 from runa.splinter.locks import WriterLocks
 from runa.splinter.segment import Segment
 
+# The longest TTL: 100 years, so now + TTL always fits the slot's u64 expiry word.
+MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
 ATIME_GRANULARITY_NS = 1_000_000  # readers refresh last-access at most once a millisecond
 _CACHE_FACTOR = 4  # the per-process key->slot cache holds at most slots * this entries
 
@@ -439,10 +441,10 @@ class KV:
         now = self._clock()
         if ttl_ms is None:
             expiry = 0
-        elif type(ttl_ms) is int and ttl_ms > 0:
+        elif type(ttl_ms) is int and 0 < ttl_ms <= MAX_TTL_MS:
             expiry = now + ttl_ms * 1_000_000
         else:
-            raise ValueError(f"ttl_ms must be a positive int or None, not {ttl_ms!r}")
+            raise InvalidTtl(ttl_ms, MAX_TTL_MS)
         flags = FLAG_EPHEMERAL if ephemeral else 0
         try:
             ent = self._cache.get(key)
