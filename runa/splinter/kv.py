@@ -23,8 +23,8 @@ from __future__ import annotations
 import ctypes
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import compress
 
@@ -393,15 +393,16 @@ class KV:
         but has a key length is a leftover (inserts set it first, unsets clear it last), and the
         recount is exact.
         """
-        # The low byte of each keygen word, one strided copy, mapped to its state: all in C.
-        first = self._slots_off + S_KEYGEN * 8
-        states = self._mm[first : first + self._slots * self._stride : self._stride]
-        states = states.translate(_STATE_OF_LOW_BYTE)
+        # Byte columns (one strided copy each, all in C): a slot's state is the low two bits of
+        # its keygen; a key length (at most 1024, Geometry.check) lives in the low two bytes.
+        states = self._bytes_column(S_KEYGEN * 8).translate(_STATE_OF_LOW_BYTE)
         live, tombs = states.count(STATE_LIVE), states.count(STATE_TOMB)
-        keylens = self.column(S_KEYLEN)
+        length = int.from_bytes(self._bytes_column(S_KEYLEN * 8), "little")
+        length |= int.from_bytes(self._bytes_column(S_KEYLEN * 8 + 1), "little")
+        has_length = length.to_bytes(self._slots, "little")
         scrubbed = 0
-        if self._slots - keylens.count(0) > live:  # some slot holding no key has a key length
-            for idx in compress(range(self._slots), keylens):
+        if self._slots - has_length.count(0) > live:  # some slot holding no key has a length
+            for idx in compress(range(self._slots), has_length):
                 if states[idx] != STATE_LIVE:
                     with self._locks.hold(LOCK_SLOT_BASE + idx):
                         self._scrub(idx)
@@ -414,13 +415,14 @@ class KV:
                 W[c + index] = real
         return StoreRepair(counters=fixed, scrubbed=scrubbed)
 
-    @contextmanager
-    def _store_locked(self) -> Iterator[None]:
+    def _bytes_column(self, offset: int) -> bytes:
+        """Byte ``offset`` of every slot's header, in slot order (one strided copy in C)."""
+        first = self._slots_off + offset
+        return self._mm[first : first + self._slots * self._stride : self._stride]
+
+    def _store_locked(self) -> AbstractContextManager[bool]:
         """Hold the store lock; when it is taken over from a dead writer, repair first."""
-        with self._locks.hold(LOCK_STORE) as recovered:
-            if recovered:
-                self._repair_locked()
-            yield
+        return self._locks.hold(LOCK_STORE, self._repair_locked)
 
     # -- writes -----------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from runa.splinter.errors import InternalError
@@ -116,12 +116,17 @@ class WriterLocks:
             raise InternalError(f"bus unlock failed: {errno.errorcode.get(rc, rc)} ({rc})")
 
     @contextmanager
-    def hold(self, index: int) -> Iterator[bool]:
-        """Hold lock ``index``; yields True if it was taken over from a holder that died."""
+    def hold(self, index: int, on_recover: Callable[[], object] | None = None) -> Iterator[bool]:
+        """Hold lock ``index``; yields True if it was taken over from a holder that died.
+
+        ``on_recover`` runs (lock held) right after such a takeover, before the caller's block.
+        """
         ptr = self.pointer(index)
         rc = self.trylock(ptr)
         recovered = self.settle(ptr, rc) if rc else False
         try:
+            if recovered and on_recover is not None:
+                on_recover()
             yield recovered
         finally:
             self.release(ptr)
