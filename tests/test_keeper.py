@@ -277,12 +277,17 @@ def test_keeper_survives_a_bus_segment_truncated_under_it(keeper) -> None:
     log = keeper.log.read_text()
     assert f"{alethia}: file is 4096 bytes but its header declares {full} bytes" in log
     assert f"rm {alethia}" in log  # the way out is named
+    main = Path(f"/dev/shm/runa-{stack}-main")
+    wait_for(lambda: "damaged, not served: alethia" in (health(main, proc.pid) or {}).get(
+        "status", ""), 15, "the keeper's status to name the damaged bus")
     _expires_a_key(f"/dev/shm/runa-{stack}-main")
     assert proc.poll() is None
     alethia.unlink()
     wait_for(lambda: alethia.exists() and alethia.stat().st_size == full, 15,
              "the keeper to re-create the removed segment")
     wait_for(lambda: "re-created" in keeper.log.read_text(), 15, "the re-creation logged")
+    wait_for(lambda: (health(main, proc.pid) or {}).get("status") == f"serving stack {stack}",
+             15, "the keeper's status to be clear again")
     with Bus.open(str(alethia)) as bus:
         bus.set("k", b"v")
         assert bus.get("k") == b"v"
@@ -299,5 +304,7 @@ def test_keeper_starts_beside_a_truncated_bus_segment(keeper) -> None:
     wait_for(lambda: "damaged" in keeper.log.read_text(), 15, "the damaged segment logged")
     assert f"{alethia}: file is 8192 bytes" in keeper.log.read_text()
     assert "Traceback" not in keeper.log.read_text()
-    _expires_a_key(f"/dev/shm/runa-{env['RUNA_STACK']}-main")
+    main = Path(f"/dev/shm/runa-{env['RUNA_STACK']}-main")
+    assert health(main, proc.pid)["status"].endswith("; damaged, not served: alethia")
+    _expires_a_key(str(main))
     assert proc.poll() is None

@@ -53,7 +53,16 @@ class Keeper:
         self._ctx = ctx
         for name in BUSES:
             self._open(name)
-        ctx.status(f"serving stack {self.stack}")
+        self._publish_status()
+
+    def _publish_status(self) -> None:
+        """The one-line status (systemctl, the heartbeat): names any bus set aside."""
+        if self._ctx is None:
+            return
+        status = f"serving stack {self.stack}"
+        if self.damaged:
+            status += f"; damaged, not served: {', '.join(sorted(self.damaged))}"
+        self._ctx.status(status)
 
     def _open(self, name: str) -> None:
         """Create bus ``name`` unless it exists, open it and sweep it from now on.
@@ -74,6 +83,7 @@ class Keeper:
             log.event(self.logger, "bus_recreated",
                       f"bus {name}: the damaged segment was removed; re-created {where}",
                       level=logging.WARNING, bus=where)
+            self._publish_status()
         elif created:
             log.event(self.logger, "bus_created", f"created bus {where}", bus=where)
         else:
@@ -97,7 +107,10 @@ class Keeper:
                       f"cannot be trusted; remove it (rm {error.path}) and the keeper creates "
                       "a fresh one; the other buses are served meanwhile",
                       level=logging.ERROR, bus=error.path)
+        newly = name not in self.damaged
         self.damaged[name] = str(error)
+        if newly:
+            self._publish_status()
 
     def _intact(self, name: str) -> bool:
         """Whether bus ``name`` is open and its file still as long as its mapping.
