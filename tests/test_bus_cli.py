@@ -117,3 +117,38 @@ def test_scope_quits_on_q_or_ctrl_c(runa_env: dict[str, str], bus: Bus, key: byt
             proc.kill()
             proc.wait()
         os.close(main)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (("set", "k", "v", "--ttl", "99999999999999999999"), ("--ttl", "3153600000000")),
+    (("set", "k", "v", "--ttl", "0"), ("--ttl", "1 to 3153600000000")),
+    (("set", "k", "v", "--ttl", "-5"), ("--ttl", "1 to 3153600000000")),
+    (("watch", "k", "--interval", "-1"), ("--interval", "0.01 to 3600")),
+    (("watch", "k", "--interval", "nan"), ("--interval", "0.01 to 3600")),
+    (("watch", "k", "--interval", "inf"), ("--interval", "0.01 to 3600")),
+    (("watch", "k", "--interval", "0"), ("--interval", "0.01 to 3600")),
+    (("watch", "k", "--count", "0"), ("--count", "at least 1")),
+    (("watch", "--channel", "events", "--count", "-1"), ("--count", "at least 1")),
+    (("scope", "--once", "--interval", "nan"), ("--interval", "0.05 to 3600")),
+    (("scope", "--once", "--top", "-1"), ("--top", "0 to 1000")),
+    (("scope", "--once", "--top", "99999999999999999999"), ("--top", "0 to 1000")),
+])
+def test_numeric_options_out_of_range_are_usage_errors(
+    runa_env: dict[str, str], bus: Bus, args: tuple[str, ...], names: tuple[str, ...]
+) -> None:
+    """nan, infinities, negatives and huge numbers: one line naming the option and its
+    range, exit 64 (usage), no traceback, and nothing written to the bus."""
+    result = runa("bus", *args, env=runa_env, timeout=30)
+    assert result.returncode == 64, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    line = result.stderr.strip()
+    assert line.startswith("runa: ") and "\n" not in line
+    for name in names:
+        assert name in line, line
+    assert bus.get("k") is None
+
+
+def test_ttl_at_the_top_of_its_range_is_accepted(runa_env: dict[str, str], bus: Bus) -> None:
+    result = runa("bus", "set", "k", "v", "--ttl", "3153600000000", env=runa_env)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert bus.get("k") == b"v"

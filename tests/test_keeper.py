@@ -19,6 +19,7 @@ from support import runa, wait_for
 
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
 from runa.splinter import EVENTS_CHANNEL, Bus, Geometry, create_segment
+from runa.splinter.layout import CTR_LIVE, CTR_TOMBS, HDR_COUNTERS, K_SWEEPS, S_KEYLEN
 
 MS = 1_000_000
 
@@ -206,3 +207,104 @@ def test_decayer_reports_an_event_it_cannot_send(small_bus: Bus) -> None:
     assert report.promoted == [] and len(report.errors) == 1
     assert "at most 512 per message" in report.errors[0]
     assert decayer.sweep().errors == []  # marked anyway: no retry on every sweep
+
+
+def test_decayer_sweep_repairs_drifted_counters_and_scrubs_leftovers(small_bus: Bus) -> None:
+    """A segment whose header counters drifted (writers SIGKILLed under an older version:
+    ``live`` 6 for 3 real keys) and whose free slot still holds a dead insert's key and value
+    is exact and clean again after one sweep, and the repair is counted."""
+    kv = small_bus.kv
+    for key in ("a", "b", "c", "d"):
+        kv.set(key, b"x")
+    kv.unset("b")
+    real = kv.counts()
+    seg = small_bus.segment
+    words, first = seg.words, HDR_COUNTERS // 8
+    words[first + CTR_LIVE] = 6
+    words[first + CTR_TOMBS] = real["tombstones"] + 2
+    free = next(i for i in range(seg.geometry.slots) if not kv.live_at(i))
+    words[(seg.layout.slot(free) >> 3) + S_KEYLEN] = 6  # what an insert killed mid-way leaves
+    seg.mm[seg.layout.slot_key(free) : seg.layout.slot_key(free) + 6] = b"secret"
+    seg.mm[seg.layout.slot_buffer(free, 1) : seg.layout.slot_buffer(free, 1) + 5] = b"value"
+
+    report = Decayer(small_bus, DecayPolicy()).sweep()
+
+    counts = kv.counts()
+    assert (counts["live"], counts["tombstones"]) == (3, real["tombstones"])
+    assert report.repaired.counters == {
+        "live": (6, 3), "tombstones": (real["tombstones"] + 2, real["tombstones"])}
+    assert report.repaired.scrubbed == 1
+    slot = seg.mm[seg.layout.slot(free) : seg.layout.slot(free) + seg.layout.slot_stride]
+    assert b"secret" not in slot and b"value" not in slot
+    assert small_bus.keeper_counters.get()["repairs"] == 1
+    assert not Decayer(small_bus, DecayPolicy()).sweep().repaired  # nothing left to repair
+    assert small_bus.keeper_counters.get()["repairs"] == 1
+    assert sorted(kv.list()) == ["a", "c", "d"]
+
+
+def _sweeps(segment: Path) -> int:
+    """The keeper's ``sweeps`` counter of a segment, read from its header without mapping it."""
+    with open(segment, "rb") as f:
+        return int.from_bytes(os.pread(f.fileno(), 8, HDR_COUNTERS + K_SWEEPS * 8), "little")
+
+
+def _expires_a_key(main: str) -> None:
+    """Proof the keeper still sweeps the main bus: a TTL key is removed (not just hidden)."""
+    with Bus.open(main) as bus:
+        before = bus.kv.counts()["expired"]
+        bus.set("user:1:brief", b"x", ttl_ms=50)
+        wait_for(lambda: bus.kv.counts()["expired"] > before, 15,
+                 "the keeper to expire a TTL key on the main bus")
+
+
+def test_keeper_survives_a_bus_segment_truncated_under_it(keeper) -> None:
+    """Someone cuts the mapped alethia segment to one page: touching it would be SIGBUS. The
+    keeper notices the size before its sweep, logs which segment and what to do, keeps serving
+    the other buses, and re-creates the segment once the damaged file is removed."""
+    proc = keeper(RUNA_SPLINTER_REAP_INTERVAL_S="1", RUNA_SPLINTER_DECAY_INTERVAL_S="1")
+    stack = keeper.env["RUNA_STACK"]
+    alethia = Path(f"/dev/shm/runa-{stack}-alethia")
+    full = alethia.stat().st_size
+    # Cut it between two passes (a pass over it may still touch what it checked just before);
+    # the sweep counter is read with pread, since mapping the file here would risk SIGBUS too.
+    passes = _sweeps(alethia)
+    wait_for(lambda: _sweeps(alethia) > passes, 15, "a decay pass over the alethia bus",
+             interval=0.005)
+    os.truncate(alethia, 4096)
+    wait_for(lambda: "damaged" in keeper.log.read_text() or proc.poll() is not None, 15,
+             "the keeper to notice the truncated segment")
+    assert proc.poll() is None, f"the keeper died: {proc.returncode}"
+    log = keeper.log.read_text()
+    assert f"{alethia}: file is 4096 bytes but its header declares {full} bytes" in log
+    assert f"rm {alethia}" in log  # the way out is named
+    main = Path(f"/dev/shm/runa-{stack}-main")
+    wait_for(lambda: "damaged, not served: alethia" in (health(main, proc.pid) or {}).get(
+        "status", ""), 15, "the keeper's status to name the damaged bus")
+    _expires_a_key(f"/dev/shm/runa-{stack}-main")
+    assert proc.poll() is None
+    alethia.unlink()
+    wait_for(lambda: alethia.exists() and alethia.stat().st_size == full, 15,
+             "the keeper to re-create the removed segment")
+    wait_for(lambda: "re-created" in keeper.log.read_text(), 15, "the re-creation logged")
+    wait_for(lambda: (health(main, proc.pid) or {}).get("status") == f"serving stack {stack}",
+             15, "the keeper's status to be clear again")
+    with Bus.open(str(alethia)) as bus:
+        bus.set("k", b"v")
+        assert bus.get("k") == b"v"
+    assert proc.poll() is None
+
+
+def test_keeper_starts_beside_a_truncated_bus_segment(keeper) -> None:
+    """A segment found truncated at start is reported; the keeper serves the other buses."""
+    env = keeper.env
+    runa("bus", "init", env=env, check=True)
+    alethia = Path(f"/dev/shm/runa-{env['RUNA_STACK']}-alethia")
+    os.truncate(alethia, 8192)
+    proc = keeper()  # its first heartbeat on the main bus is awaited here
+    wait_for(lambda: "damaged" in keeper.log.read_text(), 15, "the damaged segment logged")
+    assert f"{alethia}: file is 8192 bytes" in keeper.log.read_text()
+    assert "Traceback" not in keeper.log.read_text()
+    main = Path(f"/dev/shm/runa-{env['RUNA_STACK']}-main")
+    assert health(main, proc.pid)["status"].endswith("; damaged, not served: alethia")
+    _expires_a_key(str(main))
+    assert proc.poll() is None

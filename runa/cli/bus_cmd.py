@@ -9,8 +9,10 @@ import time
 
 from runa import bus as bus_mod
 from runa.cli.context import CliContext
-from runa.errors import RunaError
+from runa.cli.numbers import in_range
+from runa.errors import UsageError
 from runa.splinter import BUSES
+from runa.splinter.kv import MAX_TTL_MS
 
 EX_NOT_FOUND = 1
 
@@ -94,9 +96,9 @@ def cmd_init(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_set(ctx: CliContext, args: argparse.Namespace) -> int:
+    if args.ttl is not None:
+        in_range("--ttl", args.ttl, 1, MAX_TTL_MS, "milliseconds")
     value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
-    if args.ttl is not None and args.ttl <= 0:
-        raise RunaError(f"--ttl {args.ttl}: must be a positive number of milliseconds")
     with _bus(ctx, args) as bus:
         bus.set(args.key, value, ttl_ms=args.ttl, ephemeral=args.ephemeral)
     return 0
@@ -140,7 +142,10 @@ def cmd_list(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def cmd_watch(ctx: CliContext, args: argparse.Namespace) -> int:
     if bool(args.key) == bool(args.channel):
-        raise RunaError("runa bus watch: give either KEY or --channel NAME")
+        raise UsageError("runa bus watch: give either KEY or --channel NAME")
+    in_range("--interval", args.interval, 0.01, 3600, "seconds")
+    if args.count is not None:
+        in_range("--count", args.count, 1)
     seen = 0
     with _bus(ctx, args) as bus:
         if args.channel:
@@ -174,10 +179,8 @@ def cmd_export(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_scope(ctx: CliContext, args: argparse.Namespace) -> int:
-    if not 0.05 <= args.interval <= 3600:
-        raise RunaError(f"--interval {args.interval}: must be between 0.05 and 3600 seconds")
-    if args.top < 0:
-        raise RunaError(f"--top {args.top}: must not be negative")
+    in_range("--interval", args.interval, 0.05, 3600, "seconds")
+    in_range("--top", args.top, 0, 1000)
     from runa.cli import scope
 
     with _bus(ctx, args) as bus:

@@ -1,4 +1,5 @@
-"""The keeper's decay sweep: expire TTLs, expire idle ephemeral keys, announce hot keys.
+"""The keeper's decay sweep: expire TTLs, expire idle ephemeral keys, announce hot keys,
+and keep the store counters true to the slot table.
 
 The library (``runa.splinter``) provides the scans and the lock-checked removals; this module
 is the policy: what to remove and when to announce, from configuration. One ``Decayer`` per
@@ -19,6 +20,7 @@ from runa.splinter import EVENTS_CHANNEL, Bus, EnvelopeSender, SlotInfo
 from runa.splinter import envelope as envelope_mod
 from runa.splinter.decay import idle_ephemeral, promote_candidates
 from runa.splinter.errors import ChannelNotFound, SplinterError
+from runa.splinter.kv import StoreRepair
 from runa.splinter.stats import ComponentStats
 
 NS = 1_000_000_000
@@ -49,6 +51,7 @@ class SweepReport:
     idle_expired: int = 0
     promoted: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    repaired: StoreRepair = field(default_factory=lambda: StoreRepair({}, 0))
     duration_ns: int = 0
 
 
@@ -110,7 +113,7 @@ class Decayer:
         self.timer_ns = timer_ns
 
     def sweep(self) -> SweepReport:
-        """Expire, idle-expire, promote; each removal re-checks its reason under the slot lock."""
+        """Expire, idle-expire, promote, recount; removals re-check their reason under the lock."""
         started = self.timer_ns()
         kv, policy = self.bus.kv, self.policy
         now = self.clock_ns()
@@ -134,6 +137,7 @@ class Decayer:
                     report.errors.append(f"promote {slot.key!r}: {error}")
                     continue
                 report.promoted.append(slot.key)
+        report.repaired = kv.repair()
         report.duration_ns = self.timer_ns() - started
         self._record(report)
         return report
@@ -147,3 +151,5 @@ class Decayer:
         counters.put("last_sweep_at_ns", self.clock_ns())
         if report.promoted:
             counters.incr("promotions", len(report.promoted))
+        if report.repaired:
+            counters.incr("repairs")

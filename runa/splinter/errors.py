@@ -40,7 +40,13 @@ class SegmentExists(SegmentError):
     """Create refused: a segment is already there (create never truncates a live one)."""
 
 
-class BadMagic(SegmentError):
+class SegmentDamaged(SegmentError):
+    """The file at a segment's path is not a usable segment (cut short, overwritten, or its
+    header does not add up). Its contents cannot be trusted; removing the file lets the keeper
+    create a fresh one."""
+
+
+class BadMagic(SegmentDamaged):
     """The file is not a splinter segment (its first bytes are not our magic)."""
 
 
@@ -53,7 +59,7 @@ class VersionMismatch(SegmentError):
         super().__init__(path, f"layout version {found}, this library reads version {expected}")
 
 
-class SegmentSizeError(SegmentError):
+class SegmentSizeError(SegmentDamaged):
     """The file size disagrees with the size its header declares (truncated or grown)."""
 
     def __init__(self, path: str, actual: int, expected: int) -> None:
@@ -64,7 +70,7 @@ class SegmentSizeError(SegmentError):
         )
 
 
-class SegmentCorrupt(SegmentError):
+class SegmentCorrupt(SegmentDamaged):
     """The header is internally inconsistent (geometry does not add up)."""
 
 
@@ -113,6 +119,19 @@ class ValueTooLarge(SplinterError):
         self.size = size
         self.limit = limit
         super().__init__(f"value for {key!r} is {size} bytes; this bus holds at most {limit}")
+
+
+class InvalidTtl(SplinterError, ValueError):
+    """A key's TTL is not a whole number of milliseconds in the range the expiry word holds."""
+
+    exit_code = 65
+
+    def __init__(self, ttl_ms: object, high: int) -> None:
+        self.ttl_ms = ttl_ms
+        super().__init__(
+            f"ttl_ms {ttl_ms!r}: must be a whole number of milliseconds from 1 to {high} "
+            "(100 years), or none"
+        )
 
 
 class StoreFull(SplinterError):

@@ -24,10 +24,11 @@ import ctypes
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from itertools import compress
 
-from runa.splinter.errors import InvalidKey, StoreFull, ValueTooLarge
+from runa.splinter.errors import InvalidKey, InvalidTtl, StoreFull, ValueTooLarge
 from runa.splinter.layout import (
     CTR_EVICTIONS,
     CTR_EXPIRED,
@@ -63,10 +64,13 @@ from runa.splinter.layout import (
 from runa.splinter.locks import WriterLocks
 from runa.splinter.segment import Segment
 
+# The longest TTL: 100 years, so now + TTL always fits the slot's u64 expiry word.
+MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
 ATIME_GRANULARITY_NS = 1_000_000  # readers refresh last-access at most once a millisecond
 _CACHE_FACTOR = 4  # the per-process key->slot cache holds at most slots * this entries
 
 WriteHook = Callable[[], None]
+_STATE_OF_LOW_BYTE = bytes(b & 3 for b in range(256))  # keygen's low byte -> slot state
 
 # A cache entry: (word index of the slot header, keygen seen, buffer 0 offset, buffer 1 offset,
 # pointer to the slot's mutex). Valid only while the slot's keygen still equals the one recorded.
@@ -94,6 +98,17 @@ class SlotInfo:
 
     def expired(self, now_ns: int) -> bool:
         return self.expiry_ns != 0 and now_ns >= self.expiry_ns
+
+
+@dataclass(frozen=True)
+class StoreRepair:
+    """What ``KV.repair`` found wrong and put right."""
+
+    counters: dict[str, tuple[int, int]]  # counter name: (value found, value written)
+    scrubbed: int  # slots holding no key that still held a dead writer's key or value bytes
+
+    def __bool__(self) -> bool:
+        return bool(self.counters or self.scrubbed)
 
 
 class KV:
@@ -358,6 +373,57 @@ class KV:
         out.update((name, W[c + i]) for i, name in enumerate(STORE_COUNTERS))
         return out
 
+    def repair(self) -> StoreRepair:
+        """Under the store lock, put right what a writer killed mid-insert or mid-unset left.
+
+        The next writer that takes over a dead holder's store lock does this already; the
+        keeper also calls it every sweep, so a segment that went wrong another way (an older
+        version, a stray write) is repaired within one sweep.
+        """
+        with self._locks.hold(LOCK_STORE):
+            return self._repair_locked()
+
+    def _repair_locked(self) -> StoreRepair:
+        """Store lock held: scrub leftovers of dead writers, recount ``live``/``tombstones``.
+
+        Every change of a slot's state, and of these counters, happens under the store lock,
+        but not in the same store: a writer killed between the two leaves a counter off by one,
+        and one killed mid-insert or mid-unset leaves key and value bytes in a slot holding no
+        key. With the store lock held no such change is in flight, so a slot that holds no key
+        but has a key length is a leftover (inserts set it first, unsets clear it last), and the
+        recount is exact.
+        """
+        # Byte columns (one strided copy each, all in C): a slot's state is the low two bits of
+        # its keygen; a key length (at most 1024, Geometry.check) lives in the low two bytes.
+        states = self._bytes_column(S_KEYGEN * 8).translate(_STATE_OF_LOW_BYTE)
+        live, tombs = states.count(STATE_LIVE), states.count(STATE_TOMB)
+        length = int.from_bytes(self._bytes_column(S_KEYLEN * 8), "little")
+        length |= int.from_bytes(self._bytes_column(S_KEYLEN * 8 + 1), "little")
+        has_length = length.to_bytes(self._slots, "little")
+        scrubbed = 0
+        if self._slots - has_length.count(0) > live:  # some slot holding no key has a length
+            for idx in compress(range(self._slots), has_length):
+                if states[idx] != STATE_LIVE:
+                    with self._locks.hold(LOCK_SLOT_BASE + idx):
+                        self._scrub(idx)
+                    scrubbed += 1
+        W, c = self._w, self._ctr
+        fixed = {}
+        for name, index, real in (("live", CTR_LIVE, live), ("tombstones", CTR_TOMBS, tombs)):
+            if W[c + index] != real:
+                fixed[name] = (W[c + index], real)
+                W[c + index] = real
+        return StoreRepair(counters=fixed, scrubbed=scrubbed)
+
+    def _bytes_column(self, offset: int) -> bytes:
+        """Byte ``offset`` of every slot's header, in slot order (one strided copy in C)."""
+        first = self._slots_off + offset
+        return self._mm[first : first + self._slots * self._stride : self._stride]
+
+    def _store_locked(self) -> AbstractContextManager[bool]:
+        """Hold the store lock; when it is taken over from a dead writer, repair first."""
+        return self._locks.hold(LOCK_STORE, self._repair_locked)
+
     # -- writes -----------------------------------------------------------------------------
 
     def set(
@@ -377,10 +443,10 @@ class KV:
         now = self._clock()
         if ttl_ms is None:
             expiry = 0
-        elif type(ttl_ms) is int and ttl_ms > 0:
+        elif type(ttl_ms) is int and 0 < ttl_ms <= MAX_TTL_MS:
             expiry = now + ttl_ms * 1_000_000
         else:
-            raise ValueError(f"ttl_ms must be a positive int or None, not {ttl_ms!r}")
+            raise InvalidTtl(ttl_ms, MAX_TTL_MS)
         flags = FLAG_EPHEMERAL if ephemeral else 0
         try:
             ent = self._cache.get(key)
@@ -465,8 +531,7 @@ class KV:
             self._remember(text, ent)
             if self._update(ent, value, n, expiry, flags, now):
                 return
-        locks = self._locks
-        with locks.hold(LOCK_STORE):
+        with self._store_locked():
             idx, kg, free = self._probe_locked(kb, h)
             if idx is not None:  # inserted meanwhile by someone else: it is an update
                 ent = self._entry(idx, kg)
@@ -519,9 +584,9 @@ class KV:
         w, _, b0, b1, _ = self._entry(idx, 0)
         base = w << 3
         kg = W[w + S_KEYGEN]
-        mm[base + SLOT_HEADER : base + SLOT_HEADER + len(kb)] = kb
-        W[w + S_KEYLEN] = len(kb)
+        W[w + S_KEYLEN] = len(kb)  # first: a slot holding no key but a length is a leftover
         W[w + S_HASH] = h
+        mm[base + SLOT_HEADER : base + SLOT_HEADER + len(kb)] = kb
         e = W[w]
         if e & 1:
             self._put(b0, value, n)
@@ -551,7 +616,7 @@ class KV:
         text, kb = self._key(key)
         self._cache.pop(text, None)
         h = zlib.crc32(kb)
-        with self._locks.hold(LOCK_STORE):
+        with self._store_locked():
             idx, kg, _ = self._probe_locked(kb, h)
             if idx is None:
                 return False
@@ -620,7 +685,7 @@ class KV:
     def _remove(self, index: int, keygen: int, counter: int, veto: Veto | None) -> bool:
         if not 0 <= index < self._slots:
             raise IndexError(f"slot {index} out of range 0..{self._slots - 1}")
-        with self._locks.hold(LOCK_STORE):
+        with self._store_locked():
             w = (self._slots_off + index * self._stride) >> 3
             if self._w[w + S_KEYGEN] != keygen or keygen & 3 != STATE_LIVE:
                 return False
@@ -671,21 +736,14 @@ class KV:
 
         ``veto`` (slot lock held) may spare the slot: then nothing changes and False is returned.
         """
-        W, mm = self._w, self._mm
-        w, _, b0, b1, _ = self._entry(idx, kg)
-        base = w << 3
+        W = self._w
+        w = (self._slots_off + idx * self._stride) >> 3
         with self._locks.hold(LOCK_SLOT_BASE + idx):
             if veto is not None and not veto(w):
                 return False
             W[w + S_KEYGEN] = (((kg >> 2) + 1) << 2) | STATE_TOMB
             W[w] += 2  # readers mid-copy retry; the current-buffer bit is unchanged
-            zeros = self._zeros
-            mm[b0 : b0 + self._value_size] = zeros[: self._value_size]
-            mm[b1 : b1 + self._value_size] = zeros[: self._value_size]
-            mm[base + SLOT_HEADER : base + SLOT_HEADER + self._key_size] = zeros[: self._key_size]
-            for f in (S_HASH, S_KEYLEN, S_LEN0, S_LEN1, S_EXPIRY, S_FLAGS, S_READS,
-                      S_PROMOTED_READS, S_PROMOTED_AT):
-                W[w + f] = 0
+            self._scrub(idx)
         c = self._ctr
         W[c + CTR_LIVE] -= 1
         W[c + counter] += 1
@@ -709,6 +767,22 @@ class KV:
             W[c + CTR_TOMBS] -= 1
             i -= 1
         return True
+
+
+    def _scrub(self, idx: int) -> None:
+        """Zero the key, both value buffers and the key's words (slot lock held, slot not live).
+
+        The key length goes last: until then a repair recognises the slot as a leftover.
+        """
+        W, mm, zeros = self._w, self._mm, self._zeros
+        w, _, b0, b1, _ = self._entry(idx, 0)
+        base = w << 3
+        mm[b0 : b0 + self._value_size] = zeros[: self._value_size]
+        mm[b1 : b1 + self._value_size] = zeros[: self._value_size]
+        mm[base + SLOT_HEADER : base + SLOT_HEADER + self._key_size] = zeros[: self._key_size]
+        for f in (S_HASH, S_LEN0, S_LEN1, S_EXPIRY, S_FLAGS, S_READS, S_PROMOTED_READS,
+                  S_PROMOTED_AT, S_KEYLEN):
+            W[w + f] = 0
 
 
 def _as_bytes(value: object) -> bytes:

@@ -31,12 +31,14 @@ CTR_LIVE, CTR_TOMBS, CTR_INSERTS, CTR_UNSETS, CTR_EVICTIONS, CTR_RECOVERED = ran
 CTR_EXPIRED, CTR_IDLE_EXPIRED, CTR_STORE_FULL = 6, 7, 8
 # The keeper's counters, kept in the header too so `runa bus export` can read them from outside.
 K_SWEEPS, K_SWEEP_NS, K_SWEEP_MAX_NS, K_SWEEP_AT, K_PROMOTIONS, K_REAPED = range(9, 15)
+K_REPAIRS = 15  # sweeps that found the store counters wrong or a dead writer's leftovers
 STORE_COUNTERS = (
     "live", "tombstones", "inserts", "unsets", "evictions", "lock_recoveries", "expired",
     "idle_expired", "store_full",
 )
 KEEPER_COUNTERS = (
     "sweeps", "last_sweep_ns", "max_sweep_ns", "last_sweep_at_ns", "promotions", "reaped",
+    "repairs",
 )
 
 # -- slot: a 128-byte header, then the key, then two value buffers ------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from runa.splinter.errors import InternalError
@@ -85,8 +85,12 @@ class WriterLocks:
     def pointer(self, index: int) -> ctypes.c_void_p:
         return ctypes.c_void_p(self._base + index * MUTEX_SIZE)
 
-    def settle(self, ptr: ctypes.c_void_p, rc: int) -> None:
-        """Finish acquiring after ``trylock`` returned ``rc`` != 0: wait, or recover."""
+    def settle(self, ptr: ctypes.c_void_p, rc: int) -> bool:
+        """Finish acquiring after ``trylock`` returned ``rc`` != 0: wait, or recover.
+
+        True if the lock was taken over from a holder that died (the caller may then repair
+        what the dead holder kept beside its published state, such as the store counters).
+        """
         if rc == errno.EBUSY:
             rc = self._lib.lock(ptr)  # sleeps in the kernel, GIL released
         if rc == errno.EOWNERDEAD:
@@ -94,9 +98,10 @@ class WriterLocks:
             # construction, so the protected state is consistent as it stands.
             self._lib.consistent(ptr)
             self._words[self._recovered] += 1
-            return
+            return True
         if rc:
             raise InternalError(f"bus lock failed: {errno.errorcode.get(rc, rc)} ({rc})")
+        return False
 
     def acquire(self, index: int) -> ctypes.c_void_p:
         ptr = self.pointer(index)
@@ -111,9 +116,17 @@ class WriterLocks:
             raise InternalError(f"bus unlock failed: {errno.errorcode.get(rc, rc)} ({rc})")
 
     @contextmanager
-    def hold(self, index: int) -> Iterator[None]:
-        ptr = self.acquire(index)
+    def hold(self, index: int, on_recover: Callable[[], object] | None = None) -> Iterator[bool]:
+        """Hold lock ``index``; yields True if it was taken over from a holder that died.
+
+        ``on_recover`` runs (lock held) right after such a takeover, before the caller's block.
+        """
+        ptr = self.pointer(index)
+        rc = self.trylock(ptr)
+        recovered = self.settle(ptr, rc) if rc else False
         try:
-            yield
+            if recovered and on_recover is not None:
+                on_recover()
+            yield recovered
         finally:
             self.release(ptr)

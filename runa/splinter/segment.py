@@ -186,6 +186,17 @@ class Segment:
         del anchor  # release the buffer export so the map can be closed later
         self.closed = False
 
+    def check_size(self) -> None:
+        """Raise SegmentSizeError if the file is no longer as long as its mapping.
+
+        Someone with write access may truncate the file under a mapping; touching a page past
+        the new end raises SIGBUS, which kills the process. Long-lived users (the keeper) call
+        this before each pass over the segment, so a cut-short file is an error, not a crash.
+        """
+        size = os.fstat(self.fd).st_size
+        if size != self.info.total_size:
+            raise SegmentSizeError(self.path, size, self.info.total_size)
+
     @classmethod
     def open(cls, path: str) -> Segment:
         """Open and validate an existing segment (BadMagic / VersionMismatch / SegmentSizeError)."""

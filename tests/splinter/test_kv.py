@@ -8,7 +8,8 @@ import zlib
 import pytest
 
 from runa.splinter import Bus, Geometry
-from runa.splinter.errors import InvalidKey, StoreFull, ValueTooLarge
+from runa.splinter.errors import InvalidKey, InvalidTtl, StoreFull, ValueTooLarge
+from runa.splinter.kv import MAX_TTL_MS
 
 from .support import SMALL
 
@@ -281,3 +282,18 @@ def test_bus_shorthands_and_value_types(make_bus) -> None:
         bus.set("k", 42)
     with pytest.raises(ValueError, match="ttl_ms"):
         bus.set("k", b"v", ttl_ms=0)
+
+
+def test_a_ttl_beyond_the_expiry_word_is_refused_before_anything_is_written(make_bus) -> None:
+    """A TTL whose deadline would not fit the slot's 64-bit expiry word used to fail half-way
+    through the write (inside the locks) with a memoryview error; now it is refused up front."""
+    bus, _ = make_bus()
+    bus.set("k", b"old")
+    for key in ("k", "new"):
+        with pytest.raises(InvalidTtl, match=r"ttl_ms 99999999999999999999: .* 1 to 3153600000000"):
+            bus.set(key, b"v", ttl_ms=99_999_999_999_999_999_999)
+    assert bus.get("k") == b"old" and bus.get("new") is None
+    assert bus.kv.counts()["live"] == 1
+    assert bus.kv.repair().scrubbed == 0  # nothing half-written was left in a free slot
+    bus.set("k", b"v", ttl_ms=MAX_TTL_MS)
+    assert bus.get("k") == b"v"

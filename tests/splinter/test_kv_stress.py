@@ -17,6 +17,7 @@ import signal
 import time
 
 from runa.splinter import Bus, Geometry
+from runa.splinter.layout import S_HASH, S_KEYGEN, S_LEN1, STATE_LIVE, STATE_TOMB
 
 KEYS = 1000
 STRESS = Geometry(
@@ -202,3 +203,69 @@ def test_readers_never_see_another_keys_value_under_insert_unset_churn(make_bus,
     assert len(listed) == len(set(listed))  # never a duplicate key
     counts = bus.kv.counts()
     assert counts["live"] == len(listed)
+
+
+COUNTED = Geometry(slots=64, max_key=32, max_value=64, channels=1, channel_capacity=4096,
+                   subscribers=1, stats_entries=1, max_envelope=1024)
+
+
+def _insert_unset_loop(path: str, seed: int) -> None:
+    """Inserts and unsets a few keys for ever: every call changes ``live``/``tombstones``."""
+    bus = Bus.open(path)
+    rnd = random.Random(seed)
+    while True:
+        key = f"k{rnd.randrange(8)}"
+        bus.kv.set(key, b"a secret value")
+        bus.kv.unset(key)
+
+
+def _real_counts(bus: Bus) -> tuple[int, int]:
+    """(live, tombstones) as the slot table holds them (each slot's keygen state)."""
+    states = [keygen & 3 for keygen in bus.kv.column(S_KEYGEN)]
+    return states.count(STATE_LIVE), states.count(STATE_TOMB)
+
+
+def _leftovers(bus: Bus) -> list[int]:
+    """Slots not holding a live key whose key, value or length words are not all zero."""
+    lay, mm = bus.segment.layout, bus.segment.mm
+    out = []
+    for i, keygen in enumerate(bus.kv.column(S_KEYGEN)):
+        if keygen & 3 == STATE_LIVE:
+            continue
+        words = bus.segment.words[(lay.slot(i) >> 3) + S_HASH : (lay.slot(i) >> 3) + S_LEN1 + 1]
+        if any(words) or any(mm[lay.slot_key(i) : lay.slot(i) + lay.slot_stride]):
+            out.append(i)  # hash, key length, value lengths, key or value bytes left
+    return out
+
+
+def test_store_counters_stay_exact_when_writers_are_sigkilled_mid_operation(
+    make_bus, mp
+) -> None:
+    """Writers SIGKILLed at random points (often inside the store lock) must not make the
+    header's ``live``/``tombstones`` drift from the slot table, nor leave a removed key's bytes
+    in the segment: the next writer that takes over a dead holder's lock repairs both."""
+    bus, path = make_bus(COUNTED)
+    rnd = random.Random(7)
+    deadline = time.monotonic() + 20.0
+    kills = 0
+    drift: list[str] = []
+    while time.monotonic() < deadline and kills < 200 and not drift:
+        child = mp.Process(target=_insert_unset_loop, args=(path, kills))
+        child.start()
+        time.sleep(rnd.uniform(0.005, 0.03))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        kills += 1
+        bus.kv.set("probe", b"after")  # the next writer (takes over a lock left by the dead)
+        bus.kv.unset("probe")
+        counts = bus.kv.counts()
+        if (counts["live"], counts["tombstones"]) != _real_counts(bus):
+            drift.append(f"after {kills} SIGKILLed writers the header says live={counts['live']} "
+                         f"tombstones={counts['tombstones']}, the slots hold (live, "
+                         f"tombstones) = {_real_counts(bus)}")
+        if _leftovers(bus):
+            drift.append(f"after {kills} SIGKILLed writers slots {_leftovers(bus)} hold no "
+                         "key but still hold a dead writer's key or value bytes")
+    assert not drift, drift[0]
+    assert kills >= 50, f"only {kills} writers killed: the fault did not run"
+    assert bus.kv.counts()["lock_recoveries"] > 0, "no writer died holding a lock"
