@@ -7,11 +7,25 @@ packaging checks can point Runa at stand-in directories without patching.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runa.errors import UsageError
+
 SHARED_STACK = "shared"
+# Stack names become file names (/dev/shm/runa-<stack>-<bus>, cgroups, units); a "-" would
+# let one stack's name prefix another's segments, a "/" or ".." leave the directory.
+_STACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,31}")
+
+
+def check_stack_name(name: str, source: str = "--stack") -> str:
+    """``name`` if it is a usable stack name; a UsageError (exit 64) naming the form if not."""
+    if not _STACK_NAME.fullmatch(name):
+        raise UsageError(f"{source} {name!r} is not a stack name: use 1 to 32 letters, digits "
+                         "or '_', starting with a letter or digit (e.g. u1000, shared)")
+    return name
 
 
 def personal_stack(uid: int | None = None) -> str:
