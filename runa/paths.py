@@ -44,6 +44,8 @@ class Paths:
     data: Path
     runtime: Path
     models: tuple[Path, ...]
+    #: The runtime directory is under ``$TMPDIR/runa-<uid>`` because XDG_RUNTIME_DIR is unset.
+    runtime_fallback: bool = False
 
     @property
     def shared(self) -> bool:
@@ -54,7 +56,9 @@ class Paths:
         """Resolve the directories for ``stack`` from ``env`` (default: os.environ).
 
         ``RUNA_SYSCONFDIR`` moves ``/etc/runa`` (the test stand-in for the admin layer);
-        the XDG variables move the personal directories as the XDG spec says.
+        the XDG variables move the personal directories as the XDG spec says; without
+        ``XDG_RUNTIME_DIR`` the runtime directory falls back to ``$TMPDIR/runa-<uid>``
+        (``/tmp`` when TMPDIR is unset), which runa.supervisor.rundir makes private.
         """
         env = os.environ if env is None else env
         sysconfdir = Path(env.get("RUNA_SYSCONFDIR", "/etc/runa"))
@@ -73,7 +77,9 @@ class Paths:
         config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
         data_home = Path(env.get("XDG_DATA_HOME") or home / ".local/share")
         state_home = Path(env.get("XDG_STATE_HOME") or home / ".local/state")
-        runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/tmp/runa-{os.getuid()}"
+        xdg_runtime = env.get("XDG_RUNTIME_DIR")
+        runtime_dir = xdg_runtime or os.path.join(env.get("TMPDIR") or "/tmp",
+                                                  f"runa-{os.getuid()}")
         return cls(
             stack=stack,
             sysconfdir=sysconfdir,
@@ -82,4 +88,5 @@ class Paths:
             data=data_home / "runa",
             runtime=Path(runtime_dir) / "runa",
             models=(data_home / "runa/models", Path("/usr/share/runa/models")),
+            runtime_fallback=not xdg_runtime,
         )
