@@ -288,7 +288,9 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     elif not pid:
         print(f"stack {ctx.stack}: not running{_other_stack(ctx)}")
     else:
-        print(f"stack {ctx.stack}: supervisor pid {pid}, {'healthy' if healthy else 'degraded'}")
+        condition = ("starting" if current.get("starting", True)
+                     else "healthy" if healthy else "degraded")
+        print(f"stack {ctx.stack}: supervisor pid {pid}, {condition}")
         for c in comps:
             print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} "
                   f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"
