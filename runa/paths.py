@@ -7,11 +7,29 @@ packaging checks can point Runa at stand-in directories without patching.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runa.errors import UsageError
+
 SHARED_STACK = "shared"
+# Stack names become file names (/dev/shm/runa-<stack>-<bus>, cgroups, the runtime
+# directory): the bus segments' own rule (runa.splinter.segment), starting with a letter or
+# digit so that no name is "." or "..", hidden, or taken for an option.
+_STACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_stack_name(name: str, source: str = "--stack") -> str:
+    """``name`` if it is a usable stack name; a UsageError (exit 64) naming the form if not.
+
+    Checked before any command runs: found later, by the bus, it was an I/O error (74).
+    """
+    if not _STACK_NAME.fullmatch(name):
+        raise UsageError(f"{source} {name!r} is not a stack name: use 1 to 64 letters, digits, "
+                         "'_', '.' or '-', starting with a letter or digit (e.g. u1000, shared)")
+    return name
 
 
 def personal_stack(uid: int | None = None) -> str:
@@ -30,6 +48,8 @@ class Paths:
     data: Path
     runtime: Path
     models: tuple[Path, ...]
+    #: The runtime directory is under ``$TMPDIR/runa-<uid>`` because XDG_RUNTIME_DIR is unset.
+    runtime_fallback: bool = False
 
     @property
     def shared(self) -> bool:
@@ -40,7 +60,9 @@ class Paths:
         """Resolve the directories for ``stack`` from ``env`` (default: os.environ).
 
         ``RUNA_SYSCONFDIR`` moves ``/etc/runa`` (the test stand-in for the admin layer);
-        the XDG variables move the personal directories as the XDG spec says.
+        the XDG variables move the personal directories as the XDG spec says; without
+        ``XDG_RUNTIME_DIR`` the runtime directory falls back to ``$TMPDIR/runa-<uid>``
+        (``/tmp`` when TMPDIR is unset), which runa.supervisor.rundir makes private.
         """
         env = os.environ if env is None else env
         sysconfdir = Path(env.get("RUNA_SYSCONFDIR", "/etc/runa"))
@@ -59,7 +81,9 @@ class Paths:
         config_home = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
         data_home = Path(env.get("XDG_DATA_HOME") or home / ".local/share")
         state_home = Path(env.get("XDG_STATE_HOME") or home / ".local/state")
-        runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/tmp/runa-{os.getuid()}"
+        xdg_runtime = env.get("XDG_RUNTIME_DIR")
+        runtime_dir = xdg_runtime or os.path.join(env.get("TMPDIR") or "/tmp",
+                                                  f"runa-{os.getuid()}")
         return cls(
             stack=stack,
             sysconfdir=sysconfdir,
@@ -68,4 +92,5 @@ class Paths:
             data=data_home / "runa",
             runtime=Path(runtime_dir) / "runa",
             models=(data_home / "runa/models", Path("/usr/share/runa/models")),
+            runtime_fallback=not xdg_runtime,
         )

@@ -30,6 +30,7 @@ from runa.cli import (
 )
 from runa.cli.context import CliContext
 from runa.errors import RunaError
+from runa.paths import check_stack_name
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
                    daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd)
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ctx = CliContext.from_environ(stack=args.stack)
     try:
+        check_stack_name(ctx.stack, "--stack" if args.stack else "RUNA_STACK")
         return int(args.func(ctx, args) or 0)
     except RunaError as error:
         print(f"runa: {error}", file=sys.stderr)

@@ -5,15 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from runa import log
-from runa.cli.context import CliContext, add_model_flags, as_environment, model_overrides
+from runa.cli.context import (
+    MODEL_FLAGS,
+    CliContext,
+    add_model_flags,
+    as_environment,
+    model_overrides,
+)
 from runa.errors import RunaError
 from runa.gilgul import registry
+from runa.supervisor import leftovers, lock, rundir
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor import state as state_file
 
@@ -33,7 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "restarts failed components with gilgul's policy and logs the same journal events "
         "('runa audit'). In the foreground Ctrl-C stops the stack; with --detach the "
         "supervisor keeps running in the background and 'runa down' stops it. With the "
-        "stack already up, it starts what is stopped or held. With a systemd user manager, "
+        "stack already up, it starts what is stopped or held (model flags are then ignored, "
+        "saying so); of two 'up' at once, one starts the stack and the other waits for it. "
+        "With a systemd user manager, "
         "prefer 'systemctl --user start runa.target'.",
     )
     up.add_argument("--detach", "-d", action="store_true",
@@ -53,65 +65,128 @@ def register(commands: argparse._SubParsersAction) -> None:
     status.set_defaults(func=cmd_status)
 
 
-def _live_supervisor(ctx: CliContext) -> tuple[int, str] | None:
-    """This user's running supervisor: (pid, the stack it runs), or None.
+def _holder(ctx: CliContext) -> lock.Holder | None:
+    """This user's live supervisor (the holder of the runtime directory's lock), or None.
 
-    Its state file and notify socket are per user, not per stack, so one supervised
-    stack runs at a time; a command for another stack must not signal this one.
+    Its runtime directory is per user, not per stack, so one supervised stack runs at a
+    time; a command for another stack must not signal this one. The pid comes from the
+    kernel, never from the state file, which a killed supervisor leaves naming a pid that
+    may since belong to anything. An unsafe runtime directory is refused (exit 77).
     """
-    current = state_file.read(ctx.paths.runtime / "supervisor.json")
-    pid = current.get("supervisor_pid") if current else None
-    if not pid or not state_file.pid_alive(pid):
+    if not rundir.existing(ctx.paths):
         return None
-    return pid, str(current.get("stack") or ctx.stack)
+    holder = lock.holder(ctx.paths.runtime)
+    deadline = time.monotonic() + 2.0  # it writes its stack just after taking the lock
+    while holder is not None and holder.stack is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        holder = lock.holder(ctx.paths.runtime)
+    return holder
 
 
 def _running_supervisor(ctx: CliContext) -> int | None:
     """The pid of the supervisor running ``ctx.stack``, if it runs."""
-    live = _live_supervisor(ctx)
-    return live[0] if live and live[1] == ctx.stack else None
+    holder = _holder(ctx)
+    return holder.pid if holder and holder.stack == ctx.stack else None
 
 
 def _other_stack(ctx: CliContext) -> str:
     """" (this user's supervisor runs the stack X, pid N)" when X is not ``ctx.stack``, else ""."""
-    live = _live_supervisor(ctx)
-    if live is None or live[1] == ctx.stack:
+    holder = _holder(ctx)
+    if holder is None or holder.stack == ctx.stack:
         return ""
-    return f" (this user's supervisor runs the stack {live[1]}, pid {live[0]})"
+    return f" (this user's supervisor runs the stack {holder.stack or '?'}, pid {holder.pid})"
+
+
+def _state(ctx: CliContext, pid: int | None) -> dict[str, Any]:
+    """The state file as written by the supervisor ``pid``; {} when it is another's."""
+    current = state_file.read(ctx.paths.runtime / "supervisor.json") or {}
+    return current if pid and current.get("supervisor_pid") == pid else {}
 
 
 def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
     overrides = model_overrides(args)
     ctx.overrides.update(overrides)
     ctx.env = {**ctx.env, **as_environment(overrides)}  # the components read them too
-    live = _live_supervisor(ctx)
-    if live and live[1] != ctx.stack:
-        raise StackError(f"cannot start the stack {ctx.stack}{_other_stack(ctx)}: 'runa up' "
-                         "runs one stack per user at a time; stop that one first with "
-                         f"'runa --stack {live[1]} down'")
-    pid = live[0] if live else None
-    if pid:
-        os.kill(pid, signal.SIGHUP)  # start whatever is stopped or held
-        print(f"runa: the stack {ctx.stack} is already running (supervisor pid {pid}); "
-              "asked it to start any stopped or held component")
-        return 0
+    rundir.prepare(ctx.paths)
+    holder = _holder(ctx)
+    if holder:
+        return _join(ctx, holder, overrides)
     if args.detach:
-        return _up_detached(ctx)
+        return _up_detached(ctx, overrides)
     cfg = ctx.config
     logger = log.setup("supervisor", cfg["log.level"], cfg["log.target"])
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a second 'runa up' may signal already
+    try:
+        supervisor = supervisor_stack.create(cfg, ctx.paths, ctx.stack, ctx.env, logger)
+    except lock.AlreadySupervised as raced:  # another 'runa up' took the lock first
+        if raced.holder is None:
+            raise
+        return _join(ctx, raced.holder, overrides)
     previous = state_file.read(ctx.paths.runtime / "supervisor.json")
-    supervisor = supervisor_stack.create(cfg, ctx.paths, ctx.stack, ctx.env, logger)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     signal.signal(signal.SIGHUP, supervisor.request_reconcile)
     supervisor.reconcile(previous)
     if not supervisor.start_all():
-        failed = [c.describe() for c in supervisor.children if c.state != "running"]
         supervisor.stop_all()
-        raise StackError(f"the stack did not become ready: {failed}")
+        raise StackError(f"the stack {ctx.stack} did not become ready: "
+                         f"{supervisor.failure or 'stopped while starting'}")
     names = ", ".join(c.spec.name for c in supervisor.children)
     print(f"runa: stack {ctx.stack} is up ({names}); Ctrl-C stops it", flush=True)
     return supervisor.run()
+
+
+def _join(ctx: CliContext, holder: lock.Holder, overrides: dict[str, Any]) -> int:
+    """'runa up' with a supervisor already there: refuse another stack; wait for one that
+    is still starting; ask a running one to start whatever is stopped or held (SIGHUP)."""
+    if holder.stack != ctx.stack:
+        raise StackError(f"cannot start the stack {ctx.stack}{_other_stack(ctx)}: 'runa up' "
+                         "runs one stack per user at a time; stop that one first with "
+                         f"'runa --stack {holder.stack} down'")
+    _say_ignored(ctx, holder.pid, overrides)
+    if _state(ctx, holder.pid).get("starting", True):
+        print(f"runa: another 'runa up' is starting the stack {ctx.stack} (supervisor pid "
+              f"{holder.pid}); waiting for it", flush=True)
+        _wait_started(ctx, holder.pid, time.monotonic() + _start_budget(ctx))
+        print(f"runa: stack {ctx.stack} is up (supervisor pid {holder.pid})")
+        return 0
+    try:
+        os.kill(holder.pid, signal.SIGHUP)  # start whatever is stopped or held
+    except PermissionError as error:
+        raise StackError(f"cannot signal the supervisor (pid {holder.pid}): "
+                         f"{error.strerror}") from error
+    print(f"runa: the stack {ctx.stack} is already running (supervisor pid {holder.pid}); "
+          "asked it to start any stopped or held component")
+    return 0
+
+
+def _say_ignored(ctx: CliContext, pid: int, overrides: dict[str, Any]) -> None:
+    """Model flags cannot change a running stack: say so, and how to apply them."""
+    if not overrides:
+        return
+    given = [(flags, overrides[key]) for flags, _, key, _, _ in MODEL_FLAGS if key in overrides]
+    names = ", ".join("/".join(flags) for flags, _ in given)
+    again = " ".join(f"{flags[0]} {shlex.quote(str(value))}" for flags, value in given)
+    stack = f" --stack {ctx.stack}" if ctx.stack_flag else ""
+    print(f"runa: ignored {names}: the stack {ctx.stack} already runs (supervisor pid {pid}) "
+          f"with the settings it started with; to apply them, restart it: "
+          f"'runa{stack} down' then 'runa{stack} up {again}'", file=sys.stderr, flush=True)
+
+
+def _wait_started(ctx: CliContext, pid: int, deadline: float) -> None:
+    """Until the supervisor ``pid`` has started every component; its failure if it gives up."""
+    while time.monotonic() < deadline:
+        current = _state(ctx, pid)
+        if current and not current.get("starting", True):
+            return
+        if _running_supervisor(ctx) != pid:
+            failure = (state_file.read(ctx.paths.runtime / "supervisor.json") or {}).get(
+                "failure")
+            raise StackError(f"the stack {ctx.stack} did not become ready: "
+                             f"{failure or f'its supervisor (pid {pid}) exited'}")
+        time.sleep(0.05)
+    raise StackError(f"the stack {ctx.stack} did not become ready in time "
+                     f"(supervisor pid {pid})")
 
 
 def _start_budget(ctx: CliContext) -> float:
@@ -120,29 +195,64 @@ def _start_budget(ctx: CliContext) -> float:
     return sum(c.timeout_start_sec + 5 for c in reg.watched) + 5
 
 
-def _up_detached(ctx: CliContext) -> int:
+def _up_detached(ctx: CliContext, overrides: dict[str, Any]) -> int:
+    """Start the supervisor in the background; return once a supervisor has the stack up.
+
+    Usually that is the one started here; when another 'runa up' took the lock first, it
+    is that one, and this one says so.
+    """
     runtime = ctx.paths.runtime
-    runtime.mkdir(parents=True, exist_ok=True)
     log_path = runtime / "supervisor.log"
     argv = [sys.executable, "-m", "runa", "--stack", ctx.stack, "up"]
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
+    begun = time.time()
+    log_fd = rundir.open_private(log_path)
+    offset = os.fstat(log_fd).st_size
+    try:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_fd,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    env=dict(ctx.env))
+    finally:
+        os.close(log_fd)
     deadline = time.monotonic() + _start_budget(ctx)
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"the supervisor exited with status {process.returncode}; "
-                             f"see {log_path}")
-        current = state_file.read(runtime / "supervisor.json")
-        comps = current.get("components", []) if current else []
-        if current and current.get("supervisor_pid") == process.pid and comps and all(
+        holder = lock.holder(runtime)
+        pid = holder.pid if holder else None
+        current = _state(ctx, pid)
+        comps = current.get("components", [])
+        if current and not current.get("starting") and comps and all(
                 c["state"] == "running" for c in comps):
-            print(f"runa: stack {ctx.stack} is up (supervisor pid {process.pid})")
+            if pid == process.pid:
+                print(f"runa: stack {ctx.stack} is up (supervisor pid {pid})")
+            else:
+                _say_ignored(ctx, pid or 0, overrides)
+                print(f"runa: another 'runa up' started the stack {ctx.stack} at the same "
+                      f"time (supervisor pid {pid}); it is up")
             return 0
+        if holder is None and process.poll() is not None:
+            raise StackError(_why_not_started(ctx, process, begun, log_path, offset))
         time.sleep(0.05)
     process.terminate()
-    raise StackError(f"the stack did not become ready in time; see {log_path}")
+    raise StackError(f"the stack {ctx.stack} did not become ready in time; see {log_path}")
+
+
+def _why_not_started(ctx: CliContext, process: subprocess.Popen[bytes], begun: float,
+                     log_path: Path, offset: int) -> str:
+    """The cause of a failed detached start, as the supervisor recorded it, and the log.
+
+    Without a recorded failure (it stopped before starting anything: a bad configuration,
+    say), the error line it printed into the log is the cause.
+    """
+    current = state_file.read(ctx.paths.runtime / "supervisor.json") or {}
+    failure = current.get("failure") if current.get("updated", 0) >= begun else None
+    if failure:
+        return f"the stack {ctx.stack} did not become ready: {failure} (log: {log_path})"
+    with open(log_path, "rb") as log_file:
+        log_file.seek(offset)
+        printed = log_file.read().decode("utf-8", "replace").splitlines()
+    said = next((line.removeprefix("runa: ") for line in reversed(printed)
+                 if line.startswith("runa: ")), "")
+    return (f"the supervisor exited with status {process.returncode}"
+            + (f": {said}" if said else "") + f"; see {log_path}")
 
 
 def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -150,10 +260,16 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
     if pid is None:
         print(f"runa: the stack {ctx.stack} is not running{_other_stack(ctx)}")
         return 0
-    os.kill(pid, signal.SIGTERM)
+    ticks = leftovers.start_ticks(pid)  # to know it gone without trusting the pid alone
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except PermissionError as error:
+        raise StackError(f"cannot signal the supervisor (pid {pid}): {error.strerror}") \
+            from error
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        if not state_file.pid_alive(pid):
+        gone = ticks is None or leftovers.start_ticks(pid) != ticks
+        if gone and lock.holder(ctx.paths.runtime) is None:
             print(f"runa: stack {ctx.stack} stopped")
             return 0
         time.sleep(0.05)
@@ -162,8 +278,8 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     pid = _running_supervisor(ctx)
-    current = state_file.read(ctx.paths.runtime / "supervisor.json") or {}
-    comps = current.get("components", []) if pid else []
+    current = _state(ctx, pid)
+    comps = current.get("components", [])
     healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
     if args.json:
         print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
@@ -172,7 +288,9 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     elif not pid:
         print(f"stack {ctx.stack}: not running{_other_stack(ctx)}")
     else:
-        print(f"stack {ctx.stack}: supervisor pid {pid}, {'healthy' if healthy else 'degraded'}")
+        condition = ("starting" if current.get("starting", True)
+                     else "healthy" if healthy else "degraded")
+        print(f"stack {ctx.stack}: supervisor pid {pid}, {condition}")
         for c in comps:
             print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} "
                   f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"

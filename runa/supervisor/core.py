@@ -36,6 +36,7 @@ from runa.splinter import Bus
 from runa.supervisor import leftovers
 from runa.supervisor import state as state_file
 from runa.supervisor.limits import MemoryLimiter, Preexec
+from runa.supervisor.lock import SupervisorLock
 from runa.supervisor.notify import NotifyListener
 
 _PR_SET_PDEATHSIG = 1
@@ -118,9 +119,11 @@ class Supervisor:
         limiter: MemoryLimiter,
         open_bus: Callable[[], Bus | None] = lambda: None,
         stack: str = "",
+        lock: SupervisorLock | None = None,
         clock: Callable[[], float] = time.monotonic,
         clock_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
+        """``lock``, when given, is held for this supervisor and released by stop_all."""
         self.children = [Child(spec) for spec in specs]
         self.runtime_dir = runtime_dir
         self.state_path = runtime_dir / "supervisor.json"
@@ -133,7 +136,10 @@ class Supervisor:
         self.stack = stack
         self.clock = clock
         self.clock_ns = clock_ns
+        self.lock = lock
         self.stopping = False
+        self.starting = True  # until start_all is done; reconcile requests wait for it
+        self.failure = ""  # why the start failed, in the components' own words
         self.reconcile_requested = False
         self.bus: Bus | None = None
         self._next_beat_check = 0.0
@@ -182,7 +188,11 @@ class Supervisor:
             self._spawn(child, reason="")
             self._save()
             if not self._wait_ready(child):
+                self.failure = "; ".join(_start_failure(c) for c in self.children
+                                         if c.process is not None and c.state != "running")
                 return False
+        self.starting = False
+        self._save()
         return True
 
     def _spawn(self, child: Child, reason: str) -> bool:
@@ -266,6 +276,8 @@ class Supervisor:
         if self.bus is not None:
             self.bus.close()
             self.bus = None
+        if self.lock is not None:
+            self.lock.release()
 
     # -- one turn of the loop ---------------------------------------------------------------
 
@@ -283,7 +295,7 @@ class Supervisor:
         now = self.clock()
         for child in self.children:
             changed |= self._check(child, now)
-        if self.reconcile_requested:
+        if self.reconcile_requested and not self.starting:
             self.reconcile_requested = False
             changed |= self._start_stopped()
         for name, reason in self.policy.due():
@@ -453,6 +465,8 @@ class Supervisor:
         state_file.write_atomically(self.state_path, {
             "supervisor_pid": os.getpid() if running else None,
             "stack": self.stack,
+            "starting": self.starting and running,
+            "failure": self.failure,
             "memory_limits": self.limiter.mode,
             "updated": time.time(),
             "components": [child.describe() for child in self.children],
@@ -476,6 +490,29 @@ def _ended(process: subprocess.Popen[bytes]) -> tuple[int, int] | None:
         return None
     process.wait()
     return info.si_code, info.si_status
+
+
+def _start_failure(child: Child) -> str:
+    """Why ``child`` did not become ready: how it ended, and what it said (``STATUS=failed:``).
+
+    The service base reports a refused start as ``STATUS=failed: <the error>``, so the
+    person sees the component's own reason (a missing model and how to get one), not only
+    an exit status.
+    """
+    name, process = child.spec.name, child.process
+    reason = child.kill_reason or child.reason
+    if reason == "timeout":
+        how = f"did not report READY within {child.spec.start_timeout_s:g} s"
+    elif process is None or process.returncode is None:
+        how = "did not become ready"
+    elif process.returncode >= 0:
+        how = f"exited with status {process.returncode} before it was ready"
+    else:
+        how = f"was {_describe(CLD_KILLED, -process.returncode)} before it was ready"
+    said = child.status
+    if said.startswith("failed: "):
+        return f"{name} {how}: {said.removeprefix('failed: ')}"
+    return f"{name} {how}" + (f" (its last status: {said})" if said else "")
 
 
 def _describe(code: int, status: int) -> str:

@@ -19,8 +19,10 @@ from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.policy import Policy, PolicySettings
 from runa.paths import Paths
+from runa.supervisor import rundir
 from runa.supervisor.core import ComponentSpec, Gilgul, Supervisor, daemon_argv
 from runa.supervisor.limits import MemoryLimiter, find_layout
+from runa.supervisor.lock import SupervisorLock
 
 
 def specs(config: Config, reg: registry.Registry) -> list[ComponentSpec]:
@@ -40,7 +42,12 @@ def specs(config: Config, reg: registry.Registry) -> list[ComponentSpec]:
 
 def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
            logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> Supervisor:
-    """The supervisor for ``stack``; a bad registry raises RegistryError (exit 78)."""
+    """The supervisor for ``stack``, holding the runtime directory's lock.
+
+    A bad registry raises RegistryError (exit 78), an unsafe runtime directory
+    RuntimeDirError (77), a supervisor already there AlreadySupervised (75): each before
+    anything in the runtime directory is touched.
+    """
     reg = registry.load(paths.sysconfdir)
     gilgul = Gilgul(
         policy=Policy(PolicySettings.from_config(config), clock),
@@ -50,6 +57,12 @@ def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
         hook=PolicyHook(config["gilgul.policy_script"], logger),
         heartbeat_interval_s=config["service.heartbeat_interval_s"],
     )
-    return Supervisor(specs(config, reg), paths.runtime, logger, env, gilgul,
-                      limiter=MemoryLimiter(find_layout(stack), logger),
-                      open_bus=bus_mod.bus_opener(config, stack), stack=stack, clock=clock)
+    lock = SupervisorLock.acquire(rundir.prepare(paths), stack)
+    try:
+        return Supervisor(specs(config, reg), paths.runtime, logger, env, gilgul,
+                          limiter=MemoryLimiter(find_layout(stack), logger),
+                          open_bus=bus_mod.bus_opener(config, stack), stack=stack, lock=lock,
+                          clock=clock)
+    except BaseException:
+        lock.release()
+        raise

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runa.gilgul import units
+
 
 def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    """Replace the state file as a 0600 file: it names conversations, paths and errors."""
+    units.write_atomically(path, json.dumps(data, indent=2, sort_keys=True), mode=0o600)
 
 
 def read(path: Path) -> dict[str, Any] | None:
