@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +30,9 @@ def start_time(pid: int) -> str | None:
         return None
 
 
-def processes_of(stack: str, bench: int) -> dict[int, str]:
+def processes_of(stack: str, bench: int) -> dict[int, tuple[str, str]]:
     """Every process started for ``stack`` (by its environment) or under the bench's pid,
-    with its start time, so a reused pid is not mistaken for a leftover."""
+    with its start time (so a reused pid is not mistaken for a leftover) and command."""
     found: dict[int, str] = {}
     parents: dict[int, int] = {}
     for proc in Path("/proc").iterdir():
@@ -51,7 +52,7 @@ def processes_of(stack: str, bench: int) -> dict[int, str]:
         descendants |= frontier
     for pid in descendants:
         found[pid] = start_time(pid) or ""
-    return {pid: started for pid, started in found.items() if started}
+    return {pid: (started, cmdline(pid)) for pid, started in found.items() if started}
 
 
 def cmdline(pid: int) -> str:
@@ -61,10 +62,10 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def still_running(seen: dict[int, str]) -> list[str]:
+def still_running(seen: dict[int, tuple[str, str]]) -> list[str]:
     """The processes of ``seen`` still alive (zombies count as gone), with their command."""
     alive = []
-    for pid, started in seen.items():
+    for pid, (started, _command) in seen.items():
         if start_time(pid) != started:
             continue
         try:
@@ -81,15 +82,16 @@ def segments(stack: str) -> list[Path]:
 
 
 def run_and_stop(argv: list[str], signum: signal.Signals, ready: Callable[[str], bool],
-                 log: Path, env: dict[str, str] | None = None, startup_s: float = 240
-                 ) -> tuple[subprocess.Popen[bytes], str, dict[int, str]]:
+                 log: Path, env: dict[str, str] | None = None, startup_s: float = 240,
+                 stack_prefix: str = "bench") -> tuple[subprocess.Popen[bytes], str,
+                                                       dict[int, tuple[str, str]]]:
     """Start a bench, wait until ``ready(its stack)`` holds, send ``signum``; (the bench,
-    its stderr, the processes it had started)."""
+    its stderr, the processes it had started). Its stack is ``<stack_prefix><its pid>``."""
     with open(log, "wb") as stderr:
         bench = subprocess.Popen([sys.executable, *argv], cwd=REPO,
                                  env=env or dict(os.environ), stdout=subprocess.DEVNULL,
                                  stderr=stderr)
-    stack = f"bench{bench.pid}"
+    stack = f"{stack_prefix}{bench.pid}"
     try:
         wait_for(lambda: ready(stack) or bench.poll() is not None, startup_s,
                  f"{argv[0]} to start its stack")
@@ -144,4 +146,49 @@ def test_the_inference_bench_stopped_by_sigterm_takes_its_stack_down(real_model:
     assert segments(stack) == []
     assert "bench/inference.py: stopped by SIGTERM; what it started is cleaned up" in stderr
     assert "Traceback" not in stderr, stderr
+    assert bench.returncode == 128 + signal.SIGTERM, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_contention_bench_stopped_while_generating_ends_and_starts_nothing_more(
+        real_model: Path, tmp_path: Path) -> None:
+    """SIGTERM while llama.cpp generates: the exception raised in its abort callback (where
+    Python would drop it) still ends the bench, before it starts its busy processes."""
+    loaded: list[float] = []
+
+    def generating(_stack: str) -> bool:
+        """Both engines have mapped the model, and the first condition has run a while."""
+        benches = [pid for pid in processes_of("-", os.getpid())
+                   if "bench/contention.py" in cmdline(pid)]
+        maps = [Path(f"/proc/{pid}/maps") for pid in benches]
+        if not loaded and any(str(real_model) in m.read_text() for m in maps if m.exists()):
+            loaded.append(time.monotonic())
+        return bool(loaded) and time.monotonic() - loaded[0] > 10
+
+    bench, stderr, seen = run_and_stop(["bench/contention.py", "--quick", "--model",
+                                        str(real_model)], signal.SIGTERM, generating,
+                                       tmp_path / "stderr")
+    assert bench.returncode == 128 + signal.SIGTERM, stderr
+    assert "bench/contention.py: stopped by SIGTERM; what it started is cleaned up" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert still_running(seen) == []
+
+
+@pytest.mark.slow
+@pytest.mark.real_systemd
+def test_the_recovery_bench_stopped_by_sigterm_stops_its_user_manager_and_stack(
+        tmp_path: Path) -> None:
+    def stack_running(stack: str) -> bool:
+        return bool(segments(stack)) and any(
+            "daemon splinfer" in cmdline(pid) for pid in processes_of(stack, -1))
+
+    bench, stderr, seen = run_and_stop(["bench/recovery.py", "--quick"], signal.SIGTERM,
+                                       stack_running, tmp_path / "stderr", startup_s=900,
+                                       stack_prefix="b")
+    stack = f"b{bench.pid}"
+    assert any("systemd --user" in command for _, command in seen.values()), seen
+    assert still_running(seen) == []
+    assert segments(stack) == []
+    assert "bench/recovery.py: stopped by SIGTERM; what it started is cleaned up" in stderr
     assert bench.returncode == 128 + signal.SIGTERM, stderr
