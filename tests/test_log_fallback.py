@@ -6,11 +6,13 @@ stopped or crashed journald looks like to a writer.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import logging
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -134,3 +136,22 @@ def test_a_daemon_whose_journald_dies_keeps_logging_without_a_traceback(tmp_path
         "demo: info: after journald stopped",
         "demo: info: after its socket went away",
     ]
+
+
+def test_a_record_too_large_for_a_datagram_goes_in_a_sealed_memfd(journal) -> None:
+    listener, path = journal
+    logger = log.setup("demo", target="journal", stream=io.StringIO(), journal_socket=path)
+    text = "x" * 400_000  # over the datagram limit (SO_SNDBUF, ~200 KiB)
+    logger.info(text)
+    data, ancillary, _flags, _address = listener.recvmsg(
+        65536, socket.CMSG_SPACE(struct.calcsize("i")))
+    assert data == b""
+    [(level, kind, fd_bytes)] = ancillary
+    assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+    fd = struct.unpack("i", fd_bytes[:4])[0]
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_WRITE
+        record = fields_of(os.pread(fd, os.fstat(fd).st_size, 0))  # journald maps it
+    finally:
+        os.close(fd)
+    assert record["MESSAGE"] == text and record["RUNA_COMPONENT"] == "demo"
