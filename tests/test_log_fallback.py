@@ -16,10 +16,12 @@ import struct
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_for
 
 from runa import log
 from runa.journald import JournalSocket
@@ -155,3 +157,26 @@ def test_a_record_too_large_for_a_datagram_goes_in_a_sealed_memfd(journal) -> No
     finally:
         os.close(fd)
     assert record["MESSAGE"] == text and record["RUNA_COMPONENT"] == "demo"
+
+
+@pytest.mark.real_systemd
+def test_the_real_journald_takes_a_record_larger_than_a_datagram(user_manager) -> None:
+    from systemd import journal
+
+    component = f"test-{uuid.uuid4().hex[:12]}"
+    script = textwrap.dedent(f"""
+        from runa import log
+        logger = log.setup({component!r}, target="journal")
+        log.event(logger, "big", "x" * 400_000, incarnation=1)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+    def find() -> list[dict[str, object]]:
+        reader = journal.Reader()
+        reader.add_match(RUNA_COMPONENT=component)
+        return list(reader)
+
+    [record] = wait_for(find, 10, f"a journal record with RUNA_COMPONENT={component}")
+    assert record["MESSAGE"] == "x" * 400_000 and record["RUNA_EVENT"] == "big"
