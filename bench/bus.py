@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cleanup import guarded, remove_segments, stop_processes
 from common import Result, Target, median, percentile, report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,25 +180,28 @@ class RedisServer:
              "--logfile", str(workdir / "redis.log")],
             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}), stdout=subprocess.DEVNULL)
         self.client = redis.Redis(unix_socket_path=self.socket)
-        deadline = time.monotonic() + 10
+        try:
+            self.wait_ready(redis, 10)
+        except BaseException:  # did not start, or the bench was stopped meanwhile
+            self.close()
+            raise
+        self.version = self.client.info("server")["redis_version"]
+
+    def wait_ready(self, redis: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 self.client.ping()
-                break
+                return
             except (redis.ConnectionError, FileNotFoundError):
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise SystemExit("bench/bus.py: redis-server did not start") from None
                 time.sleep(0.02)
-        self.version = self.client.info("server")["redis_version"]
 
     def close(self) -> None:
         self.client.close()
-        self.proc.terminate()  # SIGTERM: with --save "" it exits at once, writing nothing
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        # SIGTERM: with --save "" it exits at once, writing nothing
+        stop_processes([self.proc], grace_s=5)
 
 
 def redis_run(server: RedisServer, keys: list[str], samples: int,
@@ -403,17 +407,8 @@ def idle_stack(workdir: Path, window_s: float, daemons: tuple[str, ...]) -> dict
         return {"pct": 100 * sum(used.values()) / wall,
                 "per_daemon_pct": {n: round(100 * u / wall, 3) for n, u in used.items()}}
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for seg in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
-            seg.unlink()
+        stop_processes(list(procs.values()))
+        remove_segments(env["RUNA_STACK"])
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -535,4 +530,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with guarded("bench/bus.py"):
+        sys.exit(main())

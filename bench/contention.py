@@ -18,12 +18,14 @@ Writes bench/results/contention.json and prints the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cleanup import guarded, stop_processes
 from common import Result, Target, median, report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,14 +50,17 @@ class Hogs:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def __enter__(self) -> Hogs:
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                      for _ in range(self.n)]
+        try:
+            for _ in range(self.n):
+                self.procs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        except BaseException:  # a signal while starting them: stop those already running
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for p in self.procs:
-            p.kill()
-            p.wait()
+        stop_processes(self.procs, grace_s=0)
+        self.procs = []
 
 
 def measure(engine: Engine, prompt: list[int]) -> tuple[float, float, tuple[int, ...]]:
@@ -94,7 +99,7 @@ def condition(engines: dict[str, Engine], prompt: list[int], busy: int, rounds: 
     return out
 
 
-def main() -> int:
+def main(cleanups: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="under a minute: 3 rounds each")
     parser.add_argument("--model", help="GGUF file (default: the installed default model)")
@@ -109,14 +114,11 @@ def main() -> int:
     engines = {"adaptive": Engine(model, ContextParams(threads=-1, **context)),
                "fixed": Engine(model, ContextParams(threads=cpus, **context))}
     for engine in engines.values():
+        cleanups.callback(engine.unload)
         engine.load()
     prompt = engines["fixed"].tokenize(LONG_PROMPT)[:128]
     names = {0: "quiet", 1: "busy1", cpus: "busy_all"}  # one CPU: busy1 is busy_all
-    try:
-        results = {busy: condition(engines, prompt, busy, rounds) for busy in names}
-    finally:
-        for engine in engines.values():
-            engine.unload()
+    results = {busy: condition(engines, prompt, busy, rounds) for busy in names}
 
     result = Result("contention", {
         "model": model.name, "cpus": cpus, "rounds": rounds, "n_predict": GEN.n_predict,
@@ -137,4 +139,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with guarded("bench/contention.py") as cleanups:
+        raise SystemExit(main(cleanups))

@@ -28,6 +28,7 @@ prints the table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from cleanup import guarded, stop_stack
 from common import Result, Target, median, report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -339,14 +341,20 @@ class LlamaServer:
              "-t", str(CONTEXT["threads"]), "-c", str(CONTEXT["ctx_size"]),
              "-np", str(CONTEXT["parallel"]), "-kvu", "--slot-save-path", str(slots)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        try:
+            self.wait_healthy(60)
+        except BaseException:  # not healthy, or the bench was stopped meanwhile
+            self.stop()
+            raise
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
                     return
             except OSError:
                 time.sleep(0.1)
-        self.stop()
         raise RuntimeError("llama-server did not become healthy")
 
     def stop(self) -> None:
@@ -424,7 +432,7 @@ def llama_server_baselines(model: Path, llm, rounds: int) -> dict[str, float]:
 
 # -- the run ---------------------------------------------------------------------------------
 
-def main() -> int:
+def main(cleanups: contextlib.ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="under a minute: 3 rounds each, 3 s idle window, no llama-server")
@@ -450,6 +458,7 @@ def main() -> int:
                 n_batch=CONTEXT["batch_size"], n_threads=CONTEXT["threads"],
                 n_threads_batch=CONTEXT["threads"], flash_attn=CONTEXT["flash_attn"],
                 verbose=False)
+    cleanups.callback(llm.close)
     with tempfile.TemporaryDirectory(prefix="runa-bench-") as tmp:
         root = Path(tmp)
         env = stack_env(root, model)
@@ -486,14 +495,11 @@ def main() -> int:
             time.sleep(idle_window)
             idle_pct = 100 * (sum(cpu_seconds(pid) for pid in pids) - before) / idle_window
         finally:
-            runa(env, "down")
-            for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
-                segment.unlink()
+            stop_stack(env, REPO)
     baselines: dict[str, float] = {}
     if not args.quick:
         baselines = llama_server_baselines(model, llm, rounds)
         details["llama_server_prompt_n_after_restore"] = baselines.pop("_prompt_n_after_restore")
-    llm.close()
 
     metrics = {
         "direct_tok_s": round(median(direct), 1), "bus_tok_s": round(median(via_bus), 1),
@@ -537,4 +543,5 @@ def main() -> int:
 if __name__ == "__main__":
     if shutil.which("cmake") is None and "--quick" not in sys.argv:
         print("note: the full run builds llama-server and needs cmake", file=sys.stderr)
-    sys.exit(main())
+    with guarded("bench/inference.py") as cleanups:
+        sys.exit(main(cleanups))

@@ -35,10 +35,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from cleanup import guarded, remove_segments, stop_stack
 from common import Result, Target, median, report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,8 +183,7 @@ def systemd_stack(manager: UserManager, model: Path) -> Iterator[tuple[dict[str,
         manager.forget_runa()
         systemctl("daemon-reload")
         dbus.close()
-        for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
-            segment.unlink()
+        remove_segments(env["RUNA_STACK"])
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -228,10 +228,7 @@ def fallback_stack(model: Path) -> Iterator[dict[str, str]]:
             raise RuntimeError(f"runa up failed: {up.stderr}")
         yield env
     finally:
-        subprocess.run([sys.executable, "-m", "runa", "down"], env=env, capture_output=True,
-                       timeout=60)
-        for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
-            segment.unlink()
+        stop_stack(env)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -243,7 +240,7 @@ def supervised_pid(env: dict[str, str]) -> int:
     return 0
 
 
-def main() -> int:
+def main(cleanups: ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 samples a case, under 60 s")
     parser.add_argument("--samples", type=int, default=None)
@@ -251,6 +248,7 @@ def main() -> int:
     samples = args.samples or (5 if args.quick else 15)
     began = time.monotonic()
     scratch = Path(tempfile.mkdtemp(prefix="runa-bench-model-"))
+    cleanups.callback(shutil.rmtree, scratch, ignore_errors=True)
     model, model_name = chat_model(scratch)
     result = Result("recovery", {
         "quick": args.quick, "samples": samples, "WatchdogSec": WATCHDOG_SEC,
@@ -274,7 +272,6 @@ def main() -> int:
         if not args.quick:
             raw["fallback_watchdog_hang_to_answer"] = fault_to_answer(
                 asker, lambda: supervised_pid(env), signal.SIGSTOP, samples, last)
-    shutil.rmtree(scratch, ignore_errors=True)
     for name, values in raw.items():
         target = result.baselines if name.startswith("bare_") else result.metrics
         target[f"{name}_p50_ms"] = round(median(values), 1)
@@ -294,4 +291,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with guarded("bench/recovery.py") as cleanups:
+        sys.exit(main(cleanups))

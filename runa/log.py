@@ -1,5 +1,9 @@
 """Logging to journald with structured fields, or to stderr where there is no journal.
 
+A journal that goes away (or stops reading) while a process runs costs no line and shows
+no traceback: the record goes to stderr instead, which says once that the journal is
+unavailable, and the journal is tried again every ``JOURNAL_RETRY_S``.
+
 Every record a component writes carries ``RUNA_COMPONENT``; events add
 ``RUNA_EVENT`` and any other ``RUNA_*`` field (``RUNA_CONVERSATION``,
 ``RUNA_INCARNATION``, ...), which ``journalctl RUNA_EVENT=restart`` and
@@ -13,13 +17,19 @@ import os
 import re
 import socket
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+from runa.journald import JOURNAL_SOCKET, JournalSocket
+
+JOURNAL_RETRY_S = 30.0
 _FIELD = re.compile(r"^[A-Z0-9][A-Z0-9_]*$")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4),
+               (logging.INFO, 6))
 
 
 def field_name(name: str) -> str:
@@ -64,6 +74,68 @@ class _StderrFormatter(logging.Formatter):
         return f"{text} [{fields}]" if fields else text
 
 
+class JournalHandler(logging.Handler):
+    """Records to the journal; while it fails, to ``fallback``, saying so once per outage.
+
+    The first failed send writes a notice and the record itself to ``fallback``; later
+    records go there too until ``retry_s`` has passed, when the journal is tried again.
+    """
+
+    def __init__(self, identifier: str, journal: JournalSocket, fallback: logging.Handler,
+                 retry_s: float = JOURNAL_RETRY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.identifier = identifier
+        self.journal = journal
+        self.fallback = fallback
+        self.retry_s = retry_s
+        self.clock = clock
+        self.failed_at: float | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed_at is None or self.clock() - self.failed_at >= self.retry_s:
+            try:
+                self.journal.send(self.fields(record))
+            except OSError as e:
+                if self.failed_at is None:
+                    reason = e.strerror or str(e)
+                    self._notice(record, f"journal unavailable ({reason}); logging to stderr")
+                self.failed_at = self.clock()
+            else:
+                if self.failed_at is not None:
+                    self.failed_at = None
+                    self._notice(record, "journal available again; logging to the journal")
+                return
+        self.fallback.emit(record)
+
+    def fields(self, record: logging.LogRecord) -> dict[str, object]:
+        fields: dict[str, object] = {
+            "MESSAGE": record.getMessage(),
+            "PRIORITY": next((p for level, p in _PRIORITIES if record.levelno >= level), 7),
+            "SYSLOG_IDENTIFIER": self.identifier,
+            "LOGGER": record.name,
+            "CODE_FILE": record.pathname,
+            "CODE_LINE": record.lineno,
+            "CODE_FUNC": record.funcName,
+            "THREAD_NAME": record.threadName,
+        }
+        if record.exc_info:
+            fields["EXCEPTION_TEXT"] = logging.Formatter().formatException(record.exc_info)
+        fields.update((key, value) for key, value in record.__dict__.items()
+                      if key.startswith("RUNA_"))
+        return fields
+
+    def _notice(self, about: logging.LogRecord, message: str) -> None:
+        notice = logging.LogRecord(about.name, logging.WARNING, __file__, 0, message, None,
+                                   None)
+        notice.RUNA_COMPONENT = about.RUNA_COMPONENT
+        self.fallback.emit(notice)
+
+    def close(self) -> None:
+        self.journal.close()
+        super().close()
+
+
 def socket_answers(path: Path) -> bool:
     """Whether a datagram socket at ``path`` has a listener (a stale file does not count)."""
     if not path.is_socket():
@@ -78,8 +150,8 @@ def socket_answers(path: Path) -> bool:
         probe.close()
 
 
-def journal_available() -> bool:
-    return socket_answers(JOURNAL_SOCKET)
+def journal_available(path: Path = JOURNAL_SOCKET) -> bool:
+    return socket_answers(path)
 
 
 def setup(
@@ -87,24 +159,23 @@ def setup(
     level: str = "info",
     target: str = "auto",
     stream: TextIO | None = None,
+    journal_socket: Path = JOURNAL_SOCKET,
 ) -> logging.Logger:
     """Configure the ``runa`` logger tree for one process and return the component's logger.
 
-    ``target`` is ``journal``, ``stderr`` or ``auto`` (journald when its socket exists).
+    ``target`` is ``journal``, ``stderr`` or ``auto`` (journald when its socket answers);
+    ``stream`` is where stderr records go, also while the journal is unavailable.
     """
     root = logging.getLogger("runa")
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
-    use_journal = target == "journal" or (target == "auto" and journal_available())
-    handler: logging.Handler
+    use_journal = target == "journal" or (target == "auto" and journal_available(journal_socket))
+    to_stderr = logging.StreamHandler(stream or sys.stderr)
+    to_stderr.setFormatter(_StderrFormatter())
+    handler: logging.Handler = to_stderr
     if use_journal:
-        from systemd.journal import JournalHandler
-
-        handler = JournalHandler(SYSLOG_IDENTIFIER=f"runa-{component}")
-    else:
-        handler = logging.StreamHandler(stream or sys.stderr)
-        handler.setFormatter(_StderrFormatter())
+        handler = JournalHandler(f"runa-{component}", JournalSocket(journal_socket), to_stderr)
     handler.addFilter(_ComponentFilter(component))
     root.addHandler(handler)
     root.setLevel(_LEVELS[level])
