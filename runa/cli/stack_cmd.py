@@ -11,6 +11,7 @@ import sys
 import time
 
 from runa import log
+from runa.chat.conversations import kept_on_disk, size_text
 from runa.cli.context import CliContext, add_model_flags, as_environment, model_overrides
 from runa.errors import RunaError
 from runa.gilgul import registry
@@ -27,7 +28,7 @@ class StackError(RunaError):
 def register(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser(
         "up",
-        help="start the stack under Runa's own supervisor (no systemd needed)",
+        help="start Runa under its own supervisor (no systemd needed); -d: in the background",
         description="Start every enabled component of the registry under Runa's own "
         "supervisor (gilgul without systemd) and wait until each has reported READY. It "
         "restarts failed components with gilgul's policy and logs the same journal events "
@@ -46,7 +47,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                       help="how long to wait for a clean stop (default: %(default)s)")
     down.set_defaults(func=cmd_down)
     status = commands.add_parser(
-        "status", help="show the components of a stack started with 'runa up'",
+        "status", help="is Runa running? its components, and the conversation state kept",
         description="Show each component's state, pid and last status. Exit status 0 when "
         "every component is running, 3 when the stack is not running or degraded.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -138,7 +139,8 @@ def _up_detached(ctx: CliContext) -> int:
         comps = current.get("components", []) if current else []
         if current and current.get("supervisor_pid") == process.pid and comps and all(
                 c["state"] == "running" for c in comps):
-            print(f"runa: stack {ctx.stack} is up (supervisor pid {process.pid})")
+            print(f"runa: stack {ctx.stack} is up (supervisor pid {process.pid}); next: "
+                  "'runa chat' to talk with the model, 'runa down' to stop it")
             return 0
         time.sleep(0.05)
     process.terminate()
@@ -165,16 +167,25 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     current = state_file.read(ctx.paths.runtime / "supervisor.json") or {}
     comps = current.get("components", []) if pid else []
     healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
+    kept = kept_on_disk(ctx.paths.state / "conversations")
     if args.json:
         print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
                           "memory_limits": current.get("memory_limits") if pid else None,
-                          "components": comps}, indent=2))
+                          "components": comps,
+                          "kept": kept.__dict__ if kept else None}, indent=2))
     elif not pid:
-        print(f"stack {ctx.stack}: not running{_other_stack(ctx)}")
+        print(f"stack {ctx.stack}: not running{_other_stack(ctx)}; start it with "
+              "'runa up -d', then talk with 'runa chat'")
     else:
         print(f"stack {ctx.stack}: supervisor pid {pid}, {'healthy' if healthy else 'degraded'}")
         for c in comps:
             print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} "
                   f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"
                   + (f" ({c['reason']})" if c["reason"] else ""))
+    if kept is not None and not args.json:
+        days = ctx.config["splinfer.state_max_age_days"]
+        print(f"kept: {kept.conversations} conversations, saved model state "
+              f"{size_text(kept.state_bytes)} in {kept.state_files} files (up to "
+              f"{ctx.config['splinfer.state_max_mib']} MiB"
+              + (f", each dropped after {days:g} days unused)" if days else ")"))
     return 0 if healthy else 3
