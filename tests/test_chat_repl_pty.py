@@ -291,3 +291,27 @@ def test_params_show_the_personas_values_and_where_they_come_from(stack) -> None
     assert re.search(r"^  top_k +7 +this session", shown, re.MULTILINE), shown
     assert re.search(r"^  min_p +0\.05 +llama\.cpp's default$", shown, re.MULTILINE), shown
     assert term.leave() == 0
+
+
+def test_a_long_message_is_announced_while_it_is_read(stack) -> None:
+    term = Terminal(stack, "pty-rd", "--new", "--temp", "0", "-n", "2")
+    message = " ".join(f"word{i}" for i in range(300))  # far over 256 tokens
+    term.child.send(message + "\r")
+    term.child.expect(r"reading your message \((\d+) tokens\)…", timeout=30)
+    assert int(term.child.match.group(1)) >= 256
+    term.wait_prompt()
+    assert term.leave() == 0
+
+
+def test_a_history_longer_than_the_screen_goes_through_the_pager(stack) -> None:
+    piped(stack, "--new", "--conversation", "pty-pg", "-n", "2",
+          lines="".join(f"question {n}\n" for n in range(6)))
+    child = pexpect.spawn(sys.executable, ["-m", "runa", "chat", "--conversation", "pty-pg"],
+                          env={**stack, "PAGER": "sed s/^/paged:/"}, encoding="utf-8",
+                          timeout=15, dimensions=(8, 200))
+    child.expect_exact("pty-pg>")
+    child.sendline("/history")
+    child.expect_exact("paged:you: question 5")
+    child.expect_exact("pty-pg>")
+    child.sendeof()
+    child.expect(pexpect.EOF)
