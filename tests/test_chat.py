@@ -447,6 +447,10 @@ def test_an_older_splinfer_still_answers_one_question_at_a_time() -> None:
     (["chat", "--conversation", "no spaces!"], "an id is 1 to 64 characters"),
     (["chat", "--conversation", ".."], "an id is 1 to 64 characters"),
     (["chat", "--top-p", "1.5"], "top_p = 1.5 is not allowed"),
+    (["chat", "--export", "a/b"], "--export 'a/b': an id is 1 to 64 characters"),
+    (["chat", "--list", "--delete", "x"], "--list and --delete do not go together"),
+    (["chat", "--json"], "--json goes with --list"),
+    (["chat", "--list", "--format", "json"], "--format goes with --export ID"),
 ])
 def test_bad_options_are_refused_before_anything_is_contacted(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str],

@@ -92,6 +92,12 @@ def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
     managing = [name for name in ("list", "export", "delete") if getattr(args, name)]
     if len(managing) > 1:
         raise UsageError(f"runa chat: --{managing[0]} and --{managing[1]} do not go together")
+    if args.json and managing != ["list"]:
+        raise UsageError("runa chat: --json goes with --list (--export takes --format json)")
+    if args.format != "md" and managing != ["export"]:
+        raise UsageError("runa chat: --format goes with --export ID")
+    if managing and managing[0] != "list":
+        check_id_option(f"--{managing[0]}", getattr(args, managing[0]))
     if managing:
         return manage(ctx, args, managing[0])
     return converse(ctx, args)
@@ -116,8 +122,6 @@ def manage(ctx: CliContext, args: argparse.Namespace, what: str) -> int:
                 width = shutil.get_terminal_size((120, 24)).columns
                 print("\n".join(conversations.table(found, width)))
             return 0
-        option = f"--{what}"
-        check_id_option(option, getattr(args, what))
         conversation = conversations.resolve(call, getattr(args, what))
         if what == "export":
             sys.stdout.write(conversations.render(
