@@ -29,6 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     env = {**isolated_env(root), **CONTEXT, "RUNA_SPLINFER_MODEL": str(model)}
     up = runa("up", "--detach", env=env)
     assert up.returncode == 0, up.stderr
+    env["_UP"] = up.stdout
     env["_CONVERSATIONS"] = str(root / "home/.local/state/runa/conversations")
     env["_STATE"] = str(root / "home/.local/state/runa")
     yield env
@@ -121,3 +122,8 @@ def test_status_says_how_much_state_is_kept(stack) -> None:
     assert result.returncode == 0, result.stdout
     assert "kept: " in result.stdout and "conversations, saved model state" in result.stdout
     assert "up to 1024 MiB, each dropped after 30 days unused" in result.stdout
+
+
+def test_up_ends_with_the_next_step(stack) -> None:
+    assert stack["_UP"].rstrip().endswith(
+        "next: 'runa chat' to talk with the model, 'runa down' to stop it")

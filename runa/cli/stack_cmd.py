@@ -111,7 +111,8 @@ def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
         supervisor.stop_all()
         raise StackError(f"the stack did not become ready: {failed}")
     names = ", ".join(c.spec.name for c in supervisor.children)
-    print(f"runa: stack {ctx.stack} is up ({names}); Ctrl-C stops it", flush=True)
+    print(f"runa: stack {ctx.stack} is up ({names}); Ctrl-C stops it. Next, in another "
+          "terminal: 'runa chat' to talk with the model", flush=True)
     return supervisor.run()
 
 
