@@ -34,8 +34,13 @@ def test_the_default_persona_caps_answers_and_penalises_repeats() -> None:
 
 
 @pytest.mark.real_model
-def test_a_greedy_count_to_300_ends_within_the_default_cap(real_model: Path,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("question", [
+    "Count from 1 to 300",
+    # Uncapped, this one runs greedily until the context is full (4017 tokens measured).
+    "List the numbers from 1 to 300, separated by commas.",
+])
+def test_a_greedy_count_to_300_ends_within_the_default_cap(real_model: Path, tmp_path: Path,
+                                                          question: str) -> None:
     env = {**isolated_env(tmp_path), **CONTEXT, "RUNA_SPLINFER_MODEL": str(real_model)}
     up = runa("up", "--detach", env=env)
     assert up.returncode == 0, up.stderr
@@ -43,7 +48,7 @@ def test_a_greedy_count_to_300_ends_within_the_default_cap(real_model: Path,
         config = load(Paths.for_stack(env["RUNA_STACK"], env), env)
         with connect(config, env["RUNA_STACK"]) as bus, \
                 ServiceClient(bus, "splinfer", "test") as client:
-            final = client.call({"op": "chat", "text": "Count from 1 to 300",
+            final = client.call({"op": "chat", "text": question,
                                  "params": {"temp": 0}}, idle_timeout=120)
         assert final["persona"] == "default"
         assert final["finish_reason"] in ("stop", "length"), final
