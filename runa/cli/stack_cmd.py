@@ -11,7 +11,6 @@ import sys
 import time
 
 from runa import log
-from runa.chat.conversations import kept_on_disk, size_text
 from runa.cli.context import CliContext, add_model_flags, as_environment, model_overrides
 from runa.errors import RunaError
 from runa.gilgul import registry
@@ -40,7 +39,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--detach", "-d", action="store_true",
                     help="return once the stack is ready, leaving it running")
     add_model_flags(up)
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=cmd_up_then_next_step)
     down = commands.add_parser("down", help="stop a stack started with 'runa up'",
                                description="Stop the supervisor and every component it runs.")
     down.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
@@ -140,8 +139,7 @@ def _up_detached(ctx: CliContext) -> int:
         comps = current.get("components", []) if current else []
         if current and current.get("supervisor_pid") == process.pid and comps and all(
                 c["state"] == "running" for c in comps):
-            print(f"runa: stack {ctx.stack} is up (supervisor pid {process.pid}); next: "
-                  "'runa chat' to talk with the model, 'runa down' to stop it")
+            print(f"runa: stack {ctx.stack} is up (supervisor pid {process.pid})")
             return 0
         time.sleep(0.05)
     process.terminate()
@@ -164,6 +162,8 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.chat.conversations import kept_on_disk, size_text  # only status needs them
+
     pid = _running_supervisor(ctx)
     current = state_file.read(ctx.paths.runtime / "supervisor.json") or {}
     comps = current.get("components", []) if pid else []
@@ -190,3 +190,11 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
               f"{ctx.config['splinfer.state_max_mib']} MiB"
               + (f", each dropped after {days:g} days unused)" if days else ")"))
     return 0 if healthy else 3
+
+
+def cmd_up_then_next_step(ctx: CliContext, args: argparse.Namespace) -> int:
+    """``runa up -d`` ends with what a person does next (the foreground start says it first)."""
+    status = cmd_up(ctx, args)
+    if args.detach and status == 0:
+        print("runa: next: 'runa chat' to talk with the model, 'runa down' to stop it")
+    return status
