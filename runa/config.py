@@ -212,6 +212,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("splinfer.state_max_mib", int, 1024,
             "Saved conversation states (KV cache files) kept at most; the oldest go first.",
             in_range(0, 1 << 24)),
+    Setting("splinfer.state_max_age_days", float, 30.0,
+            "Drop a saved conversation state not used for this many days (0: no age limit); "
+            "the history is kept.", in_range(0, 36500)),
     Setting("splinfer.state_save_idle_s", float, 30.0,
             "Save an idle conversation's state after this many seconds (0: only when it leaves).",
             in_range(0, 1e7)),

@@ -29,7 +29,8 @@ from runa.client import ServiceFault
 from runa.errors import UsageError
 from runa.splinter import Envelope, Fault
 
-PERSONAS = [{"name": "assistant", "description": "helpful and brief", "source": "packaged"},
+PERSONAS = [{"name": "assistant", "description": "helpful and brief", "source": "packaged",
+             "params": {"temp": 0.5, "top_k": 30}},
             {"name": "pirate", "description": "arr", "source": "~/.config/runa/personas"}]
 
 
@@ -118,7 +119,7 @@ class Script:
         self.items = list(items)
         self.prompts: list[str] = []
 
-    def read(self, prompt: str) -> str:
+    def read(self, prompt: str, default: str = "") -> str:
         self.prompts.append(prompt)
         if not self.items:
             raise EOFError
@@ -177,7 +178,11 @@ def test_params_take_llama_cpp_names_and_typed_values() -> None:
     assert isinstance(params.payload()["top_k"], int)
     assert any("alias" in note and "'temp'" in note for note in notes)
     rows = {name: (value, source) for name, value, source in params.rows()}
-    assert rows["temp"] == (0.9, "this session") and rows["top_p"] == (0.95, "default*")
+    assert rows["temp"] == (0.9, "this session") and rows["top_p"] == (0.95,
+                                                                         "llama.cpp's default")
+    rows = {name: (value, source) for name, value, source in
+            SessionParams().rows("tutor", {"temp": 0.6}, default_persona=True)}
+    assert rows["temp"] == (0.6, "persona tutor (splinfer.persona in the config)")
 
 
 def test_a_bad_param_is_refused_with_its_range_and_nothing_changes() -> None:
@@ -360,7 +365,9 @@ def test_params_show_set_and_refuse() -> None:
     assert "this session sends: temp=0.3, n_predict=64" in out
     assert "top_p = 2.0 is not allowed; allowed: 0 to 1" in out
     assert re.search(r"\n  temp +0\.3 +this session\n", out)
-    assert re.search(r"\n  top_p +0\.95 +default\*\n", out)
+    assert re.search(r"\n  top_k +30 +persona assistant \(splinfer.persona in the "
+                     r"config\)\n", out)
+    assert re.search(r"\n  top_p +0\.95 +llama\.cpp's default\n", out)
     assert run.fake.chats()[0]["params"] == {"temp": 0.3, "n_predict": 64}
 
 
@@ -440,6 +447,10 @@ def test_an_older_splinfer_still_answers_one_question_at_a_time() -> None:
     (["chat", "--conversation", "no spaces!"], "an id is 1 to 64 characters"),
     (["chat", "--conversation", ".."], "an id is 1 to 64 characters"),
     (["chat", "--top-p", "1.5"], "top_p = 1.5 is not allowed"),
+    (["chat", "--export", "a/b"], "--export 'a/b': an id is 1 to 64 characters"),
+    (["chat", "--list", "--delete", "x"], "--list and --delete do not go together"),
+    (["chat", "--json"], "--json goes with --list"),
+    (["chat", "--list", "--format", "json"], "--format goes with --export ID"),
 ])
 def test_bad_options_are_refused_before_anything_is_contacted(
         argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
@@ -454,3 +465,39 @@ def test_chat_without_a_running_stack_says_what_to_do(runa_env: dict[str, str]) 
     result = runa("chat", env=runa_env)
     assert result.returncode == 69
     assert "runa up" in result.stderr
+
+
+# -- typing and long messages ------------------------------------------------------------------
+
+def test_keys_typed_during_an_answer_become_the_text_they_edit() -> None:
+    from runa.chat.typeahead import typed_text
+    assert typed_text(b"helo\x7flo wor\x1b[Dld\r") == "hello world"
+    assert typed_text(b"junk\x15fresh start") == "fresh start"
+    assert typed_text("caf\u00e9\r\rtwo".encode()) == "caf\u00e9\n\ntwo"
+
+
+def test_a_long_text_is_split_into_pieces_that_each_fit() -> None:
+    import json
+
+    from runa.chat.session import split_text
+    text = "\u00e9\"x" * 1000
+    pieces = split_text(text, 500)
+    assert "".join(pieces) == text and len(pieces) > 1
+    assert all(len(json.dumps(p).encode()) <= 500 for p in pieces)
+    assert split_text("short", 500) == ["short"]
+
+
+def test_a_message_over_the_envelope_size_goes_ahead_in_parts() -> None:
+    class Uploading(FakeSplinfer):
+        def _one_shot(self, payload):  # type: ignore[no-untyped-def]
+            if payload["op"] == "chat_part":
+                return {"upload": payload["upload"], "received": len(payload["text"])}
+            return super()._one_shot(payload)
+
+    run = Run(Uploading())
+    run.session.max_request_bytes = 3000
+    assert run.run("x" * 5000)[0] == 0
+    parts = [r for r in run.fake.requests if r["op"] == "chat_part"]
+    chat = run.fake.chats()[0]
+    assert parts and all(p["upload"] == chat["upload"] for p in parts)
+    assert "".join(p["text"] for p in parts) + chat["text"] == "x" * 5000

@@ -22,15 +22,22 @@ class Question:
 HELP: dict[str, tuple[str, str]] = {
     "persona": ("/persona [NAME]", "list the personas, or switch this conversation to NAME"),
     "new": ("/new", "start a new conversation (the old one is kept by splinfer)"),
+    "conversations": ("/conversations", "list the kept conversations, the latest used first"),
+    "resume": ("/resume ID", "go on with conversation ID (any unique start of its id)"),
     "history": ("/history", "show this conversation so far"),
+    "save": ("/save FILE", "write this conversation to FILE (Markdown; .json: JSON)"),
     "params": ("/params [name=value ...|reset]",
-               "show the sampling settings, or set them (llama.cpp names; name= unsets)"),
+               "show the settings in force and where each comes from, or set them "
+               "(llama.cpp names; name= unsets)"),
+    "multiline": ("/multiline", "swap Enter and Alt-Enter: Enter starts a new line, "
+                  "Alt-Enter sends"),
     "rag": ("/rag on TOPIC | /rag off",
             "answer from TOPIC's passages (tieto) and list the sources, or stop"),
     "help": ("/help", "this list"),
     "quit": ("/quit", "leave (so does Ctrl-D); Ctrl-C stops an answer"),
 }
-ALIASES = {"exit": "quit", "q": "quit", "?": "help", "personas": "persona"}
+ALIASES = {"exit": "quit", "q": "quit", "?": "help", "personas": "persona",
+           "list": "conversations", "export": "save"}
 
 
 def parse(line: str) -> Command | Question | None:

@@ -74,3 +74,7 @@ class ChatFiles:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(conversation + "\n")
         os.replace(temporary, self.conversation)
+
+    def forget_last(self) -> None:
+        """The remembered conversation was deleted: the next ``runa chat`` starts afresh."""
+        self.conversation.unlink(missing_ok=True)

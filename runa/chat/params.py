@@ -79,7 +79,21 @@ class SessionParams:
         self.notes.extend(notes)
         return notes
 
-    def rows(self) -> list[tuple[str, object, str]]:
-        """(name, value, where it comes from) for every sampling setting, in a stable order."""
-        return [(name, self.values[name], "this session") if name in self.values
-                else (name, getattr(DEFAULTS, name), "default*") for name in SAMPLING_NAMES]
+    def rows(self, persona: str | None = None, persona_params: Mapping[str, object] | None = None,
+             default_persona: bool = False) -> list[tuple[str, object, str]]:
+        """(name, value in force, where it comes from) for every sampling setting, in order.
+
+        This session's value wins, then the persona's, then llama.cpp's default: the order
+        splinfer applies them in.
+        """
+        where = f"persona {persona}" + (" (splinfer.persona in the config)"
+                                        if default_persona else "")
+        rows: list[tuple[str, object, str]] = []
+        for name in SAMPLING_NAMES:
+            if name in self.values:
+                rows.append((name, self.values[name], "this session"))
+            elif persona_params and name in persona_params:
+                rows.append((name, persona_params[name], where))
+            else:
+                rows.append((name, getattr(DEFAULTS, name), "llama.cpp's default"))
+        return rows

@@ -9,12 +9,21 @@ ends the run with its exit status, so scripts and CI can rely on it.
 
 from __future__ import annotations
 
+import pydoc
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-from runa.chat import commands
+from runa.chat import commands, conversations
 from runa.chat.commands import Command
-from runa.chat.session import ChatSession, UnknownConversation, UnknownPersona
+from runa.chat.session import (
+    ChatSession,
+    NotSupported,
+    UnknownConversation,
+    UnknownPersona,
+)
+from runa.chat.typeahead import TypeAhead
 from runa.errors import RunaError
 from runa.tieto.answer import sources_heading
 
@@ -22,27 +31,59 @@ EX_USAGE = 64
 EX_INTERRUPTED = 130
 
 
+class SaveFailed(RunaError):
+    """/save could not write its file."""
+
+    exit_code = 74
+
+
 class LineReader(Protocol):
-    def read(self, prompt: str) -> str:
-        """One line; EOFError at the end of input, KeyboardInterrupt on Ctrl-C."""
+    def read(self, prompt: str, default: str = "") -> str:
+        """One message (``default``: text already typed); EOFError at the end of input,
+        KeyboardInterrupt on Ctrl-C."""
         ...
 
 
 class TerminalReader:
-    """prompt-toolkit on the terminal, with the input history kept in a file."""
+    """prompt-toolkit on the terminal, with the input history kept in a file.
+
+    Enter sends and Alt-Enter (or Esc then Enter) starts a new line; ``multiline``
+    (``/multiline``) swaps the two, for pasting or writing long messages.
+    """
 
     def __init__(self, history: Path) -> None:
         # Imported here: only a terminal session pays for prompt-toolkit's import.
         from prompt_toolkit import PromptSession
         from prompt_toolkit.history import FileHistory
+        from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 
-        self._prompt: PromptSession[str] = PromptSession(history=FileHistory(str(history)))
+        self.multiline = False
+        keys = KeyBindings()
 
-    def read(self, prompt: str) -> str:
+        @keys.add("enter")
+        def _enter(event: KeyPressEvent) -> None:
+            self._enter(event, newline=self.multiline)
+
+        @keys.add("escape", "enter")
+        def _alt_enter(event: KeyPressEvent) -> None:
+            self._enter(event, newline=not self.multiline)
+
+        self._prompt: PromptSession[str] = PromptSession(
+            history=FileHistory(str(history)), multiline=True, key_bindings=keys,
+            prompt_continuation=lambda width, _line, _soft: "." * (width - 1) + " ")
+
+    @staticmethod
+    def _enter(event: Any, *, newline: bool) -> None:
+        if newline:
+            event.current_buffer.insert_text("\n")
+        else:
+            event.current_buffer.validate_and_handle()
+
+    def read(self, prompt: str, default: str = "") -> str:
         # Python's own SIGINT handling, not prompt-toolkit's: a Ctrl-C typed just after
         # Enter (the terminal back in cooked mode, prompt-toolkit still closing) must not
         # be swallowed. It then surfaces here as KeyboardInterrupt and drops that line.
-        return self._prompt.prompt(prompt, handle_sigint=False)
+        return self._prompt.prompt(prompt, default=default, handle_sigint=False)
 
 
 class StreamReader:
@@ -51,7 +92,7 @@ class StreamReader:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
 
-    def read(self, prompt: str) -> str:
+    def read(self, prompt: str, default: str = "") -> str:
         line = self.stream.readline()
         if not line:
             raise EOFError
@@ -69,12 +110,18 @@ class Repl:
     """Drives one ChatSession from a LineReader; ``run`` returns the exit status."""
 
     def __init__(self, session: ChatSession, reader: LineReader, *, out: TextIO,
-                 notices: TextIO, interactive: bool) -> None:
+                 notices: TextIO, interactive: bool,
+                 typeahead: TypeAhead | None = None) -> None:
         self.session = session
         self.reader = reader
         self.out = out
         self.notices = notices
         self.interactive = interactive
+        self.typeahead = typeahead
+        """On a terminal: keeps what is typed during an answer for the next prompt."""
+        self._reading_shown = False
+        if interactive:
+            session.on_reading = self._show_reading
 
     def prompt(self) -> str:
         """The status line: the conversation's persona and the start of its id."""
@@ -92,7 +139,8 @@ class Repl:
     def run(self) -> int:
         while True:
             try:
-                line = self.reader.read(self.prompt())
+                typed = self.typeahead.take() if self.typeahead is not None else ""
+                line = self.reader.read(self.prompt(), typed)
             except KeyboardInterrupt:
                 if not self.interactive:
                     return EX_INTERRUPTED
@@ -121,24 +169,42 @@ class Repl:
 
     def answer(self, text: str) -> int:
         wrote = False
+        held = self.typeahead.held() if self.typeahead is not None else nullcontext()
         try:
-            for piece in self.session.ask(text):
-                self.out.write(piece)
-                self.out.flush()
-                wrote = True
+            with held:
+                for piece in self.session.ask(text):
+                    self._clear_reading()
+                    self.out.write(piece)
+                    self.out.flush()
+                    wrote = True
         except KeyboardInterrupt:
+            self._clear_reading()
             self._end_line(wrote)
             self._cancel()
             self.notice("[answer stopped]")
             return 0 if self.interactive else EX_INTERRUPTED
         except RunaError:
+            self._clear_reading()
             self._end_line(wrote)  # the error goes on a line of its own
             raise
+        self._clear_reading()
         self._end_line(True)
         self._sources()
         if self.interactive:  # piped runs keep stderr for what went wrong
             self._finish_notes(self.session.last)
         return 0
+
+    def _show_reading(self, n_tokens: int) -> None:
+        """splinfer evaluates a long prompt before the first word: say so meanwhile."""
+        self.notices.write(f"reading your message ({n_tokens} tokens)…")
+        self.notices.flush()
+        self._reading_shown = True
+
+    def _clear_reading(self) -> None:
+        if self._reading_shown:
+            self.notices.write("\r\x1b[K")
+            self.notices.flush()
+            self._reading_shown = False
 
     def _sources(self) -> None:
         """After an answer with /rag on: the sources it cites (else all it was given)."""
@@ -236,6 +302,40 @@ class Repl:
         self.notice(f"new conversation {self.session.new()}")
         return 0
 
+    def cmd_conversations(self, _args: tuple[str, ...]) -> int:
+        found = conversations.listing(self.session.call)
+        width = shutil.get_terminal_size((120, 24)).columns
+        for line in conversations.table(found, width):
+            self.say(line)
+        self.say("(/resume ID goes on with one; the start of its id is enough)")
+        return 0
+
+    def cmd_resume(self, args: tuple[str, ...]) -> int:
+        if len(args) != 1:
+            self.notice("/resume takes one conversation id (or its start); "
+                        "/conversations lists them")
+            return EX_USAGE
+        conversation = conversations.resolve(self.session.call, args[0])
+        self.notice(self.session.resume(conversation))
+        return 0
+
+    def cmd_save(self, args: tuple[str, ...]) -> int:
+        if len(args) != 1:
+            self.notice("/save takes one file name, e.g. /save chat.md")
+            return EX_USAGE
+        if not self.session.messages:
+            self.notice("nothing to save yet: this conversation has no messages")
+            return 0
+        target = Path(args[0]).expanduser()
+        history = conversations.full_history(self.session.call, self.session.conversation)
+        text = conversations.render(history, "json" if target.suffix == ".json" else "md")
+        try:
+            target.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise SaveFailed(f"/save: {target}: {error.strerror or error}") from None
+        self.notice(f"saved {len(history['messages'])} messages to {target}")
+        return 0
+
     def cmd_history(self, _args: tuple[str, ...]) -> int:
         messages: list[dict[str, str]] = []
         try:
@@ -245,10 +345,31 @@ class Repl:
             pass
         if not messages:
             self.say("(nothing yet in this conversation)")
+            return 0
+        lines = []
         for message in messages:
             # Not the persona's name: after /persona it would be wrong for the older answers.
             who = "you" if message.get("role") == "user" else message.get("role", "assistant")
-            self.say(f"{who}: {message.get('content', '')}")
+            lines.append(f"{who}: {message.get('content', '')}")
+        self.page("\n".join(lines))
+        return 0
+
+    def page(self, text: str) -> None:
+        """Show ``text``; through a pager ($PAGER, else less) when longer than the screen."""
+        rows = shutil.get_terminal_size((80, 24)).lines
+        if self.interactive and self.out.isatty() and text.count("\n") + 1 >= rows - 1:
+            pydoc.pager(text + "\n")
+        else:
+            self.say(text)
+
+    def cmd_multiline(self, _args: tuple[str, ...]) -> int:
+        if not isinstance(self.reader, TerminalReader):
+            self.notice("/multiline is for the terminal; piped input is one message a line")
+            return 0
+        self.reader.multiline = not self.reader.multiline
+        self.notice("multi-line on: Enter starts a new line, Alt-Enter (or Esc Enter) sends"
+                    if self.reader.multiline else
+                    "multi-line off: Enter sends, Alt-Enter (or Esc Enter) starts a new line")
         return 0
 
     def cmd_params(self, args: tuple[str, ...]) -> int:
@@ -263,11 +384,24 @@ class Repl:
             now = ", ".join(f"{name}={value}" for name, value in params.values.items())
             self.notice(f"this session sends: {now or 'nothing (the defaults apply)'}")
             return 0
-        width = max(len(name) for name, _, _ in params.rows())
-        for name, value, source in params.rows():
+        persona, persona_params, is_default = self._persona_in_force()
+        rows = params.rows(persona, persona_params, is_default)
+        width = max(len(name) for name, _, _ in rows)
+        self.say(f"settings in force (persona {persona or '?'}; this session's win over the "
+                 "persona's, the persona's over llama.cpp's):")
+        for name, value, source in rows:
             self.say(f"  {name:<{width}}  {value!s:<8}  {source}")
-        self.say("  * llama.cpp's default, unless the persona sets its own")
         return 0
+
+    def _persona_in_force(self) -> tuple[str | None, dict[str, object], bool]:
+        """(the persona answering, its settings, whether it is the configured default)."""
+        try:
+            personas = self.session.personas()
+        except NotSupported:
+            return self.session.persona, {}, False
+        name = self.session.chosen_persona or self.session.persona or personas.default
+        persona = personas.get(name)
+        return name, dict(persona.params) if persona else {}, name == personas.default
 
 
 def _home_as_tilde(path: str) -> str:

@@ -7,6 +7,7 @@ tests), so nothing here starts processes or touches the terminal.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,6 +63,24 @@ class UnknownConversation(RunaError):
     exit_code = 65
 
 
+#: Bytes of an envelope kept for its header and fields other than the payload's text.
+REQUEST_MARGIN = 1024
+
+
+def split_text(text: str, room: int) -> list[str]:
+    """``text`` in pieces whose JSON encoding takes at most ``room`` bytes each."""
+    pieces: list[str] = []
+    start, used = 0, 2  # the quotes
+    for index, char in enumerate(text):
+        size = len(json.dumps(char).encode()) - 2
+        if used + size > room and index > start:
+            pieces.append(text[start:index])
+            start, used = index, 2
+        used += size
+    pieces.append(text[start:])
+    return pieces
+
+
 def new_conversation_id() -> str:
     return uuid.uuid4().hex
 
@@ -71,6 +90,8 @@ class Persona:
     name: str
     description: str = ""
     source: str = ""
+    params: tuple[tuple[str, object], ...] = ()
+    """The sampling settings the persona sets (splinfer 0.x before this sends none)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +104,9 @@ class Personas:
     @property
     def names(self) -> list[str]:
         return [persona.name for persona in self.personas]
+
+    def get(self, name: str | None) -> Persona | None:
+        return next((p for p in self.personas if p.name == name), None)
 
 
 class Start(Enum):
@@ -123,6 +147,10 @@ class ChatSession:
         """With /rag on: the topic every question takes its sources from."""
         self.grounding: Grounding | None = None
         """The sources of the last answer (None without /rag)."""
+        self.max_request_bytes: int | None = None
+        """The bus's envelope size: a longer message is sent in pieces (``chat_part``)."""
+        self.on_reading: Callable[[int], None] | None = None
+        """Told the prompt tokens splinfer evaluates first, when it announces a long one."""
 
     # -- starting --------------------------------------------------------------------------
 
@@ -190,11 +218,17 @@ class ChatSession:
                                    "(it predates conversations and personas)") from None
             raise
 
+    def call(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One query to splinfer, its answer (NotSupported if it predates ``op``)."""
+        return self._call(payload)
+
     def personas(self) -> Personas:
         answer = self._call({"op": "personas"})
         return Personas(
             tuple(Persona(str(p.get("name", "")), str(p.get("description") or ""),
-                          str(p.get("source") or "")) for p in answer.get("personas", [])),
+                          str(p.get("source") or ""),
+                          tuple(dict(p.get("params") or {}).items()))
+                  for p in answer.get("personas", [])),
             answer.get("default"))
 
     def history(self) -> list[dict[str, str]]:
@@ -227,11 +261,30 @@ class ChatSession:
                 "this conversation's history is re-read once, with your next message")
 
     def new(self) -> str:
-        """Start a new conversation (splinfer keeps the old one); its id."""
+        """Start a new conversation (splinfer keeps the old one); its id.
+
+        It keeps the persona the prompt shows, not splinfer's default.
+        """
         self.conversation = self._new_id()
         self.messages = 0
+        if self.persona is not None:
+            self.chosen_persona = self.persona
         self._remember(self.conversation)
         return self.conversation
+
+    def resume(self, conversation: str) -> str:
+        """Go on with another kept conversation, in its own persona; a notice."""
+        was = (self.conversation, self.messages, self.persona, self.chosen_persona)
+        self.conversation, self.messages = conversation, 0
+        self.persona = self.chosen_persona = None
+        try:
+            self._look_up(Start.EXPLICIT)
+        except RunaError:
+            self.conversation, self.messages, self.persona, self.chosen_persona = was
+            raise
+        self._remember(conversation)
+        return (f"resuming conversation {conversation} ({self.messages} messages; "
+                "/history shows them)")
 
     def payload(self, text: str) -> dict[str, Any]:
         payload: dict[str, Any] = {"op": "chat", "text": text,
@@ -274,8 +327,15 @@ class ChatSession:
                 return
             citations = GroundedAnswer(self.grounding)
             text = chat_turn(self.grounding)
-        for envelope in self.client.request(self.payload(text), idle_timeout=self.timeout):
+        payload = self.payload(text)
+        if self.max_request_bytes and len(json.dumps(payload).encode()) > \
+                self.max_request_bytes - REQUEST_MARGIN:
+            payload = self._upload(payload, self.max_request_bytes - REQUEST_MARGIN)
+        for envelope in self.client.request(payload, idle_timeout=self.timeout):
             piece = envelope.payload.get("text", "")
+            reading = envelope.payload.get("reading")
+            if isinstance(reading, int) and self.on_reading is not None:
+                self.on_reading(reading)
             if citations is not None:
                 piece = citations.feed(piece) + (citations.finish() if envelope.eof else "")
             if envelope.eof:
@@ -287,6 +347,15 @@ class ChatSession:
                     self.last.update(citations.outcome())
             if piece:
                 yield piece
+
+    def _upload(self, payload: dict[str, Any], room: int) -> dict[str, Any]:
+        """Send all but the last piece of the text ahead; the chat payload that ends it."""
+        pieces = split_text(payload["text"], room - len(json.dumps(
+            {**payload, "text": "", "upload": "u" * 32}).encode()))
+        upload = uuid.uuid4().hex
+        for piece in pieces[:-1]:
+            self._call({"op": "chat_part", "upload": upload, "text": piece})
+        return {**payload, "text": pieces[-1], "upload": upload}
 
     def cancel(self) -> dict[str, Any] | None:
         """Tell splinfer to stop the running answer; its final payload if it came in time."""

@@ -19,7 +19,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "audit",
-        help="what gilgul restarted, why, and what its policy decided (from the journal)",
+        help="what was restarted, why, and what the restart policy (gilgul) decided",
         description="Read gilgul's events back from the journal, under systemd "
         "(runa-gilgul) and under Runa's own supervisor (runa-supervisor, 'runa up'), and "
         "list every incarnation of every component: why it was started, its process, how "

@@ -20,7 +20,7 @@ EX_NOT_FOUND = 1
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "bus",
-        help="inspect and use the shared-memory bus",
+        help="inspect and use the shared-memory bus (splinter)",
         description="Read and write keys on the stack's bus, watch keys and broadcast "
         "channels, and export its state. Keys are UTF-8 strings no longer than "
         "bus.max_key_bytes; values are bytes no longer than bus.max_value_bytes.",

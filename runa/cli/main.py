@@ -21,6 +21,7 @@ from runa.cli import (
     chat_cmd,
     config_cmd,
     daemon_cmd,
+    help_cmd,
     ingest_cmd,
     models_cmd,
     recall_cmd,
@@ -33,15 +34,18 @@ from runa.errors import RunaError
 from runa.paths import check_stack_name
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
-                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd)
+                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, help_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runa",
-        description="Runa: a local, offline LLM runtime of small cooperating processes.",
-        epilog="Run 'runa COMMAND --help' for the options of one command. "
-        "Docs: docs/ in the source tree, man runa(1) when installed.",
+        usage="runa [--stack NAME] COMMAND [OPTIONS]",
+        description="Runa: a local, offline LLM runtime of small cooperating processes. "
+        "Nothing leaves this machine.",
+        epilog="Run 'runa COMMAND --help' for the options of one command, 'runa help terms'\n"
+        "for what Runa's names mean. Docs: docs/ in the source tree, man runa(1) when installed.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"runa {__version__}")
     parser.add_argument(
@@ -50,9 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the stack to talk to: u<uid> (your own, the default) or 'shared' "
         "(also RUNA_STACK)",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     help=argparse.SUPPRESS)
     for module in COMMAND_MODULES:
         module.register(commands)
+    helps = {action.dest: action.help or "" for action in commands._choices_actions}
+    parser.description = f"{parser.description}\n\n{help_cmd.commands_text(helps)}"
+    parser.set_defaults(root_parser=parser)
     return parser
 
 

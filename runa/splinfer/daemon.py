@@ -71,12 +71,18 @@ from runa.splinfer.sequence import Sequence
 from runa.splinfer.statefile import StateIdentity
 from runa.splinfer.stream import ReplyStream
 from runa.splinfer.turnplan import TurnPlan, next_basis, plan_turn
+from runa.splinfer.uploads import MAX_CHARS_PER_TOKEN, Uploads, history_page
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError
 
 NAME = "splinfer"
-OPS = ("chat", "cancel", "status", "personas", "history", "forget")
+OPS = ("chat", "chat_part", "cancel", "status", "personas", "history", "conversations",
+       "forget")
+#: An upload (``chat_part``) not finished by its ``chat`` within this long is dropped.
+UPLOAD_TTL_S = 120.0
+#: A prompt with this many tokens to evaluate is announced (``reading``) before it is.
+READING_NOTICE_TOKENS = 256
 #: How long the loop waits for the queue while it only waits for slow readers.
 DRAIN_WAIT_S = 0.005
 
@@ -134,6 +140,7 @@ class Splinfer:
         self.store = store or ConversationStore(
             self.paths.state / "conversations",
             max_state_bytes=config["splinfer.state_max_mib"] << 20,
+            max_state_age_s=config["splinfer.state_max_age_days"] * 86400,
             publish=self._publish, logger=logger)
         self.engine: Engine | None = None
         self.bus: Bus | None = None
@@ -143,6 +150,8 @@ class Splinfer:
         self.turns: dict[str, _Turn] = {}
         self.draining: list[_Turn] = []
         self.sequences: dict[str, Sequence] = {}
+        self.uploads = Uploads(clock, UPLOAD_TTL_S)
+        """Messages too long for one envelope, arriving in pieces (``chat_part``)."""
         self.dirty: dict[str, float] = {}
         """Conversations whose KV changed since their state file was written: when."""
         self.last_used = clock()
@@ -263,14 +272,19 @@ class Splinfer:
     def _dispatch(self, request: Envelope) -> None:
         op = request.payload.get("op")
         if op == "chat":
+            self.uploads.complete(request)
             self.pending.append(parse_chat(request))
             self._check_persona(self.pending[-1])
+        elif op == "chat_part":
+            self._reply_once(request, self.uploads.add(request, self._upload_limit()))
         elif op == "status":
             self._reply_once(request, self.describe())
         elif op == "personas":
             self._reply_once(request, self._personas())
         elif op == "history":
             self._reply_once(request, self._history(request))
+        elif op == "conversations":
+            self._reply_once(request, self._conversations(request))
         elif op == "forget":
             self._reply_once(request, self._forget(request))
         elif op == "cancel":
@@ -311,7 +325,8 @@ class Splinfer:
 
     def _personas(self) -> dict[str, Any]:
         return {"personas": [{"name": p.name, "description": p.description,
-                              "source": str(p.source)} for p in self.personas.all()],
+                              "source": str(p.source), "params": dict(p.params)}
+                             for p in self.personas.all()],
                 "default": self.default_persona}
 
     def _history(self, request: Envelope) -> dict[str, Any]:
@@ -321,15 +336,59 @@ class Splinfer:
             conv = self.store.load(conversation)
         except UnknownConversationError as error:
             raise bad(request, str(error)) from None
+        start = request.payload.get("start")
+        if start is not None and (not isinstance(start, int) or isinstance(start, bool)
+                                  or start < 0):
+            raise bad(request, "'start' must be a message index (an integer from 0)")
         messages = conv.messages
-        limit = self.bus.geometry.max_envelope - 1024  # type: ignore[union-attr]
+        limit = self._envelope_room()
+        answer: dict[str, Any] = {"conversation": conv.id, "persona": conv.persona,
+                                  "created": conv.created, "updated": conv.updated}
+        if start is not None:  # a page, oldest first: as many from ``start`` as fit
+            offset = request.payload.get("offset", 0)
+            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+                raise bad(request, "'offset' must be a character index (an integer from 0)")
+            page, resume = history_page(messages, start, offset, limit)
+            answer.update(messages=page, start=start, total=len(messages))
+            if resume is not None:
+                answer["next"], answer["next_offset"] = resume
+            return answer
         omitted = 0
         while messages and len(json.dumps(messages).encode()) > limit:
             cut = max(2, len(messages) // 8 & ~1)  # whole turns (pairs), oldest first
             messages, omitted = messages[cut:], omitted + cut
-        answer = {"conversation": conv.id, "persona": conv.persona, "messages": messages}
+        answer["messages"] = messages
         if omitted:
             answer["omitted"] = omitted
+        return answer
+
+    def _upload_limit(self) -> int:
+        """Characters a message may have: more than the context could hold as tokens."""
+        engine = self.engine
+        n_ctx = engine.n_ctx if engine and engine.loaded else \
+            (self.context_params.ctx_size or 32768)
+        return n_ctx * MAX_CHARS_PER_TOKEN
+
+    def _envelope_room(self) -> int:
+        """Bytes of payload one answer envelope has room for."""
+        return self.bus.geometry.max_envelope - 1024  # type: ignore[union-attr]
+
+    def _conversations(self, request: Envelope) -> dict[str, Any]:
+        prefix = request.payload.get("prefix", "")
+        if not isinstance(prefix, str):
+            raise bad(request, "'prefix' must be a string: the start of conversation ids")
+        summaries = [s.as_json() for s in self.store.summaries(prefix)]
+        listed, limit = summaries, self._envelope_room()
+        while listed and len(json.dumps(listed).encode()) > limit:
+            listed = listed[: len(listed) * 3 // 4]  # the latest used are kept
+        states = self.store.state_files()
+        answer: dict[str, Any] = {
+            "conversations": listed,
+            "state_bytes": sum(f.size for f in states),
+            "state_max_bytes": self.store.max_state_bytes,
+            "state_max_age_s": self.store.max_state_age_s}
+        if len(listed) < len(summaries):
+            answer["omitted"] = len(summaries) - len(listed)
         return answer
 
     def _forget(self, request: Envelope) -> dict[str, Any]:
@@ -448,6 +507,9 @@ class Splinfer:
             self.sequences[conv.id] = seq
         turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
                                 on_text=stream.text, cancel=lambda: turn.cancelled)
+        to_read = len(turn.gen.pending)
+        if to_read >= READING_NOTICE_TOKENS:
+            stream.reading(to_read)  # the client can say why the first word takes a while
         if conv is not None:
             self.dirty[conv.id] = self.clock()
         return turn

@@ -74,10 +74,18 @@ class PromptTooLongError(InferenceError):
         self.n_ctx = n_ctx
         self.reserve = reserve
         super().__init__(
-            f"the prompt needs {needed} tokens (system prompt and newest message) but only "
-            f"{available} fit: context {n_ctx} tokens minus {reserve} kept for the answer. "
-            "Shorten the message or raise ctx_size."
+            f"the message is too long for this model: the prompt needs {needed} tokens "
+            f"(about {words(needed)} words, with the system prompt) but only {available} fit "
+            f"(the context holds {n_ctx} tokens, about {words(n_ctx)} words, and {reserve} are "
+            "kept for the answer). Shorten it, or put the text into a topic with 'runa "
+            "ingest FILE --topic NAME' and ask about it with '/rag on NAME' in chat (or "
+            "'runa recall'); a larger context (runa up -c N) takes more."
         )
+
+
+def words(tokens: int) -> int:
+    """About how many English words ``tokens`` tokens are (0.75 a token)."""
+    return tokens * 3 // 4
 
 
 class DecodeError(InferenceError):

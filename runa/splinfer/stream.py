@@ -72,6 +72,12 @@ class ReplyStream:
             self.unsent, self.last_flush = "", now
             self.pump()
 
+    def reading(self, n_tokens: int) -> None:
+        """Say, before any text, that ``n_tokens`` of prompt are being evaluated first."""
+        if not self.closed and not self.gone:
+            self._queue({"text": "", "reading": n_tokens})
+            self.pump()
+
     def finish(self, payload: dict[str, Any]) -> None:
         """Queue the final envelope: the remaining text and ``payload``."""
         if self.closed:

@@ -174,3 +174,33 @@ def test_leftover_temporaries_are_cleared_on_open(tmp_path: Path) -> None:
     (tmp_path / ".c1.state.123.tmp").write_bytes(b"half")
     store_at(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_states_not_used_for_the_age_limit_are_dropped(tmp_path: Path) -> None:
+    clock = Clock()
+    store = store_at(tmp_path, clock=clock, max_state_age_s=7 * 86400)
+    blob = memoryview(b"\x07" * 1000)
+    for name in ("stale", "recent"):
+        store.save_state(name, ME, [1], blob)
+    for name, days_ago in (("stale", 8), ("recent", 6)):
+        when = clock.now - days_ago * 86400
+        os.utime(store.state_path(name), (when, when))
+    assert store.enforce_cap() == ["stale"]
+    assert [f.conversation for f in store.state_files()] == ["recent"]
+
+
+def test_summaries_list_the_latest_used_first_with_their_state(tmp_path: Path) -> None:
+    store = store_at(tmp_path, clock=Clock())
+    for name, text in (("a1", "first question\nsecond line"), ("b2", "x" * 200)):
+        conv = store.new(name, "tutor")
+        conv.messages = [{"role": "user", "content": text},
+                         {"role": "assistant", "content": "ok"}]
+        store.save(conv)
+    store.save_state("a1", ME, [1], memoryview(b"x" * 100))
+    listed = store.summaries()
+    assert [s.id for s in listed] == ["b2", "a1"]
+    assert (listed[1].first, listed[1].messages, listed[1].persona) == (
+        "first question", 2, "tutor")
+    assert listed[1].state_bytes == store.state_path("a1").stat().st_size
+    assert listed[0].state_bytes == 0 and len(listed[0].first) == 80
+    assert [s.id for s in store.summaries(prefix="a")] == ["a1"]
