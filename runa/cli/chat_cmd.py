@@ -71,10 +71,12 @@ def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
     notices = sys.stdout if interactive else sys.stderr
     if interactive:  # Ctrl-C must stop answers even if started with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(bus, "splinfer",
-                                                                       "chat") as client, \
-            ExitStack() as stack:
-        client.check_running()
+    def asked_again(notice: str) -> None:  # the answer printed so far is void
+        print(f"\n[{notice}]", file=notices, flush=True)
+
+    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
+            bus, "splinfer", "chat", on_restart=asked_again) as client, ExitStack() as stack:
+        client.check_running(restart_wait=args.timeout)
         retrieval = Retrieval(lambda: open_tieto(ctx.config, ctx.paths, ctx.stack, "chat",
                                                  timeout=args.timeout))
         stack.callback(retrieval.close)
