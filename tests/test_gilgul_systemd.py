@@ -168,9 +168,13 @@ def test_sigkill_of_splinfer_is_restarted_at_once_with_the_next_incarnation(
     since = time.time()
     pid = stack.main_pid("splinfer")
     os.kill(pid, signal.SIGKILL)
+    # Asked at once: the question waits in splinfer's queue for the next incarnation.
+    asked = subprocess.Popen([sys.executable, "-m", "runa", "ask", "--temp", "0", "-n", "4",
+                              "--timeout", "30", "hello"], env=stack.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stack.wait_replaced("splinfer", pid)
-    answer = stack.ask()
-    assert answer.returncode == 0, answer.stderr
+    out, err = asked.communicate(timeout=60)
+    assert (asked.returncode, err) == (0, "") and out.strip(), err
     events = stack.event_names("splinfer", since)
     assert events[:3] == [("failed", "signal"), ("restart", "signal"), ("running", "")]
     failed, restart = (stack.events(RUNA_COMPONENT="splinfer", RUNA_EVENT=e, since=since)[0]

@@ -71,7 +71,10 @@ def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
     notices = sys.stdout if interactive else sys.stderr
     if interactive:  # Ctrl-C must stop answers even if started with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    def asked_again(notice: str) -> None:  # the answer printed so far is void
+    def asked_again(notice: str) -> None:
+        """splinfer died mid-answer and answers again: what was printed so far is void."""
+        if notices is not sys.stdout:
+            print(file=sys.stdout, flush=True)  # the new answer starts on a line of its own
         print(f"\n[{notice}]", file=notices, flush=True)
 
     with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
