@@ -74,6 +74,9 @@ def test_questions_sent_while_splinfer_restarts_are_answered_by_the_next_one(
     waits for the restart instead of telling the person to start Runa."""
     pid, killed = kill_into_backoff(stack)
     asked = ask(stack, "at once", "--timeout", "30")
+    chat = subprocess.Popen([sys.executable, "-m", "runa", "chat", "--new", "--timeout", "30",
+                             "-n", "4"], env=stack, text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     main = f"/dev/shm/runa-{stack['RUNA_STACK']}-main"
     with Bus.open(main) as bus:
         replies = bus.queue("test.crash")
@@ -93,6 +96,9 @@ def test_questions_sent_while_splinfer_restarts_are_answered_by_the_next_one(
         replies.close()
     out, err = asked.communicate(timeout=60)
     assert (asked.returncode, err) == (0, ""), err
+    assert out.strip(), "an empty answer"
+    out, err = chat.communicate("hello\n", timeout=60)
+    assert chat.returncode == 0 and "new conversation" in err, err
     assert out.strip(), "an empty answer"
     assert sorted(answered) == sorted(q.id for q in queries), "questions were lost"
     assert splinfer(stack)["pid"] != pid
