@@ -124,7 +124,9 @@ def stack(user_manager) -> Iterator[Stack]:
         shutil.rmtree(unit_dir / f"{name}.d", ignore_errors=True)
     shutil.rmtree(user_manager.runtime_dir / "runa/gilgul", ignore_errors=True)
     units.write(rendered, unit_dir)
-    user_manager.use_runa(RUNA, {**common, "RUNA_LOG_TARGET": "journal"})
+    # A PYTHONPATH naming a checkout reaches the units too: they run the code under test.
+    passed = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    user_manager.use_runa(RUNA, {**common, **passed, "RUNA_LOG_TARGET": "journal"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     stack = Stack(root, {**env, **common, "HOME": str(root / "home")},
                   {**os.environ, **user_manager.env}, unit_dir)
