@@ -9,6 +9,8 @@ from __future__ import annotations
 import grp
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from runa import preflight
@@ -24,7 +26,8 @@ from runa.splinter import (
     ensure_segment,
     segment_path,
 )
-from runa.splinter.errors import BadSchema, SegmentNotFound, SplinterError
+from runa.splinter.envelope import parse_rfc3339
+from runa.splinter.errors import BadSchema, SegmentNotFound, SplinterError, TtlExpired
 
 EX_UNAVAILABLE = 69
 
@@ -139,14 +142,51 @@ class HealthWriter:
             self._bus = None
 
 
+class RecentRequests:
+    """The ids of the last ``size`` requests a service read, so a resent one is served once.
+
+    A client whose service died resends its query with the same id (runa.client): the new
+    incarnation may find both the original, still queued, and the copy.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+        self._size = size
+
+    def first_time(self, request_id: str) -> bool:
+        """Record ``request_id``; False if it was read before."""
+        if request_id in self._ids:
+            return False
+        self._ids.add(request_id)
+        self._order.append(request_id)
+        if len(self._order) > self._size:
+            self._ids.discard(self._order.popleft())
+        return True
+
+
+def expiry(request: Envelope, now: float) -> TtlExpired | None:
+    """The TTL_EXPIRED fault for a request read after ``ts`` + ``ttl_ms``; None if in time."""
+    if request.ttl_ms is None or not request.expired(now):
+        return None
+    waited = now - parse_rfc3339(request.ts)
+    return TtlExpired(f"the request waited {waited:.1f} s in the queue, longer than its "
+                      f"ttl_ms ({request.ttl_ms}); it was not served, ask again")
+
+
 def read_requests(queue: EnvelopeReceiver, timeout: float, *,
                   on_bad_schema: Callable[[BadSchema], None],
-                  on_cancel: Callable[[Envelope], None]) -> Iterator[Envelope]:
+                  on_cancel: Callable[[Envelope], None],
+                  on_expired: Callable[[Envelope, TtlExpired], None],
+                  seen: RecentRequests | None = None,
+                  clock: Callable[[], float] = time.time) -> Iterator[Envelope]:
     """What a service's queue holds now (waiting up to ``timeout`` for the first).
 
     Cancels are handed to ``on_cancel`` as they are read, ahead of the requests queued
     before them, so a long answer can be stopped at once; a malformed envelope goes to
-    ``on_bad_schema`` (to be answered if it can be) and reading goes on.
+    ``on_bad_schema`` (to be answered if it can be) and reading goes on. A query read
+    after its ``ttl_ms`` goes to ``on_expired`` (answered TTL_EXPIRED, not served), and
+    one whose id ``seen`` already holds (a client's resend) is dropped.
     """
     while True:
         try:
@@ -158,6 +198,13 @@ def read_requests(queue: EnvelopeReceiver, timeout: float, *,
         if envelope is None:
             return
         timeout = 0
+        if envelope.type == "query":
+            if seen is not None and not seen.first_time(envelope.id):
+                continue
+            expired = expiry(envelope, clock())
+            if expired is not None:
+                on_expired(envelope, expired)
+                continue
         if envelope.type == "query" and envelope.payload.get("op") == "cancel":
             on_cancel(envelope)
         else:

@@ -7,7 +7,9 @@ envelopes into exceptions and can cancel a running request.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -19,6 +21,7 @@ from runa.bus import EX_UNAVAILABLE, health_key
 from runa.errors import RunaError
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
+from runa.splinter.bus import EnvelopeSender
 from runa.splinter.errors import Backpressure, ChannelNotFound
 
 # How a fault from a service ends a command (sysexits where one fits).
@@ -37,12 +40,21 @@ FAULT_EXIT = {
 STOP_POLL = 0.1
 # How long a cancel waits for the service's final envelope.
 CANCEL_WAIT = 5.0
+# How often a waiting request looks whether the process holding it is still alive.
+OWNER_POLL = 0.25
+# How often one request is sent again after the process holding it died (a request that
+# kills every incarnation that reads it must not crash-loop the service for ever).
+MAX_RESENDS = 2
 
 
 class ServiceUnavailable(RunaError):
     """The service is not running (no queue, or no heartbeat)."""
 
     exit_code = EX_UNAVAILABLE
+
+
+class AnswerCut(ServiceUnavailable):
+    """The service died while streaming the answer, and the caller did not want it re-run."""
 
 
 class ServiceFault(RunaError):
@@ -60,11 +72,16 @@ class ServiceClient:
     """One client of one service; not shared between threads."""
 
     def __init__(self, bus: Bus, service: str, client_name: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_restart: Callable[[str], None] | None = None) -> None:
+        """``on_restart``: told (with a sentence for the person) when the service died in the
+        middle of an answer, which is then asked again and streams anew from its start;
+        without it such a request fails at once (AnswerCut)."""
         self.bus = bus
         self.service = service
         self.client_name = client_name
         self.clock = clock
+        self.on_restart = on_restart
         self.reply_name = f"{client_name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.replies = bus.queue(self.reply_name)
         self._active: str | None = None
@@ -86,7 +103,7 @@ class ServiceClient:
         raw = self.bus.get(health_key(self.service))
         return json.loads(raw) if raw else None
 
-    def _sender(self):
+    def _sender(self) -> EnvelopeSender:
         try:
             return self.bus.sender(self.service)
         except ChannelNotFound:
@@ -94,17 +111,25 @@ class ServiceClient:
                 f"{self.service} is not running (no '{self.service}' channel on the bus); "
                 "start Runa with 'systemctl --user start runa.target' or 'runa up'") from None
 
-    def check_running(self, grace: float = 3.0) -> None:
+    def restarting(self) -> bool:
+        """Whether the service died and its queue waits for the next incarnation."""
+        owner = self.bus.queue_owner(self.service)
+        return owner is not None and owner.service and not owner.alive
+
+    def check_running(self, grace: float = 3.0, restart_wait: float = 0.0) -> None:
         """Fail fast, saying what to do, when the service has no queue or no heartbeat.
 
         A service that has just started may not have written its first heartbeat yet,
-        so a missing one is waited for up to ``grace`` seconds.
+        so a missing one is waited for up to ``grace`` seconds; one that died and is being
+        restarted (its queue waits for the next incarnation) up to ``restart_wait``.
         """
         self._sender()
-        deadline = self.clock() + grace
-        while not self.alive():
-            if self.clock() >= deadline:
+        start = self.clock()
+        while (restarting := self.restarting()) or not self.alive():
+            if self.clock() - start >= max(grace, restart_wait if restarting else 0.0):
                 raise ServiceUnavailable(
+                    f"{self.service} died and has not come back (see 'runa status')"
+                    if restarting else
                     f"{self.service} has no heartbeat (starting, hung or stopped); see "
                     "'runa status', or start Runa with 'runa up'")
             time.sleep(0.05)
@@ -117,21 +142,7 @@ class ServiceClient:
         raise ServiceFault(self.service, {"code": Fault.INTERNAL_ERROR,
                                           "message": "the answer ended without its last part"})
 
-    def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0,
-                stop: threading.Event | None = None) -> Iterator[Envelope]:
-        """Send a query and yield its response envelopes until the one with ``eof``.
-
-        Raises ServiceUnavailable when the service is not there or stops heartbeating
-        while nothing arrives for ``idle_timeout`` seconds, and ServiceFault on an error
-        envelope. Once ``stop`` is set (by another thread) the request is cancelled within
-        ``STOP_POLL`` seconds, even while the service is still silent (a long prompt), and
-        the stream ends with the service's final envelope if one comes.
-        """
-        sender = self._sender()
-        query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name)
-        # Set before sending and kept if the caller is interrupted mid-stream (Ctrl-C), so
-        # cancel() knows what to stop even when the interrupt lands right after the send.
-        self._active = query.id
+    def _send(self, sender: EnvelopeSender, query: Envelope) -> None:
         try:
             sender.send(query)
         except Backpressure:
@@ -139,17 +150,80 @@ class ServiceClient:
             raise ServiceFault(self.service, {"code": Fault.BACKPRESSURE,
                                               "message": "its queue is full; try again"}) \
                 from None
+        except ChannelNotFound:
+            self._active = None
+            raise ServiceUnavailable(
+                f"{self.service} stopped (its '{self.service}' channel is gone); start Runa "
+                "with 'systemctl --user start runa.target' or 'runa up'") from None
+
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0,
+                stop: threading.Event | None = None) -> Iterator[Envelope]:
+        """Send a query and yield its response envelopes until the one with ``eof``.
+
+        The query's ``ttl_ms`` is ``idle_timeout``: a query that waited longer in the queue
+        (its service dead or hung) is not served once nobody waits for it any more.
+
+        When the process holding the query dies (seen within ``OWNER_POLL`` seconds from its
+        queue's owner), the query is sent again, with the same id, to the next incarnation,
+        which adopts the queue: a copy it finds twice is answered once. If part of the
+        answer was already yielded, ``on_restart`` is told and the answer starts again from
+        its first piece; without ``on_restart`` AnswerCut is raised at once.
+
+        Raises ServiceUnavailable when the service is not there or stops heartbeating, or
+        died and nothing took its queue over, while nothing arrives for ``idle_timeout``
+        seconds, and ServiceFault on an error envelope. Once ``stop`` is set (by another
+        thread) the request is cancelled within ``STOP_POLL`` seconds, even while the
+        service is still silent (a long prompt), and the stream ends with the service's
+        final envelope if one comes.
+        """
+        sender = self._sender()
+        query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name,
+                              ttl_ms=_ttl_ms(idle_timeout))
+        # Set before sending and kept if the caller is interrupted mid-stream (Ctrl-C), so
+        # cancel() knows what to stop even when the interrupt lands right after the send.
+        self._active = query.id
         sent_to = _incarnation(self.health())
-        quiet_since = self.clock()
+        holder = self._live_owner()
+        self._send(sender, query)
+        quiet_since = next_look = self.clock()
+        yielded = False
+        resends = 0
         while True:
             if stop is not None and stop.is_set():
                 final = self.cancel()
                 if final is not None and final.type != "error":
                     yield final
                 return
-            envelope = self.replies.recv(timeout=0.5 if stop is None else STOP_POLL)
+            envelope = self.replies.recv(timeout=OWNER_POLL if stop is None else STOP_POLL)
             if envelope is None:
-                if self.clock() - quiet_since > idle_timeout:
+                now = self.clock()
+                if now >= next_look:
+                    next_look = now + OWNER_POLL
+                    if holder is None:
+                        holder = self._live_owner()
+                    elif self._holder_died(holder):
+                        # Everything it sent has been read: the answer was cut or never began.
+                        if resends == MAX_RESENDS:
+                            self._active = None
+                            raise ServiceUnavailable(
+                                f"{self.service} died {resends + 1} times while holding this "
+                                "request; it is not sent again (see 'runa status' and the "
+                                "journal)")
+                        resends += 1
+                        if yielded:
+                            notice = (f"{self.service} restarted while answering (pid "
+                                      f"{holder[0]} died); the answer was cut")
+                            if self.on_restart is None:
+                                self._active = None
+                                raise AnswerCut(f"{notice}: ask again")
+                            self.on_restart(f"{notice}; asking again")
+                        query = dataclasses.replace(query, ts=env_mod.rfc3339())
+                        self._send(sender, query)
+                        holder = self._live_owner()
+                        sent_to = None
+                        yielded = False
+                        quiet_since = now
+                if now - quiet_since > idle_timeout:
                     self._fail_if_gone(sent_to)
                 continue
             quiet_since = self.clock()
@@ -160,18 +234,36 @@ class ServiceClient:
                 raise ServiceFault(self.service, envelope.payload)
             if envelope.eof:
                 self._active = None
+            yielded = True
             yield envelope
             if envelope.eof:
                 return
 
-    def _fail_if_gone(self, sent_to: tuple[Any, Any] | None) -> None:
-        """Raise when a quiet service has no heartbeat, or is a new incarnation.
+    def _holder_died(self, holder: tuple[int, int]) -> bool:
+        """Whether the process that held the request is gone (dead, or replaced by another)."""
+        owner = self.bus.queue_owner(self.service)
+        return owner is not None and ((owner.pid, owner.start) != holder or not owner.alive)
 
-        A service that died holding the query (taken off its queue, not answered) is
-        replaced by one that heartbeats but never heard of it: without this check the
-        client would wait for ever. Queries still queued are adopted and answered by
-        the new incarnation, so this is only decided after ``idle_timeout`` of silence.
+    def _live_owner(self) -> tuple[int, int] | None:
+        """(pid, start time) of the live process that consumes the service's queue now."""
+        owner = self.bus.queue_owner(self.service)
+        return (owner.pid, owner.start) if owner is not None and owner.alive else None
+
+    def _fail_if_gone(self, sent_to: tuple[Any, Any] | None) -> None:
+        """Raise when a quiet service has no heartbeat, is a new incarnation, or died and
+        nothing took its queue over.
+
+        Queries still queued are adopted and answered by the new incarnation, and queries
+        lost with a dead process are sent again (``request``), so this is only decided
+        after ``idle_timeout`` of silence.
         """
+        owner = self.bus.queue_owner(self.service)
+        if owner is not None and owner.service and not owner.alive:
+            self._active = None
+            raise ServiceUnavailable(
+                f"{self.service} died (pid {owner.pid}) and nothing took its requests over "
+                "in time (is it restarting? see 'runa status'); start Runa with 'runa up' "
+                "if it is not running")
         health = self.health()
         if health is None:
             self._active = None
@@ -199,6 +291,13 @@ class ServiceClient:
                 self._active = None
                 return envelope
         return None
+
+
+def _ttl_ms(wait_s: float) -> int | None:
+    """A query's ``ttl_ms``: as long as its client waits (none for an endless wait)."""
+    if not math.isfinite(wait_s):
+        return None
+    return min(env_mod.MAX_TTL_MS, max(1, int(wait_s * 1000)))
 
 
 def _incarnation(health: dict[str, Any] | None) -> tuple[Any, Any] | None:

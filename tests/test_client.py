@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -12,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from runa.bus import health_key
-from runa.client import ServiceClient, ServiceUnavailable
+from runa.bus import RecentRequests, health_key, read_requests
+from runa.client import AnswerCut, ServiceClient, ServiceUnavailable
 from runa.splinter import Bus, Geometry, create_segment
 from runa.splinter import envelope as env_mod
 
@@ -93,3 +94,111 @@ def test_a_service_without_heartbeat_ends_the_wait(bus_path: str) -> None:
         with pytest.raises(ServiceUnavailable, match="no heartbeat"):
             next(client.request({"op": "chat"}, idle_timeout=0.3))
     thread.join(5)
+
+
+def own_service_queue(path: str, ready: int, answer_first_piece: bool) -> None:
+    """A service process: takes the 'svc' queue, (maybe) starts answering, then hangs."""
+    bus = Bus.open(path)
+    queue = bus.queue("svc", service=True)
+    beat(bus, os.getpid(), 1)
+    os.write(ready, b"r")
+    if answer_first_piece:
+        query = queue.recv(timeout=10)
+        assert query is not None
+        bus.sender(query.reply_to).send(env_mod.response(query, "svc", {"text": "Once"}, seq=0))
+    time.sleep(60)
+
+
+def start_service(path: str, answer_first_piece: bool) -> int:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a real separate process that can be SIGKILLed
+        try:
+            own_service_queue(path, write, answer_first_piece)
+        finally:
+            os._exit(0)
+    assert os.read(read, 1) == b"r"
+    os.close(read)
+    os.close(write)
+    return pid
+
+
+def next_incarnation(path: str, answer: str) -> tuple[threading.Thread, list[str]]:
+    """The restarted service: adopts the queue once its owner is dead and answers each
+    query it reads (through read_requests, as the daemons do) once."""
+    served: list[str] = []
+
+    def run() -> None:
+        with Bus.open(path) as bus:
+            wait_until(lambda: not bus.queue_owner("svc").alive)  # type: ignore[union-attr]
+            queue = bus.queue("svc", service=True)
+            seen = RecentRequests()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                for query in read_requests(queue, 0.2, on_bad_schema=print, on_cancel=print,
+                                           on_expired=print, seen=seen):
+                    served.append(query.id)
+                    bus.sender(query.reply_to).send(
+                        env_mod.response(query, "svc", {"text": answer}, seq=0, eof=True))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, served
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+def test_an_answer_cut_by_a_crash_is_asked_again_from_the_next_incarnation(
+        bus_path: str) -> None:
+    pid = start_service(bus_path, answer_first_piece=True)
+    notices: list[str] = []
+    with Bus.open(bus_path) as bus, ServiceClient(bus, "svc", "test",
+                                                  on_restart=notices.append) as client:
+        stream = client.request({"op": "chat"}, idle_timeout=30)
+        assert next(stream).payload == {"text": "Once"}
+        kill(pid)
+        started = time.monotonic()
+        thread, served = next_incarnation(bus_path, "Once upon a time")
+        rest = list(stream)
+        assert time.monotonic() - started < 5, "the client waited for its idle timeout"
+    assert [e.payload for e in rest] == [{"text": "Once upon a time"}]
+    assert notices == [f"svc restarted while answering (pid {pid} died); the answer was cut; "
+                       "asking again"]
+    thread.join(10)
+    assert served == [rest[0].id]
+
+
+def test_without_a_restart_handler_a_cut_answer_fails_at_once(bus_path: str) -> None:
+    pid = start_service(bus_path, answer_first_piece=True)
+    with Bus.open(bus_path) as bus, ServiceClient(bus, "svc", "test") as client:
+        stream = client.request({"op": "chat"}, idle_timeout=30)
+        next(stream)
+        kill(pid)
+        started = time.monotonic()
+        with pytest.raises(AnswerCut, match=f"pid {pid} died.*ask again"):
+            next(stream)
+        assert time.monotonic() - started < 3
+
+
+def test_a_request_still_queued_and_resent_is_served_once(bus_path: str) -> None:
+    """The hung owner never read it: the next one finds the original and the resend."""
+    pid = start_service(bus_path, answer_first_piece=False)
+    with Bus.open(bus_path) as bus, ServiceClient(bus, "svc", "test") as client:
+        stream = client.request({"op": "chat"}, idle_timeout=30)
+        time.sleep(0.6)  # the client has seen the owner alive
+        kill(pid)
+        time.sleep(0.6)  # and dead: it resent the query into the kept queue
+        thread, served = next_incarnation(bus_path, "hello")
+        assert [e.payload for e in stream] == [{"text": "hello"}]
+    thread.join(10)
+    assert len(served) == 1

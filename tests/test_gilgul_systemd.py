@@ -124,7 +124,9 @@ def stack(user_manager) -> Iterator[Stack]:
         shutil.rmtree(unit_dir / f"{name}.d", ignore_errors=True)
     shutil.rmtree(user_manager.runtime_dir / "runa/gilgul", ignore_errors=True)
     units.write(rendered, unit_dir)
-    user_manager.use_runa(RUNA, {**common, "RUNA_LOG_TARGET": "journal"})
+    # A PYTHONPATH naming a checkout reaches the units too: they run the code under test.
+    passed = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    user_manager.use_runa(RUNA, {**common, **passed, "RUNA_LOG_TARGET": "journal"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     stack = Stack(root, {**env, **common, "HOME": str(root / "home")},
                   {**os.environ, **user_manager.env}, unit_dir)
@@ -168,9 +170,13 @@ def test_sigkill_of_splinfer_is_restarted_at_once_with_the_next_incarnation(
     since = time.time()
     pid = stack.main_pid("splinfer")
     os.kill(pid, signal.SIGKILL)
+    # Asked at once: the question waits in splinfer's queue for the next incarnation.
+    asked = subprocess.Popen([sys.executable, "-m", "runa", "ask", "--temp", "0", "-n", "4",
+                              "--timeout", "30", "hello"], env=stack.env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stack.wait_replaced("splinfer", pid)
-    answer = stack.ask()
-    assert answer.returncode == 0, answer.stderr
+    out, err = asked.communicate(timeout=60)
+    assert (asked.returncode, err) == (0, "") and out.strip(), err
     events = stack.event_names("splinfer", since)
     assert events[:3] == [("failed", "signal"), ("restart", "signal"), ("running", "")]
     failed, restart = (stack.events(RUNA_COMPONENT="splinfer", RUNA_EVENT=e, since=since)[0]

@@ -52,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="print one JSON object (text and counters) instead of streaming")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and splinfer has no "
-                        "heartbeat (default: %(default)s)")
+                        "heartbeat, or died and has not come back (default: %(default)s)")
     add_sampling_flags(parser)
     parser.set_defaults(func=cmd_ask)
 
@@ -65,9 +65,18 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
                                   "params": sampling_params(args)}
     if args.system:
         payload["system"] = args.system
-    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(bus, "splinfer",
-                                                                       "ask") as client:
-        pieces: list[str] = []
+    pieces: list[str] = []
+
+    def asked_again(notice: str) -> None:
+        """splinfer died mid-answer and answers again: what was printed is void."""
+        if not args.json and pieces:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        pieces.clear()
+        print(f"runa: {notice}", file=sys.stderr)
+
+    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
+            bus, "splinfer", "ask", on_restart=asked_again) as client:
         final: dict[str, object] = {}
         try:
             for envelope in client.request(payload, idle_timeout=args.timeout):

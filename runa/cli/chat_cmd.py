@@ -146,10 +146,15 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
     notices = sys.stdout if interactive else sys.stderr
     if interactive:  # Ctrl-C must stop answers even if started with SIGINT ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(bus, "splinfer",
-                                                                       "chat") as client, \
-            ExitStack() as stack:
-        client.check_running()
+    def asked_again(notice: str) -> None:
+        """splinfer died mid-answer and answers again: what was printed so far is void."""
+        if notices is not sys.stdout:
+            print(file=sys.stdout, flush=True)  # the new answer starts on a line of its own
+        print(f"\n[{notice}]", file=notices, flush=True)
+
+    with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
+            bus, "splinfer", "chat", on_restart=asked_again) as client, ExitStack() as stack:
+        client.check_running(restart_wait=args.timeout)
         retrieval = Retrieval(lambda: open_tieto(ctx.config, ctx.paths, ctx.stack, "chat",
                                                  timeout=args.timeout),
                               uncited=ctx.config["tieto.uncited"])

@@ -74,7 +74,7 @@ from runa.splinfer.turnplan import TurnPlan, next_basis, plan_turn
 from runa.splinfer.uploads import MAX_CHARS_PER_TOKEN, Uploads, history_page
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
-from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError
+from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError, TtlExpired
 
 NAME = "splinfer"
 OPS = ("chat", "chat_part", "cancel", "status", "personas", "history", "conversations",
@@ -147,6 +147,7 @@ class Splinfer:
         self.identity: StateIdentity | None = None
         self.pending: deque[ChatRequest] = deque()
         self.inbox: deque[Envelope] = deque()
+        self.seen = bus_mod.RecentRequests()
         self.turns: dict[str, _Turn] = {}
         self.draining: list[_Turn] = []
         self.sequences: dict[str, Sequence] = {}
@@ -177,7 +178,7 @@ class Splinfer:
                   f"{self.engine.load_seconds:.2f} s", model=str(model.path))
         self.bus = bus_mod.connect(self.config, self.stack)
         self.stats = self.bus.component_stats(NAME)
-        self.queue = self.bus.queue(NAME, stats=self.stats)
+        self.queue = self.bus.queue(NAME, stats=self.stats, service=True)
         self.identity = self._identity(ctx)
         self.store.open()
         self.store.enforce_cap()
@@ -246,7 +247,8 @@ class Splinfer:
         """Move what is waiting into the inbox; cancels take effect at once."""
         self.inbox.extend(bus_mod.read_requests(self.queue, timeout,
                                         on_bad_schema=self._answer_bad_schema,
-                                        on_cancel=self._cancel))
+                                        on_cancel=self._cancel,
+                                        on_expired=self._answer_expired, seen=self.seen))
 
     def _during_decode(self) -> None:
         """Called from inside long decodes: stay alive, notice cancels."""
@@ -307,6 +309,12 @@ class Splinfer:
         where = env_mod.reply_channel(request, error)
         if where:
             self._send_quietly(where, env_mod.error_reply(request, error, sender=NAME))
+
+    def _answer_expired(self, request: Envelope, error: TtlExpired) -> None:
+        self.logger.info("request %s not served: %s", request.id, error.message,
+                         extra={"RUNA_EVENT": "ttl_expired"})
+        if request.reply_to:
+            self._send_quietly(request.reply_to, env_mod.error_reply(request, error, sender=NAME))
 
     # -- the small queries -------------------------------------------------------------------
 

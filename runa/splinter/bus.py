@@ -16,6 +16,7 @@ from runa.splinter import envelope as env_mod
 from runa.splinter.channel import (
     ChannelInfo,
     ChannelTable,
+    QueueOwner,
     QueueReceiver,
     Reaped,
     Sender,
@@ -106,10 +107,15 @@ class Bus:
 
     # -- channels ---------------------------------------------------------------------------
 
-    def queue(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeReceiver:
-        """Open (create or adopt) the queue ``name`` with this process as its one consumer."""
+    def queue(self, name: str, *, stats: ComponentStats | None = None,
+              service: bool = False) -> EnvelopeReceiver:
+        """Open (create or adopt) the queue ``name`` with this process as its one consumer.
+
+        ``service``: the queue is a service's well-known one; when this process dies the keeper
+        keeps it, requests included, for the next incarnation (a reply queue is freed).
+        """
         self._check_process()
-        idx, st = self.channels.open_channel(name, "queue", take_ownership=True)
+        idx, st = self.channels.open_channel(name, "queue", take_ownership=True, service=service)
         return EnvelopeReceiver(QueueReceiver(self.channels, name, idx, st), self, stats)
 
     def subscribe(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeReceiver:
@@ -131,6 +137,10 @@ class Bus:
         self._check_process()
         idx, st = self.channels.open_channel(name, "broadcast", take_ownership=False)
         return EnvelopeSender(Sender(self.channels, name, idx, st), self, stats)
+
+    def queue_owner(self, name: str) -> QueueOwner | None:
+        """Who consumes queue ``name`` now and whether it is alive (None: no such queue)."""
+        return self.channels.owner(name)
 
     def reap(self) -> list[Reaped]:
         """Free channels and subscribers of dead processes (the keeper calls this)."""

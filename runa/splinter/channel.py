@@ -50,6 +50,7 @@ from runa.splinter.layout import (
     C_KIND,
     C_NAME_OFF,
     C_NAMELEN,
+    C_OPTIONS,
     C_OWNER_PID,
     C_OWNER_START,
     C_RECEIVED,
@@ -59,6 +60,7 @@ from runa.splinter.layout import (
     C_TAIL,
     CHAN_ACTIVE,
     CHAN_FREE,
+    CHAN_SERVICE,
     CTR_RECOVERED,
     HDR_COUNTERS,
     KIND_BROADCAST,
@@ -125,6 +127,16 @@ class ChannelInfo:
     dropped: int
     backpressure: int
     subscribers: tuple[SubscriberInfo, ...]
+
+
+@dataclass(frozen=True)
+class QueueOwner:
+    """Who consumes a queue now: (pid, start time) and whether that process still runs."""
+
+    pid: int
+    start: int
+    alive: bool
+    service: bool  # a service's queue: it waits for the next owner when this one dies
 
 
 @dataclass(frozen=True)
@@ -200,12 +212,27 @@ class ChannelTable:
 
     # -- create / adopt / free ----------------------------------------------------------------
 
-    def open_channel(self, name: str, kind: str, *, take_ownership: bool) -> tuple[int, int]:
+    def owner(self, name: str) -> QueueOwner | None:
+        """The consumer of queue ``name`` (None: no such queue), lock-free."""
+        found = self.find(name)
+        if found is None:
+            return None
+        cw = self.layout.channel(found[0]) >> 3
+        W = self.W
+        if W[cw + C_KIND] != KIND_QUEUE:
+            return None
+        pid, start = W[cw + C_OWNER_PID], W[cw + C_OWNER_START]
+        return QueueOwner(pid, start, self._alive(pid, start),
+                          bool(W[cw + C_OPTIONS] & CHAN_SERVICE))
+
+    def open_channel(self, name: str, kind: str, *, take_ownership: bool,
+                     service: bool = False) -> tuple[int, int]:
         """Find or create channel ``name`` of ``kind``; returns (index, state word).
 
         ``take_ownership`` (queues): record this process as the consumer. A queue whose owner is
         alive and is another process raises ChannelBusy; one whose owner died is adopted with its
-        unread messages (a reincarnated service finds its requests waiting).
+        unread messages (a reincarnated service finds its requests waiting). ``service`` marks
+        the queue as a service's well-known one, which ``reap`` keeps when its owner dies.
         """
         nb = _check_name(name)
         want = KINDS[kind]
@@ -227,6 +254,8 @@ class ChannelTable:
                     with self.locks.hold(lay.channel_lock(found)):
                         W[cw + C_OWNER_PID] = pid
                         W[cw + C_OWNER_START] = start
+                        if service:
+                            W[cw + C_OPTIONS] |= CHAN_SERVICE
                 return found, W[cw + C_STATE]
             if free is None:
                 raise ChannelTableFull(
@@ -249,6 +278,7 @@ class ChannelTable:
                 W[cw + C_KIND] = want
                 W[cw + C_OWNER_PID] = pid
                 W[cw + C_OWNER_START] = start
+                W[cw + C_OPTIONS] = CHAN_SERVICE if service and want == KIND_QUEUE else 0
                 W[cw + C_CREATED] = time.time_ns()
                 st = (((old >> 2) + 1) << 2) | CHAN_ACTIVE
                 W[cw + C_STATE] = st  # publish
@@ -344,10 +374,12 @@ class ChannelTable:
     def reap(self) -> list[Reaped]:
         """Free what dead processes left behind; drop broadcast subscribers that lag too far.
 
-        Queues whose owner is dead are freed (unread messages are lost: nobody will read them;
-        a restarted owner that reopens first adopts them instead). Broadcast subscribers whose
-        process is dead are freed; live ones lagging more than the ring are dropped and counted;
-        a broadcast channel is freed when its creator is dead and no live process subscribes.
+        Queues whose owner is dead are freed (unread messages are lost: nobody will read them),
+        except a service's queue (``CHAN_SERVICE``): it is kept, requests included, until the
+        service's next incarnation adopts it or the service closes it on a clean stop.
+        Broadcast subscribers whose process is dead are freed; live ones lagging more than the
+        ring are dropped and counted; a broadcast channel is freed when its creator is dead and
+        no live process subscribes.
         """
         out: list[Reaped] = []
         W, lay, cap = self.W, self.layout, self.geometry.channel_capacity
@@ -361,7 +393,7 @@ class ChannelTable:
                     pid, start = W[cw + C_OWNER_PID], W[cw + C_OWNER_START]
                     owner_alive = self._alive(pid, start)
                     if W[cw + C_KIND] == KIND_QUEUE:
-                        if not owner_alive:
+                        if not owner_alive and not W[cw + C_OPTIONS] & CHAN_SERVICE:
                             unread = W[cw + C_TAIL] - W[cw + C_HEAD]
                             self._free_locked(c)
                             out.append(Reaped(name, "queue", pid, unread))

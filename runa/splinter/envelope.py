@@ -39,6 +39,7 @@ TYPES = frozenset({"query", "response", "event", "error", "heartbeat"})
 BROADCAST = "*"
 MAX_ID = 128
 MAX_NAME = 128
+MAX_TTL_MS = 86_400_000  # one day: a request that waited longer is not worth answering
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -199,6 +200,14 @@ def _validate(d: dict[str, Any], *salvage: str | None) -> None:
         v = d.get(k)
         if v is not None and (type(v) is not int or v < 0):
             raise bad(f"field {k!r} must be a non-negative integer")
+    ttl = d.get("ttl_ms")
+    if ttl is not None:
+        if ttl > MAX_TTL_MS:
+            raise bad(f"field 'ttl_ms' is {ttl}; at most {MAX_TTL_MS} (one day)")
+        try:  # the expiry is computed from ts: it must be a real time, not only well-formed
+            parse_rfc3339(d["ts"])
+        except ValueError as error:
+            raise bad(f"field 'ts' is not a valid time: {error}") from None
     if d.get("eof") is not None and type(d["eof"]) is not bool:
         raise bad("field 'eof' must be a boolean")
     if t == "query" and d.get("payload", {}).get("op") == "cancel":

@@ -76,7 +76,8 @@ C_BACKPRESSURE = 9  # sends refused because the queue was full
 C_NAMELEN = 10
 C_CREATED = 11  # wall-clock ns at creation
 C_RECEIVED = 12  # queue: messages consumed
-C_NAME_OFF = 128  # byte offset of the name (words 13..15 reserved)
+C_OPTIONS = 13  # queue: CHAN_SERVICE when it is a service's well-known queue
+C_NAME_OFF = 128  # byte offset of the name (words 14..15 reserved)
 MAX_CHANNEL_NAME = 64
 C_FLAGS_OFF = C_NAME_OFF + MAX_CHANNEL_NAME  # one "I am waiting" byte per subscriber
 SUB_WORDS = 4  # per subscriber: state/gen, pid, start time, cursor
@@ -84,6 +85,7 @@ SUB_STATE, SUB_PID, SUB_START, SUB_CURSOR = range(4)
 SUB_SIZE = SUB_WORDS * 8
 
 CHAN_FREE, CHAN_ACTIVE = 0, 1
+CHAN_SERVICE = 1  # C_OPTIONS bit: kept, with its requests, when the owner dies (not reaped)
 KIND_QUEUE, KIND_BROADCAST = 1, 2
 SUB_FREE, SUB_ACTIVE = 0, 1
 REC_HEADER = 8  # u64 length before each ring record

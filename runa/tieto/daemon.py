@@ -36,7 +36,7 @@ from runa.paths import Paths
 from runa.service import ServiceContext
 from runa.splinter import EVENTS_CHANNEL, Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
-from runa.splinter.errors import BadSchema, SplinterError, SubscriberDropped
+from runa.splinter.errors import BadSchema, SplinterError, SubscriberDropped, TtlExpired
 from runa.tieto.answer import Grounding, complete
 from runa.tieto.api import Tieto, TietoSettings
 from runa.tieto.background import IngestJob, IngestQueue, LockedEmbedder
@@ -149,6 +149,7 @@ class TietoDaemon:
         self._ingested: deque[str] = deque()  # topics the ingest worker finished with
         self.bus: Bus | None = None
         self.inbox: deque[Envelope] = deque()
+        self._seen = bus_mod.RecentRequests()
         self.completions: dict[str, _Completion] = {}
         self._send_lock = threading.Lock()
         self._ctx: ServiceContext | None = None
@@ -169,7 +170,7 @@ class TietoDaemon:
                                    self._ingested.append, self.logger)
         self.bus = bus_mod.connect(self.config, self.stack)
         self.stats = self.bus.component_stats(NAME)
-        self.queue = self.bus.queue(NAME, stats=self.stats)
+        self.queue = self.bus.queue(NAME, stats=self.stats, service=True)
         self.events = self.bus.subscribe(EVENTS_CHANNEL)
         ctx.status(f"ready: {len(self.tieto.topics())} topics")
 
@@ -230,7 +231,8 @@ class TietoDaemon:
 
     def _read_queue(self, timeout: float) -> None:
         self.inbox.extend(bus_mod.read_requests(self.queue, timeout, on_bad_schema=self._bad_schema,
-                                        on_cancel=self._cancel))
+                                        on_cancel=self._cancel, on_expired=self._expired,
+                                        seen=self._seen))
 
     def _read_events(self) -> None:
         while True:
@@ -451,6 +453,12 @@ class TietoDaemon:
                          extra={"RUNA_EVENT": "request_failed"})
         if request.reply_to:
             self._send(request.reply_to, envelope)
+
+    def _expired(self, request: Envelope, error: TtlExpired) -> None:
+        self.logger.info("request %s not served: %s", request.id, error.message,
+                         extra={"RUNA_EVENT": "ttl_expired"})
+        if request.reply_to:
+            self._send(request.reply_to, env_mod.error_reply(request, error, sender=NAME))
 
     def _bad_schema(self, error: BadSchema, request: Envelope | None = None) -> None:
         self.logger.warning("bad request: %s", error.message, extra={"RUNA_EVENT": "bad_schema"})

@@ -10,7 +10,7 @@ import pytest
 
 from runa.splinter import Bus, Geometry
 from runa.splinter import envelope as E
-from runa.splinter.channel import _fastchan
+from runa.splinter.channel import QueueOwner, _fastchan
 from runa.splinter.errors import (
     Backpressure,
     BadSchema,
@@ -103,9 +103,10 @@ def test_channel_errors(make_bus) -> None:
         bus.sender("svc")
 
 
-def _own_queue_then(path: str, name: str, ready_w: int, action: str) -> None:
+def _own_queue_then(path: str, name: str, ready_w: int, action: str,
+                    service: bool = False) -> None:
     bus = Bus.open(path)
-    bus.queue(name)
+    bus.queue(name, service=service)
     bus.sender(name).send(E.event("svc", {"left": "behind"}, to=name))
     os.write(ready_w, b"r")
     if action == "sleep":
@@ -144,6 +145,29 @@ def test_reap_frees_the_queue_of_a_sigkilled_owner(make_bus, mp) -> None:
     with pytest.raises(ChannelNotFound):
         tx.send(E.event("x", {}))
     assert bus.reap() == []
+
+
+def test_reap_keeps_a_service_queue_with_its_requests_for_the_next_owner(make_bus, mp) -> None:
+    """A service's queue outlives its owner's death; the next incarnation answers what waited."""
+    bus, path = make_bus()
+    r, w = os.pipe()
+    child = mp.Process(target=_own_queue_then, args=(path, "svc", w, "sleep", True))
+    child.start()
+    assert os.read(r, 1) == b"r"
+    tx = bus.sender("svc")
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    owner = bus.queue_owner("svc")
+    assert owner is not None and (owner.pid, owner.alive, owner.service) == (child.pid, False, True)
+    assert bus.reap() == []  # kept: its owner is dead but the service comes back
+    tx.send(E.event("client", {"sent": "while it was down"}, to="svc"))
+    assert [c.name for c in bus.channel_info()] == ["svc"]
+    rx = bus.queue("svc", service=True)  # the next incarnation adopts it
+    assert rx.recv(timeout=0).payload == {"left": "behind"}
+    assert rx.recv(timeout=0).payload == {"sent": "while it was down"}
+    assert bus.queue_owner("svc") == QueueOwner(*bus.identity, True, True)
+    rx.close()  # a clean stop frees it: nothing is coming back
+    assert bus.channel_info() == [] and bus.queue_owner("svc") is None
 
 
 def test_reap_sees_through_pid_reuse(make_bus) -> None:

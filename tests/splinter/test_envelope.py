@@ -146,6 +146,20 @@ def test_faults_table() -> None:
     assert TtlExpired("x").to_payload() == {"code": 1001, "name": "TTL_EXPIRED", "message": "x"}
 
 
+def test_ttl_ms_beyond_one_day_or_with_an_impossible_ts_is_bad_schema() -> None:
+    def raw(**fields: object) -> bytes:
+        return json.dumps({"id": "x", "ts": "2026-11-26T07:29:00Z", "from": "a", "to": "b",
+                           "type": "query", "payload": {}, "reply_to": "r", **fields}).encode()
+
+    assert E.decode(raw(ttl_ms=86_400_000)).ttl_ms == 86_400_000
+    with pytest.raises(BadSchema, match=r"'ttl_ms' is 18014398509481984; at most 86400000 "
+                       r"\(one day\)") as huge:
+        E.decode(raw(ttl_ms=2**54))
+    assert (huge.value.id, huge.value.reply_to) == ("x", "r")  # it can be answered
+    with pytest.raises(BadSchema, match="'ts' is not a valid time"):
+        E.decode(raw(ttl_ms=1000, ts="2026-13-45T07:29:00Z"))
+
+
 def test_ttl_expiry() -> None:
     env = E.query("a", "b", {}, ttl_ms=1000)
     assert not env.expired()
