@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from support import isolated_env, remove_segments, small_filesystem
 
-from runa.models.catalog import SMOLLM2_135M
+from runa.models.catalog import MINILM_L6_V2, SMOLLM2_135M
+from runa.models.embedding_install import is_installed as embedding_installed
 from runa.models.errors import ModelSetupError
 from runa.models.install import is_installed, setup_model
 from runa.paths import Paths, personal_stack
@@ -88,6 +89,24 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(f"default model not installed and setup failed: {e}")
     assert is_installed(SMOLLM2_135M, result.path)
     return result.path
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedding GGUF: $RUNA_TEST_EMBEDDING_MODEL, the installed copy, or set up now."""
+    override = os.environ.get("RUNA_TEST_EMBEDDING_MODEL")
+    if override:
+        return Path(override)
+    for directory in Paths.for_stack(personal_stack()).models:
+        candidate = directory / MINILM_L6_V2.filename
+        if candidate.is_file() and embedding_installed(MINILM_L6_V2, candidate):
+            return candidate
+    from runa.models.embedding_install import setup_embedding_model
+
+    try:
+        return setup_embedding_model(MINILM_L6_V2, tmp_path_factory.mktemp("models")).path
+    except ModelSetupError as e:
+        pytest.skip(f"embedding model not installed and setup failed: {e}")
 
 
 @pytest.fixture

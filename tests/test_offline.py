@@ -24,11 +24,6 @@ from pathlib import Path
 import pytest
 from support import isolated_env, remove_segments, wait_for
 
-from runa.models.catalog import MINILM_L6_V2
-from runa.models.embedding_install import is_installed
-from runa.models.errors import ModelSetupError
-from runa.paths import Paths, personal_stack
-
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 DOCS = {
@@ -41,25 +36,6 @@ SOCKET = re.compile(r"^(\d+)\s+socket\((\w+)")
 CONNECT = re.compile(r"^(\d+)\s+connect\(\d+, \{sa_family=(\w+)(.*?)\}")
 ADDRESS = re.compile(r'inet_addr\("([^"]+)"\)|inet_pton\(AF_INET6?, "([^"]+)"')
 LOOPBACK_FAMILIES = {"AF_INET", "AF_INET6"}
-
-
-@pytest.fixture(scope="module")
-def embedding_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """all-MiniLM-L6-v2 for tieto: $RUNA_TEST_EMBEDDING_MODEL, the installed copy, or set
-    up now (before the namespace: setting up is the one step that may download)."""
-    override = os.environ.get("RUNA_TEST_EMBEDDING_MODEL")
-    if override:
-        return Path(override)
-    for directory in Paths.for_stack(personal_stack()).models:
-        candidate = directory / MINILM_L6_V2.filename
-        if candidate.is_file() and is_installed(MINILM_L6_V2, candidate):
-            return candidate
-    from runa.models.embedding_install import setup_embedding_model
-
-    try:
-        return setup_embedding_model(MINILM_L6_V2, tmp_path_factory.mktemp("models")).path
-    except ModelSetupError as e:
-        pytest.skip(f"embedding model not installed and setup failed: {e}")
 
 
 class OfflineStack:
@@ -107,7 +83,7 @@ class OfflineStack:
 
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory: pytest.TempPathFactory, real_model: Path,
-            embedding_model: Path) -> Iterator[OfflineStack]:
+            minilm_gguf: Path) -> Iterator[OfflineStack]:
     if os.geteuid() != 0:
         pytest.skip("a network namespace needs root")
     missing = [tool for tool in ("unshare", "nsenter", "strace", "ip") if not shutil.which(tool)]
@@ -115,7 +91,7 @@ def offline(tmp_path_factory: pytest.TempPathFactory, real_model: Path,
         pytest.skip(f"missing {', '.join(missing)} (tools/setup installs strace)")
     root = tmp_path_factory.mktemp("offline")
     env = {**isolated_env(root), "RUNA_SPLINFER_MODEL": str(real_model),
-           "RUNA_SPLINFER_CTX_SIZE": "2048", "RUNA_TIETO_EMBEDDING_MODEL": str(embedding_model),
+           "RUNA_SPLINFER_CTX_SIZE": "2048", "RUNA_TIETO_EMBEDDING_MODEL": str(minilm_gguf),
            "RUNA_LOG_TARGET": "stderr"}
     stack = OfflineStack(env, root)
     try:

