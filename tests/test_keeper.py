@@ -102,6 +102,16 @@ def test_keeper_reaps_the_queue_of_a_sigkilled_owner(keeper) -> None:
     assert f"reaped queue 'victim' of dead pid {owner.pid}" in log
 
 
+def test_the_keeper_logs_what_config_check_warns_about_and_serves(keeper) -> None:
+    """A bus every user may write is usable but unwise: the keeper says so, then serves."""
+    proc = keeper(RUNA_BUS_MODE="0666")
+
+    assert proc.poll() is None
+    assert ("splinter: warning: environment: bus.mode = '0666': every user of this machine "
+            "may read or write the bus; use 0600 (or 0660 with bus.group)") in \
+        keeper.log.read_text()
+
+
 def test_keeper_expires_ttl_keys_of_a_50k_slot_bus_within_ttl_plus_1s(keeper) -> None:
     """Done-means 1: 50,000 slots, 10% with TTLs; gone from list and stats, nobody reading."""
     keeper(RUNA_BUS_SLOTS="50000", RUNA_BUS_MAX_VALUE_BYTES="128")
