@@ -156,7 +156,7 @@ def test_check_refuses_what_the_daemon_refuses_with_the_same_message(
 
 
 def test_splinfer_ranges_are_the_ones_llama_params_allow() -> None:
-    """One table: the configuration takes its [splinfer] ranges from runa.splinfer.params."""
+    """One table: config and splinfer take their [splinfer] ranges from runa.protocol.ranges."""
     from runa.splinfer.errors import ParamError
     from runa.splinfer.params import parse_params
 
