@@ -34,6 +34,13 @@ def test_a_shared_layer_imports_no_component(module: str) -> None:
     assert components == [], f"{module} loads {components}"
 
 
+def test_the_splinter_library_is_the_lowest_layer() -> None:
+    """It uses only the exception base; paths and config build on it, not it on them."""
+    above = [m for m in loaded_by("runa.splinter")
+             if not m.startswith(("runa.splinter", "runa.errors")) and m != "runa"]
+    assert above == []
+
+
 @pytest.mark.parametrize("module", ["runa.config", "runa.paths", "runa.splinfer.daemon",
                                     "runa.tieto.daemon", "runa.keeper.daemon",
                                     "runa.gilgul.daemon"])
