@@ -26,9 +26,8 @@ from typing import Any
 
 from runa.errors import ConfigError
 from runa.paths import Paths
-from runa.splinfer.params import param_problem
-from runa.tieto.errors import TopicError
-from runa.tieto.topic import check_topic_name
+from runa.protocol.names import topic_name_problem
+from runa.protocol.ranges import param_problem
 
 Check = Callable[[Any], str | None]
 """A value check: returns a problem description, or None when the value is fine."""
@@ -81,19 +80,12 @@ def percent_check(value: Any) -> str | None:
 
 
 def llama_param(name: str) -> Check:
-    """The range llama.cpp's option ``name`` allows, taken from ``runa.splinfer.params``.
+    """The range llama.cpp's option ``name`` allows, taken from ``runa.protocol.ranges``.
 
-    One table for both, so ``runa config check`` refuses exactly what splinfer would.
+    One table for config and splinfer, so ``runa config check`` refuses exactly what
+    splinfer would.
     """
     return lambda value: param_problem(name, value)
-
-
-def topic_name_check(value: Any) -> str | None:
-    try:
-        check_topic_name(value)
-    except TopicError as error:
-        return str(error)
-    return None
 
 
 def octal_mode_check(value: Any) -> str | None:
@@ -280,7 +272,7 @@ SCHEMA: tuple[Setting, ...] = (
             in_range(1, 20)),
     Setting("tieto.short_term_topic", str, "short-term",
             "Topic that short-term memory (keys the keeper promotes) is filed into; on the "
-            "shared stack each user gets <topic>-u<uid>.", topic_name_check),
+            "shared stack each user gets <topic>-u<uid>.", topic_name_problem),
     Setting("demo.startup_delay_s", float, 0.0,
             "Seconds the demo daemon pretends to load before READY.", in_range(0, 600)),
     Setting("demo.tick_s", float, 1.0, "Seconds between the demo daemon's ticks.",

@@ -7,28 +7,25 @@ packaging checks can point Runa at stand-in directories without patching.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from runa.errors import UsageError
+from runa.splinter.segment import NAME_FORM, is_name
 
 SHARED_STACK = "shared"
-# Stack names become file names (/dev/shm/runa-<stack>-<bus>, cgroups, the runtime
-# directory): the bus segments' own rule (runa.splinter.segment), starting with a letter or
-# digit so that no name is "." or "..", hidden, or taken for an option.
-_STACK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def check_stack_name(name: str, source: str = "--stack") -> str:
     """``name`` if it is a usable stack name; a UsageError (exit 64) naming the form if not.
 
-    Checked before any command runs: found later, by the bus, it was an I/O error (74).
+    The bus segments' own rule (``runa.splinter.segment``: stack names become file names),
+    checked before any command runs: found later, by the bus, it was an I/O error (74).
     """
-    if not _STACK_NAME.fullmatch(name):
-        raise UsageError(f"{source} {name!r} is not a stack name: use 1 to 64 letters, digits, "
-                         "'_', '.' or '-', starting with a letter or digit (e.g. u1000, shared)")
+    if not is_name(name):
+        raise UsageError(f"{source} {name!r} is not a stack name: use {NAME_FORM} "
+                         "(e.g. u1000, shared)")
     return name
 
 

@@ -19,6 +19,8 @@ import pytest
 from support import runa
 
 from runa.splinter import Bus
+from runa.splinter.errors import InvalidTtl
+from runa.splinter.kv import MAX_KEY_TTL_MS
 
 
 @pytest.fixture
@@ -146,6 +148,19 @@ def test_numeric_options_out_of_range_are_usage_errors(
     for name in names:
         assert name in line, line
     assert bus.get("k") is None
+
+
+@pytest.mark.parametrize("ttl", [0, MAX_KEY_TTL_MS + 1])
+def test_a_ttl_out_of_range_is_a_usage_error_from_the_cli_and_the_library(
+    runa_env: dict[str, str], bus: Bus, ttl: int
+) -> None:
+    """One error, one status: a program using the library exits as ``runa bus set`` does."""
+    cli = runa("bus", "set", "k", "v", "--ttl", str(ttl), env=runa_env)
+    with pytest.raises(InvalidTtl) as refused:
+        bus.set("k", b"v", ttl_ms=ttl)
+    assert (cli.returncode, refused.value.exit_code) == (64, 64)
+    assert f"1 to {MAX_KEY_TTL_MS}" in cli.stderr and f"1 to {MAX_KEY_TTL_MS}" in \
+        str(refused.value)
 
 
 def test_ttl_at_the_top_of_its_range_is_accepted(runa_env: dict[str, str], bus: Bus) -> None:

@@ -156,7 +156,7 @@ def test_check_refuses_what_the_daemon_refuses_with_the_same_message(
 
 
 def test_splinfer_ranges_are_the_ones_llama_params_allow() -> None:
-    """One table: the configuration takes its [splinfer] ranges from runa.splinfer.params."""
+    """One table: config and splinfer take their [splinfer] ranges from runa.protocol.ranges."""
     from runa.splinfer.errors import ParamError
     from runa.splinfer.params import parse_params
 
@@ -212,12 +212,19 @@ def test_a_bus_group_that_does_not_exist_is_an_error_in_check_and_keeper(
     assert keeper.returncode == 78 and line[len("runa: "):] in keeper.stderr
 
 
-def test_a_bus_dir_that_does_not_exist_is_an_error(chat_model: dict[str, str],
-                                                   tmp_path: Path) -> None:
+def test_a_bus_dir_that_does_not_exist_is_an_error_in_check_and_keeper(
+    chat_model: dict[str, str], tmp_path: Path
+) -> None:
     bad = write(tmp_path / "etc/runa.toml", f"[bus]\ndir = '{tmp_path}/nowhere'\n")
+    line = f"{bad}: bus.dir = '{tmp_path}/nowhere': does not exist"
+
     check = runa("config", "check", env=chat_model)
     assert check.returncode == 78
-    assert check.stderr.strip() == f"runa: {bad}: bus.dir = '{tmp_path}/nowhere': does not exist"
+    assert check.stderr.strip() == f"runa: {line}"
+
+    keeper = runa("daemon", "splinter", env={**chat_model, "RUNA_LOG_TARGET": "stderr"})
+    assert keeper.returncode == 78, keeper.stderr
+    assert line in keeper.stderr and "Traceback" not in keeper.stderr
 
 
 def test_a_bus_in_etc_or_open_to_everyone_is_warned_about(chat_model: dict[str, str],

@@ -12,7 +12,7 @@ from runa.cli.context import CliContext
 from runa.cli.numbers import in_range
 from runa.errors import UsageError
 from runa.splinter import BUSES
-from runa.splinter.kv import MAX_TTL_MS
+from runa.splinter.kv import MAX_KEY_TTL_MS
 
 EX_NOT_FOUND = 1
 
@@ -97,7 +97,7 @@ def cmd_init(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def cmd_set(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.ttl is not None:
-        in_range("--ttl", args.ttl, 1, MAX_TTL_MS, "milliseconds")
+        in_range("--ttl", args.ttl, 1, MAX_KEY_TTL_MS, "milliseconds")
     value = sys.stdin.buffer.read() if args.value == "-" else args.value.encode()
     with _bus(ctx, args) as bus:
         bus.set(args.key, value, ttl_ms=args.ttl, ephemeral=args.ephemeral)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import textwrap
 from typing import TYPE_CHECKING
 
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
+from runa.cli.numbers import in_range
 from runa.errors import UsageError
 from runa.tieto.answer import sources_heading
 
@@ -66,7 +66,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "(\"I don't know\" and the best passage) (default: tieto.uncited)")
     answer.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and the service has "
-                        "no heartbeat (default: %(default)s)")
+                        "no heartbeat (0.1 to 86400; default: %(default)s)")
     add_sampling_flags(answer)
     parser.set_defaults(func=cmd_recall)
 
@@ -79,8 +79,7 @@ def check_numbers(args: argparse.Namespace) -> None:
                          ("sieve", args.sieve)):
         if value is not None:
             check_number(field, value, "--" + field.replace("_", "-"))
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        raise UsageError(f"--timeout must be a number of seconds above 0, not {args.timeout:g}")
+    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from runa import bus as bus_mod
-from runa import log
+from runa import log, preflight
 from runa.config import Config
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
 from runa.service import ServiceContext
@@ -51,9 +51,22 @@ class Keeper:
 
     def start(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
+        self._preflight()
         for name in BUSES:
             self._open(name)
         self._publish_status()
+
+    def _preflight(self) -> None:
+        """Refuse what ``runa config check`` calls fatal about the buses; log its warnings.
+
+        A ``bus.dir`` or ``bus.group`` this machine cannot use is the ConfigError (exit 78)
+        the check prints, not a traceback from the first segment created there.
+        """
+        findings = preflight.bus_findings(self.config)
+        preflight.refuse(findings)
+        for finding in findings:
+            log.event(self.logger, "config_warning", str(finding.error),
+                      level=logging.WARNING)
 
     def _publish_status(self) -> None:
         """The one-line status (systemctl, the heartbeat): names any bus set aside."""

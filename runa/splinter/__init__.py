@@ -15,7 +15,6 @@ from runa.splinter.segment import (
     Segment,
     create_segment,
     ensure_segment,
-    personal_stack,
     remove_segment,
     segment_path,
 )
@@ -24,5 +23,5 @@ __all__ = [
     "BUSES", "DEFAULT_DIR", "EVENTS_CHANNEL", "KV", "LAYOUT_VERSION", "Bus", "ChannelInfo",
     "Envelope", "EnvelopeReceiver", "EnvelopeSender", "Fault", "Geometry", "QueueReceiver",
     "Reaped", "Segment", "Sender", "SlotInfo", "Subscriber", "create_segment", "decode", "encode",
-    "ensure_segment", "personal_stack", "remove_segment", "segment_path", "uuid7",
+    "ensure_segment", "remove_segment", "segment_path", "uuid7",
 ]

@@ -39,7 +39,10 @@ TYPES = frozenset({"query", "response", "event", "error", "heartbeat"})
 BROADCAST = "*"
 MAX_ID = 128
 MAX_NAME = 128
-MAX_TTL_MS = 86_400_000  # one day: a request that waited longer is not worth answering
+# A request's ttl_ms: one day, as a request that waited longer is not worth answering.
+# (Not a key's TTL, which kv.MAX_KEY_TTL_MS bounds to 100 years.)
+MAX_REQUEST_TTL_MS = 86_400_000
+MAX_TTL_MS = MAX_REQUEST_TTL_MS  # the old name, still used by runa.client; use the new one
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
@@ -202,8 +205,8 @@ def _validate(d: dict[str, Any], *salvage: str | None) -> None:
             raise bad(f"field {k!r} must be a non-negative integer")
     ttl = d.get("ttl_ms")
     if ttl is not None:
-        if ttl > MAX_TTL_MS:
-            raise bad(f"field 'ttl_ms' is {ttl}; at most {MAX_TTL_MS} (one day)")
+        if ttl > MAX_REQUEST_TTL_MS:
+            raise bad(f"field 'ttl_ms' is {ttl}; at most {MAX_REQUEST_TTL_MS} (one day)")
         try:  # the expiry is computed from ts: it must be a real time, not only well-formed
             parse_rfc3339(d["ts"])
         except ValueError as error:

@@ -124,7 +124,7 @@ class ValueTooLarge(SplinterError):
 class InvalidTtl(SplinterError, ValueError):
     """A key's TTL is not a whole number of milliseconds in the range the expiry word holds."""
 
-    exit_code = 65
+    exit_code = 64  # EX_USAGE, as ``runa bus set --ttl`` out of range
 
     def __init__(self, ttl_ms: object, high: int) -> None:
         self.ttl_ms = ttl_ms

@@ -64,8 +64,9 @@ from runa.splinter.layout import (
 from runa.splinter.locks import WriterLocks
 from runa.splinter.segment import Segment
 
-# The longest TTL: 100 years, so now + TTL always fits the slot's u64 expiry word.
-MAX_TTL_MS = 100 * 365 * 24 * 3600 * 1000
+# The longest TTL of a key: 100 years, so now + TTL always fits the slot's u64 expiry word.
+# (Not a request's ttl_ms, which envelope.MAX_REQUEST_TTL_MS bounds to a day.)
+MAX_KEY_TTL_MS = 100 * 365 * 24 * 3600 * 1000
 ATIME_GRANULARITY_NS = 1_000_000  # readers refresh last-access at most once a millisecond
 _CACHE_FACTOR = 4  # the per-process key->slot cache holds at most slots * this entries
 
@@ -443,10 +444,10 @@ class KV:
         now = self._clock()
         if ttl_ms is None:
             expiry = 0
-        elif type(ttl_ms) is int and 0 < ttl_ms <= MAX_TTL_MS:
+        elif type(ttl_ms) is int and 0 < ttl_ms <= MAX_KEY_TTL_MS:
             expiry = now + ttl_ms * 1_000_000
         else:
-            raise InvalidTtl(ttl_ms, MAX_TTL_MS)
+            raise InvalidTtl(ttl_ms, MAX_KEY_TTL_MS)
         flags = FLAG_EPHEMERAL if ephemeral else 0
         try:
             ent = self._cache.get(key)

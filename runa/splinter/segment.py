@@ -18,7 +18,6 @@ import re
 import time
 from dataclasses import dataclass
 
-from runa.paths import personal_stack  # noqa: F401 - re-exported
 from runa.splinter.errors import (
     BadMagic,
     GeometryError,
@@ -45,17 +44,25 @@ from runa.splinter.locks import init_mutexes
 
 DEFAULT_DIR = "/dev/shm"
 BUSES = ("main", "coven", "alethia")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Stack and bus names become file names (/dev/shm/runa-<stack>-<bus>, and for a stack also
+# cgroups and the runtime directory): one rule for the library and the CLI (runa.paths),
+# starting with a letter or digit so that no name is "." or "..", hidden, or taken for an option.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: The rule in words, for the messages that refuse a name.
+NAME_FORM = "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` may name a stack or a bus (see ``NAME_FORM``)."""
+    return _NAME.fullmatch(value) is not None
 
 
 def segment_path(stack: str, bus: str, directory: str = DEFAULT_DIR) -> str:
     """``<directory>/runa-<stack>-<bus>``; stack and bus are checked so no path can escape."""
     for what, value in (("stack", stack), ("bus", bus)):
-        if not _NAME_RE.match(value) or value in (".", ".."):
-            raise SegmentError(
-                os.path.join(directory, f"runa-{stack}-{bus}"),
-                f"bad {what} name {value!r} (letters, digits, '_', '.', '-'; at most 64)",
-            )
+        if not is_name(value):
+            raise SegmentError(os.path.join(directory, f"runa-{stack}-{bus}"),
+                               f"bad {what} name {value!r} (use {NAME_FORM})")
     return os.path.join(directory, f"runa-{stack}-{bus}")
 
 

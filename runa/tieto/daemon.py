@@ -44,6 +44,7 @@ from runa.tieto.embed import Embedder, EmbedderWrapper
 from runa.tieto.errors import IndexWriteError, TietoError, TopicBusyError, TopicError
 from runa.tieto.ingest import IngestEvent, IngestReport
 from runa.tieto.memory import memory
+from runa.tieto.recall import check_number
 from runa.tieto.topic import check_topic_name, parse_declaration
 
 NAME = "tieto"
@@ -494,11 +495,12 @@ def _text(request: Envelope, field: str) -> str:
     return value
 
 
-def _number(request: Envelope, field: str) -> float:
+def _number(request: Envelope, field: str) -> Any:
+    """The request's ``field``, held to its range (``runa.tieto.recall.RANGES``) as the
+    command's flag is: ParamError (usage, 64) naming the field and the range."""
     value = request.payload.get(field)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(request, f"{field!r} must be a number, not {value!r}")
-    return float(value)
+    check_number(field, value)
+    return value
 
 
 def _strings(request: Envelope, field: str) -> list[str]:
@@ -513,9 +515,7 @@ def _overrides(request: Envelope) -> dict[str, Any]:
     out: dict[str, Any] = {}
     p = request.payload
     if p.get("k") is not None:
-        if isinstance(p["k"], bool) or not isinstance(p["k"], int) or p["k"] < 1:
-            raise _bad(request, f"'k' must be a positive integer, not {p['k']!r}")
-        out["k"] = p["k"]
+        out["k"] = _number(request, "k")
     if p.get("mode") is not None:
         out["mode"] = _text(request, "mode")
     if p.get("min_similarity") is not None:

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from runa.protocol.names import topic_name_problem
 from runa.tieto.errors import TopicError
 from runa.tieto.values import parse_date, parse_number
 
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _KEY = re.compile(r"^[^\s<>=!,()'\"]{1,64}$")
 
 #: Declared key type → vec0 metadata column type.
@@ -36,12 +36,10 @@ _PLACEHOLDER: dict[str, Any] = {"integer": 0, "float": 0.0, "text": "", "date": 
 
 
 def check_topic_name(name: str) -> str:
-    """``name`` if it can name a topic (it becomes a directory name), else TopicError."""
-    if not _TOPIC_NAME.match(name or ""):
-        raise TopicError(
-            f"topic name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
+    """``name`` if it can name a topic (the rule of ``runa.protocol.names``), else TopicError."""
+    problem = topic_name_problem(name)
+    if problem is not None:
+        raise TopicError(problem)
     return name
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from runa.splinter import Bus, Geometry
 from runa.splinter.errors import InvalidKey, InvalidTtl, StoreFull, ValueTooLarge
-from runa.splinter.kv import MAX_TTL_MS
+from runa.splinter.kv import MAX_KEY_TTL_MS
 
 from .support import SMALL
 
@@ -295,5 +295,5 @@ def test_a_ttl_beyond_the_expiry_word_is_refused_before_anything_is_written(make
     assert bus.get("k") == b"old" and bus.get("new") is None
     assert bus.kv.counts()["live"] == 1
     assert bus.kv.repair().scrubbed == 0  # nothing half-written was left in a free slot
-    bus.set("k", b"v", ttl_ms=MAX_TTL_MS)
+    bus.set("k", b"v", ttl_ms=MAX_KEY_TTL_MS)
     assert bus.get("k") == b"v"

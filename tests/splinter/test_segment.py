@@ -10,6 +10,8 @@ import tempfile
 
 import pytest
 
+from runa.errors import UsageError
+from runa.paths import check_stack_name, personal_stack
 from runa.splinter import Bus, Geometry, create_segment, ensure_segment, segment_path
 from runa.splinter.errors import (
     BadMagic,
@@ -23,7 +25,7 @@ from runa.splinter.errors import (
     VersionMismatch,
 )
 from runa.splinter.layout import HEADER_SIZE, LAYOUT_VERSION, Layout
-from runa.splinter.segment import Segment, personal_stack
+from runa.splinter.segment import Segment
 
 from .support import SMALL
 
@@ -35,6 +37,24 @@ def test_names_follow_stack_and_bus() -> None:
     for bad in ("", "../etc", "a/b", "..", "x" * 65):
         with pytest.raises(SegmentError):
             segment_path(bad, "main")
+
+
+@pytest.mark.parametrize("name", ["_x", "-x", ".x", ".", "x" * 65, "", "u1000", "my-stack.2",
+                                  "x" * 64, "9_a"])
+def test_a_stack_name_the_cli_refuses_names_no_segment(name: str) -> None:
+    """One rule: the bus library takes exactly the stack names ``--stack`` takes."""
+    try:
+        check_stack_name(name)
+        cli_takes = True
+    except UsageError:
+        cli_takes = False
+    try:
+        segment_path(name, "main")
+        bus_takes = True
+    except SegmentError as error:
+        assert "starting with a letter or digit" in str(error)
+        bus_takes = False
+    assert bus_takes == cli_takes
 
 
 def test_create_reserves_pages_with_mode_and_header(shm_dir: str) -> None:

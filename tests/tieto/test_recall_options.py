@@ -18,8 +18,9 @@ CASES = [
     (["--min-similarity", "-3"], "--min-similarity must be a number from -1 to 1, not -3"),
     (["--complete", "--sieve", "2"], "--sieve must be a number from -1 to 1, not 2"),
     (["--complete", "--sieve", "nan"], "--sieve must be a number from -1 to 1, not nan"),
-    (["--timeout", "-1"], "--timeout must be a number of seconds above 0, not -1"),
-    (["--complete", "--timeout", "nan"], "--timeout must be a number of seconds above 0, not nan"),
+    (["--timeout", "-1"], "--timeout -1.0: must be from 0.1 to 86400 seconds"),
+    (["--complete", "--timeout", "nan"], "--timeout nan: must be from 0.1 to 86400 seconds"),
+    (["--timeout", "1e300"], "--timeout 1e+300: must be from 0.1 to 86400 seconds"),
     (["--k", "0"], "--k must be a whole number from 1 to 1000, not 0"),
 ]
 

@@ -353,6 +353,20 @@ def test_the_daemon_refuses_numbers_out_of_range_as_usage_errors(stack: Stack) -
         assert tieto.recall("car insurance", "notes")  # and it goes on answering
 
 
+def test_the_daemon_holds_k_to_the_range_recall_k_has(stack: Stack) -> None:
+    """The request's k is checked as ``runa recall --k`` is (1 to 1000), before the topic."""
+    stack.start_daemon()
+    with stack.access() as tieto:
+        for k, shown in ((0, "0"), (5000, "5000"), (10**30, str(10**30)), (True, "True")):
+            for topic in ("notes", "nowhere"):
+                with pytest.raises(TietoServiceError) as refused:
+                    tieto.recall("car insurance", topic, k=k)
+                assert (str(refused.value), refused.value.exit_code) == \
+                    (f"k must be a whole number from 1 to 1000, not {shown}", 64)
+            with pytest.raises(TietoServiceError, match=r"^k must be a whole number"):
+                tieto.ground("car insurance", "nowhere", k=k)
+
+
 @contextmanager
 def answer_waiting_for_splinfer(stack: Stack) -> Iterator[tuple[FakeSplinfer, Any, Iterator]]:
     """A ``complete`` whose question splinfer holds, still reading the prompt (no token yet)."""
