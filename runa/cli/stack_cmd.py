@@ -23,7 +23,8 @@ from runa.cli.context import (
 )
 from runa.errors import RunaError
 from runa.gilgul import registry
-from runa.supervisor import leftovers, lock, rundir
+from runa.splinter.liveness import is_alive, process_start_time
+from runa.supervisor import lock, rundir
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor import state as state_file
 
@@ -261,7 +262,7 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
     if pid is None:
         print(f"runa: the stack {ctx.stack} is not running{_other_stack(ctx)}")
         return 0
-    ticks = leftovers.start_ticks(pid)  # to know it gone without trusting the pid alone
+    ticks = process_start_time(pid)  # to know it gone without trusting the pid alone
     try:
         os.kill(pid, signal.SIGTERM)
     except PermissionError as error:
@@ -269,7 +270,7 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
             from error
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        gone = ticks is None or leftovers.start_ticks(pid) != ticks
+        gone = ticks is None or not is_alive(pid, ticks)
         if gone and lock.holder(ctx.paths.runtime) is None:
             print(f"runa: stack {ctx.stack} stopped")
             return 0
