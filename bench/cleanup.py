@@ -106,9 +106,11 @@ def _say_stopped(bench: str, signum: int) -> None:
 
 
 def remove_segments(stack: str) -> None:
-    """Unlink the bus segments of ``stack`` (``/dev/shm/runa-<stack>-*``)."""
-    for segment in SHM.glob(f"runa-{stack}-*"):
-        segment.unlink(missing_ok=True)
+    """Unlink the bus segments of ``stack`` (``/dev/shm/runa-<stack>-<bus>``), no other's."""
+    from runa.splinter import segment_paths  # the bench has put the repository on the path
+
+    for segment in segment_paths(stack, str(SHM)):
+        Path(segment).unlink(missing_ok=True)
 
 
 def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace_s: float = 10) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from runa.splinter import segment_paths
+
 
 def runa(*args: str, env: dict[str, str], timeout: float = 60,
          check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -52,8 +54,8 @@ def isolated_env(root: Path) -> dict[str, str]:
 
 
 def remove_segments(env: dict[str, str]) -> None:
-    for segment in Path("/dev/shm").glob(f"runa-{env['RUNA_STACK']}-*"):
-        segment.unlink()
+    for segment in segment_paths(env["RUNA_STACK"]):
+        Path(segment).unlink(missing_ok=True)
 
 
 @contextmanager

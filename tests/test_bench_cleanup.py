@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import wait_for
+from support import remove_segments, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 SHM = Path("/dev/shm")
@@ -212,3 +212,24 @@ def test_the_recovery_bench_stopped_by_sigterm_stops_its_user_manager_and_stack(
     assert segments(stack) == []
     assert "bench/recovery.py: stopped by SIGTERM; what it started is cleaned up" in stderr
     assert bench.returncode == 128 + signal.SIGTERM, stderr
+
+
+def test_removing_a_stacks_segments_leaves_another_stack_whose_name_starts_the_same() -> None:
+    stack = f"t{os.getpid()}seg"
+    other = [SHM / f"runa-{stack}-other-main", SHM / f"runa-{stack}-other-coven"]
+    try:
+        for remover in ("bench", "tests"):
+            mine = [SHM / f"runa-{stack}-{bus}" for bus in ("main", "coven", "alethia")]
+            for path in mine + other:
+                path.write_bytes(b"")
+            if remover == "bench":
+                done = subprocess.run([sys.executable, "-c", "import sys, cleanup; "
+                                       "cleanup.remove_segments(sys.argv[1])", stack],
+                                      cwd=REPO / "bench", capture_output=True, text=True)
+                assert done.returncode == 0, done.stderr
+            else:
+                remove_segments({"RUNA_STACK": stack})
+            assert [p.exists() for p in mine + other] == [False] * 3 + [True] * 2, remover
+    finally:
+        for path in other:
+            path.unlink(missing_ok=True)

@@ -118,10 +118,32 @@ def test_piped_chat_is_not_what_the_next_chat_resumes(stack) -> None:
 
 
 def test_status_says_how_much_state_is_kept(stack) -> None:
-    result = runa("status", env=stack)
-    assert result.returncode == 0, result.stdout
-    assert "kept: " in result.stdout and "conversations, saved model state" in result.stdout
-    assert "up to 1024 MiB, each dropped after 30 days unused" in result.stdout
+    assert chat(stack, "--new", "--conversation", "status-kept", "-n", "2",
+                lines="hello\n").returncode == 0
+    listed = json.loads(runa("chat", "--list", "--json", env=stack).stdout)
+    kept = len(listed["conversations"]) + listed["omitted"]
+    # Asked of splinfer, not counted in a directory: on the shared stack the files are the
+    # service's, not under this person's state directory.
+    elsewhere = {**stack, "XDG_STATE_HOME": str(Path(stack["_STATE"]).parent / "elsewhere")}
+    for env in (stack, elsewhere):
+        result = runa("status", env=env)
+        assert result.returncode == 0, result.stdout
+        assert f"kept: {kept} conversations, saved model state" in result.stdout
+        assert "up to 1024 MiB, each dropped after 30 days unused" in result.stdout
+    as_json = json.loads(runa("status", "--json", env=elsewhere).stdout)["kept"]
+    assert as_json["conversations"] == kept
+    assert as_json["state_max_bytes"] == 1024 << 20 and as_json["state_bytes"] >= 0
+
+
+def test_status_without_the_inference_service_does_not_guess_what_is_kept(
+        tmp_path: Path) -> None:
+    env = isolated_env(tmp_path)
+    (tmp_path / "home/.local/state/runa/conversations").mkdir(parents=True)
+    (tmp_path / "home/.local/state/runa/conversations/old.json").write_text("{}")
+    result = runa("status", env=env)
+    assert result.returncode == 3
+    assert "kept: unknown (the inference service is not running)" in result.stdout
+    assert json.loads(runa("status", "--json", env=env).stdout)["kept"] is None
 
 
 def test_up_ends_with_the_next_step(stack) -> None:

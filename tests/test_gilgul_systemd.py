@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from faults import SURVIVOR, write_fault_stack
-from support import runa, wait_for
+from support import remove_segments, runa, wait_for
 
 from runa.gilgul import registry, units
 from runa.testing.tiny_gguf import write_tiny_gguf
@@ -144,8 +144,7 @@ def stack(user_manager) -> Iterator[Stack]:
             shutil.rmtree(unit_dir / f"{name}.d", ignore_errors=True)
         user_manager.forget_runa()
         stack.systemctl("daemon-reload", check=False)
-        for segment in Path("/dev/shm").glob(f"runa-{common['RUNA_STACK']}-*"):
-            segment.unlink()
+        remove_segments(common)
         shutil.rmtree(root, ignore_errors=True)
 
 

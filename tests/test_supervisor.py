@@ -13,7 +13,7 @@ import pytest
 from support import runa, wait_for
 
 from runa.gilgul import registry
-from runa.supervisor import state as state_file
+from runa.splinter.liveness import process_start_time
 from runa.supervisor.limits import CgroupLayout, MemoryLimiter, find_layout
 from runa.testing.tiny_gguf import write_tiny_gguf
 
@@ -24,6 +24,11 @@ def stack_env(runa_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     model = write_tiny_gguf(tmp_path / "tiny.gguf")
     return {**runa_env, "RUNA_SPLINFER_MODEL": str(model), "RUNA_SPLINFER_CTX_SIZE": "512",
             "RUNA_LOG_TARGET": "stderr"}
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (a zombie has)."""
+    return process_start_time(pid) is not None
 
 
 def status(env: dict[str, str]) -> dict:
@@ -44,7 +49,7 @@ def test_up_detach_status_down(stack_env: dict[str, str]) -> None:
             c.name for c in registry.load(Path(env["RUNA_SYSCONFDIR"])).watched]
         assert all(c["state"] == "running" for c in current["components"])
         pids = [c["pid"] for c in current["components"]]
-        assert all(state_file.pid_alive(pid) for pid in pids)
+        assert all(running(pid) for pid in pids)
         assert runa("up", "--detach", env=env).stdout.startswith("runa: the stack")
         # Another stack's commands leave this one alone and say why.
         other = {**env, "RUNA_STACK": "other"}
@@ -53,11 +58,11 @@ def test_up_detach_status_down(stack_env: dict[str, str]) -> None:
             refused.stderr and "one stack per user" in refused.stderr
         assert "is not running (this user's supervisor runs" in runa("down", env=other).stdout
         assert status(other)["rc"] == 3
-        assert status(env)["healthy"] and all(state_file.pid_alive(pid) for pid in pids)
+        assert status(env)["healthy"] and all(running(pid) for pid in pids)
     finally:
         down = runa("down", env=env)
     assert down.returncode == 0, down.stderr
-    assert not any(state_file.pid_alive(pid) for pid in pids)
+    assert not any(running(pid) for pid in pids)
     assert status(env)["rc"] == 3
 
 
@@ -71,7 +76,7 @@ def test_a_frozen_component_is_killed_for_its_watchdog_and_comes_back(
         back = wait_for(lambda: (c := component(env, "splinfer"))["pid"] != pid
                         and c["state"] == "running" and c, 15,
                         "the supervisor to replace the frozen component")
-        assert back["incarnation"] == 1 and not state_file.pid_alive(pid)  # type: ignore[index]
+        assert back["incarnation"] == 1 and not running(pid)  # type: ignore[index]
         assert runa("ask", "--temp", "0", "-n", "2", "hi", env=env).returncode == 0
     finally:
         runa("down", env=env)
@@ -92,14 +97,14 @@ def test_a_killed_supervisor_leaves_no_orphans_and_the_next_up_reconciles(
     # A stopped child cannot act on the SIGTERM its supervisor's death sends: it lingers.
     os.kill(children["splinfer"], signal.SIGSTOP)
     os.kill(state["supervisor_pid"], signal.SIGKILL)
-    wait_for(lambda: not any(state_file.pid_alive(pid) for name, pid in children.items()
+    wait_for(lambda: not any(running(pid) for name, pid in children.items()
                              if name != "splinfer"), 10, "the orphaned components to exit")
-    assert state_file.pid_alive(children["splinfer"])
+    assert running(children["splinfer"])
     assert status(env)["rc"] == 3
     up = runa("up", "--detach", env=env)
     assert up.returncode == 0, up.stderr
     try:
-        assert not state_file.pid_alive(children["splinfer"])  # ended, not adopted
+        assert not running(children["splinfer"])  # ended, not adopted
         current = status(env)
         assert current["healthy"]
         assert all(c["pid"] not in children.values() for c in current["components"])

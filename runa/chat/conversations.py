@@ -8,11 +8,9 @@ files, not the person's), so everything here asks it over the bus (docs/protocol
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from runa.errors import RunaError, UsageError
@@ -39,6 +37,11 @@ class Listing:
     state_max_bytes: int
     state_max_age_s: float
     omitted: int = 0
+
+    @property
+    def total(self) -> int:
+        """How many conversations are kept: those listed and those left out."""
+        return len(self.conversations) + self.omitted
 
 
 def listing(call: Call, prefix: str = "") -> Listing:
@@ -147,27 +150,10 @@ def state_line(found: Listing) -> str:
             f"{size_text(found.state_max_bytes)}{age}); histories are always kept")
 
 
-@dataclass(frozen=True)
-class KeptOnDisk:
-    """What ``runa status`` says is kept: counted from splinfer's directory (same user)."""
+def kept_line(found: Listing) -> str:
+    """What ``runa status`` says splinfer keeps."""
+    days = found.state_max_age_s / 86400
+    return (f"kept: {found.total} conversations, saved model state "
+            f"{size_text(found.state_bytes)} (up to {found.state_max_bytes / 2**20:g} MiB"
+            + (f", each dropped after {days:g} days unused)" if days else ")"))
 
-    conversations: int
-    state_files: int
-    state_bytes: int
-
-
-def kept_on_disk(directory: Path) -> KeptOnDisk | None:
-    """Count ``<id>.json`` histories and ``<id>.state`` files; None if unreadable."""
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return None
-    histories = sum(1 for e in entries if e.name.endswith(".json") and e.is_file())
-    states = []
-    for entry in entries:
-        if entry.name.endswith(".state") and not entry.name.startswith("."):
-            try:
-                states.append(entry.stat().st_size)
-            except OSError:
-                continue
-    return KeptOnDisk(histories, len(states), sum(states))

@@ -13,7 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from runa import bus as bus_mod
 from runa import log
+from runa.bus import BusNotRunning
+from runa.chat import conversations
 from runa.cli.context import (
     MODEL_FLAGS,
     CliContext,
@@ -21,9 +24,11 @@ from runa.cli.context import (
     as_environment,
     model_overrides,
 )
+from runa.client import ServiceClient, ServiceUnavailable
 from runa.errors import RunaError
 from runa.gilgul import registry
-from runa.supervisor import leftovers, lock, rundir
+from runa.splinter.liveness import is_alive, process_start_time
+from runa.supervisor import lock, rundir
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor import state as state_file
 
@@ -261,7 +266,7 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
     if pid is None:
         print(f"runa: the stack {ctx.stack} is not running{_other_stack(ctx)}")
         return 0
-    ticks = leftovers.start_ticks(pid)  # to know it gone without trusting the pid alone
+    ticks = process_start_time(pid)  # to know it gone without trusting the pid alone
     try:
         os.kill(pid, signal.SIGTERM)
     except PermissionError as error:
@@ -269,7 +274,7 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
             from error
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        gone = ticks is None or leftovers.start_ticks(pid) != ticks
+        gone = ticks is None or not is_alive(pid, ticks)
         if gone and lock.holder(ctx.paths.runtime) is None:
             print(f"runa: stack {ctx.stack} stopped")
             return 0
@@ -278,19 +283,21 @@ def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.chat.conversations import kept_on_disk, size_text  # only status needs them
-
     pid = _running_supervisor(ctx)
     current = _state(ctx, pid)
     comps = current.get("components", [])
     healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
-    kept = kept_on_disk(ctx.paths.state / "conversations")
+    kept, unknown = _kept(ctx)
     if args.json:
         print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
                           "memory_limits": current.get("memory_limits") if pid else None,
                           "components": comps,
-                          "kept": kept.__dict__ if kept else None}, indent=2))
-    elif not pid:
+                          "kept": None if kept is None else {
+                              "conversations": kept.total, "state_bytes": kept.state_bytes,
+                              "state_max_bytes": kept.state_max_bytes,
+                              "state_max_age_s": kept.state_max_age_s}}, indent=2))
+        return 0 if healthy else 3
+    if not pid:
         print(f"stack {ctx.stack}: not running{_other_stack(ctx)}; start it with "
               "'runa up -d', then talk with 'runa chat'")
     else:
@@ -301,13 +308,23 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
             print(f"  {c['name']:<10} {c['state']:<9} pid {c['pid']!s:<8} "
                   f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"
                   + (f" ({c['reason']})" if c["reason"] else ""))
-    if kept is not None and not args.json:
-        days = ctx.config["splinfer.state_max_age_days"]
-        print(f"kept: {kept.conversations} conversations, saved model state "
-              f"{size_text(kept.state_bytes)} in {kept.state_files} files (up to "
-              f"{ctx.config['splinfer.state_max_mib']} MiB"
-              + (f", each dropped after {days:g} days unused)" if days else ")"))
+    print(conversations.kept_line(kept) if kept is not None else f"kept: unknown ({unknown})")
     return 0 if healthy else 3
+
+
+def _kept(ctx: CliContext) -> tuple[conversations.Listing | None, str]:
+    """What splinfer keeps, asked of it (on the shared stack its files are the service's),
+    or None and why not."""
+    try:
+        with bus_mod.connect(ctx.config, ctx.stack) as bus, \
+                ServiceClient(bus, "splinfer", "status") as client:
+            client.check_running(grace=0.0)
+            return conversations.listing(
+                lambda payload: client.call(payload, idle_timeout=10.0)), ""
+    except (BusNotRunning, ServiceUnavailable):
+        return None, "the inference service is not running"
+    except RunaError as error:
+        return None, f"the inference service did not say: {error}"
 
 
 def cmd_up_then_next_step(ctx: CliContext, args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,7 @@ class ConversationStore:
         clock: Callable[[], float] = time.time,
         publish: MetaPublisher | None = None,
         logger: logging.Logger | None = None,
+        reader: Callable[[Path], bytes] = Path.read_bytes,
     ) -> None:
         self.root = root
         self.max_state_bytes = max_state_bytes
@@ -194,6 +195,9 @@ class ConversationStore:
         self.clock = clock
         self.publish = publish
         self.log = logger or logging.getLogger(__name__)
+        self.reader = reader
+        self._summaries: dict[str, tuple[tuple[int, int, int], Summary | None]] = {}
+        """conversation → ((mtime_ns, size, inode) of its history, its summary)."""
 
     def open(self) -> None:
         """Create the directory (0700) and clear what a crashed writer left behind."""
@@ -217,20 +221,43 @@ class ConversationStore:
         return sorted(p.stem for p in self.root.glob("*.json") if ID.match(p.stem))
 
     def summaries(self, prefix: str = "") -> list[Summary]:
-        """Every readable conversation whose id starts with ``prefix``, latest used first."""
+        """Every readable conversation whose id starts with ``prefix``, latest used first.
+
+        Answered on the main loop, also while answers stream: a history is read again only
+        when its file changed (another mtime, size or inode), so a listing of many long
+        conversations costs a ``stat`` each."""
         states = {f.conversation: f.size for f in self.state_files()}
+        ids = self.ids()
+        for gone in self._summaries.keys() - set(ids):
+            del self._summaries[gone]
         found = []
-        for conversation in self.ids():
+        for conversation in ids:
             if not conversation.startswith(prefix):
                 continue
-            try:
-                conv = self.load(conversation)
-            except ConversationError:
-                continue  # damaged: reported when it is used, not while listing
-            found.append(Summary(conv.id, conv.persona, len(conv.messages), conv.created,
-                                 conv.updated, first_line(conv.messages),
-                                 states.get(conv.id, 0)))
+            summary = self._summary(conversation)
+            if summary is not None:
+                found.append(replace(summary, state_bytes=states.get(conversation, 0)))
         return sorted(found, key=lambda s: (-s.updated, s.id))
+
+    def _summary(self, conversation: str) -> Summary | None:
+        """The summary of one history (None: gone or damaged), from the cache while unchanged."""
+        try:
+            st = self.history_path(conversation).stat()
+        except OSError:
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._summaries.get(conversation)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            conv = self.load(conversation)
+        except ConversationError:
+            summary = None  # damaged: reported when it is used, not while listing
+        else:
+            summary = Summary(conv.id, conv.persona, len(conv.messages), conv.created,
+                              conv.updated, first_line(conv.messages), 0)
+        self._summaries[conversation] = (key, summary)
+        return summary
 
     def new(self, conversation: str, persona: str) -> Conversation:
         now = self.clock()
@@ -241,7 +268,7 @@ class ConversationStore:
         """The stored conversation; UnknownConversationError, or ConversationError if damaged."""
         path = self.history_path(conversation)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(self.reader(path))
         except FileNotFoundError:
             raise UnknownConversationError(conversation) from None
         except (OSError, ValueError) as error:

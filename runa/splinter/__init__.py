@@ -4,7 +4,13 @@ The keeper daemon that creates buses, reaps and decays lives above the service b
 is only the library every component links. See docs/protocol.md for the contract.
 """
 
-from runa.splinter.bus import EVENTS_CHANNEL, Bus, EnvelopeReceiver, EnvelopeSender
+from runa.splinter.bus import (
+    EVENTS_CHANNEL,
+    Bus,
+    EnvelopeReceiver,
+    EnvelopeSender,
+    segment_paths,
+)
 from runa.splinter.channel import ChannelInfo, QueueReceiver, Reaped, Sender, Subscriber
 from runa.splinter.envelope import Envelope, Fault, decode, encode, uuid7
 from runa.splinter.kv import KV, SlotInfo
@@ -23,5 +29,5 @@ __all__ = [
     "BUSES", "DEFAULT_DIR", "EVENTS_CHANNEL", "KV", "LAYOUT_VERSION", "Bus", "ChannelInfo",
     "Envelope", "EnvelopeReceiver", "EnvelopeSender", "Fault", "Geometry", "QueueReceiver",
     "Reaped", "Segment", "Sender", "SlotInfo", "Subscriber", "create_segment", "decode", "encode",
-    "ensure_segment", "remove_segment", "segment_path", "uuid7",
+    "ensure_segment", "remove_segment", "segment_path", "segment_paths", "uuid7",
 ]

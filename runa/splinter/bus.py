@@ -28,11 +28,17 @@ from runa.splinter.futex import Futex
 from runa.splinter.kv import KV
 from runa.splinter.liveness import is_alive, self_identity
 from runa.splinter.locks import WriterLocks
-from runa.splinter.segment import DEFAULT_DIR, Segment, segment_path
+from runa.splinter.segment import BUSES, DEFAULT_DIR, Segment, segment_path
 from runa.splinter.stats import ComponentStats, KeeperCounters, StatsTable
 
 EVENTS_CHANNEL = "events"  # the broadcast channel of bus-wide events (promote, ...)
 HOT_KEYS_EXPORTED = 10
+
+
+def segment_paths(stack: str, directory: str = DEFAULT_DIR) -> list[str]:
+    """The segment of every bus of ``stack``: these exactly, never those of another stack whose
+    name starts the same (``runa-<stack>-*`` would also match stack ``<stack>-other``)."""
+    return [segment_path(stack, bus, directory) for bus in BUSES]
 
 
 class Bus:

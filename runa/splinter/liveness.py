@@ -8,15 +8,18 @@ will never read its channel again, and ``kill(pid, 0)`` would still say it exist
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+PROC = Path("/proc")
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks, or None if it does not exist or is a zombie."""
+def process_start_time(pid: int, proc: Path = PROC) -> int | None:
+    """Start time of ``pid`` in clock ticks, or None if it does not exist or is a zombie.
+
+    ``proc`` is where procfs is mounted (a test gives a directory of its own to show a
+    state, such as ``X``, that no real process can be held in)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+        raw = (proc / str(pid) / "stat").read_bytes()
     except OSError:
         return None
     # comm (field 2) may contain spaces and parentheses: fields resume after the last ')'.

@@ -33,6 +33,7 @@ from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.policy import NO_HEARTBEAT, NOT_RUNNING, Policy
 from runa.splinter import Bus
+from runa.splinter.liveness import process_start_time
 from runa.supervisor import leftovers
 from runa.supervisor import state as state_file
 from runa.supervisor.limits import MemoryLimiter, Preexec
@@ -223,7 +224,7 @@ class Supervisor:
         now = self.clock()
         child.state, child.status, child.reason, child.exit_code = "starting", "", "", None
         child.kill_reason = None
-        child.start_ticks = leftovers.start_ticks(child.process.pid)
+        child.start_ticks = process_start_time(child.process.pid)
         child.started_at = child.last_ping = now
         child.deadline = now + child.spec.start_timeout_s
         return True

@@ -20,17 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-def start_ticks(pid: int, proc: Path = Path("/proc")) -> int | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
-    try:
-        stat = (proc / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] == "Z":  # a zombie is not alive
-        return None
-    return int(fields[19])
+from runa.splinter.liveness import PROC, process_start_time
 
 
 @dataclass(frozen=True)
@@ -39,14 +29,14 @@ class Leftover:
     pid: int
 
 
-def find(previous: Mapping[str, Any] | None, proc: Path = Path("/proc")) -> list[Leftover]:
+def find(previous: Mapping[str, Any] | None, proc: Path = PROC) -> list[Leftover]:
     """Processes of the previous supervisor's state that still run as themselves."""
     if not previous:
         return []
     found = []
     for component in previous.get("components", []):
         pid, ticks = component.get("pid"), component.get("start_ticks")
-        if pid and ticks and start_ticks(pid, proc) == ticks:
+        if pid and ticks and process_start_time(pid, proc) == ticks:
             found.append(Leftover(component["name"], pid))
     return found
 
@@ -55,7 +45,7 @@ def end(leftovers: list[Leftover], grace: float,
         clock: Callable[[], float] = time.monotonic) -> list[str]:
     """SIGTERM (and SIGCONT, as systemd does, so a stopped process hears it), then SIGKILL
     after ``grace`` seconds. Returns the names of the processes that had to be killed."""
-    ticks = {item.pid: start_ticks(item.pid) for item in leftovers}
+    ticks = {item.pid: process_start_time(item.pid) for item in leftovers}
     for item in leftovers:
         _signal(item.pid, signal.SIGTERM)
         _signal(item.pid, signal.SIGCONT)
@@ -63,7 +53,7 @@ def end(leftovers: list[Leftover], grace: float,
     alive = list(leftovers)
     while alive and clock() < deadline:
         time.sleep(0.05)
-        alive = [i for i in alive if start_ticks(i.pid) == ticks[i.pid]]
+        alive = [i for i in alive if process_start_time(i.pid) == ticks[i.pid]]
     for item in alive:
         _signal(item.pid, signal.SIGKILL)
     return [item.name for item in alive]

@@ -419,11 +419,14 @@ class TietoDaemon:
         def gone() -> str | None:
             if not channel:
                 return None  # nobody was to be answered: nobody can be gone
-            info = next((c for c in bus.channel_info() if c.name == channel), None)
-            if info is None:
+            try:  # lock-free reads of the segment: safe from the ingest worker thread
+                owner = bus.queue_owner(channel)
+            except SplinterError:  # a name no queue can have
+                owner = None
+            if owner is None:
                 return f"its reply queue {channel} is gone"
-            if not info.owner_alive:
-                return f"the process that asked for it (pid {info.owner_pid}) has exited"
+            if not owner.alive:
+                return f"the process that asked for it (pid {owner.pid}) has exited"
             return None
 
         return gone

@@ -204,3 +204,38 @@ def test_summaries_list_the_latest_used_first_with_their_state(tmp_path: Path) -
     assert listed[1].state_bytes == store.state_path("a1").stat().st_size
     assert listed[0].state_bytes == 0 and len(listed[0].first) == 80
     assert [s.id for s in store.summaries(prefix="a")] == ["a1"]
+
+
+class CountingReader:
+    """Reads files for real and remembers which, to show what a listing had to re-read."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+
+    def __call__(self, path: Path) -> bytes:
+        self.read.append(path.name)
+        return path.read_bytes()
+
+
+def test_a_second_listing_reads_only_the_histories_that_changed(tmp_path: Path) -> None:
+    reader = CountingReader()
+    store = store_at(tmp_path, clock=Clock(), reader=reader)
+    for name in ("a1", "b2", "c3"):
+        conv = store.new(name, "tutor")
+        conv.messages = [{"role": "user", "content": f"about {name}"}]
+        store.save(conv)
+    first = store.summaries()
+    assert sorted(reader.read) == ["a1.json", "b2.json", "c3.json"]
+    reader.read.clear()
+    assert store.summaries() == first and reader.read == []  # nothing changed: nothing read
+
+    conv = store.load("b2")
+    conv.messages.append({"role": "assistant", "content": "sure"})
+    store.save(conv)
+    store.save_state("a1", ME, [1], memoryview(b"x" * 100))
+    store.forget("c3")
+    reader.read.clear()
+    listed = {s.id: s for s in store.summaries()}
+    assert reader.read == ["b2.json"]  # only the history that was written again
+    assert sorted(listed) == ["a1", "b2"] and listed["b2"].messages == 2
+    assert listed["a1"].state_bytes == store.state_path("a1").stat().st_size

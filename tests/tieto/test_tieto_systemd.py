@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import runa, wait_for
+from support import remove_segments, runa, wait_for
 
 from runa.gilgul import registry, units
 
@@ -109,6 +109,5 @@ def test_tieto_killed_is_restarted_by_gilgul_and_answers_again(user_manager, min
             shutil.rmtree(unit_dir / f"{name}.d", ignore_errors=True)
         user_manager.forget_runa()
         systemctl("daemon-reload", check=False)
-        for segment in Path("/dev/shm").glob(f"runa-{common['RUNA_STACK']}-*"):
-            segment.unlink()
+        remove_segments(common)
         shutil.rmtree(root, ignore_errors=True)
