@@ -126,7 +126,7 @@ def test_redeclare_that_does_not_fit_changes_nothing(tieto: Tieto, tmp_path: Pat
     assert len(tieto.recall("apples", "t", mode="vector")) == 4
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "x" * 65])
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", "x" * 65, "notes\n"])
 def test_bad_topic_names(tieto: Tieto, tmp_path: Path, name: str) -> None:
     with pytest.raises(TopicError, match="topic name"):
         tieto.ingest([tmp_path], name)
