@@ -45,6 +45,10 @@ OWNER_POLL = 0.25
 # How often one request is sent again after the process holding it died (a request that
 # kills every incarnation that reads it must not crash-loop the service for ever).
 MAX_RESENDS = 2
+# The shortest ``ttl_ms`` a query goes with, however short its client's wait: time for the
+# service to finish another answer, or to be restarted after a crash (by default gilgul's
+# longest backoff, 30 s, plus a start, up to 30 s), so a short wait is no TTL_EXPIRED.
+MIN_TTL_S = 60.0
 
 
 class ServiceUnavailable(RunaError):
@@ -160,8 +164,9 @@ class ServiceClient:
                 stop: threading.Event | None = None) -> Iterator[Envelope]:
         """Send a query and yield its response envelopes until the one with ``eof``.
 
-        The query's ``ttl_ms`` is ``idle_timeout``: a query that waited longer in the queue
-        (its service dead or hung) is not served once nobody waits for it any more.
+        The query's ``ttl_ms`` is ``idle_timeout``, at least ``MIN_TTL_S``: a query that
+        waited longer in the queue (its service dead or hung) is not served once nobody
+        waits for it any more.
 
         When the process holding the query dies (seen within ``OWNER_POLL`` seconds from its
         queue's owner), the query is sent again, with the same id, to the next incarnation,
@@ -176,6 +181,8 @@ class ServiceClient:
         service is still silent (a long prompt), and the stream ends with the service's
         final envelope if one comes.
         """
+        if math.isnan(idle_timeout):
+            raise ValueError("idle_timeout is NaN: a wait that would never end")
         sender = self._sender()
         query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name,
                               ttl_ms=_ttl_ms(idle_timeout))
@@ -294,10 +301,11 @@ class ServiceClient:
 
 
 def _ttl_ms(wait_s: float) -> int | None:
-    """A query's ``ttl_ms``: as long as its client waits (none for an endless wait)."""
+    """A query's ``ttl_ms``: as long as its client waits, at least ``MIN_TTL_S`` (none for
+    an endless wait)."""
     if not math.isfinite(wait_s):
         return None
-    return min(env_mod.MAX_TTL_MS, max(1, int(wait_s * 1000)))
+    return min(env_mod.MAX_TTL_MS, int(max(wait_s, MIN_TTL_S) * 1000))
 
 
 def _incarnation(health: dict[str, Any] | None) -> tuple[Any, Any] | None:

@@ -17,6 +17,7 @@ from runa.bus import RecentRequests, health_key, read_requests
 from runa.client import AnswerCut, ServiceClient, ServiceUnavailable
 from runa.splinter import Bus, Geometry, create_segment
 from runa.splinter import envelope as env_mod
+from runa.splinter.errors import TtlExpired
 
 
 @pytest.fixture
@@ -94,6 +95,33 @@ def test_a_service_without_heartbeat_ends_the_wait(bus_path: str) -> None:
         with pytest.raises(ServiceUnavailable, match="no heartbeat"):
             next(client.request({"op": "chat"}, idle_timeout=0.3))
     thread.join(5)
+
+
+def test_a_short_timeout_leaves_a_busy_service_time_to_serve_the_query(bus_path: str) -> None:
+    """The service beats but is busy for a second before it reads the queue: a client
+    waiting for 0.1 s of silence is answered, not refused TTL_EXPIRED."""
+    def serve_when_free() -> None:
+        with Bus.open(bus_path) as bus:
+            queue = bus.queue("svc", service=True)
+            beat(bus, os.getpid(), 1)
+            time.sleep(1.0)  # another request's answer
+
+            def expired(query: env_mod.Envelope, error: TtlExpired) -> None:
+                bus.sender(query.reply_to).send(env_mod.error_reply(query, error, sender="svc"))
+
+            for query in read_requests(queue, 5, on_bad_schema=print, on_cancel=print,
+                                       on_expired=expired):
+                bus.sender(query.reply_to).send(
+                    env_mod.response(query, "svc", {"text": "served"}, eof=True))
+                return
+
+    with Bus.open(bus_path) as bus:
+        service = threading.Thread(target=serve_when_free, daemon=True)
+        service.start()
+        wait_until(lambda: bus.get(health_key("svc")) is not None)
+        with ServiceClient(bus, "svc", "test") as client:
+            assert client.call({"op": "chat"}, idle_timeout=0.1) == {"text": "served"}
+    service.join(10)
 
 
 def own_service_queue(path: str, ready: int, answer_first_piece: bool) -> None:
