@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from runa.cli.context import CliContext
+from runa.cli.numbers import timeout_seconds
 from runa.errors import UsageError
 from runa.tieto.topic import COLUMN_TYPES, parse_declaration
 
@@ -59,7 +60,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="when the tieto daemon does the work: give up when nothing "
                         "arrives for S seconds and it has no heartbeat; with --cancel: wait "
-                        "up to S seconds for the ingest to stop (default: %(default)s)")
+                        "up to S seconds for the ingest to stop (0.1 to 86400; default: "
+                        "%(default)s)")
     parser.set_defaults(func=cmd_ingest)
 
 
@@ -126,6 +128,7 @@ def summary(topic: str, report: IngestReport) -> str:
 def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.access import open_tieto
 
+    timeout_seconds(args.timeout)
     if args.status or args.cancel is not None:
         if args.paths or args.topic or (args.status and args.cancel is not None):
             raise UsageError("--status and --cancel take no PATH or --topic, nor each other")
