@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -166,13 +167,14 @@ def _daemon(ctx: CliContext) -> ServiceClient | None:
         bus = bus_mod.connect(ctx.config, ctx.stack)
     except bus_mod.BusNotRunning:
         return None
-    client = ServiceClient(bus, "tieto", "ingest")
-    try:
-        client.check_running(grace=0.0)
-    except ServiceUnavailable:
-        client.close()
-        bus.close()
-        return None
+    with ExitStack() as opened:  # closed unless the client is handed on, bus included
+        opened.callback(bus.close)
+        client = opened.enter_context(ServiceClient(bus, "tieto", "ingest"))
+        try:
+            client.check_running(grace=0.0)
+        except ServiceUnavailable:
+            return None
+        opened.pop_all()
     return client
 
 
