@@ -45,6 +45,10 @@ OWNER_POLL = 0.25
 # How often one request is sent again after the process holding it died (a request that
 # kills every incarnation that reads it must not crash-loop the service for ever).
 MAX_RESENDS = 2
+# The shortest ``ttl_ms`` a query goes with, however short its client's wait: time for the
+# service to finish another answer, or to be restarted after a crash (by default gilgul's
+# longest backoff, 30 s, plus a start, up to 30 s), so a short wait is no TTL_EXPIRED.
+MIN_TTL_S = 60.0
 
 
 class ServiceUnavailable(RunaError):
@@ -157,17 +161,26 @@ class ServiceClient:
                 "with 'systemctl --user start runa.target' or 'runa up'") from None
 
     def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0,
-                stop: threading.Event | None = None) -> Iterator[Envelope]:
+                stop: threading.Event | None = None,
+                before_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                ) -> Iterator[Envelope]:
         """Send a query and yield its response envelopes until the one with ``eof``.
 
-        The query's ``ttl_ms`` is ``idle_timeout``: a query that waited longer in the queue
-        (its service dead or hung) is not served once nobody waits for it any more.
+        The query's ``ttl_ms`` is ``idle_timeout``, at least ``MIN_TTL_S``: a query that
+        waited longer in the queue (its service dead or hung) is not served once nobody
+        waits for it any more.
 
         When the process holding the query dies (seen within ``OWNER_POLL`` seconds from its
         queue's owner), the query is sent again, with the same id, to the next incarnation,
         which adopts the queue: a copy it finds twice is answered once. If part of the
         answer was already yielded, ``on_restart`` is told and the answer starts again from
         its first piece; without ``on_restart`` AnswerCut is raised at once.
+
+        ``before_send`` readies the service before each send, the first and every resend:
+        given ``payload``, it returns the payload to send (``ChatSession`` uploads a long
+        message's pieces in it, which a dead process takes with it). Such a query needs
+        what the process it went to holds, so it is resent as a new query (a new id): a
+        copy still queued is refused by the next incarnation, and that answer ignored.
 
         Raises ServiceUnavailable when the service is not there or stops heartbeating, or
         died and nothing took its queue over, while nothing arrives for ``idle_timeout``
@@ -176,14 +189,12 @@ class ServiceClient:
         service is still silent (a long prompt), and the stream ends with the service's
         final envelope if one comes.
         """
+        if math.isnan(idle_timeout):
+            raise ValueError("idle_timeout is NaN: a wait that would never end")
         sender = self._sender()
-        query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name,
-                              ttl_ms=_ttl_ms(idle_timeout))
-        # Set before sending and kept if the caller is interrupted mid-stream (Ctrl-C), so
-        # cancel() knows what to stop even when the interrupt lands right after the send.
-        self._active = query.id
+        query = self._query(payload, idle_timeout, before_send)
         sent_to = _incarnation(self.health())
-        holder = self._live_owner()
+        holder = self._holder(before_send is not None)
         self._send(sender, query)
         quiet_since = next_look = self.clock()
         yielded = False
@@ -217,12 +228,15 @@ class ServiceClient:
                                 self._active = None
                                 raise AnswerCut(f"{notice}: ask again")
                             self.on_restart(f"{notice}; asking again")
-                        query = dataclasses.replace(query, ts=env_mod.rfc3339())
+                        if before_send is None:  # the same query: a copy is served once
+                            query = dataclasses.replace(query, ts=env_mod.rfc3339())
+                        else:
+                            query = self._query(payload, idle_timeout, before_send)
+                        holder = self._holder(before_send is not None)
                         self._send(sender, query)
-                        holder = self._live_owner()
                         sent_to = None
                         yielded = False
-                        quiet_since = now
+                        quiet_since = self.clock()
                 if now - quiet_since > idle_timeout:
                     self._fail_if_gone(sent_to)
                 continue
@@ -239,10 +253,33 @@ class ServiceClient:
             if envelope.eof:
                 return
 
+    def _query(self, payload: dict[str, Any], idle_timeout: float,
+               before_send: Callable[[dict[str, Any]], dict[str, Any]] | None) -> Envelope:
+        """The query envelope to send, ``before_send`` done (a new id each time)."""
+        if before_send is not None:
+            payload = before_send(payload)
+        query = env_mod.query(self.client_name, self.service, payload, reply_to=self.reply_name,
+                              ttl_ms=_ttl_ms(idle_timeout))
+        # Set before sending and kept if the caller is interrupted mid-stream (Ctrl-C), so
+        # cancel() knows what to stop even when the interrupt lands right after the send.
+        self._active = query.id
+        return query
+
     def _holder_died(self, holder: tuple[int, int]) -> bool:
         """Whether the process that held the request is gone (dead, or replaced by another)."""
         owner = self.bus.queue_owner(self.service)
         return owner is not None and ((owner.pid, owner.start) != holder or not owner.alive)
+
+    def _holder(self, sent_ahead: bool) -> tuple[int, int] | None:
+        """Who will read the query about to be sent: the live process consuming the queue.
+
+        With something ``sent_ahead`` (``before_send``) it is the consumer even if it is
+        dead already: it took that with it, so the query must be sent again at once.
+        """
+        owner = self.bus.queue_owner(self.service)
+        if owner is None or not (owner.alive or sent_ahead):
+            return None
+        return (owner.pid, owner.start)
 
     def _live_owner(self) -> tuple[int, int] | None:
         """(pid, start time) of the live process that consumes the service's queue now."""
@@ -294,10 +331,11 @@ class ServiceClient:
 
 
 def _ttl_ms(wait_s: float) -> int | None:
-    """A query's ``ttl_ms``: as long as its client waits (none for an endless wait)."""
+    """A query's ``ttl_ms``: as long as its client waits, at least ``MIN_TTL_S`` (none for
+    an endless wait)."""
     if not math.isfinite(wait_s):
         return None
-    return min(env_mod.MAX_TTL_MS, max(1, int(wait_s * 1000)))
+    return min(env_mod.MAX_TTL_MS, int(max(wait_s, MIN_TTL_S) * 1000))
 
 
 def _incarnation(health: dict[str, Any] | None) -> tuple[Any, Any] | None:

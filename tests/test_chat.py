@@ -11,7 +11,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,11 @@ class FakeSplinfer:
         return Envelope(type="response", sender="splinfer", to="chat", payload=payload,
                         eof=eof or None)
 
-    def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0,
+                before_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None
                 ) -> Iterator[Envelope]:
+        if before_send is not None:
+            payload = before_send(payload)
         self.requests.append(payload)
         op = payload["op"]
         if op != "chat":
@@ -291,7 +294,8 @@ def test_a_fault_in_a_terminal_is_shown_and_the_repl_goes_on() -> None:
 
 def test_splinfer_failing_mid_answer_ends_the_line_before_the_error() -> None:
     class Failing(FakeSplinfer):
-        def request(self, payload, *, idle_timeout=30.0):  # type: ignore[no-untyped-def]
+        def request(self, payload, *, idle_timeout=30.0,  # type: ignore[no-untyped-def]
+                    before_send=None):
             yield self._reply({"text": "Hel"})
             raise ServiceFault("splinfer", {"code": Fault.INTERNAL_ERROR,
                                             "message": "decode failed"})
@@ -491,7 +495,9 @@ def test_a_message_over_the_envelope_size_goes_ahead_in_parts() -> None:
     class Uploading(FakeSplinfer):
         def _one_shot(self, payload):  # type: ignore[no-untyped-def]
             if payload["op"] == "chat_part":
-                return {"upload": payload["upload"], "received": len(payload["text"])}
+                parts = [r for r in self.requests if r.get("upload") == payload["upload"]]
+                return {"upload": payload["upload"],
+                        "received": sum(len(r["text"]) for r in parts)}
             return super()._one_shot(payload)
 
     run = Run(Uploading())
@@ -501,3 +507,22 @@ def test_a_message_over_the_envelope_size_goes_ahead_in_parts() -> None:
     chat = run.fake.chats()[0]
     assert parts and all(p["upload"] == chat["upload"] for p in parts)
     assert "".join(p["text"] for p in parts) + chat["text"] == "x" * 5000
+
+
+def test_a_message_whose_pieces_keep_being_lost_is_never_sent_in_part() -> None:
+    """splinfer restarting during every upload (it holds fewer characters than were sent):
+    the upload begins again a few times, then the person is told; no chat goes out."""
+    class Forgetting(FakeSplinfer):
+        def _one_shot(self, payload):  # type: ignore[no-untyped-def]
+            if payload["op"] == "chat_part":
+                return {"upload": payload["upload"], "received": 1}
+            return super()._one_shot(payload)
+
+    run = Run(Forgetting())
+    run.session.max_request_bytes = 3000
+    run.run("x" * 5000)
+    assert "splinfer restarted 3 times while your message was being sent to it; send it " \
+        "again" in run.out.getvalue()
+    assert run.fake.chats() == []
+    uploads = {r["upload"] for r in run.fake.requests if r["op"] == "chat_part"}
+    assert len(uploads) == 3, "each attempt is a new upload"

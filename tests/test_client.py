@@ -17,6 +17,7 @@ from runa.bus import RecentRequests, health_key, read_requests
 from runa.client import AnswerCut, ServiceClient, ServiceUnavailable
 from runa.splinter import Bus, Geometry, create_segment
 from runa.splinter import envelope as env_mod
+from runa.splinter.errors import TtlExpired
 
 
 @pytest.fixture
@@ -96,6 +97,33 @@ def test_a_service_without_heartbeat_ends_the_wait(bus_path: str) -> None:
     thread.join(5)
 
 
+def test_a_short_timeout_leaves_a_busy_service_time_to_serve_the_query(bus_path: str) -> None:
+    """The service beats but is busy for a second before it reads the queue: a client
+    waiting for 0.1 s of silence is answered, not refused TTL_EXPIRED."""
+    def serve_when_free() -> None:
+        with Bus.open(bus_path) as bus:
+            queue = bus.queue("svc", service=True)
+            beat(bus, os.getpid(), 1)
+            time.sleep(1.0)  # another request's answer
+
+            def expired(query: env_mod.Envelope, error: TtlExpired) -> None:
+                bus.sender(query.reply_to).send(env_mod.error_reply(query, error, sender="svc"))
+
+            for query in read_requests(queue, 5, on_bad_schema=print, on_cancel=print,
+                                       on_expired=expired):
+                bus.sender(query.reply_to).send(
+                    env_mod.response(query, "svc", {"text": "served"}, eof=True))
+                return
+
+    with Bus.open(bus_path) as bus:
+        service = threading.Thread(target=serve_when_free, daemon=True)
+        service.start()
+        wait_until(lambda: bus.get(health_key("svc")) is not None)
+        with ServiceClient(bus, "svc", "test") as client:
+            assert client.call({"op": "chat"}, idle_timeout=0.1) == {"text": "served"}
+    service.join(10)
+
+
 def own_service_queue(path: str, ready: int, answer_first_piece: bool) -> None:
     """A service process: takes the 'svc' queue, (maybe) starts answering, then hangs."""
     bus = Bus.open(path)
@@ -123,27 +151,47 @@ def start_service(path: str, answer_first_piece: bool) -> int:
     return pid
 
 
-def next_incarnation(path: str, answer: str) -> tuple[threading.Thread, list[str]]:
+class Incarnation:
+    """What the restarted service read off its queue (duplicates too) and what it served."""
+
+    def __init__(self) -> None:
+        self.read: list[str] = []
+        self.served: list[str] = []
+
+
+class RecordingRequests(RecentRequests):
+    """The daemons' own dedupe, noting every id it is shown."""
+
+    def __init__(self, read: list[str]) -> None:
+        super().__init__()
+        self.read = read
+
+    def first_time(self, request_id: str) -> bool:
+        self.read.append(request_id)
+        return super().first_time(request_id)
+
+
+def next_incarnation(path: str, answer: str) -> tuple[threading.Thread, Incarnation]:
     """The restarted service: adopts the queue once its owner is dead and answers each
     query it reads (through read_requests, as the daemons do) once."""
-    served: list[str] = []
+    seen = Incarnation()
 
     def run() -> None:
         with Bus.open(path) as bus:
             wait_until(lambda: not bus.queue_owner("svc").alive)  # type: ignore[union-attr]
             queue = bus.queue("svc", service=True)
-            seen = RecentRequests()
+            recent = RecordingRequests(seen.read)
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 for query in read_requests(queue, 0.2, on_bad_schema=print, on_cancel=print,
-                                           on_expired=print, seen=seen):
-                    served.append(query.id)
+                                           on_expired=print, seen=recent):
+                    seen.served.append(query.id)
                     bus.sender(query.reply_to).send(
                         env_mod.response(query, "svc", {"text": answer}, seq=0, eof=True))
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread, served
+    return thread, seen
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10) -> None:
@@ -168,14 +216,14 @@ def test_an_answer_cut_by_a_crash_is_asked_again_from_the_next_incarnation(
         assert next(stream).payload == {"text": "Once"}
         kill(pid)
         started = time.monotonic()
-        thread, served = next_incarnation(bus_path, "Once upon a time")
+        thread, incarnation = next_incarnation(bus_path, "Once upon a time")
         rest = list(stream)
         assert time.monotonic() - started < 5, "the client waited for its idle timeout"
     assert [e.payload for e in rest] == [{"text": "Once upon a time"}]
     assert notices == [f"svc restarted while answering (pid {pid} died); the answer was cut; "
                        "asking again"]
     thread.join(10)
-    assert served == [rest[0].id]
+    assert incarnation.served == [rest[0].id]
 
 
 def test_without_a_restart_handler_a_cut_answer_fails_at_once(bus_path: str) -> None:
@@ -190,15 +238,28 @@ def test_without_a_restart_handler_a_cut_answer_fails_at_once(bus_path: str) -> 
         assert time.monotonic() - started < 3
 
 
+def sent_to(bus: Bus, channel: str) -> int:
+    """How many envelopes were sent to ``channel`` (the bus's own counter)."""
+    return next(c.sent for c in bus.channel_info() if c.name == channel)
+
+
 def test_a_request_still_queued_and_resent_is_served_once(bus_path: str) -> None:
     """The hung owner never read it: the next one finds the original and the resend."""
     pid = start_service(bus_path, answer_first_piece=False)
+    answers: list[env_mod.Envelope] = []
     with Bus.open(bus_path) as bus, ServiceClient(bus, "svc", "test") as client:
-        stream = client.request({"op": "chat"}, idle_timeout=30)
-        time.sleep(0.6)  # the client has seen the owner alive
+        asker = threading.Thread(
+            target=lambda: answers.extend(client.request({"op": "chat"}, idle_timeout=30)),
+            daemon=True)
+        asker.start()
+        wait_until(lambda: sent_to(bus, "svc") == 1)  # sent while its holder was alive
         kill(pid)
-        time.sleep(0.6)  # and dead: it resent the query into the kept queue
-        thread, served = next_incarnation(bus_path, "hello")
-        assert [e.payload for e in stream] == [{"text": "hello"}]
+        wait_until(lambda: sent_to(bus, "svc") == 2)  # the client saw it die and resent
+        thread, incarnation = next_incarnation(bus_path, "hello")
+        asker.join(10)
+        assert not asker.is_alive(), "no answer came"
+    assert [e.payload for e in answers] == [{"text": "hello"}]
     thread.join(10)
-    assert len(served) == 1
+    query = answers[0].id
+    assert incarnation.read == [query, query], "the original and its resend were both queued"
+    assert incarnation.served == [query]

@@ -12,14 +12,19 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import isolated_env, remove_segments, runa, wait_for
 
+from runa.chat.params import SessionParams
+from runa.chat.session import ChatSession
+from runa.client import ServiceClient
 from runa.splinter import Bus
 from runa.splinter import envelope as env_mod
+from runa.splinter.bus import EnvelopeSender
 from runa.testing.tiny_gguf import write_tiny_gguf
 
 # A context large enough for a long answer: a stream that is still running when killed.
@@ -32,10 +37,22 @@ RESTART_DELAY_S = 4
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A started stack (keeper, splinfer, …) of this test's own; stopped afterwards."""
-    model = write_tiny_gguf(tmp_path / "tiny.gguf")
+    yield from started_stack(tmp_path, write_tiny_gguf(tmp_path / "tiny.gguf"), {})
+
+
+@pytest.fixture
+def small_envelopes(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """As ``stack``, with envelopes of 4 KiB: a long message is sent in pieces (chat_part)."""
+    model = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=8192)
+    yield from started_stack(tmp_path, model, {"RUNA_BUS_ENVELOPE_MAX_BYTES": "4096",
+                                               "RUNA_SPLINFER_CTX_SIZE": "8192"})
+
+
+def started_stack(tmp_path: Path, model: Path, extra: dict[str, str]
+                  ) -> Iterator[dict[str, str]]:
     env = {**isolated_env(tmp_path), **CONTEXT, "RUNA_SPLINFER_MODEL": str(model),
            "RUNA_COMPONENTS_SPLINFER_WATCHDOG_SEC": "2",
-           "RUNA_GILGUL_BACKOFF_INITIAL_S": str(RESTART_DELAY_S)}
+           "RUNA_GILGUL_BACKOFF_INITIAL_S": str(RESTART_DELAY_S), **extra}
     env["_LOG"] = str(tmp_path / "run/runa/supervisor.log")
     up = runa("up", "--detach", env=env)
     assert up.returncode == 0, up.stderr
@@ -141,6 +158,123 @@ def test_an_answer_cut_by_a_crash_is_asked_again_and_the_turn_is_kept(
     answer = history.stdout.split("assistant:", 1)[1].strip()
     assert answer and out.rstrip().endswith(answer)
     print(f"the cut answer was complete again {took:.2f} s after the SIGKILL")
+
+
+# 9000 characters: with 4 KiB envelopes, two pieces go ahead (chat_part) of the chat.
+LONG_MESSAGE = " ".join(f"w{i % 10}" for i in range(3000))
+
+
+def exported(env: dict[str, str], conversation: str) -> list[dict[str, str]]:
+    """The conversation's messages as splinfer keeps them."""
+    export = runa("chat", "--export", conversation, "--format", "json", env=env)
+    assert export.returncode == 0, export.stderr
+    return json.loads(export.stdout)["messages"]
+
+
+def test_a_long_message_whose_answer_is_cut_by_a_crash_is_answered_by_the_next_one(
+        small_envelopes: dict[str, str]) -> None:
+    """Its pieces died with the process that held them: they are sent again."""
+    env = small_envelopes
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "runa", "chat", "--new", "--conversation", "long-cut",
+         "--timeout", "30", "-n", "3000", "--temp", "0"],
+        env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    assert chat.stdin is not None and chat.stdout is not None
+    chat.stdin.write(LONG_MESSAGE + "\n")
+    chat.stdin.flush()
+    pid = splinfer(env)["pid"]
+    assert chat.stdout.read(1), "no answer began"
+    os.kill(pid, signal.SIGKILL)
+    out, err = chat.communicate(timeout=120)
+    assert chat.returncode == 0, err
+    assert f"splinfer restarted while answering (pid {pid} died); the answer was cut; " \
+        "asking again" in err
+    assert out.strip(), "an empty answer"
+    messages = exported(env, "long-cut")
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == LONG_MESSAGE
+
+
+class CrashingBus:
+    """The stack's bus, but splinfer is SIGKILLed (and gone) just before the client sends
+    the envelope ``crash_before`` picks: a crash at a chosen point of the protocol."""
+
+    def __init__(self, bus: Bus, env: dict[str, str],
+                 crash_before: Callable[[env_mod.Envelope], bool]) -> None:
+        self.bus = bus
+        self.env = env
+        self.crash_before = crash_before
+        self.killed: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bus, name)
+
+    def sender(self, name: str) -> CrashingSender:
+        return CrashingSender(self, self.bus.sender(name))
+
+    def crash(self) -> None:
+        pid = splinfer(self.env)["pid"]
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)
+        wait_for(lambda: not self.bus.queue_owner("splinfer").alive, 10,  # type: ignore[union-attr]
+                 f"splinfer (pid {pid}) to die")
+
+
+class CrashingSender:
+    def __init__(self, bus: CrashingBus, sender: EnvelopeSender) -> None:
+        self.bus = bus
+        self.sender = sender
+
+    def send(self, envelope: env_mod.Envelope) -> None:
+        if not self.bus.killed and self.bus.crash_before(envelope):
+            self.bus.crash()
+        self.sender.send(envelope)
+
+
+def ask_long(env: dict[str, str], conversation: str,
+             crash_before: Callable[[env_mod.Envelope], bool]) -> tuple[str, list[int]]:
+    """LONG_MESSAGE asked as ``runa chat`` asks it, splinfer crashing where chosen; the
+    answer and the pids killed."""
+    with Bus.open(f"/dev/shm/runa-{env['RUNA_STACK']}-main") as real:
+        bus = CrashingBus(real, env, crash_before)
+        with ServiceClient(bus, "splinfer", "test") as client:  # type: ignore[arg-type]
+            session = ChatSession(client, conversation, timeout=30,
+                                  params=SessionParams({"n_predict": 4, "temp": 0}))
+            session.max_request_bytes = real.geometry.max_envelope
+            answer = "".join(session.ask(LONG_MESSAGE))
+    return answer, bus.killed
+
+
+def test_a_long_message_whose_process_died_after_its_pieces_is_answered_by_the_next_one(
+        small_envelopes: dict[str, str]) -> None:
+    """The pieces reached the process, the chat was still queued when it died."""
+    answer, killed = ask_long(small_envelopes, "long-queued",
+                              lambda envelope: envelope.payload.get("op") == "chat")
+    assert killed, "splinfer was not killed"
+    assert answer.strip(), "an empty answer"
+    messages = exported(small_envelopes, "long-queued")
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == LONG_MESSAGE
+    assert splinfer(small_envelopes)["pid"] not in killed
+
+
+def test_a_long_message_whose_process_died_between_its_pieces_is_kept_whole(
+        small_envelopes: dict[str, str]) -> None:
+    """The first piece died with the process: the next one must not answer the rest alone."""
+    parts: list[str] = []
+
+    def second_part(envelope: env_mod.Envelope) -> bool:
+        if envelope.payload.get("op") == "chat_part":
+            parts.append(envelope.id)
+        return len(parts) == 2
+
+    answer, killed = ask_long(small_envelopes, "long-between", second_part)
+    assert killed, "splinfer was not killed"
+    assert answer.strip(), "an empty answer"
+    messages = exported(small_envelopes, "long-between")
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert messages[0]["content"] == LONG_MESSAGE
 
 
 def test_a_question_sent_to_a_frozen_splinfer_is_answered_after_its_watchdog_kill(

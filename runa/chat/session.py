@@ -7,6 +7,7 @@ tests), so nothing here starts processes or touches the terminal.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from runa.chat.params import SessionParams
-from runa.client import ServiceFault
+from runa.client import ServiceFault, ServiceUnavailable
 from runa.errors import RunaError, UsageError
 from runa.splinter import Envelope, Fault
 from runa.tieto.answer import GroundedAnswer, Grounding, chat_turn
@@ -32,7 +33,8 @@ class Retriever(Protocol):
 class ChatClient(Protocol):
     """What the session needs of ``runa.client.ServiceClient``."""
 
-    def request(self, payload: dict[str, Any], *, idle_timeout: float = ...
+    def request(self, payload: dict[str, Any], *, idle_timeout: float = ...,
+                before_send: Callable[[dict[str, Any]], dict[str, Any]] | None = ...
                 ) -> Iterator[Envelope]: ...
 
     def call(self, payload: dict[str, Any], *, idle_timeout: float = ...) -> dict[str, Any]: ...
@@ -65,6 +67,8 @@ class UnknownConversation(RunaError):
 
 #: Bytes of an envelope kept for its header and fields other than the payload's text.
 REQUEST_MARGIN = 1024
+#: How often a long message's upload is begun again when splinfer restarts during it.
+UPLOAD_ATTEMPTS = 3
 
 
 def split_text(text: str, room: int) -> list[str]:
@@ -328,10 +332,12 @@ class ChatSession:
             citations = GroundedAnswer(self.grounding)
             text = chat_turn(self.grounding)
         payload = self.payload(text)
+        upload = None
         if self.max_request_bytes and len(json.dumps(payload).encode()) > \
                 self.max_request_bytes - REQUEST_MARGIN:
-            payload = self._upload(payload, self.max_request_bytes - REQUEST_MARGIN)
-        for envelope in self.client.request(payload, idle_timeout=self.timeout):
+            upload = functools.partial(self._upload, room=self.max_request_bytes - REQUEST_MARGIN)
+        for envelope in self.client.request(payload, idle_timeout=self.timeout,
+                                            before_send=upload):
             piece = envelope.payload.get("text", "")
             reading = envelope.payload.get("reading")
             if isinstance(reading, int) and self.on_reading is not None:
@@ -349,13 +355,27 @@ class ChatSession:
                 yield piece
 
     def _upload(self, payload: dict[str, Any], room: int) -> dict[str, Any]:
-        """Send all but the last piece of the text ahead; the chat payload that ends it."""
+        """Send all but the last piece of the text ahead, under a new upload id; the chat
+        payload that ends it.
+
+        Done again before each resend of the chat (``ServiceClient.request``): the pieces
+        live in splinfer's memory and die with it. A piece answered with fewer characters
+        than were sent means splinfer restarted during the upload: it starts over.
+        """
         pieces = split_text(payload["text"], room - len(json.dumps(
             {**payload, "text": "", "upload": "u" * 32}).encode()))
-        upload = uuid.uuid4().hex
-        for piece in pieces[:-1]:
-            self._call({"op": "chat_part", "upload": upload, "text": piece})
-        return {**payload, "text": pieces[-1], "upload": upload}
+        for _ in range(UPLOAD_ATTEMPTS):
+            upload, sent = uuid.uuid4().hex, 0
+            for piece in pieces[:-1]:
+                sent += len(piece)
+                answer = self._call({"op": "chat_part", "upload": upload, "text": piece})
+                if answer.get("received") != sent:
+                    break
+            else:
+                return {**payload, "text": pieces[-1], "upload": upload}
+        raise ServiceUnavailable(f"splinfer restarted {UPLOAD_ATTEMPTS} times while your "
+                                 "message was being sent to it; send it again (see 'runa "
+                                 "status')")
 
     def cancel(self) -> dict[str, Any] | None:
         """Tell splinfer to stop the running answer; its final payload if it came in time."""

@@ -8,6 +8,7 @@ import sys
 
 from runa import bus as bus_mod
 from runa.cli.context import CliContext
+from runa.cli.numbers import in_range
 from runa.client import ServiceClient
 from runa.errors import UsageError
 
@@ -52,12 +53,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="print one JSON object (text and counters) instead of streaming")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and splinfer has no "
-                        "heartbeat, or died and has not come back (default: %(default)s)")
+                        "heartbeat, or died and has not come back (0.1 to 86400; default: "
+                        "%(default)s)")
     add_sampling_flags(parser)
     parser.set_defaults(func=cmd_ask)
 
 
 def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
+    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not question.strip():
         raise UsageError("runa ask: the question is empty")

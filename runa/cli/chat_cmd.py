@@ -18,6 +18,7 @@ from runa.chat.session import ChatSession, NotSupported, Start, new_conversation
 from runa.chat.typeahead import TypeAhead
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
+from runa.cli.numbers import in_range
 from runa.client import ServiceClient
 from runa.errors import UsageError
 
@@ -61,7 +62,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         help="talk to persona NAME (/persona lists them)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and splinfer has no "
-                        "heartbeat (default: %(default)s)")
+                        "heartbeat (0.1 to 86400; default: %(default)s)")
     add_sampling_flags(parser)
     parser.set_defaults(func=cmd_chat)
 
@@ -89,6 +90,7 @@ def check_id_option(option: str, value: str) -> None:
 
 
 def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
+    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
     managing = [name for name in ("list", "export", "delete") if getattr(args, name)]
     if len(managing) > 1:
         raise UsageError(f"runa chat: --{managing[0]} and --{managing[1]} do not go together")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from runa.cli.context import CliContext
+from runa.cli.numbers import in_range
 from runa.errors import UsageError
 from runa.tieto.topic import COLUMN_TYPES, parse_declaration
 
@@ -59,7 +61,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="when the tieto daemon does the work: give up when nothing "
                         "arrives for S seconds and it has no heartbeat; with --cancel: wait "
-                        "up to S seconds for the ingest to stop (default: %(default)s)")
+                        "up to S seconds for the ingest to stop (0.1 to 86400; default: "
+                        "%(default)s)")
     parser.set_defaults(func=cmd_ingest)
 
 
@@ -126,6 +129,7 @@ def summary(topic: str, report: IngestReport) -> str:
 def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.access import open_tieto
 
+    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
     if args.status or args.cancel is not None:
         if args.paths or args.topic or (args.status and args.cancel is not None):
             raise UsageError("--status and --cancel take no PATH or --topic, nor each other")
@@ -163,13 +167,14 @@ def _daemon(ctx: CliContext) -> ServiceClient | None:
         bus = bus_mod.connect(ctx.config, ctx.stack)
     except bus_mod.BusNotRunning:
         return None
-    client = ServiceClient(bus, "tieto", "ingest")
-    try:
-        client.check_running(grace=0.0)
-    except ServiceUnavailable:
-        client.close()
-        bus.close()
-        return None
+    with ExitStack() as opened:  # closed unless the client is handed on, bus included
+        opened.callback(bus.close)
+        client = opened.enter_context(ServiceClient(bus, "tieto", "ingest"))
+        try:
+            client.check_running(grace=0.0)
+        except ServiceUnavailable:
+            return None
+        opened.pop_all()
     return client
 
 
