@@ -335,7 +335,7 @@ def _ttl_ms(wait_s: float) -> int | None:
     an endless wait)."""
     if not math.isfinite(wait_s):
         return None
-    return min(env_mod.MAX_TTL_MS, int(max(wait_s, MIN_TTL_S) * 1000))
+    return min(env_mod.MAX_REQUEST_TTL_MS, int(max(wait_s, MIN_TTL_S) * 1000))
 
 
 def _incarnation(health: dict[str, Any] | None) -> tuple[Any, Any] | None:

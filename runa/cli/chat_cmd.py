@@ -18,7 +18,7 @@ from runa.chat.session import ChatSession, NotSupported, Start, new_conversation
 from runa.chat.typeahead import TypeAhead
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
-from runa.cli.numbers import in_range
+from runa.cli.numbers import timeout_seconds
 from runa.client import ServiceClient
 from runa.errors import UsageError
 
@@ -90,7 +90,7 @@ def check_id_option(option: str, value: str) -> None:
 
 
 def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
-    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
+    timeout_seconds(args.timeout)
     managing = [name for name in ("list", "export", "delete") if getattr(args, name)]
     if len(managing) > 1:
         raise UsageError(f"runa chat: --{managing[0]} and --{managing[1]} do not go together")

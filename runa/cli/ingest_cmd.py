@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from runa.cli.context import CliContext
-from runa.cli.numbers import in_range
+from runa.cli.numbers import timeout_seconds
 from runa.errors import UsageError
 from runa.tieto.topic import COLUMN_TYPES, parse_declaration
 
@@ -129,7 +129,7 @@ def summary(topic: str, report: IngestReport) -> str:
 def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.access import open_tieto
 
-    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
+    timeout_seconds(args.timeout)
     if args.status or args.cancel is not None:
         if args.paths or args.topic or (args.status and args.cancel is not None):
             raise UsageError("--status and --cancel take no PATH or --topic, nor each other")

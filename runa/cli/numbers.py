@@ -23,3 +23,8 @@ def in_range(option: str, value: Number, low: Number, high: Number | None = None
         return value
     allowed = f"at least {low}" if high is None else f"from {low} to {high}"
     raise UsageError(f"{option} {value}: must be {allowed}{' ' + unit if unit else ''}")
+
+
+def timeout_seconds(value: float) -> float:
+    """``--timeout``: how long a command waits for a service (a request lives a day at most)."""
+    return in_range("--timeout", value, 0.1, 86400, "seconds")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
-from runa.cli.numbers import in_range
+from runa.cli.numbers import timeout_seconds
 from runa.errors import UsageError
 from runa.tieto.answer import sources_heading
 
@@ -79,7 +79,7 @@ def check_numbers(args: argparse.Namespace) -> None:
                          ("sieve", args.sieve)):
         if value is not None:
             check_number(field, value, "--" + field.replace("_", "-"))
-    in_range("--timeout", args.timeout, 0.1, 86400, "seconds")  # a request lives a day at most
+    timeout_seconds(args.timeout)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:

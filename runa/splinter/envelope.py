@@ -42,7 +42,6 @@ MAX_NAME = 128
 # A request's ttl_ms: one day, as a request that waited longer is not worth answering.
 # (Not a key's TTL, which kv.MAX_KEY_TTL_MS bounds to 100 years.)
 MAX_REQUEST_TTL_MS = 86_400_000
-MAX_TTL_MS = MAX_REQUEST_TTL_MS  # the old name, still used by runa.client; use the new one
 _TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 
 
