@@ -483,7 +483,7 @@ def test_keys_typed_during_an_answer_become_the_text_they_edit() -> None:
 def test_a_long_text_is_split_into_pieces_that_each_fit() -> None:
     import json
 
-    from runa.chat.session import split_text
+    from runa.chat.upload import split_text
     text = "\u00e9\"x" * 1000
     pieces = split_text(text, 500)
     assert "".join(pieces) == text and len(pieces) > 1

@@ -58,3 +58,17 @@ def test_a_message_longer_than_the_context_is_refused_in_words_and_tokens(
     assert "too long for this model" in error and "tokens" in error and "words" in error
     assert "runa ingest" in error and "/rag on" in error
     assert "bytes" not in error and "Traceback" not in error
+
+
+def test_runa_ask_sends_a_long_question_in_pieces_too(stack) -> None:
+    question = " ".join(f"w{i % 10}" for i in range(3000))  # 9000 characters, 4 KiB envelopes
+    result = subprocess.run([sys.executable, "-m", "runa", "ask", "--json", "-n", "2", "-"],
+                            input=question, env=stack, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n_eval"] > 3000  # the whole question was read
+    too_long = subprocess.run([sys.executable, "-m", "runa", "ask", "-n", "2", "-"],
+                              input="word " * 12000, env=stack, capture_output=True,
+                              text=True, timeout=120)
+    assert too_long.returncode == 65, too_long.stderr
+    assert "too long for this model" in too_long.stderr and "bytes" not in too_long.stderr

@@ -7,8 +7,6 @@ tests), so nothing here starts processes or touches the terminal.
 
 from __future__ import annotations
 
-import functools
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +14,8 @@ from enum import Enum
 from typing import Any, Protocol
 
 from runa.chat.params import SessionParams
-from runa.client import ServiceFault, ServiceUnavailable
+from runa.chat.upload import in_pieces
+from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
 from runa.splinter import Envelope, Fault
 from runa.tieto.answer import GroundedAnswer, Grounding, chat_turn
@@ -63,26 +62,6 @@ class UnknownConversation(RunaError):
     """A conversation id splinfer has never seen (or has forgotten)."""
 
     exit_code = 65
-
-
-#: Bytes of an envelope kept for its header and fields other than the payload's text.
-REQUEST_MARGIN = 1024
-#: How often a long message's upload is begun again when splinfer restarts during it.
-UPLOAD_ATTEMPTS = 3
-
-
-def split_text(text: str, room: int) -> list[str]:
-    """``text`` in pieces whose JSON encoding takes at most ``room`` bytes each."""
-    pieces: list[str] = []
-    start, used = 0, 2  # the quotes
-    for index, char in enumerate(text):
-        size = len(json.dumps(char).encode()) - 2
-        if used + size > room and index > start:
-            pieces.append(text[start:index])
-            start, used = index, 2
-        used += size
-    pieces.append(text[start:])
-    return pieces
 
 
 def new_conversation_id() -> str:
@@ -332,10 +311,7 @@ class ChatSession:
             citations = GroundedAnswer(self.grounding)
             text = chat_turn(self.grounding)
         payload = self.payload(text)
-        upload = None
-        if self.max_request_bytes and len(json.dumps(payload).encode()) > \
-                self.max_request_bytes - REQUEST_MARGIN:
-            upload = functools.partial(self._upload, room=self.max_request_bytes - REQUEST_MARGIN)
+        upload = in_pieces(self._call, payload, self.max_request_bytes)
         for envelope in self.client.request(payload, idle_timeout=self.timeout,
                                             before_send=upload):
             piece = envelope.payload.get("text", "")
@@ -353,29 +329,6 @@ class ChatSession:
                     self.last.update(citations.outcome())
             if piece:
                 yield piece
-
-    def _upload(self, payload: dict[str, Any], room: int) -> dict[str, Any]:
-        """Send all but the last piece of the text ahead, under a new upload id; the chat
-        payload that ends it.
-
-        Done again before each resend of the chat (``ServiceClient.request``): the pieces
-        live in splinfer's memory and die with it. A piece answered with fewer characters
-        than were sent means splinfer restarted during the upload: it starts over.
-        """
-        pieces = split_text(payload["text"], room - len(json.dumps(
-            {**payload, "text": "", "upload": "u" * 32}).encode()))
-        for _ in range(UPLOAD_ATTEMPTS):
-            upload, sent = uuid.uuid4().hex, 0
-            for piece in pieces[:-1]:
-                sent += len(piece)
-                answer = self._call({"op": "chat_part", "upload": upload, "text": piece})
-                if answer.get("received") != sent:
-                    break
-            else:
-                return {**payload, "text": pieces[-1], "upload": upload}
-        raise ServiceUnavailable(f"splinfer restarted {UPLOAD_ATTEMPTS} times while your "
-                                 "message was being sent to it; send it again (see 'runa "
-                                 "status')")
 
     def cancel(self) -> dict[str, Any] | None:
         """Tell splinfer to stop the running answer; its final payload if it came in time."""

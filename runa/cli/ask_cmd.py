@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from runa import bus as bus_mod
+from runa.chat.upload import in_pieces
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.client import ServiceClient
@@ -64,7 +66,7 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not question.strip():
         raise UsageError("runa ask: the question is empty")
-    payload: dict[str, object] = {"op": "chat", "text": question,
+    payload: dict[str, Any] = {"op": "chat", "text": question,
                                   "params": sampling_params(args)}
     if args.system:
         payload["system"] = args.system
@@ -81,8 +83,11 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
     with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
             bus, "splinfer", "ask", on_restart=asked_again) as client:
         final: dict[str, object] = {}
+        upload = in_pieces(lambda query: client.call(query, idle_timeout=args.timeout),
+                           payload, bus.geometry.max_envelope)
         try:
-            for envelope in client.request(payload, idle_timeout=args.timeout):
+            for envelope in client.request(payload, idle_timeout=args.timeout,
+                                           before_send=upload):
                 piece = envelope.payload.get("text", "")
                 pieces.append(piece)
                 if not args.json and piece:
