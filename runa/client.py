@@ -51,6 +51,19 @@ MAX_RESENDS = 2
 MIN_TTL_S = 60.0
 
 
+
+#: What each service does, in the words a person reads first ("the inference service
+#: (splinfer) is not running"); Runa's names are explained by 'runa help terms'.
+SERVICE_ROLES = {"splinfer": "the inference service", "tieto": "the retrieval service",
+                 "splinter": "the bus keeper", "gilgul": "the service manager"}
+
+
+def service_name(service: str) -> str:
+    """``service`` as a person reads it: what it does, then its name."""
+    role = SERVICE_ROLES.get(service)
+    return f"{role} ({service})" if role else service
+
+
 class ServiceUnavailable(RunaError):
     """The service is not running (no queue, or no heartbeat)."""
 
@@ -83,6 +96,7 @@ class ServiceClient:
         without it such a request fails at once (AnswerCut)."""
         self.bus = bus
         self.service = service
+        self.name = service_name(service)
         self.client_name = client_name
         self.clock = clock
         self.on_restart = on_restart
@@ -112,7 +126,7 @@ class ServiceClient:
             return self.bus.sender(self.service)
         except ChannelNotFound:
             raise ServiceUnavailable(
-                f"{self.service} is not running (no '{self.service}' channel on the bus); "
+                f"{self.name} is not running (no '{self.service}' channel on the bus); "
                 "start Runa with 'systemctl --user start runa.target' or 'runa up'") from None
 
     def restarting(self) -> bool:
@@ -132,9 +146,9 @@ class ServiceClient:
         while (restarting := self.restarting()) or not self.alive():
             if self.clock() - start >= max(grace, restart_wait if restarting else 0.0):
                 raise ServiceUnavailable(
-                    f"{self.service} died and has not come back (see 'runa status')"
+                    f"{self.name} died and has not come back (see 'runa status')"
                     if restarting else
-                    f"{self.service} has no heartbeat (starting, hung or stopped); see "
+                    f"{self.name} has no heartbeat (starting, hung or stopped); see "
                     "'runa status', or start Runa with 'runa up'")
             time.sleep(0.05)
 
@@ -157,7 +171,7 @@ class ServiceClient:
         except ChannelNotFound:
             self._active = None
             raise ServiceUnavailable(
-                f"{self.service} stopped (its '{self.service}' channel is gone); start Runa "
+                f"{self.name} stopped (its '{self.service}' channel is gone); start Runa "
                 "with 'systemctl --user start runa.target' or 'runa up'") from None
 
     def request(self, payload: dict[str, Any], *, idle_timeout: float = 30.0,
@@ -217,12 +231,12 @@ class ServiceClient:
                         if resends == MAX_RESENDS:
                             self._active = None
                             raise ServiceUnavailable(
-                                f"{self.service} died {resends + 1} times while holding this "
+                                f"{self.name} died {resends + 1} times while holding this "
                                 "request; it is not sent again (see 'runa status' and the "
                                 "journal)")
                         resends += 1
                         if yielded:
-                            notice = (f"{self.service} restarted while answering (pid "
+                            notice = (f"{self.name} restarted while answering (pid "
                                       f"{holder[0]} died); the answer was cut")
                             if self.on_restart is None:
                                 self._active = None
@@ -298,18 +312,18 @@ class ServiceClient:
         if owner is not None and owner.service and not owner.alive:
             self._active = None
             raise ServiceUnavailable(
-                f"{self.service} died (pid {owner.pid}) and nothing took its requests over "
+                f"{self.name} died (pid {owner.pid}) and nothing took its requests over "
                 "in time (is it restarting? see 'runa status'); start Runa with 'runa up' "
                 "if it is not running")
         health = self.health()
         if health is None:
             self._active = None
-            raise ServiceUnavailable(f"{self.service} stopped answering and has no heartbeat")
+            raise ServiceUnavailable(f"{self.name} stopped answering and has no heartbeat")
         now = _incarnation(health)
         if sent_to is not None and now != sent_to:
             self._active = None
             raise ServiceUnavailable(
-                f"{self.service} restarted while this request was waiting (pid {sent_to[0]} "
+                f"{self.name} restarted while this request was waiting (pid {sent_to[0]} "
                 f"→ {now[0]}) and the new one has not answered it; it was probably lost with "
                 "the old process: ask again")
 

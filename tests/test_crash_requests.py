@@ -144,8 +144,8 @@ def test_an_answer_cut_by_a_crash_is_asked_again_and_the_turn_is_kept(
     rc = chat.returncode
     took = time.monotonic() - cut
     assert rc == 0, err
-    assert f"splinfer restarted while answering (pid {pid} died); the answer was cut; " \
-        "asking again" in err
+    assert (f"the inference service (splinfer) restarted while answering (pid {pid} died); "
+            "the answer was cut; asking again") in err
     assert took < 25, f"{took:.1f} s: the client waited for its timeout"
     history = subprocess.run([sys.executable, "-m", "runa", "chat", "--conversation", "cut"],
                              input="/history\n", env=stack, capture_output=True, text=True,
@@ -188,8 +188,8 @@ def test_a_long_message_whose_answer_is_cut_by_a_crash_is_answered_by_the_next_o
     os.kill(pid, signal.SIGKILL)
     out, err = chat.communicate(timeout=120)
     assert chat.returncode == 0, err
-    assert f"splinfer restarted while answering (pid {pid} died); the answer was cut; " \
-        "asking again" in err
+    assert (f"the inference service (splinfer) restarted while answering (pid {pid} died); "
+            "the answer was cut; asking again") in err
     assert out.strip(), "an empty answer"
     messages = exported(env, "long-cut")
     assert [m["role"] for m in messages] == ["user", "assistant"]
