@@ -73,3 +73,21 @@ def small_filesystem(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@contextmanager
+def tiny_model_stack(root: Path, settings: dict[str, str], context_length: int = 512
+                     ) -> Iterator[tuple[dict[str, str], subprocess.CompletedProcess[str]]]:
+    """A stack of its own under ``root`` on a tiny synthetic model, started with ``runa up
+    --detach`` (its environment and what ``up`` said), stopped and its segments removed after."""
+    from runa.testing.tiny_gguf import write_tiny_gguf
+
+    model = write_tiny_gguf(root / "tiny.gguf", context_length=context_length)
+    env = {**isolated_env(root), **settings, "RUNA_SPLINFER_MODEL": str(model)}
+    up = runa("up", "--detach", env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield env, up
+    finally:
+        runa("down", env=env)
+        remove_segments(env)

@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import isolated_env, remove_segments, runa, wait_for
-
-from runa.testing.tiny_gguf import write_tiny_gguf
+from support import isolated_env, runa, tiny_model_stack, wait_for
 
 CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "2048", "RUNA_SPLINFER_THREADS": "2",
            "RUNA_SPLINFER_BATCH_SIZE": "512", "RUNA_SPLINFER_STATE_SAVE_IDLE_S": "0.2",
@@ -24,17 +22,11 @@ CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "2048", "RUNA_SPLINFER_THREADS": "2",
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("find")
-    model = root / "tiny.gguf"
-    write_tiny_gguf(model)
-    env = {**isolated_env(root), **CONTEXT, "RUNA_SPLINFER_MODEL": str(model)}
-    up = runa("up", "--detach", env=env)
-    assert up.returncode == 0, up.stderr
-    env["_UP"] = up.stdout
-    env["_CONVERSATIONS"] = str(root / "home/.local/state/runa/conversations")
-    env["_STATE"] = str(root / "home/.local/state/runa")
-    yield env
-    runa("down", env=env)
-    remove_segments(env)
+    with tiny_model_stack(root, CONTEXT) as (env, up):
+        env["_UP"] = up.stdout
+        env["_CONVERSATIONS"] = str(root / "home/.local/state/runa/conversations")
+        env["_STATE"] = str(root / "home/.local/state/runa")
+        yield env
 
 
 def chat(env: dict[str, str], *args: str, lines: str = "") -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from support import isolated_env, remove_segments, runa
-
-from runa.testing.tiny_gguf import write_tiny_gguf
+from support import runa, tiny_model_stack
 
 CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "8192", "RUNA_SPLINFER_THREADS": "2",
            "RUNA_SPLINFER_BATCH_SIZE": "512", "RUNA_BUS_ENVELOPE_MAX_BYTES": "4096",
@@ -19,15 +17,8 @@ CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "8192", "RUNA_SPLINFER_THREADS": "2",
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("long")
-    model = root / "tiny.gguf"
-    write_tiny_gguf(model, context_length=8192)
-    env = {**isolated_env(root), **CONTEXT, "RUNA_SPLINFER_MODEL": str(model)}
-    up = runa("up", "--detach", env=env)
-    assert up.returncode == 0, up.stderr
-    yield env
-    runa("down", env=env)
-    remove_segments(env)
+    with tiny_model_stack(tmp_path_factory.mktemp("long"), CONTEXT, 8192) as (env, _):
+        yield env
 
 
 def chat(env: dict[str, str], *args: str, lines: str) -> subprocess.CompletedProcess[str]:
