@@ -56,6 +56,9 @@ class _Stopper:
         if self.signum is None:
             self.signum = signum
         if self.armed:
+            if _in_abort_check(frame):  # raised there, llama.cpp would see a garbage "abort"
+                signal.setitimer(signal.ITIMER_REAL, RETRY_S)
+                return
             self.armed = False
             raise Terminated(self.signum)
 
@@ -74,6 +77,18 @@ class _Stopper:
             self.signum = None
             raise KeyboardInterrupt
         self.handle(signum, frame)
+
+
+def _in_abort_check(frame: FrameType | None) -> bool:
+    """Is ``frame`` llama.cpp's abort callback (a ctypes callback that must return a bool)?
+
+    An exception raised in it is dropped by ctypes, which then returns whatever its result
+    buffer held: llama.cpp reads that as "abort", the answer ends with no token, and the
+    bench would compute on it (a division by zero, seen in CI) before the retry lands.
+    """
+    engine = sys.modules.get("runa.splinfer.engine")
+    return (engine is not None and frame is not None
+            and frame.f_code is engine.Engine._on_abort_check.__code__)
 
 
 @contextlib.contextmanager

@@ -13,10 +13,11 @@ as a hook called from the same loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,39 @@ class Daemon(Protocol):
     def stop(self) -> None: ...
 
 
+class StopFlag:
+    """A one-way "please stop" flag that a signal handler may set.
+
+    ``threading.Event.set()`` takes the lock ``Event.wait()`` holds for a moment, and a
+    signal handler runs in the main thread, possibly inside that moment: the process then
+    waits on itself forever (seen as a daemon that ignores SIGTERM). Here ``set()`` only
+    stores a bool and writes a byte to a pipe, and ``wait()`` sleeps in ``select`` on it.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def set(self) -> None:
+        self._set = True
+        with contextlib.suppress(BlockingIOError):  # full of earlier wake-ups: one is enough
+            os.write(self._write_fd, b"\0")
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until set or ``timeout`` seconds pass; true if set."""
+        if not self._set:
+            select.select([self._read_fd], [], [], timeout)
+        return self._set
+
+    def __del__(self) -> None:
+        for fd in (getattr(self, "_read_fd", None), getattr(self, "_write_fd", None)):
+            if fd is not None:
+                os.close(fd)
+
+
 @dataclass
 class ServiceContext:
     """What a daemon may tell the service manager while it runs.
@@ -112,7 +146,8 @@ class ServiceContext:
     incarnation: int = 0
     heartbeat: HeartbeatHook | None = None
     heartbeat_interval: float = 1.0
-    stopping: threading.Event = field(default_factory=threading.Event)
+    stopping: StopFlag = field(default_factory=StopFlag)
+    stop_signal: int | None = None
     status_text: str = "starting"
     _last_ping: float = float("-inf")
     _next_beat: float = float("-inf")
@@ -176,9 +211,13 @@ class ServiceRunner:
         )
 
     def request_stop(self, signum: int | None = None, _frame: object = None) -> None:
-        """Ask the loop to finish its current step and stop (the SIGTERM handler)."""
-        if signum is not None and not self.ctx.stopping.is_set():
-            self.logger.info("received %s, stopping", signal.Signals(signum).name)
+        """Ask the loop to finish its current step and stop (the SIGTERM handler).
+
+        A signal handler must not log or take locks (the main thread it interrupts may
+        hold them): the loop logs the signal when it sees the flag.
+        """
+        if signum is not None and self.ctx.stop_signal is None:
+            self.ctx.stop_signal = signum
         self.ctx.stopping.set()
 
     def install_signal_handlers(self) -> None:
@@ -209,6 +248,8 @@ class ServiceRunner:
             self.logger.exception("%s crashed: %s", name, error,
                                   extra={"RUNA_EVENT": "crashed"})
             return 70  # EX_SOFTWARE
+        if ctx.stop_signal is not None:
+            self.logger.info("received %s, stopping", signal.Signals(ctx.stop_signal).name)
         ctx.notifier.notify("STOPPING=1")
         ctx.status("stopping")
         self.daemon.stop()

@@ -233,3 +233,30 @@ def test_removing_a_stacks_segments_leaves_another_stack_whose_name_starts_the_s
     finally:
         for path in other:
             path.unlink(missing_ok=True)
+
+
+def test_a_signal_inside_llamas_abort_callback_is_raised_after_it_returns() -> None:
+    """Raised inside the ctypes callback, the bench's Terminated would be dropped and the
+    callback's garbage result read as "abort": an empty answer the bench then divided by."""
+    script = """
+import signal, sys, types
+import cleanup
+from runa.splinfer.engine import Engine, _Watch
+
+frames = []
+watch = _Watch(lambda: frames.append(sys._getframe(1)) or False, lambda: None)
+assert Engine._on_abort_check(types.SimpleNamespace(_watch=watch), None) is False
+stopper = cleanup._Stopper()
+signal.signal(signal.SIGALRM, lambda *_: None)
+stopper.handle(signal.SIGTERM, frames[0])
+print("deferred", signal.getitimer(signal.ITIMER_REAL)[0] > 0)
+try:
+    stopper.handle_retry(signal.SIGALRM, sys._getframe())
+except cleanup.Terminated as stop:
+    print("raised", stop.code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO / "bench",
+                          env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["deferred True", f"raised {128 + signal.SIGTERM}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 import pytest
 
@@ -116,6 +117,31 @@ def test_sigterm_handler_stops_the_loop() -> None:
     daemon.step = step  # type: ignore[method-assign]
     assert runner.run() == 0
     assert len(daemon.timeouts) == 3 and daemon.stopped
+
+
+def test_a_real_sigterm_during_a_wait_wakes_it_at_once_and_is_logged_by_the_loop(caplog) -> None:
+    """The handler only sets the flag (an Event's set() could deadlock on the lock its
+    interrupted wait holds); the loop notices and logs the signal."""
+    runner, _daemon, _, _ = make(steps=10**9)
+    previous = signal.signal(signal.SIGALRM, lambda *_: runner.request_stop(signal.SIGTERM))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        started = time.monotonic()
+        assert runner.ctx.stopping.wait(10)
+        assert time.monotonic() - started < 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    runner, daemon, _, _ = make(steps=10**9)
+    previous = signal.signal(signal.SIGALRM, lambda *_: runner.request_stop(signal.SIGTERM))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with caplog.at_level(logging.INFO):
+            assert runner.run() == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert daemon.stopped and "received SIGTERM, stopping" in caplog.text
 
 
 @pytest.mark.parametrize(

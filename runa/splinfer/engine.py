@@ -117,6 +117,7 @@ class _Watch:
         self.cancelled = cancelled
         self.beat = beat
         self.error: BaseException | None = None
+        self.aborted = False
         self.calls = 0
 
 
@@ -477,10 +478,12 @@ class Engine:
         try:
             watch.calls += 1
             if watch.cancelled():
+                watch.aborted = True
                 return True
             watch.beat()
         except BaseException as e:  # an exception must not unwind through C
             watch.error = e
+            watch.aborted = True
             return True
         return False
 
@@ -525,7 +528,12 @@ class Engine:
         if rc == 2 and watch is not None:
             if watch.error is not None:
                 raise watch.error
-            raise _Cancelled
+            if watch.aborted:
+                raise _Cancelled
+            # ctypes dropped an exception raised in the callback (by a signal handler,
+            # outside its try) and returned garbage that read as "abort"
+            raise DecodeError("llama.cpp's decode was aborted by an exception lost in its "
+                              "abort callback (a signal?)")
         if rc == 1:
             raise DecodeError(f"no room in the context for {n} more tokens")
         raise DecodeError(f"llama_decode failed with code {rc}")
