@@ -284,10 +284,10 @@ def _component_value(source: str, dotted: str, key: str, value: Any) -> Any:
         raise RegistryError(source, dotted, value, f"must be {what}")
     if key == "description" and (not value.strip() or "\n" in value):
         raise RegistryError(source, dotted, value, "must be one non-empty line")
-    if key == "factory" and not _FACTORY.match(value):
+    if key == "factory" and not _FACTORY.match(str(value)):
         raise RegistryError(source, dotted, value, "must be 'module:function', e.g. "
                             "'runa.keeper.daemon:create'")
-    if key == "settings" and not _SETTINGS.match(value):
+    if key == "settings" and not _SETTINGS.match(str(value)):
         raise RegistryError(source, dotted, value, "must be a module name, e.g. "
                             "'runa.keeper.settings'")
     if key == "role" and value not in ROLES:
