@@ -2,7 +2,7 @@
 
 Layers, later wins::
 
-    packaged defaults (the schema below)
+    packaged defaults (the Schema: the shared sections below, and each component's)
     /etc/runa/runa.toml, then /etc/runa/conf.d/*.toml in name order
     ~/.config/runa/runa.toml, then ~/.config/runa/conf.d/*.toml   (personal stack only)
     RUNA_* environment variables
