@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from runa import config as config_mod  # noqa: E402
-from runa.cli.daemon_cmd import DAEMONS  # noqa: E402
+from runa.demo import REGISTRY_ENTRY as DEMO_ENTRY  # noqa: E402
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher  # noqa: E402
 from runa.splinter import Bus, Geometry, create_segment  # noqa: E402
 from runa.splinter import envelope as envelope_mod  # noqa: E402
@@ -64,7 +64,7 @@ EVENT = envelope_mod.event("splinter", {
 
 def default_geometry(**changes: int) -> Geometry:
     """The main bus's geometry as the packaged configuration defines it."""
-    d = {k: config_mod.setting(f"bus.{k}").default for k in (
+    d = {k: config_mod.Schema().setting(f"bus.{k}").default for k in (
         "slots", "max_key_bytes", "max_value_bytes", "channels", "channel_bytes",
         "envelope_max_bytes")}
     g = dict(slots=d["slots"], max_key=d["max_key_bytes"], max_value=d["max_value_bytes"],
@@ -380,6 +380,8 @@ def idle_stack(workdir: Path, window_s: float, daemons: tuple[str, ...]) -> dict
                XDG_DATA_HOME=str(root / "data"), XDG_RUNTIME_DIR=str(root / "run"),
                RUNA_STACK=f"bench{os.getpid()}", RUNA_LOG_TARGET="stderr")
     (root / "run").mkdir(parents=True, mode=0o700)
+    (root / "etc/components.d").mkdir(parents=True)  # the demo joins as a component would
+    (root / "etc/components.d/50-demo.toml").write_text(DEMO_ENTRY)
     main = f"/dev/shm/runa-{env['RUNA_STACK']}-main"
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     kv_samples, redis_samples, wake_n = (20_000, 3_000, 2_000) if args.quick else (
         100_000, 20_000, 10_000)
-    daemons = tuple(d for d in IDLE_DAEMONS if d in DAEMONS)
+    daemons = IDLE_DAEMONS
     started = time.monotonic()
     load_start = Path("/proc/loadavg").read_text().split()[:3]
     workdir = Path(tempfile.mkdtemp(prefix="runa-bench-bus-", dir="/dev/shm"))

@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from runa.bus import connect  # noqa: E402
 from runa.client import ServiceClient  # noqa: E402
-from runa.config import load  # noqa: E402
+from runa.components import load_config as load  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402

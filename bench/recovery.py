@@ -45,11 +45,12 @@ from common import Result, Target, median, report
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from runa import registry  # noqa: E402
 from runa.bus import connect  # noqa: E402
 from runa.client import ServiceClient  # noqa: E402
-from runa.config import load  # noqa: E402
+from runa.components import load_config as load  # noqa: E402
 from runa.errors import RunaError  # noqa: E402
-from runa.gilgul import registry, units  # noqa: E402
+from runa.gilgul import units  # noqa: E402
 from runa.gilgul.dbus import SystemdUserManager  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402

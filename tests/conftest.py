@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import isolated_env, remove_segments, small_filesystem
+from support import isolated_env, register_demo, remove_segments, small_filesystem
 
 from runa.models.catalog import MINILM_L6_V2, SMOLLM2_135M
 from runa.models.embedding_install import is_installed as embedding_installed
@@ -66,6 +66,14 @@ def runa_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = isolated_env(tmp_path)
     yield env
     remove_segments(env)
+
+
+@pytest.fixture
+def demo_env(runa_env: dict[str, str]) -> dict[str, str]:
+    """``runa_env`` with the demo daemon registered in its components.d, as a new component
+    is."""
+    register_demo(Path(runa_env["RUNA_SYSCONFDIR"]))
+    return runa_env
 
 
 @pytest.fixture(scope="session")

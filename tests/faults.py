@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from support import register_demo
+
 SURVIVOR = ("test:survivor", "still here")
 
 CONFIG = """\
@@ -32,20 +34,13 @@ watchdog_sec = 2
 watchdog_sec = 2
 """
 
-DEMO = """\
-[components.demo]
-description = "Runa demo daemon (gilgul's test subject)"
-after = ["splinter"]
-"""
-
-
 def write_fault_stack(root: Path, *, splinfer_extra: str = "", components_extra: str = ""
                       ) -> None:
     """``root/etc`` (settings, the demo component) and ``root/policy.sh``, which appends
     each escalation's arguments to ``root/escalations``."""
     (root / "etc/components.d").mkdir(parents=True)
     (root / "etc/runa.toml").write_text(CONFIG.format(root=root, splinfer_extra=splinfer_extra))
-    (root / "etc/components.d/50-demo.toml").write_text(DEMO + components_extra)
+    register_demo(root / "etc", components_extra)
     hook = root / "policy.sh"
     hook.write_text(f'#!/bin/sh\necho "$1 $2 $3" >> {root}/escalations\n')
     hook.chmod(0o755)

@@ -53,6 +53,21 @@ def isolated_env(root: Path) -> dict[str, str]:
     return env
 
 
+def register_component(sysconfdir: Path, name: str, entry: str) -> Path:
+    """Add a component as a person would: its entry in ``<sysconfdir>/components.d``."""
+    path = sysconfdir / f"components.d/50-{name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(entry)
+    return path
+
+
+def register_demo(sysconfdir: Path, extra: str = "") -> Path:
+    """The demo daemon, which no shipped file names, registered like any new component."""
+    from runa.demo import REGISTRY_ENTRY
+
+    return register_component(sysconfdir, "demo", REGISTRY_ENTRY + extra)
+
+
 def remove_segments(env: dict[str, str]) -> None:
     for segment in segment_paths(env["RUNA_STACK"]):
         Path(segment).unlink(missing_ok=True)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from support import runa
 
-from runa import config
+from runa.components import load_config, packaged_schema
 from runa.errors import ConfigError
 from runa.paths import Paths
+
+SCHEMA = packaged_schema()
 
 
 def write(path: Path, text: str) -> Path:
@@ -35,7 +37,7 @@ def test_later_layers_override_earlier_ones(paths: Paths, runa_env: dict[str, st
     write(user / "conf.d/x.toml", "[service]\nwatchdog_sec = 7\n")
     env = {**runa_env, "RUNA_LOG_LEVEL": "warning", "RUNA_SERVICE_WATCHDOG_SEC": "8"}
 
-    cfg = config.load(paths, env, {"service.watchdog_sec": 9})
+    cfg = load_config(paths, env, {"service.watchdog_sec": 9})
 
     assert cfg["bus.max_value_bytes"] == 128 and cfg.origin("bus.max_value_bytes").endswith(
         "etc/runa.toml")
@@ -50,7 +52,7 @@ def test_later_layers_override_earlier_ones(paths: Paths, runa_env: dict[str, st
 def test_shared_stack_ignores_the_personal_layer(runa_env: dict[str, str]) -> None:
     paths = Paths.for_stack("shared", runa_env)
     write(Path(runa_env["XDG_CONFIG_HOME"]) / "runa/runa.toml", "[bus]\nslots = 400\n")
-    assert config.load(paths, {})["bus.slots"] == config.setting("bus.slots").default
+    assert load_config(paths, {})["bus.slots"] == SCHEMA.setting("bus.slots").default
 
 
 @pytest.mark.parametrize(
@@ -69,7 +71,7 @@ def test_a_bad_value_names_file_key_and_value(
 ) -> None:
     bad = write(paths.sysconfdir / "conf.d/x.toml", text)
     with pytest.raises(ConfigError) as caught:
-        config.load(paths, {})
+        load_config(paths, {})
     message = str(caught.value)
     assert str(bad) in message and key in message and value in message and problem in message
 
@@ -77,12 +79,12 @@ def test_a_bad_value_names_file_key_and_value(
 def test_broken_toml_names_the_file_and_line(paths: Paths) -> None:
     bad = write(paths.sysconfdir / "conf.d/x.toml", "[bus]\nslots = = 3\n")
     with pytest.raises(ConfigError, match=rf"{bad}.*not valid TOML.*line 2"):
-        config.load(paths, {})
+        load_config(paths, {})
 
 
 def test_a_bad_environment_value_names_the_variable(paths: Paths) -> None:
     with pytest.raises(ConfigError, match=r"RUNA_BUS_SLOTS: bus.slots = 'x': must be an integer"):
-        config.load(paths, {"RUNA_BUS_SLOTS": "x"})
+        load_config(paths, {"RUNA_BUS_SLOTS": "x"})
 
 
 def test_cli_check_reports_the_bad_layer_and_exits_78(runa_env: dict[str, str],
@@ -98,11 +100,11 @@ def test_cli_check_reports_the_bad_layer_and_exits_78(runa_env: dict[str, str],
     )
 
 
-def test_cli_show_json_reports_each_origin(runa_env: dict[str, str], tmp_path: Path) -> None:
+def test_cli_show_json_reports_each_origin(demo_env: dict[str, str], tmp_path: Path) -> None:
     import json
 
     write(tmp_path / "etc/conf.d/x.toml", "[bus]\nslots = 1024\n")
-    result = runa("config", "show", "--json", env={**runa_env, "RUNA_DEMO_TICK_S": "0.5"})
+    result = runa("config", "show", "--json", env={**demo_env, "RUNA_DEMO_TICK_S": "0.5"})
     assert result.returncode == 0, result.stderr
     rows = {row["key"]: row for row in json.loads(result.stdout)}
     assert rows["bus.slots"] == {"key": "bus.slots", "value": 1024,
@@ -115,15 +117,15 @@ def test_the_shipped_admin_file_is_the_generated_template(tmp_path: Path) -> Non
     import re
 
     shipped = Path(__file__).resolve().parents[1] / "etc/runa/runa.toml"
-    assert shipped.read_text() == config.admin_template(), "run: runa config template"
+    assert shipped.read_text() == SCHEMA.admin_template(), "run: runa config template"
     lines = [
         line[2:] for line in shipped.read_text().splitlines()
         if re.match(r"# (\[[a-z_.]+\]|[a-z_]+ = )", line)
     ]
-    layer = config.read_toml(write(tmp_path / "runa.toml", "\n".join(lines)))
+    layer = SCHEMA.read_toml(write(tmp_path / "runa.toml", "\n".join(lines)))
     assert len(layer.values) > 10
     for key, value in layer.values.items():
-        assert value == config.setting(key).default, key
+        assert value == SCHEMA.setting(key).default, key
 
 
 # -- values the daemons refuse, and what only this machine can tell -------------------------
@@ -168,7 +170,7 @@ def test_splinfer_ranges_are_the_ones_llama_params_allow() -> None:
         except ParamError:
             daemon_takes = False
         try:
-            config.read_overrides({f"splinfer.{key}": value})
+            SCHEMA.read_overrides({f"splinfer.{key}": value})
             config_takes = True
         except ConfigError:
             config_takes = False

@@ -26,7 +26,7 @@ from support import isolated_env, remove_segments, runa, small_filesystem, wait_
 
 from runa.bus import connect
 from runa.client import ServiceClient, ServiceFault
-from runa.config import load
+from runa.components import load_config as load
 from runa.paths import Paths
 from runa.testing.tiny_gguf import write_tiny_gguf
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from runa import registry
+from runa.components import packaged_schema
 from runa.config import Config, Layer
 from runa.errors import ConfigError
-from runa.gilgul import registry
 from runa.gilgul.daemon import TARGET, Gilgul
 from runa.gilgul.dbus import UnitChanged
 from runa.gilgul.dropins import DropIns
@@ -112,7 +113,7 @@ class Notes:
 
 def make_config(**values: Any) -> Config:
     base = {"gilgul.backoff_initial_s": 1.0, "gilgul.heartbeat_timeout_s": 3.0}
-    return Config([Layer("test", {**base, **values})])
+    return Config([Layer("test", {**base, **values})], packaged_schema())
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runa import config
+from runa.gilgul import settings as gilgul_settings
 from runa.gilgul.policy import NOT_RUNNING, Decision, Policy, PolicySettings
 
 SETTINGS = PolicySettings(backoff_initial_s=1.0, backoff_max_s=8.0, escalate_after=6,
@@ -133,7 +133,7 @@ def test_components_are_independent_and_incarnations_continue_from_a_seed(
 
 
 def test_settings_come_from_the_configuration() -> None:
-    defaults = {s.key: s.default for s in config.SCHEMA}
+    defaults = {s.key: s.default for s in gilgul_settings.SETTINGS}
     settings = PolicySettings.from_config(defaults)
     assert settings == PolicySettings()  # the dataclass defaults are the packaged ones
     assert [settings.delay(n) for n in range(1, 8)] == [0, 1, 2, 4, 8, 16, 30]

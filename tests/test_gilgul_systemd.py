@@ -25,7 +25,8 @@ import pytest
 from faults import SURVIVOR, write_fault_stack
 from support import remove_segments, runa, wait_for
 
-from runa.gilgul import registry, units
+from runa import registry
+from runa.gilgul import units
 from runa.testing.tiny_gguf import write_tiny_gguf
 
 pytestmark = pytest.mark.real_systemd

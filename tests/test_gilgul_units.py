@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from support import runa
 
-from runa import config
-from runa.gilgul import registry, units
-from runa.gilgul.registry import RegistryError
+from runa import registry
+from runa.components import packaged_schema
+from runa.gilgul import units
+from runa.registry import RegistryError
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "systemd"
@@ -56,6 +57,7 @@ ProtectHome = "read-only"
     write(tmp_path / "components.d/20-b.toml", """
 [components.demo]
 description = "The demo"
+factory = "runa.demo.daemon:create"
 after = ["splinter"]
 [components.splinfer]
 timeout_start_sec = 300
@@ -94,12 +96,16 @@ timeout_start_sec = 300
          "names no component"),
         ("[components.splinter]\nafter = ['splinfer']\n", "components.splinter.after",
          "cycle"),
-        ("[components.chatbot]\ndescription = 'x'\n", "components.chatbot",
-         "no such component"),
+        ("[components.chatbot]\ndescription = 'x'\n", "components.chatbot.factory",
+         "missing: every component names the 'module:function'"),
+        ("[components.chatbot]\ndescription = 'x'\nfactory = 'chatbot.daemon'\n",
+         "components.chatbot.factory", "must be 'module:function'"),
+        ("[components.chatbot]\ndescription = 'x'\nfactory = 'c:f'\nsettings = 'c/s.py'\n",
+         "components.chatbot.settings", "must be a module name"),
         ("[components.demo]\nafter = ['splinter']\n", "components.demo.description",
          "needs a description"),
-        ("[components.demo]\ndescription = 'd'\nrole = 'manager'\n", "components.demo.role",
-         "only one manager"),
+        ("[components.demo]\ndescription = 'd'\nfactory = 'd:f'\nrole = 'manager'\n",
+         "components.demo.role", "only one manager"),
         ("[components.splinfer]\ndocumentation = ['see the wiki']\n",
          "components.splinfer.documentation", "URI"),
         ("[service]\nx = 1\n", "service", "unknown key"),
@@ -145,7 +151,8 @@ def test_the_units_follow_the_design() -> None:
         for key in ("cpu_quota", "memory_max", "watchdog_sec"):  # the configuration's defaults
             directive = {"cpu_quota": "CPUQuota", "memory_max": "MemoryMax",
                          "watchdog_sec": "WatchdogSec"}[key]
-            assert settings[directive] == str(config.setting(f"components.{name}.{key}").default)
+            assert settings[directive] == str(
+                packaged_schema().setting(f"components.{name}.{key}").default)
         for directive in ("PrivateTmp", "PrivateDevices", "ProtectSystem", "NoNewPrivileges"):
             assert directive in settings
         assert "RemoveIPC" not in settings and "InaccessiblePaths" not in settings

@@ -27,7 +27,8 @@ def loaded_by(module: str) -> list[str]:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("module", ["runa.config", "runa.protocol.ranges",
+@pytest.mark.parametrize("module", ["runa.config", "runa.registry", "runa.components",
+                                    "runa.protocol.ranges",
                                     "runa.protocol.names", "runa.paths", "runa.preflight"])
 def test_a_shared_layer_imports_no_component(module: str) -> None:
     components = [m for m in loaded_by(module) if m.startswith(COMPONENTS)]

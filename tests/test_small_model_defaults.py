@@ -13,7 +13,7 @@ from support import isolated_env, remove_segments, runa
 
 from runa.bus import connect
 from runa.client import ServiceClient
-from runa.config import load
+from runa.components import load_config as load
 from runa.paths import Paths
 from runa.splinfer.personas import parse_persona
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import runa, wait_for
 
-from runa.gilgul import registry
+from runa import registry
 from runa.splinter.liveness import process_start_time
 from runa.supervisor.limits import CgroupLayout, MemoryLimiter, find_layout
 from runa.testing.tiny_gguf import write_tiny_gguf

@@ -23,9 +23,8 @@ import pytest
 from faults import SURVIVOR, write_fault_stack
 from support import isolated_env, remove_segments, runa
 
-from runa import config as config_mod
-from runa import log
-from runa.gilgul import registry
+from runa import log, registry
+from runa.components import load_config
 from runa.paths import Paths
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor.core import Supervisor
@@ -100,7 +99,7 @@ def _stack(root: Path) -> Iterator[Harness]:
     env = isolated_env(root) | {"RUNA_SPLINFER_MODEL": str(write_tiny_gguf(root / "tiny.gguf")),
                                 "RUNA_LOG_TARGET": "stderr"}
     paths = Paths.for_stack(env["RUNA_STACK"], env)
-    config = config_mod.load(paths, env)
+    config = load_config(paths, env)
     logger = log.setup("supervisor", "info", "stderr")
     capture = Capture()
     logging.getLogger("runa").addHandler(capture)

@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
-from support import wait_for
+from support import register_demo, wait_for
 
 pytestmark = pytest.mark.real_systemd
 
 UNIT = "runa-demo-test.service"
 
 
-def unit_text(startup_delay: float, watchdog_sec: int) -> str:
+def unit_text(startup_delay: float, watchdog_sec: int, sysconfdir: Path) -> str:
     return f"""[Unit]
 Description=Runa demo daemon (test)
 
@@ -25,6 +25,7 @@ Type=notify
 ExecStart={sys.executable} -m runa daemon demo
 Environment=RUNA_DEMO_STARTUP_DELAY_S={startup_delay} RUNA_DEMO_TICK_S=0.2
 Environment=PYTHONPATH={Path(__file__).resolve().parents[1]}
+Environment=RUNA_SYSCONFDIR={sysconfdir}
 WatchdogSec={watchdog_sec}
 Restart=no
 TimeoutStartSec=5
@@ -32,14 +33,16 @@ TimeoutStartSec=5
 
 
 @pytest.fixture
-def demo_unit(user_manager, systemctl):
-    """Install the test unit in the manager's runtime unit directory; remove it afterwards."""
+def demo_unit(user_manager, systemctl, tmp_path):
+    """Install the test unit in the manager's runtime unit directory, the demo registered in
+    its own sysconfdir; remove it afterwards."""
+    register_demo(tmp_path / "etc")
     unit_dir = Path(user_manager.env["XDG_RUNTIME_DIR"]) / "systemd/user"
     unit_dir.mkdir(parents=True, exist_ok=True)
     path = unit_dir / UNIT
 
     def install(startup_delay: float = 0.0, watchdog_sec: int = 2) -> None:
-        path.write_text(unit_text(startup_delay, watchdog_sec))
+        path.write_text(unit_text(startup_delay, watchdog_sec, tmp_path / "etc"))
         systemctl("daemon-reload")
 
     yield install

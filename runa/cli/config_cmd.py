@@ -1,15 +1,18 @@
-"""``runa config show|check``: the effective configuration and where each value came from."""
+"""``runa config show|get|check|template``: the effective configuration and where each value
+came from. Its sections are the shared ones and those the component registry declares."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 
-from runa import config as config_mod
 from runa import preflight
 from runa.cli.context import CliContext
-from runa.errors import ConfigError
+from runa.components import packaged_schema
+from runa.config import config_files
+from runa.errors import ConfigError, UsageError
 from runa.models.resolve import configured_chat_model
 from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
 
@@ -27,13 +30,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     show = sub.add_parser("show", help="print every key, its value and its origin")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=show_config)
+    get = sub.add_parser("get", help="print one key's effective value (strings as they are, "
+                         "others as JSON); exit 64 for a key no section declares")
+    get.add_argument("key", metavar="KEY", help="the dotted key, e.g. bus.slots")
+    get.set_defaults(func=get_config)
     check = sub.add_parser("check", help="validate every layer and check the values against "
                            "this machine (bus directory and group, chat model, persona); exit 78 "
                            "on an error, warnings alone exit 0")
     check.set_defaults(func=check_config)
     template = sub.add_parser("template", help="print /etc/runa/runa.toml with every key "
                               "commented out at its packaged default")
-    template.set_defaults(func=lambda ctx, args: print(config_mod.admin_template(), end="") or 0)
+    template.set_defaults(func=lambda ctx, args: print(packaged_schema().admin_template(), end="")
+                          or 0)
 
 
 def show_config(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -48,8 +56,19 @@ def show_config(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+def get_config(ctx: CliContext, args: argparse.Namespace) -> int:
+    cfg = ctx.config
+    if args.key not in cfg:
+        close = difflib.get_close_matches(args.key, list(cfg), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UsageError(f"runa config get: no configuration key {args.key!r}{hint}")
+    value = cfg[args.key]
+    print(value if isinstance(value, str) else json.dumps(value))
+    return 0
+
+
 def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
-    files = config_mod.config_files(ctx.paths)
+    files = config_files(ctx.paths)
     cfg = ctx.config  # loading validates every layer, raising ConfigError on the first
     findings = preflight.bus_findings(cfg)
     for check in (lambda: configured_chat_model(cfg, ctx.paths),

@@ -10,6 +10,8 @@ from functools import cached_property
 from typing import Any
 
 from runa import config as config_mod
+from runa import registry as registry_mod
+from runa.components import load_config
 from runa.paths import Paths, personal_stack
 
 
@@ -35,8 +37,13 @@ class CliContext:
         return Paths.for_stack(self.stack, self.env)
 
     @cached_property
+    def registry(self) -> registry_mod.Registry:
+        """The component registry: packaged, overridden by ``<sysconfdir>/components.d``."""
+        return registry_mod.load(self.paths.sysconfdir)
+
+    @cached_property
     def config(self) -> config_mod.Config:
-        return config_mod.load(self.paths, self.env, self.overrides)
+        return load_config(self.paths, self.env, self.overrides, self.registry)
 
 
 # llama.cpp's command-line spellings for the settings that choose and size the model.

@@ -1,26 +1,19 @@
 """``runa daemon NAME``: run one component in the foreground on the service base.
 
-This is what the systemd units and gilgul's own supervisor execute.
+This is what the systemd units and gilgul's own supervisor execute. NAME is a component of
+the registry (packaged, overridden by ``/etc/runa/components.d``), whose entry names the
+``module:function`` that builds the daemon: it takes (config, logger, stack).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from runa import log
 from runa.bus import HealthWriter
 from runa.cli.context import CliContext, add_model_flags, model_overrides
+from runa.components import daemon_factory
 from runa.service import ServiceRunner
-
-# name -> "module:factory"; a factory takes (config, logger, stack) and returns a Daemon.
-DAEMONS = {
-    "demo": "runa.demo.daemon:create",
-    "splinter": "runa.keeper.daemon:create",
-    "splinfer": "runa.splinfer.daemon:create",
-    "gilgul": "runa.gilgul.daemon:create",
-    "tieto": "runa.tieto.daemon:create",
-}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -31,17 +24,23 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(READY, STATUS, WATCHDOG, STOPPING) to systemd or to Runa's own supervisor, "
         "logs to journald (stderr where there is none) and stops cleanly on SIGTERM.",
     )
-    parser.add_argument("name", choices=sorted(DAEMONS), help="the component to run")
+    parser.add_argument("name", metavar="NAME",
+                        help="the component to run: one the component registry declares "
+                        "(packaged, or added in /etc/runa/components.d)")
     add_model_flags(parser)
-    parser.set_defaults(func=run_daemon)
+    parser.set_defaults(func=run_daemon, daemon_parser=parser)
 
 
 def run_daemon(ctx: CliContext, args: argparse.Namespace) -> int:
+    names = ctx.registry.names
+    if args.name not in names:  # argparse's own words, with the registry's choices
+        choices = ", ".join(repr(name) for name in sorted(names))
+        args.daemon_parser.error(f"argument name: invalid choice: {args.name!r} "
+                                 f"(choose from {choices})")
     ctx.overrides.update(model_overrides(args))
     cfg = ctx.config
     logger = log.setup(args.name, cfg["log.level"], cfg["log.target"])
-    module_name, factory_name = DAEMONS[args.name].split(":")
-    factory = getattr(importlib.import_module(module_name), factory_name)
+    factory = daemon_factory(ctx.registry.get(args.name), ctx.registry)
     daemon = factory(cfg, logger, ctx.stack)
     interval = cfg["service.heartbeat_interval_s"]
     heartbeat = HealthWriter(cfg, ctx.stack, logger, interval)

@@ -26,7 +26,6 @@ from runa.cli.context import (
 )
 from runa.client import ServiceClient, ServiceUnavailable
 from runa.errors import RunaError
-from runa.gilgul import registry
 from runa.splinter.liveness import is_alive, process_start_time
 from runa.supervisor import lock, rundir
 from runa.supervisor import stack as supervisor_stack
@@ -197,8 +196,7 @@ def _wait_started(ctx: CliContext, pid: int, deadline: float) -> None:
 
 def _start_budget(ctx: CliContext) -> float:
     """How long a detached start may take: every component's start timeout, plus slack."""
-    reg = registry.load(ctx.paths.sysconfdir)
-    return sum(c.timeout_start_sec + 5 for c in reg.watched) + 5
+    return sum(c.timeout_start_sec + 5 for c in ctx.registry.watched) + 5
 
 
 def _up_detached(ctx: CliContext, overrides: dict[str, Any]) -> int:

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from runa import registry
 from runa.cli.context import CliContext
-from runa.gilgul import registry, units
+from runa.gilgul import units
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_render(ctx: CliContext, args: argparse.Namespace) -> int:
-    reg = registry.load(None if args.packaged else ctx.paths.sysconfdir)
+    reg = registry.load() if args.packaged else ctx.registry
     rendered = units.render(reg, executable=args.executable)
     if args.check:
         problems = units.differences(rendered, args.output)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from runa import bus as bus_mod
-from runa import config as config_mod
 from runa import log
+from runa.components import load_config
 from runa.config import Config
 from runa.errors import RunaError
 from runa.gilgul import events, health, registry
@@ -377,7 +377,8 @@ def create(config: Config, logger: logging.Logger, stack: str,
     reg = registry.load(paths.sysconfdir)
 
     def reload_inputs() -> tuple[Config, Registry]:
-        return config_mod.load(paths, env), registry.load(paths.sysconfdir)
+        new_registry = registry.load(paths.sysconfdir)
+        return load_config(paths, env, registry=new_registry), new_registry
 
     return Gilgul(
         config, reg, stack, logger, env=env,

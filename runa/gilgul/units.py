@@ -16,8 +16,8 @@ from pathlib import Path
 
 import jinja2
 
-from runa import config as config_mod
-from runa.gilgul.registry import Registry, render_value, unit_name
+from runa.config import resource_settings
+from runa.registry import Registry, render_value, unit_name
 
 EXECUTABLE = "/usr/bin/runa"
 TARGET = "runa.target"
@@ -40,8 +40,8 @@ class Limits:
     @classmethod
     def packaged(cls, component: str) -> Limits:
         """The configuration's packaged defaults: what the committed units carry."""
-        return cls.of({key: config_mod.setting(f"components.{component}.{key}").default
-                       for key in ("cpu_quota", "memory_max", "watchdog_sec")})
+        return cls.of({setting.key.rsplit(".", 1)[1]: setting.default
+                       for setting in resource_settings(component)})
 
 
 def _environment() -> jinja2.Environment:

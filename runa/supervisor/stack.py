@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Mapping
 
 from runa import bus as bus_mod
+from runa import registry
 from runa.config import Config, parse_size
-from runa.gilgul import health, registry
+from runa.gilgul import health
 from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.policy import Policy, PolicySettings

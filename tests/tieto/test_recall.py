@@ -136,8 +136,9 @@ def test_fts_query_quotes_words_and_drops_function_words() -> None:
 
 def test_config_defaults_are_the_library_defaults() -> None:
     """The tuned fusion settings live in two places; they must not drift apart."""
-    from runa import config
+    from runa.components import packaged_schema
 
+    config = packaged_schema()
     defaults = RecallParams()
     for key in ("k", "mode", "candidates", "fusion", "rrf_k", "fts_weight", "min_similarity"):
         assert config.setting(f"tieto.{key}").default == getattr(defaults, key), key

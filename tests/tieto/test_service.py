@@ -30,6 +30,7 @@ from runa import bus as bus_mod
 from runa import config as config_mod
 from runa.bus import HealthWriter
 from runa.client import ServiceClient
+from runa.components import load_config
 from runa.paths import Paths
 from runa.service import ServiceRunner
 from runa.splinter import EVENTS_CHANNEL, Envelope
@@ -107,7 +108,7 @@ class Stack:
         (root / "etc").mkdir()
         (root / "etc/runa.toml").write_text("[tieto]\nsieve = 0.3\n")
         self.paths = Paths.for_stack(self.env["RUNA_STACK"], self.env)
-        self.config = config_mod.load(self.paths, self.env, {})
+        self.config = load_config(self.paths, self.env, {})
         self.stack = self.env["RUNA_STACK"]
         bus_mod.ensure_buses(self.config, self.stack)
         self.docs = root / "docs"
@@ -256,7 +257,7 @@ def test_an_answer_citing_none_of_its_sources_is_marked_ungrounded(stack: Stack)
 def test_uncited_refuse_says_it_does_not_know_and_gives_the_best_passage(stack: Stack) -> None:
     (stack.paths.sysconfdir / "runa.toml").write_text(
         '[tieto]\nsieve = 0.3\nuncited = "refuse"\n')
-    stack.config = config_mod.load(stack.paths, stack.env, {})
+    stack.config = load_config(stack.paths, stack.env, {})
     stack.start_daemon()
     payloads, text = _complete(stack, UNCITED)
     final = payloads[-1]

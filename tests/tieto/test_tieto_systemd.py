@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from support import remove_segments, runa, wait_for
 
-from runa.gilgul import registry, units
+from runa import registry
+from runa.gilgul import units
 
 pytestmark = pytest.mark.real_systemd
 
