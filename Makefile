@@ -16,12 +16,14 @@ run: setup
 	$(VENV)/bin/runa up --detach
 	$(VENV)/bin/runa chat
 
-test: setup
-	$(PY) -m ruff check .
+test: lint
 	$(PY) -m pytest
 
+# ruff, mypy (0 errors) and the import rules of DESIGN §7 (.importlinter, docs/architecture.md).
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m mypy runa
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 # The Debian packages into build/deb/ (lintian must be clean) and the RPMs into build/rpm/
 # (rpmbuild on Debian with packaging/fedora's shim macros; rpmlint). docs/packaging.md.
@@ -39,4 +41,4 @@ package-test: deb
 	RUNA_PACKAGING_TEST=1 $(PY) -m pytest -m packaging tests/packaging
 
 clean:
-	rm -rf build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache

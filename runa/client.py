@@ -320,7 +320,7 @@ class ServiceClient:
             self._active = None
             raise ServiceUnavailable(f"{self.name} stopped answering and has no heartbeat")
         now = _incarnation(health)
-        if sent_to is not None and now != sent_to:
+        if sent_to is not None and now is not None and now != sent_to:
             self._active = None
             raise ServiceUnavailable(
                 f"{self.name} restarted while this request was waiting (pid {sent_to[0]} "

@@ -76,7 +76,7 @@ def daemon_factory(component: Component, registry: Registry) -> DaemonFactory:
     if not callable(factory):
         raise RegistryError(registry.origin(key), key, component.factory,
                             f"{module_name} has no function {function}")
-    return factory  # type: ignore[no-any-return]
+    return factory
 
 
 def _import(module: str, source: str, key: str) -> Any:

@@ -106,7 +106,7 @@ class Setting:
             value = float(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(source, key, value, f"must be {_type_name(expected)}")
-        if expected is float and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(source, key, value, "must be a finite number")
         if self.check is not None:
             problem = self.check(value)

@@ -68,7 +68,8 @@ class _StderrFormatter(logging.Formatter):
             for key, value in sorted(record.__dict__.items())
             if key.startswith("RUNA_") and key != "RUNA_COMPONENT"
         )
-        text = f"{record.RUNA_COMPONENT}: {record.levelname.lower()}: {record.getMessage()}"
+        component = record.__dict__["RUNA_COMPONENT"]  # set by _ComponentFilter
+        text = f"{component}: {record.levelname.lower()}: {record.getMessage()}"
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return f"{text} [{fields}]" if fields else text
@@ -128,7 +129,7 @@ class JournalHandler(logging.Handler):
     def _notice(self, about: logging.LogRecord, message: str) -> None:
         notice = logging.LogRecord(about.name, logging.WARNING, __file__, 0, message, None,
                                    None)
-        notice.RUNA_COMPONENT = about.RUNA_COMPONENT
+        notice.RUNA_COMPONENT = about.__dict__["RUNA_COMPONENT"]
         self.fallback.emit(notice)
 
     def close(self) -> None:
@@ -167,9 +168,9 @@ def setup(
     ``stream`` is where stderr records go, also while the journal is unavailable.
     """
     root = logging.getLogger("runa")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        handler.close()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        old.close()
     use_journal = target == "journal" or (target == "auto" and journal_available(journal_socket))
     to_stderr = logging.StreamHandler(stream or sys.stderr)
     to_stderr.setFormatter(_StderrFormatter())

@@ -227,10 +227,11 @@ class _Merged:
                                         other, "names no component of the registry")
             hardening = {**self.hardening, **entry.pop("hardening")}
             documentation = entry.pop("documentation", self.documentation)
+            checked: dict[str, Any] = {  # each value checked by _component_value
+                k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}
             components.append(Component(
                 name=name, documentation=tuple(documentation),
-                hardening=tuple(hardening.items()),
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in entry.items()}))
+                hardening=tuple(hardening.items()), **checked))
         managers = [c.name for c in components if c.is_manager]
         if len(managers) > 1:
             raise RegistryError(self.origin[f"components.{managers[1]}.role"],
@@ -261,7 +262,7 @@ def _table(source: str, key: str, value: Any) -> Mapping[str, Any]:
     return value
 
 
-_COMPONENT_KEYS: dict[str, tuple[type, str]] = {
+_COMPONENT_KEYS: dict[str, tuple[type[Any], str]] = {
     "description": (str, "a string"),
     "factory": (str, "a string"),
     "settings": (str, "a string"),

@@ -10,23 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
+from typing import Any, Protocol
 
-from runa.tieto.access import Local, Remote
 from runa.tieto.answer import Grounding
+
+
+class Grounder(Protocol):
+    """What /rag needs of tieto; the command hands in the daemon's or the library's."""
+
+    def topics(self) -> list[str]: ...
+
+    def ground(self, question: str, topic: str, **overrides: Any) -> Grounding: ...
 
 
 class Retrieval:
     """Opens tieto on first use (a chat without /rag never loads it) and keeps it open."""
 
-    def __init__(self, opener: Callable[[], AbstractContextManager[Local | Remote]],
+    def __init__(self, opener: Callable[[], AbstractContextManager[Grounder]],
                  uncited: str | None = None) -> None:
         self._opener = opener
         self.uncited = uncited
         """``tieto.uncited`` of this chat's configuration (None: tieto's own)."""
         self._stack = ExitStack()
-        self._access: Local | Remote | None = None
+        self._access: Grounder | None = None
 
-    def _tieto(self) -> Local | Remote:
+    def _tieto(self) -> Grounder:
         if self._access is None:
             self._access = self._stack.enter_context(self._opener())
         return self._access

@@ -75,12 +75,12 @@ def render(prev: Sample, cur: Sample, title: str) -> Any:
                 "backpressure"):
         chans.add_column(col, justify="left" if col in ("channel", "kind", "owner") else "right")
     prev_sent = {c.name: c.sent for c in prev.channels}
-    for c in cur.channels:
-        owner = f"{c.owner_pid}{'' if c.owner_alive else ' (dead)'}"
-        depth = f"{c.depth_bytes} B ({100 * c.depth_bytes / c.capacity:.0f}%)"
-        chans.add_row(c.name, c.kind, owner, depth,
-                      _fmt_rate(_rate(c.sent, prev_sent.get(c.name), dt)),
-                      str(len(c.subscribers)), str(c.dropped), str(c.backpressure))
+    for ch in cur.channels:
+        owner = f"{ch.owner_pid}{'' if ch.owner_alive else ' (dead)'}"
+        depth = f"{ch.depth_bytes} B ({100 * ch.depth_bytes / ch.capacity:.0f}%)"
+        chans.add_row(ch.name, ch.kind, owner, depth,
+                      _fmt_rate(_rate(ch.sent, prev_sent.get(ch.name), dt)),
+                      str(len(ch.subscribers)), str(ch.dropped), str(ch.backpressure))
 
     hot = Table(title="hot keys (reads since insert)", title_justify="left")
     for col in ("key", "reads", "reads/s", "bytes", "ephemeral", "ttl"):

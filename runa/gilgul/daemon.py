@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from runa import bus as bus_mod
 from runa import log
@@ -273,11 +274,11 @@ class Gilgul:
                 found["running"].append(name)
             else:  # activating, or a start job systemd is about to run
                 found["queued"].append(name)
+        by_state: dict[str, Any] = {what: ",".join(names) for what, names in found.items()}
         log.event(self.logger, "reconciled",
                   "reconciled: " + "; ".join(f"{what} {', '.join(names) or 'none'}"
                                               for what, names in found.items()),
-                  incarnation=self._ctx.incarnation if self._ctx else 0,
-                  **{what: ",".join(names) for what, names in found.items()})
+                  incarnation=self._ctx.incarnation if self._ctx else 0, **by_state)
 
     def check_heartbeats(self) -> None:
         """Kill components that are active but have not heartbeaten for the timeout."""

@@ -7,6 +7,7 @@ fields must not drift apart: each event both modes share is written here once.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from runa import log
 from runa.gilgul.hook import PolicyHook
@@ -17,8 +18,8 @@ def running(logger: logging.Logger, policy: Policy, name: str, incarnation: int,
             restart_issued: float | None, now: float) -> None:
     """``name`` is up as ``pid``: back from our restart (with its latency) or started by
     someone else, in which case the policy learns it runs and nothing of ours is pending."""
-    fields: dict[str, object] = {"component": name, "incarnation": incarnation,
-                                 "main_pid": pid}
+    fields: dict[str, Any] = {"component": name, "incarnation": incarnation,
+                              "main_pid": pid}
     if restart_issued is not None:
         fields["latency_ms"] = round((now - restart_issued) * 1000, 1)
         message = (f"{name} is back as incarnation {incarnation} (pid {pid}, "

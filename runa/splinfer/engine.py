@@ -501,7 +501,8 @@ class Engine:
             pos0 = seq.n_past
             for i, token in enumerate(tokens):
                 batch.token[n] = token
-                batch.pos[n] = pos0 + i
+                # llama_cpp annotates pos as an array of arrays; it is one llama_pos per token
+                batch.pos[n] = pos0 + i  # type: ignore[call-overload]
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = seq.seq_id
                 batch.logits[n] = 0

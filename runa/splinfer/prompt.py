@@ -79,7 +79,8 @@ class PromptBuilder:
     def render(self, messages: Sequence[Message]) -> str:
         """The prompt text, ending with the assistant's turn opener."""
         try:
-            return self._formatter(messages=list(messages)).prompt
+            # the template renders any role; llama_cpp annotates only OpenAI's message types
+            return self._formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
         except Exception as e:  # template raise_exception(), undefined variables …
             raise TemplateError(f"the chat template rejected the messages: {e}") from None
 

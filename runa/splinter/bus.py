@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from runa.splinter import envelope as env_mod
 from runa.splinter.channel import (
@@ -33,6 +33,7 @@ from runa.splinter.stats import ComponentStats, KeeperCounters, StatsTable
 
 EVENTS_CHANNEL = "events"  # the broadcast channel of bus-wide events (promote, ...)
 HOT_KEYS_EXPORTED = 10
+_Raw = TypeVar("_Raw", bound=QueueReceiver | Subscriber)
 
 
 def segment_paths(stack: str, directory: str = DEFAULT_DIR) -> list[str]:
@@ -114,7 +115,7 @@ class Bus:
     # -- channels ---------------------------------------------------------------------------
 
     def queue(self, name: str, *, stats: ComponentStats | None = None,
-              service: bool = False) -> EnvelopeReceiver:
+              service: bool = False) -> EnvelopeReceiver[QueueReceiver]:
         """Open (create or adopt) the queue ``name`` with this process as its one consumer.
 
         ``service``: the queue is a service's well-known one; when this process dies the keeper
@@ -124,7 +125,8 @@ class Bus:
         idx, st = self.channels.open_channel(name, "queue", take_ownership=True, service=service)
         return EnvelopeReceiver(QueueReceiver(self.channels, name, idx, st), self, stats)
 
-    def subscribe(self, name: str, *, stats: ComponentStats | None = None) -> EnvelopeReceiver:
+    def subscribe(self, name: str, *,
+                  stats: ComponentStats | None = None) -> EnvelopeReceiver[Subscriber]:
         """Subscribe to broadcast channel ``name`` (created if missing), from the newest message."""
         self._check_process()
         idx, st = self.channels.open_channel(name, "broadcast", take_ownership=False)
@@ -220,10 +222,10 @@ class EnvelopeSender:
             self._stats.incr("faults_out")
 
 
-class EnvelopeReceiver:
+class EnvelopeReceiver(Generic[_Raw]):
     """A queue receiver or broadcast subscriber that decodes envelopes and counts them."""
 
-    def __init__(self, raw: QueueReceiver | Subscriber, bus: Bus,
+    def __init__(self, raw: _Raw, bus: Bus,
                  stats: ComponentStats | None) -> None:
         self.raw = raw
         self.name = raw.name

@@ -82,7 +82,7 @@ from runa.splinter.locks import WriterLocks
 from runa.splinter.segment import Segment
 
 try:
-    from runa.splinter import _fastchan
+    import runa.splinter._fastchan as _fastchan
 except ImportError:  # built without a C compiler: the pure-Python path does the same, slower
     _fastchan = None  # type: ignore[assignment]
 
@@ -455,7 +455,7 @@ class _Handle:
         self._lock = table.locks.pointer(lay.channel_lock(index))
         self._trylock = table.locks.trylock
         self._unlock = table.locks.unlock
-        self._fast = None
+        self._fast: _fastchan.Channel | None = None
 
     def _native(self, **reader: int) -> _fastchan.Channel | None:
         """This handle's C fast path (None without the extension): the layout's word indices

@@ -20,6 +20,7 @@ CPython performing each 8-byte word access as one aligned load/store (memoryview
 
 from __future__ import annotations
 
+import builtins
 import ctypes
 import time
 import zlib
@@ -352,7 +353,7 @@ class KV:
             s.key for s in self.scan() if not s.expired(now) and s.key.startswith(prefix)
         ]
 
-    def expired(self, now_ns: int | None = None) -> list[SlotInfo]:
+    def expired(self, now_ns: int | None = None) -> builtins.list[SlotInfo]:
         """Live slots whose TTL has passed (the keeper's decay pass; pair with ``expire``)."""
         now = self._clock() if now_ns is None else now_ns
         out = []
@@ -362,7 +363,7 @@ class KV:
                 out.append(snap)
         return out
 
-    def _due(self, now: int) -> list[int]:
+    def _due(self, now: int) -> builtins.list[int]:
         """Indices whose expiry word is set and has passed (live or not: callers check)."""
         col = self.column(S_EXPIRY)
         return [i for i in compress(range(self._slots), col) if col[i] <= now]
@@ -715,11 +716,11 @@ class KV:
             return bool(W[w + S_FLAGS] & FLAG_EPHEMERAL)
 
         for _ in range(self._slots):
-            idx = self._least_recent_ephemeral()
-            if idx is None:
+            victim = self._least_recent_ephemeral()
+            if victim is None:
                 return None
-            if self._retire(idx, self.live_at(idx), CTR_EVICTIONS, still_ephemeral):
-                return idx
+            if self._retire(victim, self.live_at(victim), CTR_EVICTIONS, still_ephemeral):
+                return victim
         return None  # pragma: no cover - every round removes one candidate or a flag
 
     def _least_recent_ephemeral(self) -> int | None:

@@ -43,6 +43,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TypedDict
 
 from runa.errors import RunaError
 from runa.log import socket_answers
@@ -56,6 +57,13 @@ INACCESSIBLE = Path("/run/systemd/inaccessible")
 RUN = Path("/run")
 STATE_DIR = Path("/run/runa-harness")
 LOCK_FILE = STATE_DIR / "lock"
+
+
+class _RunAs(TypedDict, total=False):
+    """``subprocess`` arguments that run a command as the harness's user (empty: as us)."""
+
+    user: int
+    group: int
 
 
 class HarnessError(RunaError):
@@ -369,7 +377,7 @@ class UserManager:
     def _client_env(self) -> dict[str, str]:
         return {**os.environ, **self.env}
 
-    def _as_user(self) -> dict[str, int]:
+    def _as_user(self) -> _RunAs:
         return {} if self.uid == os.getuid() else {"user": self.uid, "group": self.user.pw_gid}
 
     def _save_state(self) -> None:
@@ -384,7 +392,7 @@ class UserManager:
 
     def _kill_cgroup_members(self) -> None:
         for _ in range(50):
-            pids = set()
+            pids: set[int] = set()
             for top in self._our_cgroups():
                 for group in _walk_bottom_up(top):
                     with contextlib.suppress(OSError):

@@ -166,8 +166,7 @@ class Tieto:
                 self._drop(topic)
                 raise e.topic_not_created() from None
         ingester = Ingester(index, self.embedder, chunk_tokens=self.settings.chunk_tokens,
-                            overlap=self.settings.overlap,
-                            **({"progress": progress} if progress else {}))
+                            overlap=self.settings.overlap, progress=progress)
         try:
             report = ingester.run(paths)
         except BaseException as e:

@@ -44,7 +44,7 @@ def split(text: str, path: str) -> Document:
         if lines[i].rstrip("\r\n").rstrip() in _CLOSE:
             yaml_text = "".join(lines[1:i])
             meta = _load(yaml_text, path)
-            key_lines = {}
+            key_lines: dict[str, int] = {}
             for number, line in enumerate(lines[1:i], start=2):
                 match = _KEY_LINE.match(line)
                 if match and match.group(1) in meta:

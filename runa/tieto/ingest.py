@@ -85,7 +85,7 @@ class Ingester:
     """Ingests paths into one index; the embedder is fetched only when a file changed."""
 
     def __init__(self, index: TopicIndex, embedder: Callable[[], Embedder], *,
-                 chunk_tokens: int = 254, overlap: int = 32, progress: Progress = _ignore,
+                 chunk_tokens: int = 254, overlap: int = 32, progress: Progress | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.index = index
         self._get_embedder = embedder
@@ -93,7 +93,7 @@ class Ingester:
         self._chunker: Chunker | None = None
         self.chunk_tokens = chunk_tokens
         self.overlap = overlap
-        self.progress = progress
+        self.progress = progress or _ignore
         self.clock = clock
 
     def embedder(self) -> Embedder:

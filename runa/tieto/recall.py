@@ -45,9 +45,9 @@ def check_number(field: str, value: object, name: str | None = None) -> None:
     (a command's flag) or ``field``."""
     low, high = RANGES[field]
     whole = field in _WHOLE
-    number = isinstance(value, int) or (isinstance(value, float) and not whole)
-    if number and not isinstance(value, bool) and math.isfinite(value) \
-            and low <= value <= high:  # type: ignore[arg-type,operator]
+    if isinstance(value, int | float) and not isinstance(value, bool) \
+            and not (whole and isinstance(value, float)) \
+            and math.isfinite(value) and low <= value <= high:
         return
     what = "a whole number" if whole else "a number"
     raise ParamError(f"{name or field} must be {what} from {low:g} to {high:g}, "
