@@ -14,18 +14,26 @@ from collections.abc import Callable, Mapping
 
 from runa import bus as bus_mod
 from runa.config import Config, parse_size
-from runa.gilgul import health, registry
-from runa.gilgul.hook import PolicyHook
-from runa.gilgul.incarnation import IncarnationFiles
-from runa.gilgul.policy import Policy, PolicySettings
+from runa.gilgul import (
+    ComponentSpec,
+    Gilgul,
+    HeartbeatWatch,
+    IncarnationFiles,
+    Policy,
+    PolicyHook,
+    PolicySettings,
+    Registry,
+    daemon_argv,
+    load_registry,
+)
 from runa.paths import Paths
 from runa.supervisor import rundir
-from runa.supervisor.core import ComponentSpec, Gilgul, Supervisor, daemon_argv
+from runa.supervisor.core import Supervisor
 from runa.supervisor.limits import MemoryLimiter, find_layout
 from runa.supervisor.lock import SupervisorLock
 
 
-def specs(config: Config, reg: registry.Registry) -> list[ComponentSpec]:
+def specs(config: Config, reg: Registry) -> list[ComponentSpec]:
     out = []
     for component in reg.watched:
         values = config.component(component.name)
@@ -48,11 +56,11 @@ def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
     RuntimeDirError (77), a supervisor already there AlreadySupervised (75): each before
     anything in the runtime directory is touched.
     """
-    reg = registry.load(paths.sysconfdir)
+    reg = load_registry(paths.sysconfdir)
     gilgul = Gilgul(
         policy=Policy(PolicySettings.from_config(config), clock),
-        heartbeats=health.HeartbeatWatch(config["gilgul.heartbeat_timeout_s"],
-                                         config["service.heartbeat_interval_s"]),
+        heartbeats=HeartbeatWatch(config["gilgul.heartbeat_timeout_s"],
+                                  config["service.heartbeat_interval_s"]),
         incarnations=IncarnationFiles(paths.runtime / "gilgul"),
         hook=PolicyHook(config["gilgul.policy_script"], logger),
         heartbeat_interval_s=config["service.heartbeat_interval_s"],
