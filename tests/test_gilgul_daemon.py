@@ -12,8 +12,7 @@ import pytest
 
 from runa.config import Config, Layer
 from runa.errors import ConfigError
-from runa.gilgul import registry
-from runa.gilgul.backends.systemd import TARGET
+from runa.gilgul import TARGET, registry
 from runa.gilgul.daemon import GilgulDaemon
 from runa.gilgul.dbus import UnitChanged
 from runa.gilgul.dropins import DropIns
