@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import runa.gilgul
+import runa.supervisor
 from runa.bus import HealthWriter
 from runa.config import Config, Layer
 from runa.gilgul import (
@@ -186,6 +187,7 @@ def test_the_heartbeat_the_writer_sets_is_the_record_gilgul_and_clients_read(tmp
 
 def test_gilgul_exports_what_the_supervisor_uses_and_the_supervisor_imports_nothing_else() -> None:
     assert all(hasattr(runa.gilgul, name) for name in runa.gilgul.__all__)
+    assert all(hasattr(runa.supervisor, name) for name in runa.supervisor.__all__)
     root = Path(runa.gilgul.__file__).parent.parent / "supervisor"
     for module in sorted(root.glob("*.py")):
         for node in ast.walk(ast.parse(module.read_text())):
