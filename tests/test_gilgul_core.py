@@ -16,13 +16,15 @@ import pytest
 import runa.gilgul
 import runa.supervisor
 from runa.bus import HealthWriter
-from runa.config import Config, Layer
 from runa.gilgul import (
     NO_HEARTBEAT,
     Failure,
     Gilgul,
+    HeartbeatWatch,
     IncarnationFiles,
+    Policy,
     PolicyHook,
+    PolicySettings,
 )
 from runa.protocol.heartbeat import Heartbeat, health_key
 
@@ -76,11 +78,11 @@ class ToyBackend:
 def world(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, "runa")
     clock, bus, backend = FakeClock(), FakeBus(), ToyBackend()
-    config = Config([Layer("test", {"gilgul.heartbeat_timeout_s": 3.0,
-                                    "gilgul.escalate_after": 3})])
     logger = logging.getLogger("runa.gilgul.test")
-    core = Gilgul.from_config(config, incarnations=IncarnationFiles(tmp_path / "gilgul"),
-                              hook=PolicyHook("", logger), clock=clock)
+    core = Gilgul(policy=Policy(PolicySettings(escalate_after=3), clock),
+                  heartbeats=HeartbeatWatch(timeout_s=3.0, interval_s=1.0),
+                  incarnations=IncarnationFiles(tmp_path / "gilgul"),
+                  hook=PolicyHook("", logger), heartbeat_interval_s=1.0)
     core.attach(backend, logger=logger, open_bus=lambda: bus,  # type: ignore[arg-type,return-value]
                 clock_ns=clock.ns)
 
@@ -178,8 +180,8 @@ def test_the_heartbeat_the_writer_sets_is_the_record_gilgul_and_clients_read(tmp
         def set(self, key: str, value: str, ttl_ms: int) -> None:
             written[key] = value
 
-    writer = HealthWriter(Config([Layer("test", {})]), "t", logging.getLogger("runa.test"), 1.0)
-    writer._bus = Recorder()  # type: ignore[assignment]
+    writer = HealthWriter(None, "t", logging.getLogger("runa.test"), 1.0)  # type: ignore[arg-type]
+    writer._bus = Recorder()  # type: ignore[assignment]  # the bus it would open
     beat = Heartbeat("splinfer", 7, 3, 123, "ready")
     writer(beat)
     assert Heartbeat.from_json("splinfer", written["splinfer:health"]) == beat
