@@ -7,7 +7,6 @@ and location come from one place (the ``[bus]`` configuration table).
 from __future__ import annotations
 
 import grp
-import json
 import logging
 import time
 from collections import deque
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterator
 from runa import preflight
 from runa.config import Config
 from runa.errors import ConfigError, RunaError
-from runa.service import Health
+from runa.protocol.heartbeat import Heartbeat, health_key
 from runa.splinter import (
     BUSES,
     Bus,
@@ -97,16 +96,6 @@ def connect(config: Config, stack: str, name: str = "main") -> Bus:
             "'systemctl --user start runa.target' or 'runa up'") from None
 
 
-def health_key(component: str) -> str:
-    return f"{component}:health"
-
-
-def is_health_key(key: str) -> bool:
-    """Whether ``key`` is a service heartbeat: machinery, read by every client, never memory."""
-    component, _, kind = key.partition(":")
-    return bool(component) and kind == "health"
-
-
 class HealthWriter:
     """The service heartbeat hook: writes ``<component>:health`` to the main bus.
 
@@ -123,16 +112,14 @@ class HealthWriter:
         self.ttl_ms = max(1, int(interval_s * 3000))
         self._bus: Bus | None = None
 
-    def __call__(self, health: Health) -> None:
+    def __call__(self, health: Heartbeat) -> None:
         if self._bus is None:
             try:
                 self._bus = Bus.open(path(self.config, self.stack))
             except SegmentNotFound:
                 return
-        value = json.dumps({"pid": health.pid, "incarnation": health.incarnation,
-                            "ts_mono_ns": health.ts_mono_ns, "status": health.status})
         try:
-            self._bus.set(health_key(health.component), value, ttl_ms=self.ttl_ms)
+            self._bus.set(health_key(health.component), health.to_json(), ttl_ms=self.ttl_ms)
         except SplinterError as error:
             self.logger.warning("heartbeat not written: %s", error)
 

@@ -8,7 +8,6 @@ envelopes into exceptions and can cancel a running request.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import threading
@@ -17,8 +16,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from runa.bus import EX_UNAVAILABLE, health_key
+from runa.bus import EX_UNAVAILABLE
 from runa.errors import RunaError
+from runa.protocol.heartbeat import Heartbeat, health_key
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.bus import EnvelopeSender
@@ -117,9 +117,9 @@ class ServiceClient:
         """Whether the service's heartbeat is on the bus (it expires after three intervals)."""
         return self.bus.get(health_key(self.service)) is not None
 
-    def health(self) -> dict[str, Any] | None:
-        raw = self.bus.get(health_key(self.service))
-        return json.loads(raw) if raw else None
+    def health(self) -> Heartbeat | None:
+        """The service's last heartbeat; None when it has none (or an unreadable one)."""
+        return Heartbeat.from_json(self.service, self.bus.get(health_key(self.service)))
 
     def _sender(self) -> EnvelopeSender:
         try:
@@ -352,8 +352,8 @@ def _ttl_ms(wait_s: float) -> int | None:
     return min(env_mod.MAX_REQUEST_TTL_MS, int(max(wait_s, MIN_TTL_S) * 1000))
 
 
-def _incarnation(health: dict[str, Any] | None) -> tuple[Any, Any] | None:
+def _incarnation(health: Heartbeat | None) -> tuple[int, int] | None:
     """Which process answers for the service: (pid, incarnation) from its heartbeat."""
     if health is None:
         return None
-    return (health.get("pid"), health.get("incarnation"))
+    return (health.pid, health.incarnation)

@@ -25,6 +25,7 @@ from typing import Protocol
 
 from runa import log
 from runa.errors import RunaError
+from runa.protocol.heartbeat import Heartbeat
 
 
 class Notifier(Protocol):
@@ -51,18 +52,7 @@ class SystemClock:
         return time.monotonic()
 
 
-@dataclass(frozen=True)
-class Health:
-    """What a daemon's heartbeat reports (DESIGN §2: ``<component>:health``)."""
-
-    component: str
-    pid: int
-    incarnation: int
-    ts_mono_ns: int
-    status: str
-
-
-HeartbeatHook = Callable[[Health], None]
+HeartbeatHook = Callable[[Heartbeat], None]
 
 
 def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
@@ -169,8 +159,8 @@ class ServiceContext:
             self.notifier.notify("WATCHDOG=1")
         if self.heartbeat is not None and now >= self._next_beat:
             self._next_beat = now + self.heartbeat_interval
-            self.heartbeat(Health(self.component, os.getpid(), self.incarnation,
-                                  time.monotonic_ns(), self.status_text))
+            self.heartbeat(Heartbeat(self.component, os.getpid(), self.incarnation,
+                                     time.monotonic_ns(), self.status_text))
 
     @property
     def wait_bound(self) -> float:

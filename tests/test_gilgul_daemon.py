@@ -14,7 +14,8 @@ from runa import registry
 from runa.components import packaged_schema
 from runa.config import Config, Layer
 from runa.errors import ConfigError
-from runa.gilgul.daemon import TARGET, Gilgul
+from runa.gilgul import TARGET
+from runa.gilgul.daemon import GilgulDaemon
 from runa.gilgul.dbus import UnitChanged
 from runa.gilgul.dropins import DropIns
 from runa.gilgul.hook import PolicyHook
@@ -135,10 +136,10 @@ def world(tmp_path: Path):
             raise inputs["config"]
         return inputs["config"], core_registry()
 
-    def build(config: Config | None = None) -> tuple[Gilgul, ServiceContext]:
+    def build(config: Config | None = None) -> tuple[GilgulDaemon, ServiceContext]:
         config = config or inputs["config"]
         logger = logging.getLogger("runa.gilgul.test")
-        gilgul = Gilgul(config, core_registry(), "t1", logger, env={},
+        gilgul = GilgulDaemon(config, core_registry(), "t1", logger, env={},
                         connect=lambda: manager, open_bus=lambda: bus,  # type: ignore[arg-type,return-value]
                         dropins=DropIns(tmp_path / "units"),
                         incarnations=IncarnationFiles(tmp_path / "gilgul"),

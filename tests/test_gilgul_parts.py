@@ -14,24 +14,30 @@ from runa.gilgul.dropins import NAME, DropIns
 from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.units import Limits
+from runa.protocol.heartbeat import Heartbeat
 
 
 def test_health_values_are_parsed_and_junk_is_no_beat() -> None:
-    beat = health.parse(b'{"pid": 7, "incarnation": 2, "ts_mono_ns": 5, "status": "ready"}')
-    assert beat == health.Beat(7, 2, 5, "ready")
+    beat = Heartbeat.from_json(
+        "splinfer", b'{"pid": 7, "incarnation": 2, "ts_mono_ns": 5, "status": "ready"}')
+    assert beat == Heartbeat("splinfer", 7, 2, 5, "ready")
     for junk in (None, b"", b"{", b'{"pid": "x"}', b"[]"):
-        assert health.parse(junk) is None
+        assert Heartbeat.from_json("splinfer", junk) is None
+
+
+def _beat(pid: int, ts_mono_ns: int) -> Heartbeat:
+    return Heartbeat("splinfer", pid, 0, ts_mono_ns, "")
 
 
 def test_a_beat_counts_only_if_fresh_and_from_the_main_process() -> None:
     watch = health.HeartbeatWatch(timeout_s=5.0, interval_s=1.0)
     watch.started("splinfer", now=10.0)
     now_ns = 20 * 10**9
-    assert not watch.observe("splinfer", health.Beat(8, 0, now_ns, ""), 7, 12.0, now_ns)
-    assert not watch.observe("splinfer", health.Beat(7, 0, now_ns - 4 * 10**9, ""), 7, 12.0,
+    assert not watch.observe("splinfer", _beat(8, now_ns), 7, 12.0, now_ns)
+    assert not watch.observe("splinfer", _beat(7, now_ns - 4 * 10**9), 7, 12.0,
                              now_ns)
     assert watch.late(15.5) == ["splinfer"]  # nothing fresh since it started at 10
-    assert watch.observe("splinfer", health.Beat(7, 0, now_ns - 10**9, ""), 7, 15.5, now_ns)
+    assert watch.observe("splinfer", _beat(7, now_ns - 10**9), 7, 15.5, now_ns)
     assert watch.late(20.0) == [] and watch.late(20.6) == ["splinfer"]
     watch.stopped("splinfer")
     assert watch.late(100.0) == []

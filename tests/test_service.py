@@ -9,7 +9,8 @@ import time
 import pytest
 
 from runa.errors import RunaError
-from runa.service import Health, ServiceContext, ServiceRunner, watchdog_interval
+from runa.protocol.heartbeat import Heartbeat
+from runa.service import ServiceContext, ServiceRunner, watchdog_interval
 
 
 class RecordingNotifier:
@@ -62,7 +63,7 @@ class ScriptedDaemon:
 def make(steps: int = 5, env: dict[str, str] | None = None, **kwargs: object):
     clock, notifier = FakeClock(), RecordingNotifier()
     daemon = ScriptedDaemon(clock, steps, **kwargs)  # type: ignore[arg-type]
-    beats: list[Health] = []
+    beats: list[Heartbeat] = []
     runner = ServiceRunner(daemon, logging.getLogger("runa.test"), notifier=notifier,
                            clock=clock, env=env or {}, heartbeat=beats.append,
                            heartbeat_interval=1.0)

@@ -5,33 +5,12 @@ three intervals. A component counts as beating while its key exists, names its c
 process and is younger than three intervals; gilgul acts once it has not been beating for
 ``gilgul.heartbeat_timeout_s`` (the Minix reincarnation server's "late" ping), counted from the
 moment the unit became active, so a fresh incarnation gets the same grace. Pure: times in, late
-components out.
+components out; the beats themselves are ``runa.protocol.heartbeat`` records.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Beat:
-    pid: int
-    incarnation: int
-    ts_mono_ns: int
-    status: str
-
-
-def parse(value: bytes | None) -> Beat | None:
-    """A health value as written by ``runa.bus.HealthWriter``; None if absent or malformed."""
-    if value is None:
-        return None
-    try:
-        data = json.loads(value)
-        return Beat(int(data["pid"]), int(data["incarnation"]), int(data["ts_mono_ns"]),
-                    str(data.get("status", "")))
-    except (ValueError, KeyError, TypeError):
-        return None
+from runa.protocol.heartbeat import Heartbeat
 
 
 class HeartbeatWatch:
@@ -52,7 +31,7 @@ class HeartbeatWatch:
     def watching(self) -> list[str]:
         return sorted(self._last_ok)
 
-    def observe(self, component: str, beat: Beat | None, main_pid: int, now: float,
+    def observe(self, component: str, beat: Heartbeat | None, main_pid: int, now: float,
                 now_ns: int) -> bool:
         """Record what the bus shows for ``component``; True when the beat is fresh."""
         fresh = (beat is not None and beat.pid == main_pid

@@ -7,9 +7,10 @@ window escalates (gilgul runs the policy script and logs ``RUNA_EVENT=escalated`
 component is then held (not restarted) until someone starts it, or, with
 ``retry_after_escalation``, retried at the capped delay.
 
-A plain state machine: no processes, no I/O, time from an injected clock. gilgul under
-systemd drives it from D-Bus signals; gilgul's own supervisor (no systemd) drives it from
-SIGCHLD and its watchdog, so both make the same decisions.
+A plain state machine: no processes, no I/O, time from an injected clock. gilgul's core
+(``runa.gilgul.core``) drives it from what its backend reports (D-Bus signals under systemd,
+ended children and missed watchdogs under Runa's own supervisor), so both modes make the same
+decisions.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runa.bus import is_health_key
 from runa.config import Config
+from runa.protocol.heartbeat import is_health_key
 from runa.splinter import EVENTS_CHANNEL, Bus, EnvelopeSender, SlotInfo
 from runa.splinter import envelope as envelope_mod
 from runa.splinter.decay import idle_ephemeral, promote_candidates

@@ -15,13 +15,19 @@ from collections.abc import Callable, Mapping
 from runa import bus as bus_mod
 from runa import registry
 from runa.config import Config, parse_size
-from runa.gilgul import health
-from runa.gilgul.hook import PolicyHook
-from runa.gilgul.incarnation import IncarnationFiles
-from runa.gilgul.policy import Policy, PolicySettings
+from runa.gilgul import (
+    ComponentSpec,
+    Gilgul,
+    HeartbeatWatch,
+    IncarnationFiles,
+    Policy,
+    PolicyHook,
+    PolicySettings,
+    daemon_argv,
+)
 from runa.paths import Paths
 from runa.supervisor import rundir
-from runa.supervisor.core import ComponentSpec, Gilgul, Supervisor, daemon_argv
+from runa.supervisor.core import Supervisor
 from runa.supervisor.limits import MemoryLimiter, find_layout
 from runa.supervisor.lock import SupervisorLock
 
@@ -52,8 +58,8 @@ def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
     reg = registry.load(paths.sysconfdir)
     gilgul = Gilgul(
         policy=Policy(PolicySettings.from_config(config), clock),
-        heartbeats=health.HeartbeatWatch(config["gilgul.heartbeat_timeout_s"],
-                                         config["service.heartbeat_interval_s"]),
+        heartbeats=HeartbeatWatch(config["gilgul.heartbeat_timeout_s"],
+                                  config["service.heartbeat_interval_s"]),
         incarnations=IncarnationFiles(paths.runtime / "gilgul"),
         hook=PolicyHook(config["gilgul.policy_script"], logger),
         heartbeat_interval_s=config["service.heartbeat_interval_s"],

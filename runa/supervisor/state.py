@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runa.gilgul import units
+from runa.gilgul import write_atomically as write_file
 
 
 def write_atomically(path: Path, data: dict[str, Any]) -> None:
     """Replace the state file as a 0600 file: it names conversations, paths and errors."""
-    units.write_atomically(path, json.dumps(data, indent=2, sort_keys=True), mode=0o600)
+    write_file(path, json.dumps(data, indent=2, sort_keys=True), mode=0o600)
 
 
 def read(path: Path) -> dict[str, Any] | None:
