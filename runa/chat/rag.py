@@ -1,32 +1,42 @@
 """Retrieval in the chat (``/rag on TOPIC``): each question goes with its sources.
 
-The sources come from tieto (the daemon when it runs, else the library: runa.tieto.access)
-and travel inside the user's turn (runa.tieto.answer.chat_turn), so the conversation's
+The sources come from tieto (the daemon when it runs, else the library; the CLI opens it
+with runa.tieto.access, so the chat itself imports no part of tieto) and travel inside the
+user's turn (runa.protocol.answer.chat_turn), so the conversation's
 system prompt, and the model state splinfer saved for it, stay as they are. Citations in
 the answer are filtered to the sources given; the REPL prints the sources after it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
+from typing import Any, Protocol
 
-from runa.tieto.access import Local, Remote
-from runa.tieto.answer import Grounding
+from runa.protocol.answer import Grounding
+
+
+class Topics(Protocol):
+    """What the chat asks of tieto (``runa.tieto.access``'s Local and Remote both are)."""
+
+    def topics(self) -> list[str]: ...
+
+    def ground(self, question: str, topic: str, filters: Sequence[str] = (),
+               **overrides: Any) -> Grounding: ...
 
 
 class Retrieval:
     """Opens tieto on first use (a chat without /rag never loads it) and keeps it open."""
 
-    def __init__(self, opener: Callable[[], AbstractContextManager[Local | Remote]],
+    def __init__(self, opener: Callable[[], AbstractContextManager[Topics]],
                  uncited: str | None = None) -> None:
         self._opener = opener
         self.uncited = uncited
         """``tieto.uncited`` of this chat's configuration (None: tieto's own)."""
         self._stack = ExitStack()
-        self._access: Local | Remote | None = None
+        self._access: Topics | None = None
 
-    def _tieto(self) -> Local | Remote:
+    def _tieto(self) -> Topics:
         if self._access is None:
             self._access = self._stack.enter_context(self._opener())
         return self._access
