@@ -53,13 +53,12 @@ class Field:
 
 @dataclass(frozen=True)
 class Op:
-    """One request a service answers (``{"op": name, ...}``) and what it answers."""
+    """One request a service answers: ``{"op": name, ...}`` (its answers: docs/protocol.md)."""
 
     service: str
     name: str
     doc: str
     fields: tuple[Field, ...] = ()
-    answers: str = "one response (eof)"
     checks: Mapping[str, Callable[[Any], str | None]] = field(default_factory=dict)
     """Rules beyond the wire type, by field: what is wrong (a sentence naming the field,
     as the service answers it) or None."""

@@ -37,9 +37,9 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
 }
 
 
-def _op(name: str, doc: str, *fields: Field, answers: str = "one response (eof)",
+def _op(name: str, doc: str, *fields: Field,
         checks: Mapping[str, Callable[[Any], str | None]] | None = None) -> Op:
-    return Op(SERVICE, name, doc, fields, answers, {**_CHECKS, **(checks or {})})
+    return Op(SERVICE, name, doc, fields, {**_CHECKS, **(checks or {})})
 
 
 OPS: Mapping[str, Op] = {op.name: op for op in (
@@ -52,7 +52,6 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
               default="the persona's", allowed="llama.cpp names (above)"),
         Field("upload", "string", "the pieces sent ahead with chat_part",
               allowed="as conversation"),
-        answers="a stream of responses, the last with eof",
         checks={"text": lambda text: None if text.strip() else
                 "chat needs a non-empty string 'text'"}),
     _op("chat_part", "one piece of a message too long for one envelope",
@@ -60,7 +59,7 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
               allowed="as conversation"),
         Field("text", "string", "the piece", required=True)),
     _op("cancel", "end a running or waiting chat",
-        Field("target", "string", "the id of the chat", required=True), answers="nothing"),
+        Field("target", "string", "the id of the chat", required=True)),
     _op("status", "the model, the context and the queue"),
     _op("personas", "the personas splinfer knows"),
     _op("history", "a kept conversation's messages",

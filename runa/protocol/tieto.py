@@ -85,33 +85,31 @@ _TARGET = Field("target", "string", "the id of a running complete or of an inges
                 required=True)
 
 
-def _op(name: str, doc: str, *fields: Field, answers: str = "one response (eof)") -> Op:
+def _op(name: str, doc: str, *fields: Field) -> Op:
     """An op whose fields ``read`` checks for their wire type; the numbers' ranges are held
     by :func:`check_number` (a usage error, as the command's flag), the topic name and the
     choices by the library, so a daemon refuses them as the command would."""
-    return Op(SERVICE, name, doc, fields, answers)
+    return Op(SERVICE, name, doc, fields)
 
 
 OPS: Mapping[str, Op] = {op.name: op for op in (
     _op("recall", "the hits for a question", _QUESTION, _TOPIC, _FILTERS, _K, _MODE,
-        _MIN_SIMILARITY, answers="one response per hit, then the last (eof)"),
+        _MIN_SIMILARITY),
     _op("sources", "the hits at or above the sieve", *_SOURCE_FIELDS),
     _op("complete", "an answer from the sources, streamed", *_SOURCE_FIELDS,
         Field("params", "object", "splinfer's sampling parameters",
-              allowed="as splinfer's chat"),
-        answers="the sources, text pieces, the last (eof)"),
+              allowed="as splinfer's chat")),
     _op("ingest", "files into a topic, in the background", _TOPIC,
         Field("paths", "list of strings", "absolute paths of files or directories",
               required=True),
         Field("filterable", "list of strings", "KEY:TYPE keys to declare"),
-        Field("rebuild", "boolean", "start the topic over", default="false"),
-        answers="progress events, the report (eof)"),
+        Field("rebuild", "boolean", "start the topic over", default="false")),
     _op("snapshot", "a consistent copy of a topic", _TOPIC,
         Field("path", "string", "an absolute path that must not exist", required=True)),
     _op("restore", "a topic from a snapshot", _TOPIC, _PATH),
     _op("topics", "the topics' names"),
     _op("status", "the topics, the model, the ingests"),
-    _op("cancel", "end a complete or an ingest", _TARGET, answers="nothing"),
+    _op("cancel", "end a complete or an ingest", _TARGET),
 )}
 
 
