@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO))
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
+from runa.protocol.params import ContextParams, SamplingParams  # noqa: E402
 from runa.splinfer.engine import Engine  # noqa: E402
-from runa.splinfer.params import ContextParams, SamplingParams  # noqa: E402
 
 GEN = SamplingParams(temp=0.0, top_k=1, n_predict=64)
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]

@@ -18,23 +18,12 @@ from typing import Any
 
 from runa.bus import EX_UNAVAILABLE
 from runa.errors import RunaError
+from runa.protocol import faults
 from runa.protocol.heartbeat import Heartbeat, health_key
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.bus import EnvelopeSender
 from runa.splinter.errors import Backpressure, ChannelNotFound
-
-# How a fault from a service ends a command (sysexits where one fits).
-FAULT_EXIT = {
-    Fault.BAD_SCHEMA: 65,  # EX_DATAERR: the request itself was wrong
-    Fault.UNKNOWN_TYPE: 65,
-    Fault.NOT_AUTHORIZED: 77,  # EX_NOPERM
-    Fault.BACKPRESSURE: 75,  # EX_TEMPFAIL: busy, try again
-    Fault.STREAM_TIMEOUT: 75,
-    Fault.TTL_EXPIRED: 75,
-    Fault.INTERNAL_ERROR: 70,  # EX_SOFTWARE
-}
-
 
 # How soon a request notices its ``stop`` event while the service is silent.
 STOP_POLL = 0.1
@@ -75,13 +64,14 @@ class AnswerCut(ServiceUnavailable):
 
 
 class ServiceFault(RunaError):
-    """The service answered with an error envelope."""
+    """The service answered with an error envelope (or the bus refused the request: the
+    same fault either way); its exit status is the protocol's (``runa.protocol.faults``)."""
 
     def __init__(self, service: str, payload: dict[str, Any]) -> None:
         self.payload = payload
-        self.code = int(payload.get("code", Fault.INTERNAL_ERROR))
+        self.code = faults.fault_code(payload)
         self.name = str(payload.get("name", "INTERNAL_ERROR"))
-        self.exit_code = FAULT_EXIT.get(self.code, 1)  # type: ignore[call-overload]
+        self.exit_code = faults.exit_status(payload)
         super().__init__(f"{service}: {payload.get('message', 'failed')} ({self.name})")
 
 
@@ -327,13 +317,18 @@ class ServiceClient:
                 f"→ {now[0]}) and the new one has not answered it; it was probably lost with "
                 "the old process: ask again")
 
+    def send_cancel(self, target: str, reply_to: str | None = None) -> None:
+        """Ask the service to stop request ``target`` (``runa ingest --cancel`` names another
+        client's); a full queue is the BACKPRESSURE fault a query would get."""
+        self._send(self._sender(), env_mod.cancel(self.client_name, self.service, target,
+                                                  reply_to=reply_to))
+
     def cancel(self, wait: float = CANCEL_WAIT) -> Envelope | None:
         """Stop the running request; return its final envelope if it arrives within ``wait``."""
         target = self._active
         if target is None:
             return None
-        self._sender().send(env_mod.cancel(self.client_name, self.service, target,
-                                           reply_to=self.reply_name))
+        self.send_cancel(target, reply_to=self.reply_name)
         deadline = self.clock() + wait
         while self.clock() < deadline:
             envelope = self.replies.recv(timeout=max(0.0, deadline - self.clock()))

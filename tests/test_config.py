@@ -159,8 +159,7 @@ def test_check_refuses_what_the_daemon_refuses_with_the_same_message(
 
 def test_splinfer_ranges_are_the_ones_llama_params_allow() -> None:
     """One table: config and splinfer take their [splinfer] ranges from runa.protocol.ranges."""
-    from runa.splinfer.errors import ParamError
-    from runa.splinfer.params import parse_params
+    from runa.protocol.params import ParamError, parse_params
 
     for key, value in [("ctx_size", 15), ("ctx_size", 16), ("ctx_size", 0), ("threads", 0),
                        ("threads", -1), ("batch_size", 0), ("parallel", 65), ("parallel", 64)]:

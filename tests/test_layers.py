@@ -29,7 +29,11 @@ def loaded_by(module: str) -> list[str]:
 
 @pytest.mark.parametrize("module", ["runa.config", "runa.registry", "runa.components",
                                     "runa.protocol.ranges",
-                                    "runa.protocol.names", "runa.paths", "runa.preflight"])
+                                    "runa.protocol.names", "runa.paths", "runa.preflight",
+                                    "runa.protocol.params", "runa.protocol.payloads",
+                                    "runa.protocol.splinfer", "runa.protocol.tieto",
+                                    "runa.protocol.answer", "runa.protocol.faults",
+                                    "runa.protocol.heartbeat", "runa.protocol.doc"])
 def test_a_shared_layer_imports_no_component(module: str) -> None:
     components = [m for m in loaded_by(module) if m.startswith(COMPONENTS)]
     assert components == [], f"{module} loads {components}"
@@ -47,3 +51,11 @@ def test_the_splinter_library_is_the_lowest_layer() -> None:
                                     "runa.gilgul.daemon"])
 def test_each_module_imports_first_without_a_cycle(module: str) -> None:
     assert module in loaded_by(module)
+
+
+@pytest.mark.parametrize("module", ["runa.chat.params", "runa.chat.session", "runa.chat.rag",
+                                    "runa.chat.repl", "runa.chat.conversations"])
+def test_the_chat_meets_splinfer_and_tieto_only_through_the_protocol(module: str) -> None:
+    """The sampling parameters and the answer's shapes are the wire contract's, not theirs."""
+    others = [m for m in loaded_by(module) if m.startswith(("runa.splinfer", "runa.tieto"))]
+    assert others == [], f"{module} loads {others}"

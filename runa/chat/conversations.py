@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runa.errors import RunaError, UsageError
+from runa.protocol.splinfer import request
 
 Call = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -45,7 +46,7 @@ class Listing:
 
 
 def listing(call: Call, prefix: str = "") -> Listing:
-    answer = call({"op": "conversations", "prefix": prefix})
+    answer = call(request("conversations", prefix=prefix))
     return Listing(list(answer.get("conversations", [])), int(answer.get("state_bytes", 0)),
                    int(answer.get("state_max_bytes", 0)),
                    float(answer.get("state_max_age_s", 0)), int(answer.get("omitted", 0)))
@@ -68,7 +69,7 @@ def resolve(call: Call, prefix: str) -> str:
 
 def full_history(call: Call, conversation: str) -> dict[str, Any]:
     """Every message of ``conversation``, fetched a page (one envelope) at a time."""
-    answer = call({"op": "history", "conversation": conversation, "start": 0})
+    answer = call(request("history", conversation=conversation, start=0))
     messages: list[dict[str, Any]] = []
     while True:
         for message in answer.get("messages", []):
@@ -79,8 +80,8 @@ def full_history(call: Call, conversation: str) -> dict[str, Any]:
                 messages.append(dict(message))
         if "next" not in answer:
             break
-        answer = call({"op": "history", "conversation": conversation,
-                       "start": answer["next"], "offset": answer.get("next_offset", 0)})
+        answer = call(request("history", conversation=conversation, start=answer["next"],
+                              offset=answer.get("next_offset", 0)))
     for message in messages:
         message.pop("more", None)
     return {"conversation": answer.get("conversation", conversation),

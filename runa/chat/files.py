@@ -8,20 +8,17 @@ is private, so the files are 0600 in a 0700 directory.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from runa.paths import Paths, personal_stack
-
-#: docs/protocol.md, splinfer: a conversation id is 1 to 64 of these characters.
-CONVERSATION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+from runa.protocol.names import conversation_id_problem
 
 
 def valid_conversation_id(value: str) -> bool:
-    """splinfer's rule; "." and ".." are refused too (splinfer names files after ids)."""
-    return CONVERSATION_ID.fullmatch(value) is not None and value not in (".", "..")
+    """The wire contract's rule (runa.protocol.names), which splinfer holds ids to."""
+    return conversation_id_problem(value) is None
 
 
 @dataclass(frozen=True)

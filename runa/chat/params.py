@@ -2,7 +2,7 @@
 
 splinfer checks every request too; checking here as well means a typo in ``/params`` is
 answered at once with the allowed range, instead of after the next question.
-The rules are splinfer's own (``runa.splinfer.params``, pure Python), so the two agree.
+The rules are splinfer's own (``runa.protocol.params``, pure Python), so the two agree.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from runa.errors import UsageError
-from runa.splinfer.errors import ParamError
-from runa.splinfer.params import SamplingParams, canonical_name, parse_params
+from runa.protocol.params import ParamError, SamplingParams, canonical_name, parse_params
 
 SAMPLING_NAMES = tuple(f.name for f in dataclasses.fields(SamplingParams))
 DEFAULTS = SamplingParams()

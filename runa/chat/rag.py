@@ -1,7 +1,8 @@
 """Retrieval in the chat (``/rag on TOPIC``): each question goes with its sources.
 
-The sources come from tieto (the daemon when it runs, else the library: runa.tieto.access)
-and travel inside the user's turn (runa.tieto.answer.chat_turn), so the conversation's
+The sources come from tieto (the daemon when it runs, else the library; the CLI opens it
+with runa.tieto.access, so the chat itself imports no part of tieto) and travel inside the
+user's turn (runa.protocol.answer.chat_turn), so the conversation's
 system prompt, and the model state splinfer saved for it, stay as they are. Citations in
 the answer are filtered to the sources given; the REPL prints the sources after it.
 """
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from typing import Any, Protocol
 
-from runa.tieto.answer import Grounding
+from runa.protocol.answer import Grounding
 
 
 class Grounder(Protocol):

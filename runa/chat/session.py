@@ -17,8 +17,9 @@ from runa.chat.params import SessionParams
 from runa.chat.upload import in_pieces
 from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
+from runa.protocol.answer import GroundedAnswer, Grounding, chat_turn
+from runa.protocol.splinfer import chat, request
 from runa.splinter import Envelope, Fault
-from runa.tieto.answer import GroundedAnswer, Grounding, chat_turn
 
 
 class Retriever(Protocol):
@@ -206,7 +207,7 @@ class ChatSession:
         return self._call(payload)
 
     def personas(self) -> Personas:
-        answer = self._call({"op": "personas"})
+        answer = self._call(request("personas"))
         return Personas(
             tuple(Persona(str(p.get("name", "")), str(p.get("description") or ""),
                           str(p.get("source") or ""),
@@ -217,7 +218,7 @@ class ChatSession:
     def history(self) -> list[dict[str, str]]:
         """The conversation's messages as splinfer keeps them (system prompt left out)."""
         try:
-            answer = self._call({"op": "history", "conversation": self.conversation})
+            answer = self._call(request("history", conversation=self.conversation))
         except ServiceFault as fault:
             if fault.code == Fault.BAD_SCHEMA:  # the only thing wrong with a valid id
                 raise UnknownConversation(
@@ -270,12 +271,8 @@ class ChatSession:
                 "/history shows them)")
 
     def payload(self, text: str) -> dict[str, Any]:
-        payload: dict[str, Any] = {"op": "chat", "text": text,
-                                   "conversation": self.conversation,
-                                   "params": self.params.payload()}
-        if self.chosen_persona:
-            payload["persona"] = self.chosen_persona
-        return payload
+        return chat(text, conversation=self.conversation, params=self.params.payload(),
+                    persona=self.chosen_persona or None)
 
     def rag(self, topic: str | None) -> str:
         """Take sources from ``topic`` from the next question on (None: stop); a notice."""
@@ -296,7 +293,7 @@ class ChatSession:
         """Stream the answer to ``text`` piece by piece; its counters land in ``last``.
 
         With /rag on, the question goes with its sources and only citations of them are
-        kept (an answer citing none is marked, or withheld: runa.tieto.answer.GroundedAnswer);
+        kept (an answer citing none is marked, or withheld: runa.protocol.answer.GroundedAnswer);
         with none relevant, the answer says so without asking the model.
         """
         self.last = {}

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runa.client import ServiceUnavailable
+from runa.protocol.splinfer import request
 
 #: Bytes of an envelope kept for its header and fields other than the payload's text.
 REQUEST_MARGIN = 1024
@@ -64,7 +65,7 @@ def upload(call: Callable[[Payload], Payload], payload: Payload, room: int) -> P
         upload_id, sent = uuid.uuid4().hex, 0
         for piece in pieces[:-1]:
             sent += len(piece)
-            answer = call({"op": "chat_part", "upload": upload_id, "text": piece})
+            answer = call(request("chat_part", upload=upload_id, text=piece))
             if answer.get("received") != sent:
                 break
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
 from runa import bus as bus_mod
 from runa.chat.upload import in_pieces
@@ -13,6 +12,7 @@ from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.client import ServiceClient
 from runa.errors import UsageError
+from runa.protocol.splinfer import chat
 
 # llama.cpp's spellings, as `llama-cli` takes them; the bus carries the long names.
 SAMPLING_FLAGS = (
@@ -66,10 +66,7 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not question.strip():
         raise UsageError("runa ask: the question is empty")
-    payload: dict[str, Any] = {"op": "chat", "text": question,
-                                  "params": sampling_params(args)}
-    if args.system:
-        payload["system"] = args.system
+    payload = chat(question, params=sampling_params(args), system=args.system or None)
     pieces: list[str] = []
 
     def asked_again(notice: str) -> None:

@@ -21,6 +21,7 @@ from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.client import ServiceClient
 from runa.errors import UsageError
+from runa.protocol.splinfer import request
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -129,7 +130,7 @@ def manage(ctx: CliContext, args: argparse.Namespace, what: str) -> int:
             sys.stdout.write(conversations.render(
                 conversations.full_history(call, conversation), args.format))
             return 0
-        call({"op": "forget", "conversation": conversation})
+        call(request("forget", conversation=conversation))
         files = ChatFiles.for_person(ctx.env, ctx.stack)
         if files.last_conversation() == conversation:
             files.forget_last()

@@ -12,13 +12,12 @@ from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.errors import UsageError
-from runa.tieto.answer import sources_heading
+from runa.protocol.answer import sources_heading
+from runa.protocol.tieto import MODES, UNCITED, check_number
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
+    from runa.protocol.answer import Hit
     from runa.tieto.access import Local, Remote
-    from runa.tieto.recall import Hit
-
-MODES = ("hybrid", "vector", "fts")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -61,7 +60,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "refused with tieto.uncited = refuse")
     answer.add_argument("--sieve", type=float, default=None, metavar="X",
                         help="least cosine similarity of a source (default: tieto.sieve)")
-    answer.add_argument("--uncited", choices=("mark", "refuse"), default=None,
+    answer.add_argument("--uncited", choices=UNCITED, default=None,
                         help="an answer citing none of its sources: mark it, or refuse it "
                         "(\"I don't know\" and the best passage) (default: tieto.uncited)")
     answer.add_argument("--timeout", type=float, default=60.0, metavar="S",
@@ -73,8 +72,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def check_numbers(args: argparse.Namespace) -> None:
     """UsageError (ParamError) naming the flag and its range for a number out of it."""
-    from runa.tieto.recall import check_number
-
     for field, value in (("k", args.k), ("min_similarity", args.min_similarity),
                          ("sieve", args.sieve)):
         if value is not None:

@@ -2,6 +2,8 @@
 
 It sits above the libraries and below the service base: a component's daemon, a client
 and ``runa config check`` judge a value by the same rule here, and none of them has to
-import another component to do so. Today it holds the inference parameters' ranges
-(``ranges``) and the topic-name rule (``names``).
+import another component to do so. Each service's requests (``splinfer``, ``tieto``,
+built and read through ``payloads``), the inference parameters (``params``, ``ranges``),
+the names that become files (``names``), a grounded answer's shapes (``answer``) and how
+a fault ends a command (``faults``); ``doc`` renders docs/protocol.md's request tables.
 """

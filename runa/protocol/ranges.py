@@ -1,7 +1,7 @@
 """The inference parameters' ranges, under llama.cpp's long option names (``-`` as ``_``).
 
 One table for everyone who judges a value: splinfer when it loads a model or takes a request
-(``runa.splinfer.params``), and ``runa config check`` for the ``[splinfer]`` keys, so the
+(``runa.protocol.params``), and ``runa config check`` for the ``[splinfer]`` keys, so the
 check refuses exactly what the daemon would. A value is first made the parameter's type
 (``coerce``: a TOML/JSON value or a command-line string), then held against its range
 (``check_range``); either raises OutOfRange saying what is allowed.

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from runa import log
+from runa.protocol.names import conversation_id_problem
 from runa.splinfer import statefile
 from runa.splinfer.errors import InferenceError
 from runa.splinfer.statefile import SavedState, StateHeader, StateIdentity
 from runa.splinfer.storage import Writer, atomic_write, remove_temporaries
 
-ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 HISTORY_FORMAT = 1
 
 #: ``publish(conversation id, metadata or None to remove)``: the bus mirror of state files.
@@ -59,12 +58,11 @@ class StateSaveError(ConversationError):
 
 
 def check_id(conversation: object) -> str:
-    """The id if it is 1 to 64 of ``A-Z a-z 0-9 _ . -`` (and not ``.``/``..``), else ValueError."""
-    if not isinstance(conversation, str) or not ID.match(conversation) or \
-            conversation in (".", ".."):
-        raise ValueError(f"conversation must be 1 to 64 of A-Z a-z 0-9 _ . -, not "
-                         f"{conversation!r}")
-    return conversation
+    """The id if it is one (``runa.protocol.names``), else ValueError."""
+    problem = conversation_id_problem(conversation)
+    if problem:
+        raise ValueError(problem)
+    return conversation  # type: ignore[return-value]  # a str: the rule says so
 
 
 @dataclass(frozen=True)
@@ -218,7 +216,8 @@ class ConversationStore:
         return self.history_path(conversation).is_file()
 
     def ids(self) -> list[str]:
-        return sorted(p.stem for p in self.root.glob("*.json") if ID.match(p.stem))
+        return sorted(p.stem for p in self.root.glob("*.json")
+                      if conversation_id_problem(p.stem) is None)
 
     def summaries(self, prefix: str = "") -> list[Summary]:
         """Every readable conversation whose id starts with ``prefix``, latest used first.

@@ -37,6 +37,8 @@ from runa.config import Config, parse_size
 from runa.errors import RunaError
 from runa.models.resolve import configured_chat_model
 from runa.paths import Paths
+from runa.protocol import splinfer as protocol
+from runa.protocol.params import ParamError, parse_params
 from runa.service import ServiceContext
 from runa.splinfer import modelid, statefile
 from runa.splinfer.conversations import (
@@ -50,13 +52,11 @@ from runa.splinfer.engine import Engine
 from runa.splinfer.errors import (
     InferenceError,
     NoFreeSequenceError,
-    ParamError,
     PromptTooLongError,
     TemplateError,
 )
 from runa.splinfer.generation import Generation, GenerationResult
 from runa.splinfer.hooks import TokenHook
-from runa.splinfer.params import parse_params
 from runa.splinfer.personas import (
     Persona,
     PersonaError,
@@ -66,7 +66,7 @@ from runa.splinfer.personas import (
     persona_dirs,
 )
 from runa.splinfer.prompt import answer_reserve
-from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat
+from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat, read
 from runa.splinfer.sequence import Sequence
 from runa.splinfer.statefile import StateIdentity
 from runa.splinfer.stream import ReplyStream
@@ -77,8 +77,7 @@ from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError, TtlExpired
 
 NAME = "splinfer"
-OPS = ("chat", "chat_part", "cancel", "status", "personas", "history", "conversations",
-       "forget")
+OPS = tuple(protocol.OPS)
 #: An upload (``chat_part``) not finished by its ``chat`` within this long is dropped.
 UPLOAD_TTL_S = 120.0
 #: A prompt with this many tokens to evaluate is announced (``reading``) before it is.
@@ -338,24 +337,18 @@ class Splinfer:
                 "default": self.default_persona}
 
     def _history(self, request: Envelope) -> dict[str, Any]:
-        conversation = conversation_field(request, required=True)
-        assert conversation is not None
+        conversation = conversation_field(request)
         try:
             conv = self.store.load(conversation)
         except UnknownConversationError as error:
             raise bad(request, str(error)) from None
-        start = request.payload.get("start")
-        if start is not None and (not isinstance(start, int) or isinstance(start, bool)
-                                  or start < 0):
-            raise bad(request, "'start' must be a message index (an integer from 0)")
+        start = read(request, "start")
         messages = conv.messages
         limit = self._envelope_room()
         answer: dict[str, Any] = {"conversation": conv.id, "persona": conv.persona,
                                   "created": conv.created, "updated": conv.updated}
         if start is not None:  # a page, oldest first: as many from ``start`` as fit
-            offset = request.payload.get("offset", 0)
-            if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-                raise bad(request, "'offset' must be a character index (an integer from 0)")
+            offset = read(request, "offset") or 0
             page, resume = history_page(messages, start, offset, limit)
             answer.update(messages=page, start=start, total=len(messages))
             if resume is not None:
@@ -382,9 +375,7 @@ class Splinfer:
         return self.bus.geometry.max_envelope - 1024  # type: ignore[union-attr]
 
     def _conversations(self, request: Envelope) -> dict[str, Any]:
-        prefix = request.payload.get("prefix", "")
-        if not isinstance(prefix, str):
-            raise bad(request, "'prefix' must be a string: the start of conversation ids")
+        prefix = read(request, "prefix") or ""
         summaries = [s.as_json() for s in self.store.summaries(prefix)]
         listed, limit = summaries, self._envelope_room()
         while listed and len(json.dumps(listed).encode()) > limit:
@@ -400,8 +391,7 @@ class Splinfer:
         return answer
 
     def _forget(self, request: Envelope) -> dict[str, Any]:
-        conversation = conversation_field(request, required=True)
-        assert conversation is not None
+        conversation = conversation_field(request)
         active = next((t for t in self.turns.values()
                        if t.conv is not None and t.conv.id == conversation), None)
         if active is not None:

@@ -45,6 +45,7 @@ import llama_cpp
 
 from runa.models.gguf_info import ModelInfo, read_model_info
 from runa.models.resolve import require_chat_model
+from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.cpushare import CpuShare
 from runa.splinfer.errors import (
     DecodeError,
@@ -56,7 +57,6 @@ from runa.splinfer.errors import (
 from runa.splinfer.fit import DEFAULT_RUNTIME_OVERHEAD, Geometry, MemoryEstimate, check_fit
 from runa.splinfer.generation import Generation, GenerationResult, Phase, with_dropped
 from runa.splinfer.hooks import Cancel, ProgressCallback, TextSink, TokenHook, cancel_check
-from runa.splinfer.params import ContextParams, SamplingParams
 from runa.splinfer.prompt import (
     FALLBACK_TEMPLATE,
     Message,

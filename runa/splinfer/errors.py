@@ -13,32 +13,6 @@ class InferenceError(RunaError):
     exit_code = 70  # EX_SOFTWARE
 
 
-class ParamError(InferenceError):
-    """An inference parameter is unknown, of the wrong type or out of range."""
-
-    exit_code = 64  # EX_USAGE
-
-    def __init__(self, name: str, value: object, allowed: str, source: str = "") -> None:
-        self.name = name
-        self.value = value
-        self.allowed = allowed
-        self.source = source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{name} = {value!r} is not allowed; {allowed}")
-
-
-class UnknownParamError(ParamError):
-    """A parameter name llama.cpp does not have (nor any accepted alias)."""
-
-    def __init__(self, name: str, hint: str, source: str = "") -> None:
-        self.name = name
-        self.value = None
-        self.allowed = hint
-        self.source = source
-        where = f"{source}: " if source else ""
-        InferenceError.__init__(self, f"{where}unknown parameter {name!r}; {hint}")
-
-
 class MemoryFitError(InferenceError):
     """The model with these settings would not fit the memory limit; nothing was loaded."""
 

@@ -26,8 +26,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from runa.models.gguf_info import ModelInfo
+from runa.protocol.params import CACHE_TYPES, ContextParams
 from runa.splinfer.errors import MemoryFitError
-from runa.splinfer.params import CACHE_TYPES, ContextParams
 
 MIB = 1 << 20
 DEFAULT_RUNTIME_OVERHEAD = 64 * MIB

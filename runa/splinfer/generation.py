@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import llama_cpp
 
+from runa.protocol.params import SamplingParams
 from runa.splinfer.hooks import Action, TextSink, TokenHook
-from runa.splinfer.params import SamplingParams
 from runa.splinfer.sampling import Sampler
 from runa.splinfer.sequence import Sequence
 from runa.splinfer.text import Utf8Stream

@@ -41,8 +41,14 @@ import yaml
 from runa.config import Config
 from runa.errors import ConfigError
 from runa.paths import Paths
-from runa.splinfer.errors import InferenceError, ParamError
-from runa.splinfer.params import ContextParams, SamplingParams, canonical_name, parse_params
+from runa.protocol.params import (
+    ContextParams,
+    ParamError,
+    SamplingParams,
+    canonical_name,
+    parse_params,
+)
+from runa.splinfer.errors import InferenceError
 
 PACKAGED = Path(str(resources.files("runa"))) / "data" / "personas"
 SYSTEM = Path("/usr/share/runa/personas")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import llama_cpp
 
-from runa.splinfer.params import SamplingParams
+from runa.protocol.params import SamplingParams
 
 #: llama.cpp's "pick a random seed" value.
 RANDOM_SEED = 0xFFFFFFFF

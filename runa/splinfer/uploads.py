@@ -17,9 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runa.splinfer.conversations import check_id
 from runa.splinfer.errors import words
-from runa.splinfer.requests import bad
+from runa.splinfer.requests import bad, read
 from runa.splinter import Envelope
 
 #: More characters than this per context token cannot fit, whatever the tokenizer.
@@ -75,15 +74,7 @@ class Uploads:
                                                            else "")
 
     def _fields(self, request: Envelope) -> tuple[str, str]:
-        upload_id, text = request.payload.get("upload"), request.payload.get("text")
-        try:
-            check_id(upload_id)
-        except ValueError:
-            raise bad(request, "chat_part needs 'upload': an id of 1 to 64 of "
-                      "A-Z a-z 0-9 _ . -") from None
-        if not isinstance(text, str):
-            raise bad(request, "chat_part needs 'text': a piece of the message")
-        return str(upload_id), text
+        return read(request, "upload"), read(request, "text")
 
     def _expire(self) -> None:
         cutoff = self.clock() - self.ttl_s

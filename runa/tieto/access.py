@@ -21,13 +21,14 @@ from runa.client import ServiceClient, ServiceFault, ServiceUnavailable
 from runa.config import Config
 from runa.errors import RunaError
 from runa.paths import Paths
+from runa.protocol.answer import Grounding, Hit
+from runa.protocol.tieto import request
 from runa.splinter import Bus
-from runa.tieto.answer import Grounding, complete
+from runa.tieto.answer import complete
 from runa.tieto.api import Tieto, TietoSettings
 from runa.tieto.embed import Embedder
 from runa.tieto.errors import InputError
 from runa.tieto.ingest import IngestEvent, IngestReport, Progress
-from runa.tieto.recall import Hit
 
 SERVICE = "tieto"
 
@@ -79,6 +80,10 @@ def _request(overrides: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
+def _recall_fields(question: str, topic: str, filters: Sequence[str]) -> dict[str, Any]:
+    return {"question": question, "topic": topic, "filters": list(filters)}
+
+
 class Remote:
     """The running daemon, over the bus."""
 
@@ -94,8 +99,7 @@ class Remote:
             for envelope in self.client.request(payload, idle_timeout=self.timeout):
                 yield {**envelope.payload, "eof": True} if envelope.eof else envelope.payload
         except ServiceFault as fault:
-            raise TietoServiceError(str(fault.payload.get("message", fault)),
-                                    int(fault.payload.get("exit_code", fault.exit_code))) \
+            raise TietoServiceError(str(fault.payload.get("message", fault)), fault.exit_code) \
                 from None
 
     def _call(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -106,14 +110,13 @@ class Remote:
 
     def recall(self, question: str, topic: str, filters: Sequence[str] = (),
                **overrides: Any) -> list[Hit]:
-        payload = {"op": "recall", "question": question, "topic": topic,
-                   "filters": list(filters), **_request(overrides)}
+        payload = request("recall", **_recall_fields(question, topic, filters), **overrides)
         return [Hit(**p["hit"]) for p in self._stream(payload) if "hit" in p]
 
     def ground(self, question: str, topic: str, filters: Sequence[str] = (),
                **overrides: Any) -> Grounding:
-        answer = self._call({"op": "sources", "question": question, "topic": topic,
-                             "filters": list(filters), **_request(overrides)})
+        answer = self._call(request("sources", **_recall_fields(question, topic, filters),
+                                    **overrides))
         return Grounding(question, topic, tuple(Hit(**h) for h in answer.get("hits", [])),
                          answer.get("best_similarity"), float(answer.get("sieve", 0.0)),
                          str(answer.get("uncited", "mark")))
@@ -121,9 +124,8 @@ class Remote:
     def complete(self, question: str, topic: str, filters: Sequence[str] = (), *,
                  params: dict[str, Any] | None = None, **overrides: Any
                  ) -> Iterator[dict[str, Any]]:
-        yield from self._stream({"op": "complete", "question": question, "topic": topic,
-                                 "filters": list(filters), "params": dict(params or {}),
-                                 **_request(overrides)})
+        yield from self._stream(request("complete", **_recall_fields(question, topic, filters),
+                                        params=dict(params or {}), **overrides))
 
     def cancel(self) -> None:
         self.client.cancel()
@@ -131,10 +133,10 @@ class Remote:
     def ingest(self, paths: Sequence[Path], topic: str, *,
                filterable: Sequence[tuple[str, str]] | None = None, rebuild: bool = False,
                progress: Progress | None = None) -> IngestReport:
-        payload: dict[str, Any] = {"op": "ingest", "topic": topic, "rebuild": rebuild,
-                                   "paths": [str(Path(p).absolute()) for p in paths]}
-        if filterable is not None:
-            payload["filterable"] = [f"{key}:{kind}" for key, kind in filterable]
+        payload = request("ingest", topic=topic, rebuild=rebuild,
+                          paths=[str(Path(p).absolute()) for p in paths],
+                          filterable=None if filterable is None else
+                          [f"{key}:{kind}" for key, kind in filterable])
         report: dict[str, Any] = {}
         for answer in self._stream(payload):
             if "event" in answer and progress is not None:
@@ -143,15 +145,14 @@ class Remote:
         return report_from_dict(report)
 
     def snapshot(self, topic: str, dest: Path) -> int:
-        answer = self._call({"op": "snapshot", "topic": topic,
-                             "path": str(Path(dest).absolute())})
+        answer = self._call(request("snapshot", topic=topic, path=str(Path(dest).absolute())))
         return int(answer["bytes"])
 
     def restore(self, topic: str, source: Path) -> None:
-        self._call({"op": "restore", "topic": topic, "path": str(Path(source).absolute())})
+        self._call(request("restore", topic=topic, path=str(Path(source).absolute())))
 
     def topics(self) -> list[str]:
-        return list(self._call({"op": "topics"}).get("topics", []))
+        return list(self._call(request("topics")).get("topics", []))
 
 
 class Local:

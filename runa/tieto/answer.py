@@ -1,46 +1,20 @@
-"""Answers from retrieved chunks: the sieve, the numbered-sources prompt, the citations.
+"""Answers from retrieved chunks: the sieve, and the completion asked of splinfer.
 
-A completion is grounded only if something relevant was found: when the best
-hit's cosine similarity is under the sieve (``tieto.sieve``) no model is asked
-and the answer says plainly that the topic does not say. Otherwise the chunks
-that pass the sieve are numbered [1]..[n] in the prompt, the model is told to
-cite them, and :class:`CitationFilter` keeps only citations of those numbers in
-the streamed text: a model (the 135M default above all) may invent a [7] when
-there are three sources, and a citation of a chunk that was never retrieved
-must not reach the person. An answer that cites none of its sources is not
-grounded (``grounded: false``): small models often answer from nothing, so it is
-marked where the person reads it, or, with ``tieto.uncited = "refuse"``, held
-back until complete and replaced by "I don't know" and the best passage
-(:class:`GroundedAnswer`). The model itself is reached through a
-``ChatStream`` (``runa.client.ServiceClient`` to splinfer in use), so this
-module runs the same in the daemon, in ``runa recall --complete`` without the
+The shapes (the grounding, the numbered-sources prompt, the citation filter) are the
+wire contract's (``runa.protocol.answer``); here tieto keeps the hits at or above the
+sieve and asks splinfer, through a ``ChatStream`` (``runa.client.ServiceClient`` in use),
+so this module runs the same in the daemon, in ``runa recall --complete`` without the
 daemon, and in the tests.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from runa.protocol.answer import GroundedAnswer, Grounding, Hit, prompt
+from runa.protocol.splinfer import chat as chat_request
 from runa.splinter import Envelope
-
-if TYPE_CHECKING:  # the chat imports this module; numpy and the index load only for retrieval
-    from runa.tieto.recall import Hit
-
-INSTRUCTIONS = (
-    "You answer questions using only the numbered sources you are given. After each fact, "
-    "write the number of its source in brackets, like [1]. If the sources do not contain "
-    "the answer, say that you do not know."
-)
-#: What an answer citing none of its sources gets: ``mark`` it, or ``refuse`` to show it.
-UNCITED = ("mark", "refuse")
-UNCITED_MARK = ("[not grounded: the answer cites none of its sources, so nothing ties it to "
-                "them; check it against them]")
-#: The longest bracket content still read as a citation: "[1, 2, 3]" and the like.
-_MAX_CITATION = 16
-_CITATION_BODY = re.compile(r"^\d+(\s*,\s*\d+)*$")
 
 
 class ChatStream(Protocol):
@@ -50,51 +24,6 @@ class ChatStream(Protocol):
                 ) -> Iterator[Envelope]: ...
 
 
-@dataclass(frozen=True)
-class Grounding:
-    """What a question found: the sources the model may cite, or why there are none."""
-
-    question: str
-    topic: str
-    sources: tuple[Hit, ...]
-    best_similarity: float | None
-    sieve: float
-    uncited: str = "mark"
-    """What an answer citing none of the sources gets: one of UNCITED."""
-
-    @property
-    def known(self) -> bool:
-        return bool(self.sources)
-
-    def describe_sources(self) -> list[dict[str, Any]]:
-        """The numbered sources as plain data (JSON, the bus)."""
-        return [source_dict(n, hit) for n, hit in enumerate(self.sources, start=1)]
-
-    def unknown_text(self) -> str:
-        if self.best_similarity is None:
-            why = "nothing in it matches"
-        else:
-            why = (f"the closest passage has similarity {self.best_similarity:.2f}, under "
-                   f"the sieve {self.sieve:.2f}")
-        return (f"I don't know: topic {self.topic} has nothing relevant to that question "
-                f"({why}).")
-
-    def uncited_text(self) -> str:
-        """What replaces an answer citing none of the sources (``uncited = "refuse"``)."""
-        best = self.sources[0]
-        where = f"{best.source.rsplit('/', 1)[-1]}:{best.line}" if best.source else best.record
-        similarity = "" if best.similarity is None else f", similarity {best.similarity:.2f}"
-        return (f"I don't know: the answer the model wrote cites none of the sources of topic "
-                f"{self.topic}, so it is not shown. The best passage, [1] {where}"
-                f"{similarity}:\n{best.text.strip()}")
-
-
-def source_dict(n: int, hit: Hit) -> dict[str, Any]:
-    return {"n": n, "id": hit.id, "source": hit.source, "line": hit.line, "chunk": hit.chunk,
-            "record": hit.record, "score": hit.score, "similarity": hit.similarity,
-            "text": hit.text}
-
-
 def ground(question: str, topic: str, hits: Sequence[Hit], sieve: float,
            uncited: str = "mark") -> Grounding:
     """Keep the hits at or above the sieve, best first; none means "I don't know"."""
@@ -102,129 +31,6 @@ def ground(question: str, topic: str, hits: Sequence[Hit], sieve: float,
     best = max(similarities) if similarities else None
     kept = tuple(h for h in hits if h.similarity is not None and h.similarity >= sieve)
     return Grounding(question, topic, kept, best, sieve, uncited)
-
-
-def sources_block(sources: Sequence[Hit]) -> str:
-    parts = []
-    for n, hit in enumerate(sources, start=1):
-        where = hit.source.rsplit("/", 1)[-1] if hit.source else hit.record
-        parts.append(f"[{n}] ({where})\n{hit.text.strip()}")
-    return "\n\n".join(parts)
-
-
-def prompt(grounding: Grounding) -> tuple[str, str]:
-    """(system, user) for a one-shot completion."""
-    user = f"Sources:\n\n{sources_block(grounding.sources)}\n\nQuestion: {grounding.question}"
-    return INSTRUCTIONS, user
-
-
-def chat_turn(grounding: Grounding) -> str:
-    """The user turn of a chat with retrieval: instructions travel with the sources, so the
-    conversation's own system prompt (and its saved model state) stays as it is."""
-    return (f"{INSTRUCTIONS}\n\nSources:\n\n{sources_block(grounding.sources)}\n\n"
-            f"Question: {grounding.question}")
-
-
-class CitationFilter:
-    """Streams text through, keeping only citations [n] with 1 <= n <= ``count``.
-
-    A ``[`` opens a possible citation; it is held back until its ``]`` (or until it
-    clearly is not one), so a piece boundary inside ``[12]`` changes nothing.
-    ``[2, 9]`` with three sources becomes ``[2]``; ``[9]`` disappears. ``cited``
-    lists the kept numbers in order of first appearance.
-    """
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.cited: list[int] = []
-        self.dropped: list[int] = []
-        self._held = ""
-
-    def feed(self, text: str) -> str:
-        out: list[str] = []
-        for char in text:
-            if self._held:
-                self._held += char
-                if char == "]":
-                    out.append(self._resolve(self._held[1:-1]))
-                    self._held = ""
-                elif char == "[":
-                    out.append(self._held[:-1])
-                    self._held = "["
-                elif len(self._held) > _MAX_CITATION or not re.fullmatch(r"[\d,\s]", char):
-                    out.append(self._held)
-                    self._held = ""
-            elif char == "[":
-                self._held = "["
-            else:
-                out.append(char)
-        return "".join(out)
-
-    def finish(self) -> str:
-        rest, self._held = self._held, ""
-        return rest
-
-    def _resolve(self, body: str) -> str:
-        if not _CITATION_BODY.match(body.strip()):
-            return f"[{body}]"
-        numbers = [int(n) for n in re.findall(r"\d+", body)]
-        kept = [n for n in numbers if 1 <= n <= self.count]
-        self.dropped += [n for n in numbers if n not in kept]
-        for n in kept:
-            if n not in self.cited:
-                self.cited.append(n)
-        return f"[{', '.join(map(str, kept))}]" if kept else ""
-
-
-class GroundedAnswer:
-    """The answer on its way to the person: citations filtered (:class:`CitationFilter`);
-    with ``uncited = "refuse"`` held back until complete and shown only if it cites a
-    source, else replaced by :meth:`Grounding.uncited_text`. ``feed``/``finish`` as the
-    filter's; ``outcome()`` is what the final payload says about it."""
-
-    def __init__(self, grounding: Grounding) -> None:
-        self.grounding = grounding
-        self.citations = CitationFilter(len(grounding.sources))
-        self.hold = grounding.uncited == "refuse"
-        self.withheld = False
-        self._held: list[str] = []
-
-    @property
-    def cited(self) -> list[int]:
-        return self.citations.cited
-
-    @property
-    def grounded(self) -> bool:
-        return bool(self.citations.cited)
-
-    def feed(self, text: str) -> str:
-        shown = self.citations.feed(text)
-        if not self.hold:
-            return shown
-        self._held.append(shown)
-        return ""
-
-    def finish(self) -> str:
-        rest = self.citations.finish()
-        if not self.hold:
-            return rest
-        text, self._held = "".join(self._held) + rest, []
-        if self.grounded:
-            return text
-        self.withheld = True
-        return self.grounding.uncited_text()
-
-    def outcome(self) -> dict[str, Any]:
-        return {"citations": self.cited, "dropped_citations": self.citations.dropped,
-                "grounded": self.grounded, "withheld": self.withheld}
-
-
-def sources_heading(final: dict[str, Any]) -> str:
-    """What goes above the sources listed after an answer (``final``: its last payload)."""
-    if final.get("grounded", bool(final.get("citations"))):  # (an older daemon: no field)
-        return "Sources:"
-    mark = "" if final.get("withheld") else UNCITED_MARK + "\n"
-    return f"{mark}Sources given to the model:"
 
 
 def complete(grounding: Grounding, splinfer: ChatStream, *, params: dict[str, Any] | None = None,
@@ -244,7 +50,7 @@ def complete(grounding: Grounding, splinfer: ChatStream, *, params: dict[str, An
         return
     system, user = prompt(grounding)
     answer = GroundedAnswer(grounding)
-    payload = {"op": "chat", "text": user, "system": system, "params": dict(params or {})}
+    payload = chat_request(user, system=system, params=params or {})
     final: dict[str, Any] = {}
     text = ""
     for envelope in splinfer.request(payload, idle_timeout=idle_timeout):

@@ -19,14 +19,16 @@ from runa.models.catalog import lookup_embedding
 from runa.models.errors import ModelNotFoundError
 from runa.models.resolve import resolve_model
 from runa.paths import Paths
-from runa.tieto.answer import UNCITED, Grounding, ground
+from runa.protocol.answer import Grounding, Hit
+from runa.protocol.tieto import UNCITED, ParamError, check_number
+from runa.tieto.answer import ground
 from runa.tieto.embed import Embedder, LlamaEmbedder
-from runa.tieto.errors import IndexWriteError, ParamError, UnknownTopicError
+from runa.tieto.errors import IndexWriteError, UnknownTopicError
 from runa.tieto.filters import parse as parse_filter
 from runa.tieto.index import TopicIndex
 from runa.tieto.ingest import Ingester, IngestReport, Progress
 from runa.tieto.memory import Memory
-from runa.tieto.recall import Hit, RecallParams, check_number, recall
+from runa.tieto.recall import RecallParams, recall
 from runa.tieto.snapshot import restore, snapshot
 from runa.tieto.topic import TopicConfig, check_topic_name, declare
 

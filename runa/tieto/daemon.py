@@ -33,23 +33,25 @@ from runa.client import CANCEL_WAIT, ServiceClient
 from runa.config import Config
 from runa.errors import ConfigError, RunaError
 from runa.paths import Paths
+from runa.protocol import tieto as protocol
+from runa.protocol.answer import Grounding
+from runa.protocol.payloads import PayloadError
+from runa.protocol.tieto import check_number
 from runa.service import ServiceContext
 from runa.splinter import EVENTS_CHANNEL, Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, SplinterError, SubscriberDropped, TtlExpired
-from runa.tieto.answer import Grounding, complete
+from runa.tieto.answer import complete
 from runa.tieto.api import Tieto, TietoSettings
 from runa.tieto.background import IngestJob, IngestQueue, LockedEmbedder
 from runa.tieto.embed import Embedder, EmbedderWrapper
 from runa.tieto.errors import IndexWriteError, TietoError, TopicBusyError, TopicError
 from runa.tieto.ingest import IngestEvent, IngestReport
 from runa.tieto.memory import memory
-from runa.tieto.recall import check_number
 from runa.tieto.topic import check_topic_name, parse_declaration
 
 NAME = "tieto"
-OPS = ("recall", "sources", "complete", "ingest", "snapshot", "restore", "topics", "status",
-       "cancel")
+OPS = tuple(protocol.OPS)
 #: Texts per embedding call inside the daemon: the watchdog is pinged between calls.
 EMBED_SLICE = 4
 #: Longest wait on the queue, so promote events are filed promptly.
@@ -339,10 +341,7 @@ class TietoDaemon:
         if not request.reply_to:
             raise BadSchema("complete needs reply_to", id=request.id, sender=request.sender)
         grounding = self._grounding(request)
-        params = request.payload.get("params") or {}
-        if not isinstance(params, dict):
-            raise BadSchema("'params' must be an object", id=request.id,
-                            sender=request.sender, reply_to=request.reply_to)
+        params = _read(request, "params") or {}
         seq = iter(range(1 << 30))
         bus = self.bus
 
@@ -491,15 +490,23 @@ def _bad(request: Envelope, message: str) -> BadSchema:
     return BadSchema(message, id=request.id, sender=request.sender, reply_to=request.reply_to)
 
 
+def _read(request: Envelope, field: str) -> Any:
+    """The request's ``field``, of its wire type (``runa.protocol.tieto``); BadSchema if not."""
+    try:
+        return protocol.OPS[str(request.payload.get("op"))].read(request.payload, field)
+    except PayloadError as error:
+        raise _bad(request, str(error)) from None
+
+
 def _text(request: Envelope, field: str) -> str:
-    value = request.payload.get(field)
-    if not isinstance(value, str) or not value:
+    value = _read(request, field)
+    if not value:
         raise _bad(request, f"{request.payload.get('op')} needs {field!r}: a non-empty string")
-    return value
+    return str(value)
 
 
 def _number(request: Envelope, field: str) -> Any:
-    """The request's ``field``, held to its range (``runa.tieto.recall.RANGES``) as the
+    """The request's ``field``, held to its range (``runa.protocol.tieto.RANGES``) as the
     command's flag is: ParamError (usage, 64) naming the field and the range."""
     value = request.payload.get(field)
     check_number(field, value)
@@ -507,10 +514,7 @@ def _number(request: Envelope, field: str) -> Any:
 
 
 def _strings(request: Envelope, field: str) -> list[str]:
-    value = request.payload.get(field, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _bad(request, f"{field!r} must be a list of strings")
-    return value
+    return list(_read(request, field) or [])
 
 
 def _overrides(request: Envelope) -> dict[str, Any]:

@@ -56,10 +56,6 @@ class FilterError(UsageError):
     """A ``--filter`` expression that cannot be used: syntax, operator, key or value."""
 
 
-class ParamError(UsageError):
-    """A recall or completion setting out of its range (k, a similarity, a weight)."""
-
-
 class TopicError(TietoError):
     """A topic name that is not allowed, or a topic in a state tieto cannot use."""
 

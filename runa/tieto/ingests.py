@@ -16,9 +16,8 @@ from typing import Any
 
 from runa.client import ServiceClient
 from runa.errors import RunaError, UsageError
-from runa.splinter import envelope as env_mod
+from runa.protocol.tieto import request
 
-SERVICE = "tieto"
 #: Characters of an id shown and enough to name an ingest.
 SHORT_ID = 8
 
@@ -72,7 +71,7 @@ class IngestInfo:
 
 def list_ingests(client: ServiceClient) -> list[IngestInfo]:
     """The running ingest (first) and the waiting ones, in order."""
-    answer = client.call({"op": "status"})
+    answer = client.call(request("status"))
     return [IngestInfo.from_status(i) for i in answer.get("ingests", [])]
 
 
@@ -105,7 +104,7 @@ def cancel_ingest(client: ServiceClient, target: IngestInfo, timeout: float, *,
                   interval: float = 0.1) -> IngestInfo:
     """Ask the daemon to cancel ``target`` and wait until it is no longer listed; its last
     listed state. CancelTimeout when it is still listed after ``timeout`` seconds."""
-    client.bus.sender(SERVICE).send(env_mod.cancel(client.client_name, SERVICE, target.id))
+    client.send_cancel(target.id)
     last = target
     deadline = clock() + timeout
     while clock() < deadline:

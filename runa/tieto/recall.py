@@ -10,48 +10,20 @@ so a caller can apply a sieve ("nothing relevant") on one scale.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from runa.protocol.answer import Hit
+from runa.protocol.tieto import FUSIONS, MODES, check_number
 from runa.tieto.chunk import Chunker
 from runa.tieto.embed import Embedder
-from runa.tieto.errors import ParamError, TietoError
+from runa.tieto.errors import TietoError
 from runa.tieto.filters import Compiled, Condition, compile_filters
 from runa.tieto.fts import fts_query
 from runa.tieto.fusion import rrf, zscore
 from runa.tieto.index import TopicIndex
-
-MODES = ("hybrid", "vector", "fts")
-FUSIONS = ("zscore", "rrf")
-#: The range of every number a recall or a completion takes, from a flag, a request or the
-#: configuration alike: NaN, an infinity or a value outside is refused, naming the range.
-RANGES: dict[str, tuple[float, float]] = {
-    "k": (1, 1000), "candidates": (1, 4096), "rrf_k": (0, 10000), "fts_weight": (0, 1),
-    "min_similarity": (-1, 1), "sieve": (-1, 1),  # cosine similarities
-}
-_WHOLE = ("k", "candidates")
-
-
-def _show(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else repr(value)
-
-
-def check_number(field: str, value: object, name: str | None = None) -> None:
-    """ParamError unless ``value`` is in ``RANGES[field]``; the message calls it ``name``
-    (a command's flag) or ``field``."""
-    low, high = RANGES[field]
-    whole = field in _WHOLE
-    if isinstance(value, int | float) and not isinstance(value, bool) \
-            and not (whole and isinstance(value, float)) \
-            and math.isfinite(value) and low <= value <= high:
-        return
-    what = "a whole number" if whole else "a number"
-    raise ParamError(f"{name or field} must be {what} from {low:g} to {high:g}, "
-                     f"not {_show(value)}")
 
 
 @dataclass(frozen=True)
@@ -76,29 +48,6 @@ class RecallParams:
     def __post_init__(self) -> None:
         for name in ("k", "candidates", "rrf_k", "fts_weight", "min_similarity"):
             check_number(name, getattr(self, name))
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One retrieved chunk and where it is."""
-
-    text: str
-    score: float
-    """The ranking score of the mode: fused (hybrid), cosine (vector), -BM25 (fts)."""
-    similarity: float | None
-    """Cosine similarity to the question (None in fts mode without an embedder)."""
-    source: str
-    line: int
-    chunk: int
-    start: int
-    end: int
-    record: str
-    meta: dict[str, Any]
-    ranks: dict[str, int] = field(default_factory=dict)
-    id: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def question_text(question: str, embedder: Embedder) -> str:

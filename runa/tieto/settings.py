@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
-from runa.config import Setting, in_range, one_of
+from runa.config import Check, Setting, in_range, one_of
 from runa.protocol.names import topic_name_problem
+from runa.protocol.tieto import FUSIONS, MODES, UNCITED, number_problem
+
+
+def wire_number(name: str) -> Check:
+    """The range tieto holds number ``name`` to in a request (``runa.protocol.tieto``), so
+    ``runa config check`` refuses exactly what a recall request would."""
+    return lambda value: number_problem(name, value)
+
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("tieto.dir", str, "",
@@ -19,31 +27,31 @@ SETTINGS: tuple[Setting, ...] = (
             in_range(16, 254)),
     Setting("tieto.chunk_overlap", int, 32,
             "Word-pieces of whole sentences consecutive chunks share.", in_range(0, 100)),
-    Setting("tieto.k", int, 5, "Chunks 'runa recall' returns.", in_range(1, 1000)),
+    Setting("tieto.k", int, 5, "Chunks 'runa recall' returns.", wire_number("k")),
     Setting("tieto.mode", str, "hybrid", "Ranking: hybrid (vector + full text, fused), "
-            "vector or fts.", one_of("hybrid", "vector", "fts")),
+            "vector or fts.", one_of(*MODES)),
     Setting("tieto.candidates", int, 50,
-            "Depth of the vector and full-text lists before fusion.", in_range(1, 4096)),
+            "Depth of the vector and full-text lists before fusion.", wire_number("candidates")),
     Setting("tieto.fusion", str, "zscore",
             "How hybrid combines vector and full-text results: zscore (standardised scores, "
-            "mixed by fts_weight) or rrf (reciprocal rank fusion).", one_of("zscore", "rrf")),
+            "mixed by fts_weight) or rrf (reciprocal rank fusion).", one_of(*FUSIONS)),
     Setting("tieto.rrf_k", float, 1.0,
             "Reciprocal rank fusion constant (fusion = rrf): score = sum of "
-            "weight/(rrf_k + rank).", in_range(0, 10000)),
+            "weight/(rrf_k + rank).", wire_number("rrf_k")),
     Setting("tieto.fts_weight", float, 0.2,
             "Weight of the full-text side in hybrid ranking, 0-1 (zscore: the vector score "
-            "weighs 1 minus this; rrf: the vector ranking weighs 1).", in_range(0, 1)),
+            "weighs 1 minus this; rrf: the vector ranking weighs 1).", wire_number("fts_weight")),
     Setting("tieto.min_similarity", float, 0.0,
             "Drop chunks whose cosine similarity to the question is below this (0: keep all).",
-            in_range(-1, 1)),
+            wire_number("min_similarity")),
     Setting("tieto.sieve", float, 0.35,
             "'runa recall --complete' and /rag: sources under this cosine similarity are not "
             "given to the model; with none left the answer is that it does not know.",
-            in_range(-1, 1)),
+            wire_number("sieve")),
     Setting("tieto.uncited", str, "mark",
             "A --complete or /rag answer that cites none of its sources: mark it as not "
             "grounded, or refuse it (\"I don't know\" and the best passage instead).",
-            one_of("mark", "refuse")),
+            one_of(*UNCITED)),
     Setting("tieto.complete_k", int, 3,
             "Chunks retrieved as the sources of a completion (--complete, /rag).",
             in_range(1, 20)),

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from runa.protocol.params import ContextParams
 from runa.splinfer.engine import Engine
-from runa.splinfer.params import ContextParams
 from runa.testing.tiny_gguf import write_tiny_gguf
 
 #: Small and fixed so results never depend on the machine's CPU count. Flash

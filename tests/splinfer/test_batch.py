@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from runa.protocol.params import SamplingParams
 from runa.splinfer.engine import Engine
 from runa.splinfer.errors import NoFreeSequenceError
-from runa.splinfer.params import SamplingParams
 from runa.splinfer.sequence import Sequence
 
 from .conftest import TINY_CONTEXT

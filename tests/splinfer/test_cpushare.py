@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.cpushare import CpuShare, machine_busy_seconds
 from runa.splinfer.engine import Engine
-from runa.splinfer.params import ContextParams, SamplingParams
 
 
 class Counters:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer import hooks
 from runa.splinfer.engine import Engine
 from runa.splinfer.errors import DecodeError, NotLoadedError
-from runa.splinfer.params import ContextParams, SamplingParams
 from runa.testing.tiny_gguf import FIRST_BYTE_ID
 
 from .conftest import TINY_CONTEXT

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from runa.models.gguf_info import read_model_info
+from runa.protocol.params import ContextParams
 from runa.splinfer.engine import Engine
 from runa.splinfer.errors import MemoryFitError
 from runa.splinfer.fit import (
@@ -15,7 +16,6 @@ from runa.splinfer.fit import (
     estimate_memory,
     largest_fitting_ctx,
 )
-from runa.splinfer.params import ContextParams
 
 
 def test_kv_estimate_follows_the_formula(tiny_model: Path) -> None:

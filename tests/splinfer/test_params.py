@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from runa.splinfer.errors import ParamError, UnknownParamError
-from runa.splinfer.params import ContextParams, SamplingParams, parse_params
+from runa.protocol.params import (
+    ContextParams,
+    ParamError,
+    SamplingParams,
+    UnknownParamError,
+    parse_params,
+)
 
 
 def test_llama_cpp_names_set_both_kinds_of_parameter() -> None:

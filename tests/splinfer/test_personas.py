@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runa.paths import Paths
-from runa.splinfer.params import SamplingParams
+from runa.protocol.params import SamplingParams
 from runa.splinfer.personas import (
     PACKAGED,
     PersonaDir,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama
 
+from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.engine import Engine
 from runa.splinfer.errors import PromptTooLongError, TemplateError
-from runa.splinfer.params import ContextParams, SamplingParams
 from runa.testing.tiny_gguf import IM_END_ID, IM_START_ID, write_tiny_gguf
 
 from .conftest import TINY_CONTEXT

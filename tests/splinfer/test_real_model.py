@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.engine import Engine
-from runa.splinfer.params import ContextParams, SamplingParams
 
 from .direct import direct_chat, direct_turns
 
@@ -128,7 +128,7 @@ _RSS_SCRIPT = """
 import json, sys
 from pathlib import Path
 from runa.splinfer.engine import Engine
-from runa.splinfer.params import ContextParams, SamplingParams
+from runa.protocol.params import ContextParams, SamplingParams
 engine = Engine(Path(sys.argv[1]), ContextParams(ctx_size=4096, threads=2,
                 flash_attn=sys.argv[2] == "1"))
 engine.load()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from runa.protocol.params import SamplingParams
 from runa.splinfer import statefile
 from runa.splinfer.engine import Engine
-from runa.splinfer.params import SamplingParams
 from runa.splinfer.statefile import StateCorrupt, StateForeign, StateIdentity, StateMissing
 from runa.splinfer.storage import atomic_write
 

@@ -25,7 +25,7 @@ def test_words_are_single_tokens_and_markers_are_special(tiny_engine: Engine) ->
 
 
 def test_seed_changes_what_the_model_says(tmp_path: Path) -> None:
-    from runa.splinfer.params import SamplingParams
+    from runa.protocol.params import SamplingParams
 
     answers = []
     for seed in (0, 1):

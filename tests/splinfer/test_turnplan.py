@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from runa.protocol.params import SamplingParams
 from runa.splinfer.engine import Engine
-from runa.splinfer.params import SamplingParams
 from runa.splinfer.prompt import answer_reserve
 from runa.splinfer.turnplan import next_basis, plan_turn
 

@@ -8,6 +8,10 @@ ranges of ``runa.protocol.ranges`` (which ``runa config check`` uses too), so a 
 value is reported with its name and the allowed range instead of surfacing as a
 llama.cpp assertion later.
 
+They are part of the wire contract: splinfer judges a request's ``params`` by them, a
+client (``runa ask``, the chat's ``/params``) before it sends them, and ``runa config
+check`` the ``[splinfer]`` keys, without any of them importing splinfer.
+
 Parameters split by when they apply: :class:`ContextParams` are fixed when the
 model is loaded (changing them means a reload); :class:`SamplingParams` apply
 per request.
@@ -22,6 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runa.errors import UsageError
 from runa.protocol import ranges
 from runa.protocol.ranges import (  # noqa: F401 - param_problem re-exported
     CACHE_TYPES,
@@ -29,9 +34,34 @@ from runa.protocol.ranges import (  # noqa: F401 - param_problem re-exported
     SPECS,
     param_problem,
 )
-from runa.splinfer.errors import ParamError, UnknownParamError
 
 _log = logging.getLogger(__name__)
+
+
+class ParamError(UsageError):
+    """An inference parameter is unknown, of the wrong type or out of range."""
+
+    exit_code = 64  # EX_USAGE
+
+    def __init__(self, name: str, value: object, allowed: str, source: str = "") -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{name} = {value!r} is not allowed; {allowed}")
+
+
+class UnknownParamError(ParamError):
+    """A parameter name llama.cpp does not have (nor any accepted alias)."""
+
+    def __init__(self, name: str, hint: str, source: str = "") -> None:
+        self.name = name
+        self.value = None
+        self.allowed = hint
+        self.source = source
+        where = f"{source}: " if source else ""
+        UsageError.__init__(self, f"{where}unknown parameter {name!r}; {hint}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,88 @@
+"""splinfer's requests (queue ``splinfer``; docs/protocol.md, "splinfer").
+
+A client builds them with ``OPS[name].request(...)`` (or :func:`chat`), splinfer reads
+them with ``OPS[name].read(...)``; the fields' rules are here, the sampling parameters'
+in ``runa.protocol.params``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from runa.protocol.names import conversation_id_problem
+from runa.protocol.payloads import Field, Op
+
+SERVICE = "splinfer"
+
+_CONVERSATION = Field("conversation", "string", "the conversation's id, chosen by the client",
+                      allowed="1-64 of A-Z a-z 0-9 _ . -")
+
+
+def _upload_problem(value: str) -> str | None:
+    return None if conversation_id_problem(value) is None else \
+        "'upload' must be an id of 1 to 64 of A-Z a-z 0-9 _ . -"
+
+
+def _index(field: str, what: str) -> Callable[[int], str | None]:
+    return lambda value: None if value >= 0 else f"{field!r} must be {what} (an integer from 0)"
+
+
+_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
+    "conversation": conversation_id_problem, "upload": _upload_problem,
+    "persona": lambda value: None if value else
+    "'persona' must be a persona's name (see the personas query)",
+    "start": _index("start", "a message index"), "offset": _index("offset", "a character index"),
+}
+
+
+def _op(name: str, doc: str, *fields: Field,
+        checks: Mapping[str, Callable[[Any], str | None]] | None = None) -> Op:
+    return Op(SERVICE, name, doc, fields, {**_CHECKS, **(checks or {})})
+
+
+OPS: Mapping[str, Op] = {op.name: op for op in (
+    _op("chat", "answer a turn, streamed",
+        Field("text", "string", "the user's turn", required=True),
+        _CONVERSATION,
+        Field("persona", "string", "a persona's name", default="splinfer.persona"),
+        Field("system", "string", "replaces the persona's system prompt for this turn"),
+        Field("params", "object", "sampling parameters under llama.cpp's names",
+              default="the persona's", allowed="llama.cpp names (above)"),
+        Field("upload", "string", "the pieces sent ahead with chat_part",
+              allowed="as conversation"),
+        checks={"text": lambda text: None if text.strip() else
+                "chat needs a non-empty string 'text'"}),
+    _op("chat_part", "one piece of a message too long for one envelope",
+        Field("upload", "string", "the upload's id", required=True,
+              allowed="as conversation"),
+        Field("text", "string", "the piece", required=True)),
+    _op("cancel", "end a running or waiting chat",
+        Field("target", "string", "the id of the chat", required=True)),
+    _op("status", "the model, the context and the queue"),
+    _op("personas", "the personas splinfer knows"),
+    _op("history", "a kept conversation's messages",
+        replace(_CONVERSATION, required=True),
+        Field("start", "integer", "the first message's index (paging)", allowed="0 or more"),
+        Field("offset", "integer", "the first character of message start", default="0",
+              allowed="0 or more")),
+    _op("conversations", "the kept conversations, the latest used first",
+        Field("prefix", "string", "only ids starting with it")),
+    _op("forget", "delete a kept conversation",
+        replace(_CONVERSATION, required=True)),
+)}
+
+
+def chat(text: str, *, conversation: str | None = None, persona: str | None = None,
+         system: str | None = None, params: Mapping[str, Any] | None = None,
+         upload: str | None = None) -> dict[str, Any]:
+    """A ``chat`` request (fields left None are not sent: splinfer's defaults apply)."""
+    return OPS["chat"].request(text=text, conversation=conversation, persona=persona,
+                               system=system, upload=upload,
+                               params=None if params is None else dict(params))
+
+
+def request(op: str, **fields: Any) -> dict[str, Any]:
+    """The payload of request ``op`` (fields given as None are not sent)."""
+    return OPS[op].request(**fields)
