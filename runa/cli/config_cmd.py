@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from runa import config as config_mod
 from runa import preflight
 from runa.cli.context import CliContext
+from runa.cli.voice import command_name, print_json, say
 from runa.errors import ConfigError
 from runa.models.resolve import configured_chat_model
 from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
@@ -40,7 +40,7 @@ def show_config(ctx: CliContext, args: argparse.Namespace) -> int:
     cfg = ctx.config
     rows = [{"key": key, "value": cfg[key], "origin": cfg.origin(key)} for key in sorted(cfg)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         width = max(len(row["key"]) for row in rows)
         for row in rows:
@@ -59,7 +59,7 @@ def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
         except ConfigError as error:
             findings.append(preflight.Finding(error, fatal=True))
     for finding in findings:
-        print(f"runa: {finding}", file=sys.stderr)
+        say(command_name(args), finding)
     if any(finding.fatal for finding in findings):
         return ConfigError.exit_code
     warned = f", {len(findings)} warning(s)" if findings else ""
