@@ -184,6 +184,9 @@ def _status(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.ingests import list_ingests
 
     client = _daemon(ctx)
+    if client is None and args.json:
+        print_json([])  # nothing runs in the background
+        return 0
     if client is None:
         print("tieto is not running: no ingest runs in the background (one without it runs "
               "inside the command that started it)")

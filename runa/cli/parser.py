@@ -10,7 +10,7 @@ each command knows its own name (``runa bus get``) for its messages.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from runa import __version__
@@ -30,6 +30,16 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise CommandLineError(self.prog, message)
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: None = None) -> argparse.Namespace:
+        """As argparse's, but words left over are the command's mistake, said in its name
+        (argparse reports them as the top-level parser's)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            raise CommandLineError(getattr(parsed, "command_name", self.prog),
+                                   f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
 
 
 def add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup,

@@ -80,6 +80,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         if value is not None:
             check_number(field, value, "--" + field.replace("_", "-"))
     timeout_seconds(args.timeout)
+    sampling_params(args)  # checked here too, before anything is opened
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
