@@ -219,3 +219,16 @@ def test_bus_get_json_gives_text_or_base64(cli: Cli, bus: Bus) -> None:
     missing = cli("bus", "get", "nosuch", "--json")
     assert missing.status == 1
     assert one_line(missing, "runa bus get") == "no key 'nosuch'"
+
+
+def test_a_detached_start_quotes_the_error_its_supervisor_said(
+        runa_env: dict[str, str], tmp_path: Path) -> None:
+    """'runa up -d' reads its background supervisor's error back from the log, in its voice."""
+    bad = tmp_path / "etc/runa.toml"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text("[service]\nwatchdog_sec = 0\n")
+    result = runa("up", "--detach", env=runa_env, timeout=120)
+    assert result.returncode == 69, result.stderr
+    assert result.stderr.startswith(
+        f"runa up: the supervisor exited with status 78: {bad}: service.watchdog_sec = 0: "
+        "must be at least 1; see "), result.stderr
