@@ -137,7 +137,7 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
             raise UsageError("--status and --cancel take no PATH or --topic, nor each other")
         return _status(ctx, args) if args.status else _cancel(ctx, args)
     if not args.paths or not args.topic:
-        raise UsageError("ingest needs PATH... and --topic T (or --status, or --cancel)")
+        raise UsageError("give PATH... and --topic T (or --status, or --cancel)")
     progress = IngestProgress(quiet=args.quiet, command=command_name(args))
     try:
         with open_tieto(ctx.config, ctx.paths, ctx.stack, "ingest",
