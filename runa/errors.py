@@ -34,3 +34,11 @@ class UsageError(RunaError):
     """The command line asks for something that cannot be done as asked."""
 
     exit_code = 64  # EX_USAGE
+
+
+def error_line(command: str, message: object) -> str:
+    """How every error (and notice) about a command reads: ``runa ask: <what happened>``.
+
+    The one place the prefix is made, so the CLI and the chat loop speak with one voice.
+    """
+    return f"{command}: {message}"

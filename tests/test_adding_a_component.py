@@ -128,14 +128,15 @@ def test_the_new_component_is_configured_through_runa_config(greeter_env: dict[s
     assert runa("config", "get", "greeter.tick_s",
                 env={**greeter_env, "RUNA_GREETER_TICK_S": "0.5"}).stdout == "0.5\n"
     typo = runa("config", "get", "greeter.greting", env=greeter_env)
-    assert (typo.returncode, typo.stderr.strip()) == (64, "runa: runa config get: no "
+    assert (typo.returncode, typo.stderr.strip()) == (64, "runa config get: no "
                                                       "configuration key 'greeter.greting' "
                                                       "(did you mean greeter.greeting?)")
 
     settings.write_text("[greeter]\ntick_s = 0\n")  # the component's own check
     check = runa("config", "check", env=greeter_env)
     assert check.returncode == 78
-    assert check.stderr.strip() == f"runa: {settings}: greeter.tick_s = 0.0: must be at least 0.01"
+    assert check.stderr.strip() == (f"runa config check: {settings}: greeter.tick_s = 0.0: "
+                                    "must be at least 0.01")
     started = runa("daemon", "greeter", env={**greeter_env, "RUNA_LOG_TARGET": "stderr"})
     assert started.returncode == 78 and "greeter.tick_s = 0.0" in started.stderr
 
@@ -143,10 +144,10 @@ def test_the_new_component_is_configured_through_runa_config(greeter_env: dict[s
 def test_runa_daemon_offers_the_registry_s_components(greeter_env: dict[str, str],
                                                       tmp_path: Path) -> None:
     unknown = runa("daemon", "nosuch", env=greeter_env)
-    assert unknown.returncode == 2
-    assert unknown.stderr.strip().endswith(
-        "argument name: invalid choice: 'nosuch' (choose from 'gilgul', 'greeter', "
-        "'splinfer', 'splinter', 'tieto')")
+    assert unknown.returncode == 64
+    assert unknown.stderr.strip() == (
+        "runa daemon: argument name: invalid choice: 'nosuch' (choose from 'gilgul', 'greeter', "
+        "'splinfer', 'splinter', 'tieto') (see 'runa daemon --help')")
     (tmp_path / "other").mkdir()  # a stack whose registry does not have it
     elsewhere = runa("daemon", "greeter", env=isolated_env(tmp_path / "other"))
     assert elsewhere.returncode == 2 and "invalid choice: 'greeter'" in elsewhere.stderr

@@ -144,7 +144,7 @@ def test_numeric_options_out_of_range_are_usage_errors(
     assert result.returncode == 64, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr and result.stdout == ""
     line = result.stderr.strip()
-    assert line.startswith("runa: ") and "\n" not in line
+    assert line.startswith(f"runa bus {args[0]}: ") and "\n" not in line
     for name in names:
         assert name in line, line
     assert bus.get("k") is None

@@ -288,8 +288,8 @@ def test_a_fault_in_a_terminal_is_shown_and_the_repl_goes_on() -> None:
     run.fake.fault = bad_schema("the prompt is 900 tokens; the context holds 512")
     status, _ = run.run("one")
     assert status == 0
-    assert run.out.getvalue() == "runa: splinfer: the prompt is 900 tokens; the context holds " \
-        "512 (BAD_SCHEMA)\n"
+    assert run.out.getvalue() == "runa chat: splinfer: the prompt is 900 tokens; the context " \
+        "holds 512 (BAD_SCHEMA)\n"
 
 
 def test_splinfer_failing_mid_answer_ends_the_line_before_the_error() -> None:
@@ -302,7 +302,7 @@ def test_splinfer_failing_mid_answer_ends_the_line_before_the_error() -> None:
 
     run = Run(Failing())
     assert run.run("one")[0] == 0
-    assert run.out.getvalue() == "Hel\nruna: splinfer: decode failed (INTERNAL_ERROR)\n"
+    assert run.out.getvalue() == "Hel\nruna chat: splinfer: decode failed (INTERNAL_ERROR)\n"
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -319,7 +319,7 @@ def test_persona_lists_the_known_ones_marking_the_current() -> None:
 def test_an_unknown_persona_lists_the_known_ones() -> None:
     run = Run(interactive=False)
     status, _ = run.run("/persona nosuch")
-    assert status == 65
+    assert status == 66
     assert "no persona 'nosuch'; known: assistant, pirate" in run.notices.getvalue()
     assert "  pirate" in run.out.getvalue()
 
@@ -422,7 +422,7 @@ def test_an_unknown_conversation_id_asked_for_is_an_error_with_the_way_out() -> 
 def test_an_unknown_persona_on_the_command_line_lists_the_known_ones() -> None:
     with pytest.raises(UnknownPersona, match="known: assistant, pirate") as error:
         Run(persona="nosuch").start()
-    assert error.value.exit_code == 65
+    assert error.value.exit_code == 66
 
 
 def test_a_persona_other_than_the_conversations_warns_of_the_re_read() -> None:

@@ -65,7 +65,7 @@ def test_delete_removes_the_history_and_the_saved_state(stack) -> None:
     listed = json.loads(runa("chat", "--list", "--json", env=stack).stdout)["conversations"]
     assert "del-me-1" not in [c["id"] for c in listed]
     again = runa("chat", "--delete", "del-me-1", env=stack)
-    assert again.returncode == 65 and "no conversation starts with 'del-me-1'" in again.stderr
+    assert again.returncode == 66 and "no conversation starts with 'del-me-1'" in again.stderr
 
 
 def test_an_ambiguous_prefix_lists_the_candidates(stack) -> None:

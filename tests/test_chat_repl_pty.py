@@ -181,7 +181,7 @@ def test_an_unknown_conversation_id_is_refused_with_the_way_out(stack) -> None:
     result = subprocess.run([sys.executable, "-m", "runa", "chat", "--conversation", "nosuch"],
                             stdin=subprocess.DEVNULL, env=stack, capture_output=True,
                             text=True, timeout=30)
-    assert result.returncode == 65
+    assert result.returncode == 66
     assert "runa chat --new --conversation nosuch" in result.stderr
 
 

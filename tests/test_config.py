@@ -96,7 +96,7 @@ def test_cli_check_reports_the_bad_layer_and_exits_78(runa_env: dict[str, str],
 
     assert result.returncode == 78
     assert result.stderr.strip() == (
-        f"runa: {bad}: service.watchdog_sec = 0: must be at least 1"
+        f"runa config check: {bad}: service.watchdog_sec = 0: must be at least 1"
     )
 
 
@@ -154,7 +154,8 @@ def test_check_refuses_what_the_daemon_refuses_with_the_same_message(
     started = runa("daemon", daemon, env=runa_env)
 
     assert (check.returncode, started.returncode) == (78, 78), started.stderr
-    assert check.stderr.strip() == started.stderr.strip() == f"runa: {bad}: {line}"
+    assert check.stderr.strip() == f"runa config check: {bad}: {line}"
+    assert started.stderr.strip() == f"runa daemon: {bad}: {line}"
 
 
 def test_splinfer_ranges_are_the_ones_llama_params_allow() -> None:
@@ -188,7 +189,8 @@ def test_a_config_file_that_is_not_utf8_names_the_file_and_byte(
     assert result.returncode == 78
     assert "Traceback" not in result.stderr
     assert result.stderr.strip() == (
-        f"runa: {bad}: (file) = '': not UTF-8 text: byte 23 is 0xe9 (save the file as UTF-8)")
+        f"runa config check: {bad}: (file) = '': not UTF-8 text: byte 23 is 0xe9 (save the "
+        "file as UTF-8)")
 
 
 @pytest.fixture
@@ -204,13 +206,13 @@ def test_a_bus_group_that_does_not_exist_is_an_error_in_check_and_keeper(
     chat_model: dict[str, str], tmp_path: Path
 ) -> None:
     bad = write(tmp_path / "etc/runa.toml", "[bus]\ngroup = 'runa-no-such-group'\n")
-    line = f"runa: {bad}: bus.group = 'runa-no-such-group': no such group"
+    line = f"runa config check: {bad}: bus.group = 'runa-no-such-group': no such group"
 
     check = runa("config", "check", env=chat_model)
     assert (check.returncode, check.stderr.strip()) == (78, line)
 
     keeper = runa("daemon", "splinter", env={**chat_model, "RUNA_LOG_TARGET": "stderr"})
-    assert keeper.returncode == 78 and line[len("runa: "):] in keeper.stderr
+    assert keeper.returncode == 78 and line[len("runa config check: "):] in keeper.stderr
 
 
 def test_a_bus_dir_that_does_not_exist_is_an_error_in_check_and_keeper(
@@ -221,7 +223,7 @@ def test_a_bus_dir_that_does_not_exist_is_an_error_in_check_and_keeper(
 
     check = runa("config", "check", env=chat_model)
     assert check.returncode == 78
-    assert check.stderr.strip() == f"runa: {line}"
+    assert check.stderr.strip() == f"runa config check: {line}"
 
     keeper = runa("daemon", "splinter", env={**chat_model, "RUNA_LOG_TARGET": "stderr"})
     assert keeper.returncode == 78, keeper.stderr
@@ -237,14 +239,16 @@ def test_a_bus_in_etc_or_open_to_everyone_is_warned_about(chat_model: dict[str, 
     lines = check.stderr.strip().splitlines()
     if os.access("/etc", os.W_OK):  # root: it would work, on disk
         assert check.returncode == 0, check.stderr
-        assert f"runa: warning: {bad}: bus.dir = '/etc': is on a" in lines[0]
+        assert f"runa config check: warning: {bad}: bus.dir = '/etc': is on a" in lines[0]
         assert "not in memory: the bus would be written to disk; use /dev/shm" in lines[0]
         assert "1 file(s) read, 2 warning(s)" in check.stdout
     else:
         assert check.returncode == 78
-        assert lines[0].startswith(f"runa: {bad}: bus.dir = '/etc': this user (uid ")
-    assert lines[1] == (f"runa: warning: {bad}: bus.mode = '0666': every user of this machine "
-                        "may read or write the bus; use 0600 (or 0660 with bus.group)")
+        assert lines[0].startswith(f"runa config check: {bad}: bus.dir = '/etc': this user "
+                                   "(uid ")
+    assert lines[1] == (f"runa config check: warning: {bad}: bus.mode = '0666': every user "
+                        "of this machine may read or write the bus; use 0600 (or 0660 with "
+                        "bus.group)")
 
 
 def test_a_missing_model_is_an_error_that_says_how_to_set_it(runa_env: dict[str, str],
@@ -255,7 +259,8 @@ def test_a_missing_model_is_an_error_that_says_how_to_set_it(runa_env: dict[str,
 
     assert check.returncode == 78
     assert check.stderr.startswith(
-        f"runa: environment: splinfer.model = '{missing}': model '{missing}' not found")
+        f"runa config check: environment: splinfer.model = '{missing}': model '{missing}' "
+        "not found")
     assert "RUNA_SPLINFER_MODEL" in check.stderr and "-m PATH" not in check.stderr
 
 
@@ -282,7 +287,7 @@ def test_an_embedding_model_as_the_chat_model_is_refused_by_check_and_splinfer(
     check = runa("config", "check", env=env)
     started = runa("daemon", "splinfer", env=env)
 
-    assert (check.returncode, check.stderr.strip()) == (78, f"runa: {line}")
+    assert (check.returncode, check.stderr.strip()) == (78, f"runa config check: {line}")
     assert started.returncode == 78 and line in started.stderr
 
 
@@ -295,6 +300,6 @@ def test_an_unknown_persona_is_refused_by_check_and_splinfer_alike(
     started = runa("daemon", "splinfer", env={**chat_model, "RUNA_LOG_TARGET": "stderr"})
 
     assert (check.returncode, started.returncode) == (78, 78)
-    line = check.stderr.strip().removeprefix("runa: ")
+    line = check.stderr.strip().removeprefix("runa config check: ")
     assert line.startswith(f"{bad}: splinfer.persona = 'nobody': unknown persona 'nobody'")
     assert line in started.stderr

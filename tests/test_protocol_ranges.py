@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from runa import config as config_mod
 from runa.chat.params import SessionParams
+from runa.cli.ask_cmd import SAMPLING_FLAGS
 from runa.cli.recall_cmd import check_numbers
+from runa.components import packaged_schema
 from runa.errors import RunaError
 from runa.protocol import ranges, tieto
 from runa.protocol.params import SamplingParams, parse_params
@@ -28,7 +29,7 @@ from runa.tieto.recall import RecallParams
 Judge = Callable[[Any], None]
 """Raises when it refuses the value."""
 
-SETTINGS = {s.key: s for s in config_mod.SCHEMA}
+SETTINGS = {s.key: s for s in packaged_schema().settings}
 SAMPLING = {f.name for f in SamplingParams.__dataclass_fields__.values()}
 
 
@@ -81,7 +82,8 @@ def _tieto_service(field: str) -> Judge:
 
 def _recall_flags(field: str) -> Judge:
     def judge(value: Any) -> None:
-        args = {"k": None, "min_similarity": None, "sieve": None, "timeout": 60.0, field: value}
+        args = {"k": None, "min_similarity": None, "sieve": None, "timeout": 60.0,
+                **{dest: None for _, _, dest, _ in SAMPLING_FLAGS}, field: value}
         check_numbers(argparse.Namespace(**args))
     return judge
 

@@ -24,8 +24,8 @@ def test_a_timeout_out_of_range_is_one_usage_error(
     command = tuple(str(notes) if word == "NOTES" else word for word in command)
     result = runa(*command, "--timeout", timeout, env=runa_env)
     assert result.returncode == 64, result.stderr
-    assert result.stderr == f"runa: --timeout {float(timeout)}: must be from 0.1 to 86400 " \
-        "seconds\n"
+    assert result.stderr == f"runa {command[0]}: --timeout {float(timeout)}: must be from 0.1 " \
+        "to 86400 seconds\n"
     assert result.stdout == ""
 
 

@@ -22,7 +22,7 @@ Call = Callable[[dict[str, Any]], dict[str, Any]]
 class ConversationNotFound(RunaError):
     """No conversation has that id or starts with it."""
 
-    exit_code = 65
+    exit_code = 66  # EX_NOINPUT, as UnknownConversation
 
 
 class AmbiguousConversation(UsageError):

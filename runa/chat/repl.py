@@ -24,7 +24,7 @@ from runa.chat.session import (
     UnknownPersona,
 )
 from runa.chat.typeahead import TypeAhead
-from runa.errors import RunaError
+from runa.errors import RunaError, error_line
 from runa.protocol.answer import sources_heading
 
 EX_USAGE = 64
@@ -111,7 +111,7 @@ class Repl:
 
     def __init__(self, session: ChatSession, reader: LineReader, *, out: TextIO,
                  notices: TextIO, interactive: bool,
-                 typeahead: TypeAhead | None = None) -> None:
+                 typeahead: TypeAhead | None = None, speaker: str = "runa chat") -> None:
         self.session = session
         self.reader = reader
         self.out = out
@@ -119,6 +119,8 @@ class Repl:
         self.interactive = interactive
         self.typeahead = typeahead
         """On a terminal: keeps what is typed during an answer for the next prompt."""
+        self.speaker = speaker
+        """Whose errors these are (``runa chat``), the prefix of every error line."""
         self._reading_shown = False
         if interactive:
             session.on_reading = self._show_reading
@@ -133,7 +135,7 @@ class Repl:
         self.notices.flush()
 
     def error(self, error: RunaError) -> int:
-        self.notice(f"runa: {error}")
+        self.notice(error_line(self.speaker, error))
         return error.exit_code
 
     def run(self) -> int:

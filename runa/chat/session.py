@@ -51,7 +51,7 @@ class NotSupported(RunaError):
 class UnknownPersona(RunaError):
     """A persona name splinfer does not have; the message lists the ones it has."""
 
-    exit_code = 65
+    exit_code = 66  # EX_NOINPUT, as every name of something that does not exist
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
@@ -62,7 +62,7 @@ class UnknownPersona(RunaError):
 class UnknownConversation(RunaError):
     """A conversation id splinfer has never seen (or has forgotten)."""
 
-    exit_code = 65
+    exit_code = 66  # EX_NOINPUT
 
 
 def new_conversation_id() -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from runa import bus as bus_mod
+from runa.chat.params import SessionParams
 from runa.chat.upload import in_pieces
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
+from runa.cli.voice import command_name, print_json, say
 from runa.client import ServiceClient
 from runa.errors import UsageError
 from runa.protocol.splinfer import chat
@@ -35,8 +36,11 @@ def add_sampling_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup
 
 
 def sampling_params(args: argparse.Namespace) -> dict[str, object]:
-    return {dest: getattr(args, dest) for _, _, dest, _ in SAMPLING_FLAGS
-            if getattr(args, dest) is not None}
+    """The sampling flags given, checked by splinfer's own rules before anything is sent:
+    a value out of range is a usage error (64) in every command that takes them."""
+    given = {dest: getattr(args, dest) for _, _, dest, _ in SAMPLING_FLAGS
+             if getattr(args, dest) is not None}
+    return SessionParams(given).payload() if given else {}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -44,9 +48,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         "ask",
         help="ask the running model one question; the answer streams to stdout",
         description="Send one question to splinfer over the bus and stream the answer to "
-        "standard output. Ctrl-C stops the answer. Exit status: 0 answered; 65 the request "
-        "was refused (a parameter out of range, the message names it); 69 Runa is not "
-        "running; 70 the model failed; 75 busy, try again; 130 interrupted.",
+        "standard output. Ctrl-C stops the answer. Exit status: 0 answered; 64 a bad option "
+        "or sampling value (the message names it); 65 the request was refused (a prompt "
+        "longer than the context); 69 Runa is not running; 70 the model failed; 75 busy, "
+        "try again; 130 interrupted.",
         epilog="Example: runa ask --temp 0 'Write one sentence about the sea.'",
     )
     parser.add_argument("question", nargs="+", help="the question ('-' reads standard input)")
@@ -63,10 +68,11 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
     timeout_seconds(args.timeout)
+    params = sampling_params(args)
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not question.strip():
-        raise UsageError("runa ask: the question is empty")
-    payload = chat(question, params=sampling_params(args), system=args.system or None)
+        raise UsageError("the question is empty")
+    payload = chat(question, params=params, system=args.system or None)
     pieces: list[str] = []
 
     def asked_again(notice: str) -> None:
@@ -75,7 +81,7 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
             sys.stdout.write("\n")
             sys.stdout.flush()
         pieces.clear()
-        print(f"runa: {notice}", file=sys.stderr)
+        say(command_name(args), notice)
 
     with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
             bus, "splinfer", "ask", on_restart=asked_again) as client:
@@ -96,10 +102,10 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
             client.cancel()
             if not args.json:
                 sys.stdout.write("\n")
-            print("runa: answer stopped", file=sys.stderr)
+            say(command_name(args), "answer stopped")
             return 130
     if args.json:
-        print(json.dumps({**final, "text": "".join(pieces)}))
+        print_json({**final, "text": "".join(pieces)})
     else:
         sys.stdout.write("\n")
     return 0

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from datetime import datetime
 
 from runa.cli.context import CliContext
+from runa.cli.voice import print_json
 from runa.errors import UsageError
 from runa.gilgul import audit
 
@@ -54,7 +54,7 @@ def parse_since(text: str | None, now: float) -> float | None:
             return datetime.fromisoformat(text).timestamp()
         except ValueError:
             pass
-    raise UsageError(f"runa audit: --since {text!r} is not 30s/15m/2h/1d, an ISO date-time "
+    raise UsageError(f"--since {text!r} is not 30s/15m/2h/1d, an ISO date-time "
                      "or @EPOCH-SECONDS")
 
 
@@ -66,7 +66,7 @@ def cmd_audit(ctx: CliContext, args: argparse.Namespace) -> int:
               and (args.mode is None or e.mode == args.mode)]
     items = audit.incarnations(stream)
     if args.json:
-        print(json.dumps(audit.as_json(items, stream), indent=2))
+        print_json(audit.as_json(items, stream))
         return 0
     if not items:
         print("no incarnations in the journal" + (f" since {args.since}" if args.since else ""))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import base64
 import sys
 import time
 
 from runa import bus as bus_mod
 from runa.cli.context import CliContext
 from runa.cli.numbers import in_range
+from runa.cli.voice import command_name, json_line, print_json, say
 from runa.errors import UsageError
 from runa.splinter import BUSES
 from runa.splinter.kv import MAX_KEY_TTL_MS
@@ -44,6 +45,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     get = sub.add_parser("get", help="print the value of KEY (exit 1 if it does not exist)")
     get.add_argument("key")
+    get.add_argument("--json", action="store_true",
+                     help="machine-readable output: key, value (UTF-8 text, else null and "
+                     "value_base64) and bytes")
     get.set_defaults(func=cmd_get)
 
     unset = sub.add_parser("unset", help="remove KEY (exit 1 if it did not exist)")
@@ -108,17 +112,29 @@ def cmd_get(ctx: CliContext, args: argparse.Namespace) -> int:
     with _bus(ctx, args) as bus:
         value = bus.get(args.key)
     if value is None:
-        print(f"runa: no key {args.key!r}", file=sys.stderr)
+        say(command_name(args), f"no key {args.key!r}")
         return EX_NOT_FOUND
+    if args.json:
+        print_json(value_as_json(args.key, value))
+        return 0
     sys.stdout.buffer.write(value + (b"" if value.endswith(b"\n") else b"\n"))
     return 0
+
+
+def value_as_json(key: str, value: bytes) -> dict[str, object]:
+    """A value for scripts: as text when it is UTF-8, else in base64 (values are bytes)."""
+    try:
+        return {"key": key, "value": value.decode("utf-8"), "bytes": len(value)}
+    except UnicodeDecodeError:
+        return {"key": key, "value": None, "value_base64": base64.b64encode(value).decode(),
+                "bytes": len(value)}
 
 
 def cmd_unset(ctx: CliContext, args: argparse.Namespace) -> int:
     with _bus(ctx, args) as bus:
         removed = bus.unset(args.key)
     if not removed:
-        print(f"runa: no key {args.key!r}", file=sys.stderr)
+        say(command_name(args), f"no key {args.key!r}")
         return EX_NOT_FOUND
     return 0
 
@@ -132,7 +148,7 @@ def cmd_list(ctx: CliContext, args: argparse.Namespace) -> int:
              "ttl_ms": max(0, (s.expiry_ns - now) // 1_000_000) if s.expiry_ns else None}
             for s in slots]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
         return 0
     for row in rows:
         ttl = f"  ttl {row['ttl_ms']} ms" if row["ttl_ms"] is not None else ""
@@ -142,7 +158,7 @@ def cmd_list(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def cmd_watch(ctx: CliContext, args: argparse.Namespace) -> int:
     if bool(args.key) == bool(args.channel):
-        raise UsageError("runa bus watch: give either KEY or --channel NAME")
+        raise UsageError("give either KEY or --channel NAME")
     in_range("--interval", args.interval, 0.01, 3600, "seconds")
     if args.count is not None:
         in_range("--count", args.count, 1)
@@ -153,7 +169,7 @@ def cmd_watch(ctx: CliContext, args: argparse.Namespace) -> int:
             while args.count is None or seen < args.count:
                 envelope = receiver.recv(timeout=1.0)
                 if envelope is not None:
-                    print(json.dumps(envelope.to_dict()), flush=True)
+                    print(json_line(envelope.to_dict()), flush=True)
                     seen += 1
             return 0
         last = bus.get(args.key)
@@ -174,7 +190,7 @@ def _show(value: bytes | None) -> str:
 
 def cmd_export(ctx: CliContext, args: argparse.Namespace) -> int:
     with _bus(ctx, args) as bus:
-        print(json.dumps(bus.export(), indent=2, default=str))
+        print_json(bus.export())
     return 0
 
 

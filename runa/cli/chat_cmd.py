@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import sys
@@ -19,6 +18,7 @@ from runa.chat.typeahead import TypeAhead
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
+from runa.cli.voice import command_name, print_json
 from runa.client import ServiceClient
 from runa.errors import UsageError
 from runa.protocol.splinfer import request
@@ -36,8 +36,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "standard input is not a terminal, each line is one question in a conversation of "
         "its own (unless --conversation names one) and each answer is printed; it ends at "
         "the end of input. "
-        "Exit status: 0 done; 64 a bad option or sampling value; 65 refused (unknown "
-        "persona or conversation, a value splinfer will not take); 69 Runa is not running; "
+        "Exit status: 0 done; 64 a bad option or sampling value; 65 refused (a value "
+        "splinfer will not take); 66 no such persona or conversation; 69 Runa is not running; "
         "70 the model failed; 75 busy, try again; 130 interrupted (piped input).",
         epilog="Examples: 'runa chat --persona tutor --temp 0.7'; "
         "'echo \"Name three colours.\" | runa chat'; 'runa chat --list'; "
@@ -86,7 +86,7 @@ def starting_point(args: argparse.Namespace, files: ChatFiles, *,
 
 def check_id_option(option: str, value: str) -> None:
     if not valid_conversation_id(value):
-        raise UsageError(f"runa chat: {option} {value!r}: an id is 1 to 64 characters of "
+        raise UsageError(f"{option} {value!r}: an id is 1 to 64 characters of "
                          "A-Z a-z 0-9 _ . - (not . or ..)")
 
 
@@ -94,11 +94,11 @@ def cmd_chat(ctx: CliContext, args: argparse.Namespace) -> int:
     timeout_seconds(args.timeout)
     managing = [name for name in ("list", "export", "delete") if getattr(args, name)]
     if len(managing) > 1:
-        raise UsageError(f"runa chat: --{managing[0]} and --{managing[1]} do not go together")
+        raise UsageError(f"--{managing[0]} and --{managing[1]} do not go together")
     if args.json and managing != ["list"]:
-        raise UsageError("runa chat: --json goes with --list (--export takes --format json)")
+        raise UsageError("--json goes with --list (--export takes --format json)")
     if args.format != "md" and managing != ["export"]:
-        raise UsageError("runa chat: --format goes with --export ID")
+        raise UsageError("--format goes with --export ID")
     if managing and managing[0] != "list":
         check_id_option(f"--{managing[0]}", getattr(args, managing[0]))
     if managing:
@@ -116,11 +116,11 @@ def manage(ctx: CliContext, args: argparse.Namespace, what: str) -> int:
         if what == "list":
             found = conversations.listing(call)
             if args.json:
-                print(json.dumps({"conversations": found.conversations,
-                                  "omitted": found.omitted,
-                                  "state_bytes": found.state_bytes,
-                                  "state_max_bytes": found.state_max_bytes,
-                                  "state_max_age_s": found.state_max_age_s}, indent=2))
+                print_json({"conversations": found.conversations,
+                            "omitted": found.omitted,
+                            "state_bytes": found.state_bytes,
+                            "state_max_bytes": found.state_max_bytes,
+                            "state_max_age_s": found.state_max_age_s})
             else:
                 width = shutil.get_terminal_size((120, 24)).columns
                 print("\n".join(conversations.table(found, width)))
@@ -177,7 +177,8 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
             print("Enter sends, Alt-Enter starts a new line; Ctrl-C stops an answer, Ctrl-D "
                   "leaves, /help lists the commands.", file=notices)
         return Repl(session, reader, out=sys.stdout, notices=notices, interactive=interactive,
-                    typeahead=TypeAhead(sys.stdin.fileno()) if interactive else None).run()
+                    typeahead=TypeAhead(sys.stdin.fileno()) if interactive else None,
+                    speaker=command_name(args)).run()
 
 
 def _keep_nothing(_conversation: str) -> None:

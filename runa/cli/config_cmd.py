@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import sys
 
 from runa import preflight
 from runa.cli.context import CliContext
+from runa.cli.voice import command_name, print_json, say
 from runa.components import packaged_schema
 from runa.config import config_files
 from runa.errors import ConfigError, UsageError
@@ -48,7 +48,7 @@ def show_config(ctx: CliContext, args: argparse.Namespace) -> int:
     cfg = ctx.config
     rows = [{"key": key, "value": cfg[key], "origin": cfg.origin(key)} for key in sorted(cfg)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
     else:
         width = max(len(row["key"]) for row in rows)
         for row in rows:
@@ -61,7 +61,7 @@ def get_config(ctx: CliContext, args: argparse.Namespace) -> int:
     if args.key not in cfg:
         close = difflib.get_close_matches(args.key, list(cfg), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UsageError(f"runa config get: no configuration key {args.key!r}{hint}")
+        raise UsageError(f"no configuration key {args.key!r}{hint}")
     value = cfg[args.key]
     print(value if isinstance(value, str) else json.dumps(value))
     return 0
@@ -78,7 +78,7 @@ def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
         except ConfigError as error:
             findings.append(preflight.Finding(error, fatal=True))
     for finding in findings:
-        print(f"runa: {finding}", file=sys.stderr)
+        say(command_name(args), finding)
     if any(finding.fatal for finding in findings):
         return ConfigError.exit_code
     warned = f", {len(findings)} warning(s)" if findings else ""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from runa.errors import UsageError
+
 START_HERE = (
     ("runa up -d", "start Runa in the background (the model, the bus and the services)"),
     ("runa chat", "talk with the model; /help lists the chat commands, Ctrl-D leaves"),
@@ -92,7 +94,7 @@ def cmd_help(ctx: object, args: argparse.Namespace) -> int:
                           if isinstance(a, argparse._SubParsersAction))
         command = subparsers.choices.get(args.topic)
         if command is None:
-            root.error(f"no help topic {args.topic!r}: try 'terms' or one of: "
-                       f"{', '.join(sorted(subparsers.choices))}")
+            raise UsageError(f"no help topic {args.topic!r}: try 'terms' or one of: "
+                             f"{', '.join(sorted(subparsers.choices))}")
         command.print_help()
     return 0

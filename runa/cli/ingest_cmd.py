@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
-from runa.errors import UsageError
+from runa.cli.voice import command_name, print_json, say
+from runa.errors import UsageError, error_line
 from runa.tieto.topic import COLUMN_TYPES, parse_declaration
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
@@ -69,8 +69,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 class IngestProgress:
     """One updating line on a terminal; a line per changed file otherwise; problems always."""
 
-    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, quiet: bool = False,
+                 command: str = "runa ingest") -> None:
         self.stream = stream
+        self.command = command
         self.tty = stream.isatty()
         self.quiet = quiet
         self.width = 0
@@ -93,7 +95,7 @@ class IngestProgress:
     def __call__(self, event: IngestEvent) -> None:
         if event.stage in ("failed", "skipped"):
             self._clear()
-            self.stream.write(f"runa: {event.message}\n")
+            self.stream.write(error_line(self.command, event.message) + "\n")
             return
         if event.stage == "ingested":
             self.ingested += 1
@@ -135,8 +137,8 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
             raise UsageError("--status and --cancel take no PATH or --topic, nor each other")
         return _status(ctx, args) if args.status else _cancel(ctx, args)
     if not args.paths or not args.topic:
-        raise UsageError("ingest needs PATH... and --topic T (or --status, or --cancel)")
-    progress = IngestProgress(quiet=args.quiet)
+        raise UsageError("give PATH... and --topic T (or --status, or --cancel)")
+    progress = IngestProgress(quiet=args.quiet, command=command_name(args))
     try:
         with open_tieto(ctx.config, ctx.paths, ctx.stack, "ingest",
                         timeout=args.timeout) as tieto:
@@ -146,13 +148,13 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 tieto.cancel()  # the daemon's ingest stops at its next file or batch
                 progress.finish()
-                print(f"runa: ingest stopped; the files ingested until then are kept "
-                      f"({progress.ingested} this time)", file=sys.stderr)
+                say(command_name(args), "ingest stopped; the files ingested until then are "
+                    f"kept ({progress.ingested} this time)")
                 return 130
     finally:
         progress.finish()
     if args.json:
-        print(json.dumps({"topic": args.topic, **report.as_dict()}, indent=2))
+        print_json({"topic": args.topic, **report.as_dict()})
     else:
         print(summary(args.topic, report), file=sys.stderr)
     return 0 if report.ok else 65
@@ -182,6 +184,9 @@ def _status(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.tieto.ingests import list_ingests
 
     client = _daemon(ctx)
+    if client is None and args.json:
+        print_json([])  # nothing runs in the background
+        return 0
     if client is None:
         print("tieto is not running: no ingest runs in the background (one without it runs "
               "inside the command that started it)")
@@ -189,7 +194,7 @@ def _status(ctx: CliContext, args: argparse.Namespace) -> int:
     with client.bus, client:
         ingests = list_ingests(client)
     if args.json:
-        print(json.dumps([vars(i) for i in ingests], indent=2))
+        print_json([vars(i) for i in ingests])
         return 0
     if not ingests:
         print("no ingests running or waiting")
@@ -215,6 +220,6 @@ def _cancel(ctx: CliContext, args: argparse.Namespace) -> int:
         target = find_ingest(list_ingests(client), args.cancel or None)
         last = cancel_ingest(client, target, args.timeout)
     waiting = "waiting " if last.state == "waiting" else ""
-    print(f"runa: cancelled the {waiting}ingest into {last.topic} ({last.short_id}); "
-          f"{last.kept()}", file=sys.stderr)
+    say(command_name(args), f"cancelled the {waiting}ingest into {last.topic} "
+        f"({last.short_id}); {last.kept()}")
     return 0

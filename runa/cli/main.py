@@ -1,9 +1,9 @@
 """Entry point of the ``runa`` command.
 
-Exit status: 0 success; 1 a failure the message explains; 2 a bad command line
-(argparse); 64 a request that cannot be done as asked; 69 a needed service is
-not running; 70 an internal error; 78 a configuration error. Each subcommand's
-``--help`` says more.
+Exit status: 0 success; 1 a failure the message explains; 64 a mistake on the
+command line (as argparse finds it or as the command does); 66 it names something
+that does not exist; 69 a needed service is not running; 70 an internal error; 78 a
+configuration error. Each subcommand's ``--help`` says more (docs/runa.1.md: EXIT STATUS).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-from runa import __version__
 from runa.cli import (
     ask_cmd,
     audit_cmd,
@@ -30,6 +29,8 @@ from runa.cli import (
     units_cmd,
 )
 from runa.cli.context import CliContext
+from runa.cli.parser import CommandLineError, CommandParser, add_global_options, finish
+from runa.cli.voice import command_name, say
 from runa.errors import RunaError
 from runa.paths import check_stack_name
 
@@ -38,7 +39,7 @@ COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="runa",
         usage="runa [--stack NAME] COMMAND [OPTIONS]",
         description="Runa: a local, offline LLM runtime of small cooperating processes. "
@@ -47,32 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
         "for what Runa's names mean. Docs: docs/ in the source tree, man runa(1) when installed.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"runa {__version__}")
-    parser.add_argument(
-        "--stack",
-        metavar="NAME",
-        help="the stack to talk to: u<uid> (your own, the default) or 'shared' "
-        "(also RUNA_STACK)",
-    )
+    add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                     help=argparse.SUPPRESS)
+                                     help=argparse.SUPPRESS, prog=parser.prog)
     for module in COMMAND_MODULES:
         module.register(commands)
     helps = {action.dest: action.help or "" for action in commands._choices_actions}
     parser.description = f"{parser.description}\n\n{help_cmd.commands_text(helps)}"
     parser.set_defaults(root_parser=parser)
+    finish(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CommandLineError as error:
+        say(error.command, error)
+        return error.exit_code
     ctx = CliContext.from_environ(stack=args.stack)
     try:
         check_stack_name(ctx.stack, "--stack" if args.stack else "RUNA_STACK")
         return int(args.func(ctx, args) or 0)
     except RunaError as error:
-        print(f"runa: {error}", file=sys.stderr)
+        say(command_name(args), error)
         return error.exit_code
     except KeyboardInterrupt:
         return 130

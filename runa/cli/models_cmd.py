@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from runa.cli.context import CliContext
+from runa.cli.voice import print_json
 from runa.errors import UsageError
 from runa.models.catalog import (
     CATALOG,
@@ -102,7 +102,7 @@ def cmd_setup(ctx: CliContext, args: argparse.Namespace) -> int:
 def cmd_list(ctx: CliContext, args: argparse.Namespace) -> int:
     found = list_models(ctx.paths.models)
     if args.json:
-        print(json.dumps([{"path": str(p), "bytes": p.stat().st_size} for p in found], indent=2))
+        print_json([{"path": str(p), "bytes": p.stat().st_size} for p in found])
     elif not found:
         dirs = ", ".join(str(d) for d in ctx.paths.models)
         print(f"no models in {dirs}; run 'runa models setup'", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
+from runa.cli.voice import command_name, print_json, say
 from runa.errors import UsageError
 from runa.protocol.answer import sources_heading
 from runa.protocol.tieto import MODES, UNCITED, check_number
@@ -77,6 +77,7 @@ def check_numbers(args: argparse.Namespace) -> None:
         if value is not None:
             check_number(field, value, "--" + field.replace("_", "-"))
     timeout_seconds(args.timeout)
+    sampling_params(args)  # checked here too, before anything is opened
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -97,7 +98,7 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
 
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not args.complete and (args.sieve is not None or args.uncited or sampling_params(args)):
-        raise UsageError("runa recall: --sieve, --uncited and the sampling options go with "
+        raise UsageError("--sieve, --uncited and the sampling options go with "
                          "--complete")
     check_numbers(args)
     with open_tieto(ctx.config, ctx.paths, ctx.stack, "recall", timeout=args.timeout) as tieto:
@@ -105,8 +106,8 @@ def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
             return answer(tieto, question, args, args.uncited or ctx.config["tieto.uncited"])
         hits = tieto.recall(question, args.topic, args.filters, **_overrides(args))
     if args.json:
-        print(json.dumps({"topic": args.topic, "question": question, "sorted_by": "score",
-                          "hits": [h.as_dict() for h in hits]}, indent=2, ensure_ascii=False))
+        print_json({"topic": args.topic, "question": question, "sorted_by": "score",
+                    "hits": [h.as_dict() for h in hits]})
         return 0
     if not hits:
         print(f"no chunk of topic {args.topic} matches", file=sys.stderr)
@@ -146,17 +147,16 @@ def answer(tieto: Local | Remote, question: str, args: argparse.Namespace, uncit
     except KeyboardInterrupt:
         tieto.cancel()
         sys.stdout.write("\n")
-        print("runa: answer stopped", file=sys.stderr)
+        say(command_name(args), "answer stopped")
         return 130
     sources = list(head.get("sources") or [])  # type: ignore[call-overload]
     cited = [int(n) for n in final.get("citations") or []]  # type: ignore[attr-defined]
     if args.json:
         final = {k: v for k, v in final.items() if k not in ("eof", "text")}
-        print(json.dumps({"topic": args.topic, "question": question, "answer": "".join(pieces),
-                          **final, "sources": sources,
-                          "best_similarity": head.get("best_similarity"),
-                          "sieve": head.get("sieve"), "uncited": head.get("uncited")},
-                         indent=2, ensure_ascii=False))
+        print_json({"topic": args.topic, "question": question, "answer": "".join(pieces),
+                    **final, "sources": sources,
+                    "best_similarity": head.get("best_similarity"),
+                    "sieve": head.get("sieve"), "uncited": head.get("uncited")})
         return 0
     sys.stdout.write("\n")
     if sources:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -24,14 +23,18 @@ from runa.cli.context import (
     as_environment,
     model_overrides,
 )
+from runa.cli.numbers import in_range
+from runa.cli.voice import print_json, say
 from runa.client import ServiceClient, ServiceUnavailable
-from runa.errors import RunaError
+from runa.errors import RunaError, error_line
 from runa.splinter.liveness import is_alive, process_start_time
 from runa.supervisor import lock, rundir
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor import state as state_file
 
 EX_UNAVAILABLE = 69
+#: The command whose errors a detached start reads back from its supervisor's log.
+UP = "runa up"
 
 
 class StackError(RunaError):
@@ -59,7 +62,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     down = commands.add_parser("down", help="stop a stack started with 'runa up'",
                                description="Stop the supervisor and every component it runs.")
     down.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
-                      help="how long to wait for a clean stop (default: %(default)s)")
+                      help="how long to wait for a clean stop (0.1 to 3600; default: "
+                      "%(default)s)")
     down.set_defaults(func=cmd_down)
     status = commands.add_parser(
         "status", help="is Runa running? its components, and the conversation state kept",
@@ -173,9 +177,9 @@ def _say_ignored(ctx: CliContext, pid: int, overrides: dict[str, Any]) -> None:
     names = ", ".join("/".join(flags) for flags, _ in given)
     again = " ".join(f"{flags[0]} {shlex.quote(str(value))}" for flags, value in given)
     stack = f" --stack {ctx.stack}" if ctx.stack_flag else ""
-    print(f"runa: ignored {names}: the stack {ctx.stack} already runs (supervisor pid {pid}) "
-          f"with the settings it started with; to apply them, restart it: "
-          f"'runa{stack} down' then 'runa{stack} up {again}'", file=sys.stderr, flush=True)
+    say(UP, f"ignored {names}: the stack {ctx.stack} already runs (supervisor pid {pid}) "
+        f"with the settings it started with; to apply them, restart it: "
+        f"'runa{stack} down' then 'runa{stack} up {again}'")
 
 
 def _wait_started(ctx: CliContext, pid: int, deadline: float) -> None:
@@ -253,13 +257,15 @@ def _why_not_started(ctx: CliContext, process: subprocess.Popen[bytes], begun: f
     with open(log_path, "rb") as log_file:
         log_file.seek(offset)
         printed = log_file.read().decode("utf-8", "replace").splitlines()
-    said = next((line.removeprefix("runa: ") for line in reversed(printed)
-                 if line.startswith("runa: ")), "")
+    voice = error_line(UP, "")  # how the supervisor's 'runa up' says its error
+    said = next((line.removeprefix(voice) for line in reversed(printed)
+                 if line.startswith(voice)), "")
     return (f"the supervisor exited with status {process.returncode}"
             + (f": {said}" if said else "") + f"; see {log_path}")
 
 
 def cmd_down(ctx: CliContext, args: argparse.Namespace) -> int:
+    in_range("--timeout", args.timeout, 0.1, 3600, "seconds")
     pid = _running_supervisor(ctx)
     if pid is None:
         print(f"runa: the stack {ctx.stack} is not running{_other_stack(ctx)}")
@@ -287,13 +293,13 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
     kept, unknown = _kept(ctx)
     if args.json:
-        print(json.dumps({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
-                          "memory_limits": current.get("memory_limits") if pid else None,
-                          "components": comps,
-                          "kept": None if kept is None else {
-                              "conversations": kept.total, "state_bytes": kept.state_bytes,
-                              "state_max_bytes": kept.state_max_bytes,
-                              "state_max_age_s": kept.state_max_age_s}}, indent=2))
+        print_json({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
+                    "memory_limits": current.get("memory_limits") if pid else None,
+                    "components": comps,
+                    "kept": None if kept is None else {
+                        "conversations": kept.total, "state_bytes": kept.state_bytes,
+                        "state_max_bytes": kept.state_max_bytes,
+                        "state_max_age_s": kept.state_max_age_s}})
         return 0 if healthy else 3
     if not pid:
         print(f"stack {ctx.stack}: not running{_other_stack(ctx)}; start it with "

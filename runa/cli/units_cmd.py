@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runa import registry
 from runa.cli.context import CliContext
+from runa.cli.voice import command_name, say
 from runa.gilgul import units
 
 
@@ -44,8 +45,8 @@ def cmd_render(ctx: CliContext, args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
-            print("runa: the units are out of date; run: runa units render --packaged",
-                  file=sys.stderr)
+            say(command_name(args), "the units are out of date; run: runa units render "
+                "--packaged")
             return 1
         print(f"{len(rendered)} units in {args.output} are up to date")
         return 0

@@ -101,7 +101,7 @@ class GeometryError(SplinterError):
 class InvalidKey(SplinterError):
     """A key is empty, not valid UTF-8, or longer than the bus allows (never truncated)."""
 
-    exit_code = 65  # EX_DATAERR
+    exit_code = 64  # EX_USAGE, as every malformed name (an id, a topic) a command is given
 
     def __init__(self, key: object, problem: str) -> None:
         self.key = key

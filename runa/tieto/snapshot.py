@@ -27,6 +27,12 @@ class SnapshotError(TietoError):
     exit_code = 74  # EX_IOERR
 
 
+class SnapshotMissing(SnapshotError):
+    """The snapshot file to restore does not exist: a name of nothing, as a missing topic."""
+
+    exit_code = 66  # EX_NOINPUT
+
+
 def snapshot(index: TopicIndex, dest: Path) -> int:
     """Copy ``index`` to ``dest`` (a new file, mode 0600); returns its size in bytes."""
     if dest.exists():
@@ -52,7 +58,7 @@ def snapshot(index: TopicIndex, dest: Path) -> int:
 def check_snapshot(source: Path) -> str:
     """The topic name a snapshot file holds; SnapshotError when it is not a tieto index."""
     if not source.is_file():
-        raise SnapshotError(f"{source}: no such snapshot file")
+        raise SnapshotMissing(f"{source}: no such snapshot file")
     try:
         index = TopicIndex.open(source)
     except IndexCorruptError as e:

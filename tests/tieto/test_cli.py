@@ -68,7 +68,7 @@ def test_errors_and_exit_codes(env: dict[str, str], docs: Path) -> None:
     (docs / "broken.md").write_text("---\ntitle: [x\n---\nBody\n")
     done = runa("ingest", str(docs), "--topic", "notes", env=env)
     assert done.returncode == 65
-    assert f"runa: {docs / 'broken.md'}:2: front matter is not valid YAML" in done.stderr
+    assert f"runa ingest: {docs / 'broken.md'}:2: front matter is not valid YAML" in done.stderr
     assert "3 ingested" in done.stderr
 
     unknown = runa("recall", "x", "--topic", "nope", env=env)

@@ -31,4 +31,4 @@ def test_a_number_out_of_range_is_a_usage_error(tmp_path: Path, flags: list[str]
     done = runa("recall", "how do I reset my password", "--topic", "notes", *flags,
                 env=isolated_env(tmp_path))
     assert done.returncode == 64, done.stderr
-    assert done.stderr == f"runa: {message}\n"
+    assert done.stderr == f"runa recall: {message}\n"
