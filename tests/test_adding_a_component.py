@@ -150,7 +150,7 @@ def test_runa_daemon_offers_the_registry_s_components(greeter_env: dict[str, str
         "'splinfer', 'splinter', 'tieto') (see 'runa daemon --help')")
     (tmp_path / "other").mkdir()  # a stack whose registry does not have it
     elsewhere = runa("daemon", "greeter", env=isolated_env(tmp_path / "other"))
-    assert elsewhere.returncode == 2 and "invalid choice: 'greeter'" in elsewhere.stderr
+    assert elsewhere.returncode == 64 and "invalid choice: 'greeter'" in elsewhere.stderr
 
 
 def test_runa_up_starts_it_and_gilgul_s_policy_restarts_it(greeter_env: dict[str, str],
