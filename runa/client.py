@@ -17,12 +17,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from runa.bus import EX_UNAVAILABLE, health_key
 from runa.errors import RunaError
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.bus import EnvelopeSender
 from runa.splinter.errors import Backpressure, ChannelNotFound
+from runa.stackbus import EX_UNAVAILABLE, health_key
 
 # How a fault from a service ends a command (sysexits where one fits).
 FAULT_EXIT = {

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from runa import bus as bus_mod
+from runa import stackbus as bus_mod
 from runa.chat.upload import in_pieces
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds

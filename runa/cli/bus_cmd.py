@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from runa import bus as bus_mod
+from runa import stackbus as bus_mod
 from runa.cli.context import CliContext
 from runa.cli.numbers import in_range
 from runa.errors import UsageError

@@ -9,7 +9,7 @@ import signal
 import sys
 from contextlib import ExitStack
 
-from runa import bus as bus_mod
+from runa import stackbus as bus_mod
 from runa.chat import conversations
 from runa.chat.files import ChatFiles, valid_conversation_id
 from runa.chat.params import SessionParams

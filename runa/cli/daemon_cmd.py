@@ -9,9 +9,9 @@ import argparse
 import importlib
 
 from runa import log
-from runa.bus import HealthWriter
 from runa.cli.context import CliContext, add_model_flags, model_overrides
 from runa.service import ServiceRunner
+from runa.stackbus import HealthWriter
 
 # name -> "module:factory"; a factory takes (config, logger, stack) and returns a Daemon.
 DAEMONS = {

@@ -160,7 +160,7 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def _daemon(ctx: CliContext) -> ServiceClient | None:
     """A client of the running tieto daemon, or None when it does not run."""
-    from runa import bus as bus_mod
+    from runa import stackbus as bus_mod
     from runa.client import ServiceClient, ServiceUnavailable
 
     try:

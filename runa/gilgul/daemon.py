@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from runa import bus as bus_mod
 from runa import config as config_mod
 from runa import log
+from runa import stackbus as bus_mod
 from runa.config import Config
 from runa.errors import RunaError
 from runa.gilgul import events, health, registry

@@ -23,7 +23,7 @@ class Beat:
 
 
 def parse(value: bytes | None) -> Beat | None:
-    """A health value as written by ``runa.bus.HealthWriter``; None if absent or malformed."""
+    """A health value as written by ``runa.stackbus.HealthWriter``; None if absent or malformed."""
     if value is None:
         return None
     try:

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runa.bus import is_health_key
 from runa.config import Config
 from runa.splinter import EVENTS_CHANNEL, Bus, EnvelopeSender, SlotInfo
 from runa.splinter import envelope as envelope_mod
@@ -22,6 +21,7 @@ from runa.splinter.decay import idle_ephemeral, promote_candidates
 from runa.splinter.errors import ChannelNotFound, SplinterError
 from runa.splinter.kv import StoreRepair
 from runa.splinter.stats import ComponentStats
+from runa.stackbus import is_health_key
 
 NS = 1_000_000_000
 

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runa import bus as bus_mod
 from runa import cgroup, log
+from runa import stackbus as bus_mod
 from runa.config import Config, parse_size
 from runa.errors import RunaError
 from runa.models.resolve import configured_chat_model

@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runa import bus as bus_mod
 from runa import log
+from runa import stackbus as bus_mod
 from runa.gilgul import events, health
 from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
