@@ -1,6 +1,7 @@
 """tieto: retrieval over a person's own documents (docs/tieto.md).
 
-Modules, each with one job: ``sources`` (files → records) and ``frontmatter``,
+Modules, each with one job: ``sources`` (files → records, front matter
+through ``runa.frontmatter``),
 ``chunk`` (records → chunks that fit the model), ``embed`` (the model),
 ``index`` (one SQLite file per topic: sqlite-vec + FTS5 + metadata),
 ``values``/``filters`` (typed ``--filter`` expressions → SQL), ``fts``,
