@@ -1,1 +1,5 @@
-"""Test support that ships with Runa: the systemd harness and a tiny synthetic model."""
+"""Test support that ships with Runa: the systemd harness, a tiny synthetic model, a fake clock."""
+
+from runa.testing.clock import FakeClock
+
+__all__ = ["FakeClock"]
