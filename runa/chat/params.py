@@ -11,8 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from runa.errors import UsageError
-from runa.splinfer.errors import ParamError
-from runa.splinfer.params import SamplingParams, canonical_name, parse_params
+from runa.splinfer import ParamError, SamplingParams, canonical_name, parse_params
 
 SAMPLING_NAMES = tuple(f.name for f in dataclasses.fields(SamplingParams))
 DEFAULTS = SamplingParams()

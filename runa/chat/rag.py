@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 
-from runa.tieto.access import Local, Remote
-from runa.tieto.answer import Grounding
+from runa.tieto import Grounding, Local, Remote
 
 
 class Retrieval:

@@ -25,7 +25,7 @@ from runa.chat.session import (
 )
 from runa.chat.typeahead import TypeAhead
 from runa.errors import RunaError
-from runa.tieto.answer import sources_heading
+from runa.tieto import sources_heading
 
 EX_USAGE = 64
 EX_INTERRUPTED = 130

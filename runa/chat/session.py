@@ -18,7 +18,7 @@ from runa.chat.upload import in_pieces
 from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
 from runa.splinter import Envelope, Fault
-from runa.tieto.answer import GroundedAnswer, Grounding, chat_turn
+from runa.tieto import GroundedAnswer, Grounding, chat_turn
 
 
 class Retriever(Protocol):

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from runa import stackbus as bus_mod
-from runa.chat.upload import in_pieces
+from runa.chat import in_pieces
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.client import ServiceClient

@@ -10,8 +10,8 @@ from runa import config as config_mod
 from runa import preflight
 from runa.cli.context import CliContext
 from runa.errors import ConfigError
-from runa.models.resolve import configured_chat_model
-from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
+from runa.models import configured_chat_model
+from runa.splinfer import PersonaLibrary, configured_persona, persona_dirs
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -12,11 +12,10 @@ from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.errors import UsageError
-from runa.tieto.answer import sources_heading
+from runa.tieto import sources_heading
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
-    from runa.tieto.access import Local, Remote
-    from runa.tieto.recall import Hit
+    from runa.tieto import Hit, Local, Remote
 
 MODES = ("hybrid", "vector", "fts")
 
@@ -73,7 +72,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def check_numbers(args: argparse.Namespace) -> None:
     """UsageError (ParamError) naming the flag and its range for a number out of it."""
-    from runa.tieto.recall import check_number
+    from runa.tieto import check_number
 
     for field, value in (("k", args.k), ("min_similarity", args.min_similarity),
                          ("sieve", args.sieve)):
@@ -96,7 +95,7 @@ def format_hit(rank: int, hit: Hit, width: int = 100) -> str:
 
 
 def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.access import open_tieto
+    from runa.tieto import open_tieto
 
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not args.complete and (args.sieve is not None or args.uncited or sampling_params(args)):

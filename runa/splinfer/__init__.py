@@ -10,3 +10,29 @@ by turn; ``conversations`` keeps histories and saved model states on disk
 The daemon that puts this on the bus (``daemon``, with ``requests`` and ``stream``)
 is the only module that knows about envelopes.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runa.surface import lazy
+
+if TYPE_CHECKING:
+    from runa.splinfer.errors import ParamError
+    from runa.splinfer.params import SamplingParams, canonical_name, parse_params
+    from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
+
+__all__ = [
+    "ParamError",
+    "PersonaLibrary",
+    "SamplingParams",
+    "canonical_name",
+    "configured_persona",
+    "parse_params",
+    "persona_dirs",
+]
+__getattr__ = lazy(__name__, {
+    "errors": ("ParamError",),
+    "params": ("SamplingParams", "canonical_name", "parse_params"),
+    "personas": ("PersonaLibrary", "configured_persona", "persona_dirs"),
+})

@@ -35,7 +35,7 @@ from runa import cgroup, log
 from runa import stackbus as bus_mod
 from runa.config import Config, parse_size
 from runa.errors import RunaError
-from runa.models.resolve import configured_chat_model
+from runa.models import configured_chat_model
 from runa.paths import Paths
 from runa.service import ServiceContext
 from runa.splinfer import modelid, statefile

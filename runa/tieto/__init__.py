@@ -9,3 +9,44 @@ through ``runa.frontmatter``),
 topic's settings) and ``api`` (all of it behind one object for the CLI and the
 daemon).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runa.surface import lazy
+
+if TYPE_CHECKING:
+    from runa.tieto.access import Local, Remote, open_tieto
+    from runa.tieto.answer import GroundedAnswer, Grounding, chat_turn, sources_heading
+    from runa.tieto.ingest import IngestEvent, IngestReport
+    from runa.tieto.ingests import cancel_ingest, find_ingest, list_ingests
+    from runa.tieto.recall import Hit, check_number
+    from runa.tieto.topic import COLUMN_TYPES, parse_declaration
+
+__all__ = [
+    "COLUMN_TYPES",
+    "GroundedAnswer",
+    "Grounding",
+    "Hit",
+    "IngestEvent",
+    "IngestReport",
+    "Local",
+    "Remote",
+    "cancel_ingest",
+    "chat_turn",
+    "check_number",
+    "find_ingest",
+    "list_ingests",
+    "open_tieto",
+    "parse_declaration",
+    "sources_heading",
+]
+__getattr__ = lazy(__name__, {
+    "access": ("Local", "Remote", "open_tieto"),
+    "answer": ("GroundedAnswer", "Grounding", "chat_turn", "sources_heading"),
+    "ingest": ("IngestEvent", "IngestReport"),
+    "ingests": ("cancel_ingest", "find_ingest", "list_ingests"),
+    "recall": ("Hit", "check_number"),
+    "topic": ("COLUMN_TYPES", "parse_declaration"),
+})
