@@ -38,12 +38,13 @@ __all__ = [
     "new_conversation_id",
     "valid_conversation_id",
 ]
-__getattr__ = lazy(__name__, {
-    "files": ("ChatFiles", "valid_conversation_id"),
-    "params": ("SessionParams",),
-    "rag": ("Retrieval",),
-    "repl": ("LineReader", "Repl", "StreamReader", "TerminalReader"),
-    "session": ("ChatSession", "NotSupported", "Start", "new_conversation_id"),
-    "typeahead": ("TypeAhead",),
-    "upload": ("in_pieces",),
-})
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "files": ("ChatFiles", "valid_conversation_id"),
+        "params": ("SessionParams",),
+        "rag": ("Retrieval",),
+        "repl": ("LineReader", "Repl", "StreamReader", "TerminalReader"),
+        "session": ("ChatSession", "NotSupported", "Start", "new_conversation_id"),
+        "typeahead": ("TypeAhead",),
+        "upload": ("in_pieces",),
+    })

@@ -48,12 +48,13 @@ __all__ = [
     "setup_embedding_model",
     "setup_model",
 ]
-__getattr__ = lazy(__name__, {
-    "catalog": ("CATALOG", "DEFAULT_EMBEDDING_MODEL", "DEFAULT_MODEL", "EMBEDDING_CATALOG",
-                "lookup", "lookup_embedding"),
-    "embedding_install": ("setup_embedding_model",),
-    "errors": ("ModelNotFoundError",),
-    "gguf_info": ("ModelInfo", "read_model_info"),
-    "install": ("SetupEvent", "setup_model"),
-    "resolve": ("configured_chat_model", "list_models", "require_chat_model", "resolve_model"),
-})
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "catalog": ("CATALOG", "DEFAULT_EMBEDDING_MODEL", "DEFAULT_MODEL", "EMBEDDING_CATALOG",
+                    "lookup", "lookup_embedding"),
+        "embedding_install": ("setup_embedding_model",),
+        "errors": ("ModelNotFoundError",),
+        "gguf_info": ("ModelInfo", "read_model_info"),
+        "install": ("SetupEvent", "setup_model"),
+        "resolve": ("configured_chat_model", "list_models", "require_chat_model", "resolve_model"),
+    })

@@ -31,8 +31,9 @@ __all__ = [
     "parse_params",
     "persona_dirs",
 ]
-__getattr__ = lazy(__name__, {
-    "errors": ("ParamError",),
-    "params": ("SamplingParams", "canonical_name", "parse_params"),
-    "personas": ("PersonaLibrary", "configured_persona", "persona_dirs"),
-})
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "errors": ("ParamError",),
+        "params": ("SamplingParams", "canonical_name", "parse_params"),
+        "personas": ("PersonaLibrary", "configured_persona", "persona_dirs"),
+    })

@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     from runa.testing.usermanager import UserManager
 
 __all__ = ["IM_END_ID", "IM_START_ID", "FakeClock", "UserManager", "write_tiny_gguf"]
-__getattr__ = lazy(__name__, {
-    "clock": ("FakeClock",),
-    "tiny_gguf": ("IM_END_ID", "IM_START_ID", "write_tiny_gguf"),
-    "usermanager": ("UserManager",),
-})
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "clock": ("FakeClock",),
+        "tiny_gguf": ("IM_END_ID", "IM_START_ID", "write_tiny_gguf"),
+        "usermanager": ("UserManager",),
+    })

@@ -42,11 +42,12 @@ __all__ = [
     "parse_declaration",
     "sources_heading",
 ]
-__getattr__ = lazy(__name__, {
-    "access": ("Local", "Remote", "open_tieto"),
-    "answer": ("GroundedAnswer", "Grounding", "chat_turn", "sources_heading"),
-    "ingest": ("IngestEvent", "IngestReport"),
-    "ingests": ("cancel_ingest", "find_ingest", "list_ingests"),
-    "recall": ("Hit", "check_number"),
-    "topic": ("COLUMN_TYPES", "parse_declaration"),
-})
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "access": ("Local", "Remote", "open_tieto"),
+        "answer": ("GroundedAnswer", "Grounding", "chat_turn", "sources_heading"),
+        "ingest": ("IngestEvent", "IngestReport"),
+        "ingests": ("cancel_ingest", "find_ingest", "list_ingests"),
+        "recall": ("Hit", "check_number"),
+        "topic": ("COLUMN_TYPES", "parse_declaration"),
+    })
