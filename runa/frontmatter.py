@@ -86,7 +86,7 @@ def _load(yaml_text: str, path: Path | str) -> tuple[dict[str, Any], dict[str, i
     loader = yaml.SafeLoader(yaml_text)
     try:
         node = loader.get_single_node()
-        key_lines = _key_lines(node, path)  # before constructing, which flattens merge keys
+        key_lines, merge_line = _key_lines(node, path)  # before merge keys are flattened
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as error:
         raise FrontMatterError(path, _error_line(error, yaml_text),
@@ -101,23 +101,24 @@ def _load(yaml_text: str, path: Path | str) -> tuple[dict[str, Any], dict[str, i
     if not isinstance(data, dict) or not all(isinstance(key, str) for key in data):
         # not all str: a merge key brought in a key that is not a word
         raise FrontMatterError(path, _FIRST_LINE, "front matter keys must be words")
-    merged_line = key_lines.pop(_MERGE_TAG, _FIRST_LINE)
-    return data, {key: key_lines.get(key, merged_line) for key in data}
+    return data, {key: key_lines.get(key, merge_line) for key in data}
 
 
-def _key_lines(node: yaml.Node | None, path: Path | str) -> dict[str, int]:
-    """The file's line of each key; FrontMatterError for a key that is not a word or repeats."""
+def _key_lines(node: yaml.Node | None, path: Path | str) -> tuple[dict[str, int], int]:
+    """(the file's line of each key, the line of a ``<<`` merge key); FrontMatterError for a
+    key that is not a word or repeats."""
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG):
-        return {}
+        return {}, _FIRST_LINE
     if not isinstance(node, yaml.MappingNode):
         kind = "list" if isinstance(node, yaml.SequenceNode) else "single value"
         raise FrontMatterError(path, _FIRST_LINE + node.start_mark.line,
                                f"front matter must be 'key: value' lines, not a {kind}")
     key_lines: dict[str, int] = {}
+    merge_line = _FIRST_LINE
     for key_node, _ in node.value:
         line = _FIRST_LINE + key_node.start_mark.line
         if key_node.tag == _MERGE_TAG:
-            key_lines.setdefault(_MERGE_TAG, line)  # the line of keys brought in by merging
+            merge_line = line
             continue
         if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR_TAG:
             raise FrontMatterError(path, line, "front matter keys must be words")
@@ -125,7 +126,7 @@ def _key_lines(node: yaml.Node | None, path: Path | str) -> dict[str, int]:
         if key in key_lines:
             raise FrontMatterError(path, line, f"{key} is already set on line {key_lines[key]}")
         key_lines[key] = line
-    return key_lines
+    return key_lines, merge_line
 
 
 def _error_line(error: yaml.MarkedYAMLError, yaml_text: str) -> int:
