@@ -49,12 +49,12 @@ from common import Result, Target, median, report
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runa.bus import connect  # noqa: E402
 from runa.client import ServiceClient  # noqa: E402
 from runa.components import load_config as load  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
+from runa.stackbus import connect  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 STORIES = [PROMPT,

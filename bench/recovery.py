@@ -46,7 +46,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from runa import registry  # noqa: E402
-from runa.bus import connect  # noqa: E402
 from runa.client import ServiceClient  # noqa: E402
 from runa.components import load_config as load  # noqa: E402
 from runa.errors import RunaError  # noqa: E402
@@ -54,6 +53,7 @@ from runa.gilgul import units  # noqa: E402
 from runa.gilgul.dbus import SystemdUserManager  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
+from runa.stackbus import connect  # noqa: E402
 from runa.supervisor import state as state_file  # noqa: E402
 from runa.testing.tiny_gguf import write_tiny_gguf  # noqa: E402
 from runa.testing.usermanager import UserManager  # noqa: E402

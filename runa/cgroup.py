@@ -1,49 +1,102 @@
-"""What the kernel will enforce on this process: its cgroup's memory limit.
+"""Reading the kernel's memory cgroups: which one a process is in, its limit, its OOM kills.
 
 Works on cgroup v2 (``memory.max``) and on v1 or hybrid hosts (the ``memory``
-controller's ``memory.limit_in_bytes``), and takes the tightest limit on the way
-up the tree, because that is the one that kills.
+controller's ``memory.limit_in_bytes``, which wins where it is mounted). The one place
+that reads cgroup files: splinfer sizes itself to the limit that applies to it, the
+supervisor (``runa.supervisor.limits``) finds where to create its children's cgroups and
+reads their limits and OOM kills back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+PROC_CGROUP = Path("/proc/self/cgroup")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 # v1 reports "no limit" as a huge page-aligned number (PAGE_COUNTER_MAX * page size).
 _V1_UNLIMITED = 1 << 62
 
 
-def memory_limit(
-    proc_cgroup: Path = Path("/proc/self/cgroup"),
-    cgroup_root: Path = Path("/sys/fs/cgroup"),
-) -> int | None:
-    """The memory limit in bytes that applies to this process, or None if unlimited/unknown."""
+class NoMemoryCgroup(Exception):
+    """No memory cgroup can be found for the process; the message says why."""
+
+
+@dataclass(frozen=True)
+class MemoryCgroup:
+    """One cgroup of the memory hierarchy: v1's ``memory`` controller or v2's unified tree."""
+
+    root: Path
+    """The hierarchy's root (``/sys/fs/cgroup/memory`` on v1, ``/sys/fs/cgroup`` on v2)."""
+    path: Path
+    version: int
+
+    @property
+    def limit_file(self) -> str:
+        return "memory.limit_in_bytes" if self.version == 1 else "memory.max"
+
+    def child(self, name: str) -> MemoryCgroup:
+        return MemoryCgroup(self.root, self.path / name, self.version)
+
+    def limit(self) -> int | None:
+        """The limit set on this cgroup itself, in bytes (None: unlimited or unreadable)."""
+        try:
+            raw = (self.path / self.limit_file).read_text().strip()
+            return None if raw == "max" or int(raw) >= _V1_UNLIMITED else int(raw)
+        except (OSError, ValueError):
+            return None
+
+    def tightest_limit(self) -> int | None:
+        """The smallest limit on the way up to the root: the one that kills."""
+        limits: list[int] = []
+        root = self.root.resolve()
+        node = self.path.resolve()
+        while True:
+            limit = MemoryCgroup(root, node, self.version).limit()
+            if limit is not None:
+                limits.append(limit)
+            if node == root or root not in node.parents:
+                break
+            node = node.parent
+        return min(limits) if limits else None
+
+    def oom_kills(self) -> int:
+        """How often the kernel's OOM killer acted in this cgroup (0: unknown)."""
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            text = (self.path / name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
+
+
+def own_memory_cgroup(proc_cgroup: Path = PROC_CGROUP,
+                      cgroup_root: Path = CGROUP_ROOT) -> MemoryCgroup:
+    """The memory cgroup this process is in; NoMemoryCgroup says why there is none."""
     try:
         lines = proc_cgroup.read_text().splitlines()
-    except OSError:
-        return None
+    except OSError as error:
+        raise NoMemoryCgroup(f"cannot read {proc_cgroup}: {error}") from None
     entries = [line.split(":", 2) for line in lines if line.count(":") >= 2]
     v1 = next((path for _, ctrls, path in entries if "memory" in ctrls.split(",")), None)
     if v1 is not None and (cgroup_root / "memory").is_dir():
-        return _tightest(cgroup_root / "memory", v1, "memory.limit_in_bytes")
+        root = cgroup_root / "memory"
+        return MemoryCgroup(root, root / v1.lstrip("/"), 1)
     v2 = next((path for hid, ctrls, path in entries if hid == "0" and ctrls == ""), None)
     if v2 is not None:
-        return _tightest(cgroup_root, v2, "memory.max")
-    return None
+        return MemoryCgroup(cgroup_root, cgroup_root / v2.lstrip("/"), 2)
+    raise NoMemoryCgroup("no memory cgroup controller is mounted")
 
 
-def _tightest(root: Path, relative: str, name: str) -> int | None:
-    limits: list[int] = []
-    root = root.resolve()
-    node = (root / relative.lstrip("/")).resolve()
-    while True:
-        try:
-            raw = (node / name).read_text().strip()
-            if raw != "max" and int(raw) < _V1_UNLIMITED:
-                limits.append(int(raw))
-        except (OSError, ValueError):
-            pass
-        if node == root or root not in node.parents:
-            break
-        node = node.parent
-    return min(limits) if limits else None
+def memory_limit(proc_cgroup: Path = PROC_CGROUP,
+                 cgroup_root: Path = CGROUP_ROOT) -> int | None:
+    """The memory limit in bytes that applies to this process, or None if unlimited/unknown."""
+    try:
+        return own_memory_cgroup(proc_cgroup, cgroup_root).tightest_limit()
+    except NoMemoryCgroup:
+        return None

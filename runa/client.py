@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from runa.bus import EX_UNAVAILABLE
 from runa.errors import RunaError
 from runa.protocol import faults
 from runa.protocol.heartbeat import Heartbeat, health_key
@@ -24,6 +23,7 @@ from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.bus import EnvelopeSender
 from runa.splinter.errors import Backpressure, ChannelNotFound
+from runa.stackbus import EX_UNAVAILABLE
 
 # How soon a request notices its ``stop`` event while the service is silent.
 STOP_POLL = 0.1

@@ -43,15 +43,6 @@ class SdNotifier:
         daemon.notify(state)
 
 
-class Clock(Protocol):
-    def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-
 HeartbeatHook = Callable[[Heartbeat], None]
 
 
@@ -129,7 +120,8 @@ class ServiceContext:
     """
 
     notifier: Notifier
-    clock: Clock
+    clock: Callable[[], float]
+    """Monotonic seconds, the seam every component's clock is (``time.monotonic``)."""
     logger: logging.Logger
     watchdog_s: float | None
     component: str = ""
@@ -153,7 +145,7 @@ class ServiceContext:
 
     def keepalive(self) -> None:
         """Ping the watchdog and write the heartbeat when due; cheap enough to call per token."""
-        now = self.clock.monotonic()
+        now = self.clock()
         if self.watchdog_s is not None and now - self._last_ping >= self.watchdog_s / 2:
             self._last_ping = now
             self.notifier.notify("WATCHDOG=1")
@@ -167,7 +159,7 @@ class ServiceContext:
         """The longest a daemon may block before returning to the loop."""
         bound = self.watchdog_s / 2 if self.watchdog_s else 1.0
         if self.heartbeat is not None:
-            bound = min(bound, max(0.0, self._next_beat - self.clock.monotonic()))
+            bound = min(bound, max(0.0, self._next_beat - self.clock()))
         return bound
 
 
@@ -180,7 +172,7 @@ class ServiceRunner:
         logger: logging.Logger,
         *,
         notifier: Notifier | None = None,
-        clock: Clock | None = None,
+        clock: Callable[[], float] = time.monotonic,
         env: Mapping[str, str] | None = None,
         heartbeat: HeartbeatHook | None = None,
         heartbeat_interval: float = 1.0,
@@ -191,7 +183,7 @@ class ServiceRunner:
         self.incarnation = int(env.get("RUNA_INCARNATION", "0") or 0)
         self.ctx = ServiceContext(
             notifier=notifier or SdNotifier(),
-            clock=clock or SystemClock(),
+            clock=clock,
             logger=logger,
             watchdog_s=watchdog_interval(env, os.getpid()),
             component=daemon.name,

@@ -1,10 +1,14 @@
-"""The memory limit the kernel enforces, read from cgroup v2 and v1 trees."""
+"""The memory limit the kernel enforces, and OOM kills, read from cgroup v2 and v1 trees."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from runa.cgroup import memory_limit
+import pytest
+
+from runa.cgroup import NoMemoryCgroup, memory_limit, own_memory_cgroup
+from runa.supervisor.limits import CgroupLayout, MemoryLimiter, find_layout
 
 
 def test_v2_limit_is_the_tightest_of_the_chain(tmp_path: Path) -> None:
@@ -35,3 +39,41 @@ def test_v1_memory_controller_wins_on_a_hybrid_host(tmp_path: Path) -> None:
     assert memory_limit(proc, root) == 400 << 20
     (leaf / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     assert memory_limit(proc, root) is None
+
+
+def test_no_memory_cgroup_says_why(tmp_path: Path) -> None:
+    with pytest.raises(NoMemoryCgroup, match="cannot read"):
+        own_memory_cgroup(tmp_path / "missing", tmp_path)
+    (tmp_path / "proc-cgroup").write_text("1:cpu:/x\n")
+    with pytest.raises(NoMemoryCgroup, match="no memory cgroup controller is mounted"):
+        own_memory_cgroup(tmp_path / "proc-cgroup", tmp_path)
+    assert memory_limit(tmp_path / "proc-cgroup", tmp_path) is None
+
+
+@pytest.mark.parametrize(("version", "events", "kills"), [
+    (1, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", 2),
+    (2, "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n", 1),
+])  # fmt: skip
+def test_the_supervisor_reads_its_childrens_limits_and_oom_kills_through_the_same_reader(
+        tmp_path: Path, version: int, events: str, kills: int) -> None:
+    root = tmp_path / "cgroup"
+    if version == 1:
+        own = root / "memory/user.slice"
+        proc = "4:memory:/user.slice\n0::/user.slice\n"
+    else:
+        own = root / "user.slice"
+        proc = "0::/user.slice\n"
+        root.mkdir()
+        (root / "cgroup.controllers").write_text("cpu memory\n")
+    own.mkdir(parents=True)
+    (tmp_path / "proc-cgroup").write_text(proc)
+    layout = find_layout("u1000", tmp_path / "proc-cgroup", root)
+    assert isinstance(layout, CgroupLayout)
+    assert (layout.base.path, layout.base.version) == (own / "runa-u1000", version)
+    limiter = MemoryLimiter(layout, logging.getLogger("test"))
+    assert limiter.prepare("splinfer", 400 << 20) is not None and limiter.mode == "cgroup"
+    assert limiter.limit_of("splinfer") == 400 << 20
+    assert limiter.oom_kills("splinfer") == 0
+    name = "memory.oom_control" if version == 1 else "memory.events"
+    (own / "runa-u1000/splinfer" / name).write_text(events)
+    assert limiter.oom_kills("splinfer") == kills

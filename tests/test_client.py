@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from runa.bus import RecentRequests, health_key, read_requests
 from runa.client import AnswerCut, ServiceClient, ServiceUnavailable
 from runa.splinter import Bus, Geometry, create_segment
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import TtlExpired
+from runa.stackbus import RecentRequests, health_key, read_requests
 
 
 @pytest.fixture

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 from support import isolated_env, remove_segments, runa, small_filesystem, wait_for
 
-from runa.bus import connect
 from runa.client import ServiceClient, ServiceFault
 from runa.components import load_config as load
 from runa.paths import Paths
+from runa.stackbus import connect
 from runa.testing.tiny_gguf import write_tiny_gguf
 
 CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "2048", "RUNA_SPLINFER_THREADS": "2",

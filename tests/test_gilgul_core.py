@@ -15,7 +15,6 @@ import pytest
 
 import runa.gilgul
 import runa.supervisor
-from runa.bus import HealthWriter
 from runa.gilgul import (
     NO_HEARTBEAT,
     Failure,
@@ -27,6 +26,7 @@ from runa.gilgul import (
     PolicySettings,
 )
 from runa.protocol.heartbeat import Heartbeat, health_key
+from runa.stackbus import HealthWriter
 
 
 class FakeClock:

@@ -21,6 +21,7 @@ from runa.gilgul.dropins import DropIns
 from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.service import ServiceContext
+from runa.testing import FakeClock
 
 SPLINFER, SPLINTER, GILGUL = (registry.unit_name(n) for n in ("splinfer", "splinter", "gilgul"))
 
@@ -32,17 +33,6 @@ def core_registry() -> registry.Registry:
         (Path(etc) / "components.d/50-no-tieto.toml").write_text(
             "[components.tieto]\nenabled = false\n")
         return registry.load(Path(etc))
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def ns(self) -> int:
-        return int(self.now * 1e9)
 
 
 class FakeManager:
@@ -119,7 +109,7 @@ def make_config(**values: Any) -> Config:
 
 @pytest.fixture
 def world(tmp_path: Path):
-    clock, manager, bus = FakeClock(), FakeManager(), FakeBus()
+    clock, manager, bus = FakeClock(100.0), FakeManager(), FakeBus()
     spawned: list[list[str]] = []
 
     class Spawned:
@@ -145,7 +135,7 @@ def world(tmp_path: Path):
                         incarnations=IncarnationFiles(tmp_path / "gilgul"),
                         hook=PolicyHook("/bin/policy", logger, spawn=Spawned),  # type: ignore[arg-type]
                         reload_inputs=reload_inputs, clock=clock, clock_ns=clock.ns)
-        ctx = ServiceContext(notifier=Notes(), clock=type("C", (), {"monotonic": clock})(),
+        ctx = ServiceContext(notifier=Notes(), clock=clock,
                              logger=logger, watchdog_s=10.0)
         return gilgul, ctx
 
@@ -198,7 +188,7 @@ def test_a_failure_signal_restarts_at_once_then_backs_off(world, caplog) -> None
     manager.changed(SPLINFER, ActiveState="failed", Result="exit-code", MainPID=0)
     gilgul.step(0)
     assert manager.actions()[2:] == []  # the second failure waits 1 s
-    clock.now += 1.0
+    clock.advance(1.0)
     gilgul.step(0)
     assert manager.actions()[2:] == [("reset_failed", SPLINFER), ("start", SPLINFER)]
     events = [(r.RUNA_EVENT, getattr(r, "RUNA_REASON", ""), getattr(r, "RUNA_INCARNATION", ""))
@@ -216,7 +206,7 @@ def test_escalation_runs_the_policy_script_and_holds(world) -> None:
     manager.changed(SPLINFER, ActiveState="activating")
     manager.changed(SPLINFER, ActiveState="failed", Result="exit-code")
     gilgul.step(0)
-    clock.now += 60
+    clock.advance(60)
     gilgul.step(0)
     assert world["spawned"] == [["/bin/policy", "splinfer", "exit-code", "1"]]
     assert [c for c in manager.actions() if c[0] == "start"] == [("start", SPLINFER)]
@@ -229,7 +219,7 @@ def test_a_silent_component_is_killed_and_restarted_for_no_heartbeat(world) -> N
     for _ in range(5):  # splinter beats, splinfer has gone quiet (3 s timeout)
         beat(bus, "splinter", 11, clock)
         gilgul.step(0)
-        clock.now += 1.0
+        clock.advance(1.0)
     assert manager.actions()[1:] == [("kill", SPLINFER, signal.SIGKILL)]
     manager.changed(SPLINFER, ActiveState="failed", Result="signal", MainPID=0)
     gilgul.step(0)
@@ -246,7 +236,7 @@ def test_a_stale_heartbeat_of_an_earlier_process_does_not_count(world) -> None:
         beat(bus, "splinter", 11, clock)
         beat(bus, "splinfer", 99, clock)  # not the main pid
         gilgul.step(0)
-        clock.now += 1.0
+        clock.advance(1.0)
     assert ("kill", SPLINFER, signal.SIGKILL) in manager.calls
     assert ("kill", SPLINTER, signal.SIGKILL) not in manager.calls
 

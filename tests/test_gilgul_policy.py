@@ -6,20 +6,10 @@ import pytest
 
 from runa.gilgul import settings as gilgul_settings
 from runa.gilgul.policy import NOT_RUNNING, Decision, Policy, PolicySettings
+from runa.testing import FakeClock
 
 SETTINGS = PolicySettings(backoff_initial_s=1.0, backoff_max_s=8.0, escalate_after=6,
                           window_s=60.0)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -60,7 +50,7 @@ def test_a_restart_is_not_due_before_its_delay(clock: FakeClock) -> None:
     crash_and_restart(policy, clock)
     decision = policy.failed("splinfer", "exit-code")
     assert decision.restart_in == 1.0
-    assert policy.next_due() == clock.now + 1.0
+    assert policy.next_due() == clock.now() + 1.0
     clock.advance(0.999)
     assert policy.due() == []
     clock.advance(0.001)

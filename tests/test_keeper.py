@@ -20,6 +20,7 @@ from support import runa, wait_for
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
 from runa.splinter import EVENTS_CHANNEL, Bus, Geometry, create_segment
 from runa.splinter.layout import CTR_LIVE, CTR_TOMBS, HDR_COUNTERS, K_SWEEPS, S_KEYLEN
+from runa.testing import FakeClock
 
 MS = 1_000_000
 
@@ -186,7 +187,7 @@ def small_bus() -> Iterator[Bus]:
 
 def test_decayer_sweep_records_what_it_did(small_bus: Bus) -> None:
     """One sweep, fake clock: TTL and idle expiry, a promote, the keeper counters."""
-    now = [time.monotonic_ns()]
+    clock = FakeClock(time.monotonic())  # the bus's own clock stamped the keys just now
     kv = small_bus.kv
     kv.set("ttl", b"x", ttl_ms=50)
     kv.set("eph", b"x", ephemeral=True)
@@ -198,16 +199,16 @@ def test_decayer_sweep_records_what_it_did(small_bus: Bus) -> None:
     events = small_bus.subscribe(EVENTS_CHANNEL)
     policy = DecayPolicy(idle_ns=100 * MS, promote_reads=3, promote_cooldown_ns=10**12)
     decayer = Decayer(small_bus, policy, events=EventPublisher(small_bus, "splinter"),
-                      clock_ns=lambda: now[0])
+                      clock_ns=clock.ns)
     report = decayer.sweep()
     assert (report.expired, report.idle_expired, report.promoted) == (0, 0, ["hot"])
-    now[0] += 200 * MS
+    clock.advance(0.2)  # 200 ms
     report = decayer.sweep()
     assert (report.expired, report.idle_expired, report.promoted) == (1, 1, [])
     assert sorted(kv.list()) == ["hot", "splinfer:health"]
     counters = small_bus.keeper_counters.get()
     assert (counters["sweeps"], counters["promotions"]) == (2, 1)
-    assert counters["last_sweep_at_ns"] == now[0] and counters["max_sweep_ns"] > 0
+    assert counters["last_sweep_at_ns"] == clock.ns() and counters["max_sweep_ns"] > 0
     assert events.recv(timeout=0).payload["key"] == "hot"
 
 

@@ -25,6 +25,7 @@ from support import wait_for
 
 from runa import log
 from runa.journald import JournalSocket
+from runa.testing import FakeClock
 
 
 def fields_of(datagram: bytes) -> dict[str, str]:
@@ -82,19 +83,19 @@ def record(message: str) -> logging.LogRecord:
 
 def test_the_journal_is_tried_again_later(tmp_path: Path) -> None:
     path = tmp_path / "journal.sock"
-    now = [100.0]
+    clock = FakeClock(100.0)
     stream = io.StringIO()
     handler = log.JournalHandler("runa-demo", JournalSocket(path),
                                  logging.StreamHandler(stream), retry_s=30,
-                                 clock=lambda: now[0])
+                                 clock=clock)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         handler.handle(record("while the journal is away"))
         listener.bind(str(path))
         listener.settimeout(5)
-        now[0] += 10
+        clock.advance(10)
         handler.handle(record("too soon to try again"))
-        now[0] += 30
+        clock.advance(30)
         handler.handle(record("back in the journal"))
         assert fields_of(listener.recv(65536))["MESSAGE"] == "back in the journal"
     finally:

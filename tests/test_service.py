@@ -11,6 +11,7 @@ import pytest
 from runa.errors import RunaError
 from runa.protocol.heartbeat import Heartbeat
 from runa.service import ServiceContext, ServiceRunner, watchdog_interval
+from runa.testing import FakeClock
 
 
 class RecordingNotifier:
@@ -19,14 +20,6 @@ class RecordingNotifier:
 
     def notify(self, state: str) -> None:
         self.sent.append(state)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 class ScriptedDaemon:
@@ -51,7 +44,7 @@ class ScriptedDaemon:
 
     def step(self, timeout: float) -> None:
         self.timeouts.append(timeout)
-        self.clock.now += timeout
+        self.clock.advance(timeout)
         if len(self.timeouts) >= self.steps:
             assert self.ctx is not None
             self.ctx.stopping.set()
@@ -61,7 +54,7 @@ class ScriptedDaemon:
 
 
 def make(steps: int = 5, env: dict[str, str] | None = None, **kwargs: object):
-    clock, notifier = FakeClock(), RecordingNotifier()
+    clock, notifier = FakeClock(100.0), RecordingNotifier()
     daemon = ScriptedDaemon(clock, steps, **kwargs)  # type: ignore[arg-type]
     beats: list[Heartbeat] = []
     runner = ServiceRunner(daemon, logging.getLogger("runa.test"), notifier=notifier,
@@ -85,13 +78,13 @@ def test_every_wait_is_bounded_by_half_the_watchdog_and_pings_keep_pace() -> Non
     assert max(daemon.timeouts) <= 0.5
     # 40 steps over >= 10 s of fake time: a ping at least every half interval.
     pings = notifier.sent.count("WATCHDOG=1")
-    assert pings >= (daemon.clock.now - 100.0) / 0.5 - 1
+    assert pings >= (daemon.clock.now() - 100.0) / 0.5 - 1
 
 
 def test_heartbeats_come_from_the_loop_once_per_interval() -> None:
     runner, daemon, _, beats = make(steps=12, env={})
     runner.run()
-    assert len(beats) == pytest.approx(daemon.clock.now - 100.0, abs=1.01)
+    assert len(beats) == pytest.approx(daemon.clock.now() - 100.0, abs=1.01)
     assert beats[0].component == "scripted" and beats[0].status == "loaded"
 
 
@@ -166,7 +159,7 @@ def test_long_work_that_calls_keepalive_still_pings_and_heartbeats() -> None:
     def long_step(timeout: float) -> None:
         assert daemon.ctx is not None
         for _ in range(100):  # 100 tokens, 0.1 s each
-            daemon.clock.now += 0.1
+            daemon.clock.advance(0.1)
             daemon.ctx.keepalive()
         daemon.ctx.stopping.set()
 

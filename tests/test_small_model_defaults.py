@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from support import isolated_env, remove_segments, runa
 
-from runa.bus import connect
 from runa.client import ServiceClient
 from runa.components import load_config as load
 from runa.paths import Paths
 from runa.splinfer.personas import parse_persona
+from runa.stackbus import connect
 
 DEFAULT_PERSONA = Path(__file__).parent.parent / "runa/data/personas/default.md"
 CONTEXT = {"RUNA_SPLINFER_CTX_SIZE": "4096", "RUNA_SPLINFER_THREADS": "2",

@@ -5,3 +5,46 @@ settings, ``session`` speaks splinfer's protocol for one conversation, ``repl`` 
 loop (terminal or piped lines) and ``files`` the person's own chat files. Each takes its
 collaborators as arguments, so the tests drive the REPL without any process.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runa.surface import lazy
+
+if TYPE_CHECKING:
+    from runa.chat.files import ChatFiles, valid_conversation_id
+    from runa.chat.params import SessionParams
+    from runa.chat.rag import Retrieval
+    from runa.chat.repl import LineReader, Repl, StreamReader, TerminalReader
+    from runa.chat.session import ChatSession, NotSupported, Start, new_conversation_id
+    from runa.chat.typeahead import TypeAhead
+    from runa.chat.upload import in_pieces
+
+__all__ = [
+    "ChatFiles",
+    "ChatSession",
+    "LineReader",
+    "NotSupported",
+    "Repl",
+    "Retrieval",
+    "SessionParams",
+    "Start",
+    "StreamReader",
+    "TerminalReader",
+    "TypeAhead",
+    "conversations",
+    "in_pieces",
+    "new_conversation_id",
+    "valid_conversation_id",
+]
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "files": ("ChatFiles", "valid_conversation_id"),
+        "params": ("SessionParams",),
+        "rag": ("Retrieval",),
+        "repl": ("LineReader", "Repl", "StreamReader", "TerminalReader"),
+        "session": ("ChatSession", "NotSupported", "Start", "new_conversation_id"),
+        "typeahead": ("TypeAhead",),
+        "upload": ("in_pieces",),
+    })

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from runa import bus as bus_mod
-from runa.chat.params import SessionParams
-from runa.chat.upload import in_pieces
+from runa import stackbus as bus_mod
+from runa.chat import SessionParams, in_pieces
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json, say

@@ -7,7 +7,7 @@ import base64
 import sys
 import time
 
-from runa import bus as bus_mod
+from runa import stackbus as bus_mod
 from runa.cli.context import CliContext
 from runa.cli.numbers import in_range
 from runa.cli.voice import command_name, json_line, print_json, say

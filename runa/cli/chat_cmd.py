@@ -8,13 +8,22 @@ import signal
 import sys
 from contextlib import ExitStack
 
-from runa import bus as bus_mod
-from runa.chat import conversations
-from runa.chat.files import ChatFiles, valid_conversation_id
-from runa.chat.params import SessionParams
-from runa.chat.repl import LineReader, Repl, StreamReader, TerminalReader
-from runa.chat.session import ChatSession, NotSupported, Start, new_conversation_id
-from runa.chat.typeahead import TypeAhead
+from runa import stackbus as bus_mod
+from runa.chat import (
+    ChatFiles,
+    ChatSession,
+    LineReader,
+    NotSupported,
+    Repl,
+    SessionParams,
+    Start,
+    StreamReader,
+    TerminalReader,
+    TypeAhead,
+    conversations,
+    new_conversation_id,
+    valid_conversation_id,
+)
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
@@ -139,8 +148,8 @@ def manage(ctx: CliContext, args: argparse.Namespace, what: str) -> int:
 
 
 def converse(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.chat.rag import Retrieval  # numpy and the index load only for /rag
-    from runa.tieto.access import open_tieto
+    from runa.chat import Retrieval  # numpy and the index load only for /rag
+    from runa.tieto import open_tieto
 
     files = ChatFiles.for_person(ctx.env, ctx.stack)
     params = SessionParams(sampling_params(args))

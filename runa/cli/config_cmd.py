@@ -13,8 +13,8 @@ from runa.cli.voice import command_name, print_json, say
 from runa.components import packaged_schema
 from runa.config import config_files
 from runa.errors import ConfigError, UsageError
-from runa.models.resolve import configured_chat_model
-from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
+from runa.models import configured_chat_model
+from runa.splinfer import PersonaLibrary, configured_persona, persona_dirs
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 
 from runa import log
-from runa.bus import HealthWriter
 from runa.cli.context import CliContext, add_model_flags, model_overrides
 from runa.components import daemon_factory
 from runa.service import ServiceRunner
+from runa.stackbus import HealthWriter
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -12,11 +12,11 @@ from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json, say
 from runa.errors import UsageError, error_line
-from runa.tieto.topic import COLUMN_TYPES, parse_declaration
+from runa.tieto import COLUMN_TYPES, parse_declaration
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
     from runa.client import ServiceClient
-    from runa.tieto.ingest import IngestEvent, IngestReport
+    from runa.tieto import IngestEvent, IngestReport
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -129,7 +129,7 @@ def summary(topic: str, report: IngestReport) -> str:
 
 
 def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.access import open_tieto
+    from runa.tieto import open_tieto
 
     timeout_seconds(args.timeout)
     if args.status or args.cancel is not None:
@@ -162,7 +162,7 @@ def cmd_ingest(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def _daemon(ctx: CliContext) -> ServiceClient | None:
     """A client of the running tieto daemon, or None when it does not run."""
-    from runa import bus as bus_mod
+    from runa import stackbus as bus_mod
     from runa.client import ServiceClient, ServiceUnavailable
 
     try:
@@ -181,7 +181,7 @@ def _daemon(ctx: CliContext) -> ServiceClient | None:
 
 
 def _status(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.ingests import list_ingests
+    from runa.tieto import list_ingests
 
     client = _daemon(ctx)
     if client is None and args.json:
@@ -210,7 +210,7 @@ def _status(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def _cancel(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.client import ServiceUnavailable
-    from runa.tieto.ingests import cancel_ingest, find_ingest, list_ingests
+    from runa.tieto import cancel_ingest, find_ingest, list_ingests
 
     client = _daemon(ctx)
     if client is None:

@@ -10,17 +10,18 @@ from typing import TextIO
 from runa.cli.context import CliContext
 from runa.cli.voice import print_json
 from runa.errors import UsageError
-from runa.models.catalog import (
+from runa.models import (
     CATALOG,
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_MODEL,
     EMBEDDING_CATALOG,
+    SetupEvent,
+    list_models,
     lookup,
     lookup_embedding,
+    setup_embedding_model,
+    setup_model,
 )
-from runa.models.embedding_install import setup_embedding_model
-from runa.models.install import SetupEvent, setup_model
-from runa.models.resolve import list_models
 
 SMALL_DEMO = ("The default chat model is a small demo model (SmolLM2-135M-Instruct, 93 MiB): "
               "quick on any machine, but it often gets facts wrong and loses the thread.")

@@ -17,7 +17,7 @@ from runa.protocol.tieto import MODES, UNCITED, check_number
 
 if TYPE_CHECKING:  # the index and the model load only when the command runs
     from runa.protocol.answer import Hit
-    from runa.tieto.access import Local, Remote
+    from runa.tieto import Local, Remote
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -94,7 +94,7 @@ def format_hit(rank: int, hit: Hit, width: int = 100) -> str:
 
 
 def cmd_recall(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.access import open_tieto
+    from runa.tieto import open_tieto
 
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not args.complete and (args.sieve is not None or args.uncited or sampling_params(args)):

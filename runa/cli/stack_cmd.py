@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runa import bus as bus_mod
 from runa import log
-from runa.bus import BusNotRunning
+from runa import stackbus as bus_mod
 from runa.chat import conversations
 from runa.cli.context import (
     MODEL_FLAGS,
@@ -28,6 +27,7 @@ from runa.cli.voice import print_json, say
 from runa.client import ServiceClient, ServiceUnavailable
 from runa.errors import RunaError, error_line
 from runa.splinter.liveness import is_alive, process_start_time
+from runa.stackbus import BusNotRunning
 from runa.supervisor import lock, rundir
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor import state as state_file

@@ -36,7 +36,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_topic(ctx: CliContext, args: argparse.Namespace) -> int:
-    from runa.tieto.access import open_tieto
+    from runa.tieto import open_tieto
 
     with open_tieto(ctx.config, ctx.paths, ctx.stack, "topic") as tieto:
         if args.action == "list" and args.json:

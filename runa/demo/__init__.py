@@ -12,3 +12,5 @@ factory = "runa.demo.daemon:create"
 settings = "runa.demo.settings"
 after = ["splinter"]
 """
+
+__all__ = ["REGISTRY_ENTRY"]

@@ -40,14 +40,14 @@ class DemoDaemon:
             ctx.stopping.wait(chunk)
             remaining -= chunk
         ctx.status("ticking")
-        self._ready_at = ctx.clock.monotonic()
+        self._ready_at = ctx.clock()
 
     def step(self, timeout: float) -> None:
         assert self._ctx is not None
         wait = min(timeout, self.tick_s - self._since_tick)
-        start = self._ctx.clock.monotonic()
+        start = self._ctx.clock()
         self._ctx.stopping.wait(max(wait, 0.0))
-        self._since_tick += self._ctx.clock.monotonic() - start
+        self._since_tick += self._ctx.clock() - start
         self._maybe_stop_heartbeat()
         if self._since_tick >= self.tick_s:
             self._since_tick = 0.0
@@ -58,7 +58,7 @@ class DemoDaemon:
         ctx = self._ctx
         assert ctx is not None
         if (self.heartbeat_stop_after_s and ctx.heartbeat is not None
-                and ctx.clock.monotonic() - self._ready_at >= self.heartbeat_stop_after_s):
+                and ctx.clock() - self._ready_at >= self.heartbeat_stop_after_s):
             ctx.heartbeat = None
             self.logger.warning("heartbeat stopped on purpose (demo.heartbeat_stop_after_s)",
                                 extra={"RUNA_EVENT": "heartbeat_stopped"})

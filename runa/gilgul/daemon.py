@@ -20,8 +20,8 @@ import signal
 import time
 from collections.abc import Callable, Mapping
 
-from runa import bus as bus_mod
 from runa import log, registry
+from runa import stackbus as bus_mod
 from runa.components import load_config
 from runa.config import Config
 from runa.errors import RunaError

@@ -14,8 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from runa import bus as bus_mod
 from runa import log, preflight
+from runa import stackbus as bus_mod
 from runa.config import Config
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
 from runa.service import ServiceContext

@@ -3,3 +3,58 @@
 A library below the components: splinfer uses it to resolve and check a model
 before llama.cpp sees it; the CLI uses it for ``runa models setup``.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runa.surface import lazy
+
+if TYPE_CHECKING:
+    from runa.models.catalog import (
+        CATALOG,
+        DEFAULT_EMBEDDING_MODEL,
+        DEFAULT_MODEL,
+        EMBEDDING_CATALOG,
+        lookup,
+        lookup_embedding,
+    )
+    from runa.models.embedding_install import setup_embedding_model
+    from runa.models.errors import ModelNotFoundError
+    from runa.models.gguf_info import ModelInfo, read_model_info
+    from runa.models.install import SetupEvent, setup_model
+    from runa.models.resolve import (
+        configured_chat_model,
+        list_models,
+        require_chat_model,
+        resolve_model,
+    )
+
+__all__ = [
+    "CATALOG",
+    "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_MODEL",
+    "EMBEDDING_CATALOG",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "SetupEvent",
+    "configured_chat_model",
+    "list_models",
+    "lookup",
+    "lookup_embedding",
+    "read_model_info",
+    "require_chat_model",
+    "resolve_model",
+    "setup_embedding_model",
+    "setup_model",
+]
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "catalog": ("CATALOG", "DEFAULT_EMBEDDING_MODEL", "DEFAULT_MODEL", "EMBEDDING_CATALOG",
+                    "lookup", "lookup_embedding"),
+        "embedding_install": ("setup_embedding_model",),
+        "errors": ("ModelNotFoundError",),
+        "gguf_info": ("ModelInfo", "read_model_info"),
+        "install": ("SetupEvent", "setup_model"),
+        "resolve": ("configured_chat_model", "list_models", "require_chat_model", "resolve_model"),
+    })

@@ -31,11 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runa import bus as bus_mod
 from runa import cgroup, log
+from runa import stackbus as bus_mod
 from runa.config import Config, parse_size
 from runa.errors import RunaError
-from runa.models.resolve import configured_chat_model
+from runa.models import configured_chat_model
 from runa.paths import Paths
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, parse_params

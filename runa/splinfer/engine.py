@@ -43,8 +43,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from runa.models.gguf_info import ModelInfo, read_model_info
-from runa.models.resolve import require_chat_model
+from runa.models import ModelInfo, read_model_info, require_chat_model
 from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.cpushare import CpuShare
 from runa.splinfer.errors import (

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from runa.models.gguf_info import ModelInfo
+from runa.models import ModelInfo
 from runa.protocol.params import CACHE_TYPES, ContextParams
 from runa.splinfer.errors import MemoryFitError
 

@@ -1,6 +1,6 @@
 """Personas: a system prompt and default sampling parameters, in one Markdown file each.
 
-``<name>.md`` holds YAML front matter, then the system prompt::
+``<name>.md`` holds YAML front matter (runa.frontmatter's rules), then the system prompt::
 
     ---
     description: A calm, plain, honest assistant.
@@ -36,8 +36,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from runa import frontmatter
 from runa.config import Config
 from runa.errors import ConfigError
 from runa.paths import Paths
@@ -54,8 +53,6 @@ PACKAGED = Path(str(resources.files("runa"))) / "data" / "personas"
 SYSTEM = Path("/usr/share/runa/personas")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _CONTEXT_OPTIONS = set(ContextParams.__dataclass_fields__)
-_FENCE = re.compile(r"^---[ \t]*$")
-_END = re.compile(r"^(---|\.\.\.)[ \t]*$")
 
 
 class PersonaError(InferenceError):
@@ -99,28 +96,21 @@ class Persona:
         return parse_params(self.params, sampling=base, source=str(self.source))[1]
 
 
-def split_front_matter(path: Path, text: str) -> tuple[str, int, str]:
-    """(front matter, its first line number, body); no front matter gives ("", 0, text)."""
-    lines = text.splitlines(keepends=True)
-    if not lines or not _FENCE.match(lines[0].rstrip("\r\n")):
-        return "", 0, text
-    for i in range(1, len(lines)):
-        if _END.match(lines[i].rstrip("\r\n")):
-            return "".join(lines[1:i]), 2, "".join(lines[i + 1 :])
-    raise PersonaError(path, 1, "the front matter that starts here has no closing '---' line")
-
-
 def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona:
     """Read one persona file's text; PersonaError names the file and line of any problem."""
     name = path.stem
     if not NAME.match(name):
         raise PersonaError(path, None, f"{name!r} is not a persona name: use letters, "
                            "digits, '_', '.', '-' (at most 64), starting with a letter or digit")
-    front, first_line, body = split_front_matter(path, text)
+    try:
+        doc = frontmatter.split(text, path)
+    except frontmatter.FrontMatterError as error:
+        raise PersonaError(path, error.line, error.problem) from None
     info: dict[str, Any] = {"description": "", "tags": ()}
     params: dict[str, Any] = {}
     param_lines: dict[str, int] = {}
-    for key, value, line in _entries(path, front, first_line):
+    for key, value in doc.meta.items():
+        line = doc.key_lines[key]
         where = f"{path}:{line}"
         if key == "description":
             if not isinstance(value, str):
@@ -143,40 +133,8 @@ def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona
                 raise PersonaError(path, line, f"{option} is already set on line "
                                                f"{param_lines[option]} (as another spelling)")
             params[option], param_lines[option] = checked, line
-    return Persona(name=name, description=info["description"], system=body.strip(),
+    return Persona(name=name, description=info["description"], system=doc.body.strip(),
                    params=MappingProxyType(params), source=path, tags=info["tags"])
-
-
-def _entries(path: Path, front: str, first_line: int) -> list[tuple[str, Any, int]]:
-    """(key, value, line) for each front matter entry, in order."""
-    if not front.strip():
-        return []
-    try:
-        node = yaml.compose(front, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(front)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        if mark is not None and mark.line >= front.count("\n") and error.context_mark:
-            mark = error.context_mark  # "got <stream end>": point at what was left open
-        line = first_line + mark.line if mark is not None else first_line
-        problem = " ".join(p for p in (error.context, error.problem) if p) or str(error)
-        raise PersonaError(path, line, f"front matter is not valid YAML: {problem}") from None
-    except yaml.YAMLError as error:
-        raise PersonaError(path, first_line, f"front matter is not valid YAML: {error}") from None
-    if not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
-        raise PersonaError(path, first_line, "front matter must be 'key: value' lines")
-    entries: list[tuple[str, Any, int]] = []
-    seen: dict[str, int] = {}
-    for key_node, _ in node.value:
-        line = first_line + key_node.start_mark.line
-        key = key_node.value
-        if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key, str):
-            raise PersonaError(path, line, "front matter keys must be words")
-        if key in seen:
-            raise PersonaError(path, line, f"{key} is already set on line {seen[key]}")
-        seen[key] = line
-        entries.append((key, data[key], line))
-    return entries
 
 
 def _param(path: Path, line: int, key: str, value: Any,

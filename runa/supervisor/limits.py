@@ -21,54 +21,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runa import log
-
-# v1 reports "no limit" as a huge page-aligned number (PAGE_COUNTER_MAX * page size).
-_V1_UNLIMITED = 1 << 62
+from runa.cgroup import CGROUP_ROOT, PROC_CGROUP, MemoryCgroup, NoMemoryCgroup, own_memory_cgroup
 
 Preexec = Callable[[], None]
 
 
 @dataclass(frozen=True)
 class CgroupLayout:
-    """Where the supervisor's memory cgroups go and which files hold the limit."""
+    """Where the supervisor's memory cgroups go: one per child below ``base``."""
 
-    base: Path  # runa-<stack>, below the supervisor's own memory cgroup
-    limit_file: str  # memory.limit_in_bytes (v1) or memory.max (v2)
-    version: int
+    base: MemoryCgroup  # runa-<stack>, below the supervisor's own memory cgroup
 
 
-def find_layout(stack: str, proc_cgroup: Path = Path("/proc/self/cgroup"),
-                cgroup_root: Path = Path("/sys/fs/cgroup")) -> CgroupLayout | str:
+def find_layout(stack: str, proc_cgroup: Path = PROC_CGROUP,
+                cgroup_root: Path = CGROUP_ROOT) -> CgroupLayout | str:
     """The layout to use, or why none is usable (the reason goes into the warning)."""
     try:
-        lines = proc_cgroup.read_text().splitlines()
-    except OSError as error:
-        return f"cannot read {proc_cgroup}: {error}"
-    entries = [line.split(":", 2) for line in lines if line.count(":") >= 2]
-    v1 = next((path for _, ctrls, path in entries if "memory" in ctrls.split(",")), None)
-    if v1 is not None and (cgroup_root / "memory").is_dir():
-        own = cgroup_root / "memory" / v1.lstrip("/")
-        return _prepare(CgroupLayout(own / f"runa-{stack}", "memory.limit_in_bytes", 1))
-    v2 = next((path for hid, ctrls, path in entries if hid == "0" and ctrls == ""), None)
-    if v2 is not None and (cgroup_root / "cgroup.controllers").exists():
-        own = cgroup_root / v2.lstrip("/")
-        layout = _prepare(CgroupLayout(own / f"runa-{stack}", "memory.max", 2))
-        if isinstance(layout, CgroupLayout):
-            try:  # the base holds no process, so it may hand the controller to its children
-                (layout.base / "cgroup.subtree_control").write_text("+memory")
-            except OSError as error:
-                with contextlib.suppress(OSError):
-                    layout.base.rmdir()
-                return f"cannot enable the memory controller in {layout.base}: {error}"
-        return layout
-    return "no memory cgroup controller is mounted"
+        own = own_memory_cgroup(proc_cgroup, cgroup_root)
+    except NoMemoryCgroup as error:
+        return str(error)
+    if own.version == 2 and not (own.root / "cgroup.controllers").exists():
+        return "no memory cgroup controller is mounted"
+    layout = _prepare(CgroupLayout(own.child(f"runa-{stack}")))
+    if isinstance(layout, CgroupLayout) and own.version == 2:
+        base = layout.base.path
+        try:  # the base holds no process, so it may hand the controller to its children
+            (base / "cgroup.subtree_control").write_text("+memory")
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                base.rmdir()
+            return f"cannot enable the memory controller in {base}: {error}"
+    return layout
 
 
 def _prepare(layout: CgroupLayout) -> CgroupLayout | str:
     try:
-        layout.base.mkdir(exist_ok=True)
+        layout.base.path.mkdir(exist_ok=True)
     except OSError as error:
-        return f"cannot create {layout.base}: {error.strerror}"
+        return f"cannot create {layout.base.path}: {error.strerror}"
     return layout
 
 
@@ -90,15 +80,15 @@ class MemoryLimiter:
         if limit is None:
             return None
         if self.layout is not None:
-            group = self.layout.base / component
+            group = self.layout.base.child(component)
             try:
-                group.mkdir(exist_ok=True)
-                (group / self.layout.limit_file).write_text(str(limit))
+                group.path.mkdir(exist_ok=True)
+                (group.path / group.limit_file).write_text(str(limit))
             except OSError as error:
-                self.why_not = f"cannot write the limit in {group}: {error.strerror}"
+                self.why_not = f"cannot write the limit in {group.path}: {error.strerror}"
                 self.layout = None
             else:
-                return _join(group / "cgroup.procs")
+                return _join(group.path / "cgroup.procs")
         if not self._warned:
             self._warned = True
             log.event(self.logger, "memory_limit_fallback",
@@ -111,37 +101,24 @@ class MemoryLimiter:
         """The limit the kernel enforces on ``component``'s cgroup (None: not a cgroup)."""
         if self.layout is None:
             return None
-        try:
-            raw = (self.layout.base / component / self.layout.limit_file).read_text().strip()
-        except OSError:
-            return None
-        return None if raw == "max" or int(raw) >= _V1_UNLIMITED else int(raw)
+        return self.layout.base.child(component).limit()
 
     def oom_kills(self, component: str) -> int:
         """How often the kernel's OOM killer acted in ``component``'s cgroup (0: unknown)."""
         if self.layout is None:
             return 0
-        name = "memory.oom_control" if self.layout.version == 1 else "memory.events"
-        try:
-            text = (self.layout.base / component / name).read_text()
-        except OSError:
-            return 0
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return self.layout.base.child(component).oom_kills()
 
     def cleanup(self) -> None:
         """Remove the cgroups once their processes are gone (a busy one stays, harmlessly)."""
-        if self.layout is None or not self.layout.base.is_dir():
+        if self.layout is None or not self.layout.base.path.is_dir():
             return
-        for group in self.layout.base.iterdir():
+        for group in self.layout.base.path.iterdir():
             if group.is_dir():
                 with contextlib.suppress(OSError):
                     group.rmdir()
         with contextlib.suppress(OSError):
-            self.layout.base.rmdir()
+            self.layout.base.path.rmdir()
 
 
 def _join(procs: Path) -> Preexec:

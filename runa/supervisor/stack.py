@@ -12,8 +12,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from runa import bus as bus_mod
 from runa import registry
+from runa import stackbus as bus_mod
 from runa.config import Config, parse_size
 from runa.gilgul import (
     ComponentSpec,

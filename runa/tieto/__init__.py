@@ -1,6 +1,7 @@
 """tieto: retrieval over a person's own documents (docs/tieto.md).
 
-Modules, each with one job: ``sources`` (files → records) and ``frontmatter``,
+Modules, each with one job: ``sources`` (files → records, front matter
+through ``runa.frontmatter``),
 ``chunk`` (records → chunks that fit the model), ``embed`` (the model),
 ``index`` (one SQLite file per topic: sqlite-vec + FTS5 + metadata),
 ``values``/``filters`` (typed ``--filter`` expressions → SQL), ``fts``,
@@ -8,3 +9,35 @@ Modules, each with one job: ``sources`` (files → records) and ``frontmatter``,
 topic's settings) and ``api`` (all of it behind one object for the CLI and the
 daemon).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runa.surface import lazy
+
+if TYPE_CHECKING:
+    from runa.tieto.access import Local, Remote, open_tieto
+    from runa.tieto.ingest import IngestEvent, IngestReport
+    from runa.tieto.ingests import cancel_ingest, find_ingest, list_ingests
+    from runa.tieto.topic import COLUMN_TYPES, parse_declaration
+
+__all__ = [
+    "COLUMN_TYPES",
+    "IngestEvent",
+    "IngestReport",
+    "Local",
+    "Remote",
+    "cancel_ingest",
+    "find_ingest",
+    "list_ingests",
+    "open_tieto",
+    "parse_declaration",
+]
+if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
+    __getattr__ = lazy(__name__, {
+        "access": ("Local", "Remote", "open_tieto"),
+        "ingest": ("IngestEvent", "IngestReport"),
+        "ingests": ("cancel_ingest", "find_ingest", "list_ingests"),
+        "topic": ("COLUMN_TYPES", "parse_declaration"),
+    })

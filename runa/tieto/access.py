@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from runa import bus as bus_mod
+from runa import stackbus as bus_mod
 from runa.client import ServiceClient, ServiceFault, ServiceUnavailable
 from runa.config import Config
 from runa.errors import RunaError

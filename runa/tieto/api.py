@@ -15,9 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runa.models.catalog import lookup_embedding
-from runa.models.errors import ModelNotFoundError
-from runa.models.resolve import resolve_model
+from runa.models import ModelNotFoundError, lookup_embedding, resolve_model
 from runa.paths import Paths
 from runa.protocol.answer import Grounding, Hit
 from runa.protocol.tieto import UNCITED, ParamError, check_number

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from runa import bus as bus_mod
 from runa import log
+from runa import stackbus as bus_mod
 from runa.client import CANCEL_WAIT, ServiceClient
 from runa.config import Config
 from runa.errors import ConfigError, RunaError

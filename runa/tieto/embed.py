@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from runa.models.gguf_info import read_model_info
+from runa.models import read_model_info
 from runa.tieto.errors import TietoError
 
 

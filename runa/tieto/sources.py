@@ -7,11 +7,13 @@ refused after a look at what was opened (NotRegularFileError); the ingest skips 
 
 * ``.jsonl``: each non-blank line ``{"text": "...", "meta": {...}}``; a broken
   line is reported with its number and the other lines still count;
-* anything else: text with optional YAML front matter (runa.tieto.frontmatter).
+* anything else: text with optional YAML front matter (runa.frontmatter's rules); its values
+  are kept as JSON can hold them (a date becomes its ISO text).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runa.tieto import frontmatter
+from runa import frontmatter
 from runa.tieto.errors import (
     EmptyInputError,
+    FrontMatterError,
     InputError,
     JsonlLineError,
     NotRegularFileError,
@@ -119,11 +122,26 @@ def parse(path: Path, data: bytes, sha256: str) -> SourceFile:
             raise JsonlLineError(path, problems[0].line if problems else None,
                                  f"no usable line ({len(problems)} broken)")
         return SourceFile(path, sha256, len(data), tuple(records), tuple(problems))
-    doc = frontmatter.split(text, str(path))
+    try:
+        doc = frontmatter.split(text, path)
+    except frontmatter.FrontMatterError as e:
+        raise FrontMatterError(path, e.line, e.problem) from None
     if not doc.body.strip():
         raise EmptyInputError(path, doc.body_line, "no text after the front matter")
-    record = Record("", doc.body_line, doc.body, doc.meta, doc.key_lines)
+    meta = {key: _plain(value) for key, value in doc.meta.items()}
+    record = Record("", doc.body_line, doc.body, meta, doc.key_lines)
     return SourceFile(path, sha256, len(data), (record,))
+
+
+def _plain(value: Any) -> Any:
+    """A YAML value as JSON can hold it: dates become ISO text, mapping keys text."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _jsonl(text: str, path: Path) -> tuple[list[Record], list[InputError]]:

@@ -14,13 +14,15 @@ import pytest
 from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.cpushare import CpuShare, machine_busy_seconds
 from runa.splinfer.engine import Engine
+from runa.testing import FakeClock
 
 
 class Counters:
     """The two clocks CpuShare reads, moved by the test: machine-wide busy and our own."""
 
     def __init__(self) -> None:
-        self.now = self.machine = self.own = 0.0
+        self.clock = FakeClock(0.0)
+        self.machine = self.own = 0.0
         self.reads = 0
 
     def read_machine(self) -> float:
@@ -29,13 +31,13 @@ class Counters:
 
     def run(self, seconds: float, *, ours: float, others: float) -> None:
         """``seconds`` pass with us using ``ours`` CPUs and other programs ``others``."""
-        self.now += seconds
+        self.clock.advance(seconds)
         self.own += ours * seconds
         self.machine += (ours + others) * seconds
 
 
 def share(c: Counters, cpus: int = 2) -> CpuShare:
-    return CpuShare(cpus, machine=c.read_machine, own=lambda: c.own, clock=lambda: c.now)
+    return CpuShare(cpus, machine=c.read_machine, own=lambda: c.own, clock=c.clock)
 
 
 def test_a_quiet_machine_gets_every_cpu() -> None:

@@ -19,18 +19,15 @@ from runa.splinfer.conversations import (
 )
 from runa.splinfer.statefile import StateIdentity
 from runa.splinfer.storage import atomic_write
+from runa.testing import FakeClock
 
 ME = StateIdentity(model="m" * 64, llama=statefile.llama_identity(), kv=statefile.kv_identity(True))
 MIB = 1 << 20
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1
-        return self.now
+def ticking_clock() -> FakeClock:
+    """A wall clock a second further on at every read, so each save has its own time."""
+    return FakeClock(1_000_001.0, tick=1.0)
 
 
 def store_at(root: Path, **kw) -> ConversationStore:
@@ -104,7 +101,7 @@ def test_conversation_ids_are_checked(bad: object) -> None:
 
 def test_states_are_capped_oldest_first_and_published(tmp_path: Path) -> None:
     published: dict[str, dict | None] = {}
-    store = store_at(tmp_path, cap=5 * MIB, clock=Clock(),
+    store = store_at(tmp_path, cap=5 * MIB, clock=ticking_clock(),
                      publish=lambda conv, meta: published.__setitem__(conv, meta))
     blob = memoryview(b"\x07" * (2 * MIB))
     for i, name in enumerate(["old", "mid", "new"]):
@@ -177,20 +174,20 @@ def test_leftover_temporaries_are_cleared_on_open(tmp_path: Path) -> None:
 
 
 def test_states_not_used_for_the_age_limit_are_dropped(tmp_path: Path) -> None:
-    clock = Clock()
+    clock = ticking_clock()
     store = store_at(tmp_path, clock=clock, max_state_age_s=7 * 86400)
     blob = memoryview(b"\x07" * 1000)
     for name in ("stale", "recent"):
         store.save_state(name, ME, [1], blob)
     for name, days_ago in (("stale", 8), ("recent", 6)):
-        when = clock.now - days_ago * 86400
+        when = clock.now() - days_ago * 86400
         os.utime(store.state_path(name), (when, when))
     assert store.enforce_cap() == ["stale"]
     assert [f.conversation for f in store.state_files()] == ["recent"]
 
 
 def test_summaries_list_the_latest_used_first_with_their_state(tmp_path: Path) -> None:
-    store = store_at(tmp_path, clock=Clock())
+    store = store_at(tmp_path, clock=ticking_clock())
     for name, text in (("a1", "first question\nsecond line"), ("b2", "x" * 200)):
         conv = store.new(name, "tutor")
         conv.messages = [{"role": "user", "content": text},
@@ -219,7 +216,7 @@ class CountingReader:
 
 def test_a_second_listing_reads_only_the_histories_that_changed(tmp_path: Path) -> None:
     reader = CountingReader()
-    store = store_at(tmp_path, clock=Clock(), reader=reader)
+    store = store_at(tmp_path, clock=ticking_clock(), reader=reader)
     for name in ("a1", "b2", "c3"):
         conv = store.new(name, "tutor")
         conv.messages = [{"role": "user", "content": f"about {name}"}]

@@ -6,6 +6,7 @@ from runa.splinfer.stream import ReplyStream
 from runa.splinter import Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import Backpressure, ChannelNotFound
+from runa.testing import FakeClock
 
 
 class Channel:
@@ -24,29 +25,21 @@ class Channel:
         self.sent.append(envelope)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def stream(channel: Channel, clock: Clock) -> ReplyStream:
+def stream(channel: Channel, clock: FakeClock) -> ReplyStream:
     request = env_mod.query("client", "splinfer", {"op": "chat"}, reply_to="r")
     return ReplyStream(request, channel, name="splinfer", clock=clock, flush_s=0.05,
                        timeout_s=10)
 
 
 def test_first_piece_at_once_then_coalesced_and_the_rest_with_eof() -> None:
-    channel, clock = Channel(), Clock()
+    channel, clock = Channel(), FakeClock(0.0)
     s = stream(channel, clock)
     s.text("Hel")
-    clock.now = 0.01
+    clock.advance(0.01)  # at 0.01
     s.text("lo")
-    clock.now = 0.02
+    clock.advance(0.01)  # at 0.02
     s.text(" wor")
-    clock.now = 0.06
+    clock.advance(0.04)  # at 0.06
     s.text("ld")
     s.finish({"finish_reason": "stop"})
     assert [e.payload.get("text") for e in channel.sent] == ["Hel", "lo world", ""]
@@ -55,12 +48,12 @@ def test_first_piece_at_once_then_coalesced_and_the_rest_with_eof() -> None:
 
 
 def test_a_full_channel_keeps_everything_in_order_until_there_is_room() -> None:
-    channel, clock = Channel(), Clock()
+    channel, clock = Channel(), FakeClock(0.0)
     s = stream(channel, clock)
     s.text("a")
     channel.full = True
-    for i, piece in enumerate("bcdef"):
-        clock.now = 0.1 * (i + 1)
+    for piece in "bcdef":
+        clock.advance(0.1)
         s.text(piece)
     s.finish({"finish_reason": "length"})
     assert not s.done and s.gone is None
@@ -72,14 +65,14 @@ def test_a_full_channel_keeps_everything_in_order_until_there_is_room() -> None:
 
 
 def test_a_reader_that_makes_no_room_is_gone_and_a_closed_one_too() -> None:
-    channel, clock = Channel(), Clock()
+    channel, clock = Channel(), FakeClock(0.0)
     s = stream(channel, clock)
     channel.full = True
     s.text("a")
-    clock.now = 5
+    clock.advance(5)
     s.pump()
     assert s.gone is None
-    clock.now = 10.5
+    clock.advance(5.5)  # at 10.5
     s.pump()
     assert "full for 10 s" in s.gone and s.done
     other = stream(Channel(), clock)
@@ -89,7 +82,7 @@ def test_a_reader_that_makes_no_room_is_gone_and_a_closed_one_too() -> None:
 
 
 def test_an_error_replaces_what_was_waiting() -> None:
-    channel, clock = Channel(), Clock()
+    channel, clock = Channel(), FakeClock(0.0)
     s = stream(channel, clock)
     channel.full = True
     s.text("partial")
@@ -103,7 +96,7 @@ def test_an_error_replaces_what_was_waiting() -> None:
 def test_text_held_back_goes_out_in_pieces_the_bus_takes() -> None:
     from runa.splinfer.stream import MAX_PIECE
 
-    channel, clock = Channel(), Clock()
+    channel, clock = Channel(), FakeClock(0.0)
     s = stream(channel, clock)
     channel.full = True
     s.text("é" * (3 * MAX_PIECE + 10))

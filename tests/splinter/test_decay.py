@@ -7,40 +7,30 @@ import pytest
 from runa.splinter import Geometry
 from runa.splinter.decay import hot_keys, idle_ephemeral, promote_candidates
 from runa.splinter.errors import StoreFull
+from runa.testing import FakeClock
 
 MS = 1_000_000
 TINY = Geometry(slots=8, max_key=16, max_value=16, channels=1, channel_capacity=4096,
                 max_envelope=1024)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += ms * MS
-
-
 def test_full_store_evicts_expired_then_lru_ephemeral_then_refuses(make_bus) -> None:
-    clock = FakeClock()
-    bus, _ = make_bus(TINY, clock=clock)
+    clock = FakeClock(1.0)
+    bus, _ = make_bus(TINY, clock=clock.ns)
     kv = bus.kv
     kv.set("ttl-a", b"a", ttl_ms=100)
     kv.set("ttl-b", b"b", ttl_ms=100)
     kv.set("eph-old", b"o", ephemeral=True)
-    clock.advance(5)
+    clock.advance(0.005)
     kv.set("eph-new", b"n", ephemeral=True)
     kv.set("eph-was", b"w", ephemeral=True)
     kv.set("eph-was", b"w")  # re-set without the flag: no longer evictable
     kv.set("plain-1", b"1")
     kv.set("plain-2", b"2")
     kv.set("plain-3", b"3")
-    clock.advance(5)
+    clock.advance(0.005)
     assert kv.get("eph-old") == b"o"  # read: now eph-old is the more recently used one
-    clock.advance(200)  # both TTLs have passed; nobody removed them yet
+    clock.advance(0.2)  # both TTLs have passed; nobody removed them yet
     assert kv.counts()["live"] == 8
 
     kv.set("new-1", b"x")  # 1. every expired key goes, not an ephemeral one
@@ -65,16 +55,16 @@ def test_full_store_evicts_expired_then_lru_ephemeral_then_refuses(make_bus) -> 
 
 
 def test_expire_rechecks_the_ttl_under_the_lock(make_bus) -> None:
-    clock = FakeClock()
-    bus, _ = make_bus(clock=clock)
+    clock = FakeClock(1.0)
+    bus, _ = make_bus(clock=clock.ns)
     kv = bus.kv
     kv.set("k", b"v", ttl_ms=10)
-    clock.advance(20)
+    clock.advance(0.020)
     [stale] = kv.expired()
     kv.set("k", b"renewed", ttl_ms=1000)  # an update in place renews the TTL, same keygen
     assert kv.expire(stale.index, stale.keygen) is False
     assert kv.get("k") == b"renewed" and kv.counts()["expired"] == 0
-    clock.advance(2000)
+    clock.advance(2.0)
     [due] = kv.expired()
     assert kv.expire(due.index, due.keygen) is True
     assert kv.info("k") is None and kv.counts()["expired"] == 1
@@ -82,22 +72,22 @@ def test_expire_rechecks_the_ttl_under_the_lock(make_bus) -> None:
 
 
 def test_idle_ephemeral_scan_and_expiry(make_bus) -> None:
-    clock = FakeClock()
-    bus, _ = make_bus(clock=clock)
+    clock = FakeClock(1.0)
+    bus, _ = make_bus(clock=clock.ns)
     kv = bus.kv
     kv.set("eph-idle", b"1", ephemeral=True)
     kv.set("eph-busy", b"2", ephemeral=True)
     kv.set("plain-idle", b"3")
-    clock.advance(1000)
+    clock.advance(1.0)
     kv.get("eph-busy")
-    clock.advance(500)
-    found = idle_ephemeral(kv, clock.now, 1000 * MS)
+    clock.advance(0.5)
+    found = idle_ephemeral(kv, clock.ns(), 1000 * MS)
     assert [s.key for s in found] == ["eph-idle"]
     kv.get("eph-idle")  # touched since the scan: spared
     assert kv.expire_idle(found[0].index, found[0].keygen, 1000 * MS) is False
-    clock.advance(1000)
+    clock.advance(1.0)
     kv.get("eph-busy")
-    [again] = idle_ephemeral(kv, clock.now, 1000 * MS)
+    [again] = idle_ephemeral(kv, clock.ns(), 1000 * MS)
     assert kv.expire_idle(again.index, again.keygen, 1000 * MS) is True
     assert kv.counts()["idle_expired"] == 1 and kv.get("plain-idle") == b"3"
 
@@ -117,8 +107,8 @@ def test_hot_keys_are_the_most_read_live_keys(make_bus) -> None:
 
 
 def test_promote_candidates_threshold_and_cooldown(make_bus) -> None:
-    clock = FakeClock()
-    bus, _ = make_bus(clock=clock)
+    clock = FakeClock(1.0)
+    bus, _ = make_bus(clock=clock.ns)
     kv = bus.kv
     kv.set("hot", b"v")
     kv.set("warm", b"v")
@@ -127,19 +117,19 @@ def test_promote_candidates_threshold_and_cooldown(make_bus) -> None:
     for _ in range(4):
         kv.get("warm")
     cooldown = 60_000 * MS
-    [hot] = promote_candidates(kv, 5, cooldown, clock.now)
+    [hot] = promote_candidates(kv, 5, cooldown, clock.ns())
     assert (hot.key, hot.reads, hot.promoted_reads, hot.promoted_at_ns) == ("hot", 5, 0, 0)
-    assert kv.mark_promoted(hot.index, hot.keygen, hot.reads, clock.now) is True
-    assert promote_candidates(kv, 5, cooldown, clock.now) == []
+    assert kv.mark_promoted(hot.index, hot.keygen, hot.reads, clock.ns()) is True
+    assert promote_candidates(kv, 5, cooldown, clock.ns()) == []
     for _ in range(5):
         kv.get("hot")
-    clock.advance(30_000)
-    assert promote_candidates(kv, 5, cooldown, clock.now) == []  # within the cooldown
-    clock.advance(30_000)
-    [again] = promote_candidates(kv, 5, cooldown, clock.now)
+    clock.advance(30.0)
+    assert promote_candidates(kv, 5, cooldown, clock.ns()) == []  # within the cooldown
+    clock.advance(30.0)
+    [again] = promote_candidates(kv, 5, cooldown, clock.ns())
     assert (again.reads, again.promoted_reads) == (10, 5)
     # a re-inserted key starts over, and a stale mark is refused
     kv.unset("hot")
     kv.set("hot", b"new")
-    assert kv.mark_promoted(again.index, again.keygen, again.reads, clock.now) is False
+    assert kv.mark_promoted(again.index, again.keygen, again.reads, clock.ns()) is False
     assert kv.info("hot").promoted_at_ns == 0 and kv.info("hot").reads == 0

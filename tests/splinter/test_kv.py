@@ -10,6 +10,7 @@ import pytest
 from runa.splinter import Bus, Geometry
 from runa.splinter.errors import InvalidKey, InvalidTtl, StoreFull, ValueTooLarge
 from runa.splinter.kv import MAX_KEY_TTL_MS
+from runa.testing import FakeClock
 
 from .support import SMALL
 
@@ -149,17 +150,9 @@ def test_full_store(make_bus) -> None:
     assert sorted(bus.kv.list()) == sorted(["one-more"] + [f"k{i}" for i in range(1, 8)])
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_000_000_000
-
-    def __call__(self) -> int:
-        return self.now
-
-
 def test_ttl_expiry_ephemeral_and_evict(make_bus) -> None:
-    clock = FakeClock()
-    bus, _ = make_bus(clock=clock)
+    clock = FakeClock(1.0)
+    bus, _ = make_bus(clock=clock.ns)
     kv = bus.kv
     kv.set("short", b"s", ttl_ms=100)
     kv.set("eph", b"e", ephemeral=True)
@@ -167,7 +160,7 @@ def test_ttl_expiry_ephemeral_and_evict(make_bus) -> None:
     assert kv.get("short") == b"s"
     info = kv.info("eph")
     assert info is not None and info.ephemeral and info.expiry_ns == 0
-    clock.now += 150_000_000
+    clock.advance(0.150)
     assert kv.get("short") is None  # expired: not found, even before the keeper evicts it
     assert sorted(kv.list()) == ["eph", "plain"]
     expired = kv.expired()
@@ -185,22 +178,22 @@ def test_ttl_expiry_ephemeral_and_evict(make_bus) -> None:
     # setting again clears the TTL
     kv.set("x", b"1", ttl_ms=10)
     kv.set("x", b"2")
-    clock.now += 10**9
+    clock.advance(1.0)
     assert kv.get("x") == b"2"
 
 
 def test_access_time_and_read_counter(make_bus) -> None:
-    clock = FakeClock()
-    bus, _ = make_bus(clock=clock)
+    clock = FakeClock(1.0)
+    bus, _ = make_bus(clock=clock.ns)
     bus.kv.set("k", b"v")
     t0 = bus.kv.info("k").atime_ns
     for _ in range(5):
         bus.kv.get("k")
     assert bus.kv.info("k").reads == 5
     assert bus.kv.info("k").atime_ns == t0  # within the same millisecond: not rewritten
-    clock.now += 2_000_000
+    clock.advance(0.002)
     bus.kv.get("k")
-    assert bus.kv.info("k").atime_ns == clock.now
+    assert bus.kv.info("k").atime_ns == clock.ns()
 
 
 def test_unset_scrubs_the_value_bytes(make_bus) -> None:

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from runa.frontmatter import split
 from runa.tieto.errors import (
     EmptyInputError,
     FrontMatterError,
     JsonlLineError,
     NotTextError,
 )
-from runa.tieto.frontmatter import split
 from runa.tieto.sources import parse, read_bytes, walk
 
 
@@ -22,10 +22,12 @@ def _parse(path: Path, content: bytes | str):
     return parse(path, data, sha)
 
 
-def test_front_matter_and_body_line() -> None:
-    doc = split("---\ntitle: A\nyear: 2021\ndate: 2021-03-04\ntags: [x, y]\n---\nBody\n", "f.md")
-    assert doc.meta == {"title": "A", "year": 2021, "date": "2021-03-04", "tags": ["x", "y"]}
-    assert doc.body == "Body\n" and doc.body_line == 7
+def test_front_matter_and_body_line(tmp_path: Path) -> None:
+    doc = _parse(tmp_path / "f.md",
+                 "---\ntitle: A\nyear: 2021\ndate: 2021-03-04\ntags: [x, y]\n---\nBody\n")
+    [record] = doc.records
+    assert record.meta == {"title": "A", "year": 2021, "date": "2021-03-04", "tags": ["x", "y"]}
+    assert record.text == "Body\n" and record.line == 7
 
 
 def test_no_front_matter_is_all_body() -> None:
@@ -33,22 +35,28 @@ def test_no_front_matter_is_all_body() -> None:
     assert doc.meta == {} and doc.body_line == 1 and doc.body.startswith("Just text")
 
 
-def test_unclosed_front_matter_names_file_and_line() -> None:
+def test_unclosed_front_matter_names_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
     with pytest.raises(FrontMatterError) as err:
-        split("---\ntitle: A\nBody without the closing line\n", "notes/a.md")
-    assert str(err.value).startswith("notes/a.md:1: front matter opened")
+        _parse(tmp_path / "notes/a.md", "---\ntitle: A\nBody without the closing line\n")
+    assert str(err.value).startswith(f"{tmp_path}/notes/a.md:1: front matter opened")
 
 
-def test_broken_yaml_names_the_line_in_the_file() -> None:
+def test_broken_yaml_names_the_line_in_the_file(tmp_path: Path) -> None:
     text = "---\ntitle: A\nyear: [2021\nother: 1\n---\nBody\n"
     with pytest.raises(FrontMatterError) as err:
-        split(text, "a.md")
+        _parse(tmp_path / "a.md", text)
     assert err.value.line in (3, 4, 5) and "not valid YAML" in str(err.value)
 
 
-def test_front_matter_must_be_a_mapping() -> None:
+def test_front_matter_must_be_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(FrontMatterError, match="key: value"):
-        split("---\n- a\n- b\n---\nBody\n", "a.md")
+        _parse(tmp_path / "a.md", "---\n- a\n- b\n---\nBody\n")
+
+
+def test_a_key_given_twice_is_an_error_naming_both_lines(tmp_path: Path) -> None:
+    with pytest.raises(FrontMatterError, match=r"a\.md:3: title is already set on line 2"):
+        _parse(tmp_path / "a.md", "---\ntitle: A\ntitle: B\n---\nBody\n")
 
 
 def test_empty_and_bodyless_files(tmp_path: Path) -> None:

@@ -26,15 +26,15 @@ from typing import Any
 import pytest
 from support import isolated_env, remove_segments, runa, wait_for
 
-from runa import bus as bus_mod
 from runa import config as config_mod
-from runa.bus import HealthWriter
+from runa import stackbus as bus_mod
 from runa.client import ServiceClient
 from runa.components import load_config
 from runa.paths import Paths
 from runa.service import ServiceRunner
 from runa.splinter import EVENTS_CHANNEL, Envelope
 from runa.splinter import envelope as env_mod
+from runa.stackbus import HealthWriter
 from runa.tieto.access import Local, Remote, TietoServiceError, open_tieto
 from runa.tieto.daemon import TietoDaemon
 from runa.tieto.snapshot import check_snapshot
