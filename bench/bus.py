@@ -43,7 +43,8 @@ sys.path.insert(0, str(REPO))
 from runa import config as config_mod  # noqa: E402
 from runa.demo import REGISTRY_ENTRY as DEMO_ENTRY  # noqa: E402
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher  # noqa: E402
-from runa.splinter import Bus, Geometry, create_segment  # noqa: E402
+from runa.protocol import events as event_payloads  # noqa: E402
+from runa.splinter import Bus, Geometry, SlotInfo, create_segment  # noqa: E402
 from runa.splinter import envelope as envelope_mod  # noqa: E402
 
 KEYS = 1_000
@@ -57,9 +58,10 @@ SAME, CROSS, UNPINNED = (0, 0), (0, 1), (None, None)
 ALL_CPUS = frozenset(range(os.cpu_count() or 1))
 
 # A realistic event: what the keeper publishes for a hot key.
-EVENT = envelope_mod.event("splinter", {
-    "op": "promote", "key": "user:1000:fact:tea", "reads": 100, "total_reads": 250,
-    "bytes": 64, "ephemeral": True, "ttl_ms": None, "idle_ms": 12, "bus": "main"})
+EVENT = envelope_mod.event("splinter", event_payloads.promote(
+    SlotInfo(key="user:1000:fact:tea", index=0, keygen=1, length=64, epoch=0,
+             atime_ns=988_000_000, mtime_ns=0, expiry_ns=0, ephemeral=True, reads=250,
+             promoted_reads=150), now_ns=1_000_000_000, bus_name="main"))
 
 
 def default_geometry(**changes: int) -> Geometry:

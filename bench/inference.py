@@ -54,6 +54,7 @@ from runa.components import load_config as load  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
+from runa.protocol import splinfer as splinfer_ops  # noqa: E402
 from runa.stackbus import connect  # noqa: E402
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -135,8 +136,8 @@ class Client:
 
     def chat(self, text: str, n_predict: int, **extra: Any) -> dict[str, Any]:
         """One turn; the final payload plus send/first/last times and the whole text."""
-        payload = {"op": "chat", "text": text,
-                   "params": {"temp": 0, "top_k": 1, "n_predict": n_predict}, **extra}
+        payload = splinfer_ops.chat(text, params={"temp": 0, "top_k": 1, "n_predict": n_predict},
+                                    **extra)
         stamps, pieces, final = [], [], {}
         sent = time.perf_counter()
         for envelope in self.client.request(payload, idle_timeout=120):
@@ -148,7 +149,8 @@ class Client:
                 "last": stamps[-1]}
 
     def forget(self, conversation: str) -> None:
-        next(iter(self.client.request({"op": "forget", "conversation": conversation})))
+        next(iter(self.client.request(splinfer_ops.request("forget",
+                                                           conversation=conversation))))
 
 
 # -- 1. bus against llama-cpp-python --------------------------------------------------------

@@ -53,6 +53,7 @@ from runa.gilgul import units  # noqa: E402
 from runa.gilgul.dbus import SystemdUserManager  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
+from runa.protocol import splinfer as splinfer_ops  # noqa: E402
 from runa.stackbus import connect  # noqa: E402
 from runa.supervisor import state as state_file  # noqa: E402
 from runa.testing.tiny_gguf import write_tiny_gguf  # noqa: E402
@@ -114,8 +115,8 @@ class Asker:
         try:
             with connect(self.config, self.stack) as bus, \
                     ServiceClient(bus, "splinfer", "bench") as client:
-                client.call({"op": "chat", "text": "hi",
-                             "params": {"n_predict": 1, "temp": 0}}, idle_timeout=0.5)
+                client.call(splinfer_ops.chat("hi", params={"n_predict": 1, "temp": 0}),
+                            idle_timeout=0.5)
             return True
         except (RunaError, OSError):
             return False

@@ -27,17 +27,7 @@ from runa.gilgul import (
 )
 from runa.protocol.heartbeat import Heartbeat, health_key
 from runa.stackbus import HealthWriter
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def ns(self) -> int:
-        return int(self.now * 1e9)
+from runa.testing import FakeClock
 
 
 class FakeBus:
@@ -77,7 +67,7 @@ class ToyBackend:
 @pytest.fixture
 def world(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     caplog.set_level(logging.INFO, "runa")
-    clock, bus, backend = FakeClock(), FakeBus(), ToyBackend()
+    clock, bus, backend = FakeClock(100.0), FakeBus(), ToyBackend()
     logger = logging.getLogger("runa.gilgul.test")
     core = Gilgul(policy=Policy(PolicySettings(escalate_after=3), clock),
                   heartbeats=HeartbeatWatch(timeout_s=3.0, interval_s=1.0),
@@ -107,7 +97,7 @@ def test_a_failure_is_restarted_as_the_next_incarnation_then_backs_off(world) ->
     assert decision is not None and decision.restart_in == 1.0
     core.turn()
     assert backend.calls == [("start", "toy", 1)]  # not before the backoff
-    clock.now += 1.0
+    clock.advance(1.0)
     core.turn()
     assert backend.calls[-1] == ("start", "toy", 2)
     assert world["events"]("toy") == [("failed", "signal", 0), ("restart", "signal", 1),
@@ -123,13 +113,13 @@ def test_escalation_holds_and_names_how_to_start_it_by_hand(world) -> None:
     core, backend, clock = world["core"], world["backend"], world["clock"]
     for _ in range(3):
         core.failed("toy", Failure("exit-code"))
-        clock.now += 10
+        clock.advance(10)
         core.turn()
     assert [e[0] for e in world["events"]("toy")][-2:] == ["failed", "escalated"]
     assert "held: no more restarts until it is started by hand ('toy start')" in \
         world["caplog"].text
     starts = [c for c in backend.calls if c[0] == "start"]
-    clock.now += 100
+    clock.advance(100)
     core.turn()
     assert [c for c in backend.calls if c[0] == "start"] == starts
 
@@ -142,7 +132,7 @@ def test_a_component_up_but_silent_is_killed_for_no_heartbeat(world) -> None:
     for _ in range(5):
         bus.values[health_key("loud")] = Heartbeat("loud", 10, 0, clock.ns(), "ready").to_json()
         core.turn()
-        clock.now += 1.0
+        clock.advance(1.0)
     assert backend.calls == [("kill", "quiet", NO_HEARTBEAT)]
     silent = [r for r in world["caplog"].records if getattr(r, "RUNA_EVENT", "") == "no_heartbeat"]
     assert silent[0].RUNA_MAIN_PID == 20 and silent[0].RUNA_COMPONENT == "quiet"
@@ -167,7 +157,7 @@ def test_a_refused_start_is_a_failure_tried_again_after_the_backoff(world) -> No
     assert backend.calls == [("start", "broken", 1), ("start", "broken", 2)]
     core.turn()
     assert len(backend.calls) == 2
-    clock.now += 1.0
+    clock.advance(1.0)
     core.turn()
     assert backend.calls[-1] == ("start", "broken", 3)
 

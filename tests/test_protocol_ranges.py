@@ -96,6 +96,8 @@ def _tieto_judges(field: str) -> dict[str, Judge]:
         judges["runa recall's flags"] = _recall_flags(field)
     if f"tieto.{field}" in SETTINGS:
         judges["config check"] = _config(f"tieto.{field}")
+    if field == "k":  # a completion's k defaults to tieto.complete_k: held to the same range
+        judges["config check (tieto.complete_k)"] = _config("tieto.complete_k")
     return judges
 
 

@@ -37,8 +37,20 @@ TERMS: tuple[tuple[str, str], ...] = (
      "what dead processes left, lets old keys decay."),
     ("tieto", "the retrieval service: indexes your documents into topics ('runa ingest') "
      "and finds the passages that answer a question ('runa recall', '/rag on TOPIC')."),
-    ("gilgul", "the supervisor's restart policy: restarts a component that failed, backs "
-     "off, and holds it after too many failures ('runa audit' shows what it did)."),
+    ("gilgul", "reincarnation: restarts a component that failed or stopped heartbeating, "
+     "backs off, and holds it after too many failures ('runa audit' shows what it did); "
+     "under systemd a daemon of its own, without systemd inside 'runa up'."),
+    ("supervisor", "what 'runa up' runs where there is no systemd: it starts the components "
+     "as child processes and lets gilgul restart them."),
+    ("component", "one replaceable process of Runa (splinter, splinfer, tieto, gilgul …), "
+     "declared once in the component registry (runa/data/components.toml, "
+     "/etc/runa/components.d): its daemon, its settings, its unit."),
+    ("incarnation", "one life of a component: 0 at the first start, one more at each "
+     "restart ('runa audit' lists them)."),
+    ("heartbeat", "the '<component>:health' key each component rewrites every second; one "
+     "that stops is restarted by gilgul."),
+    ("protocol", "what requests and answers on the bus look like (docs/protocol.md); "
+     "clients, services and 'runa config check' share one definition."),
     ("persona", "a named system prompt with its own sampling settings ('/persona' in chat; "
      "files in runa/data/personas and ~/.config/runa/personas)."),
     ("conversation", "the messages of one chat, kept by splinfer, with a saved model state so "

@@ -71,7 +71,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    """UsageError (ParamError) naming the flag and its range for a number out of it."""
+    """UsageError (OutOfRange) naming the flag and its range for a number out of it."""
     for field, value in (("k", args.k), ("min_similarity", args.min_similarity),
                          ("sieve", args.sieve)):
         if value is not None:

@@ -26,6 +26,7 @@ from runa.cli.numbers import in_range
 from runa.cli.voice import print_json, say
 from runa.client import ServiceClient, ServiceUnavailable
 from runa.errors import RunaError, error_line
+from runa.gilgul import ChildState
 from runa.splinter.liveness import is_alive, process_start_time
 from runa.stackbus import BusNotRunning
 from runa.supervisor import lock, rundir
@@ -228,7 +229,7 @@ def _up_detached(ctx: CliContext, overrides: dict[str, Any]) -> int:
         current = _state(ctx, pid)
         comps = current.get("components", [])
         if current and not current.get("starting") and comps and all(
-                c["state"] == "running" for c in comps):
+                c["state"] == ChildState.RUNNING for c in comps):
             if pid == process.pid:
                 print(f"runa: stack {ctx.stack} is up (supervisor pid {pid})")
             else:
@@ -290,7 +291,7 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     pid = _running_supervisor(ctx)
     current = _state(ctx, pid)
     comps = current.get("components", [])
-    healthy = bool(pid) and bool(comps) and all(c["state"] == "running" for c in comps)
+    healthy = bool(pid) and bool(comps) and all(c["state"] == ChildState.RUNNING for c in comps)
     kept, unknown = _kept(ctx)
     if args.json:
         print_json({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,

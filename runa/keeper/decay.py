@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runa.config import Config
+from runa.protocol import events as event_payloads
 from runa.protocol.heartbeat import is_health_key
-from runa.splinter import EVENTS_CHANNEL, Bus, EnvelopeSender, SlotInfo
+from runa.splinter import EVENTS_CHANNEL, Bus, EnvelopeSender
 from runa.splinter import envelope as envelope_mod
 from runa.splinter.decay import idle_ephemeral, promote_candidates
 from runa.splinter.errors import ChannelNotFound, SplinterError
@@ -77,21 +78,6 @@ class EventPublisher:
         raise ChannelNotFound(EVENTS_CHANNEL, "disappeared twice while publishing")
 
 
-def promote_payload(slot: SlotInfo, now_ns: int, bus_name: str) -> dict[str, Any]:
-    """The payload of a ``promote`` event (docs/protocol.md, Events)."""
-    return {
-        "op": "promote",
-        "key": slot.key,
-        "reads": slot.reads - slot.promoted_reads,
-        "total_reads": slot.reads,
-        "bytes": slot.length,
-        "ephemeral": slot.ephemeral,
-        "ttl_ms": max(0, (slot.expiry_ns - now_ns) // 1_000_000) if slot.expiry_ns else None,
-        "idle_ms": max(0, (now_ns - slot.atime_ns) // 1_000_000),
-        "bus": bus_name,
-    }
-
-
 class Decayer:
     """One bus's decay sweep; records each sweep in the bus's keeper counters."""
 
@@ -132,7 +118,7 @@ class Decayer:
                 if not kv.mark_promoted(slot.index, slot.keygen, slot.reads, now):
                     continue  # removed or replaced since the scan
                 try:
-                    self.events.publish(promote_payload(slot, now, self.bus_name))
+                    self.events.publish(event_payloads.promote(slot, now, self.bus_name))
                 except SplinterError as error:  # e.g. a key too long for this bus's envelopes
                     report.errors.append(f"promote {slot.key!r}: {error}")
                     continue

@@ -29,7 +29,7 @@ WHOLE = frozenset({"k", "candidates"})
 """The numbers that are counts: whole numbers only."""
 
 
-class ParamError(UsageError):
+class OutOfRange(UsageError):
     """A recall or completion setting out of its range (k, a similarity, a weight)."""
 
 
@@ -50,11 +50,11 @@ def number_problem(field: str, value: object) -> str | None:
 
 
 def check_number(field: str, value: object, name: str | None = None) -> None:
-    """ParamError unless ``value`` is in ``RANGES[field]``; the message calls it ``name``
+    """OutOfRange unless ``value`` is in ``RANGES[field]``; the message calls it ``name``
     (a command's flag) or ``field``."""
     problem = number_problem(field, value)
     if problem:
-        raise ParamError(f"{name or field} {problem}, not {_show(value)}")
+        raise OutOfRange(f"{name or field} {problem}, not {_show(value)}")
 
 
 def _range(field: str) -> str:

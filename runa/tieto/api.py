@@ -18,7 +18,7 @@ from typing import Any
 from runa.models import ModelNotFoundError, lookup_embedding, resolve_model
 from runa.paths import Paths
 from runa.protocol.answer import Grounding, Hit
-from runa.protocol.tieto import UNCITED, ParamError, check_number
+from runa.protocol.tieto import UNCITED, OutOfRange, check_number
 from runa.tieto.answer import ground
 from runa.tieto.embed import Embedder, LlamaEmbedder
 from runa.tieto.errors import IndexWriteError, UnknownTopicError
@@ -208,7 +208,7 @@ class Tieto:
         """
         uncited = overrides.pop("uncited", None) or self.settings.uncited
         if uncited not in UNCITED:
-            raise ParamError(f"uncited must be one of {', '.join(UNCITED)}, not {uncited!r}")
+            raise OutOfRange(f"uncited must be one of {', '.join(UNCITED)}, not {uncited!r}")
         sieve = overrides.pop("sieve", None)
         sieve = self.settings.sieve if sieve is None else sieve
         check_number("sieve", sieve)

@@ -33,6 +33,7 @@ from runa.client import CANCEL_WAIT, ServiceClient
 from runa.config import Config
 from runa.errors import ConfigError, RunaError
 from runa.paths import Paths
+from runa.protocol import events as event_payloads
 from runa.protocol import tieto as protocol
 from runa.protocol.answer import Grounding
 from runa.protocol.payloads import PayloadError
@@ -250,7 +251,7 @@ class TietoDaemon:
                 continue
             if event is None:
                 return
-            if event.type == "event" and event.payload.get("op") == "promote":
+            if event.type == "event" and event.payload.get("op") == event_payloads.PROMOTE:
                 self._file(event.payload)
 
     def _file(self, event: dict[str, Any]) -> None:
@@ -507,7 +508,7 @@ def _text(request: Envelope, field: str) -> str:
 
 def _number(request: Envelope, field: str) -> Any:
     """The request's ``field``, held to its range (``runa.protocol.tieto.RANGES``) as the
-    command's flag is: ParamError (usage, 64) naming the field and the range."""
+    command's flag is: OutOfRange (usage, 64) naming the field and the range."""
     value = request.payload.get(field)
     check_number(field, value)
     return value

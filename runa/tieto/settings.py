@@ -54,7 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
             one_of(*UNCITED)),
     Setting("tieto.complete_k", int, 3,
             "Chunks retrieved as the sources of a completion (--complete, /rag).",
-            in_range(1, 20)),
+            wire_number("k")),
     Setting("tieto.short_term_topic", str, "short-term",
             "Topic that short-term memory (keys the keeper promotes) is filed into; on the "
             "shared stack each user gets <topic>-u<uid>.", topic_name_problem),
