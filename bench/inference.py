@@ -141,8 +141,10 @@ class Client:
         stamps, pieces, final = [], [], {}
         sent = time.perf_counter()
         for envelope in self.client.request(payload, idle_timeout=120):
-            stamps.append(time.perf_counter())
-            pieces.append(envelope.payload.get("text", ""))
+            piece = envelope.payload.get("text", "")
+            if piece or envelope.eof:  # not the "reading N tokens" notice sent before any token
+                stamps.append(time.perf_counter())
+            pieces.append(piece)
             if envelope.eof:
                 final = envelope.payload
         return {**final, "text": "".join(pieces), "sent": sent, "first": stamps[0],
