@@ -106,3 +106,16 @@ def tiny_model_stack(root: Path, settings: dict[str, str], context_length: int =
     finally:
         runa("down", env=env)
         remove_segments(env)
+
+
+class FakeBus:
+    """The part of a bus gilgul reads heartbeats from: keys a test sets by hand."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def close(self) -> None:
+        pass

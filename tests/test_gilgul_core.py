@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from support import FakeBus
 
 import runa.gilgul
 import runa.supervisor
@@ -28,17 +29,6 @@ from runa.gilgul import (
 from runa.protocol.heartbeat import Heartbeat, health_key
 from runa.stackbus import HealthWriter
 from runa.testing import FakeClock
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.values.get(key)
-
-    def close(self) -> None:
-        pass
 
 
 class ToyBackend:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import FakeBus
 
 from runa import registry
 from runa.components import packaged_schema
@@ -81,17 +82,6 @@ class FakeManager:
 
     def actions(self) -> list[tuple[Any, ...]]:
         return [c for c in self.calls if c[0] != "watch"]
-
-
-class FakeBus:
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    def get(self, key: str) -> bytes | None:
-        return self.values.get(key)
-
-    def close(self) -> None:
-        pass
 
 
 class Notes:
