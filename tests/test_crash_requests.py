@@ -37,13 +37,14 @@ RESTART_DELAY_S = 4
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A started stack (keeper, splinfer, …) of this test's own; stopped afterwards."""
-    yield from started_stack(tmp_path, write_tiny_gguf(tmp_path / "tiny.gguf"), {})
+    yield from started_stack(tmp_path, write_tiny_gguf(tmp_path / "tiny.gguf", endless=True),
+                             {})
 
 
 @pytest.fixture
 def small_envelopes(tmp_path: Path) -> Iterator[dict[str, str]]:
     """As ``stack``, with envelopes of 4 KiB: a long message is sent in pieces (chat_part)."""
-    model = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=8192)
+    model = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=8192, endless=True)
     yield from started_stack(tmp_path, model, {"RUNA_BUS_ENVELOPE_MAX_BYTES": "4096",
                                                "RUNA_SPLINFER_CTX_SIZE": "8192"})
 
@@ -130,21 +131,25 @@ def cut_by_a_crash(env: dict[str, str], message: str, name: str
     """Chat ``message`` and SIGKILL splinfer once the answer began: (pid killed, stdout,
     stderr, seconds from the kill to the end, conversation).
 
-    The tiny model answers in about a second; on a fast machine the whole answer can be
-    out before the SIGKILL lands. Such a try tests nothing and is made again, in a
-    conversation of its own (three tries at most, or the test fails).
+    The stack's model never ends a turn by itself (``endless``): the answer runs to its
+    1500 tokens, seconds on the tiny model, so the SIGKILL lands while it streams. Were the
+    whole answer out first, the try would test nothing; it is made again, in a
+    conversation of its own (three tries at most, or the test fails and says why).
     """
+    tries: list[str] = []
     for attempt in range(3):
         conversation = f"{name}{attempt}"
+        # Asked before the message goes: `runa status` is a process of its own, slow on a
+        # loaded machine, and the answer must not run on while it starts.
+        pid = splinfer(env)["pid"]
         chat = subprocess.Popen(
             [sys.executable, "-m", "runa", "chat", "--new", "--conversation", conversation,
-             "--timeout", "30", "-n", "3000", "--temp", "0"],
+             "--timeout", "30", "-n", "1500", "--temp", "0"],
             env=env, text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE)
         assert chat.stdin is not None and chat.stdout is not None
         chat.stdin.write(message + "\n")
         chat.stdin.flush()
-        pid = splinfer(env)["pid"]
         assert chat.stdout.read(1), "no answer began"
         os.kill(pid, signal.SIGKILL)
         cut = time.monotonic()
@@ -153,9 +158,11 @@ def cut_by_a_crash(env: dict[str, str], message: str, name: str
         assert chat.returncode == 0, err
         if "restarted while answering" in err:
             return pid, out, err, took, conversation
+        tries.append(f"{len(out)} characters, all out {took:.2f} s after the SIGKILL")
         wait_for(lambda pid=pid: splinfer(env).get("pid") not in (None, pid), 30,
                  "the next splinfer")
-    raise AssertionError("each answer was complete before its SIGKILL landed")
+    raise AssertionError("each answer was complete before its SIGKILL landed: "
+                         + "; ".join(tries))
 
 
 def test_an_answer_cut_by_a_crash_is_asked_again_and_the_turn_is_kept(

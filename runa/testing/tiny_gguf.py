@@ -90,12 +90,15 @@ def write_tiny_gguf(
     chat_template: str | None = CHATML_TEMPLATE,
     name: str = "runa-tiny",
     boost_tokens: Sequence[int] = (),
+    endless: bool = False,
 ) -> Path:
     """Write the synthetic model to ``path`` and return ``path``.
 
     ``boost_tokens`` raises those tokens' output rows so greedy decoding tends to
     pick them, which lets a test steer what the model says without real training.
     ``chat_template=None`` writes a model without a template (a base model).
+    ``endless=True`` never ends its turn by itself: every greedy answer runs to its token
+    limit, which gives a test an answer that is still streaming when it acts.
     """
 
     rng = np.random.default_rng(seed)
@@ -137,6 +140,8 @@ def write_tiny_gguf(
     # Zero rows give logit 0, far below the best of ~700 random logits, so greedy
     # text never contains raw bytes (it stays valid UTF-8) or control tokens.
     output[[UNK_ID, BOS_ID, EOS_ID, IM_START_ID]] = 0.0
+    if endless:
+        output[IM_END_ID] = 0.0
     output[FIRST_BYTE_ID : FIRST_BYTE_ID + 256] = 0.0
     for token in boost_tokens:
         output[token] *= 8.0
