@@ -1,0 +1,546 @@
+"""Tier 1, inline: the matrix compiled for one policy set and one tokenizer.
+
+``Tier1`` is built once per (matrix, policy set, tokenizer) and makes one ``StreamGate`` per
+answer (``gate()``) and judges whole texts (``check()``). docs/policy.md, "Tier 1".
+
+Matching. Text is case-folded and every character that is not a letter, digit or ``_`` counts
+as a space, one for one (so a character index in the folded text is one in the answer). A
+phrase motif is matched with a character-level Aho-Corasick automaton, framed by a word
+boundary on each side that is a letter or digit (``kill`` does not fire inside ``skills``);
+``tokens`` motifs by a second automaton over token ids. The gate *holds* exactly the tokens
+whose characters the automaton's current partial match covers (and those of a partial token
+match, and a token ending inside a UTF-8 character), and releases the rest at once: with no
+partial match nothing is held, and never more than the longest motif needs.
+
+Regular expressions (output side) are evaluated when a token carries a word boundary, over a
+window of the last ``REGEX_WINDOW`` characters up to that boundary. They hold nothing: a
+regex match is masked only while the tokens of its first character are still held; once
+streamed, a mask is recorded as a flag ("already streamed") and a block takes back what is
+still held and ends the answer.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import re
+from collections import deque
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from runa.policy.matrix import Matrix, MatrixError, Motif
+from runa.policy.sets import PolicySet
+from runa.policy.stream import HOLD, RELEASE_ONE, GateStep
+from runa.policy.taxonomy import CATEGORIES, Action
+from runa.policy.verdict import Intervention, Verdict
+
+REGEX_WINDOW = 256
+_STEPS = tuple(GateStep(release=k) for k in range(257))
+_STOPPED = GateStep(stop=True, reason="policy")
+
+
+class Tokenizer(Protocol):
+    """What tier 1 needs of a model's vocabulary."""
+
+    fingerprint: str
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the model would read it (no BOS, no special parsing)."""
+        ...
+
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for in output text."""
+        ...
+
+
+def fingerprint_of(pieces: Iterable[bytes]) -> str:
+    """A tokenizer's fingerprint: a hash of every token's bytes, in id order."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(len(piece).to_bytes(4, "little"))
+        digest.update(piece)
+    return "sha256:" + digest.hexdigest()[:32]
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def fold(text: str) -> str:
+    """Case-folded text with every non-word character a space, one character for one."""
+    low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer (İ): keep it as is
+        low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+    return "".join(c if _is_word(c) else " " for c in low)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A pattern's end in the automaton: its motif and its framing."""
+
+    motif: Motif
+    length: int  # pattern symbols, boundaries included
+    lead: int  # 1 when the pattern starts with a boundary space
+    trail: int  # 1 when it ends with one
+
+
+class _Automaton:
+    """Aho-Corasick as a full transition table (one dict lookup a symbol)."""
+
+    def __init__(self, patterns: Sequence[tuple[Sequence[Hashable], _Entry]]) -> None:
+        goto: list[dict[Hashable, int]] = [{}]
+        outputs: list[list[_Entry]] = [[]]
+        self.depth = [0]
+        for symbols, entry in patterns:
+            state = 0
+            for symbol in symbols:
+                nxt = goto[state].get(symbol)
+                if nxt is None:
+                    nxt = len(goto)
+                    goto[state][symbol] = nxt
+                    goto.append({})
+                    outputs.append([])
+                    self.depth.append(self.depth[state] + 1)
+                state = nxt
+            outputs[state].append(entry)
+        fail = [0] * len(goto)
+        self.delta: list[dict[Hashable, int]] = [dict(goto[0])]
+        self.delta.extend({} for _ in range(len(goto) - 1))
+        order = deque(goto[0].values())
+        while order:  # breadth first: a state's fail target is complete before it
+            state = order.popleft()
+            row = dict(self.delta[fail[state]])
+            row.update(goto[state])
+            self.delta[state] = row
+            outputs[state] = outputs[state] + outputs[fail[state]]
+            for symbol, child in goto[state].items():
+                fail[child] = self.delta[fail[state]].get(symbol, 0)
+                order.append(child)
+        self.out: list[tuple[_Entry, ...] | None] = [tuple(o) or None for o in outputs]
+        #: The last symbol of each state's path is a boundary space that is no motif's text.
+        self.lead = [0] * len(goto)
+        self._mark_lead(goto)
+
+    def _mark_lead(self, goto: list[dict[Hashable, int]]) -> None:
+        stack = [(state, 1) for symbol, state in goto[0].items() if symbol == " "]
+        while stack:
+            state, lead = stack.pop()
+            self.lead[state] = lead
+            stack.extend((child, lead) for child in goto[state].values())
+
+    def run(self, symbols: Iterable[Hashable], state: int = 0
+            ) -> Iterable[tuple[int, tuple[_Entry, ...]]]:
+        """(index after the symbol, entries) for every symbol that ends a pattern."""
+        delta, out = self.delta, self.out
+        for index, symbol in enumerate(symbols, 1):
+            state = delta[state].get(symbol, 0)
+            if out[state] is not None:
+                yield index, out[state]  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class _Hit:
+    motif: Motif
+    start: int  # first character (text) or token (tokens motifs)
+    end: int  # after the last
+
+
+class Tier1:
+    """The matrix compiled for one policy set and one tokenizer (None: text only, no gates).
+
+    ``problems`` lists the motifs that could not be compiled (a tokens motif bound to another
+    tokenizer with no phrase to rebuild it from, or a phrase that tokenizes to nothing):
+    reported, not dropped silently.
+    """
+
+    def __init__(self, matrix: Matrix, policy: PolicySet, tokenizer: Tokenizer | None,
+                 ) -> None:
+        self.matrix = matrix
+        self.policy = policy
+        self.tokenizer = tokenizer
+        problems: list[MatrixError] = []
+        by_side: dict[str, tuple[list[Any], list[Any], list[Motif]]] = {
+            "prompt": ([], [], []), "output": ([], [], [])}
+        for motif in matrix.motifs:
+            sides = [side for side in ("prompt", "output") if motif.on(side)]
+            phrase, ids = self._compile(motif, problems)
+            for side in sides:
+                chars, tokens, regexes = by_side[side]
+                if phrase is not None:
+                    chars.append(phrase)
+                if ids:
+                    tokens.extend((seq, _Entry(motif, len(seq), 0, 0)) for seq in ids)
+                if motif.kind == "regex":
+                    regexes.append(motif)
+        self.problems: tuple[MatrixError, ...] = tuple(problems)
+        self._chars = {side: _Automaton(parts[0]) for side, parts in by_side.items()}
+        self._tokens = {side: _Automaton(parts[1]) for side, parts in by_side.items()}
+        self._regex_motifs = {side: parts[2] for side, parts in by_side.items()}
+        self._regex = {side: _combined(parts[2]) for side, parts in by_side.items()}
+        self.passthrough = policy.passes_everything
+        self._token_cache: dict[str, tuple[int, ...]] = {}
+
+    def _compile(self, motif: Motif, problems: list[MatrixError]
+                 ) -> tuple[tuple[str, _Entry] | None, list[tuple[int, ...]]]:
+        """The character pattern and the token-id sequences of one motif."""
+        if motif.kind == "phrase" or (motif.kind == "tokens" and self.tokenizer is None
+                                      and motif.pattern):
+            folded = fold(motif.pattern)
+            lead = int(_is_word(motif.pattern[0]))
+            trail = int(_is_word(motif.pattern[-1]))
+            text = " " * lead + folded + " " * trail
+            return (text, _Entry(motif, len(text), lead, trail)), []
+        if motif.kind != "tokens" or self.tokenizer is None or motif.tokens is None:
+            if motif.kind == "tokens" and not motif.pattern:
+                problems.append(MatrixError(motif.source, motif.line, "tokens",
+                                f"motif {motif.id!r} has token ids but no phrase, and there "
+                                "is no tokenizer to match them with"))
+            return None, []
+        binding = motif.tokens
+        if binding.tokenizer == self.tokenizer.fingerprint:
+            return None, [binding.ids]
+        if not binding.phrase:
+            problems.append(MatrixError(motif.source, motif.line, "tokens.tokenizer",
+                            f"motif {motif.id!r} is bound to tokenizer {binding.tokenizer}, "
+                            f"not this model's ({self.tokenizer.fingerprint}), and has no "
+                            "phrase to rebuild its ids from"))
+            return None, []
+        variants = {tuple(self.tokenizer.tokenize(binding.phrase)),
+                    tuple(self.tokenizer.tokenize(" " + binding.phrase))}
+        variants.discard(())
+        if not variants:
+            problems.append(MatrixError(motif.source, motif.line, "tokens.phrase",
+                            f"motif {motif.id!r}: {binding.phrase!r} tokenizes to nothing "
+                            "with this model"))
+        return None, sorted(variants)
+
+    # -- what a match does -----------------------------------------------------------------
+
+    def effective(self, motif: Motif) -> tuple[Action, str]:
+        """The action for ``motif`` under this set, and why it differs from the cell (delay
+        without the semantic tier follows the set's ``fail`` rule)."""
+        action = self.policy.action(motif.category, motif.weight)
+        if action is Action.DELAY:
+            if self.policy.fail == "closed":
+                return Action.BLOCK, "delay without the semantic tier: fail closed"
+            return Action.FLAG, "delay without the semantic tier: fail open"
+        return action, ""
+
+    def tokens_of(self, text: str) -> tuple[int, ...]:
+        """``text`` tokenized once (replacements, the refusal)."""
+        ids = self._token_cache.get(text)
+        if ids is None:
+            assert self.tokenizer is not None
+            ids = self._token_cache[text] = tuple(self.tokenizer.tokenize(text)) if text else ()
+        return ids
+
+    # -- streams -----------------------------------------------------------------------------
+
+    def gate(self, conversation: str = "") -> OutputGate | PassGate:
+        """The gate of one answer (a pass-through when the set allows everything)."""
+        if self.passthrough:
+            return PassGate()
+        if self.tokenizer is None:
+            raise ValueError("a stream gate needs the model's tokenizer")
+        return OutputGate(self, conversation)
+
+    # -- whole texts -------------------------------------------------------------------------
+
+    def hits(self, text: str, side: str) -> list[_Hit]:
+        """Every motif match in ``text`` on ``side``: (motif, character span)."""
+        found: list[_Hit] = []
+        folded = " " + fold(text) + " "
+        for index, entries in self._chars[side].run(folded):
+            for entry in entries:
+                end = index - entry.trail - 1
+                found.append(_Hit(entry.motif, end - (entry.length - entry.lead - entry.trail),
+                                  end))
+        regex = self._regex[side]
+        if regex is not None:
+            for match in regex.finditer(text):
+                motif = self._regex_motifs[side][int(str(match.lastgroup)[1:])]
+                found.append(_Hit(motif, match.start(), match.end()))
+        if self.tokenizer is not None and len(self._tokens[side].depth) > 1:
+            for _index, entries in self._tokens[side].run(self.tokenizer.tokenize(text)):
+                for entry in entries:  # token spans: not maskable in the text
+                    found.append(_Hit(entry.motif, -1, -1))
+        return found
+
+    def check(self, text: str, side: str = "prompt") -> Verdict:
+        """The verdict on a whole text (see ``Verdict``); a mask gives the masked text."""
+        if side not in ("prompt", "output"):
+            raise ValueError(f"side must be prompt or output, not {side!r}")
+        hits = self.hits(text, side)
+        if not hits:
+            return Verdict(Action.ALLOW)
+        strictest = Action.ALLOW
+        interventions: list[Intervention] = []
+        masks: list[_Hit] = []
+        whispers: list[str] = []
+        for hit in hits:
+            action, reason = self.effective(hit.motif)
+            strictest = strictest.stricter(action)
+            if action is Action.ALLOW:
+                continue
+            if action is Action.MASK:
+                if hit.start < 0:
+                    action, reason = Action.BLOCK, "a token motif cannot be masked in text"
+                    strictest = strictest.stricter(action)
+                else:
+                    masks.append(hit)
+            if action is Action.WHISPER:
+                note = self.policy.whisper(hit.motif.category)
+                if note and note not in whispers:
+                    whispers.append(note)
+            interventions.append(_intervention(self, hit.motif, action, side, None, "", reason))
+        order = list(CATEGORIES)
+        categories = sorted({hit.motif.category for hit in hits}, key=order.index)
+        return Verdict(
+            action=strictest,
+            categories=tuple(categories),
+            score=max(hit.motif.weight.score for hit in hits),
+            rules=tuple(dict.fromkeys(hit.motif.id for hit in hits)),
+            interventions=tuple(interventions),
+            text=self._masked(text, masks) if masks else None,
+            whispers=tuple(whispers),
+        )
+
+    def _masked(self, text: str, masks: list[_Hit]) -> str:
+        parts, at = [], 0
+        for hit in sorted(masks, key=lambda h: (h.start, -h.end)):
+            if hit.start < at:
+                continue  # overlaps a span already masked
+            parts += [text[at:hit.start], hit.motif.replacement or self.policy.mask]
+            at = hit.end
+        parts.append(text[at:])
+        return "".join(parts)
+
+
+def _combined(motifs: list[Motif]) -> re.Pattern[str] | None:
+    """One alternation of every regex motif, group ``r<i>`` for motif ``i``."""
+    if not motifs:
+        return None
+    return re.compile("|".join(f"(?P<r{i}>{m.pattern})" for i, m in enumerate(motifs)),
+                      re.IGNORECASE)
+
+
+def _intervention(tier: Tier1, motif: Motif, action: Action, side: str, token: int | None,
+                  conversation: str, reason: str) -> Intervention:
+    return Intervention(rule=motif.id, category=motif.category, weight=motif.weight.value,
+                        action=action.value, side=side, policy=tier.policy.name,
+                        token_index=token, conversation=conversation, reason=reason)
+
+
+class PassGate:
+    """The gate of a set that allows everything: every token streams at once."""
+
+    interventions: tuple[Intervention, ...] = ()
+    whispers: tuple[str, ...] = ()
+
+    def feed(self, token: int, piece: bytes) -> GateStep:
+        return RELEASE_ONE
+
+    def finish(self) -> GateStep:
+        return HOLD
+
+
+class OutputGate:
+    """One answer's watch (runa.policy.stream.StreamGate): holds tokens while a motif could
+    still complete, and masks, blocks, flags or whispers when one does."""
+
+    def __init__(self, tier: Tier1, conversation: str) -> None:
+        self.tier = tier
+        self.conversation = conversation
+        self.interventions: list[Intervention] = []
+        #: Notes for the next turn (whisper actions), each once.
+        self.whispers: list[str] = []
+        self._chars = tier._chars["output"]
+        self._tokens = tier._tokens["output"]
+        self._regex = tier._regex["output"]
+        self._regex_motifs = tier._regex_motifs["output"]
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._start_state = self._chars.delta[0].get(" ", 0)
+        self._state = self._start_state
+        self._tstate = 0
+        self._pos = 0  # characters seen
+        self._n = 0  # tokens fed
+        self._released = 0  # tokens streamed or withdrawn
+        self._starts: list[int] = []  # first character of each token
+        self._texts: list[str] = []  # each token's characters
+        self._recent = ""  # the latest text, for the regexes
+        self._regex_done = 0  # regex matches ending here or before were judged
+        self._has_tokens = len(self._tokens.depth) > 1
+        self._stopped = False
+
+    # -- the contract ------------------------------------------------------------------------
+
+    def feed(self, token: int, piece: bytes) -> GateStep:
+        if self._stopped:
+            return _STOPPED
+        index = self._n
+        self._n += 1
+        chunk = self._decoder.decode(piece)
+        start = self._pos
+        self._starts.append(start)
+        self._texts.append(chunk)
+        if self._has_tokens:
+            tokens = self._tokens
+            self._tstate = tokens.delta[self._tstate].get(token, 0)
+            entries = tokens.out[self._tstate]
+            if entries is not None:
+                hits = [_Hit(e.motif, index + 1 - e.length, index + 1) for e in entries]
+                step = self._act(hits, tokens=True)
+                if step is not None:
+                    self._pos = start + len(chunk)
+                    return step
+        if chunk:
+            folded = chunk.lower()
+            if len(folded) != len(chunk):
+                folded = "".join(c.lower() if len(c.lower()) == 1 else c for c in chunk)
+            delta, out = self._chars.delta, self._chars.out
+            state = self._state
+            pos = start
+            for char in folded:
+                row = delta[state]
+                nxt = row.get(char)
+                if nxt is None:
+                    nxt = 0 if (char.isalnum() or char == "_") else row.get(" ", 0)
+                state = nxt
+                pos += 1
+                entries = out[state]
+                if entries is not None:
+                    self._state, self._pos = state, pos
+                    step = self._act([self._char_hit(e, pos) for e in entries], tokens=False)
+                    if step is not None:
+                        self._pos = start + len(chunk)
+                        return step
+            self._state, self._pos = state, start + len(chunk)
+            if self._regex is not None:
+                step = self._regexes(chunk)
+                if step is not None:
+                    return step
+        return self._release(piece)
+
+    def finish(self) -> GateStep:
+        if self._stopped:
+            return _STOPPED
+        # the end of the answer is a word boundary
+        state = self._chars.delta[self._state].get(" ", 0)
+        entries = self._chars.out[state]
+        self._state = state
+        if entries is not None:
+            step = self._act([self._char_hit(e, self._pos + 1) for e in entries], tokens=False)
+            if step is not None:
+                return step
+        held = self._n - self._released
+        self._released = self._n
+        return _STEPS[held] if held < len(_STEPS) else GateStep(release=held)
+
+    # -- holding -----------------------------------------------------------------------------
+
+    def _release(self, piece: bytes) -> GateStep:
+        """Stream every held token no partial match covers."""
+        hold_from = self._pos - (self._chars.depth[self._state] - self._chars.lead[self._state])
+        first = self._n
+        starts, texts = self._starts, self._texts
+        while first > self._released and starts[first - 1] + len(texts[first - 1]) > hold_from:
+            first -= 1
+        partial_tokens = self._tokens.depth[self._tstate]
+        if partial_tokens:
+            first = min(first, self._n - partial_tokens)
+        if piece and piece[-1] >= 0x80 and self._decoder.getstate()[0]:
+            first = min(first, self._n - 1)  # the token ends inside a UTF-8 character
+        count = first - self._released
+        if count <= 0:
+            return HOLD
+        self._released = first
+        return _STEPS[count] if count < len(_STEPS) else GateStep(release=count)
+
+    # -- matches -----------------------------------------------------------------------------
+
+    def _char_hit(self, entry: _Entry, pos: int) -> _Hit:
+        end = pos - entry.trail
+        return _Hit(entry.motif, end - (entry.length - entry.lead - entry.trail), end)
+
+    def _token_at(self, char: int) -> int:
+        """The index of the token holding character ``char``."""
+        index = self._n - 1
+        while index > 0 and self._starts[index] > char:
+            index -= 1
+        return index
+
+    def _regexes(self, chunk: str) -> GateStep | None:
+        """Run the regexes when this token completes a word (it carries a boundary): over the
+        last ``REGEX_WINDOW`` characters up to that boundary; each match end is judged once."""
+        cut = len(chunk)
+        while cut and _is_word(chunk[cut - 1]):
+            cut -= 1
+        self._recent += chunk
+        if len(self._recent) > 2 * REGEX_WINDOW:
+            self._recent = self._recent[-REGEX_WINDOW:]
+        if not cut:
+            return None
+        base = self._pos - len(self._recent)
+        upto = len(self._recent) - (len(chunk) - cut)
+        assert self._regex is not None
+        hits = []
+        for match in self._regex.finditer(self._recent, max(0, upto - REGEX_WINDOW), upto):
+            if base + match.end() <= self._regex_done:
+                continue
+            motif = self._regex_motifs[int(str(match.lastgroup)[1:])]
+            hits.append(_Hit(motif, base + match.start(), base + match.end()))
+        if not hits:
+            return None
+        self._regex_done = max(hit.end for hit in hits)
+        return self._act(hits, tokens=False)
+
+    def _act(self, hits: list[_Hit], *, tokens: bool) -> GateStep | None:
+        """Record the matches; a GateStep when one masks or blocks, else None."""
+        tier = self.tier
+        strictest = Action.ALLOW
+        chosen: _Hit | None = None
+        for hit in hits:
+            action, reason = tier.effective(hit.motif)
+            first_token = hit.start if tokens else self._token_at(hit.start)
+            if action is Action.MASK and first_token < self._released:
+                action, reason = Action.FLAG, "already streamed"
+            if action is Action.ALLOW:
+                continue
+            if action is Action.WHISPER:
+                note = tier.policy.whisper(hit.motif.category)
+                if note and note not in self.whispers:
+                    self.whispers.append(note)
+            self.interventions.append(_intervention(
+                tier, hit.motif, action, "output", first_token, self.conversation, reason))
+            if action in (Action.MASK, Action.BLOCK) and (
+                    action.rank > strictest.rank
+                    or (action is strictest and chosen is not None and hit.start < chosen.start)):
+                strictest, chosen = action, hit
+        if chosen is None:
+            return None
+        return self._take_back(chosen, strictest, tokens=tokens)
+
+    def _take_back(self, hit: _Hit, action: Action, *, tokens: bool) -> GateStep:
+        tier = self.tier
+        first = max(hit.start if tokens else self._token_at(hit.start), self._released)
+        release = first - self._released
+        take_back = self._n - first
+        self._released = self._n
+        self._state, self._tstate = self._start_state, 0
+        self._recent = ""
+        if tokens:
+            head = tail = ""
+        else:  # the text of the withdrawn tokens before and after the match stays
+            held = "".join(self._texts[first:self._n])
+            offset = self._starts[first]
+            head = held[:max(0, hit.start - offset)]
+            tail = held[hit.end - offset:]
+        if action is Action.BLOCK:
+            self._stopped = True
+            return GateStep(release=release, take_back=take_back,
+                            insert=tier.tokens_of(head) + tier.tokens_of(tier.policy.refusal),
+                            stop=True, reason=f"policy {tier.policy.name}: {hit.motif.category}")
+        replacement = hit.motif.replacement or tier.policy.mask
+        insert = tier.tokens_of(head) + tier.tokens_of(replacement) + tier.tokens_of(tail)
+        return GateStep(release=release, take_back=take_back, insert=insert)
