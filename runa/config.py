@@ -96,6 +96,8 @@ class Setting:
     default: Any
     doc: str
     check: Check | None = None
+    #: Honoured only from the administrator's files (/etc/runa); any other layer is an error.
+    admin_only: bool = False
 
     def validate(self, value: Any, source: str, key: str) -> Any:
         """Coerce and check ``value``, raising ConfigError naming source, key and value."""
@@ -122,7 +124,7 @@ def _type_name(kind: type) -> str:
 
 
 # The sections every installation has; no component may take one of these names.
-SHARED_SECTIONS = ("bus", "log", "service", "components")
+SHARED_SECTIONS = ("bus", "log", "service", "components", "policy")
 
 SHARED: tuple[Setting, ...] = (
     Setting("bus.dir", str, "/dev/shm", "Directory holding the bus segments."),
@@ -148,6 +150,11 @@ SHARED: tuple[Setting, ...] = (
             in_range(1, 3600)),
     Setting("service.start_timeout_s", float, 30.0,
             "How long a component may take to become ready.", in_range(1, 3600)),
+    Setting("policy.default", str, "default",
+            "The policy set a conversation starts with (docs/policy.md)."),
+    Setting("policy.minimum", str, "",
+            "The least strict policy set anyone may choose (empty: no lock); only /etc/runa.",
+            admin_only=True),
 )
 
 
@@ -259,7 +266,18 @@ class Schema:
         layers.append(self.read_env(env))
         if overrides:
             layers.append(self.read_overrides(overrides))
+        for layer in layers:
+            self._check_admin_only(layer, paths)
         return Config(layers, self)
+
+    def _check_admin_only(self, layer: Layer, paths: Paths) -> None:
+        """An admin-only key set by a layer outside /etc/runa (e.g. a user's file): an error
+        naming that layer, so nobody lowers a lock the administrator set."""
+        admin = {paths.sysconfdir, paths.sysconfdir / "conf.d"}
+        for key, value in layer.values.items():
+            if self._by_key[key].admin_only and Path(layer.source).parent not in admin:
+                raise ConfigError(layer.source, key, value, "only the administrator may set "
+                                  f"this, in {paths.sysconfdir / 'runa.toml'}")
 
     def admin_template(self) -> str:
         """The text of the shipped /etc/runa/runa.toml: every key, commented, with its default."""
