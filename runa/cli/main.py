@@ -23,6 +23,7 @@ from runa.cli import (
     help_cmd,
     ingest_cmd,
     models_cmd,
+    policy_cmd,
     recall_cmd,
     stack_cmd,
     topic_cmd,
@@ -35,7 +36,7 @@ from runa.errors import RunaError
 from runa.paths import check_stack_name
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
-                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, help_cmd)
+                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, policy_cmd, help_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,213 @@
+"""``runa policy list | show NAME | check``: the policy sets, their tables, and tier 1 on texts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from runa.cli.context import CliContext
+from runa.cli.voice import command_name, json_line, print_json, say
+from runa.errors import ConfigError, RunaError
+from runa.policy import CATEGORIES, Checker, PolicyLibrary, PolicySet, Tier1, fingerprint_of
+from runa.policy.taxonomy import WEIGHTS
+
+EX_DATAERR = 65
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "policy",
+        help="the policy sets (tokenWhisper): list them, show one, check texts against one",
+        description="A policy set says, for each hazard category and motif weight, what "
+        "happens when the Token Impact Matrix matches: allow, flag, whisper, mask, delay or "
+        "block (docs/policy.md). Sets and matrix files are layered: packaged < "
+        "/etc/runa/policy < ~/.config/runa/policy. Exit status: 0; 64 a usage mistake; 65 a "
+        "malformed policy file, or a bad input line of 'check'; 66 no such set; 78 a "
+        "configuration error.",
+    )
+    sub = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+    list_ = sub.add_parser("list", help="every policy set, and whether the lock forbids it",
+                           description="Each set's name and description; 'locked' marks a set "
+                           "below the administrator's minimum (policy.minimum), which nobody "
+                           "may choose.")
+    list_.add_argument("--json", action="store_true", help="machine-readable output")
+    list_.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="one set's table: category x weight -> action",
+                          description="The action of every category (with its Llama Guard 3 "
+                          "code) at each weight, the refusal, the mask text and the fail rule.")
+    show.add_argument("name", help="the policy set")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_show)
+    check = sub.add_parser(
+        "check", help="judge texts with tier 1: JSON lines in, one verdict a line out",
+        description="Read JSON lines {\"id\": ..., \"text\": ...} on standard input and write "
+        "one verdict per line: id, action (the strictest match), categories, score (the "
+        "strongest matched weight: light 0.34, medium 0.67, heavy 1.0; 0 when nothing "
+        "matched) and rules. Runs in this process: with the configured chat model's "
+        "tokenizer when the model is installed (token-id motifs included), else with a "
+        "tokenizer-free text matcher (token-id motifs with a phrase match as phrases). A "
+        "malformed line gets an error line naming its number and the run goes on; exit "
+        "status 65 at the end if any line was bad. The lock does not apply: checking a "
+        "text under a set shows nobody anything.",
+        epilog="Example: echo '{\"id\": 1, \"text\": \"I want to end my life\"}' | "
+        "runa policy check --json")
+    check.add_argument("--policy", metavar="NAME", default=None,
+                       help="the policy set (default: policy.default)")
+    check.add_argument("--side", choices=("prompt", "output"), default="prompt",
+                       help="judge the texts as prompts or as answers (default: %(default)s)")
+    check.add_argument("--json", action="store_true",
+                       help="write JSON lines {id, action, categories, score, rules} (the "
+                       "shape evaluations read) instead of one readable line each")
+    check.set_defaults(func=cmd_check)
+
+
+def library(ctx: CliContext) -> PolicyLibrary:
+    return PolicyLibrary.for_stack(ctx.paths, ctx.config)
+
+
+def _warn_problems(args: argparse.Namespace, policies: PolicyLibrary) -> None:
+    for problem in [*policies.matrix().problems, *policies.problems().values()]:
+        say(command_name(args), problem)
+
+
+def cmd_list(ctx: CliContext, args: argparse.Namespace) -> int:
+    policies = library(ctx)
+    _warn_problems(args, policies)
+    rows: list[dict[str, Any]] = []
+    for name in policies.names():
+        policy = policies.get(name)
+        rows.append({"name": name, "description": policy.description,
+                     "locked": policies.below_lock(name) is not None,
+                     "source": str(policy.source)})
+    if args.json:
+        print_json({"minimum": policies.lock.minimum or None, "sets": rows})
+        return 0
+    width = max((len(row["name"]) for row in rows), default=4)
+    for row in rows:
+        mark = "locked" if row["locked"] else ""
+        print(f"{row['name']:<{width}}  {mark:<6}  {row['description']}")
+    if policies.lock.minimum:
+        print(f"\nThe administrator's minimum is {policies.lock.minimum!r} "
+              f"({policies.lock.origin}).")
+    return 0
+
+
+def table(policy: PolicySet) -> dict[str, Any]:
+    return {
+        "name": policy.name,
+        "description": policy.description,
+        "fail": policy.fail,
+        "mask": policy.mask,
+        "refusal": policy.refusal,
+        "actions": {category: {weight.value: policy.action(category, weight).value
+                               for weight in WEIGHTS} for category in CATEGORIES},
+        "whisper": dict(policy.whispers),
+        "source": str(policy.source),
+    }
+
+
+def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
+    policies = library(ctx)
+    policy = policies.get(args.name)
+    shown = table(policy)
+    if args.json:
+        print_json(shown)
+        return 0
+    print(f"{policy.name}: {policy.description}\n({policy.source}; fail {policy.fail}, "
+          f"mask {policy.mask!r})\n")
+    print(f"{'category':<28}{'':<5}{'light':<9}{'medium':<9}heavy")
+    for category, row in shown["actions"].items():
+        code = CATEGORIES[category]
+        print(f"{category:<28}{code:<5}{row['light']:<9}{row['medium']:<9}{row['heavy']}")
+    print(f"\nrefusal: {policy.refusal or '(none)'}")
+    reason = policies.below_lock(policy.name)
+    if reason:
+        print(f"locked: {reason}")
+    return 0
+
+
+# -- check -------------------------------------------------------------------------------------
+
+class ModelTokenizer:
+    """A model's vocabulary (llama.cpp, vocab only) as runa.policy.Tokenizer."""
+
+    def __init__(self, path: Path) -> None:
+        import llama_cpp
+
+        from runa.splinfer.vocab import Vocab
+
+        # llama.cpp's loading chatter is not for this command's readers
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ValueError(f"{path}: llama.cpp cannot read its vocabulary")
+        self.vocab = Vocab(llama_cpp.llama_model_get_vocab(self._model))
+        self.fingerprint = fingerprint_of(self.vocab.piece(i)
+                                          for i in range(self.vocab.n_tokens))
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.vocab.tokenize(text, special=False)
+
+    def piece(self, token: int) -> bytes:
+        return self.vocab.piece(token)
+
+
+def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -> Tier1:
+    """Tier 1 in this process, with the configured model's tokenizer when it is installed.
+
+    The seam for checking through a running stack (the same answers) is ``Checker``.
+    """
+    from runa.models import configured_chat_model
+
+    tokenizer = None
+    with contextlib.suppress(ConfigError, ValueError, RuntimeError, OSError):  # text matcher
+        tokenizer = ModelTokenizer(configured_chat_model(ctx.config, ctx.paths).path)
+    return Tier1(policies.matrix(), policy, tokenizer)
+
+
+def cmd_check(ctx: CliContext, args: argparse.Namespace) -> int:
+    policies = library(ctx)
+    _warn_problems(args, policies)
+    policy = policies.get(args.policy or ctx.config["policy.default"])
+    checker = local_checker(ctx, policy, policies)
+    for problem in checker.problems:
+        say(command_name(args), problem)
+    return run_check(checker, sys.stdin, sys.stdout, side=args.side, as_json=args.json,
+                     command=command_name(args))
+
+
+def run_check(checker: Checker, lines: TextIO, out: TextIO, *, side: str, as_json: bool,
+              command: str) -> int:
+    """Judge each JSON line of ``lines``; 65 when any was malformed, else 0."""
+    bad = 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise ValueError('expected an object {"id": ..., "text": "..."}')
+            verdict = checker.check(record["text"], side)
+        except (ValueError, RunaError) as error:
+            bad += 1
+            problem = f"line {number}: {error}"  # names the line, never its text
+            if as_json:
+                print(json_line({"line": number, "error": problem}), file=out, flush=True)
+            else:
+                say(command, problem)
+            continue
+        result = {"id": record.get("id"), **verdict.to_dict()}
+        if as_json:
+            print(json_line(result), file=out, flush=True)
+        else:
+            found = ", ".join(verdict.rules) or "-"
+            print(f"{result['id']}: {verdict.action.value} (score {verdict.score}) {found}",
+                  file=out, flush=True)
+    return EX_DATAERR if bad else 0
