@@ -130,6 +130,9 @@ def items(path: Path, node: yaml.Node, field: str | None
 def text(path: Path, node: yaml.Node, field: str) -> str:
     """A scalar string field."""
     value = plain(node) if isinstance(node, yaml.ScalarNode) else None
+    if isinstance(value, bool):
+        raise PolicyFileError(path, line(node), field, f"{node.value!r} reads as "
+                              f"{str(value).lower()} in YAML: put the text in quotes")
     if not isinstance(value, str):
         raise PolicyFileError(path, line(node), field, "must be text")
     return value

@@ -35,7 +35,7 @@ from runa.policy.stream import HOLD, RELEASE_ONE, GateStep
 from runa.policy.taxonomy import CATEGORIES, Action
 from runa.policy.verdict import Intervention, Verdict
 
-REGEX_WINDOW = 256
+REGEX_WINDOW = 64
 _STEPS = tuple(GateStep(release=k) for k in range(257))
 _STOPPED = GateStep(stop=True, reason="policy")
 
