@@ -12,11 +12,12 @@ whose characters the automaton's current partial match covers (and those of a pa
 match, and a token ending inside a UTF-8 character), and releases the rest at once: with no
 partial match nothing is held, and never more than the longest motif needs.
 
-Regular expressions (output side) are evaluated when a token carries a word boundary, over a
-window of the last ``REGEX_WINDOW`` characters up to that boundary. They hold nothing: a
-regex match is masked only while the tokens of its first character are still held; once
-streamed, a mask is recorded as a flag ("already streamed") and a block takes back what is
-still held and ends the answer.
+Regular expressions (output side) are evaluated when a token carries a word boundary, over
+the last ``REGEX_WINDOW`` characters. They hold no partial match: only a match that reaches
+the end of the text inside a word (it may still grow) holds its tokens until the next
+token. A regex match is masked only while the token of its first character is still held;
+once streamed, a mask is recorded as a flag ("already streamed") and a block takes back what
+is still held and ends the answer.
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ class OutputGate:
         self._texts: list[str] = []  # each token's characters
         self._recent = ""  # the latest text, for the regexes
         self._regex_done = 0  # regex matches ending here or before were judged
+        self._regex_pending = -1  # where a regex match that may still grow starts
         self._has_tokens = len(self._tokens.depth) > 1
         self._stopped = False
 
@@ -442,6 +444,8 @@ class OutputGate:
     def _release(self, piece: bytes) -> GateStep:
         """Stream every held token no partial match covers."""
         hold_from = self._pos - (self._chars.depth[self._state] - self._chars.lead[self._state])
+        if self._regex_pending >= 0:
+            hold_from = min(hold_from, self._regex_pending)
         first = self._n
         starts, texts = self._starts, self._texts
         while first > self._released and starts[first - 1] + len(texts[first - 1]) > hold_from:
@@ -471,22 +475,26 @@ class OutputGate:
         return index
 
     def _regexes(self, chunk: str) -> GateStep | None:
-        """Run the regexes when this token completes a word (it carries a boundary): over the
-        last ``REGEX_WINDOW`` characters up to that boundary; each match end is judged once."""
-        cut = len(chunk)
-        while cut and _is_word(chunk[cut - 1]):
-            cut -= 1
+        """Run the regexes when this token carries a word boundary (or a match was pending):
+        over the last ``REGEX_WINDOW`` characters; each match end is judged once. A match
+        that reaches the end of the text inside a word may still grow: its tokens are held
+        (pending) and it is judged at the next token."""
         self._recent += chunk
         if len(self._recent) > 2 * REGEX_WINDOW:
             self._recent = self._recent[-REGEX_WINDOW:]
-        if not cut:
+        if self._regex_pending < 0 and all(_is_word(char) for char in chunk):
             return None
-        base = self._pos - len(self._recent)
-        upto = len(self._recent) - (len(chunk) - cut)
+        self._regex_pending = -1
+        recent = self._recent
+        base = self._pos - len(recent)
+        open_word = _is_word(recent[-1])
         assert self._regex is not None
         hits = []
-        for match in self._regex.finditer(self._recent, max(0, upto - REGEX_WINDOW), upto):
+        for match in self._regex.finditer(recent, max(0, len(recent) - REGEX_WINDOW)):
             if base + match.end() <= self._regex_done:
+                continue
+            if open_word and match.end() == len(recent) and match.end() > match.start():
+                self._regex_pending = base + match.start()
                 continue
             motif = self._regex_motifs[int(str(match.lastgroup)[1:])]
             hits.append(_Hit(motif, base + match.start(), base + match.end()))
@@ -528,7 +536,7 @@ class OutputGate:
         take_back = self._n - first
         self._released = self._n
         self._state, self._tstate = self._start_state, 0
-        self._recent = ""
+        self._recent, self._regex_pending = "", -1
         if tokens:
             head = tail = ""
         else:  # the text of the withdrawn tokens before and after the match stays

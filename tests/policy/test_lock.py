@@ -76,7 +76,7 @@ def test_a_user_file_setting_the_minimum_is_an_error_naming_the_file(tmp_path: P
 
 def test_the_environment_cannot_lower_the_lock_either(tmp_path: Path) -> None:
     paths, _ = stack(tmp_path, admin=LOCKED)
-    with pytest.raises(ConfigError, match="^environment: policy.minimum"):
+    with pytest.raises(ConfigError, match=r"^environment: policy\.minimum"):
         Schema().load(paths, {"RUNA_POLICY_MINIMUM": ""})
 
 

@@ -133,7 +133,8 @@ def test_a_file_that_becomes_malformed_keeps_its_last_good_motifs_and_is_reporte
 
 def test_a_malformed_file_with_no_good_past_adds_nothing_but_is_reported(tmp_path: Path) -> None:
     paths = stack(tmp_path)
-    write(tmp_path / "etc/policy/matrix.d/bad.yaml", "- id: a\n  category: nope\n  weight: light\n  phrase: x\n")
+    write(tmp_path / "etc/policy/matrix.d/bad.yaml",
+          "- id: a\n  category: nope\n  weight: light\n  phrase: x\n")
     matrix = MatrixLibrary(layers(paths, "matrix.d", packaged=tmp_path / "pkg")).matrix()
     assert matrix.motifs == ()
     assert "bad.yaml line 2, field 'category'" in str(matrix.problems[0])
