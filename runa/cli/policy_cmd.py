@@ -153,7 +153,21 @@ class ModelTokenizer:
                                           for i in range(self.vocab.n_tokens))
 
     def tokenize(self, text: str) -> list[int]:
-        return self.vocab.tokenize(text, special=False)
+        """Ids whose pieces make exactly ``text``: SentencePiece's dummy-prefix space is
+        taken off again (runa.policy.Tokenizer)."""
+        ids = self.vocab.tokenize(text, special=False)
+        if self._text(ids) == text:
+            return ids
+        if text.startswith(" "):
+            shorter = self.vocab.tokenize(text[1:], special=False)
+            if self._text(shorter) == text:
+                return shorter
+        if ids and self.vocab.piece(ids[0]) == b" ":
+            return ids[1:]
+        return ids
+
+    def _text(self, ids: list[int]) -> str:
+        return b"".join(self.vocab.piece(i) for i in ids).decode("utf-8", "replace")
 
     def piece(self, token: int) -> bytes:
         return self.vocab.piece(token)

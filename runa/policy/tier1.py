@@ -47,7 +47,8 @@ class Tokenizer(Protocol):
     fingerprint: str
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` as the model would read it (no BOS, no special parsing)."""
+        """Token ids whose pieces make exactly ``text`` (no BOS, no special parsing, no
+        SentencePiece dummy-prefix space): what a mask or a refusal inserts."""
         ...
 
     def piece(self, token: int) -> bytes:
@@ -550,5 +551,6 @@ class OutputGate:
                             insert=tier.tokens_of(head) + tier.tokens_of(tier.policy.refusal),
                             stop=True, reason=f"policy {tier.policy.name}: {hit.motif.category}")
         replacement = hit.motif.replacement or tier.policy.mask
-        insert = tier.tokens_of(head) + tier.tokens_of(replacement) + tier.tokens_of(tail)
+        assert tier.tokenizer is not None
+        insert = tuple(tier.tokenizer.tokenize(head + replacement + tail))
         return GateStep(release=release, take_back=take_back, insert=insert)
