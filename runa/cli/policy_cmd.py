@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import logging
 import sys
@@ -134,43 +135,61 @@ def cmd_show(ctx: CliContext, args: argparse.Namespace) -> int:
 # -- check -------------------------------------------------------------------------------------
 
 class ModelTokenizer:
-    """A model's vocabulary (llama.cpp, vocab only) as runa.policy.Tokenizer."""
+    """A model's vocabulary (llama.cpp, vocab only: no weights, no context) as
+    runa.policy.Tokenizer."""
 
     def __init__(self, path: Path) -> None:
         import llama_cpp
 
-        from runa.splinfer.vocab import Vocab
-
         # llama.cpp's loading chatter is not for this command's readers
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+        self._llama = llama_cpp
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ValueError(f"{path}: llama.cpp cannot read its vocabulary")
-        self.vocab = Vocab(llama_cpp.llama_model_get_vocab(self._model))
-        self.fingerprint = fingerprint_of(self.vocab.piece(i)
-                                          for i in range(self.vocab.n_tokens))
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_tokens = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self._buf = ctypes.create_string_buffer(256)
+        self.fingerprint = fingerprint_of(self.piece(i) for i in range(self.n_tokens))
+
+    def _tokenize(self, text: str) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        buf = (self._llama.llama_token * size)()
+        n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, size, False, False)
+        if n < 0:
+            size = -n
+            buf = (self._llama.llama_token * size)()
+            n = self._llama.llama_tokenize(self._vocab, data, len(data), buf, size, False, False)
+        return list(buf[:max(n, 0)])
 
     def tokenize(self, text: str) -> list[int]:
         """Ids whose pieces make exactly ``text``: SentencePiece's dummy-prefix space is
         taken off again (runa.policy.Tokenizer)."""
-        ids = self.vocab.tokenize(text, special=False)
+        ids = self._tokenize(text)
         if self._text(ids) == text:
             return ids
         if text.startswith(" "):
-            shorter = self.vocab.tokenize(text[1:], special=False)
+            shorter = self._tokenize(text[1:])
             if self._text(shorter) == text:
                 return shorter
-        if ids and self.vocab.piece(ids[0]) == b" ":
+        if ids and self.piece(ids[0]) == b" ":
             return ids[1:]
         return ids
 
-    def _text(self, ids: list[int]) -> str:
-        return b"".join(self.vocab.piece(i) for i in ids).decode("utf-8", "replace")
-
     def piece(self, token: int) -> bytes:
-        return self.vocab.piece(token)
+        n = self._llama.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0,
+                                             False)
+        if n < 0:
+            self._buf = ctypes.create_string_buffer(-n)
+            n = self._llama.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf),
+                                                 0, False)
+        return self._buf.raw[:n]
+
+    def _text(self, ids: list[int]) -> str:
+        return b"".join(self.piece(i) for i in ids).decode("utf-8", "replace")
 
 
 def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -> Tier1:
