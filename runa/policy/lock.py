@@ -20,6 +20,7 @@ from runa.policy.files import PACKAGED, layers
 from runa.policy.matrix import Matrix, MatrixLibrary
 from runa.policy.sets import PolicySet, PolicySetError, SetLibrary
 from runa.policy.taxonomy import CATEGORIES, VERBS, WEIGHTS
+from runa.policy.tier1 import Tier1, Tokenizer
 
 
 class PolicyLocked(RunaError):
@@ -73,6 +74,7 @@ class PolicyLibrary:
         self._sets = sets
         self._matrix = matrix
         self.lock = lock or Lock()
+        self._compiled: dict[tuple[int, int, str], tuple[Matrix, PolicySet, Tier1]] = {}
 
     @classmethod
     def for_stack(cls, paths: Paths, config: Config, *, packaged: str | None = None,
@@ -130,6 +132,19 @@ class PolicyLibrary:
         if reason is not None:
             raise PolicyLocked(requested_by, name, reason)
         return policy
+
+    def tier1(self, policy: PolicySet, tokenizer: Tokenizer | None) -> Tier1:
+        """Tier 1 for ``policy`` and ``tokenizer`` over the current matrix, compiled once and
+        kept until the matrix or the set's file changes (so making a gate stays cheap)."""
+        matrix = self.matrix()
+        key = (id(matrix), id(policy), tokenizer.fingerprint if tokenizer else "")
+        kept = self._compiled.get(key)
+        if kept is None or kept[0] is not matrix or kept[1] is not policy:
+            if len(self._compiled) > 16:
+                self._compiled.clear()
+            kept = (matrix, policy, Tier1(matrix, policy, tokenizer))
+            self._compiled[key] = kept
+        return kept[2]
 
     def configured(self, config: Config) -> PolicySet:
         """The set new conversations start with (``policy.default``), behind the lock."""

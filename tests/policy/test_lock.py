@@ -138,3 +138,22 @@ def test_yaml_reading_a_bare_no_as_false_is_explained(tmp_path: Path) -> None:
     with pytest.raises(PolicySetError, match="field 'refusal': 'no' reads as false in YAML: "
                        "put the text in quotes"):
         parse_set(path)
+
+
+def test_tier1_is_compiled_once_until_the_matrix_changes(tmp_path: Path) -> None:
+    import os
+
+    from .streams import WordTokenizer
+
+    paths, config = stack(tmp_path)
+    library = PolicyLibrary.for_stack(paths, config)
+    tok = WordTokenizer()
+    policy = library.get("default")
+    first = library.tier1(policy, tok)
+    assert library.tier1(policy, tok) is first
+    mine = tmp_path / "etc/policy/matrix.d/site.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("- id: site\n  category: hate\n  weight: heavy\n  phrase: site word\n")
+    os.utime(mine, ns=(2, 2))
+    again = library.tier1(policy, tok)
+    assert again is not first and again.check("a site word").rules == ("site",)
