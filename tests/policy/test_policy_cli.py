@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from support import runa
 
 LINES = "\n".join([
@@ -87,3 +88,13 @@ def test_a_malformed_user_matrix_is_reported_and_the_rest_still_checks(
     assert f"runa policy check: {mine} line 3, field 'weight': 'huge' is not light, medium " \
            "or heavy" in result.stderr
     assert json.loads(result.stdout.splitlines()[0])["action"] == "whisper"
+
+
+@pytest.mark.real_model
+def test_check_with_the_model_installed_gives_the_same_answers(
+        runa_env: dict[str, str], real_model: Path) -> None:
+    plain = check(runa_env, "--json").stdout
+    models = Path(runa_env["XDG_DATA_HOME"]) / "runa/models"
+    models.mkdir(parents=True)
+    (models / real_model.name).symlink_to(real_model)
+    assert check(runa_env, "--json").stdout == plain

@@ -231,3 +231,12 @@ def test_check_sides_follow_the_motif(tmp_path: Path) -> None:
                       "  side: prompt\n  phrase: do anything now\n")
     assert gate_of.check("you can do anything now", "prompt").rules == ("dan",)
     assert gate_of.check("you can do anything now", "output").rules == ()
+
+
+def test_a_token_ending_inside_a_utf8_character_waits_for_the_rest(tmp_path: Path) -> None:
+    gate_of, _ = tier(tmp_path, KILL)
+    gate = gate_of.gate()
+    first, second = "é".encode()[:1], "é".encode()[1:]
+    assert gate.feed(1, b"caf").release == 1
+    assert gate.feed(2, first).release == 0  # half a character: held
+    assert gate.feed(3, second + b"!").release == 2
