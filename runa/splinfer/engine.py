@@ -666,7 +666,8 @@ class Engine:
             row += len(tokens)
             if gen.waiting_for_logits:
                 gen.on_logits(ctx, row)
-                self._rewind(gen)  # only this sequence's cells; the others' rows are read
+                if gen.rewind:  # only this sequence's cells; the logits of all rows are read
+                    self._rewind(gen)
             if gen.done:
                 self._busy.discard(gen.seq.seq_id)
 

@@ -18,6 +18,7 @@ import pytest
 
 from runa.policy.stream import HOLD, RELEASE_ONE, GateStep, StreamGate
 from runa.protocol.params import SamplingParams
+from runa.splinfer import hooks
 from runa.splinfer.engine import Engine
 from runa.splinfer.generation import GenerationResult
 from runa.splinfer.sequence import Sequence
@@ -182,6 +183,51 @@ def test_tokens_held_to_the_end_of_the_answer_are_all_released(engine: Engine,
     assert held.tokens == base.tokens and fed == list(base.tokens)
     assert text == held.text == base.text == base_text
     assert seq.tokens == [*prompt, *held.tokens[:-1]]
+
+
+def test_a_cancelled_answer_shows_what_was_held(engine: Engine) -> None:
+    prompt = engine.prompt(SEA, GREEDY).tokens
+    base = answer(engine, prompt)[0]
+    fed: list[int] = []
+
+    class HoldAll:
+        def feed(self, token: int, piece: bytes) -> GateStep:
+            fed.append(token)
+            return HOLD
+
+        def finish(self) -> GateStep:
+            return GateStep(release=len(fed))
+
+    seq = engine.new_sequence()
+    result = engine.generate(seq, prompt, GREEDY, gate=HoldAll(), cancel=lambda: len(fed) >= 7)
+    assert result.finish_reason == "cancelled"
+    assert result.tokens == base.tokens[:7] and result.text == engine.detokenize(fed)
+    assert seq.tokens == [*prompt, *result.tokens[:-1]]
+
+
+def test_the_gate_sees_what_the_token_hook_let_through(engine: Engine) -> None:
+    prompt = engine.prompt(SEA, GREEDY).tokens
+    base = answer(engine, prompt)[0]
+    star = engine.tokenize("*")[-1]
+    order: list[tuple[str, int]] = []
+
+    def hook(token: int, piece: bytes) -> hooks.TokenDecision | None:
+        order.append(("hook", token))
+        return hooks.replace([star]) if len(order) == 3 else None  # the second token
+
+    class Spy:
+        def feed(self, token: int, piece: bytes) -> GateStep:
+            order.append(("gate", token))
+            return RELEASE_ONE
+
+        def finish(self) -> GateStep:
+            return HOLD
+
+    result = engine.generate(engine.new_sequence(), prompt,
+                             dataclasses.replace(GREEDY, n_predict=3), on_token=hook, gate=Spy())
+    assert order[:4] == [("hook", base.tokens[0]), ("gate", base.tokens[0]),
+                         ("hook", base.tokens[1]), ("gate", star)]
+    assert result.tokens[:2] == (base.tokens[0], star)
 
 
 def test_a_gate_that_releases_every_token_changes_nothing(engine: Engine) -> None:
