@@ -37,6 +37,7 @@ from runa.config import Config, parse_size
 from runa.errors import RunaError
 from runa.models import configured_chat_model
 from runa.paths import Paths
+from runa.policy.stream import StreamGate
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, parse_params
 from runa.service import ServiceContext
@@ -90,6 +91,10 @@ def conversation_key(conversation: str) -> str:
     return f"{NAME}:conv:{conversation}"
 
 
+#: The tier-1 watch over one answer (a new gate per answer), or None to stream it unwatched.
+GateFactory = Callable[[ChatRequest, Persona], StreamGate | None]
+
+
 @dataclass(eq=False)
 class _Turn:
     """One chat request from admission to its last envelope."""
@@ -118,6 +123,7 @@ class Splinfer:
         *,
         paths: Paths | None = None,
         token_hook: TokenHook | None = None,
+        stream_gate: GateFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         memory_limit: Callable[[], int | None] = cgroup.memory_limit,
         personas: PersonaLibrary | None = None,
@@ -128,6 +134,7 @@ class Splinfer:
         self.logger = logger
         self.paths = paths or Paths.for_stack(stack)
         self.token_hook = token_hook  # where the token-level policy monitor sits
+        self.stream_gate = stream_gate  # ... and its inline tier, one gate per answer
         self.clock = clock
         self.memory_limit = memory_limit
         self.idle_unload_s = config["splinfer.idle_unload_s"]
@@ -503,8 +510,9 @@ class Splinfer:
         if conv is not None:
             turn.restored = self._bring_back(conv, seq)
             self.sequences[conv.id] = seq
+        gate = self.stream_gate(chat, persona) if self.stream_gate is not None else None
         turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
-                                on_text=stream.text, cancel=lambda: turn.cancelled)
+                                on_text=stream.text, cancel=lambda: turn.cancelled, gate=gate)
         to_read = len(turn.gen.pending)
         if to_read >= READING_NOTICE_TOKENS:
             stream.reading(to_read)  # the client can say why the first word takes a while

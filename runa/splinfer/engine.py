@@ -23,12 +23,14 @@ state there). Cells: if the cache has no room for the next rows, idle residents
 are evicted the same way; when every resident is answering and the cache is
 still full, the answers that do not fit end with ``context``.
 
-What Runa adds around llama.cpp's loop: the per-token hook (the seat of the
-token-level policy), cancel (checked before every token and, through llama.cpp's
-abort callback, inside long prompt evaluations when every answer in the batch is
-cancelled), a progress callback also called from inside long decodes (so a daemon
-can ping its watchdog), UTF-8-safe streaming, prompt-prefix reuse (``n_eval`` says
-how many prompt tokens were evaluated), and saving/restoring a sequence's KV state.
+What Runa adds around llama.cpp's loop: the per-token hook and the stream gate (the
+seats of the token-level policy; a gate's take-back is applied to the sequence's KV
+cache right after the sampling that asked for it, before anything else is decoded),
+cancel (checked before every token and, through llama.cpp's abort callback, inside long
+prompt evaluations when every answer in the batch is cancelled), a progress callback
+also called from inside long decodes (so a daemon can ping its watchdog), UTF-8-safe
+streaming, prompt-prefix reuse (``n_eval`` says how many prompt tokens were evaluated),
+and saving/restoring a sequence's KV state.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from pathlib import Path
 import llama_cpp
 
 from runa.models import ModelInfo, read_model_info, require_chat_model
+from runa.policy.stream import StreamGate
 from runa.protocol.params import ContextParams, SamplingParams
 from runa.splinfer.cpushare import CpuShare
 from runa.splinfer.errors import (
@@ -569,10 +572,13 @@ class Engine:
         on_token: TokenHook | None = None,
         on_text: TextSink | None = None,
         cancel: Cancel | None = None,
+        gate: StreamGate | None = None,
     ) -> Generation:
         """Begin answering ``prompt`` on ``seq``; ``step`` does the work.
 
-        Tokens of ``prompt`` already evaluated in ``seq`` are reused. Raises
+        Tokens of ``prompt`` already evaluated in ``seq`` are reused. ``gate`` (one per
+        answer) decides what of the answer reaches ``on_text`` and stays in ``seq``; it
+        sees each token after ``on_token`` (and what ``on_token`` put in its place). Raises
         NoFreeSequenceError when no slot or no KV room can be had now (every
         resident is answering), PromptTooLongError when the prompt cannot fit.
         """
@@ -597,13 +603,20 @@ class Engine:
         self._busy.add(seq.seq_id)
         return Generation(
             seq, prompt, n_keep, sampling, vocab=vocab, n_ctx=self.n_ctx, clock=self._clock,
-            on_token=on_token, on_text=on_text, cancelled=cancel_check(cancel),
+            on_token=on_token, on_text=on_text, cancelled=cancel_check(cancel), gate=gate,
         )  # fmt: skip
 
     def finish(self, gen: Generation, reason: str = "cancelled") -> None:
         """End ``gen`` now (if it is still running) and free its sequence for others."""
         gen.finish(reason)
+        self._rewind(gen)
         self._busy.discard(gen.seq.seq_id)
+
+    def _rewind(self, gen: Generation) -> None:
+        """Drop the positions a gate took back from ``gen``'s sequence (before it decodes again)."""
+        if gen.rewind:
+            self._truncate(gen.seq, max(0, gen.seq.n_past - gen.rewind))
+            gen.rewind = 0
 
     def step(self, gens: Seq[Generation], on_progress: ProgressCallback | None = None) -> None:
         """One ``llama_decode`` for every running generation in ``gens``, then sampling.
@@ -616,6 +629,7 @@ class Engine:
         for gen in gens:
             if not gen.done and gen.cancelled():
                 gen.finish("cancelled")
+                self._rewind(gen)
             if gen.done:
                 self._busy.discard(gen.seq.seq_id)
             else:
@@ -652,6 +666,8 @@ class Engine:
             row += len(tokens)
             if gen.waiting_for_logits:
                 gen.on_logits(ctx, row)
+                if gen.rewind:  # only this sequence's cells; the logits of all rows are read
+                    self._rewind(gen)
             if gen.done:
                 self._busy.discard(gen.seq.seq_id)
 
@@ -703,6 +719,7 @@ class Engine:
         on_text: TextSink | None = None,
         cancel: Cancel | None = None,
         on_progress: ProgressCallback | None = None,
+        gate: StreamGate | None = None,
     ) -> GenerationResult:
         """Continue ``seq`` with ``prompt`` and sample an answer token by token (alone).
 
@@ -710,10 +727,10 @@ class Engine:
         ``on_text`` receives the answer's text as it grows; ``cancel`` ends the turn
         early (finish_reason "cancelled"); ``on_progress`` is called at least every
         ``progress_interval`` seconds while work is going on, also from inside long
-        llama.cpp decodes.
+        llama.cpp decodes; ``gate`` holds back, withdraws and replaces tokens (``start``).
         """
         gen = self.start(seq, prompt, sampling, on_token=on_token, on_text=on_text,
-                         cancel=cancel)
+                         cancel=cancel, gate=gate)
         beat = _Throttle(on_progress, self._clock, self._progress_interval)
         try:
             while not gen.done:
@@ -734,6 +751,7 @@ class Engine:
         on_text: TextSink | None = None,
         cancel: Cancel | None = None,
         on_progress: ProgressCallback | None = None,
+        gate: StreamGate | None = None,
     ) -> GenerationResult:
         """Answer the conversation ``messages`` (oldest turns dropped if they do not fit)."""
         window = self.prompt(messages, sampling)
@@ -745,6 +763,7 @@ class Engine:
             on_text=on_text,
             cancel=cancel,
             on_progress=on_progress,
+            gate=gate,
         )
         if window.dropped:
             return with_dropped(result, window.dropped)

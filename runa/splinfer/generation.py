@@ -11,6 +11,13 @@ for token what llama-cpp-python produces with the same settings:
     -> at the limit? stop without evaluating the last token -> feed it back
 
 Cancel is checked before each token is sampled.
+
+With a stream gate (``runa.policy.stream``, tier 1 of the policy) the emitted tokens go
+through it after the hook: the gate may hold the newest ones back (they are fed to the
+model but not streamed yet), release them, take them back (the engine then drops the
+evaluated ones from the sequence's KV cache before its next decode, see ``rewind``) and
+insert a replacement. ``out`` is then what the person saw and the model holds; ``held``
+what is evaluated but not shown yet.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 
 import llama_cpp
 
+from runa.policy.stream import GateStep, StreamGate
 from runa.protocol.params import SamplingParams
 from runa.splinfer.hooks import Action, TextSink, TokenHook
 from runa.splinfer.sampling import Sampler
@@ -35,7 +43,8 @@ from runa.splinfer.vocab import Vocab
 class GenerationResult:
     text: str
     tokens: tuple[int, ...]
-    """Generated tokens as fed back to the model (after any replacement)."""
+    """Generated tokens as fed back to the model and shown to the person (after any
+    replacement; tokens a gate took back are not in them, its insertions are)."""
     finish_reason: str
     """stop (end of turn), length (n_predict), context (context full), cancelled, policy."""
     n_prompt: int
@@ -45,7 +54,7 @@ class GenerationResult:
     prompt_seconds: float
     gen_seconds: float
     reason: str = ""
-    """The hook's reason when it stopped the answer."""
+    """The hook's or the gate's reason when it stopped the answer."""
     dropped_messages: int = 0
 
     @property
@@ -81,6 +90,7 @@ class Generation:
         on_token: TokenHook | None,
         on_text: TextSink | None,
         cancelled: Callable[[], bool],
+        gate: StreamGate | None = None,
     ) -> None:
         self.seq = seq
         self.prompt = list(prompt)
@@ -97,6 +107,13 @@ class Generation:
         self.limit = room if sampling.n_predict < 0 else min(sampling.n_predict, room)
         self.at_limit = "length" if 0 <= sampling.n_predict <= room else "context"
         self.out: list[int] = []
+        self.gate = gate
+        self.held: list[int] = []
+        """Tokens the gate holds back: evaluated (all but maybe the newest), not streamed."""
+        self.n_generated = 0
+        """With a gate: tokens sampled or inserted, withdrawn ones included (the limit)."""
+        self.rewind = 0
+        """Evaluated positions the engine must drop from ``seq`` before its next decode."""
         self.text: list[str] = []
         self.stream = Utf8Stream()
         self.sampler: Sampler | None = Sampler(sampling, n_vocab=vocab.n_tokens, n_ctx=n_ctx)
@@ -130,7 +147,8 @@ class Generation:
         if self.cancelled():
             self.finish("cancelled")
             return
-        if len(self.out) >= self.limit:  # n_predict 0: the prompt only
+        used = len(self.out) if self.gate is None else self.n_generated
+        if used >= self.limit:  # n_predict 0: the prompt only
             self.finish(self.at_limit)
             return
         assert self.sampler is not None
@@ -145,9 +163,12 @@ class Generation:
                 self.finish("policy", decision.reason)
                 return
             if decision is not None and decision.action is Action.REPLACE:
-                emitted = list(decision.tokens)[: self.limit - len(self.out)]
+                emitted = list(decision.tokens)[: self.limit - used]
                 for t in emitted:
                     self.sampler.accept(t)
+        if self.gate is not None:
+            self._through_gate(self.gate, emitted)
+            return
         for t in emitted:
             self.out.append(t)
             self._emit(self.stream.feed(self.vocab.piece(t)))
@@ -155,6 +176,66 @@ class Generation:
             self.finish(self.at_limit)  # like llama-cpp-python: the last token is not evaluated
             return
         self.pending = emitted
+
+    def _through_gate(self, gate: StreamGate, tokens: list[int]) -> None:
+        """Hold, release, withdraw or replace ``tokens`` as the gate says; plan what to feed."""
+        for token in tokens:
+            self.held.append(token)
+            self.n_generated += 1
+            step = gate.feed(token, self.vocab.piece(token))
+            self._apply(step)
+            if step.stop:
+                self.gate = None  # ``finish`` is for the other endings
+                self.finish("policy", step.reason)
+                return
+        if self.n_generated >= self.limit:
+            self.finish(self.at_limit)  # the last token is not evaluated, as without a gate
+            return
+        # Feed what the model holds but has not evaluated: the newest kept token, the
+        # insertions. After a take-back with nothing new, the last kept token is evaluated
+        # again for fresh logits (as ``Engine.start`` does with a prompt it already holds).
+        evaluated = self.seq.n_past - self.rewind
+        kept = len(self.prompt) + len(self.out) + len(self.held)
+        if kept == evaluated:
+            self.rewind += 1
+            evaluated -= 1
+        self.pending = self._newest(kept - evaluated)
+
+    def _apply(self, step: GateStep) -> None:
+        """Take back, release and insert as ``step`` says (``runa.policy.stream``)."""
+        take_back = min(step.take_back, len(self.held))
+        if take_back:
+            del self.held[-take_back:]
+            kept = len(self.prompt) + len(self.out) + len(self.held)
+            self.rewind += max(0, self.seq.n_past - self.rewind - kept)
+        # Everything held before a withdrawal or an insertion goes first, in order.
+        release = len(self.held) if take_back or step.insert else step.release
+        self._release(release)
+        room = self.limit - len(self.out) - len(self.held)
+        for t in step.insert[: max(0, room)]:
+            self.out.append(t)
+            self.n_generated += 1
+            self._emit(self.stream.feed(self.vocab.piece(t)))
+            if self.sampler is not None:
+                self.sampler.accept(t)
+
+    def _release(self, n: int) -> None:
+        """Stream the oldest ``n`` held tokens."""
+        released, self.held = self.held[:n], self.held[n:]
+        for t in released:
+            self.out.append(t)
+            self._emit(self.stream.feed(self.vocab.piece(t)))
+
+    def _newest(self, n: int) -> list[int]:
+        """The newest ``n`` tokens of prompt + out + held (what the model should hold)."""
+        parts: list[list[int]] = []
+        for part in (self.held, self.out, self.prompt):
+            if n <= 0:
+                break
+            tail = part[max(0, len(part) - n):]
+            parts.append(tail)
+            n -= len(tail)
+        return [t for part in reversed(parts) for t in part]
 
     def _emit(self, chunk: str) -> None:
         if chunk:
@@ -172,6 +253,10 @@ class Generation:
         self.phase = Phase.DONE
         self.pending = []
         self.finish_reason, self.reason = finish_reason, reason
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self._apply(gate.finish())
+            self._release(len(self.held))  # nothing stays held once the answer ends
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None
