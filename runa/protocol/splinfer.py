@@ -33,6 +33,8 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "conversation": conversation_id_problem, "upload": _upload_problem,
     "persona": lambda value: None if value else
     "'persona' must be a persona's name (see the personas query)",
+    "policy": lambda value: None if value else
+    "'policy' must be a policy set's name (see 'runa policy list')",
     "start": _index("start", "a message index"), "offset": _index("offset", "a character index"),
 }
 
@@ -48,6 +50,8 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
         _CONVERSATION,
         Field("persona", "string", "a persona's name", default="splinfer.persona"),
         Field("system", "string", "replaces the persona's system prompt for this turn"),
+        Field("policy", "string", "the policy set for this conversation from this turn on "
+              "(docs/policy.md)", default="the conversation's, the persona's, policy.default"),
         Field("params", "object", "sampling parameters under llama.cpp's names",
               default="the persona's", allowed="llama.cpp names (above)"),
         Field("upload", "string", "the pieces sent ahead with chat_part",
@@ -76,10 +80,10 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
 
 def chat(text: str, *, conversation: str | None = None, persona: str | None = None,
          system: str | None = None, params: Mapping[str, Any] | None = None,
-         upload: str | None = None) -> dict[str, Any]:
+         upload: str | None = None, policy: str | None = None) -> dict[str, Any]:
     """A ``chat`` request (fields left None are not sent: splinfer's defaults apply)."""
     return OPS["chat"].request(text=text, conversation=conversation, persona=persona,
-                               system=system, upload=upload,
+                               system=system, upload=upload, policy=policy,
                                params=None if params is None else dict(params))
 
 
