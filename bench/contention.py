@@ -122,6 +122,7 @@ def main(cleanups: contextlib.ExitStack) -> int:
 
     result = Result("contention", {
         "model": model.name, "cpus": cpus, "rounds": rounds, "n_predict": GEN.n_predict,
+        "policy": "off",  # the engines run with no stream gate
         "prompt_tokens": len(prompt), "busy_processes": sorted(names),
         "load_before": round(load_before, 2), "seconds": round(time.monotonic() - started, 1)})
     for busy, name in names.items():

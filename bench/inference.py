@@ -534,6 +534,7 @@ def main(cleanups: contextlib.ExitStack) -> int:
     result = Result(
         bench="inference",
         params={"model": model.name, **CONTEXT, "n_predict": N_PREDICT, "rounds": rounds,
+                "policy": "off",  # splinfer applies no policy set yet: no stream gate runs
                 "greedy": True, "n_gen": final["n_gen"], "concurrent_n_gen": n_gens,
                 "idle_window_s": idle_window, "prompt": PROMPT, "quick": args.quick,
                 **details, "seconds": round(time.monotonic() - started, 1),
