@@ -261,3 +261,25 @@ signal.setitimer(signal.ITIMER_REAL, 0)  # as guarded() does on its way out
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["deferred True", f"raised {128 + signal.SIGTERM}"]
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_safety_bench_stopped_by_sigterm_mid_generation_removes_its_files(
+        real_model: Path, tmp_path: Path) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    log = tmp_path / "stderr"
+    out = tmp_path / "safety.json"
+
+    def generating(_stack: str) -> bool:
+        return "safety: tier 1: generating" in log.read_text()
+
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    bench, stderr, _ = run_and_stop(["bench/safety.py", "--quick", "--model", str(real_model),
+                                     "--out", str(out)], signal.SIGTERM, generating, log, env)
+    assert "bench/safety.py: stopped by SIGTERM; what it started is cleaned up" in stderr
+    assert "Traceback" not in stderr, stderr
+    assert bench.returncode == 128 + signal.SIGTERM, stderr
+    assert list(scratch.iterdir()) == []  # its policy directories are gone
+    assert not out.exists()  # no results from a run cut short
