@@ -111,7 +111,7 @@ def test_json_lists_incarnations_and_events(monkeypatch: pytest.MonkeyPatch) -> 
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        cmd_audit(CliContext(env={}), argparse.Namespace(json=True, since=None,
+        cmd_audit(CliContext(env={}), argparse.Namespace(json=True, since=None, policy=False,
                                                         component="splinfer", mode="supervisor"))
     data = json.loads(out.getvalue())
     assert [i["incarnation"] for i in data["incarnations"]] == [0, 1, 2]

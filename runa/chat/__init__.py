@@ -15,6 +15,7 @@ from runa.surface import lazy
 if TYPE_CHECKING:
     from runa.chat.files import ChatFiles, valid_conversation_id
     from runa.chat.params import SessionParams
+    from runa.chat.policy_notes import intervention_summary, whisper_lines
     from runa.chat.rag import Retrieval
     from runa.chat.repl import LineReader, Repl, StreamReader, TerminalReader
     from runa.chat.session import ChatSession, NotSupported, Start, new_conversation_id
@@ -35,13 +36,16 @@ __all__ = [
     "TypeAhead",
     "conversations",
     "in_pieces",
+    "intervention_summary",
     "new_conversation_id",
     "valid_conversation_id",
+    "whisper_lines",
 ]
 if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
     __getattr__ = lazy(__name__, {
         "files": ("ChatFiles", "valid_conversation_id"),
         "params": ("SessionParams",),
+        "policy_notes": ("intervention_summary", "whisper_lines"),
         "rag": ("Retrieval",),
         "repl": ("LineReader", "Repl", "StreamReader", "TerminalReader"),
         "session": ("ChatSession", "NotSupported", "Start", "new_conversation_id"),

@@ -21,6 +21,8 @@ class Question:
 #: name -> (usage, what it does), in the order /help lists them.
 HELP: dict[str, tuple[str, str]] = {
     "persona": ("/persona [NAME]", "list the personas, or switch this conversation to NAME"),
+    "policy": ("/policy [NAME]",
+               "list the policy sets, or run this conversation under NAME (docs/policy.md)"),
     "new": ("/new", "start a new conversation (the old one is kept by splinfer)"),
     "conversations": ("/conversations", "list the kept conversations, the latest used first"),
     "resume": ("/resume ID", "go on with conversation ID (any unique start of its id)"),
@@ -37,7 +39,7 @@ HELP: dict[str, tuple[str, str]] = {
     "quit": ("/quit", "leave (so does Ctrl-D); Ctrl-C stops an answer"),
 }
 ALIASES = {"exit": "quit", "q": "quit", "?": "help", "personas": "persona",
-           "list": "conversations", "export": "save"}
+           "policies": "policy", "list": "conversations", "export": "save"}
 
 
 def parse(line: str) -> Command | Question | None:

@@ -17,6 +17,7 @@ from typing import Any, Protocol, TextIO
 
 from runa.chat import commands, conversations
 from runa.chat.commands import Command
+from runa.chat.policy_notes import intervention_summary, whisper_lines
 from runa.chat.session import (
     ChatSession,
     NotSupported,
@@ -25,6 +26,7 @@ from runa.chat.session import (
 )
 from runa.chat.typeahead import TypeAhead
 from runa.errors import RunaError, error_line
+from runa.policy import UnknownPolicyError
 from runa.protocol.answer import sources_heading
 
 EX_USAGE = 64
@@ -192,9 +194,18 @@ class Repl:
         self._clear_reading()
         self._end_line(True)
         self._sources()
+        self._policy_notes(self.session.last)
         if self.interactive:  # piped runs keep stderr for what went wrong
             self._finish_notes(self.session.last)
         return 0
+
+    def _policy_notes(self, final: dict[str, Any]) -> None:
+        """The answer's whisper notes (always), and what the policy did (on a terminal)."""
+        for line in whisper_lines(final):
+            self.notice(line)
+        summary = intervention_summary(final) if self.interactive else None
+        if summary:
+            self.notice(summary)
 
     def _show_reading(self, n_tokens: int) -> None:
         """splinfer evaluates a long prompt before the first word: say so meanwhile."""
@@ -288,6 +299,36 @@ class Repl:
             mark = "*" if persona.name == current else " "
             source = f"  [{_home_as_tilde(persona.source)}]" if persona.source else ""
             self.say(f"{mark} {persona.name:<{width}}  {persona.description}{source}".rstrip())
+
+    def cmd_policy(self, args: tuple[str, ...]) -> int:
+        if len(args) > 1:
+            self.notice("/policy takes one name (or none, to list them)")
+            return EX_USAGE
+        if not args:
+            self._list_policies()
+            return 0
+        try:
+            self.notice(self.session.switch_policy(args[0]))
+        except UnknownPolicyError as error:
+            self.error(error)
+            self._list_policies()
+            return error.exit_code
+        return 0
+
+    def _list_policies(self) -> None:
+        choices = self.session.policy_sets()
+        current = self.session.policy
+        width = max((len(c.name) for c in choices), default=0)
+        self.say("policy sets (* = this conversation's; /policy NAME switches):")
+        for choice in choices:
+            mark = "*" if choice.name == current else " "
+            locked = "locked  " if choice.locked else ""
+            self.say(f"{mark} {choice.name:<{width}}  {locked}{choice.description}".rstrip())
+        if current is None:
+            self.say("(splinfer names this conversation's set with its next answer)")
+        if any(c.locked for c in choices):
+            self.say("(locked: below the administrator's minimum; 'runa policy show NAME' "
+                     "says why)")
 
     def cmd_rag(self, args: tuple[str, ...]) -> int:
         if args == ("off",):

@@ -1,7 +1,7 @@
 """One person's conversation with splinfer, spoken in its bus protocol (docs/protocol.md).
 
-The session knows which conversation and persona it is in and which sampling settings
-it sends; it talks only through a client object (``ServiceClient`` in use, a fake in the
+The session knows which conversation, persona and policy set it is in and which sampling
+settings it sends; it talks only through a client object (``ServiceClient`` in use, a fake in the
 tests), so nothing here starts processes or touches the terminal.
 """
 
@@ -17,6 +17,7 @@ from runa.chat.params import SessionParams
 from runa.chat.upload import in_pieces
 from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
+from runa.policy import PolicyLibrary
 from runa.protocol.answer import GroundedAnswer, Grounding, chat_turn
 from runa.protocol.splinfer import chat, request
 from runa.splinter import Envelope, Fault
@@ -93,6 +94,16 @@ class Personas:
         return next((p for p in self.personas if p.name == name), None)
 
 
+@dataclass(frozen=True)
+class PolicyChoice:
+    """One policy set as ``/policy`` lists it."""
+
+    name: str
+    description: str
+    locked: str | None
+    """Why the administrator's lock forbids it, or None."""
+
+
 class Start(Enum):
     """How ``runa chat`` came to its conversation id."""
 
@@ -103,19 +114,27 @@ class Start(Enum):
 
 
 class ChatSession:
-    """The state of one REPL: conversation id, chosen persona, sampling settings."""
+    """The state of one REPL: conversation id, chosen persona and policy, sampling settings."""
 
     def __init__(self, client: ChatClient, conversation: str, *, persona: str | None = None,
                  params: SessionParams | None = None, timeout: float = 60.0,
                  new_id: Callable[[], str] = new_conversation_id,
                  remember: Callable[[str], None] = lambda _conversation: None,
-                 retriever: Retriever | None = None) -> None:
+                 retriever: Retriever | None = None, policy: str | None = None,
+                 policies: PolicyLibrary | None = None) -> None:
         self.client = client
         self.conversation = conversation
         self.chosen_persona = persona
         """Sent with every question once chosen (--persona, /persona); None: splinfer's."""
         self.persona = persona
         """The conversation's persona as last heard from splinfer (for the prompt)."""
+        self.policies = policies
+        """The stack's policy sets behind the lock: ``/policy`` lists and checks with it."""
+        self.chosen_policy = policy
+        """Sent with every question once chosen (--policy, /policy, checked against the
+        lock first); None: the set splinfer keeps for the conversation."""
+        self.policy = policy
+        """The conversation's policy set as last heard from splinfer (None: not yet)."""
         self.params = params or SessionParams()
         self.timeout = timeout
         self.messages = 0
@@ -225,6 +244,7 @@ class ChatSession:
                     f"splinfer has no conversation {self.conversation!r} yet") from None
             raise
         self.history_persona = answer.get("persona")
+        self.policy = self.chosen_policy or answer.get("policy") or self.policy
         return [m for m in answer.get("messages", []) if m.get("role") != "system"]
 
     def switch_persona(self, name: str) -> str:
@@ -239,6 +259,30 @@ class ChatSession:
         if self.messages:
             return self._reread_notice()
         return f"persona {name}"
+
+    def policy_sets(self) -> list[PolicyChoice]:
+        """Every policy set, with why the lock forbids it when it does."""
+        policies = self._policies()
+        return [PolicyChoice(name, policies.get(name).description, policies.below_lock(name))
+                for name in policies.names()]
+
+    def switch_policy(self, name: str) -> str:
+        """Use policy set ``name`` from the next question on; a notice for the person.
+
+        Checked here at once: a set below the lock (PolicyLocked, with the reason) or an
+        unknown one (UnknownPolicyError) changes nothing.
+        """
+        self._policies().resolve(name, "/policy in chat")
+        was = self.policy
+        self.chosen_policy = self.policy = name
+        if name == was:
+            return f"policy {name} (unchanged)"
+        return f"policy {name}: this conversation runs under it from your next message on"
+
+    def _policies(self) -> PolicyLibrary:
+        if self.policies is None:
+            raise NotSupported("policy sets are not available in this chat")
+        return self.policies
 
     def _reread_notice(self) -> str:
         return (f"persona {self.chosen_persona}: its system prompt replaces the old one, so "
@@ -257,14 +301,16 @@ class ChatSession:
         return self.conversation
 
     def resume(self, conversation: str) -> str:
-        """Go on with another kept conversation, in its own persona; a notice."""
-        was = (self.conversation, self.messages, self.persona, self.chosen_persona)
+        """Go on with another kept conversation, in its own persona and policy; a notice."""
+        was = (self.conversation, self.messages, self.persona, self.chosen_persona,
+               self.policy, self.chosen_policy)
         self.conversation, self.messages = conversation, 0
-        self.persona = self.chosen_persona = None
+        self.persona = self.chosen_persona = self.policy = self.chosen_policy = None
         try:
             self._look_up(Start.EXPLICIT)
         except RunaError:
-            self.conversation, self.messages, self.persona, self.chosen_persona = was
+            (self.conversation, self.messages, self.persona, self.chosen_persona,
+             self.policy, self.chosen_policy) = was
             raise
         self._remember(conversation)
         return (f"resuming conversation {conversation} ({self.messages} messages; "
@@ -272,7 +318,7 @@ class ChatSession:
 
     def payload(self, text: str) -> dict[str, Any]:
         return chat(text, conversation=self.conversation, params=self.params.payload(),
-                    persona=self.chosen_persona or None)
+                    persona=self.chosen_persona or None, policy=self.chosen_policy or None)
 
     def rag(self, topic: str | None) -> str:
         """Take sources from ``topic`` from the next question on (None: stop); a notice."""
@@ -309,6 +355,17 @@ class ChatSession:
             text = chat_turn(self.grounding)
         payload = self.payload(text)
         upload = in_pieces(self._call, payload, self.max_request_bytes)
+        try:
+            yield from self._stream(payload, upload, citations)
+        except ServiceFault as fault:
+            if fault.code == Fault.NOT_AUTHORIZED and self.chosen_policy is not None:
+                # The lock changed since the check: the conversation keeps its set.
+                self.chosen_policy = self.policy = None
+            raise
+
+    def _stream(self, payload: dict[str, Any],
+                upload: Callable[[dict[str, Any]], dict[str, Any]] | None,
+                citations: GroundedAnswer | None) -> Iterator[str]:
         for envelope in self.client.request(payload, idle_timeout=self.timeout,
                                             before_send=upload):
             piece = envelope.payload.get("text", "")
@@ -320,6 +377,7 @@ class ChatSession:
             if envelope.eof:
                 self.last = dict(envelope.payload)
                 self.persona = self.last.get("persona") or self.persona
+                self.policy = self.last.get("policy") or self.policy
                 if self.keeps_conversations:
                     self.messages += 2
                 if citations is not None:

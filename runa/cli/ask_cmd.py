@@ -6,12 +6,13 @@ import argparse
 import sys
 
 from runa import stackbus as bus_mod
-from runa.chat import SessionParams, in_pieces
+from runa.chat import SessionParams, in_pieces, intervention_summary, whisper_lines
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json, say
 from runa.client import ServiceClient
 from runa.errors import UsageError
+from runa.policy import PolicyLibrary
 from runa.protocol.splinfer import chat
 
 # llama.cpp's spellings, as `llama-cli` takes them; the bus carries the long names.
@@ -47,16 +48,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         "ask",
         help="ask the running model one question; the answer streams to stdout",
         description="Send one question to splinfer over the bus and stream the answer to "
-        "standard output. Ctrl-C stops the answer. Exit status: 0 answered; 64 a bad option "
-        "or sampling value (the message names it); 65 the request was refused (a prompt "
-        "longer than the context); 69 Runa is not running; 70 the model failed; 75 busy, "
-        "try again; 130 interrupted.",
+        "standard output; notes from the policy (whispers) go to standard error. Ctrl-C stops "
+        "the answer. Exit status: 0 answered; 64 a bad option or sampling value (the message "
+        "names it); 65 the request was refused (a prompt longer than the context); 66 no such "
+        "policy set; 69 Runa is not running; 70 the model failed; 75 busy, try again; 77 the "
+        "policy set is below the administrator's lock; 130 interrupted.",
         epilog="Example: runa ask --temp 0 'Write one sentence about the sea.'",
     )
     parser.add_argument("question", nargs="+", help="the question ('-' reads standard input)")
     parser.add_argument("--system", metavar="TEXT", help="a system prompt for this question")
+    parser.add_argument("--policy", metavar="NAME",
+                        help="answer under policy set NAME ('runa policy list'; checked against "
+                        "the administrator's lock first)")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON object (text and counters) instead of streaming")
+                        help="print one JSON object (text, counters, the policy set, its "
+                        "interventions and whispers) instead of streaming")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and splinfer has no "
                         "heartbeat, or died and has not come back (0.1 to 86400; default: "
@@ -71,7 +77,9 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
     question = sys.stdin.read() if args.question == ["-"] else " ".join(args.question)
     if not question.strip():
         raise UsageError("the question is empty")
-    payload = chat(question, params=params, system=args.system or None)
+    if args.policy is not None:  # before anything is sent: locked 77, unknown 66
+        PolicyLibrary.for_stack(ctx.paths, ctx.config).resolve(args.policy, "--policy")
+    payload = chat(question, params=params, system=args.system or None, policy=args.policy)
     pieces: list[str] = []
 
     def asked_again(notice: str) -> None:
@@ -104,7 +112,14 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
             say(command_name(args), "answer stopped")
             return 130
     if args.json:
-        print_json({**final, "text": "".join(pieces)})
-    else:
-        sys.stdout.write("\n")
+        print_json({"policy": None, "interventions": [], "whispers": [], **final,
+                    "text": "".join(pieces)})
+        return 0
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    for line in whisper_lines(final):
+        print(line, file=sys.stderr, flush=True)
+    summary = intervention_summary(final) if sys.stderr.isatty() else None
+    if summary:
+        print(summary, file=sys.stderr, flush=True)
     return 0

@@ -1,4 +1,5 @@
-"""``runa audit [--json]``: incarnations, reasons and policy decisions, from the journal."""
+"""``runa audit [--json]``: incarnations, reasons and policy decisions, from the journal;
+``--policy``: the token policy's interventions (runa.cli.interventions)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import re
 import time
 from datetime import datetime
 
+from runa import log
+from runa.cli import interventions
 from runa.cli.context import CliContext
-from runa.cli.voice import print_json
+from runa.cli.voice import json_line, print_json
 from runa.errors import UsageError
 from runa.gilgul import audit
 
@@ -23,13 +26,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Read gilgul's events back from the journal, under systemd "
         "(runa-gilgul) and under Runa's own supervisor (runa-supervisor, 'runa up'), and "
         "list every incarnation of every component: why it was started, its process, how "
-        "it ended and what the policy decided (restart, after which delay, or hold). Needs "
-        "root or the systemd-journal group. Exit status: 0 listed; 64 a bad --since; 77 "
-        "the journal may not be read by this user.",
-        epilog="Example: runa audit --since 1h --component splinfer",
+        "it ended and what the policy decided (restart, after which delay, or hold). With "
+        "--policy, list the token policy's interventions instead (docs/policy.md): rule, "
+        "category, weight and action, never the text. Needs root or the systemd-journal "
+        "group. Exit status: 0 listed; 64 a bad --since; 69 no journal (--policy); 77 the "
+        "journal may not be read by this user.",
+        epilog="Examples: runa audit --since 1h --component splinfer; "
+        "runa audit --policy --since 1d",
     )
+    parser.add_argument("--policy", action="store_true",
+                        help="the policy's interventions (time, conversation, policy, rule, "
+                        "category, weight, action, side, token index), newest last")
     parser.add_argument("--json", action="store_true",
-                        help="one JSON object: incarnations and the events they come from")
+                        help="one JSON object: incarnations and the events they come from "
+                        "(with --policy: one JSON object a line, one per intervention)")
     parser.add_argument("--since", metavar="WHEN",
                         help="only events since WHEN: 30s, 15m, 2h, 1d ago, an ISO date-time, "
                         "or @EPOCH-SECONDS")
@@ -60,6 +70,8 @@ def parse_since(text: str | None, now: float) -> float | None:
 
 def cmd_audit(ctx: CliContext, args: argparse.Namespace) -> int:
     since = parse_since(args.since, time.time())
+    if args.policy:
+        return policy_interventions(ctx, args, since)
     audit.check_access()
     stream = [e for e in audit.events(audit.read_journal(since))
               if (args.component is None or e.component == args.component)
@@ -82,6 +94,28 @@ def cmd_audit(ctx: CliContext, args: argparse.Namespace) -> int:
               f"{item.start_reason:<13} {item.pid or '-':>7}  "
               f"{item.end_reason or ('running' if item.running else '-'):<13} "
               f"{decision or '-'}")
+    return 0
+
+
+def policy_interventions(ctx: CliContext, args: argparse.Namespace,
+                         since: float | None) -> int:
+    """``--policy``: the interventions, from splinfer (or --component) in either mode."""
+    if args.mode is not None:
+        raise UsageError("--mode goes with the incarnations; --policy lists the "
+                         "interventions of both modes")
+    interventions.check_journal(log.journal_available(), ctx.paths.runtime / "supervisor.log")
+    audit.check_access()
+    items = [e for e in interventions.events(interventions.read_journal(since))
+             if args.component is None or e.component == args.component]
+    if args.json:
+        for item in items:
+            print(json_line(item.to_dict()))
+        return 0
+    if not items:
+        print("no policy interventions in the journal"
+              + (f" since {args.since}" if args.since else ""))
+        return 0
+    print("\n".join(interventions.table(items)))
     return 0
 
 

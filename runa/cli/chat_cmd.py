@@ -30,6 +30,7 @@ from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json
 from runa.client import ServiceClient
 from runa.errors import UsageError
+from runa.policy import PolicyLibrary
 from runa.protocol.splinfer import request
 
 
@@ -40,14 +41,15 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="A conversation with the model: answers stream as they are written, "
         "the inference service (splinfer) keeps the conversation (and its model state), and "
         "'runa chat' resumes the last one. Enter sends, Alt-Enter starts a new line; Ctrl-C "
-        "stops an answer, Ctrl-D leaves; /help lists the commands (/persona, /new, "
+        "stops an answer, Ctrl-D leaves; /help lists the commands (/persona, /policy, /new, "
         "/conversations, /resume, /history, /save, /params, /rag, /multiline, /quit). When "
         "standard input is not a terminal, each line is one question in a conversation of "
         "its own (unless --conversation names one) and each answer is printed; it ends at "
         "the end of input. "
         "Exit status: 0 done; 64 a bad option or sampling value; 65 refused (a value "
-        "splinfer will not take); 66 no such persona or conversation; 69 Runa is not running; "
-        "70 the model failed; 75 busy, try again; 130 interrupted (piped input).",
+        "splinfer will not take); 66 no such persona, policy set or conversation; 69 Runa is "
+        "not running; 70 the model failed; 75 busy, try again; 77 the policy set is below the "
+        "administrator's lock; 130 interrupted (piped input).",
         epilog="Examples: 'runa chat --persona tutor --temp 0.7'; "
         "'echo \"Name three colours.\" | runa chat'; 'runa chat --list'; "
         "'runa chat --export 3f2a > chat.md'",
@@ -70,6 +72,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="delete conversation ID: its history and its saved model state")
     parser.add_argument("--persona", metavar="NAME",
                         help="talk to persona NAME (/persona lists them)")
+    parser.add_argument("--policy", metavar="NAME",
+                        help="run the conversation under policy set NAME from now on (/policy "
+                        "lists them; checked against the administrator's lock first)")
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="give up when nothing arrives for S seconds and splinfer has no "
                         "heartbeat (0.1 to 86400; default: %(default)s)")
@@ -153,6 +158,9 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
 
     files = ChatFiles.for_person(ctx.env, ctx.stack)
     params = SessionParams(sampling_params(args))
+    policies = PolicyLibrary.for_stack(ctx.paths, ctx.config)
+    if args.policy is not None:  # before anything is sent: locked 77, unknown 66
+        policies.resolve(args.policy, "--policy")
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     conversation, how = starting_point(args, files, interactive=interactive)
     notices = sys.stdout if interactive else sys.stderr
@@ -176,7 +184,7 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
         session = ChatSession(client, conversation, persona=args.persona, params=params,
                               timeout=args.timeout,
                               remember=files.remember if interactive else _keep_nothing,
-                              retriever=retrieval)
+                              retriever=retrieval, policy=args.policy, policies=policies)
         session.max_request_bytes = bus.geometry.max_envelope
         for notice in session.start(how):
             print(notice, file=notices)
