@@ -18,6 +18,7 @@ from typing import Any
 
 from runa import log
 from runa.config import Config
+from runa.errors import RunaError
 from runa.paths import Paths
 from runa.policy import (
     Intervention,
@@ -143,9 +144,12 @@ class SplinferPolicy:
         return done
 
     def describe(self) -> dict[str, Any]:
-        """The policy part of splinfer's status."""
-        out: dict[str, Any] = {"default": self.default().policy.name,
-                               "minimum": self.library.lock.minimum or None}
+        """The policy part of splinfer's status (a problem with the sets is said, not raised)."""
+        out: dict[str, Any] = {"default": None, "minimum": self.library.lock.minimum or None}
+        try:
+            out["default"] = self.default().policy.name
+        except RunaError as error:
+            out["problem"] = str(error)
         if self.problem:
             out["problem"] = self.problem
         return out

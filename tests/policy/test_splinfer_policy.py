@@ -199,6 +199,27 @@ def test_a_whisper_reaches_the_model_as_a_system_note_and_the_client_in_the_fina
     assert "end my life" not in log_text(stack)
 
 
+def test_a_whisper_of_the_answer_is_a_note_in_the_next_turn(
+        stack: dict[str, str], person: Person) -> None:
+    free = person.ask(QUESTION, policy="off")
+    word = max(free["text"].split()[3:], key=len)
+    matrix = Path(stack["XDG_CONFIG_HOME"]) / "runa/policy/matrix.d/30-whisper.yaml"
+    matrix.write_text(f"- id: test.whisper-word\n  category: suicide_self_harm\n"
+                      f"  weight: light\n  side: output\n  phrase: {json.dumps(word)}\n")
+    try:
+        first = person.ask(QUESTION, conversation="whispers", policy="default")
+        assert word in first["text"] and first["whispers"] == []  # whisper: the text passes
+        assert [(i["rule"], i["action"], i["side"]) for i in first["interventions"]] == [
+            ("test.whisper-word", "whisper", "output")]
+        second = person.ask("and then", conversation="whispers")
+        [note] = second["whispers"]
+        assert "crisis line" in note
+        third = person.ask("and after", conversation="whispers")
+        assert third["whispers"] == []  # said once
+    finally:
+        matrix.unlink()
+
+
 def test_policy_check_answers_the_same_in_process_and_through_the_stack(
         stack: dict[str, str]) -> None:
     lines = "".join(json.dumps({"id": i, "text": text}) + "\n" for i, text in enumerate([
