@@ -37,7 +37,7 @@ from runa.config import Config, parse_size
 from runa.errors import RunaError
 from runa.models import configured_chat_model
 from runa.paths import Paths
-from runa.policy import Intervention, PolicyLocked, Tier1, UnknownPolicyError
+from runa.policy import Action, Intervention, PolicyLocked, Tier1, UnknownPolicyError
 from runa.policy.stream import StreamGate
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, parse_params
@@ -456,7 +456,8 @@ class Splinfer:
                     "text": "", "finish_reason": "cancelled", "n_prompt": 0, "n_eval": 0,
                     "n_gen": 0, "prompt_ms": 0.0, "gen_ms": 0.0, "dropped_messages": 0,
                     "conversation": chat.conversation, "persona": chat.persona,
-                    "restored": False})
+                    "restored": False, "policy": chat.policy, "interventions": [],
+                    "whispers": []})
                 return
 
     # -- admitting chats ------------------------------------------------------------------------
@@ -515,7 +516,7 @@ class Splinfer:
         verdict = None if tier1.passthrough else tier1.check(chat.text, "prompt")
         interventions = self.policy.report(list(verdict.interventions) if verdict else [],
                                            conv.id if conv else "")
-        if verdict is not None and verdict.action.value == "block":
+        if verdict is not None and verdict.action is Action.BLOCK:
             self._refuse(chat, persona, conv, tier1, interventions)
             return None
         user_text = verdict.text if verdict is not None and verdict.text is not None \
@@ -606,7 +607,7 @@ class Splinfer:
         name = read(request, "policy")
         try:
             policy = self.policy.library.get(name) if name else self.policy.default().policy
-        except (UnknownPolicyError, RunaError) as error:
+        except RunaError as error:  # an unknown set lists the known ones
             raise bad(request, str(error)) from None
         engine = self._ensure_loaded()
         self.last_used = self.clock()
