@@ -78,6 +78,7 @@ class SplinferPolicy:
         self.problem = ""
         """Why the configured default is not in use (empty when it is)."""
         self._tokenizers: dict[Path, VocabTokenizer] = {}
+        self._reported: dict[int, Tier1] = {}
 
     @classmethod
     def for_stack(cls, paths: Paths, config: Config, logger: logging.Logger) -> SplinferPolicy:
@@ -128,7 +129,15 @@ class SplinferPolicy:
             fingerprint = fingerprint_of(current.piece(i) for i in range(current.n_tokens))
             tokenizer = VocabTokenizer(vocab, fingerprint)
             self._tokenizers = {model: tokenizer}
-        return self.library.tier1(policy, tokenizer)
+        tier1 = self.library.tier1(policy, tokenizer)
+        if self._reported.get(id(tier1)) is not tier1:  # a new compile: its problems, once
+            if len(self._reported) > 16:
+                self._reported.clear()
+            self._reported[id(tier1)] = tier1
+            for problem in tier1.problems:
+                log.event(self.logger, "policy_motif_unusable", str(problem),
+                          level=logging.WARNING, policy=policy.name)
+        return tier1
 
     def report(self, interventions: list[Intervention], conversation: str) -> list[Intervention]:
         """Log one event per intervention (its fields, never the text); them, with the

@@ -41,6 +41,11 @@ TEST_MOTIFS = """\
   weight: heavy
   side: prompt
   phrase: purple elephant plan
+- id: test.foreign-ids
+  category: violent_crimes
+  weight: light
+  side: prompt
+  tokens: {tokenizer: "sha256:00000000000000000000000000000000", ids: [5, 6]}
 """
 
 
@@ -233,6 +238,10 @@ def test_policy_check_answers_the_same_in_process_and_through_the_stack(
     local = check({**stack, "RUNA_STACK": stack["RUNA_STACK"] + "none"})  # no stack there
     assert through.returncode == local.returncode == 0, through.stderr + local.stderr
     assert through.stdout == local.stdout
+    # Tier 1 compiled in process reports the motif it cannot use; through the stack, splinfer
+    # does (in its log), not the command.
+    assert "test.foreign-ids" in local.stderr and "test.foreign-ids" not in through.stderr
+    assert "RUNA_EVENT=policy_motif_unusable" in log_text(stack)
     rows = [json.loads(line) for line in through.stdout.splitlines()]
     assert [row["action"] for row in rows][:3] == ["whisper", "allow", "block"]
     assert "RUNA_EVENT=policy_check" not in log_text(stack)  # judging text records nothing
