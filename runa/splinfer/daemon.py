@@ -369,6 +369,7 @@ class Splinfer:
         messages = conv.messages
         limit = self._envelope_room()
         answer: dict[str, Any] = {"conversation": conv.id, "persona": conv.persona,
+                                  "policy": conv.policy or None,
                                   "created": conv.created, "updated": conv.updated}
         if start is not None:  # a page, oldest first: as many from ``start`` as fit
             offset = read(request, "offset") or 0

@@ -161,6 +161,7 @@ def test_a_three_token_motif_is_masked_before_it_streams_and_the_history_keeps_t
         new_turn = second["n_prompt"] - first["n_prompt"] - first["n_gen"]
         assert second["n_eval"] <= new_turn + 1, (first, second)  # the masked state is reused
         history = person.query("history", conversation="masked")
+        assert history["policy"] == "default"
         assert history["messages"][1]["content"] == first["text"]
         assert phrase not in json.dumps(history)
         exported = runa("chat", "--export", "masked", "--format", "json", env=stack)
