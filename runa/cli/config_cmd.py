@@ -11,9 +11,10 @@ from runa import preflight
 from runa.cli.context import CliContext
 from runa.cli.voice import command_name, print_json, say
 from runa.components import packaged_schema
-from runa.config import config_files
+from runa.config import Config, config_files
 from runa.errors import ConfigError, UsageError
 from runa.models import configured_chat_model
+from runa.paths import Paths
 from runa.splinfer import PersonaLibrary, configured_persona, persona_dirs
 
 
@@ -67,6 +68,22 @@ def get_config(ctx: CliContext, args: argparse.Namespace) -> int:
     return 0
 
 
+def configured_policy(cfg: Config, paths: Paths) -> None:
+    """ConfigError when ``policy.default`` is unknown or below the lock (splinfer then runs
+    under the minimum set instead)."""
+    from runa.policy import PolicyLibrary, PolicyLocked, PolicySetError, UnknownPolicyError
+
+    try:
+        PolicyLibrary.for_stack(paths, cfg).configured(cfg)
+    except PolicyLocked as error:
+        raise ConfigError(cfg.origin("policy.default"), "policy.default",
+                          cfg["policy.default"], f"{error}; splinfer runs under "
+                          f"{cfg['policy.minimum']!r} instead") from None
+    except (UnknownPolicyError, PolicySetError) as error:
+        raise ConfigError(cfg.origin("policy.default"), "policy.default",
+                          cfg["policy.default"], str(error)) from None
+
+
 def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
     files = config_files(ctx.paths)
     cfg = ctx.config  # loading validates every layer, raising ConfigError on the first
@@ -77,6 +94,10 @@ def check_config(ctx: CliContext, args: argparse.Namespace) -> int:
             check()
         except ConfigError as error:
             findings.append(preflight.Finding(error, fatal=True))
+    try:
+        configured_policy(cfg, ctx.paths)
+    except ConfigError as error:  # splinfer still starts, under the minimum set
+        findings.append(preflight.Finding(error, fatal=False))
     for finding in findings:
         say(command_name(args), finding)
     if any(finding.fatal for finding in findings):

@@ -8,14 +8,27 @@ import ctypes
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from runa.cli.context import CliContext
 from runa.cli.voice import command_name, json_line, print_json, say
+from runa.client import ServiceClient, ServiceUnavailable
 from runa.errors import ConfigError, RunaError
-from runa.policy import CATEGORIES, Checker, PolicyLibrary, PolicySet, Tier1, fingerprint_of
+from runa.policy import (
+    CATEGORIES,
+    Action,
+    Checker,
+    PolicyLibrary,
+    PolicySet,
+    Tier1,
+    Verdict,
+    exact_tokens,
+    fingerprint_of,
+)
 from runa.policy.taxonomy import WEIGHTS
+from runa.protocol import splinfer as protocol
 
 EX_DATAERR = 65
 
@@ -51,7 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "strongest matched weight: light 0.34, medium 0.67, heavy 1.0; 0 when nothing "
         "matched) and rules. Runs in this process: with the configured chat model's "
         "tokenizer when the model is installed (token-id motifs included), else with a "
-        "tokenizer-free text matcher (token-id motifs with a phrase match as phrases). A "
+        "tokenizer-free text matcher (token-id motifs with a phrase match as phrases); "
+        "through the stack's splinfer (the same answers) when it runs. A "
         "malformed line gets an error line naming its number and the run goes on; exit "
         "status 65 at the end if any line was bad. The lock does not apply: checking a "
         "text under a set shows nobody anything.",
@@ -166,18 +180,8 @@ class ModelTokenizer:
         return list(buf[:max(n, 0)])
 
     def tokenize(self, text: str) -> list[int]:
-        """Ids whose pieces make exactly ``text``: SentencePiece's dummy-prefix space is
-        taken off again (runa.policy.Tokenizer)."""
-        ids = self._tokenize(text)
-        if self._text(ids) == text:
-            return ids
-        if text.startswith(" "):
-            shorter = self._tokenize(text[1:])
-            if self._text(shorter) == text:
-                return shorter
-        if ids and self.piece(ids[0]) == b" ":
-            return ids[1:]
-        return ids
+        """Ids whose pieces make exactly ``text`` (runa.policy.Tokenizer)."""
+        return exact_tokens(self._tokenize, self.piece, text)
 
     def piece(self, token: int) -> bytes:
         n = self._llama.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0,
@@ -187,9 +191,6 @@ class ModelTokenizer:
             n = self._llama.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf),
                                                  0, False)
         return self._buf.raw[:n]
-
-    def _text(self, ids: list[int]) -> str:
-        return b"".join(self.piece(i) for i in ids).decode("utf-8", "replace")
 
 
 def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -> Tier1:
@@ -205,15 +206,59 @@ def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -
     return Tier1(policies.matrix(), policy, tokenizer)
 
 
+class RemoteChecker:
+    """Tier 1 in the stack's running splinfer (op ``policy_check``, the model's tokenizer):
+    the same answers as ``local_checker``."""
+
+    def __init__(self, client: ServiceClient, policy: str) -> None:
+        self.client = client
+        self.policy = policy
+
+    def check(self, text: str, side: str = "prompt") -> Verdict:
+        answer = self.client.call(protocol.request(
+            "policy_check", items=[{"id": 0, "text": text}], policy=self.policy, side=side),
+            idle_timeout=120)
+        result = answer["results"][0]
+        return Verdict(Action(result["action"]), tuple(result["categories"]),
+                       float(result["score"]), tuple(result["rules"]))
+
+
+@contextlib.contextmanager
+def running_splinfer(ctx: CliContext) -> Iterator[ServiceClient | None]:
+    """A client of the stack's splinfer when it runs, else None."""
+    from runa import stackbus
+
+    try:
+        bus = stackbus.connect(ctx.config, ctx.stack)
+    except stackbus.BusNotRunning:
+        yield None
+        return
+    with bus:
+        client = ServiceClient(bus, protocol.SERVICE, "runa-policy")
+        try:
+            client.check_running(grace=0.0)
+        except ServiceUnavailable:
+            client.close()
+            yield None
+            return
+        with client:
+            yield client
+
+
 def cmd_check(ctx: CliContext, args: argparse.Namespace) -> int:
     policies = library(ctx)
     _warn_problems(args, policies)
     policy = policies.get(args.policy or ctx.config["policy.default"])
-    checker = local_checker(ctx, policy, policies)
-    for problem in checker.problems:
-        say(command_name(args), problem)
-    return run_check(checker, sys.stdin, sys.stdout, side=args.side, as_json=args.json,
-                     command=command_name(args))
+    with running_splinfer(ctx) as client:
+        checker: Checker
+        if client is not None:
+            checker = RemoteChecker(client, policy.name)
+        else:
+            checker = local = local_checker(ctx, policy, policies)
+            for problem in local.problems:
+                say(command_name(args), problem)
+        return run_check(checker, sys.stdin, sys.stdout, side=args.side, as_json=args.json,
+                         command=command_name(args))
 
 
 def run_check(checker: Checker, lines: TextIO, out: TextIO, *, side: str, as_json: bool,

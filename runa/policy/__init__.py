@@ -10,7 +10,15 @@ from runa.policy.matrix import Matrix, MatrixError, MatrixLibrary, Motif, parse_
 from runa.policy.sets import PolicySet, PolicySetError, SetLibrary, parse_set
 from runa.policy.stream import HOLD, RELEASE_ONE, GateStep, StreamGate
 from runa.policy.taxonomy import CATEGORIES, Action, Weight
-from runa.policy.tier1 import OutputGate, PassGate, Tier1, Tokenizer, fingerprint_of, fold
+from runa.policy.tier1 import (
+    OutputGate,
+    PassGate,
+    Tier1,
+    Tokenizer,
+    exact_tokens,
+    fingerprint_of,
+    fold,
+)
 from runa.policy.verdict import Checker, Intervention, Verdict
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "UnknownPolicyError",
     "Verdict",
     "Weight",
+    "exact_tokens",
     "fingerprint_of",
     "fold",
     "parse_matrix",

@@ -26,7 +26,7 @@ import codecs
 import hashlib
 import re
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,6 +54,26 @@ class Tokenizer(Protocol):
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for in output text."""
         ...
+
+
+def exact_tokens(tokenize: Callable[[str], list[int]], piece: Callable[[int], bytes],
+                 text: str) -> list[int]:
+    """Ids whose pieces make exactly ``text`` (``Tokenizer.tokenize``), from a model
+    tokenizer that may add SentencePiece's dummy-prefix space: the space is taken off again."""
+    ids = tokenize(text)
+
+    def spelled(candidate: list[int]) -> str:
+        return b"".join(piece(i) for i in candidate).decode("utf-8", "replace")
+
+    if spelled(ids) == text:
+        return ids
+    if text.startswith(" "):
+        shorter = tokenize(text[1:])
+        if spelled(shorter) == text:
+            return shorter
+    if ids and piece(ids[0]) == b" ":
+        return ids[1:]
+    return ids
 
 
 def fingerprint_of(pieces: Iterable[bytes]) -> str:

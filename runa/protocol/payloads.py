@@ -21,6 +21,7 @@ KINDS: Mapping[str, Callable[[Any], bool]] = {
     "boolean": lambda v: isinstance(v, bool),
     "object": lambda v: isinstance(v, dict),
     "list of strings": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
+    "list of objects": lambda v: isinstance(v, list) and all(isinstance(o, dict) for o in v),
 }
 
 

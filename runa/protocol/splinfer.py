@@ -39,6 +39,18 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
 }
 
 
+#: Texts one ``policy_check`` may judge (a client sends more in several requests).
+MAX_CHECK_ITEMS = 64
+
+
+def _items_problem(items: list[dict[str, Any]]) -> str | None:
+    if not 1 <= len(items) <= MAX_CHECK_ITEMS:
+        return f"'items' must hold 1 to {MAX_CHECK_ITEMS} texts"
+    if not all(isinstance(item.get("text"), str) for item in items):
+        return "'items' must be objects {\"id\": ..., \"text\": \"...\"}"
+    return None
+
+
 def _op(name: str, doc: str, *fields: Field,
         checks: Mapping[str, Callable[[Any], str | None]] | None = None) -> Op:
     return Op(SERVICE, name, doc, fields, {**_CHECKS, **(checks or {})})
@@ -75,6 +87,16 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
         Field("prefix", "string", "only ids starting with it")),
     _op("forget", "delete a kept conversation",
         replace(_CONVERSATION, required=True)),
+    _op("policy_check", "judge texts with the policy's tier 1 and the model's tokenizer",
+        Field("items", "list of objects", "the texts: {\"id\": ..., \"text\": \"...\"}",
+              required=True, allowed=f"1 to {MAX_CHECK_ITEMS}"),
+        Field("policy", "string", "the policy set (the lock does not apply: nobody is "
+              "shown anything)", default="policy.default"),
+        Field("side", "string", "judge them as prompts or as answers", default="prompt",
+              allowed="prompt, output"),
+        checks={"items": _items_problem,
+                "side": lambda value: None if value in ("prompt", "output") else
+                "'side' must be prompt or output"}),
 )}
 
 

@@ -87,13 +87,17 @@ class Conversation:
     basis: Basis | None = None
     created: float = 0.0
     updated: float = 0.0
+    policy: str = ""
+    """The policy set a chat request chose for it ("" : the persona's or policy.default)."""
+    whispers: list[str] = field(default_factory=list)
+    """Notes a whisper of the last answer adds to the next turn's context (then cleared)."""
 
     def as_json(self) -> dict[str, Any]:
         basis = self.basis
         return {
             "format": HISTORY_FORMAT, "id": self.id, "persona": self.persona,
             "created": self.created, "updated": self.updated, "window": self.window,
-            "messages": self.messages,
+            "messages": self.messages, "policy": self.policy, "whispers": self.whispers,
             "basis": None if basis is None else {"model": basis.model, "digest": basis.digest,
                                                  "tokens": list(basis.tokens)},
         }  # fmt: skip
@@ -110,7 +114,9 @@ class Conversation:
         return cls(id=str(data["id"]), persona=str(data["persona"]), messages=messages,
                    window=max(0, min(int(data.get("window", 0)), len(messages))),
                    basis=basis, created=float(data.get("created", 0.0)),
-                   updated=float(data.get("updated", 0.0)))
+                   updated=float(data.get("updated", 0.0)),
+                   policy=str(data.get("policy") or ""),
+                   whispers=[str(w) for w in data.get("whispers") or ()])
 
 
 #: The roles a kept history holds (the system prompt comes from the persona).

@@ -28,7 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from runa import cgroup, log
@@ -37,6 +37,7 @@ from runa.config import Config, parse_size
 from runa.errors import RunaError
 from runa.models import configured_chat_model
 from runa.paths import Paths
+from runa.policy import Action, Intervention, PolicyLocked, Tier1, UnknownPolicyError
 from runa.policy.stream import StreamGate
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, parse_params
@@ -66,6 +67,7 @@ from runa.splinfer.personas import (
     configured_persona,
     persona_dirs,
 )
+from runa.splinfer.policy import SplinferPolicy, note
 from runa.splinfer.prompt import answer_reserve
 from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat, read
 from runa.splinfer.sequence import Sequence
@@ -107,6 +109,13 @@ class _Turn:
     system: tuple[dict[str, str], ...] = ()
     plan: TurnPlan | None = None
     gen: Generation | None = None
+    user_text: str = ""
+    """The user's turn as the model saw it and the history keeps it (masked if need be)."""
+    policy: str = ""
+    interventions: list[Intervention] = field(default_factory=list)
+    whispers: tuple[str, ...] = ()
+    """Notes added to this turn's context (a whisper of the prompt or of the last answer)."""
+    gate: StreamGate | None = None
     restored: bool = False
     cancelled: bool = False
     forgotten: bool = False
@@ -128,6 +137,7 @@ class Splinfer:
         memory_limit: Callable[[], int | None] = cgroup.memory_limit,
         personas: PersonaLibrary | None = None,
         store: ConversationStore | None = None,
+        policy: SplinferPolicy | None = None,
     ) -> None:
         self.config = config
         self.stack = stack
@@ -142,7 +152,9 @@ class Splinfer:
         self.stream_flush_s = config["splinfer.stream_flush_ms"] / 1000
         self.save_idle_s = config["splinfer.state_save_idle_s"]
         self.default_persona = config["splinfer.persona"]
-        self.personas = personas or PersonaLibrary(persona_dirs(self.paths), logger)
+        self.policy = policy or SplinferPolicy.for_stack(self.paths, config, logger)
+        self.personas = personas or PersonaLibrary(persona_dirs(self.paths), logger,
+                                                   self.policy.library.names)
         self.store = store or ConversationStore(
             self.paths.state / "conversations",
             max_state_bytes=config["splinfer.state_max_mib"] << 20,
@@ -174,6 +186,7 @@ class Splinfer:
                        "cache_type_k", "cache_type_v")},
             source="configuration [splinfer]")
         configured_persona(self.config, self.personas)
+        self.policy.start()
         model = configured_chat_model(self.config, self.paths)
         ctx.status(f"loading {model.path.name}")
         ctx.extend_timeout(60)
@@ -295,6 +308,8 @@ class Splinfer:
             self._reply_once(request, self._conversations(request))
         elif op == "forget":
             self._reply_once(request, self._forget(request))
+        elif op == "policy_check":
+            self._reply_once(request, self._policy_check(request))
         elif op == "cancel":
             self._cancel(request)
         else:
@@ -333,6 +348,7 @@ class Splinfer:
                 "n_ctx": engine.n_ctx if engine and loaded else None,
                 "threads": engine.threads_now if engine and loaded else None,
                 "busy": bool(self.turns), "queued": len(self.pending),
+                "policy": self.policy.describe(),
                 "conversations": {"active": len(self.turns), "resident": len(resident),
                                   "stored": len(self.store.ids()),
                                   "parallel": self.context_params.parallel}}
@@ -353,6 +369,7 @@ class Splinfer:
         messages = conv.messages
         limit = self._envelope_room()
         answer: dict[str, Any] = {"conversation": conv.id, "persona": conv.persona,
+                                  "policy": conv.policy or None,
                                   "created": conv.created, "updated": conv.updated}
         if start is not None:  # a page, oldest first: as many from ``start`` as fit
             offset = read(request, "offset") or 0
@@ -440,7 +457,8 @@ class Splinfer:
                     "text": "", "finish_reason": "cancelled", "n_prompt": 0, "n_eval": 0,
                     "n_gen": 0, "prompt_ms": 0.0, "gen_ms": 0.0, "dropped_messages": 0,
                     "conversation": chat.conversation, "persona": chat.persona,
-                    "restored": False})
+                    "restored": False, "policy": chat.policy, "interventions": [],
+                    "whispers": []})
                 return
 
     # -- admitting chats ------------------------------------------------------------------------
@@ -456,9 +474,13 @@ class Splinfer:
             except NoFreeSequenceError:
                 return  # every sequence is answering; the rest wait their turn
             except (BadSchema, ParamError, PromptTooLongError, TemplateError,
-                    UnknownPersonaError, PersonaError) as error:
+                    UnknownPersonaError, PersonaError, UnknownPolicyError) as error:
                 self.pending.remove(chat)
                 self._fail_request(chat, Fault.BAD_SCHEMA, _message(error))
+                continue
+            except PolicyLocked as error:  # nothing generated, nothing recorded
+                self.pending.remove(chat)
+                self._fail_request(chat, Fault.NOT_AUTHORIZED, str(error))
                 continue
             except (InferenceError, RunaError) as error:
                 self.pending.remove(chat)
@@ -486,17 +508,35 @@ class Splinfer:
                                     or self.default_persona)
         _, sampling = parse_params(chat.params, sampling=persona.sampling(),
                                    source="request params")
+        choice = self.policy.choose(chat.policy, conv.policy if conv else "", persona)
+        tier1 = self.policy.tier1(choice.policy, lambda: engine.vocab, engine.info.path)
+        if conv is not None and chat.policy and chat.policy != conv.policy:
+            log.event(self.logger, "policy_changed", f"conversation {conv.id} now runs under "
+                      f"policy {chat.policy}", conversation=conv.id, policy=chat.policy)
+            conv.policy = chat.policy
+        verdict = None if tier1.passthrough else tier1.check(chat.text, "prompt")
+        interventions = self.policy.report(list(verdict.interventions) if verdict else [],
+                                           conv.id if conv else "")
+        if verdict is not None and verdict.action is Action.BLOCK:
+            self._refuse(chat, persona, conv, tier1, interventions)
+            return None
+        user_text = verdict.text if verdict is not None and verdict.text is not None \
+            else chat.text
+        whispers = tuple(dict.fromkeys([*(conv.whispers if conv else ()),
+                                        *(verdict.whispers if verdict else ())]))
+        notes = tuple(note(text) for text in whispers)
         prompt_system = chat.system if chat.system is not None else persona.system
         system = ({"role": "system", "content": prompt_system},) if prompt_system else ()
-        user = {"role": "user", "content": chat.text}
+        user = {"role": "user", "content": user_text}
         if conv is not None:
             plan = plan_turn(engine.builder, system=system, history=conv.messages,
                              window=conv.window, user=user, basis=conv.basis,
                              model=self.identity.model, n_ctx=engine.n_ctx,
-                             reserve=answer_reserve(sampling.n_predict, engine.n_ctx))
+                             reserve=answer_reserve(sampling.n_predict, engine.n_ctx),
+                             notes=notes)
             seq = self.sequences.get(conv.id) or engine.new_sequence(owner=conv.id)
         else:
-            window = engine.prompt([*system, user], sampling)
+            window = engine.prompt([*system, *notes, user], sampling)
             plan = TurnPlan(window.tokens, window.dropped, False)
             seq = engine.new_sequence()
         try:
@@ -506,11 +546,17 @@ class Splinfer:
             return None
         stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
                              flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
-        turn = _Turn(chat, stream, seq, persona, conv, system, plan)
+        turn = _Turn(chat, stream, seq, persona, conv, system, plan, user_text=user_text,
+                     policy=choice.policy.name, interventions=interventions,
+                     whispers=whispers)
         if conv is not None:
             turn.restored = self._bring_back(conv, seq)
             self.sequences[conv.id] = seq
-        gate = self.stream_gate(chat, persona) if self.stream_gate is not None else None
+        if self.stream_gate is not None:
+            gate = self.stream_gate(chat, persona)
+        else:  # the pass-through set streams unwatched
+            gate = None if tier1.passthrough else tier1.gate(conv.id if conv else "")
+        turn.gate = gate
         turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
                                 on_text=stream.text, cancel=lambda: turn.cancelled, gate=gate)
         to_read = len(turn.gen.pending)
@@ -519,6 +565,57 @@ class Splinfer:
         if conv is not None:
             self.dirty[conv.id] = self.clock()
         return turn
+
+    def _refuse(self, chat: ChatRequest, persona: Persona, conv: Conversation | None,
+                tier1: Tier1, interventions: list[Intervention]) -> None:
+        """A prompt the policy blocks: nothing is generated; the set's refusal is the answer,
+        and the turn is kept (the person saw it)."""
+        assert self.bus is not None
+        refusal = tier1.policy.refusal
+        if conv is not None:
+            conv.messages += [{"role": "user", "content": chat.text},
+                              {"role": "assistant", "content": refusal}]
+            conv.persona = persona.name
+            conv.basis = None  # the next turn is built from the messages
+            try:
+                self.store.save(conv)
+            except ConversationError as error:
+                log.event(self.logger, "history_not_saved", str(error), level=logging.ERROR,
+                          conversation=conv.id)
+        try:
+            sender = self.bus.sender(chat.envelope.reply_to or "", stats=self.stats)
+        except ChannelNotFound:
+            return
+        stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
+                             flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
+        turn = _Turn(chat, stream, Sequence(), persona, conv,  # a sequence it never uses
+                     policy=tier1.policy.name, interventions=interventions)
+        stream.text(refusal)
+        stream.finish({"finish_reason": "policy", "n_prompt": 0, "n_eval": 0, "n_gen": 0,
+                       "prompt_ms": 0.0, "gen_ms": 0.0, "dropped_messages": 0,
+                       "conversation": conv.id if conv is not None else None,
+                       "persona": persona.name, "restored": False, **_policy_fields(turn)})
+        log.event(self.logger, "turn", "refused by the policy before generating",
+                  n_eval=0, n_gen=0, finish="policy", conversation=conv.id if conv else "")
+        self.draining.append(turn)
+
+    def _policy_check(self, request: Envelope) -> dict[str, Any]:
+        """Tier 1 on texts with the model's tokenizer (``runa policy check`` through the
+        stack: the same answers as in process). The lock does not apply: nobody is shown
+        anything."""
+        items = read(request, "items")
+        side = read(request, "side") or "prompt"
+        name = read(request, "policy")
+        try:
+            policy = self.policy.library.get(name) if name else self.policy.default().policy
+        except RunaError as error:  # an unknown set lists the known ones
+            raise bad(request, str(error)) from None
+        engine = self._ensure_loaded()
+        self.last_used = self.clock()
+        tier1 = self.policy.tier1(policy, lambda: engine.vocab, engine.info.path)
+        return {"policy": policy.name,
+                "results": [{"id": item.get("id"), **tier1.check(item["text"], side).to_dict()}
+                            for item in items]}
 
     def _conversation(self, chat: ChatRequest) -> Conversation | None:
         if chat.conversation is None:
@@ -579,6 +676,8 @@ class Splinfer:
         assert result is not None
         del self.turns[turn.request.id]
         conv = turn.conv
+        turn.interventions += self.policy.report(
+            list(getattr(turn.gate, "interventions", ())), conv.id if conv else "")
         if conv is not None and not turn.forgotten:
             self._record(turn, conv, result)  # a cancelled turn too: the person saw it
         else:
@@ -590,7 +689,8 @@ class Splinfer:
         turn.stream.finish({
             **_counters(result), "dropped_messages": dropped,
             "conversation": conv.id if conv is not None else None,
-            "persona": turn.persona.name, "restored": turn.restored})
+            "persona": turn.persona.name, "restored": turn.restored,
+            **_policy_fields(turn)})
         log.event(self.logger, "turn", f"answered {result.n_gen} tokens "
                   f"({result.finish_reason})", n_eval=result.n_eval, n_gen=result.n_gen,
                   finish=result.finish_reason, conversation=conv.id if conv else "")
@@ -601,13 +701,18 @@ class Splinfer:
 
     def _record(self, turn: _Turn, conv: Conversation, result: GenerationResult) -> None:
         assert self.engine is not None and self.identity is not None and turn.plan is not None
-        user = {"role": "user", "content": turn.request.text}
+        user = {"role": "user", "content": turn.user_text}
         conv.messages += [user, {"role": "assistant", "content": result.text}]
         conv.window = turn.plan.window
         conv.persona = turn.persona.name
-        conv.basis = next_basis(self.engine.builder, system=turn.system, history=conv.messages,
-                                window=conv.window, prompt=turn.plan.tokens,
-                                answer=result.tokens, model=self.identity.model)
+        conv.whispers = list(getattr(turn.gate, "whispers", ()))  # for the next turn
+        if turn.whispers:  # the notes are not kept: the next turn is built from the messages
+            conv.basis = None
+        else:
+            conv.basis = next_basis(self.engine.builder, system=turn.system,
+                                    history=conv.messages, window=conv.window,
+                                    prompt=turn.plan.tokens, answer=result.tokens,
+                                    model=self.identity.model)
         try:
             self.store.save(conv)
         except ConversationError as error:
@@ -740,6 +845,13 @@ class Splinfer:
 
 def _message(error: Exception) -> str:
     return error.message if isinstance(error, BadSchema) else str(error)
+
+
+def _policy_fields(turn: _Turn) -> dict[str, Any]:
+    """The final envelope's policy fields (docs/protocol.md)."""
+    return {"policy": turn.policy,
+            "interventions": [item.to_dict() for item in turn.interventions],
+            "whispers": list(turn.whispers)}
 
 
 def _counters(result: GenerationResult) -> dict[str, Any]:

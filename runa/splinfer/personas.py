@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -90,14 +90,19 @@ class Persona:
     """Sampling options under llama.cpp's names, already checked."""
     source: Path
     tags: tuple[str, ...] = ()
+    policy: str = ""
+    """The policy set this persona's conversations run under ("" : policy.default)."""
+    policy_line: int | None = None
 
     def sampling(self, base: SamplingParams | None = None) -> SamplingParams:
         """``base`` (llama.cpp's defaults) with this persona's options on top."""
         return parse_params(self.params, sampling=base, source=str(self.source))[1]
 
 
-def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona:
-    """Read one persona file's text; PersonaError names the file and line of any problem."""
+def parse_persona(path: Path, text: str, warn: Callable[[str], None],
+                  policies: Callable[[], Collection[str]] | None = None) -> Persona:
+    """Read one persona file's text; PersonaError names the file and line of any problem
+    (``policies`` gives the known policy set names, for the ``policy:`` key)."""
     name = path.stem
     if not NAME.match(name):
         raise PersonaError(path, None, f"{name!r} is not a persona name: use letters, "
@@ -106,7 +111,7 @@ def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona
         doc = frontmatter.split(text, path)
     except frontmatter.FrontMatterError as error:
         raise PersonaError(path, error.line, error.problem) from None
-    info: dict[str, Any] = {"description": "", "tags": ()}
+    info: dict[str, Any] = {"description": "", "tags": (), "policy": "", "policy_line": None}
     params: dict[str, Any] = {}
     param_lines: dict[str, int] = {}
     for key, value in doc.meta.items():
@@ -120,6 +125,17 @@ def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona
             if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
                 raise PersonaError(path, line, "tags must be a list of words")
             info["tags"] = tuple(value)
+        elif key == "policy":
+            if isinstance(value, bool):  # YAML reads a bare off/no as false
+                raise PersonaError(path, line, "policy must be a policy set's name; quote "
+                                               "it (policy: \"off\")")
+            if not isinstance(value, str) or not value:
+                raise PersonaError(path, line, "policy must be a policy set's name")
+            known = sorted(policies()) if policies is not None else None
+            if known is not None and value not in known:
+                raise PersonaError(path, line, f"policy {value!r} is not a policy set; known "
+                                               f"sets: {', '.join(known) or 'none'}")
+            info["policy"], info["policy_line"] = value, line
         elif key in ("persona", "name"):
             if value != name:
                 warn(f"{where}: {key} {value!r} is ignored; the file name makes this persona "
@@ -134,7 +150,8 @@ def parse_persona(path: Path, text: str, warn: Callable[[str], None]) -> Persona
                                                f"{param_lines[option]} (as another spelling)")
             params[option], param_lines[option] = checked, line
     return Persona(name=name, description=info["description"], system=doc.body.strip(),
-                   params=MappingProxyType(params), source=path, tags=info["tags"])
+                   params=MappingProxyType(params), source=path, tags=info["tags"],
+                   policy=info["policy"], policy_line=info["policy_line"])
 
 
 def _param(path: Path, line: int, key: str, value: Any,
@@ -181,8 +198,10 @@ class _Loaded:
 class PersonaLibrary:
     """Every persona of a stack, layered; re-read when a file changes."""
 
-    def __init__(self, dirs: Sequence[PersonaDir], logger: logging.Logger | None = None) -> None:
+    def __init__(self, dirs: Sequence[PersonaDir], logger: logging.Logger | None = None,
+                 policies: Callable[[], Collection[str]] | None = None) -> None:
         self.dirs = list(dirs)
+        self.policies = policies  # the known policy sets' names, for ``policy:``
         self.log = logger or logging.getLogger(__name__)
         self._loaded = _Loaded(signature=("never",))
 
@@ -221,7 +240,7 @@ class PersonaLibrary:
             name = path.stem
             try:
                 text = path.read_text(encoding="utf-8")
-                persona = parse_persona(path, text, self.log.warning)
+                persona = parse_persona(path, text, self.log.warning, self.policies)
             except UnicodeDecodeError:
                 loaded.problems[name] = PersonaError(path, None, "is not UTF-8 text")
                 loaded.personas.pop(name, None)

@@ -39,6 +39,7 @@ class ChatRequest:
     persona: str | None = None
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    policy: str | None = None
 
     @property
     def id(self) -> str:
@@ -58,7 +59,8 @@ def parse_chat(request: Envelope) -> ChatRequest:
     except ParamError as error:
         raise bad(request, str(error)) from None
     persona = read(request, "persona")
-    return ChatRequest(request, text, read(request, "conversation"), persona, system, params)
+    return ChatRequest(request, text, read(request, "conversation"), persona, system, params,
+                       read(request, "policy"))
 
 
 def conversation_field(request: Envelope) -> str:

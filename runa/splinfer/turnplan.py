@@ -63,12 +63,14 @@ def plan_turn(
     model: str,
     n_ctx: int,
     reserve: int,
+    notes: Sequence[Message] = (),
 ) -> TurnPlan:
-    """Tokens for ``system`` + ``history[window:]`` + ``user`` (see the module docstring).
+    """Tokens for ``system`` + ``history[window:]`` + ``notes`` + ``user`` (see the module
+    docstring); ``notes`` are this turn's system notes (a policy's whisper), not kept.
 
     Raises PromptTooLongError when even the system prompt and ``user`` do not fit.
     """
-    messages = [*history, user]
+    messages = [*history, *notes, user]
     if basis is not None and basis.model == model:
         prev = basis_text(builder, system, history, window)
         if prev is not None and digest(prev) == basis.digest:

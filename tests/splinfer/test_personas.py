@@ -153,3 +153,20 @@ def test_layers_of_a_personal_and_of_the_shared_stack(tmp_path: Path) -> None:
                         tmp_path / ".config/runa/personas"]
     shared = [d.layer for d in persona_dirs(Paths.for_stack("shared", env))]
     assert shared == ["packaged", "system", "admin"]
+
+
+def test_a_persona_names_its_policy_set_and_an_unknown_set_names_file_and_line(
+        tmp_path: Path) -> None:
+    sets = ["child-safe", "default", "off"]
+    gentle = persona_file(tmp_path, "gentle", "---\ndescription: kind\npolicy: child-safe\n"
+                          "---\nYou are gentle.")
+    p = PersonaLibrary([PersonaDir("user", tmp_path)], policies=lambda: sets).get("gentle")
+    assert (p.policy, p.policy_line) == ("child-safe", 3)
+    gentle.write_text("---\ndescription: kind\ntemp: 0.5\npolicy: lenient\n---\nHi.")
+    with pytest.raises(PersonaError) as unknown:
+        PersonaLibrary([PersonaDir("user", tmp_path)], policies=lambda: sets).get("gentle")
+    assert str(unknown.value).startswith(f"{gentle}:4: policy 'lenient' is not a policy set")
+    assert "child-safe, default, off" in str(unknown.value)
+    gentle.write_text("---\npolicy: off\n---\nHi.")  # YAML reads a bare off as false
+    with pytest.raises(PersonaError, match=r":2: policy must be .* quote it"):
+        parse_persona(gentle, gentle.read_text(), warn=pytest.fail, policies=lambda: sets)
