@@ -7,7 +7,9 @@ off`` measures the other setting):
 1. Generation speed through the bus against llama-cpp-python called directly (same
    context parameters, same prompt, so the same tokens): tokens after the first over
    the time from the first token to the last; rounds interleaved, ratio = median of the
-   per-round ratios.
+   per-round ratios. The stack runs under the policy set ``off`` (no stream gate), so like
+   is compared with like; each round also sends the same request under ``default``
+   (``bus_policy_gen_ratio``: what tokenWhisper's inline tier costs through the bus).
 2. One answer alone against four at once (one-shot chats, 128 tokens each, distinct
    prompts): tokens over wall time from the first send to the last final envelope.
 3. A returning conversation with a ~1,000-token history: time to first token when its
@@ -84,6 +86,9 @@ def stack_env(root: Path, model: Path) -> dict[str, str]:
         XDG_DATA_HOME=str(root / "data"), RUNA_STACK=f"bench{os.getpid()}",
         RUNA_SPLINFER_MODEL=str(model), RUNA_SPLINFER_IDLE_UNLOAD_S="0",
         RUNA_SPLINFER_PERSONA="plain",
+        # The bus/direct ratio compares like with like: no policy. Each round also runs the
+        # same request under 'default' (the request's policy field) for the figure with it.
+        RUNA_POLICY_DEFAULT="off",
         **{f"RUNA_SPLINFER_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
            for k, v in CONTEXT.items()},
     )
@@ -171,9 +176,10 @@ def direct_round(llm, n_predict: int) -> tuple[float, str]:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0]), "".join(pieces)
 
 
-def bus_round(client: Client, n_predict: int) -> tuple[float, str, dict]:
+def bus_round(client: Client, n_predict: int, policy: str | None = None
+              ) -> tuple[float, str, dict]:
     """The same request through splinfer; (gen tok/s, text, final counters)."""
-    turn = client.chat(PROMPT, n_predict)
+    turn = client.chat(PROMPT, n_predict, **({"policy": policy} if policy else {}))
     # splinfer sends the first token alone, then batches; the eof carries the last token.
     return (turn["n_gen"] - 1) / (turn["last"] - turn["first"]), turn["text"], turn
 
@@ -474,15 +480,23 @@ def main(cleanups: contextlib.ExitStack) -> int:
             client = Client(env)
             bus_round(client, 8)  # warm both paths once
             direct_round(llm, 8)
+            bus_round(client, 8, "default")
             direct, via_bus, ratios, single, together, c_ratios = [], [], [], [], [], []
+            guarded_bus, policy_ratios = [], []
             for r in range(rounds):
                 d, d_text = direct_round(llm, N_PREDICT)
                 b, b_text, final = bus_round(client, N_PREDICT)
+                g, g_text, g_final = bus_round(client, N_PREDICT, "default")
                 if d_text != b_text:
                     raise SystemExit("bus and direct answers differ: settings are not equal")
+                if g_text != b_text or g_final.get("interventions"):
+                    raise SystemExit("the 'default' policy changed the answer: the figures "
+                                     "would not compare the same work")
                 direct.append(d)
                 via_bus.append(b)
                 ratios.append(b / d)
+                guarded_bus.append(g)
+                policy_ratios.append(g / b)
                 c, n_gens = concurrent_round(env, r)
                 single.append(single_tok_s(final))
                 together.append(c)
@@ -508,6 +522,8 @@ def main(cleanups: contextlib.ExitStack) -> int:
     metrics = {
         "direct_tok_s": round(median(direct), 1), "bus_tok_s": round(median(via_bus), 1),
         "bus_direct_ratio": round(median(ratios), 3),
+        "bus_default_policy_tok_s": round(median(guarded_bus), 1),
+        "bus_policy_gen_ratio": round(median(policy_ratios), 3),
         "single_tok_s": round(median(single), 1),
         "concurrent4_tok_s": round(median(together), 1),
         "concurrent4_single_ratio": round(median(c_ratios), 3),
@@ -522,6 +538,7 @@ def main(cleanups: contextlib.ExitStack) -> int:
         "idle_stack_cpu_pct": round(idle_pct, 2),
     }
     targets = [Target("bus_direct_ratio", ">=", 0.97),
+               Target("bus_policy_gen_ratio", ">=", 0.95),
                Target("concurrent4_single_ratio", ">=", 1.1),
                Target("resume_reprocess_ratio", "<=", 0.02),
                Target("resume_after_restart_reprocess_ratio", "<=", 0.02),
@@ -534,7 +551,8 @@ def main(cleanups: contextlib.ExitStack) -> int:
     result = Result(
         bench="inference",
         params={"model": model.name, **CONTEXT, "n_predict": N_PREDICT, "rounds": rounds,
-                "policy": "off",  # splinfer applies no policy set yet: no stream gate runs
+                # bus_* and the rest run under 'off'; bus_default_policy_* under 'default'
+                "policy": "off", "policy_also": "default",
                 "greedy": True, "n_gen": final["n_gen"], "concurrent_n_gen": n_gens,
                 "idle_window_s": idle_window, "prompt": PROMPT, "quick": args.quick,
                 **details, "seconds": round(time.monotonic() - started, 1),

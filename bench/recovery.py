@@ -255,7 +255,7 @@ def main(cleanups: ExitStack) -> int:
     result = Result("recovery", {
         "quick": args.quick, "samples": samples, "WatchdogSec": WATCHDOG_SEC,
         "gilgul_window_s": WINDOW_S, "model": model_name, "answer": "1 token, greedy",
-        "policy": "off",  # splinfer applies no policy set yet: no stream gate runs
+        "policy": "default",  # the stacks run as shipped: policy.default
         "loadavg_start": round(os.getloadavg()[0], 2)})
     raw: dict[str, list[float]] = {}
     last = [0.0]
