@@ -57,6 +57,11 @@ def layers(paths: Paths, kind: str, *, packaged: Path = PACKAGED) -> list[Layer]
     return found
 
 
+def owners(dirs: Sequence[Layer]) -> dict[Path, str]:
+    """Each layer's directory and its owner's name (packaged, admin, user)."""
+    return {layer.path: layer.name for layer in dirs}
+
+
 def yaml_files(dirs: Sequence[Layer]) -> list[Path]:
     """The ``*.yaml`` files of every layer, lowest layer first, each layer in name order."""
     files: list[Path] = []

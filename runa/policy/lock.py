@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from runa.config import Config
 from runa.errors import ConfigError, RunaError
@@ -70,11 +71,14 @@ class Lock:
 class PolicyLibrary:
     """The policy sets and the matrix of a stack, behind the lock."""
 
-    def __init__(self, sets: SetLibrary, matrix: MatrixLibrary, lock: Lock | None = None) -> None:
+    def __init__(self, sets: SetLibrary, matrix: MatrixLibrary, lock: Lock | None = None,
+                 logger: logging.Logger | None = None) -> None:
         self._sets = sets
         self._matrix = matrix
         self.lock = lock or Lock()
-        self._compiled: dict[tuple[int, int, str], tuple[Matrix, PolicySet, Tier1]] = {}
+        self.log = logger or logging.getLogger(__name__)
+        #: (set name, tokenizer fingerprint) -> the compile and what it was made from.
+        self._compiled: dict[tuple[str, str], tuple[Matrix, PolicySet, Tier1]] = {}
 
     @classmethod
     def for_stack(cls, paths: Paths, config: Config, *, packaged: str | None = None,
@@ -84,7 +88,8 @@ class PolicyLibrary:
         minimum = config["policy.minimum"]
         lock = Lock(minimum, config.origin("policy.minimum") if minimum else "")
         return cls(SetLibrary(layers(paths, "sets", packaged=base), logger),
-                   MatrixLibrary(layers(paths, "matrix.d", packaged=base), logger), lock)
+                   MatrixLibrary(layers(paths, "matrix.d", packaged=base), logger), lock,
+                   logger)
 
     def matrix(self) -> Matrix:
         return self._matrix.matrix()
@@ -92,8 +97,14 @@ class PolicyLibrary:
     def names(self) -> list[str]:
         return sorted(self._sets.sets())
 
-    def problems(self) -> dict[str, PolicySetError]:
+    def problems(self) -> dict[Path, PolicySetError]:
+        """The set files that cannot be used now, by path."""
         return self._sets.problems()
+
+    def minimum_problems(self) -> list[PolicySetError]:
+        """What is wrong with the files of the locked minimum set (say it loudly: a broken
+        administrator's file leaves the packaged or last good version of the set in force)."""
+        return self._sets.problems_of(self.lock.minimum) if self.lock.minimum else []
 
     def get(self, name: str) -> PolicySet:
         """The set ``name`` regardless of the lock; UnknownPolicyError lists the known ones,
@@ -101,9 +112,9 @@ class PolicyLibrary:
         sets = self._sets.sets()
         if name in sets:
             return sets[name]
-        problems = self._sets.problems()
-        if name in problems:
-            raise problems[name]
+        problems = self._sets.problems_of(name)
+        if problems:
+            raise problems[-1]
         raise UnknownPolicyError(name, sorted(sets))
 
     def minimum(self) -> PolicySet | None:
@@ -135,16 +146,21 @@ class PolicyLibrary:
 
     def tier1(self, policy: PolicySet, tokenizer: Tokenizer | None) -> Tier1:
         """Tier 1 for ``policy`` and ``tokenizer`` over the current matrix, compiled once and
-        kept until the matrix or the set's file changes (so making a gate stays cheap)."""
+        kept until the matrix, the set or the tokenizer changes (so making a gate stays
+        cheap). A new compile's unusable motifs are logged once (file, line, field)."""
         matrix = self.matrix()
-        key = (id(matrix), id(policy), tokenizer.fingerprint if tokenizer else "")
+        key = (policy.name, tokenizer.fingerprint if tokenizer else "")
         kept = self._compiled.get(key)
-        if kept is None or kept[0] is not matrix or kept[1] is not policy:
-            if len(self._compiled) > 16:
-                self._compiled.clear()
-            kept = (matrix, policy, Tier1(matrix, policy, tokenizer))
-            self._compiled[key] = kept
-        return kept[2]
+        if kept is not None and kept[0] is matrix and kept[1] is policy:
+            return kept[2]
+        tier = Tier1(matrix, policy, tokenizer)
+        self._compiled[key] = (matrix, policy, tier)
+        for problem in tier.problems:
+            self.log.warning("policy motif not usable (%s)", problem, extra={
+                "RUNA_EVENT": "policy_motif_unusable", "RUNA_POLICY": policy.name,
+                "RUNA_FILE": str(problem.path), "RUNA_LINE": str(problem.line or ""),
+                "RUNA_FIELD": problem.field or ""})
+        return tier
 
     def configured(self, config: Config) -> PolicySet:
         """The set new conversations start with (``policy.default``), behind the lock."""

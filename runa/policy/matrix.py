@@ -14,7 +14,8 @@ regular expression (case-insensitive); ``tokens`` a token-id sequence bound to a
 ``{tokenizer: <fingerprint>, ids: [...], phrase: "..."}``, rebuilt from its phrase when the
 model's tokenizer differs; ``exemplar`` text for the semantic tier (kept, not matched here).
 
-A later layer's motif with the same id replaces the earlier one. ``MatrixLibrary`` re-reads
+An administrator's motif with the id of a packaged one replaces it; a user's motif may only
+add an id (one reusing a packaged or administrator's id is refused, so the lock holds). ``MatrixLibrary`` re-reads
 the files when one changes and keeps a file's last good motifs while it is malformed,
 reporting the problem (with the file, line and field).
 """
@@ -233,7 +234,9 @@ class MatrixLibrary:
             return self._loaded.matrix
         merged: dict[str, Motif] = {}
         problems: list[PolicyFileError] = []
+        owners = files.owners(self.dirs)
         for path in paths:
+            user = owners.get(path.parent) == "user"
             try:
                 motifs = parse_matrix(path)
             except MatrixError as error:
@@ -245,6 +248,15 @@ class MatrixLibrary:
             else:
                 self._good[path] = motifs
             for motif in motifs:
+                kept = merged.get(motif.id)
+                if user and kept is not None and owners.get(kept.source.parent) != "user":
+                    refused = MatrixError(path, motif.line, "id", (
+                        f"{motif.id!r} replaces the motif of {kept.source} line {kept.line}: "
+                        "a user's matrix files may add motifs, not replace them; rename it"))
+                    problems.append(refused)
+                    self.log.warning("policy matrix motif not usable (%s)", refused,
+                                     extra={"RUNA_EVENT": "policy_matrix_error"})
+                    continue
                 merged[motif.id] = motif
         self._loaded = _Loaded(stamp, Matrix(tuple(merged.values()), tuple(problems)))
         return self._loaded.matrix

@@ -14,7 +14,8 @@ One YAML file per set, ``sets/<name>.yaml`` (docs/policy.md, "Policy sets")::
       default: A note from the policy.
       suicide_self_harm: If you are thinking about ending your life, …
 
-Layered as the matrix is; a set in a later layer replaces the set of the same name.
+Layered as the matrix is: an administrator's set replaces the packaged set of the same name;
+a user's set may only add a name (a user file reusing one is refused, so the lock holds).
 """
 
 from __future__ import annotations
@@ -178,14 +179,16 @@ def _actions(path: Path, node: yaml.Node) -> dict[Cell, Action]:
 class _Loaded:
     signature: tuple = ("never",)
     sets: dict[str, PolicySet] = field(default_factory=dict)
-    problems: dict[str, PolicySetError] = field(default_factory=dict)
+    problems: dict[Path, PolicySetError] = field(default_factory=dict)
 
 
 class SetLibrary:
     """Every policy set of a stack, layered; re-read when a file changes.
 
     A set whose file becomes malformed stays as it last read well (the problem is reported);
-    one that never read well is a problem only.
+    one that never read well is a problem only. The administrator's layer may replace a
+    packaged set; the user layer may only add sets: a user file named like a packaged or
+    administrator's set is refused (else a user could undo the lock by rewriting its minimum).
     """
 
     def __init__(self, dirs: Sequence[Layer], logger: logging.Logger | None = None) -> None:
@@ -200,21 +203,35 @@ class SetLibrary:
         if stamp == self._loaded.signature:
             return self._loaded
         loaded = _Loaded(stamp)
+        owners = files.owners(self.dirs)
+        protected: dict[str, Path] = {}  # set name -> the packaged or admin file defining it
         for path in paths:
+            user = owners.get(path.parent) == "user"
+            if user and path.stem in protected:
+                error = PolicySetError(path, None, None, (
+                    f"replaces the set {path.stem!r} of {protected[path.stem]}: a user's "
+                    "policy files may add sets, not replace them; rename it"))
+                loaded.problems[path] = error
+                self.log.warning("policy set file not usable (%s)", error,
+                                 extra={"RUNA_EVENT": "policy_set_error"})
+                continue
             try:
                 policy = parse_set(path)
             except PolicySetError as error:
-                loaded.problems[path.stem] = error
+                loaded.problems[path] = error
                 kept = self._good.get(path)
                 self.log.warning("policy set file not usable (%s)%s", error,
                                  "; its last good version stays" if kept else "",
                                  extra={"RUNA_EVENT": "policy_set_error"})
                 if kept is None:
+                    if not user:  # an admin's broken file still guards its name
+                        protected[path.stem] = path
                     continue
                 policy = kept
             else:
                 self._good[path] = policy
-                loaded.problems.pop(path.stem, None)
+            if not user:
+                protected[policy.name] = path
             loaded.sets[policy.name] = policy
         self._loaded = loaded
         return loaded
@@ -222,5 +239,11 @@ class SetLibrary:
     def sets(self) -> dict[str, PolicySet]:
         return dict(self.refresh().sets)
 
-    def problems(self) -> dict[str, PolicySetError]:
+    def problems(self) -> dict[Path, PolicySetError]:
+        """Every file that cannot be used now, by path (a good file of the same name in
+        another layer does not hide it)."""
         return dict(self.refresh().problems)
+
+    def problems_of(self, name: str) -> list[PolicySetError]:
+        """The problems of the files that define set ``name``, lowest layer first."""
+        return [error for path, error in self.refresh().problems.items() if path.stem == name]

@@ -157,3 +157,63 @@ def test_tier1_is_compiled_once_until_the_matrix_changes(tmp_path: Path) -> None
     os.utime(mine, ns=(2, 2))
     again = library.tier1(policy, tok)
     assert again is not first and again.check("a site word").rules == ("site",)
+
+
+def test_a_user_set_named_like_the_minimum_cannot_undo_the_lock(tmp_path: Path) -> None:
+    paths, config = stack(tmp_path, admin=LOCKED)
+    assert paths.user_config is not None
+    sets = paths.user_config / "policy/sets"
+    sets.mkdir(parents=True)
+    (sets / "child-safe.yaml").write_text(
+        "description: mine\nrefusal: sorry\nactions:\n  default: allow\n")
+    library = PolicyLibrary.for_stack(paths, config)
+    with pytest.raises(PolicyLocked):
+        library.resolve("off", "/policy in chat")
+    assert library.get("child-safe").action("violent_crimes", W.LIGHT) is Action.MASK
+    [problem] = library.problems().values()
+    assert problem.path == sets / "child-safe.yaml"
+    assert "may add sets, not replace them" in str(problem)
+
+
+def test_a_user_motif_reusing_a_packaged_id_is_refused_and_the_packaged_one_stays(
+        tmp_path: Path) -> None:
+    from .streams import WordTokenizer
+
+    rule = "self-harm.end-my-life"  # a packaged phrase motif
+    paths, config = stack(tmp_path, admin=LOCKED)
+    assert paths.user_config is not None
+    mine = paths.user_config / "policy/matrix.d/50-mine.yaml"
+    mine.parent.mkdir(parents=True)
+    mine.write_text(f"- id: my.own\n  category: hate\n  weight: light\n  phrase: my own\n"
+                    f"- id: {rule}\n  category: hate\n  weight: light\n  phrase: harmless\n")
+    library = PolicyLibrary.for_stack(paths, config)
+    tier = library.tier1(library.get("child-safe"), WordTokenizer())
+    verdict = tier.check("I want to end my life")
+    assert verdict.action is not Action.ALLOW and verdict.rules == (rule,)
+    assert tier.check("this is my own").rules == ("my.own",)  # adding a motif is fine
+    [problem] = library.matrix().problems
+    assert (problem.path, problem.line, problem.field) == (mine, 5, "id")
+
+
+def test_an_admin_motif_may_replace_a_packaged_one(tmp_path: Path) -> None:
+    paths, config = stack(tmp_path)
+    site = tmp_path / "etc/policy/matrix.d/50-site.yaml"
+    site.parent.mkdir(parents=True)
+    site.write_text("- id: self-harm.end-my-life\n  category: hate\n  weight: light\n"
+                    "  phrase: site phrase\n")
+    motif = PolicyLibrary.for_stack(paths, config).matrix().by_id()["self-harm.end-my-life"]
+    assert (motif.source, motif.pattern) == (site, "site phrase")
+
+
+def test_a_broken_admin_minimum_is_reported_by_path_even_with_a_packaged_twin(
+        tmp_path: Path) -> None:
+    paths, config = stack(tmp_path, admin=LOCKED)
+    broken = tmp_path / "etc/policy/sets/child-safe.yaml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text("description: site\nrefusal: no\nactions: [\n")
+    library = PolicyLibrary.for_stack(paths, config)
+    [problem] = library.minimum_problems()
+    assert problem.path == broken
+    assert list(library.problems()) == [broken]
+    with pytest.raises(PolicyLocked):  # the packaged child-safe still holds the floor
+        library.resolve("off", "/policy in chat")
