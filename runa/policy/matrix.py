@@ -15,9 +15,9 @@ regular expression (case-insensitive); ``tokens`` a token-id sequence bound to a
 model's tokenizer differs; ``exemplar`` text for the semantic tier (kept, not matched here).
 
 An administrator's motif with the id of a packaged one replaces it; a user's motif may only
-add an id (one reusing a packaged or administrator's id is refused, so the lock holds). ``MatrixLibrary`` re-reads
-the files when one changes and keeps a file's last good motifs while it is malformed,
-reporting the problem (with the file, line and field).
+add an id (one reusing a packaged or administrator's id is refused, so the lock holds).
+``MatrixLibrary`` re-reads the files when one changes and keeps a file's last good motifs
+while it is malformed, reporting the problem (with the file, line and field).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex
 import yaml
 
 from runa.policy import files
@@ -176,8 +177,8 @@ def _check_pattern(path: Path, node: yaml.Node, kind: str, pattern: str) -> None
         raise MatrixError(path, line(node), kind, f"{pattern!r} has no letter or digit to match")
     if kind == "regex":
         try:
-            re.compile(pattern, re.IGNORECASE)
-        except re.error as error:
+            regex.compile(pattern, regex.IGNORECASE | regex.VERSION0)
+        except regex.error as error:
             raise MatrixError(path, line(node), kind,
                               f"{pattern!r} is not a regular expression: {error}") from None
 

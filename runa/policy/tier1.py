@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import re
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import regex
 
 from runa.policy.matrix import Matrix, MatrixError, Motif
 from runa.policy.sets import PolicySet
@@ -89,12 +90,36 @@ def _is_word(char: str) -> bool:
     return char.isalnum() or char == "_"
 
 
+def _lower(text: str) -> str:
+    """Lower-cased text, one character for one (a character whose lower case is longer, as
+    İ, is kept as it is), so an index in it is one in ``text``."""
+    low = text.lower()
+    if len(low) != len(text):
+        low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
+    return low
+
+
 def fold(text: str) -> str:
     """Case-folded text with every non-word character a space, one character for one."""
-    low = text.lower()
-    if len(low) != len(text):  # a character whose lower case is longer (İ): keep it as is
-        low = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
-    return "".join(c if _is_word(c) else " " for c in low)
+    return "".join(c if _is_word(c) else " " for c in _lower(text))
+
+
+def _symbols(text: str) -> tuple[str, list[int]]:
+    """What the phrase automaton reads of ``text``: folded, each run of non-word characters
+    one space; and the index in ``text`` of each symbol."""
+    symbols: list[str] = []
+    where: list[int] = []
+    space = False
+    for index, char in enumerate(fold(text)):
+        if char == " ":
+            if space:
+                continue
+            space = True
+        else:
+            space = False
+        symbols.append(char)
+        where.append(index)
+    return "".join(symbols), where
 
 
 @dataclass(frozen=True)
@@ -162,6 +187,16 @@ class _Automaton:
 
 
 @dataclass(frozen=True)
+class Side:
+    """The compiled matchers of one side (prompt or output): what a gate reads."""
+
+    chars: _Automaton
+    tokens: _Automaton
+    regex: Any  # a compiled ``regex`` pattern (partial matching) or None
+    regex_motifs: list[Motif]
+
+
+@dataclass(frozen=True)
 class _Hit:
     motif: Motif
     start: int  # first character (text) or token (tokens motifs)
@@ -196,19 +231,22 @@ class Tier1:
                 if motif.kind == "regex":
                     regexes.append(motif)
         self.problems: tuple[MatrixError, ...] = tuple(problems)
-        self._chars = {side: _Automaton(parts[0]) for side, parts in by_side.items()}
-        self._tokens = {side: _Automaton(parts[1]) for side, parts in by_side.items()}
-        self._regex_motifs = {side: parts[2] for side, parts in by_side.items()}
-        self._regex = {side: _combined(parts[2]) for side, parts in by_side.items()}
+        self._sides = {side: Side(_Automaton(parts[0]), _Automaton(parts[1]),
+                                  _combined(parts[2]), parts[2])
+                       for side, parts in by_side.items()}
         self.passthrough = policy.passes_everything
         self._token_cache: dict[str, tuple[int, ...]] = {}
+
+    def side(self, side: str) -> Side:
+        """The compiled matchers of ``side`` (prompt or output)."""
+        return self._sides[side]
 
     def _compile(self, motif: Motif, problems: list[MatrixError]
                  ) -> tuple[tuple[str, _Entry] | None, list[tuple[int, ...]]]:
         """The character pattern and the token-id sequences of one motif."""
         if motif.kind == "phrase" or (motif.kind == "tokens" and self.tokenizer is None
                                       and motif.pattern):
-            folded = fold(motif.pattern)
+            folded = _symbols(motif.pattern)[0]
             lead = int(_is_word(motif.pattern[0]))
             trail = int(_is_word(motif.pattern[-1]))
             text = " " * lead + folded + " " * trail
@@ -272,19 +310,19 @@ class Tier1:
     def hits(self, text: str, side: str) -> list[_Hit]:
         """Every motif match in ``text`` on ``side``: (motif, character span)."""
         found: list[_Hit] = []
-        folded = " " + fold(text) + " "
-        for index, entries in self._chars[side].run(folded):
+        matchers = self._sides[side]
+        symbols, where = _symbols(text)
+        where = [-1, *where, len(text)]  # the boundaries framing the text
+        for index, entries in matchers.chars.run(" " + symbols + " "):
             for entry in entries:
-                end = index - entry.trail - 1
-                found.append(_Hit(entry.motif, end - (entry.length - entry.lead - entry.trail),
-                                  end))
-        regex = self._regex[side]
-        if regex is not None:
-            for match in regex.finditer(text):
-                motif = self._regex_motifs[side][int(str(match.lastgroup)[1:])]
+                found.append(_Hit(entry.motif, where[index - entry.length + entry.lead],
+                                  where[index - 1 - entry.trail] + 1))
+        if matchers.regex is not None:
+            for match in matchers.regex.finditer(text):
+                motif = matchers.regex_motifs[int(str(match.lastgroup)[1:])]
                 found.append(_Hit(motif, match.start(), match.end()))
-        if self.tokenizer is not None and len(self._tokens[side].depth) > 1:
-            for _index, entries in self._tokens[side].run(self.tokenizer.tokenize(text)):
+        if self.tokenizer is not None and len(matchers.tokens.depth) > 1:
+            for _index, entries in matchers.tokens.run(self.tokenizer.tokenize(text)):
                 for entry in entries:  # token spans: not maskable in the text
                     found.append(_Hit(entry.motif, -1, -1))
         return found
@@ -339,12 +377,13 @@ class Tier1:
         return "".join(parts)
 
 
-def _combined(motifs: list[Motif]) -> re.Pattern[str] | None:
-    """One alternation of every regex motif, group ``r<i>`` for motif ``i``."""
+def _combined(motifs: list[Motif]) -> Any:
+    """One alternation of every regex motif, group ``r<i>`` for motif ``i`` (the ``regex``
+    module: it tells a match that could still complete, ``partial=True``)."""
     if not motifs:
         return None
-    return re.compile("|".join(f"(?P<r{i}>{m.pattern})" for i, m in enumerate(motifs)),
-                      re.IGNORECASE)
+    return regex.compile("|".join(f"(?P<r{i}>{m.pattern})" for i, m in enumerate(motifs)),
+                         regex.IGNORECASE | regex.VERSION0)
 
 
 def _intervention(tier: Tier1, motif: Motif, action: Action, side: str, token: int | None,
@@ -377,23 +416,31 @@ class OutputGate:
         self.interventions: list[Intervention] = []
         #: Notes for the next turn (whisper actions), each once.
         self.whispers: list[str] = []
-        self._chars = tier._chars["output"]
-        self._tokens = tier._tokens["output"]
-        self._regex = tier._regex["output"]
-        self._regex_motifs = tier._regex_motifs["output"]
+        side = tier.side("output")
+        self._chars = side.chars
+        self._tokens = side.tokens
+        self._regex = side.regex
+        self._regex_motifs = side.regex_motifs
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._start_state = self._chars.delta[0].get(" ", 0)
         self._state = self._start_state
+        self._space = True  # the last symbol fed to the automaton was a boundary
+        self._syms: list[int] = []  # the character index of each symbol fed to the automaton
+        self._keep = max(self._chars.depth) + 1
         self._tstate = 0
         self._pos = 0  # characters seen
         self._n = 0  # tokens fed
         self._released = 0  # tokens streamed or withdrawn
+        self._open = 0  # the token where the character being decoded began
         self._starts: list[int] = []  # first character of each token
-        self._texts: list[str] = []  # each token's characters
+        self._texts: list[str] = []  # each token's characters (a character goes to the token
+        # holding its first byte)
         self._recent = ""  # the latest text, for the regexes
         self._regex_done = 0  # regex matches ending here or before were judged
-        self._regex_pending = -1  # where a regex match that may still grow starts
+        self._regex_pending = -1  # where a regex match that may still complete starts
         self._has_tokens = len(self._tokens.depth) > 1
+        #: Masks and a block found, withdrawn once no phrase is partly matched.
+        self._marks: list[tuple[_Hit, Action]] = []
         self._stopped = False
 
     # -- the contract ------------------------------------------------------------------------
@@ -403,79 +450,168 @@ class OutputGate:
             return _STOPPED
         index = self._n
         self._n += 1
+        if not self._decoder.getstate()[0]:
+            self._open = index  # no character is half decoded: the next one begins here
         chunk = self._decoder.decode(piece)
         start = self._pos
-        self._starts.append(start)
-        self._texts.append(chunk)
+        if chunk and self._open < index:  # its first character began in an earlier token
+            self._texts[self._open] += chunk[0]
+            self._starts.append(start + 1)
+            self._texts.append(chunk[1:])
+        else:
+            self._starts.append(start)
+            self._texts.append(chunk)
         if self._has_tokens:
             tokens = self._tokens
             self._tstate = tokens.delta[self._tstate].get(token, 0)
             entries = tokens.out[self._tstate]
             if entries is not None:
                 hits = [_Hit(e.motif, index + 1 - e.length, index + 1) for e in entries]
-                step = self._act(hits, tokens=True)
-                if step is not None:
+                chosen = self._judge(hits, tokens=True)
+                if chosen is not None:  # as a character span: the whole of its tokens
                     self._pos = start + len(chunk)
-                    return step
+                    hit, action = chosen
+                    first = max(hit.start, 0)
+                    self._marks.append((_Hit(hit.motif, self._starts[first], self._pos), action))
+                    self._state, self._space = self._start_state, True
+                    return self._withdraw()
         if chunk:
-            folded = chunk.lower()
-            if len(folded) != len(chunk):
-                folded = "".join(c.lower() if len(c.lower()) == 1 else c for c in chunk)
-            delta, out = self._chars.delta, self._chars.out
-            state = self._state
-            pos = start
-            for char in folded:
-                row = delta[state]
-                nxt = row.get(char)
-                if nxt is None:
-                    nxt = 0 if (char.isalnum() or char == "_") else row.get(" ", 0)
-                state = nxt
-                pos += 1
-                entries = out[state]
-                if entries is not None:
-                    self._state, self._pos = state, pos
-                    step = self._act([self._char_hit(e, pos) for e in entries], tokens=False)
-                    if step is not None:
-                        self._pos = start + len(chunk)
-                        return step
-            self._state, self._pos = state, start + len(chunk)
-            if self._regex is not None:
-                step = self._regexes(chunk)
-                if step is not None:
-                    return step
-        return self._release(piece)
+            step = self._match(chunk, start)
+            if step is not None:
+                return step
+        if self._regex is not None:
+            step = self._regexes(chunk, final=False)
+            if step is not None:
+                return step
+        return self._release()
 
     def finish(self) -> GateStep:
         if self._stopped:
             return _STOPPED
-        # the end of the answer is a word boundary
-        state = self._chars.delta[self._state].get(" ", 0)
-        entries = self._chars.out[state]
-        self._state = state
-        if entries is not None:
-            step = self._act([self._char_hit(e, self._pos + 1) for e in entries], tokens=False)
+        # the end of the answer is a word boundary (for phrases and for the regexes)
+        if not self._space:
+            self._space = True
+            self._state = self._chars.delta[self._state].get(" ", 0)
+            self._syms.append(self._pos)
+            entries = self._chars.out[self._state]
+            if entries is not None:
+                chosen = self._judge([self._char_hit(e) for e in entries], tokens=False)
+                if chosen is not None:
+                    self._marks.append(chosen)
+        if self._regex is not None:
+            step = self._regexes("", final=True)
             if step is not None:
                 return step
+        if self._marks:
+            return self._withdraw()
         held = self._n - self._released
         self._released = self._n
         return _STEPS[held] if held < len(_STEPS) else GateStep(release=held)
 
+    # -- matching ----------------------------------------------------------------------------
+
+    def _match(self, chunk: str, start: int) -> GateStep | None:
+        """Run ``chunk`` through the phrase automaton (a run of non-word characters is one
+        boundary symbol). A mask found is kept and the text after it checked from the start
+        state; the tokens are withdrawn once no phrase is partly matched (so text after a mask
+        is held and masked as usual), a block withdraws at once."""
+        delta, out = self._chars.delta, self._chars.out
+        state, space, syms = self._state, self._space, self._syms
+        pos = start
+        marks = self._marks
+        blocked = False
+        for char in _lower(chunk):
+            pos += 1
+            if char.isalnum() or char == "_":
+                space = False
+                state = delta[state].get(char, 0)
+            elif space:
+                continue
+            else:
+                space = True
+                state = delta[state].get(" ", 0)
+            syms.append(pos - 1)
+            entries = out[state]
+            if entries is not None:
+                self._pos = pos
+                chosen = self._judge([self._char_hit(e) for e in entries], tokens=False)
+                if chosen is not None:
+                    marks.append(chosen)
+                    if chosen[1] is Action.BLOCK:
+                        blocked = True
+                        break
+                    state, space = self._start_state, True  # what follows: from the start
+        if len(syms) > 4 * self._keep + 256:
+            del syms[:-self._keep]
+        self._state, self._space, self._pos = state, space, start + len(chunk)
+        if marks and (blocked or self._chars.depth[state] <= self._chars.lead[state]):
+            return self._withdraw()
+        return None
+
+    def _char_hit(self, entry: _Entry) -> _Hit:
+        """The character span of a phrase that ends with the last symbol fed."""
+        syms = self._syms
+        return _Hit(entry.motif, syms[-(entry.length - entry.lead)],
+                    syms[-1 - entry.trail] + 1)
+
+    def _regexes(self, chunk: str, *, final: bool) -> GateStep | None:
+        """Run the regexes over the last ``REGEX_WINDOW`` characters; each match end is judged
+        once. A match that could still grow or complete (a partial match, or one reaching the
+        end of the text inside a word) holds its tokens; ``final``: the end of the answer is
+        the end, and what matches then is judged."""
+        self._recent += chunk
+        if len(self._recent) > 2 * REGEX_WINDOW:
+            self._recent = self._recent[-REGEX_WINDOW:]
+        recent = self._recent
+        self._regex_pending = -1
+        if not recent:
+            return None
+        base = self._pos - len(recent)
+        open_word = not final and _is_word(recent[-1])
+        assert self._regex is not None
+        hits = []
+        for match in self._regex.finditer(recent, max(0, len(recent) - REGEX_WINDOW),
+                                          partial=not final):
+            if match.partial or (open_word and match.end() == len(recent)):
+                if match.end() > match.start():
+                    self._regex_pending = base + match.start()
+                break
+            if base + match.end() <= self._regex_done:
+                continue
+            motif = self._regex_motifs[int(str(match.lastgroup)[1:])]
+            hits.append(_Hit(motif, base + match.start(), base + match.end()))
+        if not hits:
+            return None
+        self._regex_done = max(hit.end for hit in hits)
+        marks = [chosen for hit in hits
+                 if (chosen := self._judge([hit], tokens=False)) is not None]
+        if not marks:
+            return None
+        self._marks.extend(marks)
+        self._state, self._space = self._start_state, True
+        return self._withdraw()
+
     # -- holding -----------------------------------------------------------------------------
 
-    def _release(self, piece: bytes) -> GateStep:
+    def _release(self) -> GateStep:
         """Stream every held token no partial match covers."""
-        hold_from = self._pos - (self._chars.depth[self._state] - self._chars.lead[self._state])
+        chars = self._chars
+        partial = chars.depth[self._state] - chars.lead[self._state]
+        hold_from = self._syms[-partial] if partial > 0 else self._pos
         if self._regex_pending >= 0:
             hold_from = min(hold_from, self._regex_pending)
+        if self._marks:
+            hold_from = min(hold_from, self._marks[0][0].start)
         first = self._n
         starts, texts = self._starts, self._texts
-        while first > self._released and starts[first - 1] + len(texts[first - 1]) > hold_from:
+        while first > self._released and (starts[first - 1] + len(texts[first - 1]) > hold_from
+                                          or not texts[first - 1]):
             first -= 1
         partial_tokens = self._tokens.depth[self._tstate]
         if partial_tokens:
             first = min(first, self._n - partial_tokens)
-        if piece and piece[-1] >= 0x80 and self._decoder.getstate()[0]:
-            first = min(first, self._n - 1)  # the token ends inside a UTF-8 character
+        if self._decoder.getstate()[0]:
+            first = min(first, self._open)  # a character is half decoded: hold all its tokens
         count = first - self._released
         if count <= 0:
             return HOLD
@@ -484,48 +620,17 @@ class OutputGate:
 
     # -- matches -----------------------------------------------------------------------------
 
-    def _char_hit(self, entry: _Entry, pos: int) -> _Hit:
-        end = pos - entry.trail
-        return _Hit(entry.motif, end - (entry.length - entry.lead - entry.trail), end)
-
     def _token_at(self, char: int) -> int:
-        """The index of the token holding character ``char``."""
+        """The index of the token holding (the first byte of) character ``char``."""
         index = self._n - 1
-        while index > 0 and self._starts[index] > char:
+        starts, texts = self._starts, self._texts
+        while index > 0 and not (starts[index] <= char < starts[index] + len(texts[index])):
             index -= 1
         return index
 
-    def _regexes(self, chunk: str) -> GateStep | None:
-        """Run the regexes when this token carries a word boundary (or a match was pending):
-        over the last ``REGEX_WINDOW`` characters; each match end is judged once. A match
-        that reaches the end of the text inside a word may still grow: its tokens are held
-        (pending) and it is judged at the next token."""
-        self._recent += chunk
-        if len(self._recent) > 2 * REGEX_WINDOW:
-            self._recent = self._recent[-REGEX_WINDOW:]
-        if self._regex_pending < 0 and all(_is_word(char) for char in chunk):
-            return None
-        self._regex_pending = -1
-        recent = self._recent
-        base = self._pos - len(recent)
-        open_word = _is_word(recent[-1])
-        assert self._regex is not None
-        hits = []
-        for match in self._regex.finditer(recent, max(0, len(recent) - REGEX_WINDOW)):
-            if base + match.end() <= self._regex_done:
-                continue
-            if open_word and match.end() == len(recent) and match.end() > match.start():
-                self._regex_pending = base + match.start()
-                continue
-            motif = self._regex_motifs[int(str(match.lastgroup)[1:])]
-            hits.append(_Hit(motif, base + match.start(), base + match.end()))
-        if not hits:
-            return None
-        self._regex_done = max(hit.end for hit in hits)
-        return self._act(hits, tokens=False)
-
-    def _act(self, hits: list[_Hit], *, tokens: bool) -> GateStep | None:
-        """Record the matches; a GateStep when one masks or blocks, else None."""
+    def _judge(self, hits: list[_Hit], *, tokens: bool) -> tuple[_Hit, Action] | None:
+        """Record the matches; the one to act on (mask or block, the strictest, then the
+        earliest), or None."""
         tier = self.tier
         strictest = Action.ALLOW
         chosen: _Hit | None = None
@@ -546,31 +651,42 @@ class OutputGate:
                     action.rank > strictest.rank
                     or (action is strictest and chosen is not None and hit.start < chosen.start)):
                 strictest, chosen = action, hit
-        if chosen is None:
-            return None
-        return self._take_back(chosen, strictest, tokens=tokens)
+        return None if chosen is None else (chosen, strictest)
 
-    def _take_back(self, hit: _Hit, action: Action, *, tokens: bool) -> GateStep:
+    def _withdraw(self) -> GateStep:
+        """Take back the held tokens from the first kept match on and insert their text with
+        each mask's replacement (in order; a block ends it: the text before it and the
+        refusal)."""
         tier = self.tier
-        first = max(hit.start if tokens else self._token_at(hit.start), self._released)
+        marks = sorted(self._marks, key=lambda mark: mark[0].start)
+        self._marks = []
+        first = max(self._token_at(marks[0][0].start), self._released)
         release = first - self._released
         take_back = self._n - first
         self._released = self._n
-        self._state, self._tstate = self._start_state, 0
+        self._tstate = 0
         self._recent, self._regex_pending = "", -1
-        if tokens:
-            head = tail = ""
-        else:  # the text of the withdrawn tokens before and after the match stays
-            held = "".join(self._texts[first:self._n])
-            offset = self._starts[first]
-            head = held[:max(0, hit.start - offset)]
-            tail = held[hit.end - offset:]
-        if action is Action.BLOCK:
+        self._decoder.reset()  # bytes of a withdrawn half character
+        held = "".join(self._texts[first:self._n])
+        offset = self._starts[first]
+        parts: list[str] = []
+        at = offset
+        block: _Hit | None = None
+        for hit, action in marks:
+            if hit.start < at and action is not Action.BLOCK:
+                continue  # overlaps a span already masked
+            parts.append(held[at - offset:max(at, hit.start) - offset])
+            if action is Action.BLOCK:
+                block = hit
+                break
+            parts.append(hit.motif.replacement or tier.policy.mask)
+            at = max(at, hit.end)
+        if block is not None:
             self._stopped = True
             return GateStep(release=release, take_back=take_back,
-                            insert=tier.tokens_of(head) + tier.tokens_of(tier.policy.refusal),
-                            stop=True, reason=f"policy {tier.policy.name}: {hit.motif.category}")
-        replacement = hit.motif.replacement or tier.policy.mask
+                            insert=tier.tokens_of("".join(parts))
+                            + tier.tokens_of(tier.policy.refusal),
+                            stop=True, reason=f"policy {tier.policy.name}: {block.motif.category}")
         assert tier.tokenizer is not None
-        insert = tuple(tier.tokenizer.tokenize(head + replacement + tail))
+        insert = tuple(tier.tokenizer.tokenize("".join(parts) + held[at - offset:]))
         return GateStep(release=release, take_back=take_back, insert=insert)

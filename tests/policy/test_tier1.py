@@ -201,7 +201,7 @@ def test_an_intervention_carries_fields_for_the_journal_and_never_the_text(
     assert "address" not in str(gate.interventions[0].to_dict()).replace("home-address", "")
 
 
-def test_regex_matches_mask_while_held_and_only_flag_once_streamed(tmp_path: Path) -> None:
+def test_regex_matches_are_held_while_they_could_complete_and_masked(tmp_path: Path) -> None:
     gate_of, tok = tier(tmp_path, "- id: ssn\n  category: privacy\n  weight: medium\n"
                         "  regex: '\\d{3}-\\d{2}-\\d{4}'\n  replacement: '[number]'\n")
     gate = gate_of.gate()
@@ -209,8 +209,24 @@ def test_regex_matches_mask_while_held_and_only_flag_once_streamed(tmp_path: Pat
     assert tok.text(stream.shown) == "It is [number]."
     gate = gate_of.gate()
     stream = run(gate, tok, ["It", " is", " 123", "-", "45", "-", "6789", "."])
-    assert tok.text(stream.shown) == "It is 123-45-6789."
-    assert [(e.action, e.reason) for e in gate.interventions] == [("flag", "already streamed")]
+    assert tok.text(stream.shown) == "It is [number]."
+    assert stream.shown_after[:7] == [1, 2, 2, 2, 2, 2, 2]  # no digit of it was ever shown
+    assert stream.model == stream.shown
+    assert [(e.action, e.token_index) for e in gate.interventions] == [("mask", 2)]
+    gate = gate_of.gate()  # a partial match that breaks off is released then
+    stream = run(gate, tok, ["Call", " 123", "-", "45", " now", "."])
+    assert tok.text(stream.shown) == "Call 123-45 now."
+    assert stream.shown_after == [1, 1, 1, 1, 5, 6]
+
+
+def test_a_regex_match_still_open_at_the_end_is_judged_at_finish(tmp_path: Path) -> None:
+    gate_of, tok = tier(tmp_path, "- id: cs\n  category: child_sexual_exploitation\n"
+                        "  weight: heavy\n  regex: 'child\\s+porn\\w*'\n", policy="child-safe")
+    gate = gate_of.gate()
+    stream = run(gate, tok, ["Here", " is", " child", " porn"])
+    assert tok.text(stream.shown).startswith("Here is")
+    assert "porn" not in tok.text(stream.shown) and "child" not in tok.text(stream.shown)
+    assert stream.stopped and [e.action for e in gate.interventions] == ["block"]
 
 
 def test_check_judges_a_whole_text(tmp_path: Path) -> None:
