@@ -16,7 +16,10 @@ engine keeps the held tokens in order; the gate answers each token with a ``Gate
    tokens are streamed but not evaluated.
 
 ``finish`` is asked once when the answer ends for any other reason (end of turn, length,
-context, cancel): what is still held is released or withdrawn by the same rules.
+context, cancel), with the end of the answer as the end of the text: what is still held is
+released, or withdrawn and replaced (a mask), and a finish step may ``stop`` (a block found
+at the end): the engine then reports finish reason ``policy`` with the step's ``reason``,
+not the reason the answer was ending for.
 
 This module is the shared seat of the contract: runa.policy implements gates, splinfer's
 engine drives them, neither imports the other's internals.
@@ -24,8 +27,11 @@ engine drives them, neither imports the other's internals.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from runa.policy.verdict import Intervention
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,16 @@ RELEASE_ONE = GateStep(release=1)
 
 class StreamGate(Protocol):
     """One answer's tier-1 watch over its output tokens (one gate per answer)."""
+
+    @property
+    def interventions(self) -> Sequence[Intervention]:
+        """What the gate did, for the events and the final envelope (read once it ends)."""
+        ...
+
+    @property
+    def whispers(self) -> Sequence[str]:
+        """Notes (whisper actions) for the next turn, each once."""
+        ...
 
     def feed(self, token: int, piece: bytes) -> GateStep:
         """The token just sampled and its raw bytes (maybe part of a UTF-8 character)."""

@@ -3,21 +3,28 @@
 ``Tier1`` is built once per (matrix, policy set, tokenizer) and makes one ``StreamGate`` per
 answer (``gate()``) and judges whole texts (``check()``). docs/policy.md, "Tier 1".
 
-Matching. Text is case-folded and every character that is not a letter, digit or ``_`` counts
-as a space, one for one (so a character index in the folded text is one in the answer). A
-phrase motif is matched with a character-level Aho-Corasick automaton, framed by a word
-boundary on each side that is a letter or digit (``kill`` does not fire inside ``skills``);
-``tokens`` motifs by a second automaton over token ids. The gate *holds* exactly the tokens
-whose characters the automaton's current partial match covers (and those of a partial token
-match, and a token ending inside a UTF-8 character), and releases the rest at once: with no
-partial match nothing is held, and never more than the longest motif needs.
+Matching. Text is case-folded and every character that is not a letter, digit or ``_`` is a
+boundary; a run of them is one boundary symbol (so ``**kill**  someone`` reads as ``kill
+someone``), and each symbol keeps the index of its character in the answer. A phrase motif is
+matched with a character-level Aho-Corasick automaton, framed by a word boundary on each side
+that is a letter or digit (``kill`` does not fire inside ``skills``); ``tokens`` motifs by a
+second automaton over token ids. The gate *holds* exactly the tokens whose characters the
+automaton's current partial match covers (and those of a partial token match, of a regular
+expression's match that could still complete, and every token since the last complete UTF-8
+character), and releases the rest at once: with no partial match nothing is held, and never
+more than the longest motif needs. Text after a mask in the same token is matched from the
+start state; the withdrawal waits while it partly matches a phrase.
 
-Regular expressions (output side) are evaluated when a token carries a word boundary, over
-the last ``REGEX_WINDOW`` characters. They hold no partial match: only a match that reaches
-the end of the text inside a word (it may still grow) holds its tokens until the next
-token. A regex match is masked only while the token of its first character is still held;
-once streamed, a mask is recorded as a flag ("already streamed") and a block takes back what
-is still held and ends the answer.
+Regular expressions (output side) run at every token over the last ``REGEX_WINDOW``
+characters with the ``regex`` module's partial matching, which says whether the text could
+still become a match: such a match holds its tokens. ``finish`` runs them once more with the
+end of the answer as the end. A regex match is masked while the token of its first character
+is still held; once streamed, a mask is recorded as a flag ("already streamed") and a block
+takes back what is still held and ends the answer.
+
+Per token the gate does a dictionary lookup per character, appends to a few lists (trimmed)
+and, when the set has output regexes, one regex call over at most ``2 * REGEX_WINDOW``
+characters: nothing grows with the answer.
 """
 
 from __future__ import annotations

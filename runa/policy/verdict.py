@@ -80,8 +80,8 @@ class Verdict:
 
 
 class Checker(Protocol):
-    """Judges whole texts: tier 1 in this process today; through the stack later (the same
-    answers), as tieto's Local and Remote access are one shape."""
+    """Judges whole texts, one shape for tier 1 in this process and for the stack's running
+    splinfer (op ``policy_check``), as tieto's Local and Remote access are."""
 
     def check(self, text: str, side: str = "prompt") -> Verdict:
         ...
