@@ -165,10 +165,12 @@ def _motif(path: Path, node: yaml.Node) -> Motif:
 
 
 def _scalar(path: Path, node: yaml.Node, name: str) -> str:
-    value = plain(node) if isinstance(node, yaml.ScalarNode) else None
-    if not isinstance(value, str) or not value.strip():
-        shown = f"{value!r} is not text" if value is not None else "must be text"
-        raise MatrixError(path, line(node), name, shown)
+    try:
+        value = files.text(path, node, name)  # explains a bare no/off read as false
+    except PolicyFileError as error:
+        raise MatrixError(error.path, error.line, error.field, error.problem) from None
+    if not value.strip():
+        raise MatrixError(path, line(node), name, "must be text")
     return value
 
 

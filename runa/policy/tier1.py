@@ -202,6 +202,10 @@ class Side:
     regex: Any  # a compiled ``regex`` pattern (partial matching) or None
     regex_motifs: list[Motif]
 
+    def motif_of(self, match: Any) -> Motif:
+        """The regex motif a match of ``regex`` is for (its group ``r<i>``)."""
+        return self.regex_motifs[int(str(match.lastgroup)[1:])]
+
 
 @dataclass(frozen=True)
 class _Hit:
@@ -326,7 +330,7 @@ class Tier1:
                                   where[index - 1 - entry.trail] + 1))
         if matchers.regex is not None:
             for match in matchers.regex.finditer(text):
-                motif = matchers.regex_motifs[int(str(match.lastgroup)[1:])]
+                motif = matchers.motif_of(match)
                 found.append(_Hit(motif, match.start(), match.end()))
         if self.tokenizer is not None and len(matchers.tokens.depth) > 1:
             for _index, entries in matchers.tokens.run(self.tokenizer.tokenize(text)):
@@ -426,8 +430,8 @@ class OutputGate:
         side = tier.side("output")
         self._chars = side.chars
         self._tokens = side.tokens
+        self._side = side
         self._regex = side.regex
-        self._regex_motifs = side.regex_motifs
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._start_state = self._chars.delta[0].get(" ", 0)
         self._state = self._start_state
@@ -529,7 +533,7 @@ class OutputGate:
         blocked = False
         for char in _lower(chunk):
             pos += 1
-            if char.isalnum() or char == "_":
+            if char.isalnum() or char == "_":  # _is_word, inlined: per character
                 space = False
                 state = delta[state].get(char, 0)
             elif space:
@@ -585,8 +589,7 @@ class OutputGate:
                 break
             if base + match.end() <= self._regex_done:
                 continue
-            motif = self._regex_motifs[int(str(match.lastgroup)[1:])]
-            hits.append(_Hit(motif, base + match.start(), base + match.end()))
+            hits.append(_Hit(self._side.motif_of(match), base + match.start(), base + match.end()))
         if not hits:
             return None
         self._regex_done = max(hit.end for hit in hits)

@@ -148,3 +148,11 @@ def test_the_packaged_matrix_reads_cleanly_and_covers_every_category() -> None:
               for m in parse_matrix(path)]
     assert {m.category for m in motifs} == set(CATEGORIES)
     assert {m.kind for m in motifs} >= {"phrase", "regex", "exemplar"}
+
+
+def test_a_bare_no_in_the_matrix_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text("- id: x\n  category: hate\n  weight: light\n  phrase: no\n")
+    with pytest.raises(MatrixError, match="line 4, field 'phrase': 'no' reads as false in "
+                       "YAML: put the text in quotes"):
+        parse_matrix(path)
