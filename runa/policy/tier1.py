@@ -615,7 +615,7 @@ class OutputGate:
         first = self._n
         starts, texts = self._starts, self._texts
         while first > self._released and (starts[first - 1] + len(texts[first - 1]) > hold_from
-                                          or not texts[first - 1]):
+                                          or (not texts[first - 1] and first < self._n)):
             first -= 1
         partial_tokens = self._tokens.depth[self._tstate]
         if partial_tokens:
