@@ -217,3 +217,23 @@ def test_a_broken_admin_minimum_is_reported_by_path_even_with_a_packaged_twin(
     assert list(library.problems()) == [broken]
     with pytest.raises(PolicyLocked):  # the packaged child-safe still holds the floor
         library.resolve("off", "/policy in chat")
+
+
+def test_a_new_compile_logs_its_unusable_motifs_once_with_file_line_and_field(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from .streams import WordTokenizer
+
+    paths, config = stack(tmp_path)
+    site = tmp_path / "etc/policy/matrix.d/site.yaml"
+    site.parent.mkdir(parents=True)
+    site.write_text("- id: bound\n  category: hate\n  weight: heavy\n"
+                    "  tokens: {tokenizer: 'sha256:other', ids: [1, 2]}\n")
+    library = PolicyLibrary.for_stack(paths, config)
+    policy, tok = library.get("default"), WordTokenizer()
+    with caplog.at_level("WARNING"):
+        library.tier1(policy, tok)
+        library.tier1(policy, tok)
+    [record] = [r for r in caplog.records
+                if getattr(r, "RUNA_EVENT", "") == "policy_motif_unusable"]
+    assert (record.RUNA_FILE, record.RUNA_LINE, record.RUNA_FIELD) == (  # type: ignore[attr-defined]
+        str(site), "1", "tokens.tokenizer")
