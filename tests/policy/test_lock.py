@@ -235,5 +235,6 @@ def test_a_new_compile_logs_its_unusable_motifs_once_with_file_line_and_field(
         library.tier1(policy, tok)
     [record] = [r for r in caplog.records
                 if getattr(r, "RUNA_EVENT", "") == "policy_motif_unusable"]
-    assert (record.RUNA_FILE, record.RUNA_LINE, record.RUNA_FIELD) == (  # type: ignore[attr-defined]
-        str(site), "1", "tokens.tokenizer")
+    fields = {key: getattr(record, key) for key in ("RUNA_FILE", "RUNA_LINE", "RUNA_FIELD")}
+    assert fields == {"RUNA_FILE": str(site), "RUNA_LINE": "1",
+                      "RUNA_FIELD": "tokens.tokenizer"}
