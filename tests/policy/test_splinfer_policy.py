@@ -381,3 +381,29 @@ def test_a_set_that_falls_below_the_lock_later_gives_way_to_the_minimum_with_a_n
         me.close()
         stop(env)
     assert "RUNA_EVENT=policy_fallback" in log_text(env)
+
+
+def test_policy_check_through_the_stack_sends_up_to_64_texts_a_request() -> None:
+    import io
+
+    from runa.cli.policy_cmd import RemoteChecker, run_check
+
+    class Splinfer:
+        def __init__(self) -> None:
+            self.requests: list[int] = []
+
+        def call(self, payload: dict[str, Any], idle_timeout: float) -> dict[str, Any]:
+            self.requests.append(len(payload["items"]))
+            return {"results": [{"id": i["id"], "action": "allow", "categories": [],
+                                 "score": 0.0, "rules": []} for i in payload["items"]]}
+
+    splinfer = Splinfer()
+    lines = "".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(100))
+    out = io.StringIO()
+    status = run_check(RemoteChecker(splinfer, "default"),  # type: ignore[arg-type]
+                       io.StringIO(lines + "not json\n"), out, side="prompt", as_json=True,
+                       command="runa policy check")
+    assert splinfer.requests == [64, 36] and status == 65
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [row.get("id") for row in rows[:100]] == list(range(100))
+    assert rows[100] == {"line": 101, "error": rows[100]["error"]}
