@@ -33,26 +33,29 @@ def written(conversation: str) -> list[Intervention]:
     ]
 
 
-def record(item: Intervention, when: float) -> dict[str, object]:
+def record(item: Intervention, when: float, **sender: str) -> dict[str, object]:
     return {"__REALTIME_TIMESTAMP": datetime.fromtimestamp(when), "RUNA_COMPONENT": "splinfer",
-            **item.fields()}
+            **item.fields(), **sender}
 
 
 def test_records_become_events_newest_last_and_a_table() -> None:
     items = written("c0ffee00c0ffee00")
-    stream = interventions.events([record(items[1], 200.0), record(items[0], 100.0),
-                                   {"RUNA_EVENT": "restart", "RUNA_COMPONENT": "splinfer"},
-                                   record(items[2], 300.0)])
+    stream = interventions.events([
+        record(items[1], 200.0, _COMM="python3", SYSLOG_IDENTIFIER="runa-splinfer"),
+        record(items[0], 100.0, _SYSTEMD_USER_UNIT="runa-splinfer@main.service"),
+        {"RUNA_EVENT": "restart", "RUNA_COMPONENT": "splinfer"},
+        record(items[2], 300.0, SYSLOG_IDENTIFIER="runa-splinfer")])
     assert [e.rule for e in stream] == ["privacy.ssn", "self-harm.end-my-life",
                                         "weapons.nerve-agent"]
     assert stream[0].token_index == 7 and stream[1].token_index is None
     lines = interventions.table(stream)
     assert lines[0].split() == ["time", "conversation", "policy", "rule", "category", "weight",
-                                "action", "side", "token"]
+                                "action", "side", "token", "writer"]
     assert lines[1].split()[2:] == ["c0ffee00", "default", "privacy.ssn", "privacy", "medium",
-                                    "mask", "output", "7"]
-    assert lines[2].endswith("whisper  prompt  -")
-    assert lines[3].endswith("flag     output  12  (delay without the semantic tier: "
+                                    "mask", "output", "7", "runa-splinfer@main.service"]
+    # journald's own fields name the writer; an identifier the sender chose is marked
+    assert lines[2].split()[-3:] == ["prompt", "-", "python3"]
+    assert lines[3].endswith("  runa-splinfer?  (delay without the semantic tier: "
                              "fail open)")
 
 
@@ -94,7 +97,9 @@ def test_audit_policy_lists_the_interventions_from_the_journal(
         return mine if len(mine) == 3 else None
 
     events = wait_for(listed, 10, "three interventions in the journal")
-    assert [{k: v for k, v in e.items() if k != "time"} for e in events] == [  # type: ignore[union-attr]
+    assert all(e["writer"] for e in events)  # type: ignore[index]
+    assert [{k: v for k, v in e.items() if k not in ("time", "writer")}  # type: ignore[union-attr]
+            for e in events] == [
         {"component": "splinfer", **item.to_dict(), "token_index": item.token_index,
          "reason": item.reason} for item in written(conversation)]
     assert all(since - 1 <= e["time"] <= time.time() for e in events)  # type: ignore[union-attr,index]

@@ -160,3 +160,17 @@ def test_a_full_queue_here_ends_as_a_backpressure_answer_from_the_service() -> N
         cancel_ingest(client, ingest, 1.0)
     assert on_send.value.exit_code == on_cancel.value.exit_code == \
         on_cancel_ingest.value.exit_code == answered.exit_code == 75
+
+
+def test_policy_check_texts_and_policy_names_are_bounded_before_splinfer_sees_them() -> None:
+    op = splinfer.OPS["policy_check"]
+    huge = {"items": [{"id": "short", "text": "hello"},
+                      {"id": "huge", "text": "a" * (splinfer.MAX_CHECK_TEXT + 1)}]}
+    with pytest.raises(PayloadError, match="item 'huge'"):
+        op.read(huge, "items")
+    assert op.read({"items": [{"id": 1, "text": "a" * splinfer.MAX_CHECK_TEXT}]}, "items")
+    for name in ("", "no such\nset", "-x", "a" * 65):
+        with pytest.raises(PayloadError) as bad:
+            op.read({"policy": name}, "policy")
+        assert "such" not in str(bad.value)
+    assert splinfer.OPS["chat"].read({"policy": "child-safe"}, "policy") == "child-safe"

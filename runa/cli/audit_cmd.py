@@ -28,7 +28,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "list every incarnation of every component: why it was started, its process, how "
         "it ended and what the policy decided (restart, after which delay, or hold). With "
         "--policy, list the token policy's interventions instead (docs/policy.md): rule, "
-        "category, weight and action, never the text. Needs root or the systemd-journal "
+        "category, weight and action, never the text, and the unit or command that wrote each "
+        "record (any process of the user can write one: records are only as trustworthy as "
+        "the user's processes). Needs root or the systemd-journal "
         "group. Exit status: 0 listed; 64 a bad --since; 69 no journal (--policy); 77 the "
         "journal may not be read by this user.",
         epilog="Examples: runa audit --since 1h --component splinfer; "
@@ -36,7 +38,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--policy", action="store_true",
                         help="the policy's interventions (time, conversation, policy, rule, "
-                        "category, weight, action, side, token index), newest last")
+                        "category, weight, action, side, token index, the process that "
+                        "wrote the record), newest last")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object: incarnations and the events they come from "
                         "(with --policy: one JSON object a line, one per intervention)")

@@ -6,6 +6,11 @@ index, conversation, reason; never text), under systemd and under ``runa up`` al
 as a journald listens. Without one, the records go to the component's standard error (the
 stack's log under ``runa up``), where they carry no time: this reader says so instead of
 guessing.
+
+Any process of a user may write such a record into the journal, so the records are only as
+trustworthy as the user's processes: each event shows who wrote it, from the fields journald
+sets itself (the systemd unit, else the command name), so a record from an unexpected
+process stands out. A process can lie only in SYSLOG_IDENTIFIER, shown when nothing else is.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class PolicyEvent:
     side: str
     token_index: int | None
     reason: str
+    writer: str = ""
+    """The process that wrote the record (journald's own fields; see the module docstring)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,6 +96,7 @@ def events(records: Iterable[Mapping[str, Any]]) -> list[PolicyEvent]:
             side=str(record.get("RUNA_SIDE", "")),
             token_index=_int(record.get("RUNA_TOKEN_INDEX")),
             reason=str(record.get("RUNA_REASON", "")),
+            writer=_writer(record),
         ))
     return sorted(out, key=lambda e: e.time)
 
@@ -97,15 +105,26 @@ def table(items: list[PolicyEvent]) -> list[str]:
     """The events as aligned lines under a heading (conversation ids shortened to 8); a
     reason, when the action differs from the set's cell, ends its line."""
     heading = ("time", "conversation", "policy", "rule", "category", "weight", "action",
-               "side", "token")
+               "side", "token", "writer")
     rows = [(datetime.fromtimestamp(e.time).strftime("%Y-%m-%d %H:%M:%S"),
              e.conversation[:8] or "-", e.policy, e.rule, e.category, e.weight, e.action,
-             e.side, "-" if e.token_index is None else str(e.token_index)) for e in items]
+             e.side, "-" if e.token_index is None else str(e.token_index), e.writer or "-")
+            for e in items]
     widths = [max(len(row[i]) for row in [heading, *rows]) for i in range(len(heading))]
     reasons = ["", *(f"  ({e.reason})" if e.reason else "" for e in items)]
     lines = [heading, *rows]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
             .rstrip() + why for row, why in zip(lines, reasons, strict=True)]
+
+
+def _writer(record: Mapping[str, Any]) -> str:
+    """Who wrote ``record``: the unit or command journald recorded (trusted), else the
+    identifier the sender chose, marked with '?'."""
+    for key in ("_SYSTEMD_USER_UNIT", "_SYSTEMD_UNIT", "_COMM"):
+        if record.get(key):
+            return str(record[key])
+    claimed = record.get("SYSLOG_IDENTIFIER")
+    return f"{claimed}?" if claimed else ""
 
 
 def _int(value: Any) -> int | None:

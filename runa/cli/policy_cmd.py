@@ -8,7 +8,7 @@ import ctypes
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -62,10 +62,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Read JSON lines {\"id\": ..., \"text\": ...} on standard input and write "
         "one verdict per line: id, action (the strictest match), categories, score (the "
         "strongest matched weight: light 0.34, medium 0.67, heavy 1.0; 0 when nothing "
-        "matched) and rules. Runs in this process: with the configured chat model's "
-        "tokenizer when the model is installed (token-id motifs included), else with a "
-        "tokenizer-free text matcher (token-id motifs with a phrase match as phrases); "
-        "through the stack's splinfer (the same answers) when it runs. A "
+        "matched) and rules. Through the stack's splinfer when it runs: the stack's sets "
+        "and matrix and its model's tokenizer, texts sent in batches unless read from a "
+        "terminal. Otherwise in this process, with this user's layers of sets and "
+        "matrix (user, /etc, packaged) and the configured chat model's tokenizer when "
+        "the model is installed (token-id motifs included); without an installed model "
+        "it falls back to a tokenizer-free text matcher (token-id motifs with a phrase "
+        "match as phrases, the others not at all). A "
         "malformed line gets an error line naming its number and the run goes on; exit "
         "status 65 at the end if any line was bad. The lock does not apply: checking a "
         "text under a set shows nobody anything.",
@@ -194,10 +197,8 @@ class ModelTokenizer:
 
 
 def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -> Tier1:
-    """Tier 1 in this process, with the configured model's tokenizer when it is installed.
-
-    The seam for checking through a running stack (the same answers) is ``Checker``.
-    """
+    """Tier 1 in this process, with the configured model's tokenizer when it is installed
+    (``RemoteChecker`` checks through a running stack)."""
     from runa.models import configured_chat_model
 
     tokenizer = None
@@ -208,19 +209,38 @@ def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -
 
 class RemoteChecker:
     """Tier 1 in the stack's running splinfer (op ``policy_check``, the model's tokenizer):
-    the same answers as ``local_checker``."""
+    the same answers as ``local_checker``, up to 64 texts a request."""
+
+    #: Text per request, well inside one bus message even with every character escaped.
+    BATCH_CHARS = 4096
 
     def __init__(self, client: ServiceClient, policy: str) -> None:
         self.client = client
         self.policy = policy
 
     def check(self, text: str, side: str = "prompt") -> Verdict:
+        return self.check_many([text], side)[0]
+
+    def check_many(self, texts: Sequence[str], side: str = "prompt") -> list[Verdict]:
         answer = self.client.call(protocol.request(
-            "policy_check", items=[{"id": 0, "text": text}], policy=self.policy, side=side),
-            idle_timeout=120)
-        result = answer["results"][0]
-        return Verdict(Action(result["action"]), tuple(result["categories"]),
-                       float(result["score"]), tuple(result["rules"]))
+            "policy_check", items=[{"id": i, "text": t} for i, t in enumerate(texts)],
+            policy=self.policy, side=side), idle_timeout=120)
+        return [Verdict(Action(r["action"]), tuple(r["categories"]), float(r["score"]),
+                        tuple(r["rules"])) for r in answer["results"]]
+
+    def batches(self, lines: Iterable[str]) -> Iterator[list[str]]:
+        """``lines`` in groups one request may carry (one at a time from a terminal)."""
+        batch: list[str] = []
+        size = 0
+        for line in lines:
+            if batch and (len(batch) == protocol.MAX_CHECK_ITEMS
+                          or size + len(line) > self.BATCH_CHARS):
+                yield batch
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line)
+        if batch:
+            yield batch
 
 
 @contextlib.contextmanager
@@ -263,29 +283,48 @@ def cmd_check(ctx: CliContext, args: argparse.Namespace) -> int:
 
 def run_check(checker: Checker, lines: TextIO, out: TextIO, *, side: str, as_json: bool,
               command: str) -> int:
-    """Judge each JSON line of ``lines``; 65 when any was malformed, else 0."""
-    bad = 0
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    """Judge each JSON line of ``lines``; 65 when any was malformed, else 0. Through the
+    stack, lines go in batches unless they come from a terminal."""
+    remote = checker if isinstance(checker, RemoteChecker) and not lines.isatty() else None
+    groups = remote.batches(lines) if remote else ([line] for line in lines)
+    bad = number = 0
+    for group in groups:
+        records: dict[int, dict[str, Any]] = {}
+        results: dict[int, Verdict | str] = {}  # a verdict, or the line's problem
+        for line in group:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                    raise ValueError('expected an object {"id": ..., "text": "..."}')
+                records[number] = record
+            except ValueError as error:
+                results[number] = f"line {number}: {error}"  # names the line, never its text
         try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError('expected an object {"id": ..., "text": "..."}')
-            verdict = checker.check(record["text"], side)
-        except (ValueError, RunaError) as error:
-            bad += 1
-            problem = f"line {number}: {error}"  # names the line, never its text
-            if as_json:
-                print(json_line({"line": number, "error": problem}), file=out, flush=True)
+            if remote is not None and records:
+                texts = [r["text"] for r in records.values()]
+                results.update(zip(records, remote.check_many(texts, side), strict=True))
             else:
-                say(command, problem)
-            continue
-        result = {"id": record.get("id"), **verdict.to_dict()}
-        if as_json:
-            print(json_line(result), file=out, flush=True)
-        else:
-            found = ", ".join(verdict.rules) or "-"
-            print(f"{result['id']}: {verdict.action.value} (score {verdict.score}) {found}",
-                  file=out, flush=True)
+                for n, record in records.items():
+                    results[n] = checker.check(record["text"], side)
+        except RunaError as error:
+            results.update({n: f"line {n}: {error}" for n in records if n not in results})
+        for n in sorted(results):
+            verdict = results[n]
+            if isinstance(verdict, str):
+                bad += 1
+                if as_json:
+                    print(json_line({"line": n, "error": verdict}), file=out, flush=True)
+                else:
+                    say(command, verdict)
+                continue
+            result = {"id": records[n].get("id"), **verdict.to_dict()}
+            if as_json:
+                print(json_line(result), file=out, flush=True)
+            else:
+                found = ", ".join(verdict.rules) or "-"
+                print(f"{result['id']}: {verdict.action.value} (score {verdict.score}) {found}",
+                      file=out, flush=True)
     return EX_DATAERR if bad else 0

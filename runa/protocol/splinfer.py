@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from runa.policy.sets import NAME as POLICY_NAME
 from runa.protocol.names import conversation_id_problem
 from runa.protocol.payloads import Field, Op
 
@@ -33,21 +34,29 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "conversation": conversation_id_problem, "upload": _upload_problem,
     "persona": lambda value: None if value else
     "'persona' must be a persona's name (see the personas query)",
-    "policy": lambda value: None if value else
-    "'policy' must be a policy set's name (see 'runa policy list')",
+    "policy": lambda value: None if POLICY_NAME.match(value) else
+    "'policy' must be a policy set's name: 1-64 of A-Z a-z 0-9 _ . -, starting with a "
+    "letter or digit (see 'runa policy list')",
     "start": _index("start", "a message index"), "offset": _index("offset", "a character index"),
 }
 
 
 #: Texts one ``policy_check`` may judge (a client sends more in several requests).
 MAX_CHECK_ITEMS = 64
+#: Characters of one text ``policy_check`` judges (it runs in splinfer's loop).
+MAX_CHECK_TEXT = 64 * 1024
 
 
 def _items_problem(items: list[dict[str, Any]]) -> str | None:
     if not 1 <= len(items) <= MAX_CHECK_ITEMS:
         return f"'items' must hold 1 to {MAX_CHECK_ITEMS} texts"
-    if not all(isinstance(item.get("text"), str) for item in items):
+    if not all(isinstance(item, dict) and isinstance(item.get("text"), str)
+               for item in items):
         return "'items' must be objects {\"id\": ..., \"text\": \"...\"}"
+    for item in items:
+        if len(item["text"]) > MAX_CHECK_TEXT:
+            return (f"item {str(item.get('id'))[:64]!r}: 'text' is longer than "
+                    f"{MAX_CHECK_TEXT} characters (send it in parts)")
     return None
 
 
@@ -63,7 +72,8 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
         Field("persona", "string", "a persona's name", default="splinfer.persona"),
         Field("system", "string", "replaces the persona's system prompt for this turn"),
         Field("policy", "string", "the policy set for this conversation from this turn on "
-              "(docs/policy.md)", default="the conversation's, the persona's, policy.default"),
+              "(docs/policy.md)", default="the conversation's, the persona's, policy.default",
+              allowed="a set's name"),
         Field("params", "object", "sampling parameters under llama.cpp's names",
               default="the persona's", allowed="llama.cpp names (above)"),
         Field("upload", "string", "the pieces sent ahead with chat_part",
@@ -89,9 +99,10 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
         replace(_CONVERSATION, required=True)),
     _op("policy_check", "judge texts with the policy's tier 1 and the model's tokenizer",
         Field("items", "list of objects", "the texts: {\"id\": ..., \"text\": \"...\"}",
-              required=True, allowed=f"1 to {MAX_CHECK_ITEMS}"),
+              required=True, allowed=f"1 to {MAX_CHECK_ITEMS}, each text at most "
+              f"{MAX_CHECK_TEXT} characters"),
         Field("policy", "string", "the policy set (the lock does not apply: nobody is "
-              "shown anything)", default="policy.default"),
+              "shown anything)", default="policy.default", allowed="a set's name"),
         Field("side", "string", "judge them as prompts or as answers", default="prompt",
               allowed="prompt, output"),
         checks={"items": _items_problem,

@@ -40,7 +40,7 @@ from runa.paths import Paths
 from runa.policy import Action, Intervention, PolicyLocked, Tier1, UnknownPolicyError
 from runa.policy.stream import StreamGate
 from runa.protocol import splinfer as protocol
-from runa.protocol.params import ParamError, parse_params
+from runa.protocol.params import ParamError, SamplingParams, parse_params
 from runa.service import ServiceContext
 from runa.splinfer import modelid, statefile
 from runa.splinfer.conversations import (
@@ -67,8 +67,8 @@ from runa.splinfer.personas import (
     configured_persona,
     persona_dirs,
 )
-from runa.splinfer.policy import SplinferPolicy, note
-from runa.splinfer.prompt import answer_reserve
+from runa.splinfer.policy import Choice, SplinferPolicy, fold_notes, note
+from runa.splinfer.prompt import Message, answer_reserve
 from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat, read
 from runa.splinfer.sequence import Sequence
 from runa.splinfer.statefile import StateIdentity
@@ -93,10 +93,6 @@ def conversation_key(conversation: str) -> str:
     return f"{NAME}:conv:{conversation}"
 
 
-#: The tier-1 watch over one answer (a new gate per answer), or None to stream it unwatched.
-GateFactory = Callable[[ChatRequest, Persona], StreamGate | None]
-
-
 @dataclass(eq=False)
 class _Turn:
     """One chat request from admission to its last envelope."""
@@ -112,6 +108,8 @@ class _Turn:
     user_text: str = ""
     """The user's turn as the model saw it and the history keeps it (masked if need be)."""
     policy: str = ""
+    notice: str = ""
+    """Why ``policy`` is not the set asked for (the lock's minimum instead), else empty."""
     interventions: list[Intervention] = field(default_factory=list)
     whispers: tuple[str, ...] = ()
     """Notes added to this turn's context (a whisper of the prompt or of the last answer)."""
@@ -132,7 +130,6 @@ class Splinfer:
         *,
         paths: Paths | None = None,
         token_hook: TokenHook | None = None,
-        stream_gate: GateFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         memory_limit: Callable[[], int | None] = cgroup.memory_limit,
         personas: PersonaLibrary | None = None,
@@ -144,7 +141,6 @@ class Splinfer:
         self.logger = logger
         self.paths = paths or Paths.for_stack(stack)
         self.token_hook = token_hook  # where the token-level policy monitor sits
-        self.stream_gate = stream_gate  # ... and its inline tier, one gate per answer
         self.clock = clock
         self.memory_limit = memory_limit
         self.idle_unload_s = config["splinfer.idle_unload_s"]
@@ -510,34 +506,41 @@ class Splinfer:
                                    source="request params")
         choice = self.policy.choose(chat.policy, conv.policy if conv else "", persona)
         tier1 = self.policy.tier1(choice.policy, lambda: engine.vocab, engine.info.path)
-        if conv is not None and chat.policy and chat.policy != conv.policy:
-            log.event(self.logger, "policy_changed", f"conversation {conv.id} now runs under "
-                      f"policy {chat.policy}", conversation=conv.id, policy=chat.policy)
-            conv.policy = chat.policy
-        verdict = None if tier1.passthrough else tier1.check(chat.text, "prompt")
-        interventions = self.policy.report(list(verdict.interventions) if verdict else [],
-                                           conv.id if conv else "")
-        if verdict is not None and verdict.action is Action.BLOCK:
-            self._refuse(chat, persona, conv, tier1, interventions)
-            return None
-        user_text = verdict.text if verdict is not None and verdict.text is not None \
-            else chat.text
-        whispers = tuple(dict.fromkeys([*(conv.whispers if conv else ()),
-                                        *(verdict.whispers if verdict else ())]))
-        notes = tuple(note(text) for text in whispers)
         prompt_system = chat.system if chat.system is not None else persona.system
-        system = ({"role": "system", "content": prompt_system},) if prompt_system else ()
+        user_text, system_text = chat.text, prompt_system
+        whispers = list(conv.whispers if conv else ())
+        interventions: list[Intervention] = []
+        # The pass-through set is decided once, by Tier1.passthrough: nothing is checked and
+        # the answer streams without a gate, so 'off' costs exactly what no policy costs.
+        if not tier1.passthrough:
+            verdicts = [tier1.check(chat.text, "prompt")]
+            if chat.system:  # the request's own system prompt is the person's text too
+                verdicts.append(tier1.check(chat.system, "prompt"))
+            interventions = self.policy.report(
+                [item for v in verdicts for item in v.interventions], conv.id if conv else "")
+            if any(v.action is Action.BLOCK for v in verdicts):
+                self._refuse(chat, persona, conv, tier1, choice, interventions)
+                return None
+            if verdicts[0].text is not None:
+                user_text = verdicts[0].text
+            if chat.system and verdicts[-1].text is not None:
+                system_text = verdicts[-1].text
+            whispers += [w for v in verdicts for w in v.whispers]
+        turn_whispers = tuple(dict.fromkeys(whispers))
+        notes = tuple(note(text) for text in turn_whispers)
+        system = ({"role": "system", "content": system_text},) if system_text else ()
         user = {"role": "user", "content": user_text}
+        try:
+            plan = self._plan(engine, conv, system, notes, user, sampling)
+        except TemplateError:
+            if not notes:
+                raise
+            # a template that takes no system message after the first: the notes go in
+            # the user's message, labelled
+            plan = self._plan(engine, conv, system, (), fold_notes(notes, user), sampling)
         if conv is not None:
-            plan = plan_turn(engine.builder, system=system, history=conv.messages,
-                             window=conv.window, user=user, basis=conv.basis,
-                             model=self.identity.model, n_ctx=engine.n_ctx,
-                             reserve=answer_reserve(sampling.n_predict, engine.n_ctx),
-                             notes=notes)
             seq = self.sequences.get(conv.id) or engine.new_sequence(owner=conv.id)
         else:
-            window = engine.prompt([*system, *notes, user], sampling)
-            plan = TurnPlan(window.tokens, window.dropped, False)
             seq = engine.new_sequence()
         try:
             sender = self.bus.sender(chat.envelope.reply_to or "", stats=self.stats)
@@ -547,16 +550,13 @@ class Splinfer:
         stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
                              flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
         turn = _Turn(chat, stream, seq, persona, conv, system, plan, user_text=user_text,
-                     policy=choice.policy.name, interventions=interventions,
-                     whispers=whispers)
+                     policy=choice.policy.name, notice=choice.notice,
+                     interventions=interventions, whispers=turn_whispers)
         if conv is not None:
+            self._keep_policy(conv, chat)
             turn.restored = self._bring_back(conv, seq)
             self.sequences[conv.id] = seq
-        if self.stream_gate is not None:
-            gate = self.stream_gate(chat, persona)
-        else:  # the pass-through set streams unwatched
-            gate = None if tier1.passthrough else tier1.gate(conv.id if conv else "")
-        turn.gate = gate
+        turn.gate = gate = None if tier1.passthrough else tier1.gate(conv.id if conv else "")
         turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
                                 on_text=stream.text, cancel=lambda: turn.cancelled, gate=gate)
         to_read = len(turn.gen.pending)
@@ -566,10 +566,29 @@ class Splinfer:
             self.dirty[conv.id] = self.clock()
         return turn
 
+    def _plan(self, engine: Engine, conv: Conversation | None, system: tuple[Message, ...],
+              notes: tuple[Message, ...], user: Message, sampling: SamplingParams) -> TurnPlan:
+        """The turn's prompt tokens (TemplateError when the template rejects the messages)."""
+        assert self.identity is not None
+        if conv is None:
+            window = engine.prompt([*system, *notes, user], sampling)
+            return TurnPlan(window.tokens, window.dropped, False)
+        return plan_turn(engine.builder, system=system, history=conv.messages,
+                         window=conv.window, user=user, basis=conv.basis,
+                         model=self.identity.model, n_ctx=engine.n_ctx,
+                         reserve=answer_reserve(sampling.n_predict, engine.n_ctx), notes=notes)
+
+    def _keep_policy(self, conv: Conversation, chat: ChatRequest) -> None:
+        """The request's set is the conversation's from this (admitted) turn on."""
+        if chat.policy and chat.policy != conv.policy:
+            log.event(self.logger, "policy_changed", f"conversation {conv.id} now runs under "
+                      f"policy {chat.policy}", conversation=conv.id, policy=chat.policy)
+            conv.policy = chat.policy
+
     def _refuse(self, chat: ChatRequest, persona: Persona, conv: Conversation | None,
-                tier1: Tier1, interventions: list[Intervention]) -> None:
+                tier1: Tier1, choice: Choice, interventions: list[Intervention]) -> None:
         """A prompt the policy blocks: nothing is generated; the set's refusal is the answer,
-        and the turn is kept (the person saw it)."""
+        and the turn is kept in the person's own history (they saw it)."""
         assert self.bus is not None
         refusal = tier1.policy.refusal
         if conv is not None:
@@ -577,6 +596,8 @@ class Splinfer:
                               {"role": "assistant", "content": refusal}]
             conv.persona = persona.name
             conv.basis = None  # the next turn is built from the messages
+            conv.whispers = []  # said once: the refusal answered instead
+            self._keep_policy(conv, chat)
             try:
                 self.store.save(conv)
             except ConversationError as error:
@@ -589,7 +610,8 @@ class Splinfer:
         stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
                              flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
         turn = _Turn(chat, stream, Sequence(), persona, conv,  # a sequence it never uses
-                     policy=tier1.policy.name, interventions=interventions)
+                     policy=tier1.policy.name, notice=choice.notice,
+                     interventions=interventions)
         stream.text(refusal)
         stream.finish({"finish_reason": "policy", "n_prompt": 0, "n_eval": 0, "n_gen": 0,
                        "prompt_ms": 0.0, "gen_ms": 0.0, "dropped_messages": 0,
@@ -849,7 +871,7 @@ def _message(error: Exception) -> str:
 
 def _policy_fields(turn: _Turn) -> dict[str, Any]:
     """The final envelope's policy fields (docs/protocol.md)."""
-    return {"policy": turn.policy,
+    return {"policy": turn.policy, **({"policy_notice": turn.notice} if turn.notice else {}),
             "interventions": [item.to_dict() for item in turn.interventions],
             "whispers": list(turn.whispers)}
 

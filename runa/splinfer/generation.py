@@ -252,11 +252,14 @@ class Generation:
             self.prompt_done = now
         self.phase = Phase.DONE
         self.pending = []
-        self.finish_reason, self.reason = finish_reason, reason
         gate, self.gate = self.gate, None
         if gate is not None:
-            self._apply(gate.finish())
+            step = gate.finish()
+            self._apply(step)
             self._release(len(self.held))  # nothing stays held once the answer ends
+            if step.stop:  # a block found only at the end is still a policy ending
+                finish_reason, reason = "policy", step.reason
+        self.finish_reason, self.reason = finish_reason, reason
         if self.sampler is not None:
             self.sampler.close()
             self.sampler = None

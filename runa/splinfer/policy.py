@@ -5,13 +5,16 @@ that turn on) > the conversation's kept policy > the persona's ``policy:`` > ``p
 Every choice goes through ``PolicyLibrary.resolve``, so nothing goes below the lock; a
 refusal (PolicyLocked) says who asked and why. A ``policy.default`` below the lock does not
 stop splinfer (nobody could chat at all): it starts with the minimum set and says so in the
-log and in its status. docs/policy.md, "In splinfer".
+log and in its status. A conversation's kept set or ``policy.default`` that falls below the
+lock later (a raised lock, an edited set file) gives way to the minimum set the same way,
+with a notice in the log and in the answer's final envelope; a request's own set below the
+lock stays refused. docs/policy.md, "In splinfer".
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -56,15 +59,24 @@ class VocabTokenizer:
 
 @dataclass(frozen=True)
 class Choice:
-    """The set an answer runs under and who chose it."""
+    """The set an answer runs under."""
 
     policy: PolicySet
-    requested_by: str
+    notice: str = ""
+    """Why it is not the set asked for (a kept or configured set now below the lock)."""
 
 
 def note(text: str) -> dict[str, str]:
     """A whisper's note as the system-labelled message the model reads before the turn."""
     return {"role": "system", "content": NOTE_LABEL + text}
+
+
+def fold_notes(notes: Sequence[Mapping[str, str]], user: Mapping[str, str]) -> dict[str, str]:
+    """``user`` with the notes as a labelled prefix, for a chat template that refuses a
+    system message after the first (Mistral's, Gemma's)."""
+    prefix = "".join(f"[{n['content']}]\n" for n in notes)
+    return {"role": "user", "content": f"{prefix}\n{user['content']}" if prefix
+            else user["content"]}
 
 
 class SplinferPolicy:
@@ -79,42 +91,59 @@ class SplinferPolicy:
         """Why the configured default is not in use (empty when it is)."""
         self._tokenizers: dict[Path, VocabTokenizer] = {}
         self._reported: dict[int, Tier1] = {}
+        self._problems: dict[str, int] = {}
+        """Motifs each set used with the loaded model could not compile (status)."""
 
     @classmethod
     def for_stack(cls, paths: Paths, config: Config, logger: logging.Logger) -> SplinferPolicy:
         return cls(PolicyLibrary.for_stack(paths, config, logger=logger), config, logger)
 
-    def start(self) -> str:
-        """Check ``policy.default`` against the lock once at start; the default set's name."""
+    def start(self) -> None:
+        """Check ``policy.default`` against the lock once at start."""
         try:
-            return self.library.configured(self.config).name
+            self.library.configured(self.config)
         except (PolicyLocked, UnknownPolicyError) as error:
-            fallback = self.library.lock.minimum or "default"
-            self.problem = f"{error}; using {fallback!r} instead"
+            self.problem = f"{error}; using {self._minimum_name()!r} instead"
             log.event(self.logger, "policy_default_refused", self.problem,
-                      level=logging.WARNING, policy=fallback)
-            return fallback
+                      level=logging.WARNING, policy=self._minimum_name())
 
-    def default(self) -> Choice:
+    def _minimum_name(self) -> str:
+        return self.library.lock.minimum or "default"
+
+    def _fallback(self, error: RunaError, *, say: bool = True) -> Choice:
+        """The lock's minimum set instead of one now below the lock (``say``: in the log)."""
+        name = self._minimum_name()
+        notice = f"{error}; using {name!r} instead"
+        if say:
+            log.event(self.logger, "policy_fallback", notice, level=logging.WARNING,
+                      policy=name)
+        return Choice(self.library.get(name), notice)
+
+    def default(self, *, say: bool = True) -> Choice:
         if self.problem:
-            name = self.library.lock.minimum or "default"
-            return Choice(self.library.get(name), f"the lock ({self.library.lock.origin})")
+            return Choice(self.library.get(self._minimum_name()), self.problem)
         origin = f"policy.default in {self.config.origin('policy.default')}"
-        return Choice(self.library.resolve(self.config["policy.default"], origin), origin)
+        try:
+            return Choice(self.library.resolve(self.config["policy.default"], origin))
+        except PolicyLocked as error:  # a set file edited since start
+            return self._fallback(error, say=say)
 
     def choose(self, requested: str | None, kept: str, persona: Persona) -> Choice:
         """The set for this answer (module docstring); PolicyLocked, UnknownPolicyError or
-        PersonaError (a persona naming an unknown set) when it cannot be used."""
+        PersonaError (a persona naming an unknown set) when it cannot be used. A kept set
+        or ``policy.default`` now below the lock gives the lock's minimum with a notice
+        (nobody would be able to go on otherwise); a request's set below it is refused."""
         if requested:
-            by = "the chat request"
-            return Choice(self.library.resolve(requested, by), by)
+            return Choice(self.library.resolve(requested, "the chat request"))
         if kept:
-            by = "the conversation's policy"
-            return Choice(self.library.resolve(kept, by), by)
+            try:
+                return Choice(self.library.resolve(kept, "the conversation's policy"))
+            except PolicyLocked as error:  # the lock was raised since it was chosen
+                return self._fallback(error)
         if persona.policy:
             by = f"persona {persona.name!r} ({persona.source})"
             try:
-                return Choice(self.library.resolve(persona.policy, by), by)
+                return Choice(self.library.resolve(persona.policy, by))
             except UnknownPolicyError as error:
                 raise PersonaError(persona.source, persona.policy_line,
                                    f"policy: {error}") from None
@@ -129,7 +158,9 @@ class SplinferPolicy:
             fingerprint = fingerprint_of(current.piece(i) for i in range(current.n_tokens))
             tokenizer = VocabTokenizer(vocab, fingerprint)
             self._tokenizers = {model: tokenizer}
+            self._problems = {}
         tier1 = self.library.tier1(policy, tokenizer)
+        self._problems[policy.name] = len(tier1.problems)
         if self._reported.get(id(tier1)) is not tier1:  # a new compile: its problems, once
             if len(self._reported) > 16:
                 self._reported.clear()
@@ -154,11 +185,13 @@ class SplinferPolicy:
 
     def describe(self) -> dict[str, Any]:
         """The policy part of splinfer's status (a problem with the sets is said, not raised)."""
-        out: dict[str, Any] = {"default": None, "minimum": self.library.lock.minimum or None}
+        out: dict[str, Any] = {"default": None, "minimum": self.library.lock.minimum or None,
+                               "motif_problems": sum(self._problems.values())}
         try:
-            out["default"] = self.default().policy.name
+            choice = self.default(say=False)
+            out["default"] = choice.policy.name
+            if choice.notice:
+                out["problem"] = choice.notice
         except RunaError as error:
             out["problem"] = str(error)
-        if self.problem:
-            out["problem"] = self.problem
         return out

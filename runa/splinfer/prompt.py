@@ -14,7 +14,8 @@ newest turn (the last user message and what follows it) are always kept; the
 oldest turns are dropped whole until the prompt leaves ``reserve`` tokens for
 the answer. If the system messages and the newest turn alone do not fit,
 PromptTooLongError reports the token counts. A turn is a user message plus the
-assistant replies after it, so the kept history never starts mid-exchange.
+assistant replies after it, so the kept history never starts mid-exchange; system
+messages between turns go with the user message that follows them.
 """
 
 from __future__ import annotations
@@ -192,9 +193,12 @@ class PromptWindow:
 
 
 def _turns(rest: list[dict[str, str]]) -> list[list[dict[str, str]]]:
+    """Whole turns; system messages after the first turn (a policy's note) belong to the
+    user message after them, so they are kept or dropped with it, never alone."""
     turns: list[list[dict[str, str]]] = []
     for m in rest:
-        if m["role"] == "user" or not turns:
+        notes_only = bool(turns) and all(x["role"] == "system" for x in turns[-1])
+        if not turns or (m["role"] in ("user", "system") and not notes_only):
             turns.append([m])
         else:
             turns[-1].append(m)

@@ -49,9 +49,23 @@ TEST_MOTIFS = """\
 """
 
 
-def start(root: Path, *, etc: str = "", user: str = "") -> dict[str, str]:
+#: Like Mistral's: a system message is only allowed first.
+SYSTEM_FIRST_ONLY = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and not loop.first %}"
+    "{{ raise_exception('system messages are only allowed first') }}{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def start(root: Path, *, etc: str = "", user: str = "", sets: dict[str, str] | None = None,
+          template: str | None = None) -> dict[str, str]:
     model = root / "tiny.gguf"
-    write_tiny_gguf(model)
+    if template is None:
+        write_tiny_gguf(model)
+    else:
+        write_tiny_gguf(model, chat_template=template)
     env = {**isolated_env(root), **SETTINGS, "RUNA_SPLINFER_MODEL": str(model)}
     if etc:
         Path(env["RUNA_SYSCONFDIR"]).mkdir(parents=True, exist_ok=True)
@@ -64,6 +78,9 @@ def start(root: Path, *, etc: str = "", user: str = "") -> dict[str, str]:
                                              "temp: 0\n---\nYou are wild.")
     if user:
         (config / "runa.toml").write_text(user)
+    for name, text in (sets or {}).items():
+        (config / "policy/sets").mkdir(parents=True, exist_ok=True)
+        (config / f"policy/sets/{name}.yaml").write_text(text)
     up = runa("up", "--detach", env=env)
     assert up.returncode == 0, up.stderr + log_text(env)
     return env
@@ -275,3 +292,118 @@ def test_the_lock_refuses_a_chat_a_persona_and_a_user_default_below_it(
         me.close()
         stop(env)
     assert "RUNA_EVENT=policy_default_refused" in log_text(env)
+
+
+def test_the_requests_system_prompt_is_checked_like_the_prompt(
+        stack: dict[str, str], person: Person) -> None:
+    answer = person.ask(QUESTION, system=BLOCKED, policy="default")
+    assert answer["finish_reason"] == "policy" and answer["n_gen"] == 0
+    assert [i["rule"] for i in answer["interventions"]] == ["test.purple-elephant"]
+
+
+def test_a_refused_prompt_does_not_repeat_the_pending_note(
+        stack: dict[str, str], person: Person) -> None:
+    free = person.ask(QUESTION, policy="off")
+    word = max(free["text"].split()[3:], key=len)
+    matrix = Path(stack["XDG_CONFIG_HOME"]) / "runa/policy/matrix.d/30-whisper.yaml"
+    matrix.write_text(f"- id: test.whisper-word\n  category: suicide_self_harm\n"
+                      f"  weight: light\n  side: output\n  phrase: {json.dumps(word)}\n")
+    try:
+        first = person.ask(QUESTION, conversation="refused-note", policy="default")
+        assert [i["action"] for i in first["interventions"]] == ["whisper"]
+        refused = person.ask(BLOCKED, conversation="refused-note")
+        assert refused["finish_reason"] == "policy"
+        after = person.ask("and then", conversation="refused-note")
+        assert after["whispers"] == []  # the refusal answered instead of the note
+    finally:
+        matrix.unlink()
+
+
+def test_a_failed_turn_does_not_change_the_conversations_policy(
+        stack: dict[str, str], person: Person) -> None:
+    person.ask(QUESTION, conversation="kept-policy", policy="default")
+    with pytest.raises(ServiceFault) as failed:  # longer than the whole context
+        person.ask("sea " * 5000, conversation="kept-policy", policy="off")
+    assert failed.value.code == Fault.BAD_SCHEMA
+    assert person.query("history", conversation="kept-policy")["policy"] == "default"
+    assert "kept-policy now runs under policy off" not in log_text(stack)
+
+
+def test_policy_names_and_check_texts_are_checked_before_use(
+        stack: dict[str, str], person: Person) -> None:
+    with pytest.raises(ServiceFault) as name:
+        person.ask(QUESTION, policy="no such\nset {}")
+    assert name.value.code == Fault.BAD_SCHEMA and "no such" not in str(name.value)
+    assert "no such" not in log_text(stack)
+    assert isinstance(person.query("status")["policy"]["motif_problems"], int)
+
+
+def test_a_note_goes_into_the_users_message_when_the_template_takes_no_later_system(
+        tmp_path: Path) -> None:
+    env = start(tmp_path, template=SYSTEM_FIRST_ONLY)
+    me = Person(env)
+    try:
+        plain = me.ask(WHISPERED, conversation="mistral", policy="off")
+        whispered = me.ask(WHISPERED, conversation="mistral-note", policy="default")
+        [note] = whispered["whispers"]
+        assert whispered["finish_reason"] != "policy" and whispered["n_gen"] > 0
+        assert whispered["n_prompt"] - plain["n_prompt"] >= len(note.split())
+        history = me.query("history", conversation="mistral-note")["messages"]
+        assert history[0] == {"role": "user", "content": WHISPERED}  # the note is not kept
+    finally:
+        me.close()
+        stop(env)
+
+
+STRICT = (Path(__file__).parents[2] / "runa/data/policy/sets/child-safe.yaml").read_text()
+LAX = 'description: lax\nfail: open\nrefusal: "No."\nactions:\n  default: allow\n'
+
+
+def test_a_set_that_falls_below_the_lock_later_gives_way_to_the_minimum_with_a_notice(
+        tmp_path: Path) -> None:
+    env = start(tmp_path, etc='[policy]\nminimum = "child-safe"\n',
+                user='[policy]\ndefault = "mine"\n', sets={"mine": STRICT})
+    me = Person(env)
+    try:
+        first = me.ask(QUESTION, conversation="kept", policy="mine")
+        assert first["policy"] == "mine" and "policy_notice" not in first
+        (Path(env["XDG_CONFIG_HOME"]) / "runa/policy/sets/mine.yaml").write_text(LAX)
+        kept = me.ask(QUESTION, conversation="kept")
+        assert kept["policy"] == "child-safe" and kept["n_gen"] > 0
+        assert "'mine'" in kept["policy_notice"] and "child-safe" in kept["policy_notice"]
+        default = me.ask(QUESTION)  # policy.default 'mine' is now below the lock
+        assert default["policy"] == "child-safe" and "'mine'" in default["policy_notice"]
+        assert "'mine'" in me.query("status")["policy"]["problem"]
+        with pytest.raises(ServiceFault) as asked:  # asking for it is still refused
+            me.ask(QUESTION, conversation="kept", policy="mine")
+        assert asked.value.code == Fault.NOT_AUTHORIZED
+    finally:
+        me.close()
+        stop(env)
+    assert "RUNA_EVENT=policy_fallback" in log_text(env)
+
+
+def test_policy_check_through_the_stack_sends_up_to_64_texts_a_request() -> None:
+    import io
+
+    from runa.cli.policy_cmd import RemoteChecker, run_check
+
+    class Splinfer:
+        def __init__(self) -> None:
+            self.requests: list[int] = []
+
+        def call(self, payload: dict[str, Any], idle_timeout: float) -> dict[str, Any]:
+            self.requests.append(len(payload["items"]))
+            return {"results": [{"id": i["id"], "action": "allow", "categories": [],
+                                 "score": 0.0, "rules": []} for i in payload["items"]]}
+
+    splinfer = Splinfer()
+    lines = "".join(json.dumps({"id": i, "text": f"text {i}"}) + "\n" for i in range(100))
+    out = io.StringIO()
+    status = run_check(RemoteChecker(splinfer, "default"),  # type: ignore[arg-type]
+                       io.StringIO(lines + "not json\n"), out, side="prompt", as_json=True,
+                       command="runa policy check")
+    assert splinfer.requests == [64, 36] and status == 65
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [row.get("id") for row in rows[:100]] == list(range(100))
+    assert rows[100] == {"line": 101, "error": rows[100]["error"]}

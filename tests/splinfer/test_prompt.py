@@ -156,3 +156,15 @@ def test_context_params_are_respected_by_the_window(tiny_model: Path) -> None:
         assert len(window.tokens) <= 256 - 64  # default reserve: a quarter of 256
     finally:
         engine.unload()
+
+
+def test_a_note_before_the_newest_turn_is_never_dropped_without_it(tiny_engine: Engine) -> None:
+    note = {"role": "system", "content": "Note from Runa (system): be gentle."}
+    newest = {"role": "user", "content": "the newest question"}
+    messages = [{"role": "system", "content": "You answer about the sea."},
+                {"role": "user", "content": "tell me all"},
+                {"role": "assistant", "content": "the sea is big " * tiny_engine.n_ctx},
+                note, newest]
+    window = tiny_engine.prompt(messages, SamplingParams(n_predict=64))
+    assert window.dropped == 2  # the long old turn gives way, the note stays with its turn
+    assert window.messages == [messages[0], note, newest]

@@ -185,6 +185,31 @@ def test_tokens_held_to_the_end_of_the_answer_are_all_released(engine: Engine,
     assert seq.tokens == [*prompt, *held.tokens[:-1]]
 
 
+def test_a_block_found_when_the_answer_ends_is_a_policy_ending(engine: Engine) -> None:
+    prompt = engine.prompt(SEA, GREEDY).tokens
+    base = answer(engine, prompt)[0]
+    refusal = engine.tokenize(" No.")[:3]  # fits the room the withdrawn tokens leave
+    fed: list[int] = []
+
+    class BlockAtEnd:
+        """Holds the last three tokens; at the end they turn out to be a blocked match."""
+
+        def feed(self, token: int, piece: bytes) -> GateStep:
+            fed.append(token)
+            return GateStep(release=1) if len(fed) > 3 else HOLD
+
+        def finish(self) -> GateStep:
+            return GateStep(take_back=3, insert=tuple(refusal), stop=True, reason="motif")
+
+    blocked, _, text = answer(engine, prompt, gate=BlockAtEnd())
+
+    assert base.finish_reason in ("stop", "length")
+    assert (blocked.finish_reason, blocked.reason) == ("policy", "motif")
+    kept = base.tokens[: len(base.tokens) - 3]
+    assert list(blocked.tokens) == [*kept, *refusal]
+    assert text == blocked.text == engine.detokenize(kept) + engine.detokenize(refusal)
+
+
 def test_a_cancelled_answer_shows_what_was_held(engine: Engine) -> None:
     prompt = engine.prompt(SEA, GREEDY).tokens
     base = answer(engine, prompt)[0]
