@@ -699,7 +699,7 @@ class Splinfer:
         del self.turns[turn.request.id]
         conv = turn.conv
         turn.interventions += self.policy.report(
-            list(getattr(turn.gate, "interventions", ())), conv.id if conv else "")
+            list(turn.gate.interventions) if turn.gate else [], conv.id if conv else "")
         if conv is not None and not turn.forgotten:
             self._record(turn, conv, result)  # a cancelled turn too: the person saw it
         else:
@@ -727,7 +727,7 @@ class Splinfer:
         conv.messages += [user, {"role": "assistant", "content": result.text}]
         conv.window = turn.plan.window
         conv.persona = turn.persona.name
-        conv.whispers = list(getattr(turn.gate, "whispers", ()))  # for the next turn
+        conv.whispers = list(turn.gate.whispers) if turn.gate else []  # for the next turn
         if turn.whispers:  # the notes are not kept: the next turn is built from the messages
             conv.basis = None
         else:

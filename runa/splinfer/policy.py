@@ -90,7 +90,6 @@ class SplinferPolicy:
         self.problem = ""
         """Why the configured default is not in use (empty when it is)."""
         self._tokenizers: dict[Path, VocabTokenizer] = {}
-        self._reported: dict[int, Tier1] = {}
         self._problems: dict[str, int] = {}
         """Motifs each set used with the loaded model could not compile (status)."""
 
@@ -160,14 +159,7 @@ class SplinferPolicy:
             self._tokenizers = {model: tokenizer}
             self._problems = {}
         tier1 = self.library.tier1(policy, tokenizer)
-        self._problems[policy.name] = len(tier1.problems)
-        if self._reported.get(id(tier1)) is not tier1:  # a new compile: its problems, once
-            if len(self._reported) > 16:
-                self._reported.clear()
-            self._reported[id(tier1)] = tier1
-            for problem in tier1.problems:
-                log.event(self.logger, "policy_motif_unusable", str(problem),
-                          level=logging.WARNING, policy=policy.name)
+        self._problems[policy.name] = len(tier1.problems)  # the library logs them, once a compile
         return tier1
 
     def report(self, interventions: list[Intervention], conversation: str) -> list[Intervention]:
