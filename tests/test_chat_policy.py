@@ -179,6 +179,10 @@ def test_an_answer_the_policy_left_alone_shows_nothing_more(tmp_path: Path) -> N
 
 def test_the_notes_read_the_final_envelope() -> None:
     assert whisper_lines({"whispers": [" Call someone. ", ""]}) == ["[Runa note: Call someone.]"]
+    # The conversation's set gave way to the administrator's minimum: the person is told first.
+    assert whisper_lines({"policy_notice": "the lock is at 'child-safe'",
+                          "whispers": ["Call someone."]}) == [
+        "[Runa note: the lock is at 'child-safe']", "[Runa note: Call someone.]"]
     assert intervention_summary({"policy": "child-safe", "interventions": [
         {"action": "flag"}, {"action": "block"}, {"action": "flag"}]}) == \
         "[policy child-safe: 1 blocked, 2 flagged]"

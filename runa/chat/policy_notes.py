@@ -21,9 +21,12 @@ _DONE = {Action.BLOCK: "blocked", Action.DELAY: "delayed", Action.MASK: "masked"
 
 
 def whisper_lines(final: Mapping[str, Any]) -> list[str]:
-    """One line per whisper note of the answer: ``[Runa note: …]``."""
-    return [f"[Runa note: {str(note).strip()}]" for note in final.get("whispers") or []
-            if str(note).strip()]
+    """One line per whisper note of the answer: ``[Runa note: …]``; first, if the conversation's
+    set gave way to the administrator's minimum, why (``policy_notice``)."""
+    notice = str(final.get("policy_notice") or "").strip()
+    return ([f"[Runa note: {notice}]"] if notice else []) + [
+        f"[Runa note: {str(note).strip()}]" for note in final.get("whispers") or []
+        if str(note).strip()]
 
 
 def intervention_summary(final: Mapping[str, Any]) -> str | None:
