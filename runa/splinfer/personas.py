@@ -40,6 +40,7 @@ from runa import frontmatter
 from runa.config import Config
 from runa.errors import ConfigError
 from runa.paths import Paths
+from runa.policy.files import signature as files_signature
 from runa.protocol.params import (
     ContextParams,
     ParamError,
@@ -218,21 +219,10 @@ class PersonaLibrary:
                          and e.is_file())
         return found
 
-    @staticmethod
-    def _signature(files: Sequence[Path]) -> tuple:
-        stamps = []
-        for path in files:
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            stamps.append((str(path), st.st_mtime_ns, st.st_size))
-        return tuple(stamps)
-
     def refresh(self) -> None:
         """Re-read the layers if any persona file appeared, changed or went away."""
         files = self._files()
-        signature = self._signature(files)
+        signature = files_signature(files)
         if signature == self._loaded.signature:
             return
         loaded = _Loaded(signature=signature)
