@@ -15,12 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runa.models import ModelNotFoundError, lookup_embedding, resolve_model
 from runa.paths import Paths
 from runa.protocol.answer import Grounding, Hit
 from runa.protocol.tieto import UNCITED, OutOfRange, check_number
 from runa.tieto.answer import ground
-from runa.tieto.embed import Embedder, LlamaEmbedder
+from runa.tieto.embed import Embedder, LlamaEmbedder, embedding_model_path
 from runa.tieto.errors import IndexWriteError, UnknownTopicError
 from runa.tieto.filters import parse as parse_filter
 from runa.tieto.index import TopicIndex
@@ -31,10 +30,6 @@ from runa.tieto.snapshot import restore, snapshot
 from runa.tieto.topic import TopicConfig, check_topic_name, declare
 
 INDEX_FILE = "index.sqlite"
-EMBEDDING_HINT = (
-    "Run 'runa models setup' (it installs the embedding model all-minilm-l6-v2 beside the "
-    "chat model), or set tieto.embedding_model to a BERT embedding GGUF."
-)
 
 
 @dataclass(frozen=True)
@@ -74,16 +69,6 @@ class TietoSettings:
             uncited=config["tieto.uncited"],
             short_term_topic=config["tieto.short_term_topic"],
         )  # fmt: skip
-
-
-def embedding_model_path(name: str, model_dirs: Sequence[Path]) -> Path:
-    """The GGUF file ``name`` means: a catalog name (``default``), a file name or a path."""
-    known = lookup_embedding(name)
-    target = known.filename if known is not None else name
-    try:
-        return resolve_model(target, model_dirs).path
-    except ModelNotFoundError as e:
-        raise ModelNotFoundError(name, e.searched, EMBEDDING_HINT) from None
 
 
 class Tieto:
