@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -48,6 +49,8 @@ NOT_HARM = frozenset(HEAD_CATEGORY.values())
 RULE_PREFIX = "tier2."
 #: The rule of the fail rule's intervention when the semantic tier cannot answer.
 UNAVAILABLE_RULE = "tier2.unavailable"
+#: The exemplar similarity cutoff of a classifier file that does not carry a tuned one.
+DEFAULT_EXEMPLAR_CUTOFF = 0.8
 WINDOW_OVERLAP = 32
 """Word-pieces two neighbouring windows share, so a phrase cut by one edge is whole in the
 other."""
@@ -144,26 +147,47 @@ class Classifier:
                 found = weight
         return found
 
+    @property
+    def exemplar_cutoff(self) -> float:
+        """The cosine similarity at which an exemplar motif hits, tuned with the heads (meta
+        ``exemplar_cutoff``; DEFAULT_EXEMPLAR_CUTOFF in a file without one)."""
+        return float(self.meta.get("exemplar_cutoff", DEFAULT_EXEMPLAR_CUTOFF))
+
     def save(self, path: Path) -> None:
-        """Write the classifier as an ``.npz`` (no pickles: ``meta`` is JSON)."""
+        """Write the classifier as an ``.npz`` (no pickles: ``meta`` is JSON). The same
+        classifier always gives the same bytes (fixed member order and timestamps), so a
+        rebuild can be compared with the committed file."""
         header = {"heads": list(self.heads), "cutoffs": {h: dict(c) for h, c in
                                                          self.cutoffs.items()},
                   "embedding_model": self.embedding_model, "meta": dict(self.meta)}
+        members = {"weights": self.weights.astype(np.float32),
+                   "bias": self.bias.astype(np.float32),
+                   "header": np.array(json.dumps(header, sort_keys=True))}
         buffer = io.BytesIO()
-        np.savez(buffer, weights=self.weights.astype(np.float32),
-                 bias=self.bias.astype(np.float32),
-                 header=np.array(json.dumps(header, sort_keys=True)))
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in members.items():
+                member = io.BytesIO()
+                np.lib.format.write_array(member, np.ascontiguousarray(array),
+                                          allow_pickle=False)
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, member.getvalue())
         path.write_bytes(buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Classifier:
         """Read a classifier file; Tier2Error naming the file and what is wrong."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                weights = np.asarray(data["weights"], dtype=np.float32)
-                bias = np.asarray(data["bias"], dtype=np.float32)
-                header = json.loads(str(data["header"]))
-        except (OSError, KeyError, ValueError) as error:
+            with zipfile.ZipFile(path) as archive:  # an .npz; never unpickles
+                data = {name: np.lib.format.read_array(io.BytesIO(archive.read(name + ".npy")),
+                                                       allow_pickle=False)
+                        for name in ("weights", "bias", "header")}
+            weights = np.asarray(data["weights"], dtype=np.float32)
+            bias = np.asarray(data["bias"], dtype=np.float32)
+            header = json.loads(str(data["header"]))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise Tier2Error(f"{path}: not a tier-2 classifier file: {error}") from None
         heads = tuple(header.get("heads", ()))
         if weights.ndim != 2 or weights.shape[0] != len(heads) or bias.shape != (len(heads),):
@@ -223,14 +247,15 @@ class SemanticTier:
     """Tier 2 with one embedder, one classifier and the matrix's exemplars."""
 
     def __init__(self, embedder: Embedder, classifier: Classifier,
-                 exemplars: Sequence[Motif] = (), *, exemplar_cutoff: float = 0.8,
+                 exemplars: Sequence[Motif] = (), *, exemplar_cutoff: float | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if classifier.dim != embedder.dim:
             raise Tier2Error(f"the classifier reads {classifier.dim}-d vectors, the "
                              f"embedding model {embedder.model_id} gives {embedder.dim}")
         self.embedder = embedder
         self.classifier = classifier
-        self.exemplar_cutoff = exemplar_cutoff
+        self.exemplar_cutoff = (classifier.exemplar_cutoff if exemplar_cutoff is None
+                                else exemplar_cutoff)
         self._clock = clock
         self.exemplars = tuple(m for m in exemplars if m.kind == "exemplar")
         self._exemplar_vectors = (embedder.embed([m.pattern for m in self.exemplars])
