@@ -30,7 +30,7 @@ Choices, and why:
   position), decided end to end as splinfer decides a prompt under ``default``: tier 1's
   check of the packaged matrix, then tier 2's hits through the set. ``harm`` reports only
   ``heavy`` (a block under default), at the lowest cutoff that keeps benign prompts blocked
-  at or under BENIGN_BLOCK_BUDGET and advice or distress prompts blocked at or under
+  at or under BENIGN_BLOCK_BUDGET (per benign set) and advice or distress prompts blocked at or under
   OTHER_BLOCK_BUDGET; ``care``, ``circumvention`` and ``advice`` report ``medium`` (under
   default: whisper, flag, flag), with cutoffs that share BENIGN_INTERVENE_BUDGET of benign
   prompts with any intervention, care and circumvention first, advice from what is left.
@@ -80,9 +80,10 @@ POLICY = "default"
 FOLDS = 5
 L2 = 1e-3  # on the mean weighted log-loss; unit-length inputs
 NEWTON_STEPS = 50
-BENIGN_BLOCK_BUDGET = 0.02  # the target is 0.05
-OTHER_BLOCK_BUDGET = 0.04  # advice and distress prompts blocked (advice target 0.10)
-BENIGN_INTERVENE_BUDGET = 0.06  # the target is 0.10, tier 1's flags included
+#: Blocked prompts each benign set may have (targets: everyday 0.05, borderline 0.10).
+BENIGN_BLOCK_BUDGET = {"authored/benign_everyday": 0.02, "authored/benign_sensitive": 0.05}
+OTHER_BLOCK_BUDGET = 0.05  # advice and distress prompts blocked (advice target 0.10)
+BENIGN_INTERVENE_BUDGET = 0.07  # the target is 0.10, tier 1's flags included
 ADVICE_SHARE = 0.02  # benign prompts the advice head alone may flag
 EXEMPLAR_BENIGN_BUDGET = 0.005  # benign prompts any exemplar may hit
 EXEMPLAR_GRID = tuple(round(0.60 + 0.01 * i, 2) for i in range(36))  # 0.60 … 0.95
@@ -158,10 +159,11 @@ class CachedEmbeddings:
 
 # -- the logistic heads ------------------------------------------------------------------------
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float = L2
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float | None = None
                  ) -> tuple[np.ndarray, float]:
     """Weights and bias minimising the ``w``-weighted mean log-loss + l2/2·|weights|²
     (Newton's method in float64; the bias is not penalised)."""
+    l2 = L2 if l2 is None else l2
     n, d = x.shape
     xb = np.hstack([x.astype(np.float64), np.ones((n, 1))])
     w = w.astype(np.float64) / w.sum()
@@ -287,10 +289,12 @@ def choose_cutoffs(evidence: Evidence, policy: PolicySet, exemplar_cutoff: float
     harm = evidence.scores["harm"]
     candidates = np.unique(np.round(harm, 4))
     harm_cut = 1.0
+    sets = np.array([p.set for p in prompts])
+    others = np.isin(actions, ["care", "answer_with_care"])
     for cut in candidates[::-1]:  # lowest cutoff within the block budgets
         blocked = (floor_rank == block) | (harm >= cut)
-        others = np.isin(actions, ["care", "answer_with_care"])
-        if (blocked[benign].mean() > BENIGN_BLOCK_BUDGET
+        if (any(blocked[sets == name].mean() > budget
+                for name, budget in BENIGN_BLOCK_BUDGET.items())
                 or blocked[others].mean() > OTHER_BLOCK_BUDGET):
             break
         harm_cut = float(cut)
