@@ -29,8 +29,8 @@ Choices, and why:
 * Cutoffs come from K-fold cross-validated scores (folds by a hash of the text, never by
   position), decided end to end as splinfer decides a prompt under ``default``: tier 1's
   check of the packaged matrix, then tier 2's hits through the set. ``harm`` reports only
-  ``heavy`` (a block under default), at the lowest cutoff that keeps benign prompts blocked
-  at or under BENIGN_BLOCK_BUDGET (per benign set) and advice or distress prompts blocked at or under
+  ``heavy`` (a block under default), at the lowest cutoff that keeps each benign set's
+  blocked prompts within BENIGN_BLOCK_BUDGET and advice or distress prompts blocked within
   OTHER_BLOCK_BUDGET; ``care``, ``circumvention`` and ``advice`` report ``medium`` (under
   default: whisper, flag, flag), with cutoffs that share BENIGN_INTERVENE_BUDGET of benign
   prompts with any intervention, care and circumvention first, advice from what is left.
@@ -48,7 +48,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -388,7 +387,8 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         parts = [windows(p.text, embedder.count_tokens, embedder.max_tokens) for p in prompts]
         text_of = np.array([i for i, w in enumerate(parts) for _ in w])
         share = np.array([1.0 / len(w) for w in parts for _ in w])
-        say(f"{len(text_of)} windows; embedding ({'cache ' + str(cache.path) if use_cache else 'no cache'})")
+        where = f"cache {cache.path}" if use_cache else "no cache"
+        say(f"{len(text_of)} windows; embedding ({where})")
         vectors = cache.embed([w for ws in parts for w in ws])
         exemplar_vectors = cache.embed([m.pattern for m in exemplars])
         cache.save()
@@ -431,7 +431,7 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         "n_per_set": dict(sorted(counts.items())),
         "n_per_action": {a: sum(p.action == a for p in prompts)
                          for a in sorted({p.action for p in prompts})},
-        "windows": int(len(text_of)),
+        "windows": len(text_of),
         "positives": {head: sorted(POSITIVE[head]) for head in HEADS},
         "left_out": {head: sorted(LEFT_OUT[head]) for head in HEADS},
         "l2": L2, "folds": folds, "fold_by": "sha256(text) bytes 1-4 mod folds",

@@ -167,8 +167,7 @@ class Classifier:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
             for name, array in members.items():
                 member = io.BytesIO()
-                np.lib.format.write_array(member, np.ascontiguousarray(array),
-                                          allow_pickle=False)
+                np.lib.format.write_array(member, array, allow_pickle=False)
                 info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, member.getvalue())
