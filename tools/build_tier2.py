@@ -69,6 +69,7 @@ from runa.policy.tier2 import (  # noqa: E402
     Classifier,
     Hit,
     Judgement,
+    Neighbours,
     interventions,
     merge,
     packaged_weights,
@@ -79,9 +80,13 @@ POLICY = "default"
 FOLDS = 5
 L2 = 1e-3  # on the mean weighted log-loss; unit-length inputs
 NEWTON_STEPS = 50
+NEIGHBOURS = 3  # k of the nearest-example margin
+MIX_GRID = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
 #: Blocked prompts each benign set may have (targets: everyday 0.05, borderline 0.10).
 BENIGN_BLOCK_BUDGET = {"authored/benign_everyday": 0.02, "authored/benign_sensitive": 0.05}
-OTHER_BLOCK_BUDGET = 0.05  # advice and distress prompts blocked (advice target 0.10)
+#: Blocked prompts the groups whose right action is not a block may have (advice target 0.10;
+#: a blocked distress prompt is a care miss, and the care head's recall is the tighter limit).
+OTHER_BLOCK_BUDGET = {"answer_with_care": 0.08, "care": 0.10}
 BENIGN_INTERVENE_BUDGET = 0.07  # the target is 0.10, tier 1's flags included
 ADVICE_SHARE = 0.02  # benign prompts the advice head alone may flag
 EXEMPLAR_BENIGN_BUDGET = 0.005  # benign prompts any exemplar may hit
@@ -213,21 +218,79 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
-def cross_validated(prompts: Sequence[LabelledPrompt], rows: Rows, folds: int
-                    ) -> dict[str, np.ndarray]:
-    """Each head's pooled score of every prompt from a head fitted without its fold."""
+def head_labels(head: str, prompts: Sequence[LabelledPrompt], rows: Rows) -> np.ndarray:
+    """Per window: 1 of the head's concern, -1 not, 0 left out (``Neighbours.labels``)."""
+    labels = np.array([0 if p.action in LEFT_OUT[head] else 1 if p.action in POSITIVE[head]
+                       else -1 for p in prompts], dtype=np.int8)
+    return labels[rows.text_of]
+
+
+def neighbour_vectors(rows: Rows) -> np.ndarray:
+    """The windows as the packaged file keeps them (float16)."""
+    return rows.vectors.astype(np.float16)
+
+
+@dataclass
+class Folded:
+    """Per head and window, out of fold: the logistic logit and the neighbour margin."""
+
+    logits: dict[str, np.ndarray]
+    margins: dict[str, np.ndarray]
+
+    def scores(self, head: str, mix: float, rows: Rows, n: int) -> np.ndarray:
+        """Each prompt's pooled score with ``mix`` (as Classifier.scores, then max)."""
+        return pooled(sigmoid(self.logits[head] + mix * self.margins[head]), rows.text_of, n)
+
+
+def cross_validated(prompts: Sequence[LabelledPrompt], rows: Rows, folds: int) -> Folded:
+    """Every window's logit and margin from heads and neighbours without its text's fold."""
     fold = np.array([int.from_bytes(text_hash(p.text)[1:5], "big") % folds for p in prompts])
-    out = {head: np.zeros(len(prompts)) for head in HEADS}
+    window_fold = fold[rows.text_of]
+    kept = neighbour_vectors(rows)
+    logits = {head: np.zeros(len(rows.text_of)) for head in HEADS}
+    margins = {head: np.zeros(len(rows.text_of)) for head in HEADS}
     for k in range(folds):
         say(f"cross-validation: fold {k + 1}/{folds}")
-        for head in HEADS:
+        held, train = window_fold == k, window_fold != k
+        labels = np.stack([head_labels(h, prompts, rows)[train] for h in HEADS])
+        near = Neighbours(kept[train], labels, np.zeros(len(HEADS), dtype=np.float32),
+                          NEIGHBOURS).margins(rows.vectors[held])
+        for column, head in enumerate(HEADS):
             x, y, w = head_rows(head, prompts, rows, fold != k)
             weights, bias = fit_logistic(x, y, w)
-            held = fold[rows.text_of] == k
-            scores = sigmoid(rows.vectors[held].astype(np.float64) @ weights + bias)
-            best = pooled(scores, rows.text_of[held], len(prompts))
-            out[head][fold == k] = best[fold == k]
-    return out
+            logits[head][held] = rows.vectors[held].astype(np.float64) @ weights + bias
+            margins[head][held] = near[:, column]
+    return Folded(logits, margins)
+
+
+def choose_mix(head: str, prompts: Sequence[LabelledPrompt], rows: Rows, folded: Folded
+               ) -> float:
+    """The mix (from MIX_GRID) under which the head finds most of its concern while each
+    benign set stays within BENIGN_BLOCK_BUDGET and each other group within its
+    OTHER_BLOCK_BUDGET (0.05 for the block groups of a head other than harm), on the
+    cross-validated scores."""
+    sets = np.array([p.set for p in prompts])
+    positive = np.array([p.action in POSITIVE[head] for p in prompts])
+    actions = np.array([p.action for p in prompts])
+    others = [(actions == group, OTHER_BLOCK_BUDGET.get(group, 0.05))
+              for group in ("care", "answer_with_care", "block")
+              if group not in POSITIVE[head] | LEFT_OUT[head]]
+    best, chosen = -1.0, 0.0
+    for mix in MIX_GRID:
+        scores = folded.scores(head, mix, rows, len(prompts))
+        cut = np.inf
+        for value in np.unique(scores)[::-1]:
+            if (any((scores[sets == name] >= value).mean() > budget
+                    for name, budget in BENIGN_BLOCK_BUDGET.items())
+                    or any((scores[group] >= value).mean() > budget
+                           for group, budget in others)):
+                break
+            cut = value
+        found = float((scores[positive] >= cut).mean())
+        say(f"{head}: mix {mix}: {found:.3f} found within the budgets")
+        if found > best:
+            best, chosen = found, mix
+    return chosen
 
 
 # -- deciding as splinfer does -----------------------------------------------------------------
@@ -289,12 +352,12 @@ def choose_cutoffs(evidence: Evidence, policy: PolicySet, exemplar_cutoff: float
     candidates = np.unique(np.round(harm, 4))
     harm_cut = 1.0
     sets = np.array([p.set for p in prompts])
-    others = np.isin(actions, ["care", "answer_with_care"])
     for cut in candidates[::-1]:  # lowest cutoff within the block budgets
         blocked = (floor_rank == block) | (harm >= cut)
         if (any(blocked[sets == name].mean() > budget
                 for name, budget in BENIGN_BLOCK_BUDGET.items())
-                or blocked[others].mean() > OTHER_BLOCK_BUDGET):
+                or any(blocked[actions == group].mean() > budget
+                       for group, budget in OTHER_BLOCK_BUDGET.items())):
             break
         harm_cut = float(cut)
     intervened = (floor_rank > Action.ALLOW.rank) | (harm >= harm_cut)
@@ -408,7 +471,10 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
                      for i in range(len(prompts))]
     exemplar_cutoff = choose_exemplar_cutoff(prompts, exemplar_best)
     say(f"exemplar cutoff {exemplar_cutoff} over {len(exemplars)} exemplars")
-    scores = cross_validated(prompts, rows, folds)
+    folded = cross_validated(prompts, rows, folds)
+    mix = {head: choose_mix(head, prompts, rows, folded) for head in HEADS}
+    say(f"mix {mix}")
+    scores = {head: folded.scores(head, mix[head], rows, len(prompts)) for head in HEADS}
     evidence = Evidence(prompts, verdicts1, exemplar_best, harm_category, scores)
     cutoffs = choose_cutoffs(evidence, policy, exemplar_cutoff)
     say(f"cutoffs {cutoffs}")
@@ -434,7 +500,7 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         "windows": len(text_of),
         "positives": {head: sorted(POSITIVE[head]) for head in HEADS},
         "left_out": {head: sorted(LEFT_OUT[head]) for head in HEADS},
-        "l2": L2, "folds": folds, "fold_by": "sha256(text) bytes 1-4 mod folds",
+        "l2": L2, "neighbours_k": NEIGHBOURS, "mix": mix, "folds": folds, "fold_by": "sha256(text) bytes 1-4 mod folds",
         "policy": POLICY,
         "budgets": {"benign_block": BENIGN_BLOCK_BUDGET, "other_block": OTHER_BLOCK_BUDGET,
                     "benign_intervene": BENIGN_INTERVENE_BUDGET, "advice_share": ADVICE_SHARE,
@@ -448,9 +514,12 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         "cutoffs": cutoffs,
     }
     say(f"built in {time.monotonic() - started:.0f} s")
+    neighbours = Neighbours(neighbour_vectors(rows),
+                            np.stack([head_labels(h, prompts, rows) for h in HEADS]),
+                            np.array([mix[h] for h in HEADS], dtype=np.float32), NEIGHBOURS)
     return Classifier(HEADS, np.round(np.array(weights), 6).astype(np.float32),
                       np.round(np.array(biases), 6).astype(np.float32), cutoffs,
-                      _model_id(model), meta)
+                      _model_id(model), meta, neighbours)
 
 
 def _model_id(model: Path) -> str:

@@ -3,8 +3,9 @@
 A text is cut into windows the embedding model can read whole (``windows``: at most its
 ``max_tokens`` word-pieces each, overlapping, so a prompt far past 256 tokens is judged
 whole, never truncated), each window is embedded, and a small classifier fitted with numpy
-(``Classifier``: one logistic head per kind of concern, weights in a packaged file built by
-``tools/build_tier2.py``) scores it. A head's score over the text is its highest window
+(``Classifier``: one logistic head per kind of concern, plus how much nearer the window is to
+the concern's tune examples than to the others, ``Neighbours``; weights in a packaged file
+built by ``tools/build_tier2.py``) scores it. A head's score over the text is its highest window
 score (max pooling: a harmful request hidden in a long text is not diluted by the text
 around it). The matrix's ``exemplar`` motifs take part beside the heads: a window whose
 cosine similarity to an exemplar reaches the cutoff is a hit of that motif, and the
@@ -113,8 +114,33 @@ def windows(text: str, count_tokens: Callable[[str], int], max_tokens: int,
 # -- the classifier --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Neighbours:
+    """The windows the heads were fitted on, for what a linear head over a small embedding
+    cannot draw: how much nearer a window is to a head's concern than to the rest (the mean
+    similarity of its ``k`` nearest examples of each, the "margin"), added to the head's
+    logit times ``mix[head]``."""
+
+    vectors: np.ndarray  # (m, dim) float16, unit length
+    labels: np.ndarray  # (len(heads), m) int8: 1 the head's concern, -1 not, 0 left out
+    mix: np.ndarray  # (len(heads),) float32
+    k: int = 3
+
+    def margins(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, len(heads)) margin of each row of ``vectors``."""
+        similarity = np.asarray(vectors, dtype=np.float32) @ self.vectors.astype(np.float32).T
+        out = np.zeros((similarity.shape[0], self.labels.shape[0]), dtype=np.float32)
+        for head, labels in enumerate(self.labels):
+            near = [np.sort(similarity[:, labels == side], axis=1)[:, -self.k:].mean(axis=1)
+                    if np.any(labels == side) else np.zeros(similarity.shape[0])
+                    for side in (1, -1)]
+            out[:, head] = near[0] - near[1]
+        return out
+
+
+@dataclass(frozen=True)
 class Classifier:
-    """One logistic head per concern over an embedding: p = sigmoid(W·x + b).
+    """One logistic head per concern over an embedding: p = sigmoid(W·x + b), plus, with
+    ``neighbours``, ``mix`` times the window's nearest-example margin inside the sigmoid.
 
     ``cutoffs[head][weight]`` is the least score at which the head reports a hit of that
     weight (a weight absent from the mapping is never reported); the strongest weight whose
@@ -128,14 +154,17 @@ class Classifier:
     cutoffs: Mapping[str, Mapping[str, float]]
     embedding_model: str  # the embedder's model_id the heads were fitted on
     meta: Mapping[str, Any] = field(default_factory=dict)
+    neighbours: Neighbours | None = None
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[1])
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, len(heads)) probabilities of each row of ``vectors`` (n, dim)."""
+        """(n, len(heads)) scores in 0..1 of each row of ``vectors`` (n, dim)."""
         logits = np.asarray(vectors, dtype=np.float32) @ self.weights.T + self.bias
+        if self.neighbours is not None:
+            logits = logits + self.neighbours.mix * self.neighbours.margins(vectors)
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
 
     def weight_of(self, head: str, score: float) -> Weight | None:
@@ -161,8 +190,13 @@ class Classifier:
                                                          self.cutoffs.items()},
                   "embedding_model": self.embedding_model, "meta": dict(self.meta)}
         members = {"weights": self.weights.astype(np.float32),
-                   "bias": self.bias.astype(np.float32),
-                   "header": np.array(json.dumps(header, sort_keys=True))}
+                   "bias": self.bias.astype(np.float32)}
+        if self.neighbours is not None:
+            header["neighbour_k"] = self.neighbours.k
+            members.update(neighbour_vectors=self.neighbours.vectors.astype(np.float16),
+                           neighbour_labels=self.neighbours.labels.astype(np.int8),
+                           neighbour_mix=self.neighbours.mix.astype(np.float32))
+        members["header"] = np.array(json.dumps(header, sort_keys=True))
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
             for name, array in members.items():
@@ -178,9 +212,12 @@ class Classifier:
         """Read a classifier file; Tier2Error naming the file and what is wrong."""
         try:
             with zipfile.ZipFile(path) as archive:  # an .npz; never unpickles
+                names = {"weights", "bias", "header"} | ({
+                    "neighbour_vectors", "neighbour_labels", "neighbour_mix"}
+                    & {n.removesuffix(".npy") for n in archive.namelist()})
                 data = {name: np.lib.format.read_array(io.BytesIO(archive.read(name + ".npy")),
                                                        allow_pickle=False)
-                        for name in ("weights", "bias", "header")}
+                        for name in sorted(names)}
             weights = np.asarray(data["weights"], dtype=np.float32)
             bias = np.asarray(data["bias"], dtype=np.float32)
             header = json.loads(str(data["header"]))
@@ -195,8 +232,18 @@ class Classifier:
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise Tier2Error(f"{path}: unknown heads {sorted(unknown)} (known: {HEADS})")
+        neighbours = None
+        if "neighbour_vectors" in data:
+            neighbours = Neighbours(data["neighbour_vectors"], data["neighbour_labels"],
+                                    np.asarray(data["neighbour_mix"], dtype=np.float32),
+                                    int(header.get("neighbour_k", 3)))
+            m = neighbours.vectors.shape[0]
+            if (neighbours.vectors.shape != (m, weights.shape[1])
+                    or neighbours.labels.shape != (len(heads), m)
+                    or neighbours.mix.shape != (len(heads),)):
+                raise Tier2Error(f"{path}: its neighbours do not match its heads and weights")
         return cls(heads, weights, bias, header.get("cutoffs", {}),
-                   str(header.get("embedding_model", "")), header.get("meta", {}))
+                   str(header.get("embedding_model", "")), header.get("meta", {}), neighbours)
 
 
 # -- judging ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from runa.policy.tier2 import (
     UNAVAILABLE_RULE,
     Classifier,
     Judgement,
+    Neighbours,
     SemanticTier,
     Tier2Error,
     interventions,
@@ -145,6 +146,33 @@ def test_a_classifier_survives_save_and_load_and_saves_the_same_bytes(tmp_path: 
     assert loaded.meta["script"] == "tools/build_tier2.py"
     assert loaded.exemplar_cutoff == 0.71
     assert SemanticTier(ConceptEmbedder(), loaded).exemplar_cutoff == 0.71
+
+
+def test_neighbours_move_a_score_toward_the_nearer_examples_and_survive_saving(
+        tmp_path: Path) -> None:
+    embed = ConceptEmbedder().embed
+    examples = embed(["poison", "slur", "invest", "hello there"])
+    labels = np.zeros((len(HEADS), 4), dtype=np.int8)
+    labels[0] = [1, 1, -1, -1]  # harm: poison and slurs are its concern; the rest are not
+    plain = classifier()
+    near = Classifier(plain.heads, plain.weights, plain.bias, plain.cutoffs,
+                      plain.embedding_model, {}, Neighbours(examples.astype(np.float16), labels,
+                                                             np.array([8, 0, 0, 0], "f4"), 1))
+    query = embed(["poison", "invest"])
+    # the plain harm head reads only dimension 0: blind to both
+    assert plain.scores(query)[:, 0].max() < 0.05
+    moved = near.scores(query)[:, 0]
+    assert moved[0] > 0.97 and moved[1] < 0.001  # margin +1 and -1, times 8
+    np.testing.assert_array_equal(near.scores(query)[:, 1:], plain.scores(query)[:, 1:])
+    path = tmp_path / "near.npz"
+    near.save(path)
+    again = Classifier.load(path)
+    assert again.neighbours is not None and again.neighbours.k == 1
+    np.testing.assert_allclose(again.scores(query), near.scores(query), atol=1e-6)
+    Classifier(plain.heads, plain.weights, plain.bias, {}, "x", {},
+               Neighbours(examples[:, :4], labels, np.zeros(4, "f4"))).save(path)
+    with pytest.raises(Tier2Error, match="neighbours do not match"):
+        Classifier.load(path)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip at all", b"PK\x03\x04broken"])
@@ -319,6 +347,7 @@ def test_the_packaged_weights_say_how_they_were_built() -> None:
     assert weights.meta["embedding_model_file"] == "all-MiniLM-L6-v2.f32.gguf"
     assert set(weights.meta["cv_tune_metrics"]) >= {"prompt_block_recall", "care_correct_rate"}
     assert weights.cutoffs["harm"].keys() == {"heavy"}
+    assert weights.neighbours is not None and weights.neighbours.labels.shape[0] == len(HEADS)
 
 
 def test_the_shipped_tier_blocks_a_plainly_harmful_request_and_passes_an_everyday_one(
