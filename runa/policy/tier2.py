@@ -186,9 +186,10 @@ class Classifier:
         """Write the classifier as an ``.npz`` (no pickles: ``meta`` is JSON). The same
         classifier always gives the same bytes (fixed member order and timestamps), so a
         rebuild can be compared with the committed file."""
-        header: dict[str, Any] = {"heads": list(self.heads), "cutoffs": {h: dict(c) for h, c in
-                                                         self.cutoffs.items()},
-                  "embedding_model": self.embedding_model, "meta": dict(self.meta)}
+        header: dict[str, Any] = {
+            "heads": list(self.heads),
+            "cutoffs": {h: dict(c) for h, c in self.cutoffs.items()},
+            "embedding_model": self.embedding_model, "meta": dict(self.meta)}
         members = {"weights": self.weights.astype(np.float32),
                    "bias": self.bias.astype(np.float32)}
         if self.neighbours is not None:
