@@ -452,7 +452,13 @@ def tier2_part(setup: Setup, result: Result) -> None:
         "counted": {name: f"{group}: {counted}" for name, (group, counted, _o, _v)
                     in METRICS.items()},
         "groups": groups,
+        "jailbreak_recall_by_technique": {
+            key.removeprefix("technique/"): round(counts["caught"] / counts["n"], 3)
+            for key, counts in groups.items() if key.startswith("technique/")},
         "max_ms": round(max(elapsed), 2),
+        "timing": "judge per prompt (windows, embedding, heads, exemplars) at 1 thread; a "
+                  "full 254-token window costs several hundred ms, so the long prompts make "
+                  "the p99",
     }
 
 
