@@ -3,7 +3,8 @@
     python tools/build_tier2.py [--out FILE] [--model GGUF] [--folds K] [--check]
 
 Reads only the tune halves of the safety sets (bench/data/safety/halves.py), embeds them with
-the shipped embedding model, fits one logistic head per concern with numpy and picks each
+the shipped embedding model (cached in ~/.cache/runa/tier2 by window hash unless
+``--no-cache``), fits one logistic head per concern with numpy and picks each
 head's cutoffs and the exemplar cutoff from cross-validated scores; writes the classifier
 with what it was built from and its cross-validated tune metrics in ``meta``. Progress goes to
 stderr. ``--check`` builds into a temporary file and says whether it is byte-identical to
@@ -25,7 +26,12 @@ Choices, and why:
   on a distress one does no harm, so neither head is taught to split them); ``circumvention``
   is the authored attempts against everything else.
 * Each head is an L2-regularised logistic regression fitted by Newton's method (exact, no
-  learning rate, no seed), with class weights so both classes weigh the same.
+  learning rate, no seed), with class weights so both classes weigh the same. To its logit
+  the file adds ``mix`` times the window's nearest-example margin (``Neighbours``: the mean
+  similarity of the NEIGHBOURS nearest tune windows of the concern minus that of the rest),
+  ``mix`` per head from MIX_GRID by cross-validation (0 turns it off). A linear head over
+  all-MiniLM-L6-v2 found 0.64 of the tune block groups within the benign budgets; with the
+  margin, 0.77. The file keeps the tune windows' vectors (float16), not their text.
 * Cutoffs come from K-fold cross-validated scores (folds by a hash of the text, never by
   position), decided end to end as splinfer decides a prompt under ``default``: tier 1's
   check of the packaged matrix, then tier 2's hits through the set. ``harm`` reports only
