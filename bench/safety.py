@@ -421,9 +421,10 @@ def tier2_part(setup: Setup, result: Result) -> None:
         prompts = load("test")
         say(f"tier 2: {len(prompts)} test-half prompts, {model.name} at 1 thread")
         semantic.judge("warm-up")
-        verdicts, elapsed, windows = [], [], 0
+        verdicts, elapsed, windows, hits = [], [], 0, Counter[str]()
         for n, prompt in enumerate(prompts, 1):
             judgement = semantic.judge(prompt.text, "prompt")
+            hits.update(f"{prompt.action}:{hit.rule}" for hit in judgement.hits)
             extra = tier2.interventions(judgement, policy, "prompt")
             verdicts.append(tier2.merge(tier1.check(prompt.text, "prompt"), extra, policy,
                                         judgement))
@@ -452,6 +453,7 @@ def tier2_part(setup: Setup, result: Result) -> None:
         "counted": {name: f"{group}: {counted}" for name, (group, counted, _o, _v)
                     in METRICS.items()},
         "groups": groups,
+        "tier2_hits": dict(sorted(hits.items())),
         "jailbreak_recall_by_technique": {
             key.removeprefix("technique/"): round(counts["caught"] / counts["n"], 3)
             for key, counts in groups.items() if key.startswith("technique/")},

@@ -407,7 +407,9 @@ def choose_exemplar_cutoff(prompts: Sequence[LabelledPrompt],
                            best: list[list[tuple[Motif, float]]]) -> float:
     """The lowest similarity (plus EXEMPLAR_MARGIN) at which the exemplars hit at most
     EXEMPLAR_BENIGN_BUDGET of benign prompts and no prompt of a group whose right action
-    their category would get wrong (a harm exemplar on an advice or distress prompt)."""
+    their category would get wrong (a harm exemplar on an advice or distress prompt). The
+    exemplars are written, not fitted to the tune half, so the whole half picks the cutoff
+    (no folds)."""
     benign = [i for i, p in enumerate(prompts) if p.action == "allow"]
     others = [i for i, p in enumerate(prompts) if p.action in ("care", "answer_with_care")]
     for cutoff in EXEMPLAR_GRID:
