@@ -198,9 +198,10 @@ def test_a_classifier_whose_shapes_or_heads_are_wrong_is_refused(tmp_path: Path)
 
 
 def test_a_classifier_for_another_dimension_is_refused() -> None:
-    with pytest.raises(Tier2Error, match="8-d vectors"):
-        SemanticTier(ConceptEmbedder(), classifier()).__class__(
-            type("Wide", (ConceptEmbedder,), {"dim": 16})(), classifier())
+    wide = ConceptEmbedder()
+    wide.dim = 16
+    with pytest.raises(Tier2Error, match="reads 8-d vectors, the embedding model concepts:1"):
+        SemanticTier(wide, classifier())
 
 
 # -- judging ---------------------------------------------------------------------------------
