@@ -47,6 +47,7 @@ from typing import Any
 from cleanup import guarded
 from common import Result, Target, median, percentile, report
 from inference import CONTEXT, N_PREDICT, PROMPT
+from safety_baselines import baselines_part
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -396,7 +397,7 @@ def generation_part(setup: Setup, result: Result) -> None:
 
 
 #: The parts, in order; issue 20 adds tier 2 and the recall figures here.
-PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part]
+PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part, baselines_part]
 
 
 # -- the run -----------------------------------------------------------------------------------
