@@ -85,6 +85,28 @@ def digest_byte(text: str, index: int) -> int:
     return hashlib.sha256(text.encode("utf-8")).digest()[index]
 
 
+class Threads:
+    """llama.cpp's thread count set, before each decode, to the CPUs other programs leave
+    free (runa.splinfer.cpushare, as splinfer's engine does): on two busy cores two threads
+    wait at llama.cpp's barriers and run several times slower than one."""
+
+    def __init__(self) -> None:
+        from runa.splinfer.cpushare import CpuShare
+
+        self.share = CpuShare.for_this_process()
+        self.used: set[int] = set()
+        self._now = 0
+
+    def apply(self, llm: Any) -> None:
+        import llama_cpp
+
+        threads = self.share.threads()
+        if threads != self._now:
+            llama_cpp.llama_set_n_threads(llm.ctx, threads, threads)
+            self._now = threads
+        self.used.add(threads)
+
+
 # -- the threshold ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -190,15 +212,19 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-def embed_whole(embedder: Embedder, texts: Sequence[str], batch: int = 32) -> np.ndarray:
+def embed_whole(embedder: Embedder, texts: Sequence[str], batch: int = 32,
+                before: Callable[[], None] = lambda: None) -> np.ndarray:
     """One unit vector per text: the mean of its windows' vectors (one window when it fits
-    the model), renormalised."""
+    the model), renormalised; ``before`` runs before each batch."""
     from runa.policy.tier2 import windows
 
     cut = [windows(t, embedder.count_tokens, embedder.max_tokens) for t in texts]
     flat = [w for ws in cut for w in ws]
-    vectors = np.concatenate([embedder.embed(flat[i:i + batch])
-                              for i in range(0, len(flat), batch)]) if flat else np.zeros((0, 0))
+    parts = []
+    for i in range(0, len(flat), batch):
+        before()
+        parts.append(embedder.embed(flat[i:i + batch]))
+    vectors = np.concatenate(parts) if parts else np.zeros((0, 0))
     out, start = [], 0
     for ws in cut:
         mean = vectors[start:start + len(ws)].mean(axis=0)
@@ -235,7 +261,8 @@ class NextToken:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         from llama_cpp import Llama
 
-        threads = max(1, len(os.sched_getaffinity(0)))
+        self.threads = Threads()
+        threads = self.threads.share.cpus
         self.llm = Llama(model_path=str(model), n_ctx=n_ctx, n_batch=512, n_threads=threads,
                          n_threads_batch=threads, logits_all=False, verbose=False)
         self.n_ctx = n_ctx
@@ -262,6 +289,7 @@ class NextToken:
             shared += 1
         shared = min(shared, len(tokens) - 1)  # evaluate at least the last token
         self.llm.n_tokens = shared  # eval() drops the cache past it
+        self.threads.apply(self.llm)
         self.llm.eval(list(tokens[shared:]))
         self._previous = list(tokens)
         return np.ctypeslib.as_array(self.llm._ctx.get_logits(),
@@ -363,11 +391,16 @@ def knn_baseline(halves: Halves, result: Result) -> dict[str, Any]:
     started = time.monotonic()
     path = embedding_model_path("default", Paths.for_stack(personal_stack()).models)
     embedder = LlamaEmbedder(path)
+    threads = Threads()
     try:
         say(f"knn: embedding {sum(halves.counts().values())} prompts")
-        harmful = embed_whole(embedder, halves.tune_harmful)
-        benign = embed_whole(embedder, halves.tune_benign)
-        test = embed_whole(embedder, halves.test_harmful + halves.test_benign)
+
+        def adapt() -> None:
+            threads.apply(embedder._llm)
+
+        harmful = embed_whole(embedder, halves.tune_harmful, before=adapt)
+        benign = embed_whole(embedder, halves.tune_benign, before=adapt)
+        test = embed_whole(embedder, halves.test_harmful + halves.test_benign, before=adapt)
         model_id = embedder.model_id
     finally:
         embedder.close()
@@ -385,7 +418,8 @@ def knn_baseline(halves: Halves, result: Result) -> dict[str, Any]:
                      "nearest tune allow prompts; a tune prompt is not its own neighbour",
             "long_prompts": "windows (runa.policy.tier2.windows), mean of the window "
                             "vectors",
-            "k": K, **chosen, "seconds": round(time.monotonic() - started, 1)}
+            "k": K, **chosen, "threads_used": sorted(threads.used),
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def judge_baseline(setup: Setup, halves: Halves, result: Result) -> dict[str, Any]:
@@ -418,7 +452,7 @@ def judge_baseline(setup: Setup, halves: Halves, result: Result) -> dict[str, An
             "subset": (f"--quick: the prompts whose sha256 byte 1 is 0 modulo "
                        f"{JUDGE_QUICK_EVERY}, the same every run" if setup.quick
                        else "every prompt of each half"),
-            **counts, **chosen,
+            **counts, **chosen, "threads_used": sorted(next_token.threads.used),
             "seconds": round(time.monotonic() - started, 1)}
 
 
