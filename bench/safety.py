@@ -54,6 +54,7 @@ from typing import Any
 from cleanup import guarded
 from common import Result, Target, median, percentile, report
 from inference import CONTEXT, N_PREDICT, PROMPT
+from safety_baselines import baselines_part
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -465,7 +466,8 @@ def tier2_part(setup: Setup, result: Result) -> None:
 
 
 #: The parts, in order.
-PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part, tier2_part]
+PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part, tier2_part,
+                                                 baselines_part]
 
 
 # -- the run -----------------------------------------------------------------------------------
