@@ -37,7 +37,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_the_packaged_registry() -> None:
     reg = registry.load()
-    assert [c.name for c in reg] == ["splinter", "splinfer", "tieto", "gilgul"]
+    assert [c.name for c in reg] == ["splinter", "whisper", "splinfer", "tieto", "gilgul"]
     assert reg.manager is not None and reg.manager.name == "gilgul"
     assert [c.name for c in reg.watched] == ["splinter", "splinfer", "tieto"]
     assert reg.get("splinfer").after == ("splinter",)
@@ -69,7 +69,7 @@ timeout_start_sec = 300
     hardening = dict(splinfer.hardening)
     assert hardening["MemoryDenyWriteExecute"] is False and hardening["ProtectHome"] == "read-only"
     assert hardening["NoNewPrivileges"] is True  # the defaults stay under the override
-    assert [c.name for c in reg.watched] == ["splinter", "splinfer", "tieto", "demo"]
+    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "demo"]
     assert reg.sources[1:] == (str(tmp_path / "components.d/10-a.toml"),
                                str(tmp_path / "components.d/20-b.toml"))
 
