@@ -39,7 +39,7 @@ def test_the_packaged_registry() -> None:
     reg = registry.load()
     assert [c.name for c in reg] == ["splinter", "whisper", "splinfer", "tieto", "gilgul"]
     assert reg.manager is not None and reg.manager.name == "gilgul"
-    assert [c.name for c in reg.watched] == ["splinter", "splinfer", "tieto"]
+    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto"]
     assert reg.get("splinfer").after == ("splinter",)
     hardening = dict(reg.get("splinfer").hardening)
     assert hardening["PrivateNetwork"] is True
@@ -138,8 +138,8 @@ def test_the_committed_units_are_the_rendered_ones() -> None:
 def test_the_units_follow_the_design() -> None:
     rendered = units.render(registry.load())
     target = rendered["runa.target"]
-    assert ("Wants=runa-splinter.service runa-splinfer.service runa-tieto.service "
-            "runa-gilgul.service") in target
+    assert ("Wants=runa-splinter.service runa-whisper.service runa-splinfer.service "
+            "runa-tieto.service runa-gilgul.service") in target
     for name in ("splinter", "splinfer", "gilgul"):
         text = rendered[f"runa-{name}.service"]
         settings = dict(line.split("=", 1) for line in text.splitlines()

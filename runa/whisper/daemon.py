@@ -27,7 +27,7 @@ from runa import log
 from runa import stackbus as bus_mod
 from runa.config import Config
 from runa.errors import RunaError
-from runa.models.embedder import Embedder
+from runa.models import Embedder
 from runa.paths import Paths
 from runa.policy import PolicyLibrary
 from runa.protocol import whisper as protocol

@@ -14,7 +14,7 @@ from pathlib import Path
 from runa import log
 from runa.config import Config
 from runa.errors import RunaError
-from runa.models.embedder import Embedder, LlamaEmbedder, embedding_model_path
+from runa.models import Embedder, LlamaEmbedder, embedding_model_path
 from runa.paths import Paths
 from runa.policy import Matrix, PolicyLibrary
 from runa.policy.tier2 import Classifier, Judgement, SemanticTier, packaged_weights
