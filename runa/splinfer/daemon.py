@@ -48,6 +48,7 @@ from runa.policy import (
     Verdict,
 )
 from runa.policy.stream import StreamGate
+from runa.policy.tiers import combine, has_delay, unavailable
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, SamplingParams, parse_params
 from runa.service import ServiceContext
@@ -79,14 +80,7 @@ from runa.splinfer.personas import (
 from runa.splinfer.policy import Choice, SplinferPolicy, fold_notes, note
 from runa.splinfer.prompt import Message, answer_reserve
 from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat, read
-from runa.splinfer.semantic import (
-    SemanticGate,
-    WhisperLink,
-    check_prompt,
-    combine,
-    has_delay,
-    unavailable,
-)
+from runa.splinfer.semantic import SemanticGate, WhisperLink, check_prompt
 from runa.splinfer.sequence import Sequence
 from runa.splinfer.statefile import StateIdentity
 from runa.splinfer.stream import ReplyStream

@@ -9,16 +9,11 @@ from pathlib import Path
 import pytest
 
 from runa.policy import Action, PassGate, Tier1, Verdict, parse_matrix, parse_set
-from runa.policy.tier2 import Hit, Judgement
 from runa.policy.taxonomy import Weight
+from runa.policy.tier2 import Hit, Judgement
+from runa.policy.tiers import PromptCheck, combine, pooled
 from runa.protocol import whisper as protocol
-from runa.splinfer.semantic import (
-    PromptCheck,
-    SemanticGate,
-    WhisperDown,
-    combine,
-    pooled,
-)
+from runa.splinfer.semantic import SemanticGate, WhisperDown
 
 PACKAGED = Path(__file__).resolve().parents[2] / "runa/data/policy/sets"
 DEFAULT = parse_set(PACKAGED / "default.yaml")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +141,57 @@ def test_whisper_killed_mid_answer_fails_closed_under_child_safe(stack: dict[str
     assert "fail closed; the output was blocked]" in done.stderr
     again, _ = ask(stack, BENIGN[0], "--policy", "child-safe", "-n", "8")
     assert again["finish_reason"] in ("length", "stop") and "policy_notice" not in again
+
+
+def policy_check(env: dict[str, str], *texts: str, args: tuple[str, ...] = ()
+                 ) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    lines = "".join(json.dumps({"id": n, "text": t}) + "\n" for n, t in enumerate(texts))
+    done = subprocess.run([sys.executable, "-m", "runa", "policy", "check", "--json", *args],
+                          input=lines, env=env, capture_output=True, text=True, timeout=120)
+    return done, [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_policy_check_through_the_stack_includes_tier_2(stack: dict[str, str]) -> None:
+    done, verdicts = policy_check(stack, HARM[2], CARE[2], BENIGN[3])
+    assert done.returncode == 0, done.stderr
+    assert [(v["action"], "tier2.harm" in v["rules"]) for v in verdicts] == \
+        [("block", True), ("whisper", False), ("allow", False)]
+    assert "tier2.care" in verdicts[1]["rules"] and set(verdicts[0]) == \
+        {"id", "action", "categories", "score", "rules"}
+    assert done.stderr == ""
+
+
+def test_policy_check_in_process_gives_the_same_verdicts(
+        stack: dict[str, str], minilm_gguf: Path, weights: Path, tmp_path: Path) -> None:
+    from support import isolated_env
+
+    env = {**isolated_env(tmp_path, whisper=True),
+           "RUNA_WHISPER_EMBEDDING_MODEL": str(minilm_gguf),
+           "RUNA_WHISPER_WEIGHTS": str(weights)}
+    texts = (HARM[2], CARE[2], BENIGN[3])
+    local, verdicts = policy_check(env, *texts)
+    assert local.returncode == 0, local.stderr
+    assert verdicts == policy_check(stack, *texts)[1]
+
+
+def test_policy_check_without_the_embedding_model_says_so_and_exits_69(
+        tmp_path: Path, weights: Path) -> None:
+    from support import isolated_env
+
+    env = {**isolated_env(tmp_path, whisper=True), "RUNA_WHISPER_WEIGHTS": str(weights)}
+    done, verdicts = policy_check(env, BENIGN[0])
+    assert done.returncode == 69
+    assert verdicts[0]["action"] == "flag" and verdicts[0]["rules"] == ["tier2.unavailable"]
+    assert "runa policy check: the semantic tier (tier 2) could not run (" in done.stderr
+    assert "runa models setup" in done.stderr
+    closed, verdicts = policy_check(env, BENIGN[0], args=("--policy", "child-safe"))
+    assert closed.returncode == 69 and verdicts[0]["action"] == "block"
+
+
+def test_policy_check_with_whisper_disabled_is_tier_1_only(tmp_path: Path) -> None:
+    from support import isolated_env
+
+    done, verdicts = policy_check(isolated_env(tmp_path), BENIGN[0])
+    assert done.returncode == 0 and verdicts[0]["action"] == "allow"
+    assert "the semantic tier (tier 2) is off (whisper is disabled in the component " \
+        "registry): tier 1 only" in done.stderr
