@@ -18,6 +18,7 @@ asked and no fail rule applies (``WhisperLink.off``). docs/policy.md, "Tier 2".
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -37,6 +38,9 @@ from runa.splinter.errors import BadSchema, SplinterError
 SERVICE = protocol.SERVICE
 #: How many characters of the answer one output window sends at most.
 WINDOW_CHARS = 4096
+#: Characters of a text judged within one ``splinfer.whisper_timeout_ms`` (about 250 tokens,
+#: one window of the embedding model).
+TIMEOUT_CHARS = 1000
 #: Answers kept for requests not collected yet (late ones are dropped oldest first).
 MAX_KEPT = 256
 
@@ -117,8 +121,7 @@ class WhisperLink:
                 return found
             left = deadline - self.clock()
             if left <= 0:
-                raise WhisperDown(f"whisper did not answer within "
-                                  f"{self.timeout_s * 1000:.0f} ms")
+                raise WhisperDown("whisper did not answer in time")
             self._read(min(left, 0.05))
             if request_id not in self._answers:
                 self._check_alive()
@@ -128,12 +131,17 @@ class WhisperLink:
         longer than one request carries goes in parts, judged together and pooled."""
         try:
             requests = [self.send(part, side) for part in protocol.parts(text)]
-            deadline = self.clock() + self.timeout_s
+            deadline = self.clock() + self.wait_for(text)
             return pooled([self.wait(request, deadline) for request in requests])
         except WhisperDown as error:
             self.failures += 1
             self.last_problem = str(error)
             raise
+
+    def wait_for(self, text: str) -> float:
+        """How long a judgement of ``text`` is waited for: ``timeout_s`` for every
+        ``TIMEOUT_CHARS`` characters begun (a long prompt is many windows)."""
+        return self.timeout_s * max(1, math.ceil(len(text) / TIMEOUT_CHARS))
 
     def forget(self, request_id: str) -> None:
         self._answers.pop(request_id, None)

@@ -197,3 +197,16 @@ def test_a_long_text_goes_in_overlapping_parts_and_is_pooled() -> None:
 def test_tier_1_verdict_without_tier_2_is_left_as_it_was() -> None:
     verdict = Verdict(Action.FLAG)
     assert combine(verdict, PromptCheck((), None), DEFAULT) == verdict
+
+
+def test_a_long_prompt_is_waited_for_in_proportion_to_its_length() -> None:
+    from runa.splinfer.semantic import WhisperLink
+
+    class NoBus:
+        def queue(self, name: str) -> object:
+            return object()
+
+    link = WhisperLink(NoBus(), 1.5)  # type: ignore[arg-type]
+    assert link.wait_for("hello") == 1.5
+    assert link.wait_for("x" * 1000) == 1.5
+    assert link.wait_for("x" * 11_000) == 1.5 * 11
