@@ -195,3 +195,17 @@ def test_policy_check_with_whisper_disabled_is_tier_1_only(tmp_path: Path) -> No
     assert done.returncode == 0 and verdicts[0]["action"] == "allow"
     assert "the semantic tier (tier 2) is off (whisper is disabled in the component " \
         "registry): tier 1 only" in done.stderr
+
+
+def test_with_whisper_disabled_tier_2_is_off_and_says_so(tmp_path: Path) -> None:
+    from support import tiny_model_stack
+
+    with tiny_model_stack(tmp_path, {}) as (env, _):
+        done = subprocess.run([sys.executable, "-c", STATUS], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert json.loads(done.stdout)["policy"]["tier2"] == {
+            "tier2": "off", "why": "whisper is disabled in the component registry "
+            f"({tmp_path / 'etc/components.d/10-whisper-off.toml'})"}
+        final, _ = ask(env, HARM[0], "-n", "4")
+        assert final["finish_reason"] != "policy" and "policy_notice" not in final
+        assert not [i for i in final["interventions"] if i["rule"].startswith("tier2.")]
