@@ -80,11 +80,12 @@ class WhisperLink:
         if self.bus.get(health_key(SERVICE)) is None:
             raise WhisperDown("whisper has no heartbeat")
 
-    def send(self, text: str, side: str) -> str:
+    def send(self, text: str, side: str, wait_s: float | None = None) -> str:
         """Ask for a judgement without waiting; the request's id (WhisperDown if it cannot
-        be asked)."""
+        be asked). It expires unanswered after ``wait_s`` (default ``timeout_s``): nobody
+        waits for it any longer."""
         self._check_alive()
-        ttl = max(1, int(self.timeout_s * 1000))
+        ttl = max(1, int((wait_s or self.timeout_s) * 1000))
         query = env_mod.query("splinfer", SERVICE, protocol.judge(text, side),
                               reply_to=self.reply_name, ttl_ms=ttl)
         try:
@@ -130,8 +131,9 @@ class WhisperLink:
         """Ask and wait at most ``timeout_s`` (WhisperDown saying why on failure). A text
         longer than one request carries goes in parts, judged together and pooled."""
         try:
-            requests = [self.send(part, side) for part in protocol.parts(text)]
-            deadline = self.clock() + self.wait_for(text)
+            wait_s = self.wait_for(text)
+            deadline = self.clock() + wait_s
+            requests = [self.send(part, side, wait_s) for part in protocol.parts(text)]
             return pooled([self.wait(request, deadline) for request in requests])
         except WhisperDown as error:
             self.failures += 1
@@ -165,7 +167,7 @@ def _judgement(envelope: Envelope) -> Judgement:
         raise WhisperDown(f"whisper's answer is unreadable: {error}") from None
 
 
-# -- the prompt
+# -- the prompt ------------------------------------------------------------------------------
 
 def check_prompt(link: WhisperLink, text: str, policy: PolicySet, conversation: str = "",
                  side: str = "prompt") -> PromptCheck:
