@@ -97,15 +97,19 @@ class WhisperDaemon:
     def _load(self) -> None:
         """Load the tier; on failure keep why (status, log, judge's error) and retry later."""
         self._tried = self.clock()
+        tier = None
         try:
-            self.tier = Tier2.load(self.config, self.paths, self.library, self.logger,
-                                   self._embedder_factory)
-            self.tier.tier()  # the exemplars, embedded once now rather than on a prompt
+            tier = Tier2.load(self.config, self.paths, self.library, self.logger,
+                              self._embedder_factory)
+            tier.tier()  # the exemplars, embedded once now rather than on a prompt
         except RunaError as error:
+            if tier is not None:  # e.g. weights fitted for another embedding size
+                tier.close()
             self.problem = str(error)
             log.event(self.logger, "tier2_unavailable", f"tier 2 cannot run: {error}",
                       level=logging.WARNING)
             return
+        self.tier = tier
         self.problem = ""
         log.event(self.logger, "tier2_loaded", f"tier 2 ready: {self.tier.embedder.model_id}, "
                   f"{len(self.tier.classifier.heads)} heads, {self.tier.exemplars} exemplars",

@@ -195,3 +195,17 @@ def test_a_missing_weights_file_is_said_the_same_way(tmp_path: Path) -> None:
         assert not status["available"] and "nowhere.npz" in status["problem"]
     finally:
         w.stop()
+
+
+def test_weights_for_another_embedding_size_are_refused_at_load(tmp_path: Path) -> None:
+    weights = tmp_path / "wide.npz"
+    fit(BagOfWords(dim=128), weights)
+    w = Whisper(tmp_path, weights=weights)  # its embedder gives 64-d vectors
+    try:
+        status = w.call("status")
+        assert not status["available"]
+        assert "reads 128-d vectors" in status["problem"] and "gives 64" in status["problem"]
+        with pytest.raises(ServiceFault):
+            w.call("judge", text="hello", side="prompt")
+    finally:
+        w.stop()
