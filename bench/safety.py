@@ -21,6 +21,13 @@ test halves, the keyword / nearest-neighbour / judge baselines) are added the sa
    per-round default / off ratios, ``off_nogate_gen_ratio`` the check that ``off`` costs
    nothing. The ``*_cpu_ratio`` twins use tokens per second of process CPU time, which
    waiting for a CPU on a shared machine does not move.
+3. ``tier2``: what the prompt-side policy catches, on the test halves of the safety sets only
+   (bench/data/safety), each prompt decided end to end as splinfer decides it under
+   ``default``: tier 1's check merged with the semantic tier's interventions
+   (``runa.policy.tier2.merge``), the packaged classifier and the packaged matrix's exemplars,
+   the shipped embedding model at one thread as the whisper service runs it. Each group is
+   scored by its own right action (bench/data/safety/scoring.py); per-set and per-technique
+   counts go to ``params["tier2"]``; ``tier2_prompt_p50_ms`` / ``_p99_ms`` time ``judge``.
 
     python bench/safety.py [--quick] [--model GGUF] [--threads N]
 
@@ -56,7 +63,7 @@ from runa.components import load_config  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
-from runa.policy import Matrix, PassGate, PolicyLibrary, StreamGate, Tier1  # noqa: E402
+from runa.policy import Matrix, PassGate, PolicyLibrary, StreamGate, Tier1, tier2  # noqa: E402
 from runa.protocol.params import ContextParams, SamplingParams  # noqa: E402
 from runa.splinfer.engine import Engine  # noqa: E402
 
@@ -395,8 +402,70 @@ def generation_part(setup: Setup, result: Result) -> None:
     }
 
 
-#: The parts, in order; issue 20 adds tier 2 and the recall figures here.
-PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part]
+# -- 3. the semantic tier on the test halves -------------------------------------------------
+
+def tier2_part(setup: Setup, result: Result) -> None:
+    sys.path.insert(0, str(REPO / "bench" / "data" / "safety"))
+    from halves import load
+    from scoring import METRICS, rates
+
+    from runa.models.embedder import LlamaEmbedder, embedding_model_path
+
+    policy = setup.policies.get(POLICY)
+    tier1 = setup.tier(POLICY)
+    model = embedding_model_path("default", Paths.for_stack(personal_stack()).models)
+    embedder = LlamaEmbedder(model, threads=1)  # as the whisper service runs it
+    try:
+        classifier = tier2.Classifier.load(tier2.packaged_weights())
+        semantic = tier2.SemanticTier(embedder, classifier, setup.policies.matrix().motifs)
+        prompts = load("test")
+        say(f"tier 2: {len(prompts)} test-half prompts, {model.name} at 1 thread")
+        semantic.judge("warm-up")
+        verdicts, elapsed, windows, hits = [], [], 0, Counter[str]()
+        for n, prompt in enumerate(prompts, 1):
+            judgement = semantic.judge(prompt.text, "prompt")
+            hits.update(f"{prompt.action}:{hit.rule}" for hit in judgement.hits)
+            extra = tier2.interventions(judgement, policy, "prompt")
+            verdicts.append(tier2.merge(tier1.check(prompt.text, "prompt"), extra, policy,
+                                        judgement))
+            elapsed.append(judgement.elapsed_ms)
+            windows += judgement.windows
+            if n % 200 == 0:
+                say(f"tier 2: {n}/{len(prompts)}")
+    finally:
+        embedder.close()
+    metrics, groups = rates(prompts, verdicts)
+    result.metrics.update(metrics)
+    result.metrics.update({"tier2_prompt_p50_ms": round(percentile(elapsed, 50), 2),
+                           "tier2_prompt_p99_ms": round(percentile(elapsed, 99), 2)})
+    result.targets.extend(Target(name, op, value) for name, (_g, _c, op, value)
+                          in METRICS.items())
+    result.targets.append(Target("tier2_prompt_p50_ms", "<=", 50))
+    meta = classifier.meta
+    result.params["tier2"] = {
+        "half": "test", "policy": POLICY,
+        "decision": "tier 1 check merged with tier 2 interventions (runa.policy.tier2.merge)",
+        "embedding_model": model.name, "threads": 1, "prompts": len(prompts),
+        "windows": windows, "exemplars": len(semantic.exemplars),
+        "exemplar_cutoff": semantic.exemplar_cutoff, "cutoffs": classifier.cutoffs,
+        "weights": {key: meta.get(key) for key in ("script", "tune_split_sha256",
+                                                   "embedding_model_sha256", "cv_tune_metrics")},
+        "counted": {name: f"{group}: {counted}" for name, (group, counted, _o, _v)
+                    in METRICS.items()},
+        "groups": groups,
+        "tier2_hits": dict(sorted(hits.items())),
+        "jailbreak_recall_by_technique": {
+            key.removeprefix("technique/"): round(counts["caught"] / counts["n"], 3)
+            for key, counts in groups.items() if key.startswith("technique/")},
+        "max_ms": round(max(elapsed), 2),
+        "timing": "judge per prompt (windows, embedding, heads, exemplars) at 1 thread; a "
+                  "full 254-token window costs several hundred ms, so the long prompts make "
+                  "the p99",
+    }
+
+
+#: The parts, in order.
+PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part, tier2_part]
 
 
 # -- the run -----------------------------------------------------------------------------------

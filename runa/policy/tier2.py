@@ -3,8 +3,9 @@
 A text is cut into windows the embedding model can read whole (``windows``: at most its
 ``max_tokens`` word-pieces each, overlapping, so a prompt far past 256 tokens is judged
 whole, never truncated), each window is embedded, and a small classifier fitted with numpy
-(``Classifier``: one logistic head per kind of concern, weights in a packaged file built by
-``tools/build_tier2.py``) scores it. A head's score over the text is its highest window
+(``Classifier``: one logistic head per kind of concern, plus how much nearer the window is to
+the concern's tune examples than to the others, ``Neighbours``; weights in a packaged file
+built by ``tools/build_tier2.py``) scores it. A head's score over the text is its highest window
 score (max pooling: a harmful request hidden in a long text is not diluted by the text
 around it). The matrix's ``exemplar`` motifs take part beside the heads: a window whose
 cosine similarity to an exemplar reaches the cutoff is a hit of that motif, and the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -48,6 +50,8 @@ NOT_HARM = frozenset(HEAD_CATEGORY.values())
 RULE_PREFIX = "tier2."
 #: The rule of the fail rule's intervention when the semantic tier cannot answer.
 UNAVAILABLE_RULE = "tier2.unavailable"
+#: The exemplar similarity cutoff of a classifier file that does not carry a tuned one.
+DEFAULT_EXEMPLAR_CUTOFF = 0.8
 WINDOW_OVERLAP = 32
 """Word-pieces two neighbouring windows share, so a phrase cut by one edge is whole in the
 other."""
@@ -110,8 +114,33 @@ def windows(text: str, count_tokens: Callable[[str], int], max_tokens: int,
 # -- the classifier --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Neighbours:
+    """The windows the heads were fitted on, for what a linear head over a small embedding
+    cannot draw: how much nearer a window is to a head's concern than to the rest (the mean
+    similarity of its ``k`` nearest examples of each, the "margin"), added to the head's
+    logit times ``mix[head]``."""
+
+    vectors: np.ndarray  # (m, dim) float16, unit length
+    labels: np.ndarray  # (len(heads), m) int8: 1 the head's concern, -1 not, 0 left out
+    mix: np.ndarray  # (len(heads),) float32
+    k: int = 3
+
+    def margins(self, vectors: np.ndarray) -> np.ndarray:
+        """(n, len(heads)) margin of each row of ``vectors``."""
+        similarity = np.asarray(vectors, dtype=np.float32) @ self.vectors.astype(np.float32).T
+        out = np.zeros((similarity.shape[0], self.labels.shape[0]), dtype=np.float32)
+        for head, labels in enumerate(self.labels):
+            near = [np.sort(similarity[:, labels == side], axis=1)[:, -self.k:].mean(axis=1)
+                    if np.any(labels == side) else np.zeros(similarity.shape[0])
+                    for side in (1, -1)]
+            out[:, head] = near[0] - near[1]
+        return out
+
+
+@dataclass(frozen=True)
 class Classifier:
-    """One logistic head per concern over an embedding: p = sigmoid(W·x + b).
+    """One logistic head per concern over an embedding: p = sigmoid(W·x + b), plus, with
+    ``neighbours``, ``mix`` times the window's nearest-example margin inside the sigmoid.
 
     ``cutoffs[head][weight]`` is the least score at which the head reports a hit of that
     weight (a weight absent from the mapping is never reported); the strongest weight whose
@@ -125,14 +154,17 @@ class Classifier:
     cutoffs: Mapping[str, Mapping[str, float]]
     embedding_model: str  # the embedder's model_id the heads were fitted on
     meta: Mapping[str, Any] = field(default_factory=dict)
+    neighbours: Neighbours | None = None
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[1])
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, len(heads)) probabilities of each row of ``vectors`` (n, dim)."""
+        """(n, len(heads)) scores in 0..1 of each row of ``vectors`` (n, dim)."""
         logits = np.asarray(vectors, dtype=np.float32) @ self.weights.T + self.bias
+        if self.neighbours is not None:
+            logits = logits + self.neighbours.mix * self.neighbours.margins(vectors)
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
 
     def weight_of(self, head: str, score: float) -> Weight | None:
@@ -144,26 +176,55 @@ class Classifier:
                 found = weight
         return found
 
+    @property
+    def exemplar_cutoff(self) -> float:
+        """The cosine similarity at which an exemplar motif hits, tuned with the heads (meta
+        ``exemplar_cutoff``; DEFAULT_EXEMPLAR_CUTOFF in a file without one)."""
+        return float(self.meta.get("exemplar_cutoff", DEFAULT_EXEMPLAR_CUTOFF))
+
     def save(self, path: Path) -> None:
-        """Write the classifier as an ``.npz`` (no pickles: ``meta`` is JSON)."""
-        header = {"heads": list(self.heads), "cutoffs": {h: dict(c) for h, c in
-                                                         self.cutoffs.items()},
-                  "embedding_model": self.embedding_model, "meta": dict(self.meta)}
+        """Write the classifier as an ``.npz`` (no pickles: ``meta`` is JSON). The same
+        classifier always gives the same bytes (fixed member order and timestamps), so a
+        rebuild can be compared with the committed file."""
+        header: dict[str, Any] = {
+            "heads": list(self.heads),
+            "cutoffs": {h: dict(c) for h, c in self.cutoffs.items()},
+            "embedding_model": self.embedding_model, "meta": dict(self.meta)}
+        members = {"weights": self.weights.astype(np.float32),
+                   "bias": self.bias.astype(np.float32)}
+        if self.neighbours is not None:
+            header["neighbour_k"] = self.neighbours.k
+            members.update(neighbour_vectors=self.neighbours.vectors.astype(np.float16),
+                           neighbour_labels=self.neighbours.labels.astype(np.int8),
+                           neighbour_mix=self.neighbours.mix.astype(np.float32))
+        members["header"] = np.array(json.dumps(header, sort_keys=True))
         buffer = io.BytesIO()
-        np.savez(buffer, weights=self.weights.astype(np.float32),
-                 bias=self.bias.astype(np.float32),
-                 header=np.array(json.dumps(header, sort_keys=True)))
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+            for name, array in members.items():
+                member = io.BytesIO()
+                np.lib.format.write_array(member, array, allow_pickle=False)
+                info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, member.getvalue())
         path.write_bytes(buffer.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Classifier:
         """Read a classifier file; Tier2Error naming the file and what is wrong."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                weights = np.asarray(data["weights"], dtype=np.float32)
-                bias = np.asarray(data["bias"], dtype=np.float32)
-                header = json.loads(str(data["header"]))
-        except (OSError, KeyError, ValueError) as error:
+            with zipfile.ZipFile(path) as archive:  # an .npz; never unpickles
+                names = {"weights", "bias", "header"} | ({
+                    "neighbour_vectors", "neighbour_labels", "neighbour_mix"}
+                    & {n.removesuffix(".npy") for n in archive.namelist()})
+                data = {name: np.lib.format.read_array(io.BytesIO(archive.read(name + ".npy")),
+                                                       allow_pickle=False)
+                        for name in sorted(names)}
+            weights = np.asarray(data["weights"], dtype=np.float32)
+            bias = np.asarray(data["bias"], dtype=np.float32)
+            header = json.loads(str(data["header"]))
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
             raise Tier2Error(f"{path}: not a tier-2 classifier file: {error}") from None
         heads = tuple(header.get("heads", ()))
         if weights.ndim != 2 or weights.shape[0] != len(heads) or bias.shape != (len(heads),):
@@ -172,8 +233,18 @@ class Classifier:
         unknown = set(heads) - set(HEADS)
         if unknown:
             raise Tier2Error(f"{path}: unknown heads {sorted(unknown)} (known: {HEADS})")
+        neighbours = None
+        if "neighbour_vectors" in data:
+            neighbours = Neighbours(data["neighbour_vectors"], data["neighbour_labels"],
+                                    np.asarray(data["neighbour_mix"], dtype=np.float32),
+                                    int(header.get("neighbour_k", 3)))
+            m = neighbours.vectors.shape[0]
+            if (neighbours.vectors.shape != (m, weights.shape[1])
+                    or neighbours.labels.shape != (len(heads), m)
+                    or neighbours.mix.shape != (len(heads),)):
+                raise Tier2Error(f"{path}: its neighbours do not match its heads and weights")
         return cls(heads, weights, bias, header.get("cutoffs", {}),
-                   str(header.get("embedding_model", "")), header.get("meta", {}))
+                   str(header.get("embedding_model", "")), header.get("meta", {}), neighbours)
 
 
 # -- judging ---------------------------------------------------------------------------------
@@ -223,14 +294,15 @@ class SemanticTier:
     """Tier 2 with one embedder, one classifier and the matrix's exemplars."""
 
     def __init__(self, embedder: Embedder, classifier: Classifier,
-                 exemplars: Sequence[Motif] = (), *, exemplar_cutoff: float = 0.8,
+                 exemplars: Sequence[Motif] = (), *, exemplar_cutoff: float | None = None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         if classifier.dim != embedder.dim:
             raise Tier2Error(f"the classifier reads {classifier.dim}-d vectors, the "
                              f"embedding model {embedder.model_id} gives {embedder.dim}")
         self.embedder = embedder
         self.classifier = classifier
-        self.exemplar_cutoff = exemplar_cutoff
+        self.exemplar_cutoff = (classifier.exemplar_cutoff if exemplar_cutoff is None
+                                else exemplar_cutoff)
         self._clock = clock
         self.exemplars = tuple(m for m in exemplars if m.kind == "exemplar")
         self._exemplar_vectors = (embedder.embed([m.pattern for m in self.exemplars])
