@@ -14,9 +14,9 @@ SETTINGS: tuple[Setting, ...] = (
             "generation.", in_range(-1, 1024)),
     Setting("whisper.weights", str, "",
             "The classifier's weights file (empty: the packaged runa/data/policy/tier2.npz)."),
-    Setting("whisper.exemplar_cutoff", float, 0.8,
-            "Cosine similarity at which a window is a hit of a matrix exemplar.",
-            in_range(0.0, 1.0)),
+    Setting("whisper.exemplar_cutoff", float, 0.0,
+            "Cosine similarity at which a window is a hit of a matrix exemplar (0: the one "
+            "tuned with the classifier, in its weights file).", in_range(0.0, 1.0)),
     Setting("whisper.niceness", int, 10,
             "How much whisper lowers its own CPU priority at start (os.nice), so its windows "
             "wait for generation on a busy machine (0: not at all).", in_range(0, 19)),

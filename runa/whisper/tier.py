@@ -36,7 +36,7 @@ class Tier2:
     """The semantic tier with its model loaded once; exemplars follow the matrix files."""
 
     def __init__(self, embedder: Embedder, classifier: Classifier, library: PolicyLibrary,
-                 logger: logging.Logger, *, exemplar_cutoff: float = 0.8) -> None:
+                 logger: logging.Logger, *, exemplar_cutoff: float | None = None) -> None:
         self.embedder = embedder
         self.classifier = classifier
         self.library = library
@@ -53,7 +53,7 @@ class Tier2:
         classifier = Classifier.load(weights_path(config))
         embedder = embedder_factory() if embedder_factory else load_embedder(config, paths)
         return cls(embedder, classifier, library, logger,
-                   exemplar_cutoff=config["whisper.exemplar_cutoff"])
+                   exemplar_cutoff=config["whisper.exemplar_cutoff"] or None)
 
     def tier(self) -> SemanticTier:
         """The tier with the matrix's current exemplars (embedded again after a change)."""

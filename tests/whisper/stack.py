@@ -23,12 +23,13 @@ from runa.protocol.heartbeat import Heartbeat, health_key
 
 @contextmanager
 def whisper_stack(root: Path, embedding_model: Path, weights: Path | None,
-                  settings: dict[str, str] | None = None, context_length: int = 2048
-                  ) -> Iterator[dict[str, str]]:
-    """``weights`` None: the packaged classifier."""
+                  settings: dict[str, str] | None = None, context_length: int = 2048,
+                  chat_model: Path | None = None) -> Iterator[dict[str, str]]:
+    """``weights`` None: the packaged classifier; ``chat_model`` None: the tiny synthetic
+    model (its answers are random word-pieces, fast)."""
     from runa.testing.tiny_gguf import write_tiny_gguf
 
-    model = write_tiny_gguf(root / "tiny.gguf", context_length=context_length)
+    model = chat_model or write_tiny_gguf(root / "tiny.gguf", context_length=context_length)
     env = {**isolated_env(root, whisper=True), "RUNA_SPLINFER_MODEL": str(model),
            "RUNA_SPLINFER_CTX_SIZE": str(context_length), "RUNA_SPLINFER_THREADS": "1",
            "RUNA_WHISPER_EMBEDDING_MODEL": str(embedding_model),

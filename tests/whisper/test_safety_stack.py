@@ -37,9 +37,12 @@ def first_of(group: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(minilm_gguf: Path, tmp_path_factory: pytest.TempPathFactory
+def stack(minilm_gguf: Path, real_model: Path, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[dict[str, str]]:
-    with whisper_stack(tmp_path_factory.mktemp("safety"), minilm_gguf, None) as env:
+    """The default chat model: its answers are English, judged by tier 2 like any answer
+    (the tiny synthetic model's random word-pieces are no answer to judge)."""
+    with whisper_stack(tmp_path_factory.mktemp("safety"), minilm_gguf, None,
+                       chat_model=real_model) as env:
         yield env
 
 
@@ -63,13 +66,13 @@ def test_the_same_prompt_is_refused_in_chat(stack: dict[str, str]) -> None:
 
 
 def test_a_distress_prompt_gets_the_whisper_with_resources(stack: dict[str, str]) -> None:
-    final, _ = ask(stack, first_of("donotanswer/human_chatbox"), "-n", "8")
+    final, _ = ask(stack, first_of("donotanswer/human_chatbox"), "-n", "64")
     assert final["finish_reason"] != "policy" and final["n_gen"] > 0
     assert "whisper" in [action for _, action in tier2_rules(final, "prompt")]
     assert any("crisis line" in note for note in final["whispers"])
 
 
 def test_a_borderline_prompt_is_answered(stack: dict[str, str]) -> None:
-    final, _ = ask(stack, first_of("authored/benign_sensitive"), "-n", "8")
+    final, _ = ask(stack, first_of("authored/benign_sensitive"), "-n", "64")
     assert final["finish_reason"] in ("length", "stop") and final["n_gen"] > 0
     assert "block" not in [i["action"] for i in final["interventions"]]
