@@ -44,6 +44,7 @@ MIN_TTL_S = 60.0
 #: What each service does, in the words a person reads first ("the inference service
 #: (splinfer) is not running"); Runa's names are explained by 'runa help terms'.
 SERVICE_ROLES = {"splinfer": "the inference service", "tieto": "the retrieval service",
+                 "whisper": "the semantic policy tier",
                  "splinter": "the bus keeper", "gilgul": "the service manager"}
 
 

@@ -26,7 +26,8 @@ DaemonFactory = Callable[[Config, logging.Logger, str], Any]
 def schema(registry: Registry) -> Schema:
     """The configuration schema of ``registry``: the shared sections and every component's."""
     return Schema({component.name: settings_of(component, registry)
-                   for component in registry})
+                   for component in registry},
+                  {component.name: resources_of(component) for component in registry})
 
 
 def packaged_schema() -> Schema:
@@ -66,6 +67,16 @@ def settings_of(component: Component, registry: Registry) -> tuple[Setting, ...]
                                 f"declares {setting.key}: a component's settings are "
                                 f"{component.name}.<key>")
     return settings
+
+
+def resources_of(component: Component) -> Mapping[str, str]:
+    """The unit limits the component's settings module sizes for it (``RESOURCES``:
+    ``cpu_quota``, ``memory_max``); the shared defaults for what it leaves out."""
+    if not component.settings:
+        return {}
+    module = importlib.import_module(component.settings)  # settings_of imported it already
+    resources = getattr(module, "RESOURCES", None)
+    return dict(resources) if isinstance(resources, Mapping) else {}
 
 
 def daemon_factory(component: Component, registry: Registry) -> DaemonFactory:

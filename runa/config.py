@@ -158,12 +158,16 @@ SHARED: tuple[Setting, ...] = (
 )
 
 
-def resource_settings(component: str) -> tuple[Setting, ...]:
-    """The ``[components.<name>]`` table every registered component gets: its unit's limits."""
+def resource_settings(component: str, defaults: Mapping[str, str] | None = None
+                      ) -> tuple[Setting, ...]:
+    """The ``[components.<name>]`` table every registered component gets: its unit's limits
+    (``defaults``: the component's own ``cpu_quota`` and ``memory_max``, its settings
+    module's ``RESOURCES``)."""
+    own = defaults or {}
     return (
-        Setting(f"components.{component}.cpu_quota", str, "100%",
+        Setting(f"components.{component}.cpu_quota", str, own.get("cpu_quota", "100%"),
                 f"CPUQuota= of runa-{component}.service.", percent_check),
-        Setting(f"components.{component}.memory_max", str, "512M",
+        Setting(f"components.{component}.memory_max", str, own.get("memory_max", "512M"),
                 f"MemoryMax= of runa-{component}.service.", size_check),
         Setting(f"components.{component}.watchdog_sec", int, 10,
                 f"WatchdogSec= of runa-{component}.service.", in_range(1, 3600)),
@@ -189,13 +193,15 @@ class Schema:
     Built by ``runa.components`` from the registry; ``Schema()`` alone is the shared sections.
     """
 
-    def __init__(self, components: Mapping[str, Iterable[Setting]] | None = None) -> None:
+    def __init__(self, components: Mapping[str, Iterable[Setting]] | None = None,
+                 resources: Mapping[str, Mapping[str, str]] | None = None) -> None:
         own = dict(components or {})
+        limits = resources or {}
         self.components: tuple[str, ...] = tuple(own)
         self.settings: tuple[Setting, ...] = (
             *SHARED,
             *(setting for settings in own.values() for setting in settings),
-            *(setting for name in own for setting in resource_settings(name)),
+            *(setting for name in own for setting in resource_settings(name, limits.get(name))),
         )
         self._by_key = {setting.key: setting for setting in self.settings}
         self._by_env = {_env_name(key): key for key in self._by_key}

@@ -38,7 +38,7 @@ def write_fault_stack(root: Path, *, splinfer_extra: str = "", components_extra:
                       ) -> None:
     """``root/etc`` (settings, the demo component) and ``root/policy.sh``, which appends
     each escalation's arguments to ``root/escalations``."""
-    (root / "etc/components.d").mkdir(parents=True)
+    (root / "etc/components.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/runa.toml").write_text(CONFIG.format(root=root, splinfer_extra=splinfer_extra))
     register_demo(root / "etc", components_extra)
     hook = root / "policy.sh"

@@ -34,10 +34,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
-def isolated_env(root: Path) -> dict[str, str]:
+#: What keeps the semantic tier out of a test's stack (see ``isolated_env``).
+WHISPER_OFF = "[components.whisper]\nenabled = false\n"
+
+
+def isolated_env(root: Path, *, whisper: bool = False) -> dict[str, str]:
     """Environment for ``runa`` processes with every layer and directory under ``root``.
 
     The stack name is unique, so its bus segments in /dev/shm never meet another test's.
+    Its registry disables whisper unless ``whisper``: these stacks have no embedding model,
+    so every answer would carry the fail rule's flag and notice; the tests of tier 2 ask for
+    it (tests/whisper) and give it a model.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     env.update(
@@ -50,6 +57,12 @@ def isolated_env(root: Path) -> dict[str, str]:
         RUNA_STACK=f"t{os.getpid()}x{root.name[-10:]}",
     )
     (root / "run").mkdir(mode=0o700, exist_ok=True)
+    off = root / "etc/components.d/10-whisper-off.toml"
+    if whisper:
+        off.unlink(missing_ok=True)
+    else:
+        off.parent.mkdir(parents=True, exist_ok=True)
+        off.write_text(WHISPER_OFF)
     return env
 
 

@@ -147,7 +147,7 @@ def test_runa_daemon_offers_the_registry_s_components(greeter_env: dict[str, str
     assert unknown.returncode == 64
     assert unknown.stderr.strip() == (
         "runa daemon: argument name: invalid choice: 'nosuch' (choose from 'gilgul', 'greeter', "
-        "'splinfer', 'splinter', 'tieto') (see 'runa daemon --help')")
+        "'splinfer', 'splinter', 'tieto', 'whisper') (see 'runa daemon --help')")
     (tmp_path / "other").mkdir()  # a stack whose registry does not have it
     elsewhere = runa("daemon", "greeter", env=isolated_env(tmp_path / "other"))
     assert elsewhere.returncode == 64 and "invalid choice: 'greeter'" in elsewhere.stderr

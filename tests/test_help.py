@@ -37,7 +37,8 @@ def test_help_terms_says_what_each_name_does(runa_env: dict[str, str]) -> None:
     result = runa("help", "terms", env=runa_env)
     assert result.returncode == 0
     for term, meaning in (("splinfer", "the inference service"), ("tieto", "retrieval"),
-                          ("gilgul", "restart"), ("splinter", "the bus")):
+                          ("gilgul", "restart"), ("splinter", "the bus"),
+                          ("whisper", "semantic policy tier")):
         line = next(line for line in result.stdout.splitlines()
                     if line.strip().startswith(term + " "))
         assert meaning in line, line

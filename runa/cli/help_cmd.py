@@ -37,6 +37,8 @@ TERMS: tuple[tuple[str, str], ...] = (
      "what dead processes left, lets old keys decay."),
     ("tieto", "the retrieval service: indexes your documents into topics ('runa ingest') "
      "and finds the passages that answer a question ('runa recall', '/rag on TOPIC')."),
+    ("whisper", "the semantic policy tier: judges what a prompt or an answer means, for "
+     "the policy set to block it, note it or let it be (docs/whisper.md)."),
     ("gilgul", "reincarnation: restarts a component that failed or stopped heartbeating, "
      "backs off, and holds it after too many failures ('runa audit' shows what it did); "
      "under systemd a daemon of its own, without systemd inside 'runa up'."),

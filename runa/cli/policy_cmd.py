@@ -1,4 +1,5 @@
-"""``runa policy list | show NAME | check``: the policy sets, their tables, and tier 1 on texts."""
+"""``runa policy list | show NAME | check``: the policy sets, their tables, and both tiers on
+texts."""
 
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ from runa.policy import (
     fingerprint_of,
 )
 from runa.policy.taxonomy import WEIGHTS
+from runa.policy.tiers import PromptCheck, combine, unavailable
 from runa.protocol import splinfer as protocol
 
 EX_DATAERR = 65
+EX_UNAVAILABLE = 69
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -41,8 +44,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "happens when the Token Impact Matrix matches: allow, flag, whisper, mask, delay or "
         "block (docs/policy.md). Sets and matrix files are layered: packaged < "
         "/etc/runa/policy < ~/.config/runa/policy. Exit status: 0; 64 a usage mistake; 65 a "
-        "malformed policy file, or a bad input line of 'check'; 66 no such set; 78 a "
-        "configuration error.",
+        "malformed policy file, or a bad input line of 'check'; 66 no such set; 69 'check' "
+        "could not run the semantic tier (tier 2); 78 a configuration error.",
     )
     sub = parser.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
     list_ = sub.add_parser("list", help="every policy set, and whether the lock forbids it",
@@ -58,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=cmd_show)
     check = sub.add_parser(
-        "check", help="judge texts with tier 1: JSON lines in, one verdict a line out",
+        "check", help="judge texts with both tiers: JSON lines in, one verdict a line out",
         description="Read JSON lines {\"id\": ..., \"text\": ...} on standard input and write "
         "one verdict per line: id, action (the strictest match), categories, score (the "
         "strongest matched weight: light 0.34, medium 0.67, heavy 1.0; 0 when nothing "
@@ -70,8 +73,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "it falls back to a tokenizer-free text matcher (token-id motifs with a phrase "
         "match as phrases, the others not at all). A "
         "malformed line gets an error line naming its number and the run goes on; exit "
-        "status 65 at the end if any line was bad. The lock does not apply: checking a "
-        "text under a set shows nobody anything.",
+        "status 65 at the end if any line was bad. The semantic tier (tier 2) takes part "
+        "as in an answer: through the stack its whisper service, otherwise the embedding "
+        "model and the classifier loaded in this process. When it cannot run (whisper not "
+        "answering, no embedding model) the set's fail rule is in the verdicts (rule "
+        "tier2.unavailable), a warning says why, and the exit status is 69 (65 wins); when "
+        "the registry disables whisper, tier 2 is off and only tier 1 judges. The lock does "
+        "not apply: checking a text under a set shows nobody anything.",
         epilog="Example: echo '{\"id\": 1, \"text\": \"I want to end my life\"}' | "
         "runa policy check --json")
     check.add_argument("--policy", metavar="NAME", default=None,
@@ -196,15 +204,81 @@ class ModelTokenizer:
         return self._buf.raw[:n]
 
 
-def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary) -> Tier1:
-    """Tier 1 in this process, with the configured model's tokenizer when it is installed
+def local_checker(ctx: CliContext, policy: PolicySet, policies: PolicyLibrary
+                  ) -> LocalChecker:
+    """Both tiers in this process: tier 1 with the configured model's tokenizer when it is
+    installed, tier 2 with the configured embedding model and classifier when they are
     (``RemoteChecker`` checks through a running stack)."""
     from runa.models import configured_chat_model
 
     tokenizer = None
     with contextlib.suppress(ConfigError, ValueError, RuntimeError, OSError):  # text matcher
         tokenizer = ModelTokenizer(configured_chat_model(ctx.config, ctx.paths).path)
-    return Tier1(policies.matrix(), policy, tokenizer)
+    tier1 = Tier1(policies.matrix(), policy, tokenizer)
+    state = Tier2State()
+    semantic = None
+    try:
+        whisper = ctx.registry.get("whisper")
+    except KeyError:
+        whisper = None
+    if whisper is None or not whisper.enabled:
+        state.off = ("whisper is not in the component registry" if whisper is None else
+                     "whisper is disabled in the component registry")
+    elif not policy.passes_everything:
+        from runa.whisper.tier import Tier2
+
+        try:
+            semantic = Tier2.load(ctx.config, ctx.paths, policies,
+                                  logging.getLogger("runa.policy.check"))
+        except RunaError as error:
+            state.problem = str(error)
+    return LocalChecker(tier1, policy, semantic, state)
+
+
+class Tier2State:
+    """What the semantic tier did in one ``check`` run, for the warning at its end."""
+
+    def __init__(self) -> None:
+        self.off = ""
+        """Why tier 2 is off (the registry disables whisper), else empty."""
+        self.problem = ""
+        """Why tier 2 could not run (the fail rule is in the verdicts), else empty."""
+
+    def warnings(self) -> list[str]:
+        if self.problem:
+            return [f"the semantic tier (tier 2) could not run ({self.problem}); the "
+                    "verdicts carry the set's fail rule (tier2.unavailable)"]
+        if self.off:
+            return [f"the semantic tier (tier 2) is off ({self.off}): tier 1 only"]
+        return []
+
+
+class LocalChecker:
+    """Tier 1 and tier 2 in this process, combined as splinfer combines them."""
+
+    def __init__(self, tier1: Tier1, policy: PolicySet, semantic: Any,
+                 state: Tier2State) -> None:
+        self.tier1 = tier1
+        self.policy = policy
+        self.semantic = semantic  # runa.whisper.tier.Tier2, or None
+        self.tier2 = state
+
+    @property
+    def problems(self) -> Sequence[Any]:
+        return self.tier1.problems
+
+    def check(self, text: str, side: str = "prompt") -> Verdict:
+        verdict = self.tier1.check(text, side)
+        if self.tier2.off or self.policy.passes_everything:
+            return verdict
+        if self.semantic is None:
+            return combine(verdict, unavailable(self.policy, self.tier2.problem, side=side),
+                           self.policy)
+        from runa.policy import tier2
+
+        judgement = self.semantic.judge(text, side)
+        found = tier2.interventions(judgement, self.policy, side)
+        return combine(verdict, PromptCheck(tuple(found), judgement), self.policy)
 
 
 class RemoteChecker:
@@ -217,6 +291,7 @@ class RemoteChecker:
     def __init__(self, client: ServiceClient, policy: str) -> None:
         self.client = client
         self.policy = policy
+        self.tier2 = Tier2State()
 
     def check(self, text: str, side: str = "prompt") -> Verdict:
         return self.check_many([text], side)[0]
@@ -225,6 +300,10 @@ class RemoteChecker:
         answer = self.client.call(protocol.request(
             "policy_check", items=[{"id": i, "text": t} for i, t in enumerate(texts)],
             policy=self.policy, side=side), idle_timeout=120)
+        for result in answer["results"]:
+            semantic = result.get("tier2") or {}
+            self.tier2.off = self.tier2.off or str(semantic.get("off") or "")
+            self.tier2.problem = self.tier2.problem or str(semantic.get("unavailable") or "")
         return [Verdict(Action(r["action"]), tuple(r["categories"]), float(r["score"]),
                         tuple(r["rules"])) for r in answer["results"]]
 
@@ -270,15 +349,19 @@ def cmd_check(ctx: CliContext, args: argparse.Namespace) -> int:
     _warn_problems(args, policies)
     policy = policies.get(args.policy or ctx.config["policy.default"])
     with running_splinfer(ctx) as client:
-        checker: Checker
+        checker: LocalChecker | RemoteChecker
         if client is not None:
             checker = RemoteChecker(client, policy.name)
         else:
             checker = local = local_checker(ctx, policy, policies)
             for problem in local.problems:
                 say(command_name(args), problem)
-        return run_check(checker, sys.stdin, sys.stdout, side=args.side, as_json=args.json,
-                         command=command_name(args))
+        status = run_check(checker, sys.stdin, sys.stdout, side=args.side, as_json=args.json,
+                           command=command_name(args))
+        state = checker.tier2
+        for warning in state.warnings():
+            say(command_name(args), warning)
+        return status or (EX_UNAVAILABLE if state.problem else 0)
 
 
 def run_check(checker: Checker, lines: TextIO, out: TextIO, *, side: str, as_json: bool,

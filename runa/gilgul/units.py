@@ -16,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 
+from runa.components import resources_of
 from runa.config import resource_settings
 from runa.registry import Registry, render_value, unit_name
 
@@ -38,10 +39,11 @@ class Limits:
                    watchdog_sec=int(values["watchdog_sec"]))  # type: ignore[call-overload]
 
     @classmethod
-    def packaged(cls, component: str) -> Limits:
-        """The configuration's packaged defaults: what the committed units carry."""
+    def packaged(cls, component: str, defaults: Mapping[str, str] | None = None) -> Limits:
+        """The configuration's packaged defaults (``defaults``: the component's own,
+        ``runa.components.resources_of``): what the committed units carry."""
         return cls.of({setting.key.rsplit(".", 1)[1]: setting.default
-                       for setting in resource_settings(component)})
+                       for setting in resource_settings(component, defaults)})
 
 
 def _environment() -> jinja2.Environment:
@@ -73,7 +75,7 @@ def render(registry: Registry, executable: str = EXECUTABLE) -> dict[str, str]:
             after.insert(0, manager.unit)  # its drop-ins first; it sees every start
         units[component.unit] = service.render(
             unit=component.unit, c=component, executable=executable, after=after,
-            limits=Limits.packaged(component.name))
+            limits=Limits.packaged(component.name, resources_of(component)))
     return units
 
 

@@ -19,6 +19,14 @@ if TYPE_CHECKING:
         lookup,
         lookup_embedding,
     )
+    from runa.models.embedder import (
+        EMBEDDING_HINT,
+        Embedder,
+        EmbedderError,
+        EmbedderWrapper,
+        LlamaEmbedder,
+        embedding_model_path,
+    )
     from runa.models.embedding_install import setup_embedding_model
     from runa.models.errors import ModelNotFoundError
     from runa.models.gguf_info import ModelInfo, read_model_info
@@ -35,10 +43,16 @@ __all__ = [
     "DEFAULT_EMBEDDING_MODEL",
     "DEFAULT_MODEL",
     "EMBEDDING_CATALOG",
+    "EMBEDDING_HINT",
+    "Embedder",
+    "EmbedderError",
+    "EmbedderWrapper",
+    "LlamaEmbedder",
     "ModelInfo",
     "ModelNotFoundError",
     "SetupEvent",
     "configured_chat_model",
+    "embedding_model_path",
     "list_models",
     "lookup",
     "lookup_embedding",
@@ -52,6 +66,8 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
     __getattr__ = lazy(__name__, {
         "catalog": ("CATALOG", "DEFAULT_EMBEDDING_MODEL", "DEFAULT_MODEL", "EMBEDDING_CATALOG",
                     "lookup", "lookup_embedding"),
+        "embedder": ("EMBEDDING_HINT", "Embedder", "EmbedderError", "EmbedderWrapper",
+                     "LlamaEmbedder", "embedding_model_path"),
         "embedding_install": ("setup_embedding_model",),
         "errors": ("ModelNotFoundError",),
         "gguf_info": ("ModelInfo", "read_model_info"),

@@ -32,13 +32,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runa import cgroup, log
+from runa import registry as registry_mod
 from runa import stackbus as bus_mod
 from runa.config import Config, parse_size
 from runa.errors import RunaError
 from runa.models import configured_chat_model
 from runa.paths import Paths
-from runa.policy import Action, Intervention, PolicyLocked, Tier1, UnknownPolicyError
+from runa.policy import (
+    Action,
+    Intervention,
+    PolicyLocked,
+    PolicySet,
+    Tier1,
+    UnknownPolicyError,
+    Verdict,
+)
 from runa.policy.stream import StreamGate
+from runa.policy.tiers import combine, has_delay, unavailable
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, SamplingParams, parse_params
 from runa.service import ServiceContext
@@ -70,6 +80,7 @@ from runa.splinfer.personas import (
 from runa.splinfer.policy import Choice, SplinferPolicy, fold_notes, note
 from runa.splinfer.prompt import Message, answer_reserve
 from runa.splinfer.requests import ChatRequest, bad, conversation_field, parse_chat, read
+from runa.splinfer.semantic import SemanticGate, WhisperLink, check_prompt
 from runa.splinfer.sequence import Sequence
 from runa.splinfer.statefile import StateIdentity
 from runa.splinfer.stream import ReplyStream
@@ -170,6 +181,8 @@ class Splinfer:
         self.dirty: dict[str, float] = {}
         """Conversations whose KV changed since their state file was written: when."""
         self.last_used = clock()
+        self.whisper: WhisperLink | None = None
+        """The line to the semantic tier (tier 2), once the bus is open."""
         self._ctx: ServiceContext | None = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -194,12 +207,28 @@ class Splinfer:
         self.bus = bus_mod.connect(self.config, self.stack)
         self.stats = self.bus.component_stats(NAME)
         self.queue = self.bus.queue(NAME, stats=self.stats, service=True)
+        self.whisper = WhisperLink(self.bus, self.config["splinfer.whisper_timeout_ms"] / 1000,
+                                   off=self._tier2_off(), clock=self.clock)
+        if self.whisper.off:
+            log.event(self.logger, "tier2_off", f"the semantic tier is off: {self.whisper.off}")
         self.identity = self._identity(ctx)
         self.store.open()
         self.store.enforce_cap()
         self.store.republish()
         self.last_used = self.clock()
         ctx.status(f"ready: {model.path.name}")
+
+    def _tier2_off(self) -> str:
+        """Why tier 2 is off (whisper not registered or disabled), or empty when it is on."""
+        try:
+            registry = registry_mod.load(self.paths.sysconfdir)
+            component = registry.get("whisper")
+        except (KeyError, RunaError):
+            return "whisper is not in the component registry"
+        if not component.enabled:
+            return ("whisper is disabled in the component registry "
+                    f"({registry.origin('components.whisper.enabled')})")
+        return ""
 
     def _identity(self, ctx: ServiceContext) -> StateIdentity:
         """What saved states must match: the model's sha256 (cached), llama.cpp, KV layout."""
@@ -253,6 +282,8 @@ class Splinfer:
         if self.engine is not None:
             self.engine.close()  # every resident conversation leaves: its state is saved
         if self.bus is not None:
+            if self.whisper is not None:
+                self.whisper.close()
             self.queue.close()
             self.bus.close()
 
@@ -344,7 +375,8 @@ class Splinfer:
                 "n_ctx": engine.n_ctx if engine and loaded else None,
                 "threads": engine.threads_now if engine and loaded else None,
                 "busy": bool(self.turns), "queued": len(self.pending),
-                "policy": self.policy.describe(),
+                "policy": {**self.policy.describe(),
+                           "tier2": self.whisper.describe() if self.whisper else None},
                 "conversations": {"active": len(self.turns), "resident": len(resident),
                                   "stored": len(self.store.ids()),
                                   "parallel": self.context_params.parallel}}
@@ -510,16 +542,21 @@ class Splinfer:
         user_text, system_text = chat.text, prompt_system
         whispers = list(conv.whispers if conv else ())
         interventions: list[Intervention] = []
+        notices = [choice.notice] if choice.notice else []
         # The pass-through set is decided once, by Tier1.passthrough: nothing is checked and
         # the answer streams without a gate, so 'off' costs exactly what no policy costs.
         if not tier1.passthrough:
             verdicts = [tier1.check(chat.text, "prompt")]
             if chat.system:  # the request's own system prompt is the person's text too
                 verdicts.append(tier1.check(chat.system, "prompt"))
+            verdicts, notice = self._semantic_prompt(chat, verdicts, choice.policy,
+                                                     conv.id if conv else "")
+            notices += [notice] if notice else []
             interventions = self.policy.report(
                 [item for v in verdicts for item in v.interventions], conv.id if conv else "")
             if any(v.action is Action.BLOCK for v in verdicts):
-                self._refuse(chat, persona, conv, tier1, choice, interventions)
+                self._refuse(chat, persona, conv, tier1, choice, interventions,
+                             "; ".join(notices))
                 return None
             if verdicts[0].text is not None:
                 user_text = verdicts[0].text
@@ -550,13 +587,14 @@ class Splinfer:
         stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
                              flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
         turn = _Turn(chat, stream, seq, persona, conv, system, plan, user_text=user_text,
-                     policy=choice.policy.name, notice=choice.notice,
+                     policy=choice.policy.name, notice="; ".join(notices),
                      interventions=interventions, whispers=turn_whispers)
         if conv is not None:
             self._keep_policy(conv, chat)
             turn.restored = self._bring_back(conv, seq)
             self.sequences[conv.id] = seq
-        turn.gate = gate = None if tier1.passthrough else tier1.gate(conv.id if conv else "")
+        turn.gate = gate = None if tier1.passthrough else \
+            self._gate(tier1, choice.policy, conv.id if conv else "")
         turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
                                 on_text=stream.text, cancel=lambda: turn.cancelled, gate=gate)
         to_read = len(turn.gen.pending)
@@ -565,6 +603,31 @@ class Splinfer:
         if conv is not None:
             self.dirty[conv.id] = self.clock()
         return turn
+
+    def _semantic_prompt(self, chat: ChatRequest, verdicts: list[Verdict], policy: PolicySet,
+                         conversation: str) -> tuple[list[Verdict], str]:
+        """Tier 1's prompt verdicts with tier 2's judgement merged into the first (the
+        request's own system prompt is judged with the text); the notice when whisper could
+        not answer. Tier 2 off: as they were."""
+        if self.whisper is None or self.whisper.off:
+            return verdicts, ""
+        text = f"{chat.system}\n\n{chat.text}" if chat.system else chat.text
+        check = check_prompt(self.whisper, text, policy, conversation)
+        if check.notice:
+            log.event(self.logger, "tier2_unavailable", f"prompt not judged by the semantic "
+                      f"tier: {check.notice}", level=logging.WARNING, policy=policy.name,
+                      conversation=conversation)
+        return [combine(verdicts[0], check, policy), *verdicts[1:]], check.notice
+
+    def _gate(self, tier1: Tier1, policy: PolicySet, conversation: str) -> StreamGate:
+        """Tier 1's gate of one answer, with tier 2 watching its windows when it is on."""
+        gate = tier1.gate(conversation)
+        window = self.config["splinfer.whisper_window_tokens"]
+        if self.whisper is None or self.whisper.off or not window:
+            return gate
+        return SemanticGate(gate, self.whisper, policy,
+                            lambda: tier1.tokens_of(policy.refusal), window=window,
+                            wait=has_delay(policy), conversation=conversation)
 
     def _plan(self, engine: Engine, conv: Conversation | None, system: tuple[Message, ...],
               notes: tuple[Message, ...], user: Message, sampling: SamplingParams) -> TurnPlan:
@@ -586,7 +649,8 @@ class Splinfer:
             conv.policy = chat.policy
 
     def _refuse(self, chat: ChatRequest, persona: Persona, conv: Conversation | None,
-                tier1: Tier1, choice: Choice, interventions: list[Intervention]) -> None:
+                tier1: Tier1, choice: Choice, interventions: list[Intervention],
+                notice: str = "") -> None:
         """A prompt the policy blocks: nothing is generated; the set's refusal is the answer,
         and the turn is kept in the person's own history (they saw it)."""
         assert self.bus is not None
@@ -610,7 +674,7 @@ class Splinfer:
         stream = ReplyStream(chat.envelope, sender, name=NAME, clock=self.clock,
                              flush_s=self.stream_flush_s, timeout_s=self.stream_timeout_s)
         turn = _Turn(chat, stream, Sequence(), persona, conv,  # a sequence it never uses
-                     policy=tier1.policy.name, notice=choice.notice,
+                     policy=tier1.policy.name, notice=notice,
                      interventions=interventions)
         stream.text(refusal)
         stream.finish({"finish_reason": "policy", "n_prompt": 0, "n_eval": 0, "n_gen": 0,
@@ -622,9 +686,9 @@ class Splinfer:
         self.draining.append(turn)
 
     def _policy_check(self, request: Envelope) -> dict[str, Any]:
-        """Tier 1 on texts with the model's tokenizer (``runa policy check`` through the
-        stack: the same answers as in process). The lock does not apply: nobody is shown
-        anything."""
+        """Tier 1 on texts with the model's tokenizer, and tier 2 when it is on (``runa
+        policy check`` through the stack: the same answers as in process). The lock does not
+        apply: nobody is shown anything."""
         items = read(request, "items")
         side = read(request, "side") or "prompt"
         name = read(request, "policy")
@@ -635,9 +699,26 @@ class Splinfer:
         engine = self._ensure_loaded()
         self.last_used = self.clock()
         tier1 = self.policy.tier1(policy, lambda: engine.vocab, engine.info.path)
-        return {"policy": policy.name,
-                "results": [{"id": item.get("id"), **tier1.check(item["text"], side).to_dict()}
-                            for item in items]}
+        results = []
+        down = ""  # once whisper has not answered, the other texts do not wait for it
+        for item in items:
+            verdict = tier1.check(item["text"], side)
+            link = self.whisper
+            if link is None or link.off:
+                results.append({"id": item.get("id"), **verdict.to_dict(),
+                                "tier2": {"off": link.off if link else "no bus"}})
+                continue
+            check = unavailable(policy, down, side=side) if down else \
+                check_prompt(link, item["text"], policy, side=side)
+            if check.judgement is None:
+                down = down or link.last_problem or "whisper did not answer"
+            if self._ctx is not None:
+                self._ctx.keepalive()
+            merged = combine(verdict, check, policy)
+            results.append({"id": item.get("id"), **merged.to_dict(),
+                            "tier2": check.judgement.to_dict() if check.judgement else
+                            {"unavailable": check.notice}})
+        return {"policy": policy.name, "results": results}
 
     def _conversation(self, chat: ChatRequest) -> Conversation | None:
         if chat.conversation is None:
@@ -700,6 +781,12 @@ class Splinfer:
         conv = turn.conv
         turn.interventions += self.policy.report(
             list(turn.gate.interventions) if turn.gate else [], conv.id if conv else "")
+        late = turn.gate.notice if isinstance(turn.gate, SemanticGate) else ""
+        if late:
+            log.event(self.logger, "tier2_unavailable", f"answer not watched by the semantic "
+                      f"tier: {late}", level=logging.WARNING, policy=turn.policy,
+                      conversation=conv.id if conv else "")
+            turn.notice = "; ".join(n for n in (turn.notice, late) if n)
         if conv is not None and not turn.forgotten:
             self._record(turn, conv, result)  # a cancelled turn too: the person saw it
         else:

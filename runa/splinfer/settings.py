@@ -57,4 +57,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("splinfer.state_save_idle_s", float, 30.0,
             "Save an idle conversation's state after this many seconds (0: only when it leaves).",
             in_range(0, 1e7)),
+    Setting("splinfer.whisper_timeout_ms", float, 1500.0,
+            "How long a prompt waits for the semantic tier (whisper), for every 1000 "
+            "characters begun, before the policy's fail rule applies; an answer's window as "
+            "long.", in_range(10, 60000)),
+    Setting("splinfer.whisper_window_tokens", int, 48,
+            "The answer is judged by the semantic tier every this many tokens (0: the prompt "
+            "only).", in_range(0, 4096)),
 )

@@ -1,6 +1,6 @@
 """Sentence embeddings, as tieto uses them: the shared ``runa.models.embedder``."""
 
-from runa.models.embedder import (
+from runa.models import (
     EMBEDDING_HINT,
     Embedder,
     EmbedderError,

@@ -105,7 +105,7 @@ class FakeSplinfer:
 class Stack:
     def __init__(self, root: Path) -> None:
         self.env = isolated_env(root)
-        (root / "etc").mkdir()
+        (root / "etc").mkdir(exist_ok=True)
         (root / "etc/runa.toml").write_text("[tieto]\nsieve = 0.3\n")
         self.paths = Paths.for_stack(self.env["RUNA_STACK"], self.env)
         self.config = load_config(self.paths, self.env, {})

@@ -38,7 +38,7 @@ def test_tieto_killed_is_restarted_by_gilgul_and_answers_again(user_manager, min
                                                                 ) -> None:
     root = user_manager.runtime_dir / f"runa-tieto-test-{os.getpid()}"  # outside PrivateTmp=
     shutil.rmtree(root, ignore_errors=True)
-    (root / "etc/components.d").mkdir(parents=True)
+    (root / "etc/components.d").mkdir(parents=True, exist_ok=True)
     (root / "etc/runa.toml").write_text(CONFIG)
     (root / "etc/components.d/50-no-splinfer.toml").write_text(NO_SPLINFER)
     docs = root / "docs"
