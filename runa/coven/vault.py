@@ -208,9 +208,9 @@ class Vault:
         passphrase raises WrongPassphrase and changes nothing, the state included.
         """
         with self._audited("unlock", None, requester) as done, self._writing():
-            self._recover()
             parsed = self._read()
             if parsed is None:
+                self._recover(None)
                 done("absent")
                 return VaultState.ABSENT
             kek = self._kek_for(parsed.header, passphrase)
@@ -221,6 +221,7 @@ class Vault:
                 raise
             self._forget_kek()
             self._kek = kek
+            self._recover(kek)
             return VaultState.UNLOCKED
 
     def lock(self, *, requester: str = LOCAL) -> VaultState:
@@ -230,10 +231,11 @@ class Vault:
             return self.state
 
     def recover(self) -> list[Path]:
-        """Remove what killed writers left: temporary files, and key files the intact vault
-        does not name (none while there is no vault or it is not intact); which ones."""
+        """Remove what killed writers left: temporary files, and key files the vault does
+        not name once its header is proven (a key-file vault's by its key file, a passphrase
+        vault's when unlocked); none while there is no vault or it is not intact. Which ones."""
         with self._writing():
-            return self._recover()
+            return self._recover(self._kek)
 
     # -- secrets ------------------------------------------------------------------------
 
@@ -474,7 +476,10 @@ class Vault:
             sodium.wipe(plain)
             raise VaultAltered(self.location.vault, f"malformed contents: {error}") from None
 
-    def _recover(self) -> list[Path]:
+    def _recover(self, verified: _Kek | None) -> list[Path]:
+        """Remove temporary files, then key files the vault does not name, but only once the
+        vault's header is proven: its key id and mode are authenticated by the wrapped data
+        key, so a forged header can never make Runa delete the key that opens the vault."""
         removed = []
         for directory in {self.location.vault.parent, self.location.keys}:
             if directory.is_dir():
@@ -483,10 +488,18 @@ class Vault:
             parsed = self._read()
         except CovenError:
             return removed  # not intact: its key files are what a person needs to keep
-        if parsed is not None:
-            keep = parsed.header.key_id if parsed.header.mode is KeyMode.KEYFILE else None
-            removed += self._keys.remove_others(keep)
-        return removed
+        if parsed is None:
+            return removed  # key files may belong to a vault being restored: kept
+        header = parsed.header
+        if verified is None or not sodium.equal(verified.key_id, header.key_id):
+            if header.mode is not KeyMode.KEYFILE:
+                return removed  # proven only when unlocked with the passphrase
+            try:
+                self._kek_for(header, None).wipe()
+            except CovenError:
+                return removed
+        keep = header.key_id if header.mode is KeyMode.KEYFILE else None
+        return removed + self._keys.remove_others(keep)
 
     def _forget_kek(self) -> None:
         if self._kek is not None:
