@@ -17,12 +17,16 @@ class CovenError(RunaError):
     exit_code = 70  # EX_SOFTWARE unless a subclass knows better
 
 
-class SecretNameError(UsageError):
-    """A secret's name outside the allowed form (says which); exit 64."""
+class SecretNameError(CovenError, UsageError):
+    """A secret's name outside the allowed form (says which)."""
+
+    exit_code = 64  # EX_USAGE
 
 
-class SecretValueError(UsageError):
+class SecretValueError(CovenError, UsageError):
     """A secret's value that cannot be stored: empty, too large, or the vault would be full."""
+
+    exit_code = 64  # EX_USAGE
 
 
 class UnknownSecret(CovenError):
@@ -118,6 +122,8 @@ class VaultWriteError(CovenError):
         super().__init__(f"cannot write {self.path}: {problem}; the previous version is kept")
 
 
-class VaultModeError(UsageError):
+class VaultModeError(CovenError, UsageError):
     """Asked for what the vault's key mode does not have (a passphrase for a key-file vault,
-    or none where one is needed); exit 64."""
+    or none where one is needed), or to create a vault where one is."""
+
+    exit_code = 64  # EX_USAGE
