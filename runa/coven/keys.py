@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runa.coven import sodium
 from runa.coven.atomic import Checkpoint, no_checkpoint, remove_file, replace_file
-from runa.coven.errors import KeyFileError, KeyFileExposed, VaultWriteError
+from runa.coven.errors import KeyFileError, KeyFileExposed, SecretValueError, VaultWriteError
 from runa.coven.fileformat import KEY_ID_BYTES, Argon2Params
 
 KEY_MAGIC = b"RUNAKEY\x00"
@@ -24,6 +24,10 @@ SUFFIX = ".key"
 
 def derive(passphrase: sodium.Buffer, salt: bytes, params: Argon2Params) -> bytearray:
     """The key-encryption key of ``passphrase`` (Argon2id), in a buffer the caller wipes."""
+    if not isinstance(passphrase, (bytes, bytearray, memoryview)):
+        raise SecretValueError(f"a passphrase is bytes, not {type(passphrase).__name__}")
+    if not memoryview(passphrase).nbytes:
+        raise SecretValueError("the passphrase is empty")
     return sodium.argon2id_into(passphrase, salt, params.opslimit, params.memlimit)
 
 

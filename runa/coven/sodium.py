@@ -69,7 +69,9 @@ def lock_memory(buffer: bytearray) -> bytearray:
     """Keep ``buffer``'s pages out of swap where ``RLIMIT_MEMLOCK`` allows; returns it.
 
     Best effort: a refused ``mlock`` changes nothing else. The buffer must not be resized
-    afterwards (a bytearray that grows moves).
+    afterwards (a bytearray that grows moves). The pages stay locked after the buffer is
+    freed (unlocking one could unlock a neighbour sharing its page); locked memory is capped
+    by ``RLIMIT_MEMLOCK``, and once that is used up further locks fail quietly.
     """
     if buffer:
         _lib.sodium_mlock(_out(buffer), len(buffer))

@@ -156,3 +156,25 @@ def test_kills_from_outside_at_many_moments(location: Location) -> None:
         assert leftovers(location) == [], f"round {round_}"
         seen = counter
     assert seen > 0, "no round got as far as one write: the delays are too short"
+
+
+def test_two_writers_at_once_lose_no_update(location: Location) -> None:
+    """Each change is a read-modify-write under the directory's flock: two processes setting
+    secrets at the same time (one of them rotating too) keep every secret either set."""
+    prepared(location, None)
+
+    def writer(prefix: str) -> None:
+        vault = Vault.open(location)
+        for count in range(25):
+            vault.set(f"{prefix}{count}", b"v")
+            if prefix == "b" and count % 5 == 0:
+                vault.rotate()
+        os._exit(0)
+
+    pids = [fork(lambda prefix=prefix: writer(prefix)) for prefix in ("a", "b")]
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    names = {info.name for info in Vault.open(location).names()}
+    assert names == set(OLD) | {f"{p}{n}" for p in "ab" for n in range(25)}
+    assert leftovers(location) == []

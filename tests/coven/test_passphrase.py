@@ -15,6 +15,7 @@ from runa.coven import (
     SHIPPED_ARGON2,
     KeyMode,
     Location,
+    SecretValueError,
     Vault,
     VaultAltered,
     VaultLocked,
@@ -136,3 +137,12 @@ print(json.dumps({{"unlock_s": elapsed,
     assert SHIPPED_ARGON2.memlimit == 128 << 20 and SHIPPED_ARGON2.opslimit == 3
     assert 128 < measured["peak_mib"] < 256, measured
     assert measured["unlock_s"] < 10, measured
+
+
+@pytest.mark.parametrize(("passphrase", "problem"), [(b"", "the passphrase is empty"),
+                                                    ("text", "a passphrase is bytes, not str")])
+def test_an_empty_or_text_passphrase_is_refused(location: Location, passphrase: object,
+                                                problem: str) -> None:
+    with pytest.raises(SecretValueError, match=problem):
+        Vault(location, argon2=FAST).create(passphrase)  # type: ignore[arg-type]
+    assert not location.vault.exists()
