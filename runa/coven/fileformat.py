@@ -50,7 +50,8 @@ _KEK_BOUND = 56  # the bytes the wrapped data key authenticates
 # take an hour or allocate the machine's memory.
 OPSLIMIT_MAX = 16
 MEMLIMIT_MAX = 1 << 30
-CONTENTS_MAX = 8 << 20  # the encrypted contents; COUNT_MAX x VALUE_MAX would not fit, on purpose
+CONTENTS_MAX = 8 << 20  # the decrypted contents; COUNT_MAX x VALUE_MAX would not fit, on purpose
+LARGEST_FILE = HEADER_BYTES + CONTENTS_MAX + sodium.MAC_BYTES + CHECKSUM_BYTES
 
 
 class KeyMode(enum.IntEnum):

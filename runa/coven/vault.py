@@ -54,6 +54,7 @@ from runa.coven.errors import (
 from runa.coven.fileformat import (
     CONTENTS_MAX,
     KEY_ID_BYTES,
+    LARGEST_FILE,
     SHIPPED_ARGON2,
     WRAPPED_KEY_BYTES,
     Argon2Params,
@@ -407,8 +408,11 @@ class Vault:
         except OSError as error:
             raise VaultAltered(path, f"cannot be opened: {error.strerror}") from None
         try:
+            size = os.fstat(fd).st_size
+            if size > LARGEST_FILE:
+                raise VaultAltered(path, f"{size} bytes, larger than any vault ({LARGEST_FILE})")
             with os.fdopen(fd, "rb", closefd=False) as stream:
-                data = stream.read()
+                data = stream.read(LARGEST_FILE + 1)
         finally:
             os.close(fd)
         return parse(path, data)

@@ -86,6 +86,7 @@ def test_truncated_extended_and_foreign_files_are_named(location: Location) -> N
                              (original + b"\0", "checksum does not match"),
                              (original[:100], "shorter than any vault"),
                              (b"", "shorter than any vault"),
+                             (original + bytes(9 << 20), "larger than any vault"),
                              (reseal(bytearray(b"NOTAVLT\0" + original[8:])),
                               "does not start as a Runa vault")):
         location.vault.write_bytes(damaged)
