@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 RUNA = Path(__file__).resolve().parent.parent / "runa"
-CURATED = ("chat", "demo", "keeper", "models", "splinfer", "testing", "tieto")
+CURATED = ("chat", "coven", "demo", "keeper", "models", "splinfer", "testing", "tieto")
 
 
 @pytest.mark.parametrize("package", CURATED)
