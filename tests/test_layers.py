@@ -14,7 +14,7 @@ import sys
 import pytest
 
 COMPONENTS = ("runa.splinfer", "runa.tieto", "runa.keeper", "runa.gilgul", "runa.chat",
-              "runa.supervisor", "runa.demo", "runa.coven", "runa.cli")
+              "runa.supervisor", "runa.demo", "runa.coven", "runa.whisper", "runa.cli")
 
 
 def loaded_by(module: str) -> list[str]:
