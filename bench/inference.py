@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 from runa.client import ServiceClient  # noqa: E402
 from runa.components import load_config as load  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
+from runa.models.embedder import embedding_model_path  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
 from runa.protocol import splinfer as splinfer_ops  # noqa: E402
@@ -79,13 +80,16 @@ LLAMA_CPP_PYTHON = "0.3.36"
 # -- the stack -------------------------------------------------------------------------
 
 def stack_env(root: Path, model: Path) -> dict[str, str]:
+    """A stack of its own under ``root`` with ``model``; whisper (the semantic tier) loads
+    the embedding model installed for this user (HOME moves to ``root``)."""
+    embedding = embedding_model_path("default", Paths.for_stack(personal_stack()).models)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     env.update(
         RUNA_SYSCONFDIR=str(root / "etc"), HOME=str(root), XDG_RUNTIME_DIR=str(root / "run"),
         XDG_CONFIG_HOME=str(root / "config"), XDG_STATE_HOME=str(root / "state"),
         XDG_DATA_HOME=str(root / "data"), RUNA_STACK=f"bench{os.getpid()}",
         RUNA_SPLINFER_MODEL=str(model), RUNA_SPLINFER_IDLE_UNLOAD_S="0",
-        RUNA_SPLINFER_PERSONA="plain",
+        RUNA_SPLINFER_PERSONA="plain", RUNA_WHISPER_EMBEDDING_MODEL=str(embedding),
         # The bus/direct ratio compares like with like: no policy. Each round also runs the
         # same request under 'default' (the request's policy field) for the figure with it.
         RUNA_POLICY_DEFAULT="off",

@@ -17,7 +17,7 @@ test halves, the keyword / nearest-neighbour / judge baselines) are added the sa
 2. ``generation``: tok/s of splinfer's engine (in-process; the context bench/inference.py
    uses, threads as shipped: -1, fewer while other programs keep CPUs busy) answering the same
    prompt greedily with the ``default`` gate, with ``off``'s gate, and with no gate at all, in
-   interleaved rounds (the order rotates); ``policy_gen_ratio`` is the median of the
+   interleaved rounds (the order rotates); ``engine_policy_gen_ratio`` is the median of the
    per-round default / off ratios, ``off_nogate_gen_ratio`` the check that ``off`` costs
    nothing. The ``*_cpu_ratio`` twins use tokens per second of process CPU time, which
    waiting for a CPU on a shared machine does not move.
@@ -28,6 +28,11 @@ test halves, the keyword / nearest-neighbour / judge baselines) are added the sa
    the shipped embedding model at one thread as the whisper service runs it. Each group is
    scored by its own right action (bench/data/safety/scoring.py); per-set and per-technique
    counts go to ``params["tier2"]``; ``tier2_prompt_p50_ms`` / ``_p99_ms`` time ``judge``.
+4. ``baselines`` (bench/safety_baselines.py): a keyword list, nearest neighbour over
+   embeddings and the chat model asked to judge, thresholded on the tune half.
+5. ``stack`` (bench/safety_stack.py): ``policy_gen_ratio``, generation through a running
+   stack under ``default`` with the whisper service judging the answer's windows, over
+   ``off`` in the same run.
 
     python bench/safety.py [--quick] [--model GGUF] [--threads N]
 
@@ -55,6 +60,7 @@ from cleanup import guarded
 from common import Result, Target, median, percentile, report
 from inference import CONTEXT, N_PREDICT, PROMPT
 from safety_baselines import baselines_part
+from safety_stack import stack_part
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -375,14 +381,13 @@ def generation_part(setup: Setup, result: Result) -> None:
 
     result.metrics.update({
         "default_gen_tok_s": rate("default", "tok_s"),
-        "policy_gen_ratio": ratio("default", "off", "tok_s"),
-        "policy_gen_cpu_ratio": ratio("default", "off", "cpu_tok_s"),
+        "engine_policy_gen_ratio": ratio("default", "off", "tok_s"),
+        "engine_policy_gen_cpu_ratio": ratio("default", "off", "cpu_tok_s"),
         "off_nogate_gen_ratio": ratio("off", "nogate", "tok_s"),
         "off_nogate_gen_cpu_ratio": ratio("off", "nogate", "cpu_tok_s"),
     })
     result.baselines.update({"off_gen_tok_s": rate("off", "tok_s"),
                              "nogate_gen_tok_s": rate("nogate", "tok_s")})
-    result.targets.append(Target("policy_gen_ratio", ">=", 0.95))
     tokens = {run.tokens for side in runs.values() for run in side}
     result.params["rounds"] = rounds
     result.params["generation"] = {
@@ -467,7 +472,7 @@ def tier2_part(setup: Setup, result: Result) -> None:
 
 #: The parts, in order.
 PARTS: list[Callable[[Setup, Result], None]] = [tier1_part, generation_part, tier2_part,
-                                                 baselines_part]
+                                                 baselines_part, stack_part]
 
 
 # -- the run -----------------------------------------------------------------------------------
