@@ -80,7 +80,10 @@ class KeyFiles:
                 raise KeyFileError(path, "not a Runa key file (wrong size or start)")
             if bytes(record[len(KEY_MAGIC):len(KEY_MAGIC) + KEY_ID_BYTES]) != key_id:
                 raise KeyFileError(path, "holds the key of another id (renamed?)")
-            return sodium.lock_memory(bytearray(record[len(KEY_MAGIC) + KEY_ID_BYTES:size]))
+            # a memoryview slice copies nothing: the key exists only in ``record`` (wiped
+            # below) and in the buffer handed out
+            return sodium.lock_memory(
+                bytearray(memoryview(record)[len(KEY_MAGIC) + KEY_ID_BYTES:size]))
         finally:
             sodium.wipe(record)
             os.close(fd)

@@ -17,7 +17,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_sodium: Any = importlib.import_module("nacl._sodium")  # compiled: no stubs, typed Any
+try:
+    _sodium: Any = importlib.import_module("nacl._sodium")  # compiled: no stubs, typed Any
+except ImportError as error:  # a PyNaCl without it: say which, not a bare ImportError
+    raise ImportError(f"coven needs PyNaCl's compiled libsodium binding (nacl._sodium), "
+                      f"present in PyNaCl 1.5 and 1.6: {error}") from None
 _ffi: Any = _sodium.ffi
 _lib: Any = _sodium.lib
 if _lib.sodium_init() < 0:  # idempotent; PyNaCl does it too, on first use of its wrappers
