@@ -85,12 +85,23 @@ def packaged_weights() -> Path:
 def windows(text: str, count_tokens: Callable[[str], int], max_tokens: int,
             overlap: int = WINDOW_OVERLAP) -> list[str]:
     """``text`` as overlapping windows of at most ``max_tokens`` word-pieces, covering all of
-    it (whitespace between words becomes one space; a single word longer than a window is a
-    window of its own, cut by the embedder). One window when the text fits."""
-    words = text.split()
+    it (whitespace between words becomes one space). A run without spaces longer than a
+    window (a script written without spaces, an encoded blob) is cut by characters into
+    pieces of at most a quarter window, joined with spaces, so it is judged like any other
+    text, never refused by the embedder. One window when the text fits."""
+    words: list[str] = []
+    sizes: list[int] = []
+    for word in text.split():
+        size = max(1, count_tokens(word))
+        if size <= max_tokens:
+            words.append(word)
+            sizes.append(size)
+            continue
+        for piece in _cut(word, count_tokens, max(1, max_tokens // 4)):
+            words.append(piece)
+            sizes.append(max(1, count_tokens(piece)))
     if not words:
         return [""]
-    sizes = [max(1, count_tokens(word)) for word in words]
     if sum(sizes) <= max_tokens:
         return [" ".join(words)]
     out: list[str] = []
@@ -108,6 +119,26 @@ def windows(text: str, count_tokens: Callable[[str], int], max_tokens: int,
             back -= 1
             shared += sizes[back]
         start = back
+    return out
+
+
+def _cut(word: str, count_tokens: Callable[[str], int], target: int) -> list[str]:
+    """``word`` in consecutive pieces of at most ``target`` word-pieces each (by characters,
+    halved until they fit; a single character is never cut)."""
+    size = count_tokens(word)
+    if size <= target or len(word) == 1:
+        return [word]
+    parts = -(-size // target)  # ceil: about this many pieces
+    length = max(1, -(-len(word) // parts))
+    out: list[str] = []
+    for at in range(0, len(word), length):
+        piece = word[at:at + length]
+        if count_tokens(piece) <= target or len(piece) == 1:
+            out.append(piece)
+        else:
+            half = len(piece) // 2
+            out += _cut(piece[:half], count_tokens, target)
+            out += _cut(piece[half:], count_tokens, target)
     return out
 
 

@@ -117,7 +117,33 @@ def test_windows_cover_every_word_in_order_within_the_limit_and_overlap() -> Non
 def test_windows_count_word_pieces_not_words() -> None:
     parts = windows("a bb ccc dddd", len, 5, overlap=0)
     assert parts == ["a bb", "ccc", "dddd"]
-    assert windows("unbreakable", len, 4) == ["unbreakable"]  # a word longer than a window
+
+
+def test_a_run_without_spaces_longer_than_a_window_is_cut_and_covered_whole() -> None:
+    run = "".join(chr(0x4E00 + i % 500) for i in range(700))  # a script written without spaces
+    parts = windows(run, len, 64)  # one character, one word-piece: 700 > 64
+    assert len(parts) > 1
+    assert all(len(part.replace(" ", "")) <= 64 for part in parts)
+    seen: list[str] = []
+    for part in parts:
+        seen.extend(piece for piece in part.split() if piece not in seen)
+    assert "".join(seen) == run  # all of it, in order, nothing dropped
+
+
+class CharacterEmbedder(ConceptEmbedder):
+    """Counts characters, as a word-piece model counts a script without spaces, and refuses
+    a window over its limit as the real embedder does."""
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.replace(" ", ""))
+
+
+def test_a_long_run_without_spaces_is_judged_not_refused_by_the_embedder() -> None:
+    semantic = SemanticTier(CharacterEmbedder(max_tokens=64), classifier(), EXEMPLARS,
+                            exemplar_cutoff=0.95)
+    judgement = semantic.judge("x" * 600 + " bomb explosive detonator" * 10)
+    assert judgement.windows > 1
+    assert any(h.rule == "tier2.harm" for h in judgement.hits)
 
 
 def test_a_3000_word_prompt_is_judged_whole_and_its_last_words_count() -> None:
