@@ -48,6 +48,13 @@ Choices, and why:
   OTHER_BLOCK_BUDGET; ``care``, ``circumvention`` and ``advice`` report ``medium`` (under
   default: whisper, flag, flag), with cutoffs that share BENIGN_INTERVENE_BUDGET of benign
   prompts with any intervention, care and circumvention first, advice from what is left.
+* The budgets sit below the targets by a margin for the test half's sampling error, and the
+  fold-to-fold spread of the cross-validated rates says the margins are not too wide: at
+  the cutoffs chosen, target - 1.645·sqrt(2)·(fold standard deviation / sqrt(folds)) is
+  0.052 for the sensitive set, 0.031 for advice and 0.061 for benign interventions
+  (budgets 0.05, 0.08, 0.07), so advice and interventions spend some of that margin already.
+  The care prompts the tier misses on the tune half score low on the care head; none is
+  blocked by the harm head.
 """
 
 from __future__ import annotations
