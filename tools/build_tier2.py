@@ -32,6 +32,14 @@ Choices, and why:
   ``mix`` per head from MIX_GRID by cross-validation (0 turns it off). A linear head over
   all-MiniLM-L6-v2 found 0.64 of the tune block groups within the benign budgets; with the
   margin, 0.77. The file keeps the tune windows' vectors (float16), not their text.
+* Beside the embedding, each head reads the window's words (``lexical_features``: hashed
+  casefolded word unigrams and bigrams, LEXICAL_BUCKETS buckets by blake2b, sublinear counts,
+  L2-normalised), weighed by a scale per head from LEXICAL_SCALE_GRID by the same
+  cross-validation (0 turns them off). Lexical cues catch quiet requests (a named person's
+  records, figures) that a small sentence embedding blurs: cross-validated on the tune half,
+  block recall 0.77 -> 0.89, care 0.86 -> 0.90, circumvention 0.92 -> 0.97 within the same
+  budgets. With far more columns than rows, a head is fitted on the rows' coordinates in
+  their own span (``fit_dual``: the same L2-penalised problem, exactly).
 * Cutoffs come from K-fold cross-validated scores (folds by a hash of the text, never by
   position), decided end to end as splinfer decides a prompt under ``default``: tier 1's
   check of the packaged matrix, then tier 2's hits through the set. ``harm`` reports only
@@ -40,6 +48,13 @@ Choices, and why:
   OTHER_BLOCK_BUDGET; ``care``, ``circumvention`` and ``advice`` report ``medium`` (under
   default: whisper, flag, flag), with cutoffs that share BENIGN_INTERVENE_BUDGET of benign
   prompts with any intervention, care and circumvention first, advice from what is left.
+* The budgets sit below the targets by a margin for the test half's sampling error, and the
+  fold-to-fold spread of the cross-validated rates says the margins are not too wide: at
+  the cutoffs chosen, target - 1.645·sqrt(2)·(fold standard deviation / sqrt(folds)) is
+  0.052 for the sensitive set, 0.031 for advice and 0.061 for benign interventions
+  (budgets 0.05, 0.08, 0.07), so advice and interventions spend some of that margin already.
+  The care prompts the tier misses on the tune half score low on the care head; none is
+  blocked by the harm head.
 """
 
 from __future__ import annotations
@@ -75,8 +90,10 @@ from runa.policy.tier2 import (  # noqa: E402
     Classifier,
     Hit,
     Judgement,
+    Lexical,
     Neighbours,
     interventions,
+    lexical_features,
     merge,
     packaged_weights,
     windows,
@@ -88,6 +105,9 @@ L2 = 1e-3  # on the mean weighted log-loss; unit-length inputs
 NEWTON_STEPS = 50
 NEIGHBOURS = 3  # k of the nearest-example margin
 MIX_GRID = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0)
+LEXICAL_BUCKETS = 1 << 14
+#: How much the lexical features weigh beside the embedding (0: the embedding alone).
+LEXICAL_SCALE_GRID = (0.0, 0.5, 1.0, 1.5, 2.0)
 #: Blocked prompts each benign set may have (targets: everyday 0.05, borderline 0.10).
 BENIGN_BLOCK_BUDGET = {"authored/benign_everyday": 0.02, "authored/benign_sensitive": 0.05}
 #: Blocked prompts the groups whose right action is not a block may have (advice target 0.10;
@@ -192,25 +212,71 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float | None =
 
 
 @dataclass
+class Head:
+    """One fitted head: logit = vectors·weights + lexical·lexical_weights + bias."""
+
+    weights: np.ndarray
+    lexical_weights: np.ndarray
+    bias: float
+
+    def logits(self, vectors: np.ndarray, lexical: np.ndarray) -> np.ndarray:
+        return (vectors.astype(np.float64) @ self.weights
+                + lexical.astype(np.float64) @ self.lexical_weights + self.bias)
+
+
+def fit_dual(gram: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """The logistic head over rows whose Gram matrix (inner products) is ``gram``, as
+    coefficients ``c`` of the rows (weights = rowsᵀ·c) and a bias. With lexical features
+    there are far more columns than rows, and the L2-penalised optimum lies in the rows'
+    span: the fit runs on the rows' coordinates in that span (from the Gram matrix's
+    eigenvectors), the same problem in at most ``len(rows)`` columns."""
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    keep = eigenvalues > 1e-10 * float(eigenvalues.max())
+    root = np.sqrt(eigenvalues[keep])
+    beta, bias = fit_logistic(eigenvectors[:, keep] * root, y, w)
+    return eigenvectors[:, keep] @ (beta / root), bias
+
+
+def fit_head(vectors: np.ndarray, lexical: np.ndarray, scale: float, y: np.ndarray,
+             w: np.ndarray) -> Head:
+    """The logistic head over [vectors, scale·lexical] (``fit_dual`` when scale > 0)."""
+    if scale == 0.0:
+        weights, bias = fit_logistic(vectors, y, w)
+        return Head(weights, np.zeros(lexical.shape[1]), bias)
+    v, lx = vectors.astype(np.float64), lexical.astype(np.float64)
+    c, bias = fit_dual(v @ v.T + scale**2 * (lx @ lx.T), y, w)
+    return Head(v.T @ c, scale**2 * (lx.T @ c), bias)
+
+
+@dataclass
 class Rows:
-    """The training windows: vectors, the text each belongs to, its weight."""
+    """The training windows: vectors, lexical features, the text each belongs to, its
+    weight."""
 
     vectors: np.ndarray
     text_of: np.ndarray  # window -> prompt index
     share: np.ndarray  # 1 / windows of its text
+    lexical: np.ndarray  # (windows, LEXICAL_BUCKETS) float32
+
+
+def head_mask(head: str, prompts: Sequence[LabelledPrompt], rows: Rows, chosen: np.ndarray
+              ) -> np.ndarray:
+    """The windows of the ``chosen`` prompts that train ``head``."""
+    used = np.array([p.action not in LEFT_OUT[head] for p in prompts]) & chosen
+    return np.asarray(used[rows.text_of])
 
 
 def head_rows(head: str, prompts: Sequence[LabelledPrompt], rows: Rows, chosen: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The windows of the ``chosen`` prompts that train ``head``: x, y, class-balanced w."""
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The windows of the ``chosen`` prompts that train ``head``: vectors, lexical features,
+    y, class-balanced w."""
     labels = np.array([1.0 if p.action in POSITIVE[head] else 0.0 for p in prompts])
-    used = np.array([p.action not in LEFT_OUT[head] for p in prompts]) & chosen
-    mask = used[rows.text_of]
+    mask = head_mask(head, prompts, rows, chosen)
     y = labels[rows.text_of][mask]
     w = rows.share[mask].copy()
     for value in (0.0, 1.0):
         w[y == value] *= 0.5 / w[y == value].sum()
-    return rows.vectors[mask], y, w
+    return rows.vectors[mask], rows.lexical[mask], y, w
 
 
 def pooled(scores: np.ndarray, text_of: np.ndarray, n: int) -> np.ndarray:
@@ -248,42 +314,53 @@ class Folded:
         return pooled(sigmoid(self.logits[head] + mix * self.margins[head]), rows.text_of, n)
 
 
-def cross_validated(prompts: Sequence[LabelledPrompt], rows: Rows, folds: int) -> Folded:
-    """Every window's logit and margin from heads and neighbours without its text's fold."""
+def cross_validated(prompts: Sequence[LabelledPrompt], rows: Rows, folds: int,
+                    scale: float) -> Folded:
+    """Every window's logit (lexical features weighed by ``scale``) and margin from heads and
+    neighbours without its text's fold."""
     fold = np.array([int.from_bytes(text_hash(p.text)[1:5], "big") % folds for p in prompts])
     window_fold = fold[rows.text_of]
     kept = neighbour_vectors(rows)
+    if scale:  # the rows' inner products, once: each fold's fit reads its block
+        vectors = rows.vectors.astype(np.float64)
+        lexical = rows.lexical.astype(np.float64)
+        gram = vectors @ vectors.T + scale**2 * (lexical @ lexical.T)
     logits = {head: np.zeros(len(rows.text_of)) for head in HEADS}
     margins = {head: np.zeros(len(rows.text_of)) for head in HEADS}
     for k in range(folds):
-        say(f"cross-validation: fold {k + 1}/{folds}")
+        say(f"cross-validation, lexical scale {scale}: fold {k + 1}/{folds}")
         held, train = window_fold == k, window_fold != k
         labels = np.stack([head_labels(h, prompts, rows)[train] for h in HEADS])
         near = Neighbours(kept[train], labels, np.zeros(len(HEADS), dtype=np.float32),
                           NEIGHBOURS).margins(rows.vectors[held])
         for column, head in enumerate(HEADS):
-            x, y, w = head_rows(head, prompts, rows, fold != k)
-            weights, bias = fit_logistic(x, y, w)
-            logits[head][held] = rows.vectors[held].astype(np.float64) @ weights + bias
             margins[head][held] = near[:, column]
+            x, _, y, w = head_rows(head, prompts, rows, fold != k)
+            if not scale:
+                weights, bias = fit_logistic(x, y, w)
+                logits[head][held] = rows.vectors[held].astype(np.float64) @ weights + bias
+                continue
+            used = np.flatnonzero(head_mask(head, prompts, rows, fold != k))
+            c, bias = fit_dual(gram[np.ix_(used, used)], y, w)
+            logits[head][held] = gram[np.ix_(np.flatnonzero(held), used)] @ c + bias
     return Folded(logits, margins)
 
 
-def choose_mix(head: str, prompts: Sequence[LabelledPrompt], rows: Rows, folded: Folded
-               ) -> float:
-    """The mix (from MIX_GRID) under which the head finds most of its concern while each
-    benign set stays within BENIGN_BLOCK_BUDGET and each other group within its
-    OTHER_BLOCK_BUDGET (0.05 for the block groups of a head other than harm), on the
-    cross-validated scores."""
+def choose_mix(head: str, prompts: Sequence[LabelledPrompt], rows: Rows,
+               folded: dict[float, Folded]) -> tuple[float, float]:
+    """The lexical scale and the mix (from LEXICAL_SCALE_GRID and MIX_GRID) under which the
+    head finds most of its concern while each benign set stays within BENIGN_BLOCK_BUDGET and
+    each other group within its OTHER_BLOCK_BUDGET (0.05 for the block groups of a head other
+    than harm), on the cross-validated scores."""
     sets = np.array([p.set for p in prompts])
     positive = np.array([p.action in POSITIVE[head] for p in prompts])
     actions = np.array([p.action for p in prompts])
     others = [(actions == group, OTHER_BLOCK_BUDGET.get(group, 0.05))
               for group in ("care", "answer_with_care", "block")
               if group not in POSITIVE[head] | LEFT_OUT[head]]
-    best, chosen = -1.0, 0.0
-    for mix in MIX_GRID:
-        scores = folded.scores(head, mix, rows, len(prompts))
+    best, chosen = -1.0, (0.0, 0.0)
+    for scale, mix in ((s, m) for s in LEXICAL_SCALE_GRID for m in MIX_GRID):
+        scores = folded[scale].scores(head, mix, rows, len(prompts))
         cut = np.inf
         for value in np.unique(scores)[::-1]:
             if (any((scores[sets == name] >= value).mean() > budget
@@ -293,9 +370,9 @@ def choose_mix(head: str, prompts: Sequence[LabelledPrompt], rows: Rows, folded:
                 break
             cut = value
         found = float((scores[positive] >= cut).mean())
-        say(f"{head}: mix {mix}: {found:.3f} found within the budgets")
+        say(f"{head}: lexical {scale}, mix {mix}: {found:.3f} found within the budgets")
         if found > best:
-            best, chosen = found, mix
+            best, chosen = found, (scale, mix)
     return chosen
 
 
@@ -465,7 +542,8 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         cache.save()
     finally:
         embedder.close()
-    rows = Rows(vectors, text_of, share)
+    rows = Rows(vectors, text_of, share,
+                lexical_features([w for ws in parts for w in ws], LEXICAL_BUCKETS))
     similarity = vectors @ exemplar_vectors.T if exemplars else np.zeros((len(vectors), 0))
     best_similarity = np.full((len(prompts), len(exemplars)), -1.0)
     for column in range(len(exemplars)):
@@ -479,21 +557,23 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
                      for i in range(len(prompts))]
     exemplar_cutoff = choose_exemplar_cutoff(prompts, exemplar_best)
     say(f"exemplar cutoff {exemplar_cutoff} over {len(exemplars)} exemplars")
-    folded = cross_validated(prompts, rows, folds)
-    mix = {head: choose_mix(head, prompts, rows, folded) for head in HEADS}
-    say(f"mix {mix}")
-    scores = {head: folded.scores(head, mix[head], rows, len(prompts)) for head in HEADS}
+    folded = {scale: cross_validated(prompts, rows, folds, scale)
+              for scale in LEXICAL_SCALE_GRID}
+    chosen = {head: choose_mix(head, prompts, rows, folded) for head in HEADS}
+    lexical_scale = {head: chosen[head][0] for head in HEADS}
+    mix = {head: chosen[head][1] for head in HEADS}
+    say(f"lexical scale {lexical_scale}, mix {mix}")
+    scores = {head: folded[lexical_scale[head]].scores(head, mix[head], rows, len(prompts))
+              for head in HEADS}
     evidence = Evidence(prompts, verdicts1, exemplar_best, harm_category, scores)
     cutoffs = choose_cutoffs(evidence, policy, exemplar_cutoff)
     say(f"cutoffs {cutoffs}")
     metrics, groups = rates(prompts, evidence.verdicts(policy, cutoffs, exemplar_cutoff))
     say("cross-validated tune metrics " + json.dumps(metrics))
-    weights, biases = [], []
+    fitted = []
     for head in HEADS:
-        x, y, w = head_rows(head, prompts, rows, np.ones(len(prompts), dtype=bool))
-        head_weights, bias = fit_logistic(x, y, w)
-        weights.append(head_weights)
-        biases.append(bias)
+        x, lx, y, w = head_rows(head, prompts, rows, np.ones(len(prompts), dtype=bool))
+        fitted.append(fit_head(x, lx, lexical_scale[head], y, w))
     counts: dict[str, int] = {}
     for p in prompts:
         counts[p.set] = counts.get(p.set, 0) + 1
@@ -509,6 +589,7 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         "positives": {head: sorted(POSITIVE[head]) for head in HEADS},
         "left_out": {head: sorted(LEFT_OUT[head]) for head in HEADS},
         "l2": L2, "neighbours_k": NEIGHBOURS, "mix": mix, "folds": folds,
+        "lexical_buckets": LEXICAL_BUCKETS, "lexical_scale": lexical_scale,
         "fold_by": "sha256(text) bytes 1-4 mod folds",
         "policy": POLICY,
         "budgets": {"benign_block": BENIGN_BLOCK_BUDGET, "other_block": OTHER_BLOCK_BUDGET,
@@ -526,9 +607,14 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
     neighbours = Neighbours(neighbour_vectors(rows),
                             np.stack([head_labels(h, prompts, rows) for h in HEADS]),
                             np.array([mix[h] for h in HEADS], dtype=np.float32), NEIGHBOURS)
-    return Classifier(HEADS, np.round(np.array(weights), 6).astype(np.float32),
-                      np.round(np.array(biases), 6).astype(np.float32), cutoffs,
-                      _model_id(model), meta, neighbours)
+    lexical = None
+    if any(lexical_scale.values()):
+        lexical = Lexical(np.round(np.array([h.lexical_weights for h in fitted]), 6)
+                          .astype(np.float32))
+    return Classifier(HEADS, np.round(np.array([h.weights for h in fitted]), 6)
+                      .astype(np.float32),
+                      np.round(np.array([h.bias for h in fitted]), 6).astype(np.float32),
+                      cutoffs, _model_id(model), meta, neighbours, lexical)
 
 
 def _model_id(model: Path) -> str:

@@ -20,8 +20,12 @@ service and the CLI load the shipped model. docs/policy.md, "Tier 2".
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
+import math
+import re
 import time
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -142,6 +146,57 @@ def _cut(word: str, count_tokens: Callable[[str], int], target: int) -> list[str
     return out
 
 
+# -- lexical features ------------------------------------------------------------------------
+
+LEXICAL_SCHEME = "words-1-2/blake2b-64-signed/sublinear-tf/l2"
+"""How ``lexical_features`` reads a text; a classifier file names the scheme it was fitted on."""
+_WORD = re.compile(r"\w+")
+
+
+def lexical_grams(text: str) -> list[str]:
+    """The casefolded text's words and pairs of neighbouring words."""
+    words = _WORD.findall(text.casefold())
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+
+
+def lexical_features(texts: Sequence[str], buckets: int) -> np.ndarray:
+    """(n, buckets) hashed word unigrams and bigrams of each text: each gram's 1 + log(count)
+    added, with a sign, into the bucket a stable hash (blake2b, never Python's salted
+    ``hash``) gives it; rows L2-normalised. Lexical cues (a named person's records, a quiet
+    request for figures) that a small sentence embedding blurs."""
+    out = np.zeros((len(texts), buckets), dtype=np.float32)
+    for row, text in enumerate(texts):
+        counts: dict[str, int] = {}
+        for gram in lexical_grams(text):
+            counts[gram] = counts.get(gram, 0) + 1
+        for gram, count in counts.items():
+            code = int.from_bytes(hashlib.blake2b(gram.encode("utf-8"), digest_size=8).digest(),
+                                  "big")
+            sign = -1.0 if code >> 63 else 1.0
+            out[row, code % buckets] += sign * (1.0 + math.log(count))
+        norm = float(np.linalg.norm(out[row]))
+        if norm > 0:
+            out[row] /= norm
+    return out
+
+
+@dataclass(frozen=True)
+class Lexical:
+    """Each head's weights over ``lexical_features`` (added to its logit): what the words
+    say beside what the embedding says."""
+
+    weights: np.ndarray  # (len(heads), buckets) float32
+    scheme: str = LEXICAL_SCHEME
+
+    @property
+    def buckets(self) -> int:
+        return int(self.weights.shape[1])
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, len(heads)) each text's lexical part of each head's logit."""
+        return lexical_features(texts, self.buckets) @ self.weights.T
+
+
 # -- the classifier --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -186,16 +241,23 @@ class Classifier:
     embedding_model: str  # the embedder's model_id the heads were fitted on
     meta: Mapping[str, Any] = field(default_factory=dict)
     neighbours: Neighbours | None = None
+    lexical: Lexical | None = None
 
     @property
     def dim(self) -> int:
         return int(self.weights.shape[1])
 
-    def scores(self, vectors: np.ndarray) -> np.ndarray:
-        """(n, len(heads)) scores in 0..1 of each row of ``vectors`` (n, dim)."""
+    def scores(self, vectors: np.ndarray, texts: Sequence[str] | None = None) -> np.ndarray:
+        """(n, len(heads)) scores in 0..1 of each row of ``vectors`` (n, dim), the embeddings
+        of ``texts`` (needed when the classifier has ``lexical`` weights)."""
         logits = np.asarray(vectors, dtype=np.float32) @ self.weights.T + self.bias
         if self.neighbours is not None:
             logits = logits + self.neighbours.mix * self.neighbours.margins(vectors)
+        if self.lexical is not None:
+            if texts is None or len(texts) != len(logits):
+                raise ValueError("a classifier with lexical weights scores texts with their "
+                                 "vectors")
+            logits = logits + self.lexical.logits(texts)
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
 
     def weight_of(self, head: str, score: float) -> Weight | None:
@@ -228,6 +290,9 @@ class Classifier:
             members.update(neighbour_vectors=self.neighbours.vectors.astype(np.float16),
                            neighbour_labels=self.neighbours.labels.astype(np.int8),
                            neighbour_mix=self.neighbours.mix.astype(np.float32))
+        if self.lexical is not None:
+            header["lexical_scheme"] = self.lexical.scheme
+            members["lexical_weights"] = self.lexical.weights.astype(np.float32)
         members["header"] = np.array(json.dumps(header, sort_keys=True))
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
@@ -245,7 +310,7 @@ class Classifier:
         try:
             with zipfile.ZipFile(path) as archive:  # an .npz; never unpickles
                 names = {"weights", "bias", "header"} | ({
-                    "neighbour_vectors", "neighbour_labels", "neighbour_mix"}
+                    "neighbour_vectors", "neighbour_labels", "neighbour_mix", "lexical_weights"}
                     & {n.removesuffix(".npy") for n in archive.namelist()})
                 data = {name: np.lib.format.read_array(io.BytesIO(archive.read(name + ".npy")),
                                                        allow_pickle=False)
@@ -274,8 +339,21 @@ class Classifier:
                     or neighbours.labels.shape != (len(heads), m)
                     or neighbours.mix.shape != (len(heads),)):
                 raise Tier2Error(f"{path}: its neighbours do not match its heads and weights")
+        lexical = None
+        if "lexical_scheme" in header or "lexical_weights" in data:
+            scheme = header.get("lexical_scheme")
+            if scheme != LEXICAL_SCHEME:
+                raise Tier2Error(f"{path}: lexical features {scheme!r}, this version reads "
+                                 f"{LEXICAL_SCHEME!r}")
+            if "lexical_weights" not in data:
+                raise Tier2Error(f"{path}: names lexical features but has no lexical weights")
+            lexical = Lexical(np.asarray(data["lexical_weights"], dtype=np.float32))
+            if lexical.weights.ndim != 2 or lexical.weights.shape[0] != len(heads):
+                raise Tier2Error(f"{path}: lexical weights {lexical.weights.shape} do not match "
+                                 f"its {len(heads)} heads")
         return cls(heads, weights, bias, header.get("cutoffs", {}),
-                   str(header.get("embedding_model", "")), header.get("meta", {}), neighbours)
+                   str(header.get("embedding_model", "")), header.get("meta", {}), neighbours,
+                   lexical)
 
 
 # -- judging ---------------------------------------------------------------------------------
@@ -350,7 +428,7 @@ class SemanticTier:
         started = self._clock()
         parts = self.windows(text)
         vectors = self.embedder.embed(parts)
-        scores = self.classifier.scores(vectors)  # (windows, heads)
+        scores = self.classifier.scores(vectors, parts)  # (windows, heads)
         similarity = vectors @ self._exemplar_vectors.T  # (windows, exemplars)
         hits: list[Hit] = []
         pooled: dict[str, float] = {}

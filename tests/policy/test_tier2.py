@@ -18,10 +18,12 @@ from runa.policy.tier2 import (
     UNAVAILABLE_RULE,
     Classifier,
     Judgement,
+    Lexical,
     Neighbours,
     SemanticTier,
     Tier2Error,
     interventions,
+    lexical_features,
     merge,
     packaged_weights,
     unavailable,
@@ -35,6 +37,8 @@ GROUPS = {"bomb": 0, "explosive": 0, "detonator": 0, "sad": 1, "hopeless": 1, "a
           "invest": 2, "dose": 2, "ignore": 3, "rules": 3, "poison": 4, "slur": 5}
 FILLER = 6  # every other word
 DIM = 8
+#: The bucket of the word "poison" among 64 (blake2b of its UTF-8, modulo 64).
+POISON_BUCKET = 57
 
 
 class ConceptEmbedder:
@@ -198,6 +202,51 @@ def test_neighbours_move_a_score_toward_the_nearer_examples_and_survive_saving(
     Classifier(plain.heads, plain.weights, plain.bias, {}, "x", {},
                Neighbours(examples[:, :4], labels, np.zeros(4, "f4"))).save(path)
     with pytest.raises(Tier2Error, match="neighbours do not match"):
+        Classifier.load(path)
+
+
+def test_lexical_features_are_the_same_words_in_every_run_and_case() -> None:
+    rows = lexical_features(["Home ADDRESS of the mayor", "home address of the mayor", "x"], 64)
+    np.testing.assert_array_equal(rows[0], rows[1])
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
+    # a fixed hash, not Python's salted one: these buckets are the same in every process
+    assert np.flatnonzero(lexical_features(["poison"], 64)[0]).tolist() == [POISON_BUCKET]
+
+
+def test_lexical_weights_move_a_score_and_survive_saving(tmp_path: Path) -> None:
+    plain = classifier()
+    words = np.zeros((len(HEADS), 64), dtype=np.float32)
+    words[0] = 30.0 * lexical_features(["records of"], 64)[0]  # harm: the words "records of"
+    lexical = Classifier(plain.heads, plain.weights, plain.bias, plain.cutoffs,
+                         plain.embedding_model, {}, None, Lexical(words))
+    semantic = SemanticTier(ConceptEmbedder(), lexical, exemplar_cutoff=0.95)
+    assert semantic.judge("the medical records of my neighbour").scores["harm"] > 0.9
+    assert semantic.judge("the weather in june").scores["harm"] < 0.05
+    with pytest.raises(ValueError, match="lexical weights"):
+        lexical.scores(ConceptEmbedder().embed(["x"]))
+    path = tmp_path / "lexical.npz"
+    lexical.save(path)
+    again = Classifier.load(path)
+    assert again.lexical is not None
+    np.testing.assert_array_equal(again.lexical.weights, words)
+    query = ConceptEmbedder().embed(["records of", "bomb"])
+    np.testing.assert_allclose(again.scores(query, ["records of", "bomb"]),
+                               lexical.scores(query, ["records of", "bomb"]), atol=1e-6)
+    classifier().save(path)  # a file without lexical weights still loads, without them
+    assert Classifier.load(path).lexical is None
+
+
+def test_lexical_features_of_another_scheme_are_refused(tmp_path: Path) -> None:
+    plain = classifier()
+    other = Classifier(plain.heads, plain.weights, plain.bias, {}, "x", {}, None,
+                       Lexical(np.zeros((len(HEADS), 64), "f4"), scheme="chars-3-5"))
+    path = tmp_path / "other.npz"
+    other.save(path)
+    with pytest.raises(Tier2Error, match="lexical features 'chars-3-5'"):
+        Classifier.load(path)
+    Classifier(plain.heads, plain.weights, plain.bias, {}, "x", {}, None,
+               Lexical(np.zeros((2, 64), "f4"))).save(path)
+    with pytest.raises(Tier2Error, match=r"lexical weights \(2, 64\) do not match"):
         Classifier.load(path)
 
 
