@@ -6,7 +6,8 @@ Before the first token the prompt is judged by whisper (``judge``), waiting at m
 nothing and a whisper adds its note. While the answer streams, every
 ``splinfer.whisper_window_tokens`` tokens its latest text is sent to whisper without waiting
 (``SemanticGate``); an answer arriving later with a block halts the stream with the set's
-refusal, a whisper keeps its note for the next turn. Under a set with ``delay`` cells the
+refusal, a whisper keeps its note for the next turn. When the answer ends, every window
+still pending is waited for (each at most the timeout). Under a set with ``delay`` cells the
 stream waits for each window's judgement instead.
 
 When whisper cannot answer (not running, no heartbeat, died, too slow, an error) the set's
@@ -239,8 +240,8 @@ class SemanticGate:
 
     def finish(self) -> GateStep:
         if self._block is None and not self._down and len(self._pieces) > self._judged:
-            self._ask(final=True)  # the tail: waited for, the answer is ending anyway
-        self._collect()
+            self._ask(final=True)  # the tail
+        self._settle()
         if self._block is not None:
             return self._halt(fed=0)
         step = self.inner.finish()
@@ -267,13 +268,26 @@ class SemanticGate:
         index = start
         try:
             request = self.link.send(text, "output")
-            if self.wait or final:
+            if self.wait and not final:
                 judgement = self.link.wait(request, self.link.clock() + self.link.timeout_s)
                 self._take(judgement, index)
             else:
                 self._pending.append((request, index, self.link.clock()))
         except WhisperDown as error:
             self._fail(str(error))
+
+    def _settle(self) -> None:
+        """The answer ends: every window still pending is waited for (each until its
+        timeout), so a late block or whisper still applies, and whisper not answering
+        applies the fail rule."""
+        pending, self._pending = self._pending, []
+        for request, index, sent in pending:
+            if self._block is not None or self._down:
+                break  # decided: the rest cannot change the answer
+            try:
+                self._take(self.link.wait(request, sent + self.link.timeout_s), index)
+            except WhisperDown as error:
+                self._fail(str(error))
 
     def _collect(self) -> None:
         """Take the judgements that have arrived; a window unanswered too long is a failure."""

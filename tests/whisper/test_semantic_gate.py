@@ -19,6 +19,7 @@ PACKAGED = Path(__file__).resolve().parents[2] / "runa/data/policy/sets"
 DEFAULT = parse_set(PACKAGED / "default.yaml")
 CHILD_SAFE = parse_set(PACKAGED / "child-safe.yaml")
 REFUSAL_TOKENS = (901, 902)
+ARRIVES = 0.5  # when a late FakeLink's answers come
 
 
 def judged(*hits: tuple[str, str]) -> Judgement:
@@ -37,6 +38,7 @@ class FakeLink:
         self.failures = 0
         self.last_problem = ""
         self.now = 0.0
+        self.dead = False
         self._ready: dict[str, Judgement | str] = {}
 
     def clock(self) -> float:
@@ -52,7 +54,7 @@ class FakeLink:
         return rid
 
     def answer(self, rid: str) -> Judgement | None:
-        if self.late and self.now < 0.5:
+        if self.dead or (self.late and self.now < ARRIVES):
             return None
         found = self._ready.pop(rid, None)
         if found == "down":
@@ -60,6 +62,10 @@ class FakeLink:
         return found  # type: ignore[return-value]
 
     def wait(self, rid: str, deadline: float) -> Judgement:
+        if self.dead:
+            raise WhisperDown("whisper died (pid 4242) and is restarting")
+        if self.late and self.now < ARRIVES <= deadline:
+            self.now = ARRIVES  # waited until it came
         found = self.answer(rid)
         if found is None:
             raise WhisperDown("whisper did not answer within 1000 ms")
@@ -115,6 +121,52 @@ def test_the_tail_of_the_answer_is_judged_when_it_ends() -> None:
     end = g.finish()
     assert link.sent[-1] == (" one two three four five six", "output")
     assert end.stop and end.insert == REFUSAL_TOKENS
+
+
+def test_windows_still_pending_when_the_answer_ends_are_waited_for() -> None:
+    # 8 tokens, windows of 4: no tail to ask, both windows' answers still on their way
+    link = FakeLink(judged(), judged(("tier2.harm", "violent_crimes")), late=True)
+    g = gate(link)
+    steps = feed(g, ["w"] * 8)
+    assert not any(step.stop for step in steps) and len(link.sent) == 2
+    end = g.finish()
+    assert end.stop and end.insert == REFUSAL_TOKENS
+    assert end.reason == "policy default: violent_crimes"
+    assert [(i.rule, i.token_index) for i in g.interventions] == [("tier2.harm", 0)]
+    assert link.now == ARRIVES  # waited, not beyond the answer's arrival
+
+
+def test_a_late_whisper_at_the_end_is_kept_for_the_next_turn() -> None:
+    link = FakeLink(judged(("tier2.care", "suicide_self_harm")), late=True)
+    g = gate(link)
+    feed(g, ["w"] * 4)
+    assert not g.finish().stop
+    assert len(g.whispers) == 1 and "crisis line" in g.whispers[0]
+
+
+@pytest.mark.parametrize(("policy", "stops", "says"), [
+    (DEFAULT, False, "fail open; the output was not checked by meaning"),
+    (CHILD_SAFE, True, "fail closed; the output was blocked"),
+])
+def test_whisper_dying_after_the_last_window_applies_the_fail_rule(policy, stops: bool,
+                                                                   says: str) -> None:
+    link = FakeLink(late=True)
+    g = gate(link, policy)
+    feed(g, ["w"] * 8)
+    link.dead = True
+    end = g.finish()
+    assert [i.rule for i in g.interventions] == ["tier2.unavailable"]
+    assert "whisper died (pid 4242)" in g.notice and g.notice.endswith(says)
+    assert end.stop is stops
+
+
+def test_an_unanswered_window_at_the_end_applies_the_fail_rule() -> None:
+    link = FakeLink("down", late=True)
+    g = gate(link, CHILD_SAFE)
+    feed(g, ["w"] * 4)
+    end = g.finish()
+    assert end.stop and end.insert == REFUSAL_TOKENS
+    assert "did not answer" in g.notice and g.notice.endswith("the output was blocked")
 
 
 @pytest.mark.parametrize(("policy", "action", "stops", "says"), [
