@@ -5,6 +5,7 @@ fail rule once), tier 1's delay cells decided by tier 2, and long texts sent in 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +14,7 @@ from runa.policy.taxonomy import Weight
 from runa.policy.tier2 import Hit, Judgement
 from runa.policy.tiers import PromptCheck, combine, pooled
 from runa.protocol import whisper as protocol
-from runa.splinfer.semantic import SemanticGate, WhisperDown
+from runa.splinfer.semantic import SemanticGate, WhisperDown, WhisperLink
 
 PACKAGED = Path(__file__).resolve().parents[2] / "runa/data/policy/sets"
 DEFAULT = parse_set(PACKAGED / "default.yaml")
@@ -39,6 +40,7 @@ class FakeLink:
         self.last_problem = ""
         self.now = 0.0
         self.dead = False
+        self.forgotten: list[str] = []
         self._ready: dict[str, Judgement | str] = {}
 
     def clock(self) -> float:
@@ -72,13 +74,19 @@ class FakeLink:
         return found
 
     def forget(self, rid: str) -> None:
+        self.forgotten.append(rid)
         self._ready.pop(rid, None)
 
+    def alive_or_raise(self) -> None:
+        if self.dead:
+            raise WhisperDown("whisper died (pid 4242) and is restarting")
 
-def gate(link: FakeLink, policy=DEFAULT, *, window: int = 4, wait: bool = False
-         ) -> SemanticGate:
+
+def gate(link: FakeLink, policy=DEFAULT, *, window: int = 4, wait: bool = False,
+         cancelled: bool = False) -> SemanticGate:
     return SemanticGate(PassGate(), link, policy, lambda: REFUSAL_TOKENS,  # type: ignore[arg-type]
-                        window=window, wait=wait, conversation="c1")
+                        window=window, wait=wait, conversation="c1",
+                        cancelled=lambda: cancelled)
 
 
 def feed(g: SemanticGate, words: list[str]):
@@ -169,6 +177,26 @@ def test_an_unanswered_window_at_the_end_applies_the_fail_rule() -> None:
     assert "did not answer" in g.notice and g.notice.endswith("the output was blocked")
 
 
+def test_a_cancelled_answer_asks_no_tail_and_waits_for_nothing() -> None:
+    link = FakeLink(late=True)
+    g = gate(link, cancelled=True)
+    feed(g, ["w"] * 6)
+    end = g.finish()
+    assert len(link.sent) == 1 and link.now == 0.0 and not end.stop and not g.notice
+    assert link.forgotten == ["r1"]  # its late answer will be dropped
+
+
+def test_whisper_dying_while_windows_wait_is_noticed_before_the_timeout() -> None:
+    link = FakeLink(late=True)
+    g = gate(link, CHILD_SAFE)
+    feed(g, ["w"] * 8)
+    link.dead, link.now = True, 0.2  # well within the 1 s timeout
+    step = g.feed(99, b" x")
+    assert step.stop and step.insert == REFUSAL_TOKENS
+    assert "whisper died (pid 4242)" in g.notice
+    assert link.forgotten == ["r1", "r2"]
+
+
 @pytest.mark.parametrize(("policy", "action", "stops", "says"), [
     (DEFAULT, "flag", False, "fail open; the output was not checked by meaning"),
     (CHILD_SAFE, "block", True, "fail closed; the output was blocked"),
@@ -252,8 +280,6 @@ def test_tier_1_verdict_without_tier_2_is_left_as_it_was() -> None:
 
 
 def test_a_long_prompt_is_waited_for_in_proportion_to_its_length() -> None:
-    from runa.splinfer.semantic import WhisperLink
-
     class NoBus:
         def queue(self, name: str) -> object:
             return object()
@@ -262,3 +288,71 @@ def test_a_long_prompt_is_waited_for_in_proportion_to_its_length() -> None:
     assert link.wait_for("hello") == 1.5
     assert link.wait_for("x" * 1000) == 1.5
     assert link.wait_for("x" * 11_000) == 1.5 * 11
+
+
+class Replies:
+    """A reply queue holding what whisper sent."""
+
+    def __init__(self) -> None:
+        self.waiting: list[SimpleNamespace] = []
+
+    def recv(self, timeout: float) -> SimpleNamespace | None:
+        return self.waiting.pop(0) if self.waiting else None
+
+
+class OneBus:
+    """Enough of the bus for one WhisperLink: whisper alive, queries recorded."""
+
+    def __init__(self) -> None:
+        self.replies = Replies()
+        self.queries: list = []
+
+    def queue(self, name: str) -> Replies:
+        return self.replies
+
+    def queue_owner(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(alive=True, pid=1)
+
+    def get(self, key: str) -> str:
+        return "{}"
+
+    def sender(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(send=self.queries.append)
+
+
+def reply(rid: str, judgement: Judgement) -> SimpleNamespace:
+    return SimpleNamespace(id=rid, type="response", payload=judgement.to_dict())
+
+
+def test_an_answer_is_found_behind_many_nobody_waits_for() -> None:
+    bus = OneBus()
+    link = WhisperLink(bus, 1.5)  # type: ignore[arg-type]
+    abandoned = [link.send("x", "output") for _ in range(300)]
+    for rid in abandoned:
+        link.forget(rid)
+    wanted = link.send("y", "output")
+    bus.replies.waiting = [*(reply(r, judged()) for r in abandoned),
+                           reply(wanted, judged(("tier2.harm", "violent_crimes")))]
+    found = link.answer(wanted)
+    assert found is not None and [h.rule for h in found.hits] == ["tier2.harm"]
+    assert link.answer(wanted) is None  # taken once
+
+
+def test_waiting_for_whisper_keeps_the_daemon_alive() -> None:
+    times = iter(x / 10 for x in range(100))
+    pings: list[int] = []
+    link = WhisperLink(OneBus(), 1.5, clock=lambda: next(times),  # type: ignore[arg-type]
+                       keepalive=lambda: pings.append(1))
+    with pytest.raises(WhisperDown, match="did not answer in time"):
+        link.wait(link.send("x", "output"), 0.5)
+    assert len(pings) >= 3
+
+
+@pytest.mark.parametrize("payload", [{"scores": [1, 2]}, {"hits": [{"rule": 1}]}])
+def test_an_unreadable_answer_is_whisper_down(payload: dict) -> None:
+    bus = OneBus()
+    link = WhisperLink(bus, 1.5)  # type: ignore[arg-type]
+    rid = link.send("x", "output")
+    bus.replies.waiting = [SimpleNamespace(id=rid, type="response", payload=payload)]
+    with pytest.raises(WhisperDown, match="unreadable"):
+        link.answer(rid)
