@@ -711,6 +711,10 @@ class Splinfer:
                 results.append({"id": item.get("id"), **verdict.to_dict(),
                                 "tier2": {"off": link.off if link else "no bus"}})
                 continue
+            if policy.passes_everything:  # as in process and as a chat under it: not asked
+                results.append({"id": item.get("id"), **verdict.to_dict(),
+                                "tier2": {"skipped": f"policy {policy.name} passes everything"}})
+                continue
             check = unavailable(policy, down, side=side) if down else \
                 check_prompt(link, item["text"], policy, side=side)
             if check.judgement is None:

@@ -209,3 +209,29 @@ def test_with_whisper_disabled_tier_2_is_off_and_says_so(tmp_path: Path) -> None
         final, _ = ask(env, HARM[0], "-n", "4")
         assert final["finish_reason"] != "policy" and "policy_notice" not in final
         assert not [i for i in final["interventions"] if i["rule"].startswith("tier2.")]
+
+
+def test_a_set_that_passes_everything_does_not_ask_a_whisper_that_cannot_answer(
+        tmp_path: Path) -> None:
+    from support import isolated_env, remove_segments
+
+    from runa.testing.tiny_gguf import write_tiny_gguf
+
+    env = {**isolated_env(tmp_path, whisper=True),
+           "RUNA_SPLINFER_MODEL": str(write_tiny_gguf(tmp_path / "tiny.gguf")),
+           "RUNA_WHISPER_EMBEDDING_MODEL": str(tmp_path / "missing.gguf")}
+    up = runa("up", "--detach", env=env, timeout=120)
+    assert up.returncode == 0, up.stderr
+    try:
+        wait_for(lambda: str((whisper_health(env) or {}).get("status", "")).startswith(
+            "unavailable"), 60, "whisper to run without its model")
+        down, verdicts = policy_check(env, BENIGN[0])  # whisper cannot answer: the fail rule
+        assert down.returncode == 69 and verdicts[0]["rules"] == ["tier2.unavailable"]
+        through, verdicts = policy_check(env, BENIGN[0], HARM[0], args=("--policy", "off"))
+        local, in_process = policy_check({**env, "RUNA_STACK": env["RUNA_STACK"] + "none"},
+                                         BENIGN[0], HARM[0], args=("--policy", "off"))
+        assert (through.returncode, through.stderr) == (local.returncode, local.stderr) == (0, "")
+        assert verdicts == in_process and [v["action"] for v in verdicts] == ["allow", "allow"]
+    finally:
+        runa("down", env=env, timeout=120)
+        remove_segments(env)
