@@ -230,23 +230,26 @@ def test_a_delay_set_waits_for_each_window() -> None:
     assert steps[3].stop  # decided on the token that completed the window
 
 
-def delay_set(tmp_path: Path):
+def delay_set(tmp_path: Path, fail: str = "closed"):
     path = tmp_path / "careful.yaml"
-    path.write_text("description: careful\nfail: closed\nrefusal: No.\nactions:\n"
+    path.write_text(f"description: careful\nfail: {fail}\nrefusal: No.\nactions:\n"
                     "  default: {light: flag, medium: flag, heavy: block}\n"
                     "  violent_crimes: delay\n")
     return parse_set(path)
 
 
-def test_a_delay_cell_waits_for_tier_2_instead_of_the_fail_rule(tmp_path: Path) -> None:
-    policy = delay_set(tmp_path)
+@pytest.mark.parametrize(("fail", "alone_action"), [("closed", Action.BLOCK),
+                                                    ("open", Action.FLAG)])
+def test_a_delay_cell_waits_for_tier_2_instead_of_the_fail_rule(
+        tmp_path: Path, fail: str, alone_action: Action) -> None:
+    policy = delay_set(tmp_path, fail)
     matrix_file = tmp_path / "m.yaml"
     matrix_file.write_text("- id: t.knife\n  category: violent_crimes\n  weight: medium\n"
                            "  side: prompt\n  phrase: sharpen the knife\n")
     from runa.policy import Matrix
     tier1 = Tier1(Matrix(tuple(parse_matrix(matrix_file))), policy, None)
     alone = tier1.check("how do I sharpen the knife", "prompt")
-    assert alone.action is Action.BLOCK  # fail closed while tier 2 has not spoken
+    assert alone.action is alone_action  # the fail rule while tier 2 has not spoken
     cleared = combine(alone, PromptCheck((), judged()), policy)
     assert cleared.action is Action.FLAG
     assert cleared.interventions[0].reason == "delay: the semantic tier did not confirm it"
@@ -255,7 +258,7 @@ def test_a_delay_cell_waits_for_tier_2_instead_of_the_fail_rule(tmp_path: Path) 
     assert confirmed.action is Action.BLOCK
     assert confirmed.interventions[0].reason == "delay: the semantic tier confirmed it"
     down = combine(alone, PromptCheck((), None, "down"), policy)
-    assert down.action is Action.BLOCK  # whisper unavailable: the fail rule stays
+    assert down.action is alone_action  # whisper unavailable: the fail rule stays
 
 
 def test_a_long_text_goes_in_overlapping_parts_and_is_pooled() -> None:
