@@ -16,7 +16,15 @@ from support import runa, wait_for
 
 from runa.models.embedder import LlamaEmbedder
 
-from .stack import ask, chat, kill_whisper, tier2_rules, whisper_health, whisper_stack
+from .stack import (
+    ask,
+    chat,
+    kill_whisper,
+    stream_while_killing,
+    tier2_rules,
+    whisper_health,
+    whisper_stack,
+)
 from .tiny_tier2 import BENIGN, CARE, HARM, fit
 
 REFUSAL = "I can't help with that."
@@ -133,12 +141,15 @@ def test_whisper_killed_mid_answer_fails_open_visibly_then_is_back(stack: dict[s
 
 def test_whisper_killed_mid_answer_fails_closed_under_child_safe(stack: dict[str, str]
                                                                  ) -> None:
-    done, _ = answer_while_killing(stack, "--policy", "child-safe")
-    assert done.returncode == 0, done.stderr
-    words, rest = done.stdout.rsplit(CHILD_SAFE_REFUSAL, 1)
+    final, text, killed = stream_while_killing(stack, BENIGN[2], "child-safe", 1500)
+    assert final["finish_reason"] == "policy"  # halted, not run to its length
+    words, rest = text.rsplit(CHILD_SAFE_REFUSAL, 1)
     assert words.strip(), "the answer had begun before it was halted"
-    assert not rest.strip() and len(words.split()) < 1500
-    assert "fail closed; the output was blocked]" in done.stderr
+    assert not rest.strip() and final["n_gen"] < 1500
+    assert final["policy_notice"].endswith("fail closed; the output was blocked")
+    assert ("tier2.unavailable", "block") in tier2_rules(final, "output")
+    wait_for(lambda: (h := whisper_health(stack)) and h["pid"] != killed
+             and h["status"] == "ready", 90, "gilgul to bring whisper back")
     again, _ = ask(stack, BENIGN[0], "--policy", "child-safe", "-n", "8")
     assert again["finish_reason"] in ("length", "stop") and "policy_notice" not in again
 
