@@ -45,6 +45,10 @@ from runa.policy.taxonomy import CATEGORIES, Action
 from runa.policy.verdict import Intervention, Verdict
 
 REGEX_WINDOW = 64
+#: The reason of a ``delay`` cell decided without the semantic tier, by the set's fail rule
+#: (runa.policy.tiers decides such an intervention again when tier 2 answers).
+DELAY_ALONE = {"closed": "delay without the semantic tier: fail closed",
+               "open": "delay without the semantic tier: fail open"}
 _STEPS = tuple(GateStep(release=k) for k in range(257))
 _STOPPED = GateStep(stop=True, reason="policy")
 
@@ -294,8 +298,8 @@ class Tier1:
         action = self.policy.action(motif.category, motif.weight)
         if action is Action.DELAY:
             if self.policy.fail == "closed":
-                return Action.BLOCK, "delay without the semantic tier: fail closed"
-            return Action.FLAG, "delay without the semantic tier: fail open"
+                return Action.BLOCK, DELAY_ALONE["closed"]
+            return Action.FLAG, DELAY_ALONE["open"]
         return action, ""
 
     def tokens_of(self, text: str) -> tuple[int, ...]:

@@ -13,11 +13,9 @@ from dataclasses import dataclass, replace
 from runa.policy import tier2
 from runa.policy.sets import PolicySet
 from runa.policy.taxonomy import Action, Weight
+from runa.policy.tier1 import DELAY_ALONE
 from runa.policy.tier2 import Judgement
 from runa.policy.verdict import Intervention, Verdict
-
-#: The reason tier 1 gives a ``delay`` cell it had to decide alone (runa.policy.tier1).
-DELAY_ALONE = "delay without the semantic tier"
 
 
 def pooled(judgements: Sequence[Judgement]) -> Judgement:
@@ -83,7 +81,7 @@ def resolve_delays(verdict: Verdict, judgement: Judgement, policy: PolicySet) ->
     changed = False
     items = []
     for item in verdict.interventions:
-        if item.reason.startswith(DELAY_ALONE) and _is_delay(item, policy):
+        if item.reason in DELAY_ALONE.values() and _is_delay(item, policy):
             blocked = item.category in confirmed
             item = replace(item, action=(Action.BLOCK if blocked else Action.FLAG).value,
                            reason="delay: the semantic tier " +

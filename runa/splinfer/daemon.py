@@ -208,7 +208,8 @@ class Splinfer:
         self.stats = self.bus.component_stats(NAME)
         self.queue = self.bus.queue(NAME, stats=self.stats, service=True)
         self.whisper = WhisperLink(self.bus, self.config["splinfer.whisper_timeout_ms"] / 1000,
-                                   off=self._tier2_off(), clock=self.clock)
+                                   off=self._tier2_off(), clock=self.clock,
+                                   keepalive=ctx.keepalive)
         if self.whisper.off:
             log.event(self.logger, "tier2_off", f"the semantic tier is off: {self.whisper.off}")
         self.identity = self._identity(ctx)
@@ -594,7 +595,7 @@ class Splinfer:
             turn.restored = self._bring_back(conv, seq)
             self.sequences[conv.id] = seq
         turn.gate = gate = None if tier1.passthrough else \
-            self._gate(tier1, choice.policy, conv.id if conv else "")
+            self._gate(tier1, choice.policy, conv.id if conv else "", lambda: turn.cancelled)
         turn.gen = engine.start(seq, plan.tokens, sampling, on_token=self.token_hook,
                                 on_text=stream.text, cancel=lambda: turn.cancelled, gate=gate)
         to_read = len(turn.gen.pending)
@@ -619,7 +620,8 @@ class Splinfer:
                       conversation=conversation)
         return [combine(verdicts[0], check, policy), *verdicts[1:]], check.notice
 
-    def _gate(self, tier1: Tier1, policy: PolicySet, conversation: str) -> StreamGate:
+    def _gate(self, tier1: Tier1, policy: PolicySet, conversation: str,
+              cancelled: Callable[[], bool]) -> StreamGate:
         """Tier 1's gate of one answer, with tier 2 watching its windows when it is on."""
         gate = tier1.gate(conversation)
         window = self.config["splinfer.whisper_window_tokens"]
@@ -627,7 +629,8 @@ class Splinfer:
             return gate
         return SemanticGate(gate, self.whisper, policy,
                             lambda: tier1.tokens_of(policy.refusal), window=window,
-                            wait=has_delay(policy), conversation=conversation)
+                            wait=has_delay(policy), conversation=conversation,
+                            cancelled=cancelled)
 
     def _plan(self, engine: Engine, conv: Conversation | None, system: tuple[Message, ...],
               notes: tuple[Message, ...], user: Message, sampling: SamplingParams) -> TurnPlan:
@@ -707,6 +710,10 @@ class Splinfer:
             if link is None or link.off:
                 results.append({"id": item.get("id"), **verdict.to_dict(),
                                 "tier2": {"off": link.off if link else "no bus"}})
+                continue
+            if policy.passes_everything:  # as in process and as a chat under it: not asked
+                results.append({"id": item.get("id"), **verdict.to_dict(),
+                                "tier2": {"skipped": f"policy {policy.name} passes everything"}})
                 continue
             check = unavailable(policy, down, side=side) if down else \
                 check_prompt(link, item["text"], policy, side=side)

@@ -6,7 +6,8 @@ Before the first token the prompt is judged by whisper (``judge``), waiting at m
 nothing and a whisper adds its note. While the answer streams, every
 ``splinfer.whisper_window_tokens`` tokens its latest text is sent to whisper without waiting
 (``SemanticGate``); an answer arriving later with a block halts the stream with the set's
-refusal, a whisper keeps its note for the next turn. Under a set with ``delay`` cells the
+refusal, a whisper keeps its note for the next turn. When the answer ends, every window
+still pending is waited for (each at most the timeout). Under a set with ``delay`` cells the
 stream waits for each window's judgement instead.
 
 When whisper cannot answer (not running, no heartbeat, died, too slow, an error) the set's
@@ -43,6 +44,8 @@ WINDOW_CHARS = 4096
 TIMEOUT_CHARS = 1000
 #: Answers kept for requests not collected yet (late ones are dropped oldest first).
 MAX_KEPT = 256
+#: How often an answer whose windows wait checks that whisper still runs (seconds).
+ALIVE_EVERY_S = 0.1
 
 
 class WhisperDown(Exception):
@@ -56,14 +59,18 @@ class WhisperLink:
     """
 
     def __init__(self, bus: Bus, timeout_s: float, *, off: str = "",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 keepalive: Callable[[], None] = lambda: None) -> None:
         self.bus = bus
         self.timeout_s = timeout_s
         self.off = off
         self.clock = clock
+        self.keepalive = keepalive
+        """Called while waiting, so a waiting daemon keeps its watchdog fed."""
         self.reply_name = f"splinfer.whisper.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.replies = bus.queue(self.reply_name)
         self._answers: dict[str, Envelope] = {}
+        self._asked: set[str] = set()  # requests whose answers are wanted
         self.asked = 0
         self.failures = 0
         self.last_problem = ""
@@ -71,7 +78,8 @@ class WhisperLink:
     def close(self) -> None:
         self.replies.close()
 
-    def _check_alive(self) -> None:
+    def alive_or_raise(self) -> None:
+        """WhisperDown when whisper's queue has no live owner or whisper no heartbeat."""
         owner = self.bus.queue_owner(SERVICE)
         if owner is None:
             raise WhisperDown("whisper is not running")
@@ -84,7 +92,7 @@ class WhisperLink:
         """Ask for a judgement without waiting; the request's id (WhisperDown if it cannot
         be asked). It expires unanswered after ``wait_s`` (default ``timeout_s``): nobody
         waits for it any longer."""
-        self._check_alive()
+        self.alive_or_raise()
         ttl = max(1, int((wait_s or self.timeout_s) * 1000))
         query = env_mod.query("splinfer", SERVICE, protocol.judge(text, side),
                               reply_to=self.reply_name, ttl_ms=ttl)
@@ -93,25 +101,29 @@ class WhisperLink:
         except SplinterError as error:
             raise WhisperDown(f"whisper cannot be asked: {error}") from None
         self.asked += 1
+        if len(self._asked) >= MAX_KEPT:  # a backstop: every asker forgets what it leaves
+            self._asked.discard(next(iter(self._asked)))
+        self._asked.add(query.id)
         return query.id
 
-    def _read(self, timeout: float) -> None:
+    def _read(self, timeout: float) -> bool:
+        """Read one reply (kept when its request is still wanted); whether one came."""
         try:
             envelope = self.replies.recv(timeout)
         except BadSchema:
-            return
-        if envelope is not None:
-            if len(self._answers) >= MAX_KEPT:  # answers nobody waits for any more
-                self._answers.pop(next(iter(self._answers)))
+            return True
+        if envelope is None:
+            return False
+        if envelope.id in self._asked:
             self._answers[envelope.id] = envelope
+        return True
 
     def answer(self, request_id: str) -> Judgement | None:
         """The judgement if it has arrived (None: not yet); WhisperDown for an error."""
         while request_id not in self._answers:
-            before = len(self._answers)
-            self._read(0)
-            if len(self._answers) == before:
+            if not self._read(0):
                 return None
+        self._asked.discard(request_id)
         return _judgement(self._answers.pop(request_id))
 
     def wait(self, request_id: str, deadline: float) -> Judgement:
@@ -124,18 +136,23 @@ class WhisperLink:
             if left <= 0:
                 raise WhisperDown("whisper did not answer in time")
             self._read(min(left, 0.05))
+            self.keepalive()
             if request_id not in self._answers:
-                self._check_alive()
+                self.alive_or_raise()
 
     def judge(self, text: str, side: str) -> Judgement:
         """Ask and wait at most ``timeout_s`` (WhisperDown saying why on failure). A text
         longer than one request carries goes in parts, judged together and pooled."""
+        requests: list[str] = []
         try:
             wait_s = self.wait_for(text)
             deadline = self.clock() + wait_s
-            requests = [self.send(part, side, wait_s) for part in protocol.parts(text)]
+            for part in protocol.parts(text):
+                requests.append(self.send(part, side, wait_s))
             return pooled([self.wait(request, deadline) for request in requests])
         except WhisperDown as error:
+            for request in requests:
+                self.forget(request)
             self.failures += 1
             self.last_problem = str(error)
             raise
@@ -146,6 +163,8 @@ class WhisperLink:
         return self.timeout_s * max(1, math.ceil(len(text) / TIMEOUT_CHARS))
 
     def forget(self, request_id: str) -> None:
+        """Nobody waits for this request any more: its answer, now or later, is dropped."""
+        self._asked.discard(request_id)
         self._answers.pop(request_id, None)
 
     def describe(self) -> dict[str, Any]:
@@ -163,7 +182,7 @@ def _judgement(envelope: Envelope) -> Judgement:
         raise WhisperDown(f"whisper failed: {envelope.payload.get('message', 'an error')}")
     try:
         return Judgement.from_dict(envelope.payload)
-    except (KeyError, TypeError, ValueError) as error:
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
         raise WhisperDown(f"whisper's answer is unreadable: {error}") from None
 
 
@@ -196,7 +215,8 @@ class SemanticGate:
 
     def __init__(self, inner: StreamGate, link: WhisperLink, policy: PolicySet,
                  refusal: Callable[[], Sequence[int]], *, window: int, wait: bool = False,
-                 conversation: str = "", logger: logging.Logger | None = None) -> None:
+                 conversation: str = "", cancelled: Callable[[], bool] = lambda: False,
+                 logger: logging.Logger | None = None) -> None:
         self.inner = inner
         self.link = link
         self.policy = policy
@@ -204,6 +224,7 @@ class SemanticGate:
         self.window = window
         self.wait = wait
         self.conversation = conversation
+        self.cancelled = cancelled
         self.logger = logger
         self.own: list[Intervention] = []
         self.notes: list[str] = []
@@ -216,6 +237,7 @@ class SemanticGate:
         self._held = 0
         self._block: Intervention | None = None
         self._down = False
+        self._alive_checked = -math.inf
 
     @property
     def interventions(self) -> Sequence[Intervention]:
@@ -238,9 +260,13 @@ class SemanticGate:
         return step
 
     def finish(self) -> GateStep:
-        if self._block is None and not self._down and len(self._pieces) > self._judged:
-            self._ask(final=True)  # the tail: waited for, the answer is ending anyway
-        self._collect()
+        if self.cancelled():
+            self._collect()  # the person stopped it: what came counts, nothing is waited for
+        else:
+            if self._block is None and not self._down and len(self._pieces) > self._judged:
+                self._ask(final=True)  # the tail
+            self._settle()
+        self._forget_pending()
         if self._block is not None:
             return self._halt(fed=0)
         step = self.inner.finish()
@@ -255,6 +281,7 @@ class SemanticGate:
     def _halt(self, fed: int) -> GateStep:
         block = self._block
         assert block is not None
+        self._forget_pending()
         take_back = self._held + fed
         self._held = 0
         return GateStep(take_back=take_back, insert=tuple(self.refusal()), stop=True,
@@ -267,7 +294,7 @@ class SemanticGate:
         index = start
         try:
             request = self.link.send(text, "output")
-            if self.wait or final:
+            if self.wait and not final:
                 judgement = self.link.wait(request, self.link.clock() + self.link.timeout_s)
                 self._take(judgement, index)
             else:
@@ -275,25 +302,50 @@ class SemanticGate:
         except WhisperDown as error:
             self._fail(str(error))
 
+    def _settle(self) -> None:
+        """The answer ends: every window still pending is waited for (each until its
+        timeout), so a late block or whisper still applies, and whisper not answering
+        applies the fail rule."""
+        for request, index, sent in list(self._pending):
+            if self._block is not None or self._down:
+                break  # decided: the rest cannot change the answer
+            try:
+                self._take(self.link.wait(request, sent + self.link.timeout_s), index)
+            except WhisperDown as error:
+                self._fail(str(error))
+
     def _collect(self) -> None:
-        """Take the judgements that have arrived; a window unanswered too long is a failure."""
+        """Take the judgements that have arrived; a window unanswered too long, or whisper
+        found dead while windows wait, is a failure."""
+        pending = len(self._pending)
         still = []
         for request, index, sent in self._pending:
             try:
                 judgement = self.link.answer(request)
             except WhisperDown as error:
-                self._fail(str(error))
-                continue
+                self._fail(str(error))  # forgets every pending window
+                return
             if judgement is not None:
                 self._take(judgement, index)
             else:
                 still.append((request, index, sent))
         self._pending = still
-        if still and self.link.clock() - still[0][2] > self.link.timeout_s:
-            for request, _, _ in still:
-                self.link.forget(request)
-            self._pending = []
+        if not still or self._down:
+            return
+        now = self.link.clock()
+        if now - still[0][2] > self.link.timeout_s:
             self._fail(f"whisper did not answer within {self.link.timeout_s * 1000:.0f} ms")
+        elif len(still) == pending and now - self._alive_checked >= ALIVE_EVERY_S:
+            self._alive_checked = now  # nothing came: whisper may have died meanwhile
+            try:
+                self.link.alive_or_raise()
+            except WhisperDown as error:
+                self._fail(str(error))
+
+    def _forget_pending(self) -> None:
+        for request, _, _ in self._pending:
+            self.link.forget(request)
+        self._pending = []
 
     def _take(self, judgement: Judgement, index: int) -> None:
         for item in tier2.interventions(judgement, self.policy, "output", token_index=index,
@@ -312,6 +364,7 @@ class SemanticGate:
         self._down = True
         self.link.failures += 1
         self.link.last_problem = why
+        self._forget_pending()
         failed = tier2.unavailable(self.policy, "output", why, self.conversation)
         failed = replace(failed, token_index=len(self._pieces))
         self.own.append(failed)

@@ -9,7 +9,8 @@ It lowers its own CPU priority at start (``whisper.niceness``, os.nice): on two 
 embedding must wait for generation, not the reverse. The model and the classifier load at
 start; when either is missing the daemon still runs, says why in its status and the log,
 answers ``judge`` with an error splinfer turns into the policy's fail rule, and tries again
-(at most every ``RETRY_S``) so installing the model later needs no restart.
+(at most every ``RETRY_S``, between requests, never inside one) so installing the model later
+needs no restart.
 
 Texts never reach the log: only rule ids, categories, counts and timings.
 """
@@ -42,6 +43,9 @@ NAME = protocol.SERVICE
 OPS = tuple(protocol.OPS)
 #: Seconds between attempts to load a missing model or weights file.
 RETRY_S = 30.0
+#: What loading the tier may raise besides RunaError: a malformed weights header (a field of
+#: the wrong type) or a model library failing in its own way.
+LOAD_ERRORS = (RunaError, ValueError, TypeError, AttributeError, KeyError, OSError)
 #: The ``kind`` of the error ``judge`` answers while tier 2 cannot run.
 UNAVAILABLE_KIND = "Tier2Unavailable"
 
@@ -102,11 +106,12 @@ class WhisperDaemon:
             tier = Tier2.load(self.config, self.paths, self.library, self.logger,
                               self._embedder_factory)
             tier.tier()  # the exemplars, embedded once now rather than on a prompt
-        except RunaError as error:
+        except LOAD_ERRORS as error:  # a broken file or model: run unavailable, never crash
             if tier is not None:  # e.g. weights fitted for another embedding size
                 tier.close()
-            self.problem = str(error)
-            log.event(self.logger, "tier2_unavailable", f"tier 2 cannot run: {error}",
+            self.problem = str(error) if isinstance(error, RunaError) else \
+                f"{type(error).__name__} while loading: {error}"
+            log.event(self.logger, "tier2_unavailable", f"tier 2 cannot run: {self.problem}",
                       level=logging.WARNING)
             return
         self.tier = tier
@@ -126,6 +131,20 @@ class WhisperDaemon:
             on_expired=self._expired, seen=self._seen))
         while self.inbox:
             self._handle(self.inbox.popleft())
+        self._retry()
+
+    def _retry(self) -> None:
+        """Load a missing tier again when ``RETRY_S`` has passed (between requests: a load
+        takes seconds, which no ``judge`` should wait)."""
+        if self.tier is not None or self.clock() - self._tried < RETRY_S:
+            return
+        if self._ctx is not None:
+            self._ctx.status("loading the embedding model and the classifier")
+            self._ctx.keepalive()
+        self._load()
+        if self._ctx is not None:
+            self._ctx.keepalive()
+        self._say_status()
 
     def stop(self) -> None:
         if self.tier is not None:
@@ -160,9 +179,6 @@ class WhisperDaemon:
         """The judgement of the request's text (BadSchema for a request it cannot read)."""
         text = _read(request, "text")
         side = _read(request, "side")
-        if self.tier is None and self.clock() - self._tried >= RETRY_S:
-            self._load()
-            self._say_status()
         if self.tier is None:
             raise Tier2Unavailable(self.problem)
         judgement = self.tier.judge(text, side)

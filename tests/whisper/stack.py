@@ -83,3 +83,26 @@ def tier2_rules(final: dict[str, Any], side: str | None = None) -> list[tuple[st
     """(rule, action) of the answer's tier-2 interventions."""
     return [(i["rule"], i["action"]) for i in final["interventions"]
             if i["rule"].startswith("tier2.") and (side is None or i["side"] == side)]
+
+
+def stream_while_killing(env: dict[str, str], question: str, policy: str, n_predict: int
+                         ) -> tuple[dict[str, Any], str, int]:
+    """A greedy chat read piece by piece from the bus, whisper SIGKILLed once the first
+    piece arrives: the final envelope, the whole text and the killed pid."""
+    from runa.client import ServiceClient
+
+    paths = Paths.for_stack(env["RUNA_STACK"], env)
+    pieces: list[str] = []
+    final: dict[str, Any] = {}
+    killed = 0
+    with bus_mod.connect(load_config(paths, env, {}), env["RUNA_STACK"]) as bus, \
+            ServiceClient(bus, "splinfer", "test") as client:
+        request = {"op": "chat", "text": question, "policy": policy,
+                   "params": {"temp": 0, "n_predict": n_predict}}
+        for envelope in client.request(request, idle_timeout=120):
+            if not pieces and envelope.payload.get("text"):
+                killed = kill_whisper(env)
+            pieces.append(envelope.payload.get("text", ""))
+            if envelope.eof:
+                final = envelope.payload
+    return final, "".join(pieces), killed

@@ -4,12 +4,14 @@ model, its priority, and that no text reaches its log."""
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from support import isolated_env, remove_segments, wait_for
 
@@ -21,8 +23,9 @@ from runa.paths import Paths
 from runa.protocol import whisper as protocol
 from runa.service import ServiceRunner
 from runa.splinter import Fault
+from runa.splinter import envelope as env_mod
 from runa.stackbus import HealthWriter
-from runa.whisper.daemon import WhisperDaemon
+from runa.whisper.daemon import RETRY_S, Tier2Unavailable, WhisperDaemon
 
 from .tiny_tier2 import CARE, HARM, BagOfWords, fit
 
@@ -209,3 +212,67 @@ def test_weights_for_another_embedding_size_are_refused_at_load(tmp_path: Path) 
             w.call("judge", text="hello", side="prompt")
     finally:
         w.stop()
+
+
+def test_a_weights_file_with_a_malformed_header_is_unavailable_not_a_crash(
+        tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    weights = tmp_path / "odd.npz"
+    fit(BagOfWords(), weights)
+    with zipfile.ZipFile(weights) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    header = np.lib.format.read_array(io.BytesIO(members["header.npy"]))
+    fields = {**json.loads(str(header)), "meta": ["not", "a", "mapping"]}
+    out = io.BytesIO()
+    np.lib.format.write_array(out, np.array(json.dumps(fields)))
+    members["header.npy"] = out.getvalue()
+    with zipfile.ZipFile(weights, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    w = Whisper(tmp_path, weights=weights)
+    try:
+        status = w.call("status")
+        assert not status["available"] and "while loading" in status["problem"]
+        with pytest.raises(ServiceFault) as caught:
+            w.call("judge", text="hello", side="prompt")
+        assert caught.value.payload["kind"] == "Tier2Unavailable"
+    finally:
+        w.stop()
+
+
+class NoRequests:
+    def recv(self, timeout: float) -> None:
+        return None
+
+
+def test_a_missing_tier_is_loaded_again_between_requests_never_inside_one(
+        tmp_path: Path) -> None:
+    env = isolated_env(tmp_path)
+    paths = Paths.for_stack(env["RUNA_STACK"], env)
+    fit(BagOfWords(), tmp_path / "tier2.npz")
+    config = load_config(paths, env, {"whisper.weights": str(tmp_path / "tier2.npz")})
+    now, loads = [0.0], []
+
+    def factory() -> BagOfWords:
+        loads.append(now[0])
+        if len(loads) == 1:
+            raise EmbedderError("all-MiniLM-L6-v2.f32.gguf: not installed (test)")
+        return BagOfWords()
+
+    daemon = WhisperDaemon(config, env["RUNA_STACK"], logging.getLogger("runa.test.whisper"),
+                           paths=paths, embedder_factory=factory, lower_priority=lambda n: n,
+                           clock=lambda: now[0])
+    daemon.queue = NoRequests()  # type: ignore[assignment]
+    daemon.step(0)
+    assert loads == [0.0] and daemon.tier is None
+    now[0] = RETRY_S + 1  # the model is installed meanwhile; a retry is due
+    request = env_mod.query("test", "whisper", protocol.judge(HARM[0], "prompt"), reply_to="r")
+    with pytest.raises(Tier2Unavailable):
+        daemon.judge(request)  # answered at once: no load inside a request
+    assert loads == [0.0]
+    daemon.step(0)  # between requests
+    assert loads == [0.0, RETRY_S + 1]
+    assert [hit["rule"] for hit in daemon.judge(request)["hits"]] == ["tier2.harm"]
+    daemon.stop()

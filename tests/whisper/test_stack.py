@@ -16,7 +16,15 @@ from support import runa, wait_for
 
 from runa.models.embedder import LlamaEmbedder
 
-from .stack import ask, chat, kill_whisper, tier2_rules, whisper_health, whisper_stack
+from .stack import (
+    ask,
+    chat,
+    kill_whisper,
+    stream_while_killing,
+    tier2_rules,
+    whisper_health,
+    whisper_stack,
+)
 from .tiny_tier2 import BENIGN, CARE, HARM, fit
 
 REFUSAL = "I can't help with that."
@@ -133,12 +141,15 @@ def test_whisper_killed_mid_answer_fails_open_visibly_then_is_back(stack: dict[s
 
 def test_whisper_killed_mid_answer_fails_closed_under_child_safe(stack: dict[str, str]
                                                                  ) -> None:
-    done, _ = answer_while_killing(stack, "--policy", "child-safe")
-    assert done.returncode == 0, done.stderr
-    words, rest = done.stdout.rsplit(CHILD_SAFE_REFUSAL, 1)
+    final, text, killed = stream_while_killing(stack, BENIGN[2], "child-safe", 1500)
+    assert final["finish_reason"] == "policy"  # halted, not run to its length
+    words, rest = text.rsplit(CHILD_SAFE_REFUSAL, 1)
     assert words.strip(), "the answer had begun before it was halted"
-    assert not rest.strip() and len(words.split()) < 1500
-    assert "fail closed; the output was blocked]" in done.stderr
+    assert not rest.strip() and final["n_gen"] < 1500
+    assert final["policy_notice"].endswith("fail closed; the output was blocked")
+    assert ("tier2.unavailable", "block") in tier2_rules(final, "output")
+    wait_for(lambda: (h := whisper_health(stack)) and h["pid"] != killed
+             and h["status"] == "ready", 90, "gilgul to bring whisper back")
     again, _ = ask(stack, BENIGN[0], "--policy", "child-safe", "-n", "8")
     assert again["finish_reason"] in ("length", "stop") and "policy_notice" not in again
 
@@ -209,3 +220,29 @@ def test_with_whisper_disabled_tier_2_is_off_and_says_so(tmp_path: Path) -> None
         final, _ = ask(env, HARM[0], "-n", "4")
         assert final["finish_reason"] != "policy" and "policy_notice" not in final
         assert not [i for i in final["interventions"] if i["rule"].startswith("tier2.")]
+
+
+def test_a_set_that_passes_everything_does_not_ask_a_whisper_that_cannot_answer(
+        tmp_path: Path) -> None:
+    from support import isolated_env, remove_segments
+
+    from runa.testing.tiny_gguf import write_tiny_gguf
+
+    env = {**isolated_env(tmp_path, whisper=True),
+           "RUNA_SPLINFER_MODEL": str(write_tiny_gguf(tmp_path / "tiny.gguf")),
+           "RUNA_WHISPER_EMBEDDING_MODEL": str(tmp_path / "missing.gguf")}
+    up = runa("up", "--detach", env=env, timeout=120)
+    assert up.returncode == 0, up.stderr
+    try:
+        wait_for(lambda: str((whisper_health(env) or {}).get("status", "")).startswith(
+            "unavailable"), 60, "whisper to run without its model")
+        down, verdicts = policy_check(env, BENIGN[0])  # whisper cannot answer: the fail rule
+        assert down.returncode == 69 and verdicts[0]["rules"] == ["tier2.unavailable"]
+        through, verdicts = policy_check(env, BENIGN[0], HARM[0], args=("--policy", "off"))
+        local, in_process = policy_check({**env, "RUNA_STACK": env["RUNA_STACK"] + "none"},
+                                         BENIGN[0], HARM[0], args=("--policy", "off"))
+        assert (through.returncode, through.stderr) == (local.returncode, local.stderr) == (0, "")
+        assert verdicts == in_process and [v["action"] for v in verdicts] == ["allow", "allow"]
+    finally:
+        runa("down", env=env, timeout=120)
+        remove_segments(env)
