@@ -120,6 +120,8 @@ ADVICE_SHARE = 0.02  # benign prompts the advice head alone may flag
 EXEMPLAR_BENIGN_BUDGET = 0.005  # benign prompts any exemplar may hit
 EXEMPLAR_GRID = tuple(round(0.60 + 0.01 * i, 2) for i in range(36))  # 0.60 … 0.95
 EXEMPLAR_MARGIN = 0.02
+#: Factors k tried for the harm hit's contrast with advice (harm - k·advice; 0: harm alone).
+CONTRAST_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: An exemplar this similar (cosine) to a data-set prompt, or above the exemplar cutoff, is a
 #: copy of it: the build refuses it.
 LEAK_FLOOR = 0.85
@@ -604,10 +606,17 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
     say(f"lexical scale {lexical_scale}, mix {mix}")
     scores = {head: folded[lexical_scale[head]].scores(head, mix[head], rows, len(prompts))
               for head in HEADS}
-    evidence = Evidence(prompts, verdicts1, exemplar_best, harm_category, scores)
-    cutoffs = choose_cutoffs(evidence, policy, exemplar_cutoff)
-    say(f"cutoffs {cutoffs}")
-    metrics, groups = rates(prompts, evidence.verdicts(policy, cutoffs, exemplar_cutoff))
+    tried = {}
+    for k in CONTRAST_GRID:  # the harm head's hit decided on harm - k·advice
+        decided = {**scores, "harm": scores["harm"] - k * scores["advice"]}
+        evidence = Evidence(prompts, verdicts1, exemplar_best, harm_category, decided)
+        cutoffs = choose_cutoffs(evidence, policy, exemplar_cutoff)
+        metrics, groups = rates(prompts, evidence.verdicts(policy, cutoffs, exemplar_cutoff))
+        say(f"harm less {k} x advice: block recall {metrics['prompt_block_recall']}")
+        tried[k] = (metrics["prompt_block_recall"], -k, evidence, cutoffs, metrics, groups)
+    contrast_k = max(CONTRAST_GRID, key=lambda k: tried[k][:2])
+    _, _, evidence, cutoffs, metrics, groups = tried[contrast_k]
+    say(f"contrast {contrast_k}; cutoffs {cutoffs}")
     say("cross-validated tune metrics " + json.dumps(metrics))
     fitted = []
     for head in HEADS:
@@ -641,6 +650,7 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
                             for name, (_g, _c, op, target) in METRICS.items()},
         "cv_tune_groups": groups,
         "cutoffs": cutoffs,
+        "contrast_cv_block_recall": {str(k): tried[k][0] for k in CONTRAST_GRID},
     }
     say(f"built in {time.monotonic() - started:.0f} s")
     neighbours = Neighbours(neighbour_vectors(rows),
@@ -653,7 +663,8 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
     return Classifier(HEADS, np.round(np.array([h.weights for h in fitted]), 6)
                       .astype(np.float32),
                       np.round(np.array([h.bias for h in fitted]), 6).astype(np.float32),
-                      cutoffs, _model_id(model), meta, neighbours, lexical)
+                      cutoffs, _model_id(model), meta, neighbours, lexical,
+                      {"harm": {"advice": contrast_k}} if contrast_k else {})
 
 
 def _model_id(model: Path) -> str:
