@@ -51,6 +51,16 @@ Choices, and why:
   OTHER_BLOCK_BUDGET; ``care``, ``circumvention`` and ``advice`` report ``medium`` (under
   default: whisper, flag, flag), with cutoffs that share BENIGN_INTERVENE_BUDGET of benign
   prompts with any intervention, care and circumvention first, advice from what is left.
+* The harm hit is decided on harm less ``k`` times the advice head's score (pooled scores;
+  ``Classifier.contrast``), ``k`` from CONTRAST_GRID by cross-validated block recall with
+  the cutoffs chosen as below (ties to the smaller ``k``). A misinformation-harms question
+  (a dose, an investment) reads close to a harmful request to a small embedding and held the
+  harm cutoff up through OTHER_BLOCK_BUDGET; with the contrast the cutoff comes down without
+  blocking it. Cross-validated on the tune half (k 0, 0.25, 0.5, 0.75, 1: block recall
+  0.888, 0.885, 0.904, 0.908, 0.890) the chosen k = 0.75 gives block recall 0.888 -> 0.908,
+  advice blocked 0.074 -> 0.062, at a cost to care (0.898 -> 0.881: the lower harm cutoff
+  blocks a few more distress prompts, within OTHER_BLOCK_BUDGET). The grid's recall is not
+  monotone in k, so part of the gain may be fold noise.
 * The budgets sit below the targets by a margin for the test half's sampling error, and the
   fold-to-fold spread of the cross-validated rates says the margins are not too wide: at
   the cutoffs chosen, target - 1.645·sqrt(2)·(fold standard deviation / sqrt(folds)) is
