@@ -23,8 +23,9 @@ test halves, the keyword / nearest-neighbour / judge baselines) are added the sa
    waiting for a CPU on a shared machine does not move.
 3. ``tier2``: what the prompt-side policy catches, on the test halves of the safety sets only
    (bench/data/safety), each prompt decided end to end as splinfer decides it under
-   ``default``: tier 1's check merged with the semantic tier's interventions
-   (``runa.policy.tier2.merge``), the packaged classifier and the packaged matrix's exemplars,
+   ``default``: tier 1's check combined with the semantic tier's judgement
+   (``runa.policy.tiers.combine``; a text longer than one request judged in parts and pooled),
+   the packaged classifier and the packaged matrix's exemplars,
    the shipped embedding model at one thread as the whisper service runs it. Each group is
    scored by its own right action (bench/data/safety/scoring.py); per-set and per-technique
    counts go to ``params["tier2"]``; ``tier2_prompt_p50_ms`` / ``_p99_ms`` time ``judge``.
@@ -70,7 +71,16 @@ from runa.components import load_config  # noqa: E402
 from runa.models.catalog import SMOLLM2_135M  # noqa: E402
 from runa.models.resolve import resolve_model  # noqa: E402
 from runa.paths import Paths, personal_stack  # noqa: E402
-from runa.policy import Matrix, PassGate, PolicyLibrary, StreamGate, Tier1, tier2  # noqa: E402
+from runa.policy import (  # noqa: E402
+    Matrix,
+    PassGate,
+    PolicyLibrary,
+    StreamGate,
+    Tier1,
+    tier2,
+    tiers,
+)
+from runa.protocol import whisper as whisper_protocol  # noqa: E402
 from runa.protocol.params import ContextParams, SamplingParams  # noqa: E402
 from runa.splinfer.engine import Engine  # noqa: E402
 
@@ -429,11 +439,12 @@ def tier2_part(setup: Setup, result: Result) -> None:
         semantic.judge("warm-up")
         verdicts, elapsed, windows, hits = [], [], 0, Counter[str]()
         for n, prompt in enumerate(prompts, 1):
-            judgement = semantic.judge(prompt.text, "prompt")
+            # as splinfer asks: a text longer than one request in parts, pooled
+            judgement = tiers.pooled([semantic.judge(part, "prompt")
+                                      for part in whisper_protocol.parts(prompt.text)])
             hits.update(f"{prompt.action}:{hit.rule}" for hit in judgement.hits)
-            extra = tier2.interventions(judgement, policy, "prompt")
-            verdicts.append(tier2.merge(tier1.check(prompt.text, "prompt"), extra, policy,
-                                        judgement))
+            verdicts.append(tiers.combine(tier1.check(prompt.text, "prompt"),
+                                          tiers.answered(judgement, policy), policy))
             elapsed.append(judgement.elapsed_ms)
             windows += judgement.windows
             if n % 200 == 0:
@@ -450,7 +461,9 @@ def tier2_part(setup: Setup, result: Result) -> None:
     meta = classifier.meta
     result.params["tier2"] = {
         "half": "test", "policy": POLICY,
-        "decision": "tier 1 check merged with tier 2 interventions (runa.policy.tier2.merge)",
+        "decision": "tier 1 check combined with tier 2's judgement as splinfer combines them "
+                    "(runa.policy.tiers.combine); a text longer than one judge request is "
+                    "judged in parts (runa.protocol.whisper.parts) and pooled",
         "embedding_model": model.name, "threads": 1, "prompts": len(prompts),
         "windows": windows, "exemplars": len(semantic.exemplars),
         "exemplar_cutoff": semantic.exemplar_cutoff, "cutoffs": classifier.cutoffs,

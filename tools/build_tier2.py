@@ -2,8 +2,11 @@
 
     python tools/build_tier2.py [--out FILE] [--model GGUF] [--folds K] [--check]
 
-Reads only the tune halves of the safety sets (bench/data/safety/halves.py), embeds them with
-the shipped embedding model (cached in ~/.cache/runa/tier2 by window hash unless
+Fits and tunes on the tune halves of the safety sets only (bench/data/safety/halves.py); the
+test halves are read for one thing, the leak check (``refuse_leaks``: the build stops when an
+exemplar's cosine similarity to a prompt of either half is at least max(exemplar cutoff,
+LEAK_FLOOR), naming the exemplar, never the prompt), and never choose anything. It embeds
+the prompts with the shipped embedding model (cached in ~/.cache/runa/tier2 by window hash unless
 ``--no-cache``), fits one logistic head per concern with numpy and picks each
 head's cutoffs and the exemplar cutoff from cross-validated scores; writes the classifier
 with what it was built from and its cross-validated tune metrics in ``meta``. Progress goes to
@@ -48,6 +51,16 @@ Choices, and why:
   OTHER_BLOCK_BUDGET; ``care``, ``circumvention`` and ``advice`` report ``medium`` (under
   default: whisper, flag, flag), with cutoffs that share BENIGN_INTERVENE_BUDGET of benign
   prompts with any intervention, care and circumvention first, advice from what is left.
+* The harm hit is decided on harm less ``k`` times the advice head's score (pooled scores;
+  ``Classifier.contrast``), ``k`` from CONTRAST_GRID by cross-validated block recall with
+  the cutoffs chosen as below (ties to the smaller ``k``). A misinformation-harms question
+  (a dose, an investment) reads close to a harmful request to a small embedding and held the
+  harm cutoff up through OTHER_BLOCK_BUDGET; with the contrast the cutoff comes down without
+  blocking it. Cross-validated on the tune half (k 0, 0.25, 0.5, 0.75, 1: block recall
+  0.888, 0.885, 0.904, 0.908, 0.890) the chosen k = 0.75 gives block recall 0.888 -> 0.908,
+  advice blocked 0.074 -> 0.062, at a cost to care (0.898 -> 0.881: the lower harm cutoff
+  blocks a few more distress prompts, within OTHER_BLOCK_BUDGET). The grid's recall is not
+  monotone in k, so part of the gain may be fold noise.
 * The budgets sit below the targets by a margin for the test half's sampling error, and the
   fold-to-fold spread of the cross-validated rates says the margins are not too wide: at
   the cutoffs chosen, target - 1.645·sqrt(2)·(fold standard deviation / sqrt(folds)) is
@@ -92,12 +105,11 @@ from runa.policy.tier2 import (  # noqa: E402
     Judgement,
     Lexical,
     Neighbours,
-    interventions,
     lexical_features,
-    merge,
     packaged_weights,
     windows,
 )
+from runa.policy.tiers import answered, combine  # noqa: E402
 
 POLICY = "default"
 FOLDS = 5
@@ -118,6 +130,11 @@ ADVICE_SHARE = 0.02  # benign prompts the advice head alone may flag
 EXEMPLAR_BENIGN_BUDGET = 0.005  # benign prompts any exemplar may hit
 EXEMPLAR_GRID = tuple(round(0.60 + 0.01 * i, 2) for i in range(36))  # 0.60 … 0.95
 EXEMPLAR_MARGIN = 0.02
+#: Factors k tried for the harm hit's contrast with advice (harm - k·advice; 0: harm alone).
+CONTRAST_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: An exemplar this similar (cosine) to a data-set prompt, or above the exemplar cutoff, is a
+#: copy of it: the build refuses it.
+LEAK_FLOOR = 0.85
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "runa" / "tier2"
 
 #: Per head: the actions of its positive rows and of the rows it leaves out.
@@ -379,9 +396,10 @@ def choose_mix(head: str, prompts: Sequence[LabelledPrompt], rows: Rows,
 # -- deciding as splinfer does -----------------------------------------------------------------
 
 def decide(tier1_verdict: Verdict, hits: Sequence[Hit], policy: PolicySet) -> Verdict:
-    """Tier 1's prompt verdict merged with tier 2's hits under ``policy``."""
+    """Tier 1's prompt verdict with tier 2's hits under ``policy``, combined as splinfer
+    combines them (``runa.policy.tiers``: delay cells decided, then merged)."""
     judgement = Judgement(tuple(hits), {}, 1, 0.0)
-    return merge(tier1_verdict, interventions(judgement, policy, "prompt"), policy, judgement)
+    return combine(tier1_verdict, answered(judgement, policy), policy)
 
 
 def head_hits(scores: dict[str, np.ndarray], cutoffs: dict[str, dict[str, float]], i: int,
@@ -499,6 +517,33 @@ def choose_exemplar_cutoff(prompts: Sequence[LabelledPrompt],
     return 0.99
 
 
+def leaks(exemplars: Sequence[Motif], exemplar_vectors: np.ndarray, cutoff: float,
+          halves: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, float]]:
+    """Each exemplar that reads as a copy of a data-set prompt: its id and its highest
+    cosine similarity to any prompt (the prompt's best window) of any of ``halves`` (window
+    vectors, window -> prompt), when that is at least max(``cutoff``, LEAK_FLOOR)."""
+    limit = max(cutoff, LEAK_FLOOR)
+    found = []
+    for column, motif in enumerate(exemplars):
+        best = max((float(np.max(vectors @ exemplar_vectors[column])) for vectors, _ in halves
+                    if len(vectors)), default=-1.0)
+        if best >= limit:
+            found.append((motif.id, round(best, 3)))
+    return found
+
+
+def refuse_leaks(exemplars: Sequence[Motif], exemplar_vectors: np.ndarray, cutoff: float,
+                 halves: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Stop the build when an exemplar copies a data-set prompt (``leaks``); the message
+    names the exemplar and the similarity, never the prompt."""
+    found = leaks(exemplars, exemplar_vectors, cutoff, halves)
+    if found:
+        listed = ", ".join(f"{rule} ({similarity})" for rule, similarity in found)
+        raise SystemExit(f"build_tier2: exemplars too close to a data-set prompt (cosine >= "
+                         f"{max(cutoff, LEAK_FLOOR)}): {listed}; write them in other words")
+    say(f"leak check: no exemplar within {max(cutoff, LEAK_FLOOR)} of a prompt of either half")
+
+
 # -- the build ---------------------------------------------------------------------------------
 
 def packaged_policies(root: Path) -> PolicyLibrary:
@@ -539,6 +584,10 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         say(f"{len(text_of)} windows; embedding ({where})")
         vectors = cache.embed([w for ws in parts for w in ws])
         exemplar_vectors = cache.embed([m.pattern for m in exemplars])
+        test = [windows(p.text, embedder.count_tokens, embedder.max_tokens)
+                for p in load("test")]  # for the leak check only
+        test_text_of = np.array([i for i, w in enumerate(test) for _ in w])
+        test_vectors = cache.embed([w for ws in test for w in ws])
         cache.save()
     finally:
         embedder.close()
@@ -557,6 +606,8 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
                      for i in range(len(prompts))]
     exemplar_cutoff = choose_exemplar_cutoff(prompts, exemplar_best)
     say(f"exemplar cutoff {exemplar_cutoff} over {len(exemplars)} exemplars")
+    refuse_leaks(exemplars, exemplar_vectors, exemplar_cutoff,
+                 [(vectors, text_of), (test_vectors, test_text_of)])
     folded = {scale: cross_validated(prompts, rows, folds, scale)
               for scale in LEXICAL_SCALE_GRID}
     chosen = {head: choose_mix(head, prompts, rows, folded) for head in HEADS}
@@ -565,10 +616,17 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
     say(f"lexical scale {lexical_scale}, mix {mix}")
     scores = {head: folded[lexical_scale[head]].scores(head, mix[head], rows, len(prompts))
               for head in HEADS}
-    evidence = Evidence(prompts, verdicts1, exemplar_best, harm_category, scores)
-    cutoffs = choose_cutoffs(evidence, policy, exemplar_cutoff)
-    say(f"cutoffs {cutoffs}")
-    metrics, groups = rates(prompts, evidence.verdicts(policy, cutoffs, exemplar_cutoff))
+    tried = {}
+    for k in CONTRAST_GRID:  # the harm head's hit decided on harm - k·advice
+        decided = {**scores, "harm": scores["harm"] - k * scores["advice"]}
+        evidence = Evidence(prompts, verdicts1, exemplar_best, harm_category, decided)
+        cutoffs = choose_cutoffs(evidence, policy, exemplar_cutoff)
+        metrics, groups = rates(prompts, evidence.verdicts(policy, cutoffs, exemplar_cutoff))
+        say(f"harm less {k} x advice: block recall {metrics['prompt_block_recall']}")
+        tried[k] = (metrics["prompt_block_recall"], -k, evidence, cutoffs, metrics, groups)
+    contrast_k = max(CONTRAST_GRID, key=lambda k: tried[k][:2])
+    _, _, evidence, cutoffs, metrics, groups = tried[contrast_k]
+    say(f"contrast {contrast_k}; cutoffs {cutoffs}")
     say("cross-validated tune metrics " + json.dumps(metrics))
     fitted = []
     for head in HEADS:
@@ -602,6 +660,7 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
                             for name, (_g, _c, op, target) in METRICS.items()},
         "cv_tune_groups": groups,
         "cutoffs": cutoffs,
+        "contrast_cv_block_recall": {str(k): tried[k][0] for k in CONTRAST_GRID},
     }
     say(f"built in {time.monotonic() - started:.0f} s")
     neighbours = Neighbours(neighbour_vectors(rows),
@@ -614,7 +673,8 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
     return Classifier(HEADS, np.round(np.array([h.weights for h in fitted]), 6)
                       .astype(np.float32),
                       np.round(np.array([h.bias for h in fitted]), 6).astype(np.float32),
-                      cutoffs, _model_id(model), meta, neighbours, lexical)
+                      cutoffs, _model_id(model), meta, neighbours, lexical,
+                      {"harm": {"advice": contrast_k}} if contrast_k else {})
 
 
 def _model_id(model: Path) -> str:

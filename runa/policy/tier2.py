@@ -230,8 +230,10 @@ class Classifier:
 
     ``cutoffs[head][weight]`` is the least score at which the head reports a hit of that
     weight (a weight absent from the mapping is never reported); the strongest weight whose
-    cutoff the score reaches wins. ``meta`` says how the file was built (the script, the
-    data's hashes, the embedding model) and is kept as it was read.
+    cutoff the score reaches wins. ``contrast[head][other]`` (optional) is ``k`` when the
+    head's hit is decided on its text's score less ``k`` times ``other``'s (``decided``): a
+    harm score that an advice score explains away reports nothing. ``meta`` says how the file
+    was built (the script, the data's hashes, the embedding model) and is kept as it was read.
     """
 
     heads: tuple[str, ...]
@@ -242,6 +244,7 @@ class Classifier:
     meta: Mapping[str, Any] = field(default_factory=dict)
     neighbours: Neighbours | None = None
     lexical: Lexical | None = None
+    contrast: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -259,6 +262,12 @@ class Classifier:
                                  "vectors")
             logits = logits + self.lexical.logits(texts)
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))).astype(np.float32)
+
+    def decided(self, head: str, pooled: Mapping[str, float]) -> float:
+        """The score ``head``'s cutoffs are compared with: its pooled score less each
+        ``contrast`` head's pooled score times its factor."""
+        return pooled[head] - sum(k * pooled[other]
+                                  for other, k in self.contrast.get(head, {}).items())
 
     def weight_of(self, head: str, score: float) -> Weight | None:
         """The weight a ``score`` of ``head`` reports (None: below every cutoff)."""
@@ -283,6 +292,8 @@ class Classifier:
             "heads": list(self.heads),
             "cutoffs": {h: dict(c) for h, c in self.cutoffs.items()},
             "embedding_model": self.embedding_model, "meta": dict(self.meta)}
+        if self.contrast:
+            header["contrast"] = {h: dict(c) for h, c in self.contrast.items()}
         members = {"weights": self.weights.astype(np.float32),
                    "bias": self.bias.astype(np.float32)}
         if self.neighbours is not None:
@@ -351,9 +362,16 @@ class Classifier:
             if lexical.weights.ndim != 2 or lexical.weights.shape[0] != len(heads):
                 raise Tier2Error(f"{path}: lexical weights {lexical.weights.shape} do not match "
                                  f"its {len(heads)} heads")
+        contrast = header.get("contrast", {})
+        if not (isinstance(contrast, dict) and all(
+                head in heads and isinstance(others, dict)
+                and all(other in heads and isinstance(k, (int, float))
+                        for other, k in others.items())
+                for head, others in contrast.items())):
+            raise Tier2Error(f"{path}: its contrast does not name its heads with factors")
         return cls(heads, weights, bias, header.get("cutoffs", {}),
                    str(header.get("embedding_model", "")), header.get("meta", {}), neighbours,
-                   lexical)
+                   lexical, contrast)
 
 
 # -- judging ---------------------------------------------------------------------------------
@@ -431,11 +449,11 @@ class SemanticTier:
         scores = self.classifier.scores(vectors, parts)  # (windows, heads)
         similarity = vectors @ self._exemplar_vectors.T  # (windows, exemplars)
         hits: list[Hit] = []
-        pooled: dict[str, float] = {}
-        for column, head in enumerate(self.classifier.heads):
+        heads = self.classifier.heads
+        pooled = {head: float(np.max(scores[:, column])) for column, head in enumerate(heads)}
+        for column, head in enumerate(heads):
             best = int(np.argmax(scores[:, column]))
-            score = float(scores[best, column])
-            pooled[head] = score
+            score = self.classifier.decided(head, pooled)
             weight = self.classifier.weight_of(head, score)
             if weight is not None:
                 category = HEAD_CATEGORY.get(head) or self._harm_category(similarity[best])

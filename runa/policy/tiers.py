@@ -48,6 +48,14 @@ class PromptCheck:
     notice: str = ""
 
 
+def answered(judgement: Judgement, policy: PolicySet, side: str = "prompt",
+             conversation: str = "") -> PromptCheck:
+    """Tier 2's check of a whole text it answered about: its judgement's interventions
+    under ``policy`` (what ``combine`` takes)."""
+    found = tier2.interventions(judgement, policy, side, conversation=conversation)
+    return PromptCheck(tuple(found), judgement)
+
+
 def unavailable(policy: PolicySet, why: str, conversation: str = "",
                 side: str = "prompt") -> PromptCheck:
     """The fail rule's check when tier 2 cannot answer about a whole text."""

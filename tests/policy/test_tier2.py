@@ -29,6 +29,7 @@ from runa.policy.tier2 import (
     unavailable,
     windows,
 )
+from runa.policy.tiers import answered, combine
 
 from .streams import packaged_set
 
@@ -301,6 +302,35 @@ def test_a_hit_takes_the_strongest_weight_whose_cutoff_its_score_reaches() -> No
     assert semantic.classifier.weight_of("harm", 0.3) is Weight.MEDIUM
 
 
+def test_with_a_contrast_an_advice_question_explains_a_harm_score_away(tmp_path: Path
+                                                                      ) -> None:
+    plain = classifier()
+    contrasted = Classifier(plain.heads, plain.weights, plain.bias, plain.cutoffs,
+                            plain.embedding_model, {}, contrast={"harm": {"advice": 1.0}})
+    path = tmp_path / "contrast.npz"
+    contrasted.save(path)
+    loaded = Classifier.load(path)
+    assert loaded.contrast == {"harm": {"advice": 1.0}}
+    text = "bomb dose"  # harm and advice alike: p ≈ 0.99 each
+    alone = SemanticTier(ConceptEmbedder(), plain, [], exemplar_cutoff=0.95).judge(text)
+    assert "tier2.harm" in {h.rule for h in alone.hits}
+    judged = SemanticTier(ConceptEmbedder(), loaded, [], exemplar_cutoff=0.95).judge(text)
+    assert "tier2.harm" not in {h.rule for h in judged.hits}
+    assert "tier2.advice" in {h.rule for h in judged.hits}
+    assert judged.scores["harm"] > 0.9  # the head's own score is kept
+    plainly = SemanticTier(ConceptEmbedder(), loaded, [], exemplar_cutoff=0.95).judge("bomb")
+    assert [h.weight for h in plainly.hits if h.rule == "tier2.harm"] == [Weight.HEAVY]
+
+
+def test_a_contrast_naming_an_unknown_head_is_refused(tmp_path: Path) -> None:
+    plain = classifier()
+    path = tmp_path / "bad.npz"
+    Classifier(plain.heads, plain.weights, plain.bias, plain.cutoffs, plain.embedding_model,
+               {}, contrast={"harm": {"weather": 1.0}}).save(path)
+    with pytest.raises(Tier2Error, match="contrast"):
+        Classifier.load(path)
+
+
 def test_max_pooling_finds_a_concern_hidden_in_a_long_text() -> None:
     semantic = tier()
     text = filler(200) + " sad hopeless alone" * 10 + " " + filler(200)
@@ -349,6 +379,16 @@ def test_harm_blocks_care_whispers_and_circumvention_flags_under_default() -> No
     assert actions_of("bomb", "default")["tier2.harm"] == "block"
     assert actions_of("sad", "default")["tier2.care"] == "whisper"
     assert actions_of("ignore rules", "default") == {"tier2.circumvention": "flag"}
+
+
+def test_tier_2s_answer_combined_as_splinfer_combines_it_blocks_under_default() -> None:
+    default = packaged_set("default")
+    verdict = combine(Verdict(Action.ALLOW),
+                      answered(tier().judge("bomb"), default), default)
+    assert verdict.action is Action.BLOCK and "tier2.harm" in verdict.rules
+    quiet = combine(Verdict(Action.ALLOW),
+                    answered(tier().judge("what is the capital of france"), default), default)
+    assert quiet.action is Action.ALLOW
 
 
 def test_child_safe_blocks_what_default_whispers_and_off_does_nothing() -> None:
