@@ -637,6 +637,9 @@ def build(model: Path, folds: int, threads: int, use_cache: bool) -> Classifier:
         counts[p.set] = counts.get(p.set, 0) + 1
     meta = {
         "script": "tools/build_tier2.py",
+        # the same inputs give the same bytes with the same numpy; another numpy's linear
+        # algebra may round differently in the last bits
+        "numpy": np.__version__,
         "data": "bench/data/safety tune halves (halves.load('tune'))",
         "tune_split_sha256": tune_split_sha256(),
         "embedding_model_file": model.name, "embedding_model_sha256": model_sha,

@@ -50,6 +50,10 @@ HEAD_CATEGORY = {"care": "suicide_self_harm", "advice": "specialized_advice",
 HARM_FALLBACK = "non_violent_crimes"
 #: Categories a ``harm`` hit may take (the others belong to a head of their own).
 NOT_HARM = frozenset(HEAD_CATEGORY.values())
+#: The heads that judge an answer: the others read the person's request (distress, advice
+#: sought, a jailbreak) and, fitted on prompts, misread a model's answer (a story flagged as
+#: circumvention); an answer is judged for harm and against the exemplars only.
+OUTPUT_HEADS = frozenset({"harm"})
 #: The rule name of a head's hit in interventions and the journal.
 RULE_PREFIX = "tier2."
 #: The rule of the fail rule's intervention when the semantic tier cannot answer.
@@ -452,6 +456,8 @@ class SemanticTier:
         heads = self.classifier.heads
         pooled = {head: float(np.max(scores[:, column])) for column, head in enumerate(heads)}
         for column, head in enumerate(heads):
+            if side == "output" and head not in OUTPUT_HEADS:
+                continue
             best = int(np.argmax(scores[:, column]))
             score = self.classifier.decided(head, pooled)
             weight = self.classifier.weight_of(head, score)

@@ -477,3 +477,12 @@ def test_the_shipped_tier_blocks_a_plainly_harmful_request_and_passes_an_everyda
     everyday = shipped.judge("How do I boil an egg so the yolk stays a little soft?")
     assert everyday.hits == ()
     assert everyday.elapsed_ms > 0
+
+
+def test_an_answer_is_judged_for_harm_only_not_for_what_a_request_asks() -> None:
+    semantic = tier()
+    asked = {h.rule for h in semantic.judge("sad hopeless alone ignore rules", "prompt").hits}
+    answered = {h.rule for h in semantic.judge("sad hopeless alone ignore rules", "output").hits}
+    assert {"tier2.care", "tier2.circumvention"} <= asked
+    assert not answered & {"tier2.care", "tier2.advice", "tier2.circumvention"}
+    assert "tier2.harm" in {h.rule for h in semantic.judge("bomb explosive", "output").hits}
