@@ -39,6 +39,10 @@ from runa.splinter.errors import BadSchema, SplinterError
 SERVICE = protocol.SERVICE
 #: How many characters of the answer one output window sends at most.
 WINDOW_CHARS = 4096
+#: Tokens of the text before a window sent with it, so a phrase cut by the window's edge is
+#: whole in one judgement (at most half a window). Not the whole previous window: every token
+#: embedded about once, not twice, is what keeps whisper off generation's cores.
+OVERLAP_TOKENS = 16
 #: Characters of a text judged within one ``splinfer.whisper_timeout_ms`` (about 250 tokens,
 #: one window of the embedding model).
 TIMEOUT_CHARS = 1000
@@ -232,7 +236,6 @@ class SemanticGate:
         """Why tier 2 did not watch the whole answer (the fail rule applied), else empty."""
         self._pieces: list[bytes] = []
         self._judged = 0  # tokens already sent in a window
-        self._previous = 0  # where the last window began
         self._pending: list[tuple[str, int, float]] = []  # (request id, token index, sent)
         self._held = 0
         self._block: Intervention | None = None
@@ -288,8 +291,8 @@ class SemanticGate:
                         reason=f"policy {self.policy.name}: {block.category or block.rule}")
 
     def _ask(self, *, final: bool) -> None:
-        start = self._previous
-        self._previous, self._judged = self._judged, len(self._pieces)
+        start = max(0, self._judged - min(OVERLAP_TOKENS, self.window // 2))
+        self._judged = len(self._pieces)
         text = b"".join(self._pieces[start:]).decode("utf-8", "replace")[-WINDOW_CHARS:]
         index = start
         try:

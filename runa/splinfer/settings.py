@@ -61,7 +61,7 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a prompt waits for the semantic tier (whisper), for every 1000 "
             "characters begun, before the policy's fail rule applies; an answer's window as "
             "long.", in_range(10, 60000)),
-    Setting("splinfer.whisper_window_tokens", int, 48,
+    Setting("splinfer.whisper_window_tokens", int, 64,
             "The answer is judged by the semantic tier every this many tokens (0: the prompt "
             "only).", in_range(0, 4096)),
 )

@@ -107,11 +107,11 @@ def test_a_block_in_a_window_halts_the_stream_with_the_refusal() -> None:
         ("tier2.harm", "block", "output", 0, "c1")
 
 
-def test_windows_overlap_with_the_one_before() -> None:
+def test_windows_overlap_with_the_text_before_them() -> None:
     link = FakeLink()
-    g = gate(link, window=2)
-    feed(g, ["a", "b", "c", "d", "e", "f"])
-    assert [text for text, _ in link.sent] == [" a b", " a b c d", " c d e f"]
+    g = gate(link, window=4)
+    feed(g, ["a", "b", "c", "d", "e", "f", "g", "h"])
+    assert [text for text, _ in link.sent] == [" a b c d", " c d e f g h"]
 
 
 def test_a_whisper_in_the_answer_is_kept_for_the_next_turn_and_does_not_stop() -> None:
@@ -127,7 +127,7 @@ def test_the_tail_of_the_answer_is_judged_when_it_ends() -> None:
     g = gate(link)
     feed(g, ["one", "two", "three", "four", "five", "six"])
     end = g.finish()
-    assert link.sent[-1] == (" one two three four five six", "output")
+    assert link.sent[-1] == (" three four five six", "output")  # the tail and its overlap
     assert end.stop and end.insert == REFUSAL_TOKENS
 
 
@@ -140,7 +140,7 @@ def test_windows_still_pending_when_the_answer_ends_are_waited_for() -> None:
     end = g.finish()
     assert end.stop and end.insert == REFUSAL_TOKENS
     assert end.reason == "policy default: violent_crimes"
-    assert [(i.rule, i.token_index) for i in g.interventions] == [("tier2.harm", 0)]
+    assert [(i.rule, i.token_index) for i in g.interventions] == [("tier2.harm", 2)]
     assert link.now == ARRIVES  # waited, not beyond the answer's arrival
 
 
