@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from faults import SURVIVOR, write_fault_stack
-from support import remove_segments, runa, wait_for
+from support import WHISPER_OFF, remove_segments, runa, wait_for
 
 from runa import registry
 from runa.gilgul import units
@@ -33,11 +33,13 @@ pytestmark = pytest.mark.real_systemd
 
 RUNA = str(Path(sys.executable).with_name("runa"))
 WATCHED = ("splinter", "splinfer", "demo")
-NO_TIETO = """
+NO_TIETO = f"""
 # tieto's own restart test is tests/tieto/test_tieto_systemd.py.
 [components.tieto]
 enabled = false
-"""
+
+# whisper's is tests/whisper/test_stack.py: this stack has no embedding model.
+{WHISPER_OFF}"""
 
 
 class Stack:

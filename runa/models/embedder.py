@@ -24,7 +24,7 @@ from runa.models.resolve import resolve_model
 
 EMBEDDING_HINT = (
     "Run 'runa models setup' (it installs the embedding model all-minilm-l6-v2 beside the "
-    "chat model), or set tieto.embedding_model to a BERT embedding GGUF."
+    "chat model), or set {setting} to a BERT embedding GGUF."
 )
 
 
@@ -137,11 +137,14 @@ class LlamaEmbedder:
             self._llm = None
 
 
-def embedding_model_path(name: str, model_dirs: Sequence[Path]) -> Path:
-    """The GGUF file ``name`` means: a catalog name (``default``), a file name or a path."""
+def embedding_model_path(name: str, model_dirs: Sequence[Path],
+                         setting: str = "tieto.embedding_model") -> Path:
+    """The GGUF file ``name`` means: a catalog name (``default``), a file name or a path;
+    ModelNotFoundError naming ``setting``, the key that chose it."""
     known = lookup_embedding(name)
     target = known.filename if known is not None else name
     try:
         return resolve_model(target, model_dirs).path
     except ModelNotFoundError as e:
-        raise ModelNotFoundError(name, e.searched, EMBEDDING_HINT) from None
+        raise ModelNotFoundError(name, e.searched,
+                                 EMBEDDING_HINT.format(setting=setting)) from None

@@ -28,7 +28,8 @@ def weights_path(config: Config) -> Path:
 
 def load_embedder(config: Config, paths: Paths) -> Embedder:
     """The configured embedding model (ModelNotFoundError or EmbedderError saying what to do)."""
-    path = embedding_model_path(config["whisper.embedding_model"], tuple(paths.models))
+    path = embedding_model_path(config["whisper.embedding_model"], tuple(paths.models),
+                                "whisper.embedding_model")
     return LlamaEmbedder(path, threads=config["whisper.threads"])
 
 
