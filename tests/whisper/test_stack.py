@@ -189,7 +189,10 @@ def test_policy_check_without_the_embedding_model_says_so_and_exits_69(
         tmp_path: Path, weights: Path) -> None:
     from support import isolated_env
 
-    env = {**isolated_env(tmp_path, whisper=True), "RUNA_WHISPER_WEIGHTS": str(weights)}
+    # a name no models directory holds: an installed runa-model-default in /usr/share would
+    # otherwise be found whatever HOME says
+    env = {**isolated_env(tmp_path, whisper=True), "RUNA_WHISPER_WEIGHTS": str(weights),
+           "RUNA_WHISPER_EMBEDDING_MODEL": "no-such-embedding-model.gguf"}
     done, verdicts = policy_check(env, BENIGN[0])
     assert done.returncode == 69
     assert verdicts[0]["action"] == "flag" and verdicts[0]["rules"] == ["tier2.unavailable"]
