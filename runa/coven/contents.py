@@ -15,8 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from runa.coven import sodium
 from runa.coven.secret import SecretBytes
+from runa.crypto import sodium
 
 _COUNT = struct.Struct("<I")
 _NAME_LEN = struct.Struct("<B")

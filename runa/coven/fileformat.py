@@ -34,8 +34,8 @@ import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from runa.coven import sodium
 from runa.coven.errors import UnsupportedVault, VaultAltered
+from runa.crypto import sodium
 
 MAGIC = b"RUNAVLT\x00"
 VERSION = 1

@@ -12,10 +12,10 @@ import os
 import stat
 from pathlib import Path
 
-from runa.coven import sodium
 from runa.coven.atomic import Checkpoint, no_checkpoint, remove_file, replace_file
 from runa.coven.errors import KeyFileError, KeyFileExposed, SecretValueError, VaultWriteError
 from runa.coven.fileformat import KEY_ID_BYTES, Argon2Params
+from runa.crypto import sodium
 
 KEY_MAGIC = b"RUNAKEY\x00"
 KEY_FILE_BYTES = len(KEY_MAGIC) + KEY_ID_BYTES + sodium.KEY_BYTES

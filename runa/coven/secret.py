@@ -13,8 +13,8 @@ import re
 from types import TracebackType
 from typing import NoReturn
 
-from runa.coven import sodium
 from runa.coven.errors import SecretNameError, SecretValueError
+from runa.crypto import sodium
 
 NAME_MAX = 64
 NAME_FORM = ("a lowercase letter, then lowercase letters, digits, '.', '_' or '-' "

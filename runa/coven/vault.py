@@ -31,7 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from runa.coven import sodium
 from runa.coven.atomic import (
     Checkpoint,
     directory_lock,
@@ -66,6 +65,7 @@ from runa.coven.fileformat import (
 )
 from runa.coven.keys import KeyFiles, derive
 from runa.coven.secret import COUNT_MAX, SecretBytes, check_name, check_value
+from runa.crypto import sodium
 from runa.errors import RunaError
 from runa.log import event
 from runa.paths import Paths

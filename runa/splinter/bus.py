@@ -150,6 +150,12 @@ class Bus:
         """Who consumes queue ``name`` now and whether it is alive (None: no such queue)."""
         return self.channels.owner(name)
 
+    def queue_holder(self, name: str) -> int | None:
+        """The pid that consumes queue ``name`` as the kernel says (not as the segment says,
+        which any process of the uid can write); None when no live process holds it.
+        ``runa.splinter.holder`` says how, and what releases a hold early."""
+        return self.channels.holder(name)
+
     def reap(self) -> list[Reaped]:
         """Free channels and subscribers of dead processes (the keeper calls this)."""
         return self.channels.reap()

@@ -26,10 +26,12 @@ path below, so errors and recovery have one implementation. Measured in bench/bu
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runa.splinter import holder as kernel_hold
 from runa.splinter.errors import (
     Backpressure,
     ChannelBusy,
@@ -176,6 +178,7 @@ class ChannelTable:
         self.W = segment.words
         self.mm = segment.mm
         self.native = native and _fastchan is not None and write_hook is None
+        self._held: set[int] = set()  # queues whose hold byte this process has (holder.py)
 
     # -- lookup -----------------------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class ChannelTable:
                         W[cw + C_OWNER_START] = start
                         if service:
                             W[cw + C_OPTIONS] |= CHAN_SERVICE
+                    self._hold(found)
                 return found, W[cw + C_STATE]
             if free is None:
                 raise ChannelTableFull(
@@ -282,7 +286,29 @@ class ChannelTable:
                 W[cw + C_CREATED] = time.time_ns()
                 st = (((old >> 2) + 1) << 2) | CHAN_ACTIVE
                 W[cw + C_STATE] = st  # publish
+            if want == KIND_QUEUE and take_ownership:
+                self._hold(c)
             return c, st
+
+    def _hold(self, index: int) -> None:
+        if kernel_hold.take(self.segment.fd, index):
+            self._held.add(index)
+
+    def release(self, index: int) -> None:
+        """This process no longer consumes channel ``index``: let the kernel's record go."""
+        if index in self._held:
+            self._held.discard(index)
+            kernel_hold.release(self.segment.fd, index)
+
+    def holder(self, name: str) -> int | None:
+        """The pid the kernel says consumes queue ``name`` (``runa.splinter.holder``); None
+        when no live process holds it, or when ``name`` is not a queue."""
+        found = self.find(name)
+        if found is None or self.W[(self.layout.channel(found[0]) >> 3) + C_KIND] != KIND_QUEUE:
+            return None
+        if found[0] in self._held:
+            return os.getpid()
+        return kernel_hold.holder(self.segment.fd, found[0])
 
     def _free_locked(self, c: int) -> None:
         """Table and channel locks held: mark the channel free and wake anyone waiting on it."""
@@ -653,6 +679,7 @@ class QueueReceiver(_Reader):
 
     def close(self) -> None:
         """Free the queue (unread messages are discarded)."""
+        self.table.release(self.index)
         self.table.free(self.index, self.state)
 
 

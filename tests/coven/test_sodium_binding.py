@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nacl
 
-from runa.coven import sodium
+from runa.crypto import sodium
 
 
 def test_every_libsodium_function_coven_calls_exists_in_this_pynacl() -> None:

@@ -1,4 +1,5 @@
-"""The few libsodium calls the vault makes, on buffers the caller owns and can wipe.
+"""The few libsodium calls Runa makes (the vault, sealed bus payloads), on buffers the
+caller owns and can wipe.
 
 PyNaCl's public wrappers (``nacl.bindings``, ``nacl.pwhash``) take keys and plaintext only as
 ``bytes`` and return ``bytes``: immutable objects Python frees without zeroing, so every key

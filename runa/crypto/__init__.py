@@ -1,0 +1,2 @@
+"""Cryptography shared by the components: libsodium on wipeable buffers (``sodium``) and the
+sealed payloads of the coven and alethia buses (``sealed``)."""
