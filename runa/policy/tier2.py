@@ -373,9 +373,25 @@ class Classifier:
                         for other, k in others.items())
                 for head, others in contrast.items())):
             raise Tier2Error(f"{path}: its contrast does not name its heads with factors")
-        return cls(heads, weights, bias, header.get("cutoffs", {}),
-                   str(header.get("embedding_model", "")), header.get("meta", {}), neighbours,
-                   lexical, contrast)
+        cutoffs = header.get("cutoffs", {})
+        weight_names = {weight.value for weight in WEIGHTS}
+        if not (isinstance(cutoffs, dict) and all(
+                head in heads and isinstance(levels, dict)
+                and all(level in weight_names and _is_number(cut)
+                        for level, cut in levels.items())
+                for head, levels in cutoffs.items())):
+            raise Tier2Error(f"{path}: its cutoffs do not map its heads to weights "
+                             f"({', '.join(sorted(weight_names))}) and numbers")
+        meta = header.get("meta", {})
+        if not isinstance(meta, dict) or not _is_number(meta.get("exemplar_cutoff", 0.0)):
+            raise Tier2Error(f"{path}: its meta is not a JSON object with a numeric "
+                             "exemplar_cutoff")
+        return cls(heads, weights, bias, cutoffs, str(header.get("embedding_model", "")), meta,
+                   neighbours, lexical, contrast)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # -- judging ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -271,6 +272,21 @@ def test_a_classifier_whose_shapes_or_heads_are_wrong_is_refused(tmp_path: Path)
         Classifier.load(path)
     with pytest.raises(Tier2Error, match=r"missing\.npz"):
         Classifier.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize(("cutoffs", "meta"), [
+    ({"harm": {"heavy": "0.6"}}, {}),          # a cutoff that is not a number
+    ({"harm": {"extreme": 0.6}}, {}),          # a weight that does not exist
+    ({"weather": {"heavy": 0.6}}, {}),         # a head it does not have
+    ({}, {"exemplar_cutoff": "high"}),         # meta with a cutoff that is not a number
+])
+def test_a_classifier_whose_cutoffs_or_meta_are_malformed_is_refused_on_load(
+        tmp_path: Path, cutoffs: Any, meta: Any) -> None:
+    path = tmp_path / "tier2.npz"
+    good = classifier()
+    Classifier(good.heads, good.weights, good.bias, cutoffs, "x", meta).save(path)
+    with pytest.raises(Tier2Error, match=r"tier2\.npz: its (cutoffs|meta)"):
+        Classifier.load(path)
 
 
 def test_a_classifier_for_another_dimension_is_refused() -> None:

@@ -214,7 +214,7 @@ def test_weights_for_another_embedding_size_are_refused_at_load(tmp_path: Path) 
         w.stop()
 
 
-def test_a_weights_file_with_a_malformed_header_is_unavailable_not_a_crash(
+def test_a_weights_file_with_a_malformed_header_is_unavailable_naming_it_not_a_crash(
         tmp_path: Path) -> None:
     import json
     import zipfile
@@ -234,7 +234,7 @@ def test_a_weights_file_with_a_malformed_header_is_unavailable_not_a_crash(
     w = Whisper(tmp_path, weights=weights)
     try:
         status = w.call("status")
-        assert not status["available"] and "while loading" in status["problem"]
+        assert not status["available"] and "its meta is not a JSON object" in status["problem"]
         with pytest.raises(ServiceFault) as caught:
             w.call("judge", text="hello", side="prompt")
         assert caught.value.payload["kind"] == "Tier2Unavailable"
