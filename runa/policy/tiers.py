@@ -69,6 +69,20 @@ def notice_of(failed: Intervention) -> str:
     return f"{failed.reason}; the {failed.side} was {done}"
 
 
+def join_notices(first: str, second: str) -> str:
+    """Two notices of ``notice_of`` as one: the same reason for the prompt and the output
+    is said once ("…; the prompt and the output were not checked by meaning")."""
+    if not first or not second:
+        return first or second
+    reason, _, said = first.rpartition("; the ")
+    other_reason, _, other_said = second.rpartition("; the ")
+    side, _, done = said.partition(" was ")
+    other_side, _, other_done = other_said.partition(" was ")
+    if reason and reason == other_reason and done and done == other_done:
+        return f"{reason}; the {side} and the {other_side} were {done}"
+    return f"{first}; {second}"
+
+
 def combine(verdict: Verdict, check: PromptCheck, policy: PolicySet) -> Verdict:
     """Tier 1's verdict with tier 2's: delays decided by tier 2 when it answered (a delay
     it did not confirm is recorded as a flag), then ``tier2.merge``. When tier 2 could not

@@ -48,7 +48,7 @@ from runa.policy import (
     Verdict,
 )
 from runa.policy.stream import StreamGate
-from runa.policy.tiers import combine, has_delay, unavailable
+from runa.policy.tiers import combine, has_delay, join_notices, unavailable
 from runa.protocol import splinfer as protocol
 from runa.protocol.params import ParamError, SamplingParams, parse_params
 from runa.service import ServiceContext
@@ -793,7 +793,7 @@ class Splinfer:
             log.event(self.logger, "tier2_unavailable", f"answer not watched by the semantic "
                       f"tier: {late}", level=logging.WARNING, policy=turn.policy,
                       conversation=conv.id if conv else "")
-            turn.notice = "; ".join(n for n in (turn.notice, late) if n)
+            turn.notice = join_notices(turn.notice, late)
         if conv is not None and not turn.forgotten:
             self._record(turn, conv, result)  # a cancelled turn too: the person saw it
         else:

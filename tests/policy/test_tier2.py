@@ -30,7 +30,8 @@ from runa.policy.tier2 import (
     unavailable,
     windows,
 )
-from runa.policy.tiers import answered, combine
+from runa.policy.tiers import answered, combine, join_notices
+from runa.policy.tiers import unavailable as unavailable_check
 
 from .streams import packaged_set
 
@@ -502,3 +503,16 @@ def test_an_answer_is_judged_for_harm_only_not_for_what_a_request_asks() -> None
     assert {"tier2.care", "tier2.circumvention"} <= asked
     assert not answered & {"tier2.care", "tier2.advice", "tier2.circumvention"}
     assert "tier2.harm" in {h.rule for h in semantic.judge("bomb explosive", "output").hits}
+
+
+def test_the_same_reason_for_the_prompt_and_the_output_is_said_once() -> None:
+    policy = packaged_set("default")
+    why = "the semantic tier's model is missing: install runa-model-default"
+    prompt = unavailable_check(policy, why, side="prompt").notice
+    output = unavailable_check(policy, why, side="output").notice
+    joined = join_notices(prompt, output)
+    assert joined.count(why) == 1
+    assert joined.endswith("the prompt and the output were not checked by meaning")
+    other = unavailable_check(policy, "whisper did not answer in time", side="output").notice
+    assert join_notices(prompt, other) == f"{prompt}; {other}"
+    assert join_notices("", output) == output and join_notices(prompt, "") == prompt
