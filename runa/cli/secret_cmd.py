@@ -61,7 +61,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"1 to {VALUE_MAX} bytes. " + EXIT_TEXT)
     set_.add_argument("name", metavar="NAME", help="a lowercase letter, then lowercase "
                       "letters, digits, '.', '_' or '-' (at most 64 characters)")
-    set_.add_argument("stdin", metavar="-", nargs="?", choices=["-"],
+    set_.add_argument("stdin", metavar="-", nargs="?",
                       help="read the value from standard input (the default when it is "
                       "not a terminal)")
     get = actions.add_parser(
@@ -148,6 +148,10 @@ def cmd_secret(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _set(ctx: CliContext, args: argparse.Namespace) -> int:
+    if args.stdin not in (None, "-"):  # never echoed: it may be the value itself
+        raise SecretUsage("a value is never taken from the command line, where other "
+                          "processes can read it: give it on standard input ('-') or type "
+                          "it at the prompt")
     value = _read_value(f"value of {args.name}", use_stdin=args.stdin == "-", confirm=True)
     try:
         check_value(args.name, value)

@@ -1,0 +1,100 @@
+"""``runa secret`` and the vault line of ``runa status``, as a person uses them: values from
+standard input, never the command line; the broker (in the test) and a fake coven behind it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fake_coven import FakeVault
+from secret_stack import SecretStack, secret_stack
+from support import runa
+
+VALUE = b"s3cret-VALUE\x00\xff\n"
+
+
+@pytest.fixture
+def stack(runa_env: dict[str, str]) -> Iterator[SecretStack]:
+    with secret_stack(runa_env) as made:
+        yield made
+
+
+def test_set_reads_the_value_from_stdin_never_argv_and_get_gives_it_back_exactly(
+        stack: SecretStack) -> None:
+    stack.start_coven(FakeVault())
+    with stack.broker_running():
+        setting = subprocess.Popen([sys.executable, "-m", "runa", "secret", "set", "api.key"],
+                                   env=stack.env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            cmdline = Path(f"/proc/{setting.pid}/cmdline").read_bytes()
+            assert cmdline.split(b"\0")[-3:-1] == [b"set", b"api.key"]
+            out, err = setting.communicate(VALUE, timeout=30)
+        finally:
+            setting.kill()
+        assert setting.returncode == 0, err
+        assert out.decode().strip() == f"stored api.key ({len(VALUE)} bytes)"
+        asked = stack.asked.get(timeout=5)
+        assert (asked["op"], asked["for"], asked["value"]) == ("set", "person", VALUE)
+        got = subprocess.run([sys.executable, "-m", "runa", "secret", "get", "api.key"],
+                             env=stack.env, capture_output=True, timeout=30)
+        assert (got.returncode, got.stdout) == (0, VALUE)  # byte for byte, nothing added
+        listed = runa("secret", "list", "--json", env=stack.env)
+        assert '"name": "api.key"' in listed.stdout and "VALUE" not in listed.stdout
+
+
+def test_a_value_on_the_command_line_is_refused_without_being_repeated(
+        stack: SecretStack) -> None:
+    result = runa("secret", "set", "api.key", "hunter2-VALUE", env=stack.env)
+    assert result.returncode == 64
+    assert "never taken from the command line" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("name", ["API.key", "a" * 65])
+def test_a_bad_name_is_a_usage_error(stack: SecretStack, name: str) -> None:
+    result = runa("secret", "get", name, env=stack.env)
+    assert result.returncode == 64
+    assert "runa secret get: secret name" in result.stderr
+
+
+def test_a_locked_vault_says_how_to_unlock_and_status_shows_it(stack: SecretStack) -> None:
+    stack.start_coven(FakeVault(locked=True, secrets={"api.key": b"x"}))
+    with stack.broker_running():
+        result = runa("secret", "get", "api.key", env=stack.env)
+        assert result.returncode == 69
+        assert "locked" in result.stderr and "runa secret unlock" in result.stderr
+        assert result.stdout == ""
+        status = runa("status", env=stack.env)
+        assert "vault: locked (passphrase); run 'runa secret unlock'" in status.stdout
+
+
+def test_coven_down_is_named_and_status_stays_quick(stack: SecretStack) -> None:
+    with stack.broker_running():
+        result = runa("secret", "list", env=stack.env)
+        assert result.returncode == 69
+        assert "runa secret list: coven is not running" in result.stderr
+        begun = time.monotonic()
+        status = runa("status", env=stack.env)
+        took = time.monotonic() - begun
+        assert "vault: unknown (coven is not running" in status.stdout
+        assert took < 5  # python's start-up and the config; no wait for coven
+
+
+def test_without_gilgul_the_broker_is_named(stack: SecretStack) -> None:
+    result = runa("secret", "status", env=stack.env)
+    assert result.returncode == 69
+    assert "gilgul's secrets broker is not running" in result.stderr
+
+
+def test_unlocked_vault_in_status_and_secret_status(stack: SecretStack) -> None:
+    stack.start_coven(FakeVault(secrets={"api.key": b"x", "b.key": b"y"}))
+    with stack.broker_running():
+        assert "vault: unlocked (key file, 2 secrets)" in runa("status", env=stack.env).stdout
+        result = runa("secret", "status", env=stack.env)
+        assert (result.returncode, result.stdout) == (
+            0, "vault: unlocked (key file, 2 secrets)\n")
