@@ -37,11 +37,12 @@ class FakeVault:
                      wire.COUNT: len(self.secrets)}), b""
         if self.locked and op != "unlock":
             return {"code": 5000, "name": "INTERNAL_ERROR", "message": LOCKED_MESSAGE,
-                    wire.EXIT_CODE: wire.EX_UNAVAILABLE}
+                    wire.KIND: wire.LOCKED_KIND, wire.EXIT_CODE: wire.EX_UNAVAILABLE}
         name = fields.get("name")
         if op == "get":
             if name not in self.secrets:
-                return {"code": 5000, "name": "INTERNAL_ERROR", wire.EXIT_CODE: wire.EX_NOINPUT,
+                return {"code": 1000, "name": "BAD_SCHEMA", wire.EXIT_CODE: wire.EX_NOINPUT,
+                        wire.KIND: "UnknownSecret",
                         "message": f"no secret {name!r} in the vault"}
             return {"name": name}, self.secrets[name]
         if op == "set":

@@ -98,3 +98,15 @@ def test_unlocked_vault_in_status_and_secret_status(stack: SecretStack) -> None:
         result = runa("secret", "status", env=stack.env)
         assert (result.returncode, result.stdout) == (
             0, "vault: unlocked (key file, 2 secrets)\n")
+
+
+def test_a_value_too_large_for_the_bus_is_refused_saying_which_setting(
+        stack: SecretStack) -> None:
+    stack.start_coven(FakeVault())
+    with stack.broker_running():
+        result = subprocess.run([sys.executable, "-m", "runa", "secret", "set", "big"],
+                                env=stack.env, input=b"v" * 40_000, capture_output=True,
+                                timeout=30)
+    assert result.returncode == 64
+    assert b"does not fit on the main bus" in result.stderr
+    assert b"bus.envelope_max_bytes" in result.stderr

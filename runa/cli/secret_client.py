@@ -21,7 +21,7 @@ from runa.protocol import secret_wire as wire
 from runa.protocol.secrets import BROKER, BROKER_OPS, SEALED_CONTEXTS
 from runa.splinter import Bus
 from runa.splinter import envelope as env_mod
-from runa.splinter.errors import BadSchema, ChannelNotFound, SplinterError
+from runa.splinter.errors import BadSchema, ChannelNotFound, MessageTooLarge, SplinterError
 
 #: How often a waiting request looks whether the broker is still alive.
 LOOK_S = 0.25
@@ -32,6 +32,12 @@ class BrokerUnavailable(RunaError):
     """Nobody serves ``gilgul.secrets``: gilgul (or ``runa up``) is not running."""
 
     exit_code = wire.EX_UNAVAILABLE
+
+
+class SecretTooLarge(RunaError):
+    """A value that, sealed, is larger than the main bus carries in one envelope."""
+
+    exit_code = wire.EX_USAGE
 
 
 class SecretFault(RunaError):
@@ -82,6 +88,9 @@ class SecretsClient:
             raise BrokerUnavailable(
                 f"{BROKER_NAME} is not running (no '{BROKER}' queue on the bus): start Runa "
                 "with 'systemctl --user start runa.target' or 'runa up -d'") from None
+        except MessageTooLarge as error:
+            raise SecretTooLarge(f"the request does not fit on the main bus ({error}): a "
+                                 "smaller value, or a larger bus.envelope_max_bytes") from None
         except SplinterError as error:
             raise BrokerUnavailable(f"{BROKER_NAME} could not be asked: {error}") from None
         deadline = self.clock() + timeout

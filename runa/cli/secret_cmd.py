@@ -74,7 +74,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "list", help="the secrets' names, sizes and last changes (never values)",
         description="List the vault's secrets: name, size in bytes, last change. " + EXIT_TEXT)
     listing.add_argument("--json", action="store_true",
-                         help='one JSON object: {"secrets": [{"name", "size", "changed_ms"}]}')
+                         help='one JSON object: {"secrets": [{"name", "size", "updated_ms"}]}')
     rm = actions.add_parser("rm", help="remove a secret",
                             description="Remove NAME from the vault. " + EXIT_TEXT)
     rm.add_argument("name", metavar="NAME")

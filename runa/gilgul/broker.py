@@ -40,7 +40,7 @@ from runa.protocol.secrets import BROKER, BROKER_OPS, COVEN, COVEN_OPS, SEALED_C
 from runa.registry import Registry
 from runa.splinter import Bus, Envelope, EnvelopeReceiver, Fault, QueueReceiver
 from runa.splinter import envelope as env_mod
-from runa.splinter.errors import BadSchema, SplinterError, TtlExpired
+from runa.splinter.errors import BadSchema, MessageTooLarge, SplinterError, TtlExpired
 
 SENDER = "gilgul"
 #: How long the broker waits for coven's answer (an unlock runs Argon2id: about half a second).
@@ -247,6 +247,10 @@ class SecretsBroker:
         assert self._main is not None and request.reply_to is not None
         try:
             self._main.sender(request.reply_to).send(answer)
+        except MessageTooLarge as error:  # a large secret, sealed, on a small main bus
+            self._fault(request, Fault.INTERNAL_ERROR,
+                        f"the answer does not fit on the main bus ({error}); raise "
+                        "bus.envelope_max_bytes to read this secret", wire.EX_DATAERR)
         except SplinterError as error:  # the requester went away, or its queue is full
             self.logger.info("secrets broker: no answer delivered to %s: %s",
                              request.reply_to, error)

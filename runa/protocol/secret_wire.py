@@ -9,9 +9,10 @@ one place, so the broker, the command and coven agree on the field names and fau
 - an answer is a ``response`` envelope (the request's id, ``eof``) whose payload is sealed
   (``broker_reply``/``coven_reply``) with the fields below, ``get``'s value as value bytes;
 - a refusal or failure is a plain ``error`` envelope: ``code``, ``name``, ``message``, and
-  ``exit_code`` (the sysexits status a command ends with: ``runa.protocol.faults``) and, from
-  the broker, ``reason`` (one of ``REASONS``). A locked vault is coven's fault with
-  ``exit_code`` 69: a component that gets it waits and asks again.
+  ``exit_code`` (the sysexits status a command ends with: ``runa.protocol.faults``); from
+  coven also ``kind`` (the vault error's class: ``VaultLocked``, ``WrongPassphrase``, …),
+  from the broker ``reason`` (one of ``REASONS``). A locked vault is coven's ``kind``
+  ``VaultLocked`` (``exit_code`` 69): a component that gets it waits and asks again.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any
 
 # -- sealed reply fields -----------------------------------------------------------------------
 
-#: ``list``: ``{"secrets": [{"name": str, "size": int, "changed_ms": int}, …]}``.
+#: ``list``: ``{"secrets": [{"name": str, "size": int, "updated_ms": int}, …]}``.
 SECRETS = "secrets"
-ENTRY_NAME, ENTRY_SIZE, ENTRY_CHANGED = "name", "size", "changed_ms"
-#: ``status``, ``unlock``, ``lock``: ``state`` (one of ``STATES``); ``status`` also ``mode``
-#: (``keyfile`` or ``passphrase``, absent with no vault), ``key_id``, ``argon2``
-#: (``{"opslimit": int, "memlimit": int}`` in passphrase mode) and ``count`` (unlocked only).
-STATE, MODE, KEY_ID, ARGON2, COUNT = "state", "mode", "key_id", "argon2", "count"
+ENTRY_NAME, ENTRY_SIZE, ENTRY_CHANGED = "name", "size", "updated_ms"
+#: ``status``, ``unlock``, ``lock``: ``state`` (one of ``STATES``), ``mode`` (``keyfile`` or
+#: ``passphrase``; None with no vault), ``key_id``, ``argon2`` (``{"opslimit": int,
+#: "memlimit": int}`` in passphrase mode, else None) and ``secrets``: how many (None unless
+#: unlocked).
+STATE, MODE, KEY_ID, ARGON2, COUNT = "state", "mode", "key_id", "argon2", "secrets"
 ABSENT, LOCKED, UNLOCKED = "absent", "locked", "unlocked"
 STATES = (ABSENT, LOCKED, UNLOCKED)
 #: ``rotate``'s optional request field: the key mode to rotate to (``keyfile`` or
@@ -38,6 +40,8 @@ MODES = (KEYFILE, PASSPHRASE)
 # -- faults ------------------------------------------------------------------------------------
 
 EXIT_CODE = "exit_code"
+KIND = "kind"
+LOCKED_KIND = "VaultLocked"
 REASON = "reason"
 EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_NOPERM = 64, 65, 66, 69, 77
 #: Why the broker refused or could not serve a request (``reason`` of its faults).
@@ -49,5 +53,5 @@ REASONS = (NOT_AUTHORIZED, COVEN_NOT_RUNNING, COVEN_NOT_ANSWERING)
 
 def is_locked(fault: Mapping[str, Any]) -> bool:
     """Whether an error payload says the vault is locked (coven's ``VaultLocked``), as
-    opposed to coven not running (the broker's, with a ``reason``): worth waiting for."""
-    return fault.get(EXIT_CODE) == EX_UNAVAILABLE and REASON not in fault
+    opposed to coven not running (the broker's, same exit status): worth waiting for."""
+    return fault.get(KIND) == LOCKED_KIND
