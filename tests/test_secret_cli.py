@@ -3,6 +3,7 @@ standard input, never the command line; the broker (in the test) and a fake cove
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from fake_coven import FakeVault
 from secret_stack import SecretStack, secret_stack
-from support import runa
+from support import runa, wait_for
 
 VALUE = b"s3cret-VALUE\x00\xff\n"
 
@@ -31,7 +32,10 @@ def test_set_reads_the_value_from_stdin_never_argv_and_get_gives_it_back_exactly
                                    env=stack.env, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            cmdline = Path(f"/proc/{setting.pid}/cmdline").read_bytes()
+            proc = Path(f"/proc/{setting.pid}/cmdline")
+            cmdline = wait_for(lambda: b"runa" in proc.read_bytes() and proc.read_bytes(), 10,
+                               "runa secret set to be executed")
+            assert isinstance(cmdline, bytes)
             assert cmdline.split(b"\0")[-3:-1] == [b"set", b"api.key"]
             out, err = setting.communicate(VALUE, timeout=30)
         finally:
@@ -110,3 +114,62 @@ def test_a_value_too_large_for_the_bus_is_refused_saying_which_setting(
     assert result.returncode == 64
     assert b"does not fit on the main bus" in result.stderr
     assert b"bus.envelope_max_bytes" in result.stderr
+
+
+def test_under_runa_up_the_supervisor_brokers_and_hands_coven_s_queue_to_no_stranger(
+        runa_env: dict[str, str]) -> None:
+    """The broker runs in the supervisor's process: it answers with no gilgul daemon, and a
+    process that is not the supervisor's coven child gets nothing for holding 'coven'."""
+    off = Path(runa_env["RUNA_SYSCONFDIR"]) / "components.d/20-splinfer-off.toml"
+    off.write_text("[components.splinfer]\nenabled = false\n")  # the keeper alone: quick
+    up = runa("up", "--detach", env=runa_env)
+    assert up.returncode == 0, up.stderr
+    try:
+        result = runa("secret", "status", env=runa_env)
+        assert result.returncode == 69
+        assert "runa secret status: coven is not running" in result.stderr
+        with secret_stack(runa_env) as stack:
+            stranger = stack.start_coven(FakeVault())
+            result = subprocess.run([sys.executable, "-m", "runa", "secret", "set", "x"],
+                                    env=runa_env, input=b"stolen-VALUE", capture_output=True,
+                                    timeout=30)
+            assert result.returncode == 69
+            assert f"held by pid {stranger} (person), not by coven".encode() in result.stderr
+            assert stack.asked.empty()
+    finally:
+        runa("down", env=runa_env)
+
+
+def test_on_a_terminal_the_value_is_typed_twice_and_never_shown(stack: SecretStack) -> None:
+    import pexpect
+
+    stack.start_coven(FakeVault())
+    with stack.broker_running():
+        typing = pexpect.spawn(sys.executable, ["-m", "runa", "secret", "set", "api.key"],
+                               env=stack.env, timeout=20)
+        typing.expect(b"value of api.key: ")
+        typing.sendline(b"typed-VALUE")
+        typing.expect(re.escape(b"value of api.key (again): "))
+        typing.sendline(b"typed-VALUE")
+        typing.expect(pexpect.EOF)
+        typing.close()
+        shown = typing.before
+        assert typing.exitstatus == 0, shown
+        assert b"stored api.key (11 bytes)" in shown and b"typed-VALUE" not in shown
+        assert stack.asked.get(timeout=5)["value"] == b"typed-VALUE"
+
+        shown_back = pexpect.run(f"{sys.executable} -m runa secret get api.key",
+                                 env=stack.env, timeout=20)
+        assert shown_back == b"typed-VALUE\r\n"  # on a terminal, a newline after it
+
+        mistyped = pexpect.spawn(sys.executable, ["-m", "runa", "secret", "set", "b.key"],
+                                 env=stack.env, timeout=20)
+        mistyped.expect(b"value of b.key: ")
+        mistyped.sendline(b"one-VALUE")
+        mistyped.expect(re.escape(b"(again): "))
+        mistyped.sendline(b"other-VALUE")
+        mistyped.expect(pexpect.EOF)
+        mistyped.close()
+        assert mistyped.exitstatus == 64
+        assert b"differ; nothing was stored" in mistyped.before
+        assert b"VALUE" not in mistyped.before

@@ -267,7 +267,6 @@ def _read_all(stream: BinaryIO, what: str) -> bytearray:
 def _prompt(terminal: BinaryIO, text: str) -> bytearray:
     """One line typed at ``terminal`` with echo off, without its newline."""
     fd = terminal.fileno()
-    terminal.write(text.encode())
     old = termios.tcgetattr(fd)
     new = termios.tcgetattr(fd)
     new[3] &= ~termios.ECHO
@@ -275,6 +274,7 @@ def _prompt(terminal: BinaryIO, text: str) -> bytearray:
     size = 0
     try:
         termios.tcsetattr(fd, termios.TCSAFLUSH, new)
+        terminal.write(text.encode())  # only once nothing typed can be echoed
         while size <= VALUE_MAX:
             got = os.readv(fd, [memoryview(buffer)[size:size + 1]])
             if not got or buffer[size] == 0x0A:
