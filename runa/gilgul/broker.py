@@ -269,8 +269,7 @@ class SecretsBroker:
         who = requester.name if requester else "unknown"
         pid = requester.pid if requester else 0
         shown = (name or "")[:_NAME_SHOWN]
-        fields: dict[str, Any] = {"op": op, "secret": shown, "requester": who,
-                                  "requester_pid": pid}
+        fields: dict[str, Any] = dict(op=op, secret=shown, requester=who, requester_pid=pid)
         if requester is not None and not requester.is_person:
             fields["component"] = requester.name
         log.event(self.logger, "secret_refused",
