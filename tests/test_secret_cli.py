@@ -173,3 +173,19 @@ def test_on_a_terminal_the_value_is_typed_twice_and_never_shown(stack: SecretSta
         assert mistyped.exitstatus == 64
         assert b"differ; nothing was stored" in mistyped.before
         assert b"VALUE" not in mistyped.before
+
+
+def test_rotate_sends_the_new_passphrase_as_a_value_never_a_field(stack: SecretStack) -> None:
+    stack.start_coven(FakeVault())
+    with stack.broker_running():
+        plain = runa("secret", "rotate", env=stack.env)
+        assert plain.returncode == 0, plain.stderr
+        to_passphrase = subprocess.run(
+            [sys.executable, "-m", "runa", "secret", "rotate", "--passphrase"],
+            env=stack.env, input=b"correct horse", capture_output=True, timeout=30)
+        assert to_passphrase.returncode == 0, to_passphrase.stderr
+    asked = [stack.asked.get(timeout=5) for _ in range(3)]
+    rotations = [(a.get("mode"), a["value"]) for a in asked if a["op"] == "rotate"]
+    assert rotations == [(None, b""), ("passphrase", b"correct horse")]
+    assert all(b"correct horse" not in str(k).encode() for a in asked for k in a.items()
+               if k[0] != "value")

@@ -199,21 +199,28 @@ def _unlock(ctx: CliContext) -> int:
 
 
 def _rotate(ctx: CliContext, args: argparse.Namespace) -> int:
-    passphrase = bytearray()
-    if args.mode == wire.PASSPHRASE:
-        passphrase = _read_value("new passphrase", use_stdin=not sys.stdin.isatty(),
-                                 confirm=True)
-        if not passphrase:
-            raise SecretUsage("a passphrase cannot be empty")
-    extra = {wire.MODE: args.mode} if args.mode else None
-    try:
-        with client(ctx) as asker:
-            asker.call("rotate", value=passphrase, extra=extra, timeout=60.0).wipe()
-    finally:
-        sodium.wipe(passphrase)
+    """A new key; a passphrase vault (or ``--passphrase``) needs its new passphrase."""
+    with client(ctx) as asker:
+        mode = args.mode
+        if mode is None:
+            status = asker.call("status")
+            status.wipe()
+            if status.fields.get(wire.MODE) == wire.PASSPHRASE:
+                mode = wire.PASSPHRASE
+        passphrase = bytearray()
+        try:
+            if mode == wire.PASSPHRASE:
+                passphrase = _read_value("new passphrase", use_stdin=not sys.stdin.isatty(),
+                                         confirm=True)
+                if not passphrase:
+                    raise SecretUsage("a passphrase cannot be empty")
+            asker.call("rotate", value=passphrase,
+                       extra={wire.MODE: mode} if mode else None, timeout=60.0).wipe()
+        finally:
+            sodium.wipe(passphrase)
     print("the vault was re-encrypted under a new key"
-          + {wire.PASSPHRASE: " (a passphrase: it is locked after a restart of coven)",
-             wire.KEYFILE: " (a key file)"}.get(args.mode or "", ""))
+          + {wire.PASSPHRASE: " (a passphrase: coven starts it locked from now on)",
+             wire.KEYFILE: " (a key file)"}.get(mode or "", ""))
     return 0
 
 
