@@ -152,13 +152,14 @@ def _set(ctx: CliContext, args: argparse.Namespace) -> int:
         raise SecretUsage("a value is never taken from the command line, where other "
                           "processes can read it: give it on standard input ('-') or type "
                           "it at the prompt")
-    value = _read_value(f"value of {args.name}", use_stdin=args.stdin == "-", confirm=True)
-    try:
-        check_value(args.name, value)
-        with client(ctx) as asker:
+    with client(ctx) as asker:  # a stopped stack is said before a value is typed
+        value = _read_value(f"value of {args.name}", use_stdin=args.stdin == "-",
+                            confirm=True)
+        try:
+            check_value(args.name, value)
             asker.call("set", name=args.name, value=value).wipe()
-    finally:
-        sodium.wipe(value)
+        finally:
+            sodium.wipe(value)
     print(f"stored {args.name} ({len(value)} bytes)")
     return 0
 
