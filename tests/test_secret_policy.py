@@ -90,3 +90,31 @@ def test_the_registry_declares_what_a_component_may_read(tmp_path: Path) -> None
             registry.load(tmp_path)
         assert "components.splinfer.secrets" in str(raised.value)
         assert str(override) in str(raised.value)
+
+
+class _Broken:
+    closed = False
+
+    def serve(self, timeout: float) -> bool:
+        raise OSError("the bus went away")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_broker_thread_that_dies_stops_gilgul_s_loop() -> None:
+    import logging
+    import time
+
+    from runa.gilgul import BrokerThread
+
+    broken = _Broken()
+    thread = BrokerThread(broken, logging.getLogger("test.broker"), poll_s=0.01)  # type: ignore[arg-type]
+    thread.start()
+    deadline = time.monotonic() + 5
+    while thread.failure is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError, match="the secrets broker stopped"):
+        thread.check()
+    thread.stop()
+    assert broken.closed
