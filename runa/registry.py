@@ -48,6 +48,8 @@ _MODULE = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
 _FACTORY = re.compile(rf"^{_MODULE}:[A-Za-z_][A-Za-z0-9_]*$")
 _SETTINGS = re.compile(rf"^{_MODULE}$")
 _BUS_DIR = Path("/dev/shm")
+# A secret's name as coven takes it (runa.coven.secret), optionally a prefix ending in "*".
+_SECRET_PATTERN = re.compile(r"^[a-z][a-z0-9._-]{0,63}\*?$")
 
 HardeningValue = str | bool | int
 
@@ -71,6 +73,12 @@ class Component:
     timeout_stop_sec: int = 15
     documentation: tuple[str, ...] = ()
     hardening: tuple[tuple[str, HardeningValue], ...] = ()
+    secrets: tuple[str, ...] = ()  # what gilgul's broker lets it read: names, or "prefix*"
+
+    def may_read(self, secret: str) -> bool:
+        """Whether ``secrets`` names ``secret``: exactly, or by a prefix ending in ``*``."""
+        return any(secret.startswith(pattern[:-1]) if pattern.endswith("*")
+                   else secret == pattern for pattern in self.secrets)
 
     @property
     def unit(self) -> str:
@@ -272,6 +280,7 @@ _COMPONENT_KEYS: dict[str, tuple[type[Any], str]] = {
     "timeout_start_sec": (int, "an integer"),
     "timeout_stop_sec": (int, "an integer"),
     "documentation": (list, "a list of URIs"),
+    "secrets": (list, "a list of secret names or prefixes ending in '*'"),
 }
 
 
@@ -299,6 +308,13 @@ def _component_value(source: str, dotted: str, key: str, value: Any) -> Any:
         raise RegistryError(source, dotted, value, "must be 1 to 3600 seconds")
     if key == "documentation":
         return list(_documentation(source, dotted, value))
+    if key == "secrets":
+        for pattern in value:
+            if not isinstance(pattern, str) or not _SECRET_PATTERN.match(pattern):
+                raise RegistryError(source, dotted, pattern,
+                                    "must be a secret's name (a lowercase letter, then "
+                                    "lowercase letters, digits, '.', '_' or '-') or such a "
+                                    "prefix ending in '*', e.g. 'alethia.*'")
     return value
 
 

@@ -396,3 +396,26 @@ def test_the_idle_stack_uses_at_most_one_percent_of_a_core(stack: Stack) -> None
     share = (cpu_seconds() - start_cpu) / (time.monotonic() - start)
     print(f"idle stack: {share * 100:.2f}% of one core over 10 s")
     assert share <= 0.01
+
+
+def test_the_secrets_broker_knows_a_unit_s_process_from_a_person_s(stack: Stack) -> None:
+    """gilgul's broker names a requester by its cgroup: the same 'runa secret set' is the
+    person's from a shell (allowed; this stack has no coven) and demo's once the kernel puts
+    it in runa-demo.service (refused NOT_AUTHORIZED, and logged)."""
+    # the session's runtime directory, where the stack's bus key is, as in a login session
+    env = {**stack.env, "XDG_RUNTIME_DIR": stack.systemd_env["XDG_RUNTIME_DIR"]}
+    person = subprocess.run([sys.executable, "-m", "runa", "secret", "set", "x"], input=b"v",
+                            env=env, capture_output=True, timeout=30)
+    assert person.returncode == 69 and b"coven is not running" in person.stderr, person.stderr
+    since = time.time()
+    asking = subprocess.Popen([sys.executable, "-m", "runa", "secret", "set", "x"],
+                              env=env, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    demo = Path(f"/proc/{stack.main_pid('demo')}/cgroup").read_text().splitlines()
+    where = next(line.split(":", 2)[2] for line in demo if ":name=systemd:" in line)
+    Path(f"/sys/fs/cgroup/systemd{where}/cgroup.procs").write_text(str(asking.pid))
+    _, err = asking.communicate(b"v", timeout=30)
+    assert asking.returncode == 77 and b"only a person" in err, err
+    refused = wait_for(lambda: stack.events(RUNA_EVENT="secret_refused", since=since), 10,
+                       "the refusal in gilgul's journal")
+    assert refused[0]["RUNA_REQUESTER"] == "demo"  # type: ignore[index]
+    assert int(refused[0]["RUNA_REQUESTER_PID"]) == asking.pid  # type: ignore[index,arg-type]

@@ -21,7 +21,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Talk with the model", ("chat", "ask")),
     ("Answer from your documents (tieto, the retrieval service)",
      ("ingest", "recall", "topic")),
-    ("Run and look after Runa", ("up", "down", "status", "models", "config", "policy", "audit")),
+    ("Run and look after Runa", ("up", "down", "status", "models", "config", "policy", "audit",
+                                 "secret")),
     ("For operators and developers", ("bus", "units", "daemon")),
     ("Help", ("help",)),
 )

@@ -25,6 +25,7 @@ from runa.cli import (
     models_cmd,
     policy_cmd,
     recall_cmd,
+    secret_cmd,
     stack_cmd,
     topic_cmd,
     units_cmd,
@@ -36,7 +37,8 @@ from runa.errors import RunaError
 from runa.paths import check_stack_name
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
-                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, policy_cmd, help_cmd)
+                   daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, policy_cmd,
+                   secret_cmd, help_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,8 @@ from runa.cli.context import (
     model_overrides,
 )
 from runa.cli.numbers import in_range
+from runa.cli.secret_cmd import describe as describe_vault
+from runa.cli.secret_cmd import vault_state
 from runa.cli.voice import print_json, say
 from runa.client import ServiceClient, ServiceUnavailable
 from runa.errors import RunaError, error_line
@@ -293,6 +295,7 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
     comps = current.get("components", [])
     healthy = bool(pid) and bool(comps) and all(c["state"] == ChildState.RUNNING for c in comps)
     kept, unknown = _kept(ctx)
+    vault, no_vault = vault_state(ctx)
     if args.json:
         print_json({"stack": ctx.stack, "supervisor_pid": pid, "healthy": healthy,
                     "memory_limits": current.get("memory_limits") if pid else None,
@@ -300,7 +303,9 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
                     "kept": None if kept is None else {
                         "conversations": kept.total, "state_bytes": kept.state_bytes,
                         "state_max_bytes": kept.state_max_bytes,
-                        "state_max_age_s": kept.state_max_age_s}})
+                        "state_max_age_s": kept.state_max_age_s},
+                    "vault": vault if vault is not None else {"state": "unknown",
+                                                              "why": no_vault}})
         return 0 if healthy else 3
     if not pid:
         print(f"stack {ctx.stack}: not running{_other_stack(ctx)}; start it with "
@@ -314,6 +319,8 @@ def cmd_status(ctx: CliContext, args: argparse.Namespace) -> int:
                   f"incarnation {c.get('incarnation', 0)!s:<3} {c['status']}"
                   + (f" ({c['reason']})" if c["reason"] else ""))
     print(conversations.kept_line(kept) if kept is not None else f"kept: unknown ({unknown})")
+    print(f"vault: {describe_vault(vault)}" if vault is not None
+          else f"vault: unknown ({no_vault})")
     return 0 if healthy else 3
 
 

@@ -16,6 +16,8 @@ from runa.gilgul.backends.children import (
     start_failure,
 )
 from runa.gilgul.backends.systemd import TARGET, SystemdUnits
+from runa.gilgul.broker import BrokerThread, SecretsBroker
+from runa.gilgul.broker import for_stack as secrets_broker
 from runa.gilgul.core import Backend, Failure, Gilgul
 from runa.gilgul.health import HeartbeatWatch
 from runa.gilgul.hook import PolicyHook
@@ -28,6 +30,7 @@ from runa.gilgul.policy import (
     Policy,
     PolicySettings,
 )
+from runa.gilgul.requesters import children_identify, systemd_identify
 from runa.gilgul.units import write_atomically
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "RECONFIGURED",
     "TARGET",
     "Backend",
+    "BrokerThread",
     "Child",
     "ChildProcesses",
     "ChildState",
@@ -48,8 +52,12 @@ __all__ = [
     "Policy",
     "PolicyHook",
     "PolicySettings",
+    "SecretsBroker",
     "SystemdUnits",
+    "children_identify",
     "daemon_argv",
+    "secrets_broker",
     "start_failure",
+    "systemd_identify",
     "write_atomically",
 ]

@@ -26,6 +26,8 @@ from runa.components import load_config
 from runa.config import Config
 from runa.errors import RunaError
 from runa.gilgul.backends.systemd import SystemdUnits
+from runa.gilgul.broker import BrokerThread
+from runa.gilgul.broker import for_stack as secrets_broker
 from runa.gilgul.core import Gilgul
 from runa.gilgul.dbus import SystemdUserManager
 from runa.gilgul.dbus import UnitManager as UnitManagerProtocol
@@ -35,6 +37,7 @@ from runa.gilgul.hook import PolicyHook
 from runa.gilgul.incarnation import IncarnationFiles
 from runa.gilgul.incarnation import directory as incarnation_dir
 from runa.gilgul.policy import RECONFIGURED
+from runa.gilgul.requesters import systemd_identify
 from runa.gilgul.units import Limits
 from runa.paths import Paths
 from runa.registry import Registry
@@ -66,7 +69,9 @@ class GilgulDaemon:
         reload_inputs: Callable[[], tuple[Config, Registry]],
         clock: Callable[[], float] = time.monotonic,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        secrets: BrokerThread | None = None,
     ) -> None:
+        """``secrets``: the secrets broker, run beside the loop from ``start`` to ``stop``."""
         self.config = config
         self.registry = registry
         self.stack = stack
@@ -80,6 +85,7 @@ class GilgulDaemon:
         self.backend = SystemdUnits(registry.watched, self.core, logger)
         self.core.attach(self.backend, logger=logger, open_bus=open_bus, clock_ns=clock_ns)
         self.reload_requested = False
+        self.secrets = secrets
         self._ctx: ServiceContext | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -92,6 +98,8 @@ class GilgulDaemon:
         if manager_unit is not None:
             ctx.incarnation = manager.own_restarts(manager_unit.unit)
         signal.signal(signal.SIGHUP, self._on_sighup)
+        if self.secrets is not None:
+            self.secrets.start()
         self.backend.reconcile(ctx.incarnation)
         self.apply_limits()
         ctx.status(f"watching {len(self.backend.units)} components")
@@ -105,9 +113,13 @@ class GilgulDaemon:
             self.reload_requested = False
             self.reload()
         self.core.turn()
+        if self.secrets is not None:
+            self.secrets.check()
 
     def stop(self) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        if self.secrets is not None:
+            self.secrets.stop()
         self.backend.close()
         self.core.close()
 
@@ -161,6 +173,8 @@ class GilgulDaemon:
             self.logger.warning("the registry's components changed; restart gilgul to "
                                 "watch the new set")
         self.config, self.registry = config, new_registry
+        if self.secrets is not None:
+            self.secrets.reconfigure(new_registry)
         self.core.reconfigure(config)
         self.apply_limits()
         log.event(self.logger, "reloaded", "reloaded the registry and configuration")
@@ -186,5 +200,6 @@ def create(config: Config, logger: logging.Logger, stack: str,
         incarnations=IncarnationFiles(incarnation_dir(env)),
         hook=PolicyHook(config["gilgul.policy_script"], logger),
         reload_inputs=reload_inputs,
+        secrets=secrets_broker(config, stack, paths, reg, systemd_identify(), logger),
     )
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from runa.gilgul import (
+    BrokerThread,
     Child,
     ChildProcesses,
     ChildState,
@@ -67,10 +68,15 @@ class Supervisor:
         self.processes = ChildProcesses(specs, gilgul, self.listener, limiter, env, logger,
                                         clock)
         self.children = self.processes.children
+        self.secrets: BrokerThread | None = None  # gilgul's secrets broker, from start_all
         gilgul.attach(self.processes, logger=logger, open_bus=open_bus, clock_ns=clock_ns)
 
     def child(self, name: str) -> Child:
         return self.processes.child(name)
+
+    def child_pids(self) -> dict[int, str]:
+        """Each running child's pid and its component: who asks gilgul's secrets broker."""
+        return {child.pid: child.spec.name for child in self.children if child.pid}
 
     @property
     def stopping(self) -> bool:
@@ -109,8 +115,11 @@ class Supervisor:
         """Start the children in order, each once the one before is ready (like After=).
 
         False as soon as one fails to become ready (its start timeout, extended by
-        ``EXTEND_TIMEOUT_USEC=``, bounds the wait) or a stop is requested.
+        ``EXTEND_TIMEOUT_USEC=``, bounds the wait) or a stop is requested. The secrets
+        broker starts first: a component may need a secret before it is ready.
         """
+        if self.secrets is not None:
+            self.secrets.start()
         for child in self.children:
             if not self.processes.spawn(child, reason=""):
                 self.gilgul.start_refused(child.spec.name)
@@ -143,6 +152,8 @@ class Supervisor:
     def stop_all(self) -> None:
         """Stop every child (newest first), then let go of the socket, limits, bus and lock."""
         self.processes.stop_all()
+        if self.secrets is not None:
+            self.secrets.stop()
         self._save(running=False)
         self.listener.close()
         self.limiter.cleanup()
@@ -158,6 +169,8 @@ class Supervisor:
             self.reconcile_requested = False
             changed |= self.processes.start_stopped()
         changed |= self.gilgul.turn()
+        if self.secrets is not None:
+            self.secrets.check()
         if changed:
             self._save()
 

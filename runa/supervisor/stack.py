@@ -23,7 +23,9 @@ from runa.gilgul import (
     Policy,
     PolicyHook,
     PolicySettings,
+    children_identify,
     daemon_argv,
+    secrets_broker,
 )
 from runa.paths import Paths
 from runa.supervisor import rundir
@@ -66,10 +68,13 @@ def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
     )
     lock = SupervisorLock.acquire(rundir.prepare(paths), stack)
     try:
-        return Supervisor(specs(config, reg), paths.runtime, logger, env, gilgul,
-                          limiter=MemoryLimiter(find_layout(stack), logger),
-                          open_bus=bus_mod.bus_opener(config, stack), stack=stack, lock=lock,
-                          clock=clock)
+        supervisor = Supervisor(specs(config, reg), paths.runtime, logger, env, gilgul,
+                                limiter=MemoryLimiter(find_layout(stack), logger),
+                                open_bus=bus_mod.bus_opener(config, stack), stack=stack,
+                                lock=lock, clock=clock)
+        supervisor.secrets = secrets_broker(config, stack, paths, reg,
+                                            children_identify(supervisor.child_pids), logger)
+        return supervisor
     except BaseException:
         lock.release()
         raise

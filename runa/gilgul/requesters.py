@@ -1,0 +1,102 @@
+"""Who is asking for a secret, as the kernel says: a component, or the person.
+
+The broker never believes an envelope's ``from`` (any process can write it). It asks the
+kernel which process holds the request's ``reply_to`` queue (``Bus.queue_holder``), then
+maps that pid to a requester the way the running mode knows processes:
+
+- under systemd, ``/proc/<pid>/cgroup`` names the unit: a process of
+  ``runa-<component>.service`` (the main process or any it started: a unit's cgroup holds
+  them all) is that component;
+- under Runa's own supervisor, its child table: a child's pid is that component, and so is
+  a process descended from it (walking ``PPid`` in ``/proc/<pid>/status``), so a component
+  cannot gain the person's rights by running ``runa secret`` as a subprocess; a process
+  re-parented away from its component (a double fork) is not followed;
+- anything else (a person's shell running ``runa secret``) is the person.
+
+Both are plain functions of what ``/proc`` holds (an injected root in tests).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from runa.protocol.secrets import PERSON
+
+PROC = Path("/proc")
+_UNIT = re.compile(r"^runa-([a-z][a-z0-9_]{0,31})\.service$")
+#: How far up the process tree a supervised component's descendant is looked for.
+MAX_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks: a component's name, or ``PERSON``, and the pid the kernel named."""
+
+    name: str
+    pid: int
+
+    @property
+    def is_person(self) -> bool:
+        return self.name == PERSON
+
+
+Identify = Callable[[int], Requester]
+
+
+def unit_component(pid: int, proc: Path = PROC) -> str | None:
+    """The component whose ``runa-<name>.service`` unit ``pid`` runs in, or None.
+
+    Reads the systemd hierarchy of ``/proc/<pid>/cgroup`` (v1's ``name=systemd`` line, or
+    v2's ``0::``) and takes the innermost ``.service`` of the path: a process of the user
+    manager's ``user@<uid>.service`` that is in no unit of Runa's is nobody's component.
+    """
+    try:
+        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    paths = {hierarchy: path for _, hierarchy, path in
+             (line.split(":", 2) for line in lines if line.count(":") >= 2)}
+    path = paths.get("name=systemd") or paths.get("") or ""
+    services = [part for part in path.split("/") if part.endswith(".service")]
+    found = _UNIT.match(services[-1]) if services else None
+    return found.group(1) if found else None
+
+
+def parent_pid(pid: int, proc: Path = PROC) -> int | None:
+    """The parent of ``pid`` as ``/proc/<pid>/status`` says (None once it is gone)."""
+    try:
+        for line in (proc / str(pid) / "status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def systemd_identify(proc: Path = PROC) -> Identify:
+    """Requesters under systemd: by the unit of the pid's cgroup."""
+    def identify(pid: int) -> Requester:
+        return Requester(unit_component(pid, proc) or PERSON, pid)
+
+    return identify
+
+
+def children_identify(children: Callable[[], Mapping[int, str]],
+                      parent: Callable[[int], int | None] = parent_pid) -> Identify:
+    """Requesters under the supervisor: ``children()`` maps each child's pid to its
+    component (read at each request: a restarted child has a new pid)."""
+    def identify(pid: int) -> Requester:
+        table = children()
+        current: int | None = pid
+        for _ in range(MAX_DEPTH):
+            if current is None or current <= 1:
+                break
+            if current in table:
+                return Requester(table[current], pid)
+            current = parent(current)
+        return Requester(PERSON, pid)
+
+    return identify
