@@ -6,6 +6,7 @@ and location come from one place (the ``[bus]`` configuration table).
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import logging
 import time
@@ -42,10 +43,18 @@ class BusNotRunning(RunaError):
 SMALL_BUS = Geometry(slots=256, max_key=128, max_value=2048, channels=8,
                      channel_capacity=65536, subscribers=4, stats_entries=16,
                      max_envelope=16384)
+# coven's requests and replies carry a whole secret (up to 64 KiB), sealed and in base64:
+# a largest `set` is an envelope of 87,871 bytes, its `get` reply 87,726 (measured; the
+# reply in tests/coven/test_daemon.py), so coven's envelopes and channels are larger than
+# the small bus's: 1.5 MiB more of /dev/shm per stack.
+COVEN_BUS = dataclasses.replace(SMALL_BUS, channel_capacity=256 * 1024,
+                                max_envelope=96 * 1024)
 
 
 def geometry(config: Config, name: str = "main") -> Geometry:
     """The segment geometry of bus ``name``: the ``[bus]`` table for main, small otherwise."""
+    if name == "coven":
+        return COVEN_BUS
     if name != "main":
         return SMALL_BUS
     return Geometry(
