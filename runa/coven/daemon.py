@@ -195,6 +195,7 @@ class CovenDaemon:
                 raise _bad(request, str(error)) from None
             self._asking = {"requester_pid": pid, "holder_pid": holder or 0}
             reply, value = self._answer(op_name, fields, opened.value, requester)
+            self.problem = ""  # the vault answered: whatever made it unusable is gone
             self._reply(request, reply, value)
         except BadSchema as error:
             self._bad_schema(error, request)
@@ -229,7 +230,6 @@ class CovenDaemon:
             return {"key_id": key_id}, None
         if op == "unlock":
             vault.unlock(value or None, requester=who)
-            self.problem = ""
         elif op == "lock":
             vault.lock(requester=who)
         return self.describe(who), None
