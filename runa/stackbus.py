@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import grp
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,7 +28,14 @@ from runa.splinter import (
     segment_path,
 )
 from runa.splinter.envelope import parse_rfc3339
-from runa.splinter.errors import BadSchema, SegmentNotFound, SplinterError, TtlExpired
+from runa.splinter.errors import (
+    BadSchema,
+    SegmentDamaged,
+    SegmentError,
+    SegmentNotFound,
+    SplinterError,
+    TtlExpired,
+)
 
 EX_UNAVAILABLE = 69
 
@@ -89,9 +97,30 @@ def ensure_buses(config: Config, stack: str) -> list[tuple[str, bool]]:
     directory or group this machine cannot use is refused first (``runa.preflight``).
     """
     preflight.refuse(preflight.bus_findings(config))
+    return [(path(config, stack, name), ensure_bus(config, stack, name)) for name in BUSES]
+
+
+def ensure_bus(config: Config, stack: str, name: str) -> bool:
+    """Create bus ``name`` of ``stack`` unless it exists; True if created.
+
+    An existing segment of another geometry is replaced when nothing uses it (no key, no
+    channel): the coven bus a Runa made before coven's envelopes grew, which nothing ever
+    used, stays in /dev/shm until reboot. One in use is a SegmentError naming the file, as
+    ``ensure_segment`` says.
+    """
+    where = path(config, stack, name)
+    wanted = geometry(config, name)
     mode, gid = mode_and_gid(config)
-    return [(where, ensure_segment(where, geometry(config, name), mode=mode, gid=gid))
-            for name in BUSES for where in (path(config, stack, name),)]
+    try:
+        return ensure_segment(where, wanted, mode=mode, gid=gid)
+    except SegmentDamaged:
+        raise
+    except SegmentError:
+        with Bus.open(where) as old:
+            if old.geometry == wanted or old.kv.counts()["live"] or old.channel_info():
+                raise
+        os.unlink(where)
+    return ensure_segment(where, wanted, mode=mode, gid=gid)
 
 
 def connect(config: Config, stack: str, name: str = "main") -> Bus:
