@@ -38,7 +38,7 @@ HARDENING_DIRECTIVES = frozenset({
     "SystemCallErrorNumber", "CapabilityBoundingSet", "AmbientCapabilities", "UMask",
     "KeyringMode", "RemoveIPC", "ReadOnlyPaths", "ReadWritePaths", "InaccessiblePaths",
     "TemporaryFileSystem", "DevicePolicy", "DeviceAllow", "IPAddressDeny", "IPAddressAllow",
-    "NoExecPaths", "ExecPaths",
+    "NoExecPaths", "ExecPaths", "LimitCORE",
 })
 # Directives whose value is a list of paths: none may cover /dev/shm, where the buses live.
 _PATH_DIRECTIVES = frozenset({"ReadOnlyPaths", "InaccessiblePaths", "TemporaryFileSystem",

@@ -6,8 +6,10 @@ and location come from one place (the ``[bus]`` configuration table).
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,7 +28,14 @@ from runa.splinter import (
     segment_path,
 )
 from runa.splinter.envelope import parse_rfc3339
-from runa.splinter.errors import BadSchema, SegmentNotFound, SplinterError, TtlExpired
+from runa.splinter.errors import (
+    BadSchema,
+    SegmentDamaged,
+    SegmentError,
+    SegmentNotFound,
+    SplinterError,
+    TtlExpired,
+)
 
 EX_UNAVAILABLE = 69
 
@@ -42,10 +51,18 @@ class BusNotRunning(RunaError):
 SMALL_BUS = Geometry(slots=256, max_key=128, max_value=2048, channels=8,
                      channel_capacity=65536, subscribers=4, stats_entries=16,
                      max_envelope=16384)
+# coven's requests and replies carry a whole secret (up to 64 KiB), sealed and in base64:
+# a largest `set` is an envelope of 87,871 bytes, its `get` reply 87,726 (measured; the
+# reply in tests/coven/test_daemon.py), so coven's envelopes and channels are larger than
+# the small bus's: 1.5 MiB more of /dev/shm per stack.
+COVEN_BUS = dataclasses.replace(SMALL_BUS, channel_capacity=256 * 1024,
+                                max_envelope=96 * 1024)
 
 
 def geometry(config: Config, name: str = "main") -> Geometry:
     """The segment geometry of bus ``name``: the ``[bus]`` table for main, small otherwise."""
+    if name == "coven":
+        return COVEN_BUS
     if name != "main":
         return SMALL_BUS
     return Geometry(
@@ -80,9 +97,30 @@ def ensure_buses(config: Config, stack: str) -> list[tuple[str, bool]]:
     directory or group this machine cannot use is refused first (``runa.preflight``).
     """
     preflight.refuse(preflight.bus_findings(config))
+    return [(path(config, stack, name), ensure_bus(config, stack, name)) for name in BUSES]
+
+
+def ensure_bus(config: Config, stack: str, name: str) -> bool:
+    """Create bus ``name`` of ``stack`` unless it exists; True if created.
+
+    An existing segment of another geometry is replaced when nothing uses it (no key, no
+    channel): the coven bus a Runa made before coven's envelopes grew, which nothing ever
+    used, stays in /dev/shm until reboot. One in use is a SegmentError naming the file, as
+    ``ensure_segment`` says.
+    """
+    where = path(config, stack, name)
+    wanted = geometry(config, name)
     mode, gid = mode_and_gid(config)
-    return [(where, ensure_segment(where, geometry(config, name), mode=mode, gid=gid))
-            for name in BUSES for where in (path(config, stack, name),)]
+    try:
+        return ensure_segment(where, wanted, mode=mode, gid=gid)
+    except SegmentDamaged:
+        raise
+    except SegmentError:
+        with Bus.open(where) as old:
+            if old.geometry == wanted or old.kv.counts()["live"] or old.channel_info():
+                raise
+        os.unlink(where)
+    return ensure_segment(where, wanted, mode=mode, gid=gid)
 
 
 def connect(config: Config, stack: str, name: str = "main") -> Bus:

@@ -70,7 +70,8 @@ after = ["splinter"]
 """
 
 # Keep `runa up` light: no model, no embedding model.
-LIGHT = "[components.splinfer]\nenabled = false\n[components.tieto]\nenabled = false\n"
+LIGHT = ("[components.splinfer]\nenabled = false\n[components.tieto]\nenabled = false\n"
+         "[components.coven]\nenabled = false\n")
 
 
 def write_package(root: Path, files: dict[str, str]) -> Path:
@@ -146,8 +147,8 @@ def test_runa_daemon_offers_the_registry_s_components(greeter_env: dict[str, str
     unknown = runa("daemon", "nosuch", env=greeter_env)
     assert unknown.returncode == 64
     assert unknown.stderr.strip() == (
-        "runa daemon: argument name: invalid choice: 'nosuch' (choose from 'gilgul', 'greeter', "
-        "'splinfer', 'splinter', 'tieto', 'whisper') (see 'runa daemon --help')")
+        "runa daemon: argument name: invalid choice: 'nosuch' (choose from 'coven', 'gilgul', "
+        "'greeter', 'splinfer', 'splinter', 'tieto', 'whisper') (see 'runa daemon --help')")
     (tmp_path / "other").mkdir()  # a stack whose registry does not have it
     elsewhere = runa("daemon", "greeter", env=isolated_env(tmp_path / "other"))
     assert elsewhere.returncode == 64 and "invalid choice: 'greeter'" in elsewhere.stderr

@@ -39,7 +39,11 @@ NO_TIETO = f"""
 enabled = false
 
 # whisper's is tests/whisper/test_stack.py: this stack has no embedding model.
-{WHISPER_OFF}"""
+{WHISPER_OFF}
+# coven's is tests/coven/test_daemon_systemd.py.
+[components.coven]
+enabled = false
+"""
 
 
 class Stack:

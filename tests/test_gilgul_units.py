@@ -37,9 +37,10 @@ def write(path: Path, text: str) -> Path:
 
 def test_the_packaged_registry() -> None:
     reg = registry.load()
-    assert [c.name for c in reg] == ["splinter", "whisper", "splinfer", "tieto", "gilgul"]
+    assert [c.name for c in reg] == ["splinter", "whisper", "splinfer", "tieto", "coven",
+                                    "gilgul"]
     assert reg.manager is not None and reg.manager.name == "gilgul"
-    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto"]
+    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven"]
     assert reg.get("splinfer").after == ("splinter",)
     hardening = dict(reg.get("splinfer").hardening)
     assert hardening["PrivateNetwork"] is True
@@ -69,7 +70,8 @@ timeout_start_sec = 300
     hardening = dict(splinfer.hardening)
     assert hardening["MemoryDenyWriteExecute"] is False and hardening["ProtectHome"] == "read-only"
     assert hardening["NoNewPrivileges"] is True  # the defaults stay under the override
-    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "demo"]
+    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven",
+                                            "demo"]
     assert reg.sources[1:] == (str(tmp_path / "components.d/10-a.toml"),
                                str(tmp_path / "components.d/20-b.toml"))
 
@@ -139,8 +141,8 @@ def test_the_units_follow_the_design() -> None:
     rendered = units.render(registry.load())
     target = rendered["runa.target"]
     assert ("Wants=runa-splinter.service runa-whisper.service runa-splinfer.service "
-            "runa-tieto.service runa-gilgul.service") in target
-    for name in ("splinter", "splinfer", "gilgul"):
+            "runa-tieto.service runa-coven.service runa-gilgul.service") in target
+    for name in ("splinter", "splinfer", "coven", "gilgul"):
         text = rendered[f"runa-{name}.service"]
         settings = dict(line.split("=", 1) for line in text.splitlines()
                         if "=" in line and not line.startswith("#"))

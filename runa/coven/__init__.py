@@ -3,8 +3,10 @@
 Modules, each with one job: ``sodium`` (the libsodium calls, on buffers that are wiped),
 ``secret`` (name rules, value limits, ``SecretBytes``), ``contents`` (the decrypted inside),
 ``fileformat`` (the file's bytes: header, checksum), ``atomic`` (crash-safe replacement and the
-directory lock), ``keys`` (key files and Argon2id) and ``vault`` (the vault and its states).
-The daemon, gilgul's broker and ``runa secret`` are built on ``Vault``.
+directory lock), ``keys`` (key files and Argon2id), ``vault`` (the vault and its states),
+``identity`` (who may ask: gilgul, as the kernel names it) and ``daemon`` (``runa daemon
+coven``: the vault served to gilgul on the coven bus). gilgul's broker and ``runa secret``
+reach the vault through gilgul.
 """
 
 from __future__ import annotations

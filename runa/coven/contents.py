@@ -29,10 +29,12 @@ class MalformedContents(ValueError):
 
 @dataclass(frozen=True)
 class SecretInfo:
-    """What ``list`` shows of a secret: its name and when it was last set, never its value."""
+    """What ``list`` shows of a secret: its name, when it was last set and its size in
+    bytes, never its value."""
 
     name: str
     updated_ms: int
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,8 @@ class Contents:
         return cls(bytearray(_COUNT.pack(0)))
 
     def names(self) -> list[SecretInfo]:
-        return [SecretInfo(name, slot.updated_ms) for name, slot in self._slots.items()]
+        return [SecretInfo(name, slot.updated_ms, slot.end - slot.start)
+                for name, slot in self._slots.items()]
 
     def __contains__(self, name: str) -> bool:
         return name in self._slots

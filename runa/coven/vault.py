@@ -26,10 +26,11 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from runa.coven.atomic import (
     Checkpoint,
@@ -115,13 +116,17 @@ def no_audit(event: AccessEvent) -> None:
     """The audit sink of a caller that keeps no record (tests, a one-shot tool)."""
 
 
-def journal_audit(logger: logging.Logger) -> Audit:
-    """An audit sink writing ``RUNA_EVENT=secret_access`` records (name, requester, outcome)."""
+def journal_audit(logger: logging.Logger,
+                  context: Callable[[], Mapping[str, str | int]] = dict) -> Audit:
+    """An audit sink writing ``RUNA_EVENT=secret_access`` records (name, requester, outcome),
+    plus the fields ``context`` gives at that moment (the daemon's: the pids the kernel
+    named)."""
     def audit(access: AccessEvent) -> None:
+        fields: dict[str, Any] = {**context(), "op": access.op, "secret": access.name or "",
+                                  "requester": access.requester, "outcome": access.outcome}
         event(logger, "secret_access",
               f"secret {access.op} {access.name or '-'} by {access.requester}: {access.outcome}",
-              op=access.op, secret=access.name or "", requester=access.requester,
-              outcome=access.outcome)
+              **fields)
     return audit
 
 

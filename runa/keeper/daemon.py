@@ -19,7 +19,7 @@ from runa import stackbus as bus_mod
 from runa.config import Config
 from runa.keeper.decay import Decayer, DecayPolicy, EventPublisher
 from runa.service import ServiceContext
-from runa.splinter import BUSES, Bus, ensure_segment
+from runa.splinter import BUSES, Bus
 from runa.splinter.errors import SegmentDamaged
 
 
@@ -84,10 +84,8 @@ class Keeper:
         stopping the keeper: the other buses are served meanwhile.
         """
         where = bus_mod.path(self.config, self.stack, name)
-        mode, gid = bus_mod.mode_and_gid(self.config)
         try:
-            created = ensure_segment(where, bus_mod.geometry(self.config, name),
-                                     mode=mode, gid=gid)
+            created = bus_mod.ensure_bus(self.config, self.stack, name)
             bus = Bus.open(where, clock=self.clock_ns)
         except SegmentDamaged as error:
             self._set_aside(name, error)

@@ -13,12 +13,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runa.protocol import splinfer, tieto, whisper
+from runa.protocol import secrets, splinfer, tieto, whisper
 from runa.protocol.payloads import Op, field_table
 
 SERVICES: Mapping[str, Mapping[str, Op]] = {"splinfer": splinfer.OPS, "tieto": tieto.OPS,
-                                             "whisper": whisper.OPS}
-_BLOCK = re.compile(r"(<!-- requests: (\w+) -->\n).*?(<!-- end requests -->)", re.S)
+                                             "whisper": whisper.OPS,
+                                             secrets.BROKER: secrets.BROKER_OPS,
+                                             secrets.COVEN: secrets.COVEN_OPS}
+_BLOCK = re.compile(r"(<!-- requests: ([\w.]+) -->\n).*?(<!-- end requests -->)", re.S)
 
 
 def render(text: str) -> str:
