@@ -327,7 +327,9 @@ def describe(fields: dict[str, Any]) -> str:
     if state == wire.LOCKED:
         return f"locked ({mode}); run 'runa secret unlock'"
     count = fields.get(wire.COUNT)
-    return f"unlocked ({mode}" + (f", {count} secrets)" if count is not None else ")")
+    if count is None:
+        return f"unlocked ({mode})"
+    return f"unlocked ({mode}, {count} secret{'' if count == 1 else 's'})"
 
 
 def _print_status(fields: dict[str, Any], as_json: bool) -> int:
