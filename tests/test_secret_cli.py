@@ -121,7 +121,9 @@ def test_under_runa_up_the_supervisor_brokers_and_hands_coven_s_queue_to_no_stra
     """The broker runs in the supervisor's process: it answers with no gilgul daemon, and a
     process that is not the supervisor's coven child gets nothing for holding 'coven'."""
     off = Path(runa_env["RUNA_SYSCONFDIR"]) / "components.d/20-splinfer-off.toml"
-    off.write_text("[components.splinfer]\nenabled = false\n")  # the keeper alone: quick
+    # The keeper alone (quick), and no coven of the stack's own: the stranger takes its queue.
+    off.write_text("[components.splinfer]\nenabled = false\n"
+                   "[components.coven]\nenabled = false\n")
     up = runa("up", "--detach", env=runa_env)
     assert up.returncode == 0, up.stderr
     try:
