@@ -342,6 +342,7 @@ class CovenDaemon:
         if where:
             envelope = env_mod.error_reply(request, error, sender=NAME)
             envelope.payload["kind"] = kind
+            envelope.payload["exit_code"] = wire.EX_DATAERR
             self._send(where, envelope)
 
     def _send(self, channel: str, envelope: Envelope) -> None:

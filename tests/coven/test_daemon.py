@@ -295,7 +295,7 @@ def test_a_payload_not_sealed_for_coven_is_bad_schema(coven: Coven, payload: dic
     with pytest.raises(ServiceFault) as caught:
         coven.raw(payload)
     assert caught.value.code == Fault.BAD_SCHEMA and says in str(caught.value)
-    assert caught.value.payload["kind"] == "SealError"
+    assert (caught.value.payload["kind"], caught.value.payload["exit_code"]) == ("SealError", 65)
     assert coven.call("status").fields["state"] == "unlocked"  # and it goes on
 
 
@@ -308,16 +308,17 @@ def test_a_reply_sealed_for_the_other_direction_is_bad_schema(coven: Coven) -> N
     assert counted >= 1
 
 
-@pytest.mark.parametrize(("fields", "says"), [
-    ({"op": "fetch"}, "unknown op 'fetch'"),
-    ({"op": "get", "name": "api.token", "pid": 1}, "get needs 'for'"),
-    ({"op": "get", "name": "Not A Name", "for": "tieto", "pid": 1}, "secret name"),
+@pytest.mark.parametrize(("fields", "says", "exit_code"), [
+    ({"op": "fetch"}, "unknown op 'fetch'", 65),
+    ({"op": "get", "name": "api.token", "pid": 1}, "get needs 'for'", 65),
+    ({"op": "get", "name": "Not A Name", "for": "tieto", "pid": 1}, "secret name", 64),
 ])
 def test_sealed_fields_it_cannot_use_are_bad_schema(coven: Coven, fields: dict[str, Any],
-                                                    says: str) -> None:
+                                                    says: str, exit_code: int) -> None:
     with pytest.raises(ServiceFault) as caught:
         coven.raw(coven.key.seal(REQUEST, fields))
     assert caught.value.code == Fault.BAD_SCHEMA and says in str(caught.value)
+    assert caught.value.payload["exit_code"] == exit_code  # sent, as docs/protocol.md says
 
 
 def test_it_cannot_be_dumped_and_no_value_reaches_its_log(coven: Coven) -> None:
