@@ -204,6 +204,7 @@ def read_requests(queue: EnvelopeReceiver, timeout: float, *,
                   on_cancel: Callable[[Envelope], None],
                   on_expired: Callable[[Envelope, TtlExpired], None],
                   seen: RecentRequests | None = None,
+                  on_repeat: Callable[[Envelope], None] | None = None,
                   clock: Callable[[], float] = time.time) -> Iterator[Envelope]:
     """What a service's queue holds now (waiting up to ``timeout`` for the first).
 
@@ -211,7 +212,8 @@ def read_requests(queue: EnvelopeReceiver, timeout: float, *,
     before them, so a long answer can be stopped at once; a malformed envelope goes to
     ``on_bad_schema`` (to be answered if it can be) and reading goes on. A query read
     after its ``ttl_ms`` goes to ``on_expired`` (answered TTL_EXPIRED, not served), and
-    one whose id ``seen`` already holds (a client's resend) is dropped.
+    one whose id ``seen`` already holds (a client's resend) is dropped, or handed to
+    ``on_repeat`` (a service that never sees resends refuses it as a replay).
     """
     while True:
         try:
@@ -225,6 +227,8 @@ def read_requests(queue: EnvelopeReceiver, timeout: float, *,
         timeout = 0
         if envelope.type == "query":
             if seen is not None and not seen.first_time(envelope.id):
+                if on_repeat is not None:
+                    on_repeat(envelope)
                 continue
             expired = expiry(envelope, clock())
             if expired is not None:

@@ -7,6 +7,8 @@ left out (the person); coven is the fake one (tests/fake_coven.py).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import time
 from collections.abc import Iterator
@@ -21,8 +23,9 @@ from runa.cli.secret_client import SecretFault, SecretsClient
 from runa.crypto.sealed import BusKey
 from runa.gilgul import SecretsBroker
 from runa.protocol import secret_wire as wire
-from runa.protocol.secrets import PERSON
+from runa.protocol.secrets import BROKER, PERSON, SEALED_CONTEXTS
 from runa.splinter import Bus, Fault
+from runa.splinter import envelope as env_mod
 
 SECRETS = {"alethia.memory_key": b"k3y\x00\xff-alethia", "api.key": b"api-VALUE-123"}
 
@@ -177,3 +180,106 @@ def test_a_value_is_never_handed_to_a_process_that_took_coven_s_queue(
     assert kind == "fault" and fault[wire.EXIT_CODE] == 69
     assert f"held by pid {pid}" in fault["message"] and "not by coven" in fault["message"]
     assert asked_of_coven(stack) == []
+
+
+def _hold_queue(main_path: str, name: str, ready: Any, done: Any) -> None:
+    """A process of the person's (no component) waiting on its reply queue, as a running
+    ``runa secret`` does."""
+    with Bus.open(main_path) as bus:
+        bus.queue(name)
+        ready.set()
+        done.wait(20)
+
+
+def _send_raw(main_path: str, key_file: str, fields: dict[str, Any], reply_to: str | None,
+              copies: int, claim: bool, go: Any, results: Any) -> None:
+    """Claims (unless not ``claim``) and sends one sealed request (``copies`` times, the
+    same envelope: a replay) with ``reply_to`` (None: a queue of its own), and reports what
+    came back to it."""
+    key = BusKey.load_or_create(Path(key_file))
+    with Bus.open(main_path) as bus:
+        own = bus.queue(f"raw.{os.getpid()}")
+        payload = key.seal(SEALED_CONTEXTS["broker_request"], fields)
+        query = env_mod.query("runa-secret", BROKER, payload,
+                              reply_to=reply_to or own.name, ttl_ms=10_000)
+        go.wait(10)
+        answers: list[str] = []
+        with bus.claim_request(query.id) if claim else contextlib.nullcontext():
+            for _ in range(copies):
+                bus.sender(BROKER).send(query)
+                deadline = time.monotonic() + (5 if reply_to is None else 1)
+                while time.monotonic() < deadline:
+                    envelope = own.recv(0.05)
+                    if envelope is not None and envelope.id == query.id:
+                        answers.append(envelope.type)
+                        break
+        results.put(answers)
+
+
+def raw(stack: SecretStack, broker: SecretsBroker, fields: dict[str, Any], *,
+        reply_to: str | None = None, copies: int = 1, claim: bool = True,
+        component: str | None = None) -> tuple[list[str], int]:
+    """A raw request sent by a process of its own; what it got back, and its pid."""
+    go, results = MP.Event(), MP.Queue()
+    child = MP.Process(target=_send_raw, args=(stack.main_path, str(stack.key_file), fields,
+                                               reply_to, copies, claim, go, results))
+    child.start()
+    assert child.pid is not None
+    if component is not None:
+        stack.table[child.pid] = component
+    go.set()
+    deadline = time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline:
+            broker.serve(0.05)
+            try:
+                return results.get_nowait(), child.pid
+            except queue.Empty:
+                continue
+        raise AssertionError("the raw sender did not finish")
+    finally:
+        child.join(10)
+        stack.table.pop(child.pid, None)
+
+
+def test_a_component_naming_the_person_s_reply_queue_is_refused(
+        stack: SecretStack, broker: SecretsBroker) -> None:
+    """alethia sends ``rm api.key`` with ``reply_to`` = a queue the person holds: the broker
+    judges the sender (the kernel's claimant of the id), not who would receive the answer."""
+    stack.start_coven(FakeVault(secrets=SECRETS))
+    ready, done = MP.Event(), MP.Event()
+    person = MP.Process(target=_hold_queue, args=(stack.main_path, "runa-secret.person",
+                                                  ready, done))
+    person.start()
+    try:
+        assert ready.wait(10)
+        _, pid = raw(stack, broker, {"op": "rm", "name": "api.key"},
+                     reply_to="runa-secret.person", component="alethia")
+    finally:
+        done.set()
+        person.join(10)
+    assert asked_of_coven(stack) == []  # coven never heard of it: nothing removed
+    [refused] = stack.events.named("secret_refused")
+    assert f"the request was sent by {pid}, not by pid {person.pid}" in refused.getMessage()
+
+
+def test_an_unclaimed_request_is_refused(stack: SecretStack, broker: SecretsBroker) -> None:
+    """Sent without a claim (the kernel names no sender): refused, even with its own queue."""
+    stack.start_coven(FakeVault(secrets=SECRETS))
+    answers, _ = raw(stack, broker, {"op": "get", "name": "api.key"}, claim=False)
+    assert answers == ["error"]
+    assert asked_of_coven(stack) == []
+    [refused] = stack.events.named("secret_refused")
+    assert "sent by no process the kernel can name" in refused.getMessage()
+
+
+def test_a_replayed_request_id_is_refused_and_logged(stack: SecretStack,
+                                                     broker: SecretsBroker) -> None:
+    """The same envelope twice while its sender still claims it (a copy read from the
+    ring): served once, the copy refused NOT_AUTHORIZED and recorded."""
+    stack.start_coven(FakeVault(secrets=SECRETS))
+    answers, _ = raw(stack, broker, {"op": "rm", "name": "api.key"}, copies=2)
+    assert answers == ["response", "error"]
+    assert [a["op"] for a in asked_of_coven(stack)] == ["rm"]  # once
+    [refused] = stack.events.named("secret_refused")
+    assert "already read: a replay" in refused.getMessage()

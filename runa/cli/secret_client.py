@@ -1,8 +1,9 @@
 """Asking gilgul's secrets broker (queue ``gilgul.secrets``), as ``runa secret`` does.
 
 One sealed query, one sealed answer (``runa.protocol.secret_wire``). The broker knows who
-asks by the kernel's holder of this client's reply queue, so the queue is opened here and
-kept for the client's life. Nothing here talks to coven or opens the vault.
+asks by what the kernel says: this client claims each request's id while it waits
+(``Bus.claim_request``) and holds its reply queue, opened here and kept for the client's
+life. Nothing here talks to coven or opens the vault.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class SecretsClient:
         query = env_mod.query(self.client_name, BROKER,
                               self.key.seal(SEALED_CONTEXTS["broker_request"], fields, value),
                               reply_to=self.replies.name, ttl_ms=max(1, int(timeout * 1000)))
+        with self.bus.claim_request(query.id):
+            return self._ask(query, timeout)
+
+    def _ask(self, query: env_mod.Envelope, timeout: float) -> Opened:
         try:
             self.bus.sender(BROKER).send(query)
         except ChannelNotFound:

@@ -7,10 +7,13 @@ are opened into a wiped buffer, a reply sealed the same way; faults are plain ``
 envelopes naming no value. A payload that is not sealed, or not with this stack's key for
 ``coven/request``, is ``BAD_SCHEMA``, counted, and the loop goes on.
 
-Before answering, coven asks the kernel who consumes the request's ``reply_to`` queue and
-answers only gilgul (``runa.coven.identity``); anything else is refused ``NOT_AUTHORIZED``
-and logged (``RUNA_EVENT=secret_refused``). Every operation on the vault is an audit event
-(``RUNA_EVENT=secret_access``) recorded before a secret is sent.
+Before answering, coven asks the kernel who *sent* the request (the claimant of its id,
+``Bus.request_sender``) and who consumes its ``reply_to`` queue: they must be the same
+process, and that process gilgul (``runa.coven.identity``). Anything else is refused
+``NOT_AUTHORIZED`` and logged (``RUNA_EVENT=secret_refused``); so is a second request with
+an id coven already read (a copy taken from the ring while gilgul still waits). Every
+operation on the vault is an audit event (``RUNA_EVENT=secret_access``) recorded before a
+secret is sent.
 
 At start it makes itself undumpable (``PR_SET_DUMPABLE`` 0: no core dump, no ptrace by
 other processes of the uid). A key-file vault opens unlocked; a passphrase vault starts
@@ -40,6 +43,7 @@ from runa.coven.vault import Audit, Location, Vault, VaultState, journal_audit
 from runa.crypto.sealed import BusKey, Opened, SealError, key_path
 from runa.errors import UsageError
 from runa.paths import Paths
+from runa.protocol import secret_wire as wire
 from runa.protocol import secrets as protocol
 from runa.protocol.payloads import PayloadError
 from runa.service import ServiceContext
@@ -120,7 +124,7 @@ class CovenDaemon:
     def step(self, timeout: float) -> None:
         self.inbox.extend(bus_mod.read_requests(
             self.queue, timeout, on_bad_schema=self._bad_schema, on_cancel=lambda _r: None,
-            on_expired=self._expired, seen=self._seen))
+            on_expired=self._expired, seen=self._seen, on_repeat=self._replayed))
         while self.inbox:
             self._handle(self.inbox.popleft())
 
@@ -178,6 +182,8 @@ class CovenDaemon:
         secret = name if isinstance(name, str) else ""
         holder = self._holder(request.reply_to)
         decision = self.identify(holder)
+        if decision.allowed:
+            decision = self._sent_by(request, holder)
         if not decision.allowed:
             self._refuse(request, op_name, secret, holder, decision)
             return
@@ -258,6 +264,22 @@ class CovenDaemon:
         except SplinterError:
             return None
 
+    def _sent_by(self, request: Envelope, holder: int | None) -> Decision:
+        """Whether the kernel names ``holder`` (the reply queue's consumer) as the request's
+        sender too, and still as the consumer (its pid not reused meanwhile)."""
+        assert self.bus is not None
+        sender = self.bus.request_sender(request.id)
+        if sender != holder:
+            return Decision(False, f"the request was sent by {_pid(sender)}, not by pid "
+                                   f"{holder}, the consumer of its reply queue")
+        if self._holder(request.reply_to) != holder:
+            return Decision(False, f"pid {holder} stopped consuming the reply queue")
+        return Decision(True, "")
+
+    def _replayed(self, request: Envelope) -> None:
+        self._refuse(request, "", "", self._holder(request.reply_to),
+                     Decision(False, f"request id {request.id} was already read: a replay"))
+
     def identify(self, holder: int | None) -> Decision:
         """Whether ``holder`` is gilgul, from what the kernel says (``runa.coven.identity``)."""
         cgroup = read_cgroup(holder, self._proc) if holder and self.mode is Mode.SYSTEMD \
@@ -273,7 +295,7 @@ class CovenDaemon:
                   reply_to=request.reply_to or "", why=decision.why)
         if holder is not None:  # nobody holds the reply queue: nobody to tell
             self._fail(request, Fault.NOT_AUTHORIZED,
-                       f"coven answers gilgul only: {decision.why}", "NotGilgul", None)
+                       f"coven answers gilgul only: {decision.why}", "NotGilgul", wire.EX_NOPERM)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -320,6 +342,7 @@ class CovenDaemon:
         if where:
             envelope = env_mod.error_reply(request, error, sender=NAME)
             envelope.payload["kind"] = kind
+            envelope.payload["exit_code"] = wire.EX_DATAERR
             self._send(where, envelope)
 
     def _send(self, channel: str, envelope: Envelope) -> None:
@@ -328,6 +351,10 @@ class CovenDaemon:
             self.bus.sender(channel, stats=self.stats).send(envelope)
         except SplinterError as error:
             self.logger.info("could not answer on %s: %s", channel, error)
+
+
+def _pid(pid: int | None) -> str:
+    return "no process the kernel can name" if pid is None else f"pid {pid}"
 
 
 def _listed(info: SecretInfo) -> dict[str, Any]:

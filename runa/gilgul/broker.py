@@ -1,8 +1,10 @@
 """gilgul's secrets broker: the one way to coven, for components and for ``runa secret``.
 
 It consumes the queue ``gilgul.secrets`` on the main bus (``runa.protocol.secrets``). For
-each request it asks the kernel which process holds the request's ``reply_to`` queue, names
-that process (``runa.gilgul.requesters``: a component, or the person), lets the registry's
+each request it asks the kernel which process sent it (the claimant of its id,
+``Bus.request_sender``) and which holds its ``reply_to`` queue; unless they are the same
+process the request is refused, as is a second request with an id already read (a replay).
+It names that process (``runa.gilgul.requesters``: a component, or the person), lets the registry's
 read policy decide (``runa.gilgul.secret_policy``) and either refuses (``NOT_AUTHORIZED``,
 and a ``secret_refused`` event in the journal: op, secret name, requester, pid, never a
 value) or asks coven on the coven bus, with ``for`` and ``pid`` naming whom it identified,
@@ -103,7 +105,8 @@ class SecretsBroker:
         assert self._queue is not None
         for request in stackbus.read_requests(self._queue, timeout, on_bad_schema=self._bad_schema,
                                      on_cancel=lambda _envelope: None,
-                                     on_expired=self._expired, seen=self._seen):
+                                     on_expired=self._expired, seen=self._seen,
+                                     on_repeat=self._replayed):
             if request.type == "query" and request.reply_to:
                 self.handle(request)
         return True
@@ -132,7 +135,18 @@ class SecretsBroker:
                          f"the kernel names no live process holding the reply queue "
                          f"{request.reply_to!r}; answers go only to the process that asked")
             return
+        sender = self._main.request_sender(request.id)
+        if sender != pid:
+            self._refuse(request, None, "?", None,
+                         f"the request was sent by "
+                         f"{'no process the kernel can name' if sender is None else sender}, "
+                         f"not by pid {pid}, the holder of its reply queue")
+            return
         requester = self.identify(pid)
+        if self._main.queue_holder(request.reply_to) != pid:  # pid reused meanwhile
+            self._refuse(request, None, "?", None,
+                         f"pid {pid} stopped holding the reply queue while it was named")
+            return
         opened: Opened | None = None
         try:
             opened = self._key_now().open(SEALED_CONTEXTS["broker_request"], request.payload)
@@ -217,13 +231,18 @@ class SecretsBroker:
                               reply_to=self._replies.name,
                               ttl_ms=int(self.coven_wait_s * 1000))
         try:
-            bus.sender(COVEN).send(query)
+            with bus.claim_request(query.id):  # coven checks that gilgul sent it
+                bus.sender(COVEN).send(query)
+                return self._coven_answer(bus, self._replies, query)
         except SplinterError as error:
             raise CovenUnavailable(f"coven could not be asked: {error}") from None
+
+    def _coven_answer(self, bus: Bus, replies: EnvelopeReceiver[QueueReceiver],
+                      query: Envelope) -> Envelope:
         deadline = self.clock() + self.coven_wait_s
         while (left := deadline - self.clock()) > 0:
             try:
-                answer = self._replies.recv(min(left, COVEN_LOOK_S))
+                answer = replies.recv(min(left, COVEN_LOOK_S))
             except BadSchema:
                 continue
             if answer is None:
@@ -277,6 +296,11 @@ class SecretsBroker:
                   level=logging.WARNING, **fields)
         self._fault(request, Fault.NOT_AUTHORIZED, why, wire.EX_NOPERM,
                     reason=wire.NOT_AUTHORIZED)
+
+    def _replayed(self, request: Envelope) -> None:
+        if request.type == "query" and request.reply_to:
+            self._refuse(request, None, "?", None,
+                         f"request id {request.id} was already read: a replay")
 
     def _bad_schema(self, error: BadSchema) -> None:
         target = env_mod.reply_channel(None, error)

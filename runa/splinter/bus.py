@@ -7,12 +7,14 @@ Threads may share one bus (writer locks are per-thread robust mutexes, readers t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 from runa.splinter import envelope as env_mod
+from runa.splinter import holder as kernel_hold
 from runa.splinter.channel import (
     ChannelInfo,
     ChannelTable,
@@ -74,6 +76,7 @@ class Bus:
         self.stats = StatsTable(segment, self.locks)
         self.keeper_counters = KeeperCounters(segment)
         self._clock = clock
+        self._claims: set[str] = set()  # requests this Bus claims (request_sender)
         # KV shorthands, bound directly (a delegating method would add a call to every get).
         self.get = self.kv.get
         self.set = self.kv.set
@@ -155,6 +158,28 @@ class Bus:
         which any process of the uid can write); None when no live process holds it.
         ``runa.splinter.holder`` says how, and what releases a hold early."""
         return self.channels.holder(name)
+
+    @contextlib.contextmanager
+    def claim_request(self, envelope_id: str) -> Iterator[None]:
+        """Claim request ``envelope_id`` as its sender, from before it is sent until the
+        block ends (its answer came, or the wait ended): a service acting for the sender
+        asks the kernel who claims it (``request_sender``; ``runa.splinter.holder``)."""
+        if not kernel_hold.claim(self.segment.fd, envelope_id):
+            raise SplinterError(f"{self.path}: request {envelope_id} is claimed by another "
+                                "process; send it with a new id")
+        self._claims.add(envelope_id)
+        try:
+            yield
+        finally:
+            self._claims.discard(envelope_id)
+            kernel_hold.unclaim(self.segment.fd, envelope_id)
+
+    def request_sender(self, envelope_id: str) -> int | None:
+        """The pid that sent request ``envelope_id`` as the kernel says (the claimant of its
+        id, ``claim_request``); None when no live process claims it."""
+        if envelope_id in self._claims:
+            return os.getpid()
+        return kernel_hold.claimant(self.segment.fd, envelope_id)
 
     def reap(self) -> list[Reaped]:
         """Free channels and subscribers of dead processes (the keeper calls this)."""

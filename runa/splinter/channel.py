@@ -254,12 +254,19 @@ class ChannelTable:
                         raise ChannelBusy(
                             name, f"owned by live pid {owner[0]}; a queue has one consumer"
                         )
+                    # The record is writable by any process of the uid: the kernel's hold
+                    # decides, taken before the record is rewritten (holder.py).
+                    if not kernel_hold.take(self.segment.fd, found):
+                        held_by = kernel_hold.holder(self.segment.fd, found)
+                        raise ChannelBusy(
+                            name, f"held by live pid {held_by} as the kernel says (its owner "
+                            "record looks dead); a queue has one consumer")
+                    self._held.add(found)
                     with self.locks.hold(lay.channel_lock(found)):
                         W[cw + C_OWNER_PID] = pid
                         W[cw + C_OWNER_START] = start
                         if service:
                             W[cw + C_OPTIONS] |= CHAN_SERVICE
-                    self._hold(found)
                 return found, W[cw + C_STATE]
             if free is None:
                 raise ChannelTableFull(

@@ -1,12 +1,14 @@
 """coven's daemon as ``runa daemon coven``, a real child of the test process (which plays the
 supervisor, coven's parent, so it is "gilgul" here), on a private stack: sealed requests and
-replies, the gilgul-only rule against a process that forges ``from: gilgul``, payloads that
+replies, the gilgul-only rule against a process that forges ``from: gilgul`` or names
+gilgul's reply queue, a replayed request id, payloads that
 are not sealed, a locked passphrase vault, an altered vault, no core dumps, and no value in
 its log."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,6 +55,39 @@ except ServiceFault as fault:
     print(json.dumps(fault.payload))
 """
 
+# A process other than coven's parent that names the parent's (gilgul's) reply queue in
+# ``reply_to`` and claims its own request: the kernel names it as the sender.
+BORROWER = """
+import sys, time
+from runa.crypto.sealed import BusKey
+from runa.splinter import Bus
+from runa.splinter import envelope as env_mod
+from pathlib import Path
+bus = Bus.open(sys.argv[1])
+key = BusKey.load_or_create(Path(sys.argv[2]))
+payload = key.seal("coven/request", {"op": "rm", "name": "api.token", "for": "person",
+                                     "pid": 1})
+query = env_mod.query("gilgul", "coven", payload, reply_to=sys.argv[3], ttl_ms=10000)
+with bus.claim_request(query.id):
+    bus.sender("coven").send(query)
+    time.sleep(float(sys.argv[4]))
+print(query.id)
+"""
+
+
+def answer_to(replies: Any, query: env_mod.Envelope, wait: float = 10) -> dict[str, Any]:
+    """The final answer to ``query`` read from ``replies`` (ServiceFault for an error)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        envelope = replies.recv(0.1)
+        if envelope is None or envelope.id != query.id:
+            continue
+        if envelope.type == "error":
+            raise ServiceFault("coven", envelope.payload)
+        if envelope.eof:
+            return dict(envelope.payload)
+    raise AssertionError(f"no answer to {query.id}")
+
 
 class Coven:
     """``runa daemon coven`` started by the test, on a stack of its own."""
@@ -90,8 +125,16 @@ class Coven:
         self.main.close()
         remove_segments(self.env)
 
+    def query(self, payload: dict[str, Any]) -> env_mod.Envelope:
+        return env_mod.query("gilgul", "coven", payload, reply_to=self.client.reply_name,
+                             ttl_ms=10_000)
+
     def raw(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return self.client.call(payload, idle_timeout=10)
+        """Sent as gilgul does: the request's id claimed until its answer came."""
+        query = self.query(payload)
+        with self.bus.claim_request(query.id):
+            self.bus.sender("coven").send(query)
+            return answer_to(self.client.replies, query)
 
     def call(self, op: str, value: bytes = b"", **fields: Any) -> Opened:
         payload = self.key.seal(REQUEST, {"op": op, "for": "tieto", "pid": 4242, **fields},
@@ -182,6 +225,58 @@ def test_a_request_from_another_process_is_refused_and_logged(coven: Coven) -> N
     assert "RUNA_SECRET=api.token" in refusals[-1] and "RUNA_HOLDER_PID=" in refusals[-1]
 
 
+def refusals(coven: Coven) -> list[str]:
+    return [line for line in coven.logged().splitlines() if "RUNA_EVENT=secret_refused" in line]
+
+
+def test_a_request_naming_gilgul_s_reply_queue_is_refused_and_logged(coven: Coven) -> None:
+    """The borrower sends ``rm`` for "person" with ``reply_to`` = gilgul's own queue (which
+    gilgul holds): coven judges the sender, not who receives the answer."""
+    coven.call("set", VALUE, name="api.token")
+    before = len(refusals(coven))
+    borrower = subprocess.Popen(
+        [sys.executable, "-c", BORROWER, bus_mod.path(coven.config, coven.stack, "coven"),
+         str(key_path(coven.paths.runtime)), coven.client.reply_name, "3"],
+        env=coven.env, stdout=subprocess.PIPE)
+    wait_for(lambda: len(refusals(coven)) > before, 10, "the refusal's record")
+    borrower.communicate(timeout=30)
+    refused = refusals(coven)[-1]
+    assert "RUNA_OP=rm" in refused and "RUNA_SECRET=api.token" in refused
+    assert f"was sent by pid {borrower.pid}, not by pid {os.getpid()}" in refused, refused
+    assert f"RUNA_HOLDER_PID={os.getpid()}" in refused
+    assert "secret rm api.token by person" not in coven.logged()  # no act, no audit of one
+    assert bytes(coven.call("get", name="api.token").value) == VALUE
+
+
+def test_a_replayed_request_id_is_refused_and_logged(coven: Coven) -> None:
+    """A copy of a request read from the ring, sent again while its sender still waits (so
+    the sender still claims it): coven serves an id once and records the copy."""
+    first = coven.query(coven.key.seal(REQUEST, {"op": "set", "name": "replay.me",
+                                                  "for": "tieto", "pid": 1}, b"first"))
+    with coven.bus.claim_request(first.id):
+        coven.bus.sender("coven").send(first)
+        answer_to(coven.client.replies, first)
+        coven.call("set", b"second", name="replay.me")
+        coven.bus.sender("coven").send(first)  # the copy
+        with pytest.raises(ServiceFault) as caught:
+            answer_to(coven.client.replies, first)
+    assert caught.value.code == Fault.NOT_AUTHORIZED
+    assert "already read: a replay" in refusals(coven)[-1]
+    assert bytes(coven.call("get", name="replay.me").value) == b"second"
+
+
+def test_an_unclaimed_request_is_refused(coven: Coven) -> None:
+    """Nobody claims the request (sent without ``claim_request``): the kernel names no
+    sender, so coven does not act."""
+    query = coven.query(coven.key.seal(REQUEST, {"op": "status", "for": "tieto", "pid": 1}))
+    coven.bus.sender("coven").send(query)
+    with pytest.raises(ServiceFault) as caught:
+        answer_to(coven.client.replies, query)
+    assert (caught.value.code, caught.value.exit_code) == (Fault.NOT_AUTHORIZED, 77)
+    assert caught.value.payload["kind"] == "NotGilgul"
+    assert "sent by no process the kernel can name" in refusals(coven)[-1]
+
+
 def test_a_reply_queue_nobody_holds_gets_no_answer_but_a_record(coven: Coven) -> None:
     payload = coven.key.seal(REQUEST, {"op": "status", "for": "tieto", "pid": 1})
     query = env_mod.query("gilgul", "coven", payload, reply_to="nobody.here")
@@ -200,7 +295,7 @@ def test_a_payload_not_sealed_for_coven_is_bad_schema(coven: Coven, payload: dic
     with pytest.raises(ServiceFault) as caught:
         coven.raw(payload)
     assert caught.value.code == Fault.BAD_SCHEMA and says in str(caught.value)
-    assert caught.value.payload["kind"] == "SealError"
+    assert (caught.value.payload["kind"], caught.value.payload["exit_code"]) == ("SealError", 65)
     assert coven.call("status").fields["state"] == "unlocked"  # and it goes on
 
 
@@ -213,16 +308,17 @@ def test_a_reply_sealed_for_the_other_direction_is_bad_schema(coven: Coven) -> N
     assert counted >= 1
 
 
-@pytest.mark.parametrize(("fields", "says"), [
-    ({"op": "fetch"}, "unknown op 'fetch'"),
-    ({"op": "get", "name": "api.token", "pid": 1}, "get needs 'for'"),
-    ({"op": "get", "name": "Not A Name", "for": "tieto", "pid": 1}, "secret name"),
+@pytest.mark.parametrize(("fields", "says", "exit_code"), [
+    ({"op": "fetch"}, "unknown op 'fetch'", 65),
+    ({"op": "get", "name": "api.token", "pid": 1}, "get needs 'for'", 65),
+    ({"op": "get", "name": "Not A Name", "for": "tieto", "pid": 1}, "secret name", 64),
 ])
 def test_sealed_fields_it_cannot_use_are_bad_schema(coven: Coven, fields: dict[str, Any],
-                                                    says: str) -> None:
+                                                    says: str, exit_code: int) -> None:
     with pytest.raises(ServiceFault) as caught:
         coven.raw(coven.key.seal(REQUEST, fields))
     assert caught.value.code == Fault.BAD_SCHEMA and says in str(caught.value)
+    assert caught.value.payload["exit_code"] == exit_code  # sent, as docs/protocol.md says
 
 
 def test_it_cannot_be_dumped_and_no_value_reaches_its_log(coven: Coven) -> None:

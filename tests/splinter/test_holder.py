@@ -5,7 +5,10 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable
 
-from runa.splinter import Bus
+import pytest
+
+from runa.splinter import Bus, holder
+from runa.splinter.errors import ChannelBusy, SplinterError
 from runa.splinter.layout import C_OWNER_PID
 
 
@@ -59,3 +62,64 @@ def test_a_process_is_the_holder_of_its_own_queue_until_it_closes_it(
     queue.close()
     assert bus.queue_holder("mine") is None
     assert bus.queue_holder("no-such-queue") is None
+
+
+def test_a_queue_whose_record_was_forged_dead_is_not_adopted_while_its_holder_lives(
+        make_bus: Callable[..., tuple[Bus, str]], mp: multiprocessing.context.BaseContext) -> None:
+    bus, path = make_bus()
+    ready, done = mp.Event(), mp.Event()
+    child = mp.Process(target=_own_queue_until_told, args=(path, "gilgul.123", ready, done))
+    child.start()
+    try:
+        assert ready.wait(10)
+        found = bus.channels.find("gilgul.123")
+        assert found is not None
+        owner_pid = (bus.channels.layout.channel(found[0]) >> 3) + C_OWNER_PID
+        bus.channels.W[owner_pid] = 1 << 30  # "its owner died": no such pid
+        with pytest.raises(ChannelBusy, match=f"held by live pid {child.pid} as the kernel"):
+            bus.queue("gilgul.123")
+        assert bus.channels.W[owner_pid] == 1 << 30  # the record is not taken over
+        assert bus.queue_holder("gilgul.123") == child.pid
+    finally:
+        done.set()
+        child.join(10)
+    adopted = bus.queue("gilgul.123")  # its holder gone, the queue is adopted as before
+    assert bus.queue_owner("gilgul.123").pid == bus.identity[0]  # type: ignore[union-attr]
+    bus.queue("gilgul.123")  # and a process re-opens its own queue
+    adopted.close()
+
+
+def _claim_until_told(path: str, request_id: str, ready: multiprocessing.synchronize.Event,
+                      done: multiprocessing.synchronize.Event) -> None:
+    with Bus.open(path) as bus, bus.claim_request(request_id):
+        ready.set()
+        done.wait(10)
+
+
+def test_the_kernel_names_the_sender_of_a_request_while_it_claims_it(
+        make_bus: Callable[..., tuple[Bus, str]], mp: multiprocessing.context.BaseContext) -> None:
+    bus, path = make_bus()
+    ready, done = mp.Event(), mp.Event()
+    child = mp.Process(target=_claim_until_told, args=(path, "req-1", ready, done))
+    child.start()
+    try:
+        assert ready.wait(10)
+        assert bus.request_sender("req-1") == child.pid
+        assert bus.request_sender("req-2") is None  # another id: another byte
+        with pytest.raises(SplinterError, match="claimed by another process"), \
+                bus.claim_request("req-1"):
+            pass
+    finally:
+        done.set()
+        child.join(10)
+    assert bus.request_sender("req-1") is None  # released with its sender
+    with bus.claim_request("req-1"):
+        assert bus.request_sender("req-1") == bus.identity[0]
+    assert bus.request_sender("req-1") is None
+
+
+def test_claims_sit_past_every_channel_hold() -> None:
+    offsets = {holder.claim_offset(f"id-{n}") for n in range(1000)}
+    assert len(offsets) == 1000
+    assert all(holder.REQUEST_BASE <= o < holder.REQUEST_BASE + (1 << 56) for o in offsets)
+    assert holder.HOLD_BASE + (1 << 20) < holder.REQUEST_BASE
