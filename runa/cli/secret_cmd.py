@@ -23,6 +23,7 @@ from runa.cli.secret_client import BrokerUnavailable, SecretFault, SecretsClient
 from runa.cli.voice import print_json, say
 from runa.coven.secret import VALUE_MAX, check_name, check_value
 from runa.crypto import sodium
+from runa.crypto.process import undumpable
 from runa.crypto.sealed import BusKey, key_path
 from runa.errors import RunaError, UsageError
 from runa.protocol import secret_wire as wire
@@ -122,6 +123,7 @@ def client(ctx: CliContext) -> Iterator[SecretsClient]:
 
 
 def cmd_secret(ctx: CliContext, args: argparse.Namespace) -> int:
+    undumpable()  # a value or the bus key is in this process's memory from here on
     if getattr(args, "name", None) is not None:
         check_name(args.name)  # exit 64 before anything is read or sent
     action = args.action

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from runa.crypto.process import undumpable
 from runa.gilgul import (
     BrokerThread,
     Child,
@@ -51,8 +52,10 @@ class Supervisor:
         lock: SupervisorLock | None = None,
         clock: Callable[[], float] = time.monotonic,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        harden: Callable[[], None] = undumpable,
     ) -> None:
-        """``lock``, when given, is held for this supervisor and released by stop_all."""
+        """``lock``, when given, is held for this supervisor and released by stop_all;
+        ``harden`` keeps this process out of core dumps before the secrets broker starts."""
         self.runtime_dir = runtime_dir
         self.state_path = runtime_dir / "supervisor.json"
         self.logger = logger
@@ -60,6 +63,7 @@ class Supervisor:
         self.limiter = limiter
         self.stack = stack
         self.clock = clock
+        self.harden = harden
         self.lock = lock
         self.starting = True  # until start_all is done; reconcile requests wait for it
         self.failure = ""  # why the start failed, in the components' own words
@@ -119,6 +123,7 @@ class Supervisor:
         broker starts first: a component may need a secret before it is ready.
         """
         if self.secrets is not None:
+            self.harden()  # every secret value passes through the broker, and it keeps the key
             self.secrets.start()
         for child in self.children:
             if not self.processes.spawn(child, reason=""):
