@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runa.cgroup import read_cgroup, unit_of
 from runa.protocol.secrets import PERSON
 
 PROC = Path("/proc")
@@ -47,21 +48,10 @@ Identify = Callable[[int], Requester]
 
 
 def unit_component(pid: int, proc: Path = PROC) -> str | None:
-    """The component whose ``runa-<name>.service`` unit ``pid`` runs in, or None.
-
-    Reads the systemd hierarchy of ``/proc/<pid>/cgroup`` (v1's ``name=systemd`` line, or
-    v2's ``0::``) and takes the innermost ``.service`` of the path: a process of the user
-    manager's ``user@<uid>.service`` that is in no unit of Runa's is nobody's component.
-    """
-    try:
-        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    paths = {hierarchy: path for _, hierarchy, path in
-             (line.split(":", 2) for line in lines if line.count(":") >= 2)}
-    path = paths.get("name=systemd") or paths.get("") or ""
-    services = [part for part in path.split("/") if part.endswith(".service")]
-    found = _UNIT.match(services[-1]) if services else None
+    """The component whose ``runa-<name>.service`` unit ``pid`` runs in, or None (a process
+    of no unit of Runa's is nobody's component); ``runa.cgroup.unit_of`` reads the unit."""
+    unit = unit_of(read_cgroup(pid, proc) or "")
+    found = _UNIT.match(unit) if unit else None
     return found.group(1) if found else None
 
 
