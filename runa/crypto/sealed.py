@@ -154,7 +154,7 @@ class BusKey:
             fields = json.loads(bytes(plain[_LENGTH.size:end]))
             if not isinstance(fields, dict):
                 raise SealError("the sealed fields are not a JSON object")
-            value = sodium.lock_memory(bytearray(plain[end:]))
+            value = sodium.lock_memory(bytearray(memoryview(plain)[end:]))  # one copy, wiped
         except (struct.error, ValueError) as error:
             raise SealError(f"the sealed frame is malformed: {error}") from None
         finally:
