@@ -106,6 +106,9 @@ def _stack(root: Path) -> Iterator[Harness]:
     capture = Capture()
     logging.getLogger("runa").addHandler(capture)
     sup = supervisor_stack.create(config, paths, env["RUNA_STACK"], env, logger)
+    # The supervisor runs in the test process here: keep that process an ordinary one for
+    # the rest of the session (a subreaper would keep later tests' orphans as zombies).
+    sup.adopt = sup.harden = lambda: None
     try:
         sup.reconcile(None)
         assert sup.start_all(), [c.describe() for c in sup.children]
