@@ -100,3 +100,42 @@ def memory_limit(proc_cgroup: Path = PROC_CGROUP,
         return own_memory_cgroup(proc_cgroup, cgroup_root).tightest_limit()
     except NoMemoryCgroup:
         return None
+
+
+# -- which systemd unit a process runs in ---------------------------------------------------
+# The one reading of a /proc/<pid>/cgroup text for its unit: coven (is the holder gilgul's
+# unit? is coven its own?) and gilgul's secrets broker (which runa-<name>.service asks?).
+
+
+def read_cgroup(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """``/proc/<pid>/cgroup``, or None when the process is gone or hidden."""
+    try:
+        return (proc / str(pid) / "cgroup").read_text()
+    except OSError:
+        return None
+
+
+def unit_of(cgroup_text: str) -> str | None:
+    """The service a ``/proc/<pid>/cgroup`` text puts the process in, or None.
+
+    The path is the v1 ``name=systemd`` one where there is one (a hybrid host's unified line
+    is then ``0::/``), else the unified (``0::``) one. Its unit is read as systemd reads a
+    user unit: the first part after ``user@<uid>.service`` (or from the root, outside a user
+    manager) that is not a slice; a sub-cgroup the service made (``…service/helper``) is
+    still the service. None when that unit is no ``.service`` (a scope: a terminal, a
+    ``systemd-run --scope``; the user manager's own ``init.scope``).
+    """
+    paths = {}
+    for line in cgroup_text.splitlines():
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and controllers == "":
+            paths["unified"] = path
+        elif controllers == "name=systemd":
+            paths["systemd"] = path
+    parts = [p for p in (paths.get("systemd") or paths.get("unified") or "").split("/") if p]
+    managers = [i for i, part in enumerate(parts)
+                if part.startswith("user@") and part.endswith(".service")]
+    below = parts[managers[0] + 1:] if managers else parts
+    unit = next((part for part in below if not part.endswith(".slice")), None)
+    return unit if unit is not None and unit.endswith(".service") else None

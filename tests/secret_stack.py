@@ -16,12 +16,13 @@ import fake_coven
 from runa import stackbus
 from runa.components import load_config
 from runa.crypto.sealed import BusKey, key_path
-from runa.gilgul import BrokerThread, SecretsBroker, children_identify
+from runa.gilgul import BrokerThread, Running, SecretsBroker, children_identify
 from runa.gilgul.secret_policy import ReadPolicy
 from runa.paths import Paths
 from runa.protocol.secrets import COVEN
 from runa.registry import Component, Registry
 from runa.splinter import Bus
+from runa.splinter.liveness import process_start_time
 
 MP = multiprocessing.get_context("fork")
 
@@ -51,8 +52,8 @@ class SecretStack:
     main_path: str
     coven_path: str
     key_file: Path
-    #: The supervisor's child table as the broker sees it: pid -> component.
-    table: dict[int, str] = field(default_factory=dict)
+    #: The supervisor's child table as the broker sees it: pid -> component, start time.
+    table: dict[int, Running] = field(default_factory=dict)
     events: Events = field(default_factory=Events)
     asked: Any = field(default_factory=MP.Queue)  # what the fake coven was asked
     _stop: list[Any] = field(default_factory=list)
@@ -69,6 +70,12 @@ class SecretStack:
             identify=children_identify(lambda: dict(self.table)),
             policy=ReadPolicy(REGISTRY), logger=logger, coven_wait_s=coven_wait_s)
 
+    def register(self, pid: int, component: str) -> None:
+        """Put ``pid`` in the child table as ``component``, as the supervisor does at spawn."""
+        start = process_start_time(pid)
+        assert start is not None
+        self.table[pid] = Running(component, start)
+
     def start_coven(self, vault: fake_coven.FakeVault) -> int:
         """A fake coven process, registered as coven in the child table; its pid."""
         ready, done = MP.Event(), MP.Event()
@@ -78,7 +85,7 @@ class SecretStack:
         process.start()
         assert ready.wait(10), "the fake coven did not start"
         assert process.pid is not None
-        self.table[process.pid] = COVEN
+        self.register(process.pid, COVEN)
         self._stop.append((done, process))
         return process.pid
 

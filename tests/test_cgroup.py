@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runa.cgroup import NoMemoryCgroup, memory_limit, own_memory_cgroup
+from runa.cgroup import NoMemoryCgroup, memory_limit, own_memory_cgroup, read_cgroup, unit_of
 from runa.supervisor.limits import CgroupLayout, MemoryLimiter, find_layout
 
 
@@ -77,3 +77,42 @@ def test_the_supervisor_reads_its_childrens_limits_and_oom_kills_through_the_sam
     name = "memory.oom_control" if version == 1 else "memory.events"
     (own / "runa-u1000/splinfer" / name).write_text(events)
     assert limiter.oom_kills("splinfer") == kills
+
+
+# -- the unit a process runs in: one reading for coven and gilgul's secrets broker ----------
+
+USER_MANAGER = "/user.slice/user-1000.slice/user@1000.service"
+
+
+@pytest.mark.parametrize("path, unit", [
+    (f"{USER_MANAGER}/app.slice/runa-gilgul.service", "runa-gilgul.service"),
+    (f"{USER_MANAGER}/app.slice/runa-gilgul.service/helper", "runa-gilgul.service"),
+    (f"{USER_MANAGER}/app.slice/runa-gilgul.service/helper.scope", "runa-gilgul.service"),
+    (f"{USER_MANAGER}/app.slice/run-u12.scope", None),  # systemd-run --user --scope
+    (f"{USER_MANAGER}/session.slice/vte-spawn-1234.scope", None),  # a terminal
+    (f"{USER_MANAGER}/init.scope", None),  # the user manager itself
+    (f"{USER_MANAGER}/app.slice/runa-x.service.d/other.service", None),
+    ("/system.slice/runa-coven.service", "runa-coven.service"),  # no user manager
+    ("/user.slice/user-1000.slice/session-3.scope", None),  # a login session
+    ("/", None),
+])
+def test_the_unit_is_read_alike_from_either_hierarchy(path: str, unit: str | None) -> None:
+    v2 = f"0::{path}\n"
+    v1 = f"12:memory:/user.slice\n1:name=systemd:{path}\n0::/\n"  # hybrid: v1 names it
+    assert unit_of(v2) == unit_of(v1) == unit
+    assert unit_of("") is None
+
+
+def test_coven_and_the_secrets_broker_read_a_unit_with_the_one_function() -> None:
+    from runa.coven import identity
+    from runa.gilgul import requesters
+
+    assert identity.unit_of is unit_of and identity.read_cgroup is read_cgroup
+    assert requesters.unit_of is unit_of and requesters.read_cgroup is read_cgroup
+
+
+def test_the_cgroup_of_a_process_that_is_gone_is_none(tmp_path: Path) -> None:
+    assert read_cgroup(1 << 30) is None
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42/cgroup").write_text(f"0::{USER_MANAGER}/app.slice/runa-tieto.service\n")
+    assert unit_of(read_cgroup(42, tmp_path) or "") == "runa-tieto.service"

@@ -158,6 +158,8 @@ def test_the_units_follow_the_design() -> None:
         for directive in ("PrivateTmp", "PrivateDevices", "ProtectSystem", "NoNewPrivileges"):
             assert directive in settings
         assert "RemoveIPC" not in settings and "InaccessiblePaths" not in settings
+        # No core dump of a process a secret value passes through (coven, gilgul's broker).
+        assert (settings.get("LimitCORE") == "0") is (name in ("coven", "gilgul"))
         if name == "gilgul":
             assert settings["Restart"] == "always" and settings["StartLimitBurst"] == "10"
             assert settings["RestartPreventExitStatus"] == "78"

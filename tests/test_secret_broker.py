@@ -21,9 +21,9 @@ from secret_stack import MP, SecretStack, secret_stack
 
 from runa.cli.secret_client import SecretFault, SecretsClient
 from runa.crypto.sealed import BusKey
-from runa.gilgul import SecretsBroker
+from runa.gilgul import Running, SecretsBroker
 from runa.protocol import secret_wire as wire
-from runa.protocol.secrets import BROKER, PERSON, SEALED_CONTEXTS
+from runa.protocol.secrets import BROKER, COVEN, PERSON, SEALED_CONTEXTS
 from runa.splinter import Bus, Fault
 from runa.splinter import envelope as env_mod
 
@@ -54,7 +54,7 @@ def ask(stack: SecretStack, broker: SecretsBroker, op: str, name: str | None = N
     child.start()
     assert child.pid is not None
     if component is not None:
-        stack.table[child.pid] = component
+        stack.register(child.pid, component)
     go.set()
     deadline = time.monotonic() + 10
     try:
@@ -170,6 +170,19 @@ def test_coven_not_running_is_said_at_once(stack: SecretStack, broker: SecretsBr
     assert fault["message"].startswith("coven is not running")
     assert not wire.is_locked(fault)
     assert time.monotonic() - begun < 3  # a process start and one answer, no waiting
+
+
+def test_a_process_with_a_dead_coven_s_pid_is_not_coven(
+        stack: SecretStack, broker: SecretsBroker) -> None:
+    """The child table names coven by pid and start time: another process given the pid
+    (here: a start time that is not the one recorded at spawn) gets no value."""
+    pid = stack.start_coven(FakeVault())
+    recorded = stack.table[pid]
+    stack.table[pid] = Running(COVEN, recorded.start_time - 1)
+    kind, fault, _, _ = ask(stack, broker, "set", "api.key", b"stolen-VALUE")
+    assert kind == "fault" and fault[wire.EXIT_CODE] == 69
+    assert f"held by pid {pid}" in fault["message"] and "not by coven" in fault["message"]
+    assert asked_of_coven(stack) == []
 
 
 def test_a_value_is_never_handed_to_a_process_that_took_coven_s_queue(

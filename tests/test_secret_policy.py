@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from runa import registry
-from runa.gilgul.requesters import Requester, children_identify, systemd_identify
+from runa.gilgul.requesters import (
+    UNKNOWN,
+    Requester,
+    Running,
+    children_identify,
+    systemd_identify,
+)
 from runa.gilgul.secret_policy import ReadPolicy
 from runa.protocol.secrets import PERSON
 from runa.registry import Component, Registry, RegistryError
@@ -39,10 +47,84 @@ def test_under_systemd_the_unit_of_the_cgroup_names_the_component(tmp_path: Path
 
 def test_under_the_supervisor_a_child_and_its_descendants_are_the_component() -> None:
     parents = {300: 200, 200: 100, 100: 1, 500: 1}
-    identify = children_identify(lambda: {200: "alethia"}, parents.get)
+    started = {200: 7, 300: 9, 100: 1, 500: 3}
+    identify = children_identify(lambda: {200: Running("alethia", 7)}, None, parents.get,
+                                 started.get)
     assert identify(200) == Requester("alethia", 200)
     assert identify(300) == Requester("alethia", 300)  # runs 'runa secret' as a subprocess
     assert identify(100).is_person and identify(500).is_person
+
+
+def test_a_dead_child_s_reused_pid_is_not_the_component() -> None:
+    """The table keeps (pid, start time): a later process given the pid is someone else."""
+    parents = {200: 100, 300: 200, 100: 1}
+    started = {200: 8, 300: 9, 100: 1}  # 200 started at 8, not at 7 as the child did
+    identify = children_identify(lambda: {200: Running("coven", 7)}, None, parents.get,
+                                 started.get)
+    assert identify(200).is_person and identify(300).is_person
+    gone = children_identify(lambda: {200: Running("coven", 7)}, None, parents.get,
+                             {}.get)  # no /proc entry at all: gone, or a zombie
+    assert gone(200).is_person
+
+
+def test_what_a_component_left_behind_with_the_supervisor_is_unknown_and_refused() -> None:
+    """The supervisor (pid 100) adopts a component's double-forked process (400): its
+    ancestry reaches the supervisor through no running child."""
+    parents = {200: 100, 300: 200, 400: 100, 100: 50, 50: 1, 600: 50}
+    started = dict.fromkeys(parents, 5)
+    identify = children_identify(lambda: {200: Running("alethia", 5)}, 100, parents.get,
+                                 started.get)
+    assert identify(300) == Requester("alethia", 300)
+    assert identify(400) == Requester(UNKNOWN, 400) and identify(400).is_unknown
+    assert identify(600).is_person  # the shell that ran 'runa up' has another child
+    policy = ReadPolicy(REG)
+    for op, name in (("get", "alethia.memory_key"), ("list", None), ("status", None),
+                     ("rm", "alethia.memory_key")):
+        refused = policy.decide(identify(400), op, name)
+        assert not refused.allowed and "left behind by a component" in refused.why
+
+
+# A process that, as the supervisor does, becomes a subreaper and starts a "component" that
+# double-forks; it prints the orphan's pid once the orphan has been re-parented to it.
+SUBREAPER = """
+import os, sys, time
+from runa.supervisor.orphans import become_subreaper
+become_subreaper()
+read, write = os.pipe()
+component = os.fork()
+if component == 0:
+    if os.fork() == 0:
+        os.setsid()
+        time.sleep(30)
+        os._exit(0)
+    os._exit(0)
+os.waitpid(component, 0)
+print(os.getpid(), flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_real_double_fork_under_a_subreaper_is_unknown() -> None:
+    import subprocess
+    import sys
+
+    from runa.gilgul.requesters import parent_pid
+
+    reaper = subprocess.Popen([sys.executable, "-c", SUBREAPER], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert reaper.stdout is not None
+        supervisor = int(reaper.stdout.readline())
+        orphans = [int(p) for p in
+                   (Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split())]
+        assert len(orphans) == 1 and parent_pid(orphans[0]) == supervisor
+        assert children_identify(dict, supervisor)(orphans[0]).is_unknown
+        assert children_identify(dict)(orphans[0]).is_person  # what a subreaper alone gives
+    finally:
+        for pid in Path(f"/proc/{reaper.pid}/task/{reaper.pid}/children").read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        reaper.kill()
+        reaper.wait()
 
 
 REG = Registry((Component("alethia", "a", secrets=("alethia.*", "api.key")),

@@ -25,7 +25,9 @@ from support import isolated_env, remove_segments, runa
 
 from runa import log, registry
 from runa.components import load_config
+from runa.gilgul import Running
 from runa.paths import Paths
+from runa.splinter.liveness import process_start_time
 from runa.supervisor import stack as supervisor_stack
 from runa.supervisor.core import Supervisor
 from runa.testing.tiny_gguf import write_tiny_gguf
@@ -104,6 +106,9 @@ def _stack(root: Path) -> Iterator[Harness]:
     capture = Capture()
     logging.getLogger("runa").addHandler(capture)
     sup = supervisor_stack.create(config, paths, env["RUNA_STACK"], env, logger)
+    # The supervisor runs in the test process here: keep that process an ordinary one for
+    # the rest of the session (a subreaper would keep later tests' orphans as zombies).
+    sup.adopt = sup.harden = lambda: None
     try:
         sup.reconcile(None)
         assert sup.start_all(), [c.describe() for c in sup.children]
@@ -133,8 +138,12 @@ def test_the_registry_decides_what_runs_and_runa_ask_answers(stack: Harness) -> 
 def test_sigkill_is_restarted_at_once_with_the_next_incarnation(stack: Harness) -> None:
     since = time.monotonic()
     pid = stack.pid("splinfer")
+    # The secrets broker's table: the child by pid and start time, the start time its own.
+    assert stack.sup.running_children()[pid] == Running("splinfer", process_start_time(pid))
     os.kill(pid, signal.SIGKILL)
     stack.wait_running("splinfer", since)
+    assert pid not in stack.sup.running_children()
+    assert stack.pid("splinfer") in stack.sup.running_children()
     assert stack.names("splinfer", since)[:3] == [("failed", "signal"), ("restart", "signal"),
                                                   ("running", "")]
     failed, restart = (stack.of("splinfer", e, since)[0] for e in ("failed", "restart"))
@@ -220,6 +229,8 @@ def test_a_crash_loop_backs_off_then_escalates_and_holds(tmp_path: Path) -> None
         held_at = time.monotonic()
         stack.until(lambda: time.monotonic() - held_at > 1.0, 5, "a second")
         assert stack.sup.child("demo").state == "held"
+        # A held child keeps its last, dead process: the broker no longer takes its pid.
+        assert stack.pid("demo") not in stack.sup.running_children()
         assert not stack.of("demo", "restart", held_at)
         # A person fixes it and runs `runa up` (SIGHUP): gilgul watches it again.
         bad.unlink()

@@ -23,6 +23,7 @@ from runa.cli.secret_client import BrokerUnavailable, SecretFault, SecretsClient
 from runa.cli.voice import print_json, say
 from runa.coven.secret import VALUE_MAX, check_name, check_value
 from runa.crypto import sodium
+from runa.crypto.process import undumpable
 from runa.crypto.sealed import BusKey, key_path
 from runa.errors import RunaError, UsageError
 from runa.protocol import secret_wire as wire
@@ -122,6 +123,7 @@ def client(ctx: CliContext) -> Iterator[SecretsClient]:
 
 
 def cmd_secret(ctx: CliContext, args: argparse.Namespace) -> int:
+    undumpable()  # a value or the bus key is in this process's memory from here on
     if getattr(args, "name", None) is not None:
         check_name(args.name)  # exit 64 before anything is read or sent
     action = args.action
@@ -235,7 +237,7 @@ class SecretUsage(UsageError):
 def _read_value(what: str, *, use_stdin: bool, confirm: bool) -> bytearray:
     """A value from standard input (as it is) or from the terminal with echo off."""
     if use_stdin or not sys.stdin.isatty():
-        return _read_all(sys.stdin.buffer, what)
+        return _read_all(sys.stdin.fileno(), what)
     try:
         terminal = open(TTY, "r+b", buffering=0)  # noqa: SIM115 - closed below
     except OSError:
@@ -255,19 +257,20 @@ def _read_value(what: str, *, use_stdin: bool, confirm: bool) -> bytearray:
         return first
 
 
-def _read_all(stream: BinaryIO, what: str) -> bytearray:
-    """Up to ``VALUE_MAX`` bytes of ``stream`` in a buffer of its own; more is refused."""
+def _read_all(fd: int, what: str) -> bytearray:
+    """Up to ``VALUE_MAX`` bytes of ``fd`` in a buffer of its own; more is refused. Read
+    from the fd itself: a buffered reader would keep an unwiped copy of the value."""
     buffer = sodium.lock_memory(bytearray(VALUE_MAX + 1))
     size = 0
     while size <= VALUE_MAX:
-        got = stream.readinto(memoryview(buffer)[size:])  # type: ignore[attr-defined]
+        got = os.readv(fd, [memoryview(buffer)[size:]])
         if not got:
             break
         size += got
     if size > VALUE_MAX:
         sodium.wipe(buffer)
         raise SecretUsage(f"the {what} on standard input is over {VALUE_MAX} bytes")
-    value = sodium.lock_memory(bytearray(buffer[:size]))
+    value = sodium.lock_memory(bytearray(memoryview(buffer)[:size]))
     sodium.wipe(buffer)
     return value
 
@@ -288,12 +291,11 @@ def _prompt(terminal: BinaryIO, text: str) -> bytearray:
             if not got or buffer[size] == 0x0A:
                 break
             size += got
+        return sodium.lock_memory(bytearray(memoryview(buffer)[:size]))
     finally:
+        sodium.wipe(buffer)  # also what was typed before a Ctrl-C
         termios.tcsetattr(fd, termios.TCSAFLUSH, old)
         terminal.write(b"\n")
-    value = sodium.lock_memory(bytearray(buffer[:size]))
-    sodium.wipe(buffer)
-    return value
 
 
 # -- printing ----------------------------------------------------------------------------------

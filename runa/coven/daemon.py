@@ -23,7 +23,6 @@ locked: ``status`` answers, the rest is refused with ``VaultLocked`` (exit 69) u
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from collections import deque
@@ -40,6 +39,7 @@ from runa.coven.fileformat import KeyMode
 from runa.coven.identity import Decision, Mode, decide, mode_of, read_cgroup
 from runa.coven.secret import SecretBytes, check_name
 from runa.coven.vault import Audit, Location, Vault, VaultState, journal_audit
+from runa.crypto.process import PR_GET_DUMPABLE, PR_SET_DUMPABLE, Prctl, libc_prctl
 from runa.crypto.sealed import BusKey, Opened, SealError, key_path
 from runa.errors import UsageError
 from runa.paths import Paths
@@ -55,22 +55,7 @@ NAME = protocol.COVEN
 BUS = "coven"
 REQUEST = protocol.SEALED_CONTEXTS["coven_request"]
 REPLY = protocol.SEALED_CONTEXTS["coven_reply"]
-PR_GET_DUMPABLE = 3
-PR_SET_DUMPABLE = 4
 EX_SOFTWARE = 70
-
-Prctl = Callable[[int, int], int]
-
-
-def libc_prctl(option: int, arg: int) -> int:
-    """prctl(2) through libc; the result, or OSError."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    result = int(libc.prctl(ctypes.c_int(option), ctypes.c_ulong(arg), ctypes.c_ulong(0),
-                            ctypes.c_ulong(0), ctypes.c_ulong(0)))
-    if result < 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno))
-    return result
 
 
 class CovenDaemon:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from pathlib import Path
 
+from runa.cgroup import read_cgroup as read_cgroup  # coven's daemon reads it from here
+from runa.cgroup import unit_of
 from runa.registry import unit_name
 
 GILGUL_UNIT = unit_name("gilgul")
@@ -39,25 +40,6 @@ class Decision:
 
     allowed: bool
     why: str
-
-
-def unit_of(cgroup_text: str) -> str | None:
-    """The systemd unit a ``/proc/<pid>/cgroup`` names as the process's own cgroup: the last
-    part of the v1 ``name=systemd`` path where there is one (a hybrid host's unified line
-    is then ``0::/``), else of the unified (``0::``) path; None when it is not a service."""
-    paths = {}
-    for line in cgroup_text.splitlines():
-        number, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if number == "0" and controllers == "":
-            paths["unified"] = path
-        elif controllers == "name=systemd":
-            paths["systemd"] = path
-    own = paths.get("systemd") or paths.get("unified")
-    if not own:
-        return None
-    last = own.rstrip("/").rsplit("/", 1)[-1]
-    return last if last.endswith(".service") else None
 
 
 def mode_of(own_cgroup_text: str) -> Mode:
@@ -83,10 +65,3 @@ def decide(holder: int | None, *, mode: Mode, ppid: int,
         return Decision(True, f"pid {holder} is in {GILGUL_UNIT}")
     return Decision(False, f"pid {holder} is in {unit or 'no unit'}, not {GILGUL_UNIT}")
 
-
-def read_cgroup(pid: int, proc: Path = Path("/proc")) -> str | None:
-    """``/proc/<pid>/cgroup``, or None when the process is gone or hidden."""
-    try:
-        return (proc / str(pid) / "cgroup").read_text()
-    except OSError:
-        return None

@@ -22,6 +22,7 @@ import binascii
 import errno
 import json
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,10 +79,13 @@ class BusKey:
         """The key in ``path``, created (0600, its directory 0700) if there is none.
 
         A key file that others can read, that is not this user's, or that is not exactly
-        one key long is refused (``BusKeyError``) rather than used or replaced.
+        one key long is refused (``BusKeyError``) rather than used or replaced; so is a
+        directory that is not this user's or that others can write (under a ``/tmp``
+        fallback someone else may have made it first, to delete or replace the key).
         """
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _check_directory(path.parent)
             if path.exists() or path.is_symlink():
                 return cls(_read_key(path))
             key = sodium.new_key()
@@ -150,12 +154,26 @@ class BusKey:
             fields = json.loads(bytes(plain[_LENGTH.size:end]))
             if not isinstance(fields, dict):
                 raise SealError("the sealed fields are not a JSON object")
-            value = sodium.lock_memory(bytearray(plain[end:]))
+            value = sodium.lock_memory(bytearray(memoryview(plain)[end:]))  # one copy, wiped
         except (struct.error, ValueError) as error:
             raise SealError(f"the sealed frame is malformed: {error}") from None
         finally:
             sodium.wipe(plain)
         return Opened(fields, value)
+
+
+def _check_directory(directory: Path) -> None:
+    """A real directory of this user that no one else can write; read access is closed
+    (0700), as ``runa.supervisor.rundir`` does for the runtime directory."""
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else (
+            "a directory" if stat.S_ISDIR(info.st_mode) else "not a directory")
+        raise BusKeyError(f"the bus key's directory {directory} is {kind} owned by uid "
+                          f"{info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}, not a "
+                          "directory of yours that only you can write: refusing to use it")
+    if info.st_mode & 0o077:
+        os.chmod(directory, 0o700, follow_symlinks=False)
 
 
 def _read_key(path: Path) -> bytearray:

@@ -30,7 +30,7 @@ from runa.gilgul.policy import (
     Policy,
     PolicySettings,
 )
-from runa.gilgul.requesters import children_identify, systemd_identify
+from runa.gilgul.requesters import Running, children_identify, systemd_identify
 from runa.gilgul.units import write_atomically
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "Policy",
     "PolicyHook",
     "PolicySettings",
+    "Running",
     "SecretsBroker",
     "SystemdUnits",
     "children_identify",

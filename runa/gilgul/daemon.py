@@ -24,6 +24,7 @@ from runa import log, registry
 from runa import stackbus as bus_mod
 from runa.components import load_config
 from runa.config import Config
+from runa.crypto.process import undumpable
 from runa.errors import RunaError
 from runa.gilgul.backends.systemd import SystemdUnits
 from runa.gilgul.broker import BrokerThread
@@ -99,6 +100,7 @@ class GilgulDaemon:
             ctx.incarnation = manager.own_restarts(manager_unit.unit)
         signal.signal(signal.SIGHUP, self._on_sighup)
         if self.secrets is not None:
+            undumpable()  # every secret value passes through the broker, and it keeps the key
             self.secrets.start()
         self.backend.reconcile(ctx.incarnation)
         self.apply_limits()

@@ -40,6 +40,10 @@ class PolicyHook:
         self._running.append((component, process))
         return True
 
+    def pids(self) -> set[int]:
+        """The scripts still running (not yet reaped by ``reap``)."""
+        return {process.pid for _, process in self._running}
+
     def reap(self) -> None:
         """Log the scripts that have finished."""
         still = []

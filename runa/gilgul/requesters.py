@@ -7,10 +7,13 @@ maps that pid to a requester the way the running mode knows processes:
 - under systemd, ``/proc/<pid>/cgroup`` names the unit: a process of
   ``runa-<component>.service`` (the main process or any it started: a unit's cgroup holds
   them all) is that component;
-- under Runa's own supervisor, its child table: a child's pid is that component, and so is
+- under Runa's own supervisor, its child table: a running child's pid (with the start
+  time recorded at spawn, so a reused pid is not the child) is that component, and so is
   a process descended from it (walking ``PPid`` in ``/proc/<pid>/status``), so a component
-  cannot gain the person's rights by running ``runa secret`` as a subprocess; a process
-  re-parented away from its component (a double fork) is not followed;
+  cannot gain the person's rights by running ``runa secret`` as a subprocess. The
+  supervisor is a child subreaper: a process a component leaves behind (a double fork) is
+  re-parented to it, and a process whose ancestry reaches the supervisor through no running
+  child is ``UNKNOWN``, refused everything;
 - anything else (a person's shell running ``runa secret``) is the person.
 
 Both are plain functions of what ``/proc`` holds (an injected root in tests).
@@ -23,9 +26,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from runa.cgroup import read_cgroup, unit_of
 from runa.protocol.secrets import PERSON
+from runa.splinter.liveness import process_start_time
 
 PROC = Path("/proc")
+#: A process the supervisor adopted from a component (a double fork): no component, and not
+#: the person either. A component's name cannot contain '-', so no component is called so.
+UNKNOWN = "unknown-process"
 _UNIT = re.compile(r"^runa-([a-z][a-z0-9_]{0,31})\.service$")
 #: How far up the process tree a supervised component's descendant is looked for.
 MAX_DEPTH = 32
@@ -42,26 +50,28 @@ class Requester:
     def is_person(self) -> bool:
         return self.name == PERSON
 
+    @property
+    def is_unknown(self) -> bool:
+        return self.name == UNKNOWN
+
 
 Identify = Callable[[int], Requester]
 
 
-def unit_component(pid: int, proc: Path = PROC) -> str | None:
-    """The component whose ``runa-<name>.service`` unit ``pid`` runs in, or None.
+@dataclass(frozen=True)
+class Running:
+    """A running child of the supervisor: its component, and its start time
+    (``/proc/<pid>/stat`` field 22), which tells it from a later process given its pid."""
 
-    Reads the systemd hierarchy of ``/proc/<pid>/cgroup`` (v1's ``name=systemd`` line, or
-    v2's ``0::``) and takes the innermost ``.service`` of the path: a process of the user
-    manager's ``user@<uid>.service`` that is in no unit of Runa's is nobody's component.
-    """
-    try:
-        lines = (proc / str(pid) / "cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    paths = {hierarchy: path for _, hierarchy, path in
-             (line.split(":", 2) for line in lines if line.count(":") >= 2)}
-    path = paths.get("name=systemd") or paths.get("") or ""
-    services = [part for part in path.split("/") if part.endswith(".service")]
-    found = _UNIT.match(services[-1]) if services else None
+    name: str
+    start_time: int
+
+
+def unit_component(pid: int, proc: Path = PROC) -> str | None:
+    """The component whose ``runa-<name>.service`` unit ``pid`` runs in, or None (a process
+    of no unit of Runa's is nobody's component); ``runa.cgroup.unit_of`` reads the unit."""
+    unit = unit_of(read_cgroup(pid, proc) or "")
+    found = _UNIT.match(unit) if unit else None
     return found.group(1) if found else None
 
 
@@ -84,18 +94,29 @@ def systemd_identify(proc: Path = PROC) -> Identify:
     return identify
 
 
-def children_identify(children: Callable[[], Mapping[int, str]],
-                      parent: Callable[[int], int | None] = parent_pid) -> Identify:
-    """Requesters under the supervisor: ``children()`` maps each child's pid to its
-    component (read at each request: a restarted child has a new pid)."""
+def children_identify(children: Callable[[], Mapping[int, Running]],
+                      supervisor: int | None = None,
+                      parent: Callable[[int], int | None] = parent_pid,
+                      start_time: Callable[[int], int | None] = process_start_time,
+                      ) -> Identify:
+    """Requesters under the supervisor: ``children()`` maps each running child's pid to its
+    component and start time (read at each request: a restarted child has a new pid).
+
+    A pid in the table is that child only while its start time is the recorded one (a dead
+    child's pid may have been reused). ``supervisor``, a subreaper, adopts what a component
+    leaves behind: a process whose ancestry reaches it through no running child is
+    ``UNKNOWN``, refused everything, not the person."""
     def identify(pid: int) -> Requester:
         table = children()
         current: int | None = pid
         for _ in range(MAX_DEPTH):
             if current is None or current <= 1:
                 break
-            if current in table:
-                return Requester(table[current], pid)
+            entry = table.get(current)
+            if entry is not None and start_time(current) == entry.start_time:
+                return Requester(entry.name, pid)
+            if current == supervisor:
+                return Requester(UNKNOWN, pid)
             current = parent(current)
         return Requester(PERSON, pid)
 

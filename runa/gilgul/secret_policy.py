@@ -3,7 +3,8 @@
 The person (``runa secret``) may do every operation. A component may only read: ``get`` a
 secret its registry entry names in ``secrets`` (``["alethia.*"]``: exact names, or prefixes
 ending in ``*``), ``list`` (answered with only the names it may read) and ``status``. A
-component the registry does not know may read nothing.
+component the registry does not know may read nothing, and a process a component left behind
+(``UNKNOWN``) may do nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class ReadPolicy:
     def decide(self, requester: Requester, op: str, secret: str | None) -> Decision:
         if requester.is_person:
             return Decision(True)
+        if requester.is_unknown:
+            return Decision(False, f"pid {requester.pid} was left behind by a component (it "
+                            "descends from the supervisor through no running child)")
         if op not in COMPONENT_OPS:
             return Decision(False, f"only a person ('runa secret') may {op} secrets; "
                             f"{requester.name} may only read")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from runa.crypto.process import undumpable
 from runa.gilgul import (
     BrokerThread,
     Child,
@@ -24,14 +25,16 @@ from runa.gilgul import (
     ChildState,
     ComponentSpec,
     Gilgul,
+    Running,
     start_failure,
 )
 from runa.splinter import Bus
-from runa.supervisor import leftovers
+from runa.supervisor import leftovers, orphans
 from runa.supervisor import state as state_file
 from runa.supervisor.limits import MemoryLimiter
 from runa.supervisor.lock import SupervisorLock
 from runa.supervisor.notify import NotifyListener
+from runa.supervisor.orphans import become_subreaper
 
 
 class Supervisor:
@@ -51,8 +54,12 @@ class Supervisor:
         lock: SupervisorLock | None = None,
         clock: Callable[[], float] = time.monotonic,
         clock_ns: Callable[[], int] = time.monotonic_ns,
+        harden: Callable[[], None] = undumpable,
+        adopt: Callable[[], None] = become_subreaper,
     ) -> None:
-        """``lock``, when given, is held for this supervisor and released by stop_all."""
+        """``lock``, when given, is held for this supervisor and released by stop_all;
+        ``harden`` keeps this process out of core dumps before the secrets broker starts;
+        ``adopt`` makes it the subreaper of its children's orphans (runa.supervisor.orphans)."""
         self.runtime_dir = runtime_dir
         self.state_path = runtime_dir / "supervisor.json"
         self.logger = logger
@@ -60,6 +67,8 @@ class Supervisor:
         self.limiter = limiter
         self.stack = stack
         self.clock = clock
+        self.harden = harden
+        self.adopt = adopt
         self.lock = lock
         self.starting = True  # until start_all is done; reconcile requests wait for it
         self.failure = ""  # why the start failed, in the components' own words
@@ -74,9 +83,20 @@ class Supervisor:
     def child(self, name: str) -> Child:
         return self.processes.child(name)
 
-    def child_pids(self) -> dict[int, str]:
-        """Each running child's pid and its component: who asks gilgul's secrets broker."""
-        return {child.pid: child.spec.name for child in self.children if child.pid}
+    def running_children(self) -> dict[int, Running]:
+        """Each running child's pid, component and start time: who asks gilgul's secrets
+        broker. Called from the broker's thread, so each child's process is read once."""
+        table = {}
+        for child in self.children:
+            process, start = child.process, child.start_ticks
+            if process is not None and start is not None and process.returncode is None:
+                table[process.pid] = Running(child.spec.name, start)
+        return table
+
+    def _own_pids(self) -> set[int]:
+        """The processes this supervisor started itself: its children and policy scripts."""
+        return ({process.pid for process in (c.process for c in self.children) if process}
+                | self.gilgul.hook.pids())
 
     @property
     def stopping(self) -> bool:
@@ -118,7 +138,9 @@ class Supervisor:
         ``EXTEND_TIMEOUT_USEC=``, bounds the wait) or a stop is requested. The secrets
         broker starts first: a component may need a secret before it is ready.
         """
+        self.adopt()  # before any child runs: nothing it leaves behind escapes the tree
         if self.secrets is not None:
+            self.harden()  # every secret value passes through the broker, and it keeps the key
             self.secrets.start()
         for child in self.children:
             if not self.processes.spawn(child, reason=""):
@@ -169,6 +191,7 @@ class Supervisor:
             self.reconcile_requested = False
             changed |= self.processes.start_stopped()
         changed |= self.gilgul.turn()
+        orphans.reap_adopted(self._own_pids)
         if self.secrets is not None:
             self.secrets.check()
         if changed:

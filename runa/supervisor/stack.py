@@ -9,6 +9,7 @@ Their limits are the ``[components.<name>]`` settings that become the units' dro
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 
@@ -73,7 +74,8 @@ def create(config: Config, paths: Paths, stack: str, env: Mapping[str, str],
                                 open_bus=bus_mod.bus_opener(config, stack), stack=stack,
                                 lock=lock, clock=clock)
         supervisor.secrets = secrets_broker(config, stack, paths, reg,
-                                            children_identify(supervisor.child_pids), logger)
+                                            children_identify(supervisor.running_children,
+                                                              supervisor=os.getpid()), logger)
         return supervisor
     except BaseException:
         lock.release()

@@ -61,3 +61,33 @@ def test_an_exposed_or_damaged_key_file_is_refused_not_replaced(tmp_path: Path) 
     with pytest.raises(BusKeyError, match="33 bytes"):
         BusKey.load_or_create(path)
     assert os.path.getsize(path) == 33  # left as it was
+
+
+def test_a_key_directory_of_someone_else_or_open_to_writes_is_refused(tmp_path: Path) -> None:
+    """Under a /tmp fallback another user may have made the directory first."""
+    for name, mode in (("shared", 0o777), ("group", 0o770)):
+        directory = tmp_path / name
+        directory.mkdir()
+        directory.chmod(mode)
+        with pytest.raises(BusKeyError, match="not a directory of yours that only you can"):
+            BusKey.load_or_create(key_path(directory))
+        assert list(directory.iterdir()) == []  # nothing written there
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(BusKeyError, match="is a symbolic link"):
+        BusKey.load_or_create(key_path(tmp_path / "link"))
+    if os.getuid() == 0:  # only root can give a directory away
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o700)
+        os.chown(theirs, 65534, 65534)
+        with pytest.raises(BusKeyError, match="owned by uid 65534"):
+            BusKey.load_or_create(key_path(theirs))
+
+
+def test_a_key_directory_readable_by_others_is_closed_to_0700(tmp_path: Path) -> None:
+    directory = tmp_path / "runa"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    BusKey.load_or_create(key_path(directory)).close()
+    assert directory.stat().st_mode & 0o777 == 0o700
