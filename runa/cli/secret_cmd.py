@@ -21,7 +21,7 @@ from runa import stackbus as bus_mod
 from runa.cli.context import CliContext
 from runa.cli.secret_client import BrokerUnavailable, SecretFault, SecretsClient
 from runa.cli.voice import print_json, say
-from runa.coven.secret import VALUE_MAX, check_name, check_value
+from runa.coven import VALUE_MAX, check_name, check_value
 from runa.crypto import sodium
 from runa.crypto.process import undumpable
 from runa.crypto.sealed import BusKey, key_path

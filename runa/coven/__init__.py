@@ -32,7 +32,7 @@ if TYPE_CHECKING:
         WrongPassphrase,
     )
     from runa.coven.fileformat import SHIPPED_ARGON2, Argon2Params, KeyMode
-    from runa.coven.secret import NAME_FORM, VALUE_MAX, SecretBytes, check_name
+    from runa.coven.secret import NAME_FORM, VALUE_MAX, SecretBytes, check_name, check_value
     from runa.coven.vault import (
         AccessEvent,
         Location,
@@ -68,6 +68,7 @@ __all__ = [
     "VaultWriteError",
     "WrongPassphrase",
     "check_name",
+    "check_value",
     "journal_audit",
 ]
 if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
@@ -77,7 +78,7 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
                    "SecretValueError", "UnknownSecret", "UnsupportedVault", "VaultAltered",
                    "VaultLocked", "VaultModeError", "VaultWriteError", "WrongPassphrase"),
         "fileformat": ("SHIPPED_ARGON2", "Argon2Params", "KeyMode"),
-        "secret": ("NAME_FORM", "VALUE_MAX", "SecretBytes", "check_name"),
+        "secret": ("NAME_FORM", "VALUE_MAX", "SecretBytes", "check_name", "check_value"),
         "vault": ("AccessEvent", "Location", "Vault", "VaultState", "VaultStatus",
                   "journal_audit"),
     })

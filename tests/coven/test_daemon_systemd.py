@@ -31,23 +31,31 @@ ONLY_COVEN = ("[components.splinfer]\nenabled = false\n[components.tieto]\nenabl
               "[components.whisper]\nenabled = false\n")
 # Asks coven for its status as "gilgul" and writes what came back to argv[1].
 CLIENT = """
-import json, sys
+import json, os, sys, time
 from runa import stackbus
-from runa.client import ServiceClient, ServiceFault
 from runa.components import load_config
 from runa.crypto.sealed import BusKey, key_path
 from runa.paths import Paths
-import os
+from runa.splinter import envelope as env_mod
 paths = Paths.for_stack(os.environ["RUNA_STACK"], os.environ)
 bus = stackbus.connect(load_config(paths, os.environ), os.environ["RUNA_STACK"], "coven")
 key = BusKey.load_or_create(key_path(paths.runtime))
-client = ServiceClient(bus, "coven", "gilgul")
-try:
-    reply = client.call(key.seal("coven/request", {"op": "status", "for": "person", "pid": 1}),
-                        idle_timeout=15)
-    answer = {"fields": key.open("coven/reply", reply).fields}
-except ServiceFault as fault:
-    answer = {"fault": fault.payload}
+replies = bus.queue(f"gilgul.test.{os.getpid()}")
+payload = key.seal("coven/request", {"op": "status", "for": "person", "pid": 1})
+query = env_mod.query("gilgul", "coven", payload, reply_to=replies.name, ttl_ms=15000)
+answer = {"fault": {"name": "NO_ANSWER", "message": "coven did not answer in 15 s"}}
+with bus.claim_request(query.id):  # the kernel names this process as the sender
+    bus.sender("coven").send(query)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        got = replies.recv(0.2)
+        if got is None or got.id != query.id:
+            continue
+        if got.type == "error":
+            answer = {"fault": got.payload}
+        else:
+            answer = {"fields": key.open("coven/reply", got.payload).fields}
+        break
 with open(sys.argv[1], "w") as out:
     json.dump(answer, out)
 """
