@@ -11,8 +11,7 @@ from runa import registry
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))  # its common and cleanup modules
-# Loaded under a name of its own: "secrets" is the standard library's.
-_spec = importlib.util.spec_from_file_location("bench_secrets", BENCH / "secrets.py")
+_spec = importlib.util.spec_from_file_location("bench_secrets", BENCH / "secrets_bench.py")
 assert _spec is not None and _spec.loader is not None
 bench_secrets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_secrets)

@@ -16,7 +16,7 @@ secrets broker; splinfer, tieto and whisper disabled in the isolated sysconfdir'
    baseline ``vault_unlock`` — ``Vault.unlock`` in this process on a copy. Coven's
    ``VmHWM`` after the unlocks is ``unlock_peak_rss_mib``.
 
-    python bench/secrets.py [--quick]
+    python bench/secrets_bench.py [--quick]
 
 Writes bench/results/secrets.json and prints the table.
 """
@@ -34,12 +34,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-# This file's name is the standard library's: ``secrets`` is imported with bench/ off the path,
-# so a library importing it never gets this bench.
 BENCH = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
-import secrets as _stdlib_secrets  # noqa: E402, F401
-
 sys.path.insert(0, str(BENCH))
 from cleanup import guarded, stop_stack  # noqa: E402
 from common import Result, Target, median, percentile, report  # noqa: E402
@@ -263,5 +258,5 @@ def main(cleanups: ExitStack) -> int:
 
 
 if __name__ == "__main__":
-    with guarded("bench/secrets.py") as cleanups:
+    with guarded("bench/secrets_bench.py") as cleanups:
         sys.exit(main(cleanups))
