@@ -4,7 +4,7 @@ One private stack under ``runa up`` (splinter, coven, and the supervisor with gi
 secrets broker; splinfer, tieto and whisper disabled in the isolated sysconfdir's
 ``components.d``), a 32-byte secret in a key-file vault, then:
 
-1. ``secret_get``: ``get`` through the broker with ``runa.cli.secret_client`` (what ``runa
+1. ``secret_get``: ``get`` through the broker with ``runa.secret_client`` (what ``runa
    secret`` uses) in this process, after a warm-up: sealed query on the main bus, the
    kernel naming the requester (this process: the person, not a component), policy, sealed
    forward to coven on the coven bus, the vault read and decrypted, the sealed answer back.
@@ -43,12 +43,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from runa import registry, stackbus  # noqa: E402
-from runa.cli.secret_client import BrokerUnavailable, SecretFault, SecretsClient  # noqa: E402
 from runa.components import load_config  # noqa: E402
 from runa.coven import SHIPPED_ARGON2, Location, Vault  # noqa: E402
 from runa.crypto.sealed import BusKey, key_path  # noqa: E402
 from runa.paths import Paths  # noqa: E402
 from runa.protocol import secret_wire as wire  # noqa: E402
+from runa.secret_client import BrokerUnavailable, SecretFault, SecretsClient  # noqa: E402
 from runa.supervisor import state as state_file  # noqa: E402
 
 NAME = "bench.key"

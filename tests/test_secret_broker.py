@@ -19,11 +19,11 @@ import pytest
 from fake_coven import FakeVault
 from secret_stack import MP, SecretStack, secret_stack
 
-from runa.cli.secret_client import SecretFault, SecretsClient
 from runa.crypto.sealed import BusKey
 from runa.gilgul import Running, SecretsBroker
 from runa.protocol import secret_wire as wire
 from runa.protocol.secrets import BROKER, COVEN, PERSON, SEALED_CONTEXTS
+from runa.secret_client import SecretFault, SecretsClient
 from runa.splinter import Bus, Fault
 from runa.splinter import envelope as env_mod
 

@@ -19,7 +19,6 @@ from typing import Any, BinaryIO
 
 from runa import stackbus as bus_mod
 from runa.cli.context import CliContext
-from runa.cli.secret_client import BrokerUnavailable, SecretFault, SecretsClient
 from runa.cli.voice import print_json, say
 from runa.coven import VALUE_MAX, check_name, check_value
 from runa.crypto import sodium
@@ -27,6 +26,7 @@ from runa.crypto.process import undumpable
 from runa.crypto.sealed import BusKey, key_path
 from runa.errors import RunaError, UsageError
 from runa.protocol import secret_wire as wire
+from runa.secret_client import BrokerUnavailable, SecretFault, SecretsClient
 
 #: How long ``runa status`` waits for the vault's state (it must stay quick without coven).
 STATUS_TIMEOUT_S = 1.5

@@ -38,6 +38,8 @@ _NAME = Field("name", "string", "the secret's name", required=True,
                       "at most 64 characters")
 _FOR = Field("for", "string", "who gilgul identified as the requester (a component, or "
              "'person' for `runa secret`), with its pid", required=True)
+_SIZE = Field("size", "integer", "how many random bytes a created secret has",
+              default="32", allowed="16 to 4096")
 _PID = Field("pid", "integer", "the requester's pid as the kernel named it", required=True)
 
 
@@ -47,6 +49,10 @@ def _ops(service: str, extra: tuple[Field, ...]) -> Mapping[str, Op]:
            (_NAME, *extra)),
         Op(service, "set", "store a secret (the value: the sealed frame's value bytes, "
            "1 to 65536 bytes); a person only", (_NAME, *extra)),
+        Op(service, "create", "a secret's value (the sealed frame's value bytes), made of "
+           "'size' random bytes by coven if the secret does not exist yet; a component may "
+           "create the names it may read, so it needs no person to make its own keys",
+           (_NAME, _SIZE, *extra)),
         Op(service, "rm", "remove a secret; a person only", (_NAME, *extra)),
         Op(service, "list", "the names the requester may read, with size and last change",
            extra),
