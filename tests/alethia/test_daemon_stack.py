@@ -45,6 +45,7 @@ def _implemented(tmp_path: Path) -> bool:
 def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
     if not _implemented(tmp_path):
         pytest.skip("the store or coven's create is not implemented yet")
+    (tmp_path / "stack").mkdir()
     env = isolated_env(tmp_path / "stack", alethia=True)
     (tmp_path / "stack/etc/components.d/20-light.toml").write_text(LIGHT)
     up = runa("up", "--detach", env=env)
