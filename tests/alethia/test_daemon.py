@@ -10,6 +10,7 @@ import base64
 import io
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ class Alethia:
     """An alethia daemon running in a thread on the test's own stack."""
 
     def __init__(self, root: Path, open_store: Callable[[Path, Keys], Any],
-                 keys: GivenKeys | None = None, log: io.StringIO | None = None) -> None:
+                 keys: GivenKeys | None = None, log: io.StringIO | None = None,
+                 heartbeat_s: float = 0.2) -> None:
         self.env = isolated_env(root)
         self.stack = self.env["RUNA_STACK"]
         self.paths = Paths.for_stack(self.stack, self.env)
@@ -101,16 +103,17 @@ class Alethia:
         self.bus = bus_mod.connect(self.config, self.stack, memory.BUS)
         self.key = BusKey.load_or_create(key_path(self.paths.runtime))
         self.client = ServiceClient(self.bus, memory.SERVICE, "test")
+        self.heartbeat_s = heartbeat_s
         self.start()
 
     def start(self) -> None:
-        self.heartbeat = HealthWriter(self.config, self.stack, self.logger, 0.2)
+        self.heartbeat = HealthWriter(self.config, self.stack, self.logger, self.heartbeat_s)
         self.daemon = AlethiaDaemon(self.config, self.stack, self.logger, paths=self.paths,
                                     keys=self.keys, open_store=self.open_store,
                                     prctl=lambda _option, _arg: 0, retry_s=0.2)
         notifier = Ready()
         self.runner = ServiceRunner(self.daemon, self.logger, notifier=notifier, env={},
-                                    heartbeat=self.heartbeat, heartbeat_interval=0.2)
+                                    heartbeat=self.heartbeat, heartbeat_interval=self.heartbeat_s)
         self.thread = threading.Thread(target=self.runner.run, daemon=True)
         self.thread.start()
         assert notifier.ready.wait(10), "alethia did not get ready"
@@ -340,13 +343,21 @@ def test_rotate_wraps_the_days_under_the_next_version(in_memory: Alethia) -> Non
     assert store.rotated == [2] and in_memory.call("status")["key_version"] == 2
 
 
-def test_appends_are_flushed_within_the_bound_and_on_stop(in_memory: Alethia) -> None:
-    in_memory.turn()
-    store = next(iter(in_memory.open_store.opened.values()))
-    wait_for(lambda: store.flushes >= 1, 2, "the batch to be flushed within 200 ms")
-    in_memory.turn()
-    in_memory.stop_daemon()
-    assert store.closed and not store.pending
+def test_appends_are_flushed_within_the_bound_and_on_stop(tmp_path: Path) -> None:
+    """With nothing else to do the loop would wait a whole second (no watchdog, a slow
+    heartbeat); the store's 200 ms bound cuts the wait short."""
+    alethia = Alethia(tmp_path, MemoryStores(), heartbeat_s=5.0)
+    try:
+        alethia.turn()
+        appended = time.monotonic()
+        store = next(iter(alethia.open_store.opened.values()))
+        wait_for(lambda: store.flushes >= 1, 2, "the batch to be flushed")
+        assert time.monotonic() - appended < 0.7
+        alethia.turn()
+        alethia.stop_daemon()
+        assert store.closed and not store.pending
+    finally:
+        alethia.close()
 
 
 def test_a_full_disk_is_a_clear_error_and_the_daemon_goes_on(in_memory: Alethia) -> None:
