@@ -30,10 +30,10 @@ from typing import Any
 
 from runa import log
 from runa import stackbus as bus_mod
+from runa.alethia.keys import wipe
 from runa.alethia.keysource import BrokerKeys, KeySource
 from runa.alethia.store import Entry, Keys, Record, Store, StoreError, UnknownRecord
 from runa.config import Config
-from runa.crypto import sodium
 from runa.crypto.process import Prctl, libc_prctl, undumpable
 from runa.crypto.sealed import BusKey, SealError, key_path
 from runa.errors import RunaError
@@ -176,9 +176,7 @@ class AlethiaDaemon:
 
     def _forget_keys(self) -> None:
         if self.keys is not None:
-            for key in self.keys.memory.values():
-                sodium.wipe(key)
-            sodium.wipe(self.keys.signing_seed)
+            wipe(self.keys)
             self.keys = None
 
     def _status_line(self) -> str:
