@@ -161,11 +161,13 @@ class AlethiaDaemon:
                       f"{error}", level=logging.ERROR, kind=type(error).__name__)
         except RunaError as error:  # a locked vault, no broker, coven away: wait and ask again
             locked = bool(getattr(error, "locked", False))
-            self.waiting = ("the vault is locked: 'runa secret unlock'" if locked
-                            else f"{type(error).__name__}: {error}")
-            self.logger.info("memory keys not available yet (%s); asking again in %g s",
-                             type(error).__name__, self._retry_s,
-                             extra={"RUNA_EVENT": "memory_waiting"})
+            why = ("the vault is locked: 'runa secret unlock'" if locked
+                   else f"{type(error).__name__}: {error}")
+            if why != self.waiting:  # said once, not every retry
+                self.logger.info("memory keys not available yet (%s); asking again every %g s",
+                                 type(error).__name__, self._retry_s,
+                                 extra={"RUNA_EVENT": "memory_waiting"})
+            self.waiting = why
         self._say_status()
 
     def _close_store(self) -> None:

@@ -307,6 +307,7 @@ def test_a_locked_vault_is_waited_for_and_said(tmp_path: Path) -> None:
         assert waiting["kind"] == "MemoryUnavailable" and waiting["exit_code"] == 69
         asked = keys.loads
         wait_for(lambda: keys.loads > asked, 5, "alethia to ask for its keys again")
+        assert alethia.log.getvalue().count("memory keys not available yet") == 1  # said once
         keys.locked = 0  # the person unlocked the vault
         wait_for(lambda: alethia.runner.ctx.status_text == "open", 5, "the store to open")
         assert alethia.turn().endswith("/1")
