@@ -196,6 +196,7 @@ class Store:
             for name, (key, version) in opened.items():
                 store._load_day(name, key, version)
         except BaseException:
+            store._lock = None  # open() releases it
             store._wipe()
             raise
         return store

@@ -11,6 +11,7 @@ from runa.alethia.store import Durability, Keys, Store
 
 from .helpers import Clock, new_keys
 
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
@@ -27,9 +28,9 @@ def opener(root: Path, clock: Clock) -> Iterator[Callable[..., Store]]:
     opened: list[Store] = []
 
     def open_store(keys: Keys | None = None, **options: object) -> Store:
-        store = Store.open(root, keys or new_keys(), clock=clock,
-                           durability=options.pop("durability", Durability()),  # type: ignore[arg-type]
-                           **options)  # type: ignore[arg-type]
+        durability = options.get("durability", Durability())
+        assert isinstance(durability, Durability)
+        store = Store.open(root, keys or new_keys(), clock=clock, durability=durability)
         opened.append(store)
         return store
 
