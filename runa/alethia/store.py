@@ -178,6 +178,9 @@ class Store:
                  durability: Durability) -> Store:
         public, secret = sodium.sign_keypair(keys.signing_seed)
         stored = _read_public_key(root)
+        if stored is None and any((root / DAYS).iterdir()):
+            sodium.wipe(secret)
+            raise StoreError(f"{root}: day files without {META}: not a store this opens")
         if stored is not None and not sodium.equal(stored, public):
             sodium.wipe(secret)
             raise WrongKey(f"{root / META}: the signing key is not this store's")

@@ -135,3 +135,14 @@ def test_keys_from_another_seed_sign_nothing_here(opener: Open) -> None:
     from runa.alethia.store import WrongKey
     with pytest.raises(WrongKey):
         opener(new_keys(seed=b"x" * 32))
+
+
+def test_day_files_without_the_stores_description_are_refused(opener: Open,
+                                                              root: Path) -> None:
+    store = opener()
+    store.append("turn", turn(0))
+    store.close()
+    (root / "alethia.json").unlink()
+    with pytest.raises(StoreError, match="day files without"):
+        opener()
+    assert not (root / "alethia.json").exists()
