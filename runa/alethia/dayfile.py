@@ -104,22 +104,38 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return fields if isinstance(fields, dict) and _well_formed(fields) else None
 
 
+def _hex(value: Any, size: int) -> bool:
+    """Lowercase hex of ``size`` bytes, as written: another spelling of it is a change."""
+    return (isinstance(value, str) and len(value) == 2 * size and value == value.lower()
+            and len(bytes.fromhex(value)) == size)
+
+
+def _base64(value: Any) -> bool:
+    return isinstance(value, str) and base64.b64encode(
+        base64.b64decode(value, validate=True)).decode() == value
+
+
+def _index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _well_formed(fields: dict[str, Any]) -> bool:
+    """Whether ``fields`` are a line as the store writes it (keys, types, spellings)."""
     try:
         kind = fields["t"]
         if kind == "day":
-            return isinstance(fields["day"], str) and len(bytes.fromhex(fields["prev"])) == 32
+            return (set(fields) == {"t", "format", "day", "prev"} and fields["format"] == FORMAT
+                    and isinstance(fields["day"], str) and _hex(fields["prev"], 32))
         if kind == "rec":
-            ok = (isinstance(fields["i"], int) and len(bytes.fromhex(fields["h"])) == 32
-                  and len(bytes.fromhex(fields["l"])) == 32)
+            ok = _index(fields["i"]) and _hex(fields["h"], 32) and _hex(fields["l"], 32)
             if "forgot" in fields:
-                return ok and len(bytes.fromhex(fields["forgot"])) == 64
-            base64.b64decode(fields["n"], validate=True)
-            base64.b64decode(fields["c"], validate=True)
-            return ok
+                return ok and set(fields) == {"t", "i", "h", "l", "forgot"} and _hex(
+                    fields["forgot"], 64)
+            return (ok and set(fields) == {"t", "i", "h", "l", "n", "c"}
+                    and _base64(fields["n"]) and _base64(fields["c"]))
         if kind == "sig":
-            return (isinstance(fields["count"], int) and len(bytes.fromhex(fields["head"])) == 32
-                    and len(bytes.fromhex(fields["sig"])) == 64)
+            return (set(fields) == {"t", "count", "head", "sig"} and _index(fields["count"])
+                    and _hex(fields["head"], 32) and _hex(fields["sig"], 64))
     except (KeyError, TypeError, ValueError):
         return False
     return False

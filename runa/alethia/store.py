@@ -514,11 +514,14 @@ def _check_days(read: Callable[[str], bytes], names: list[str], public: bytes) -
     problems: list[Problem] = []
     records = forgotten = unsigned = 0
     head = chain.GENESIS
-    for name in names:
+    for position, name in enumerate(names):
         check: DayCheck = check_day(name, dayfile.scan(read(name)), public)
         if check.prev is not None and check.prev != head:
             problems.append(Problem(name, None, "missing", "the head this day names is not "
                                     "the previous day's: a day, or a day's end, is missing"))
+        if check.unsigned and position < len(names) - 1:  # a past day ends signed
+            check.note(None, "signature", f"the day's last {check.unsigned} records are not "
+                                          f"signed")
         problems.extend(check.problems)
         records += check.records
         forgotten += check.forgotten

@@ -130,3 +130,24 @@ def test_records_cut_from_a_days_end_are_named(week: list[list[str]], root: Path
     path.write_bytes(b"".join(lines[:places[5]] + lines[-1:]))  # 5 and 6 gone, signature kept
     named = {(p.day, p.index, p.kind) for p in verify(root).problems}
     assert ("2026-12-08", 5, "removed") in named
+
+
+def test_any_bit_flipped_anywhere_in_a_day_is_named_on_that_day(opener: Open, clock: Clock,
+                                                                 root: Path) -> None:
+    store = opener()
+    store.append("turn", turn(0))
+    store.append("turn", turn(1))
+    store.forget("2026-12-07/1")
+    clock.next_day()
+    store.append("turn", turn(2))
+    store.close()
+    path = root / "days" / "2026-12-07.log"
+    whole = path.read_bytes()
+    for position in range(len(whole)):
+        flipped = bytearray(whole)
+        flipped[position] ^= 1 << (position % 8)
+        path.write_bytes(bytes(flipped))
+        report = verify(root)
+        assert report.problems and report.problems[0].day == "2026-12-07", position
+    path.write_bytes(whole)
+    assert verify(root).ok
