@@ -185,9 +185,10 @@ class Store:
             sodium.wipe(secret)
             raise WrongKey(f"{root / META}: the signing key is not this store's")
         store = cls(root, keys, public, secret, lock, clock, durability)
+        opened: dict[str, tuple[bytearray, int]] = {}
         try:
-            opened = {path.stem: _unwrap(path, keys)
-                      for path in sorted((root / DAYS).glob("*.key"))}
+            for path in sorted((root / DAYS).glob("*.key")):
+                opened[path.stem] = _unwrap(path, keys)
             missing = [day for day in _day_names(root) if day not in opened]
             if missing:
                 raise StoreError(f"{root / DAYS}: day {missing[0]} has records but no key file")
@@ -199,6 +200,8 @@ class Store:
             for name, (key, version) in opened.items():
                 store._load_day(name, key, version)
         except BaseException:
+            for key, _version in opened.values():
+                sodium.wipe(key)
             store._lock = None  # open() releases it
             store._wipe()
             raise
@@ -293,7 +296,7 @@ class Store:
         """Write and fsync what is pending, and sign each touched day's head."""
         self._check_open()
         day = self._current
-        if day is None or (not self._pending and day.signed == day.count and day.written):
+        if day is None or (not self._pending and day.signed == day.count):
             return
         first = day.count - len(self._pending) + 1
         batch = b"".join(self._pending)

@@ -16,7 +16,7 @@ from support import small_filesystem
 
 from runa.alethia.store import Durability, Store, StoreFull, verify
 
-from .helpers import new_keys, turn
+from .helpers import Clock, new_keys, turn
 
 Open = Callable[..., Store]
 BOUND = 8
@@ -82,3 +82,32 @@ def test_a_full_disk_is_a_clear_error_and_the_chain_stays_valid(tmp_path: Path) 
         again.append("turn", turn(0))  # room again: the chain goes on from where it was
         again.close()
         assert verify(root).ok and verify(root).records == durable + 1
+
+
+def test_a_disk_full_on_a_new_days_first_batch_leaves_no_half_day(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    clock = Clock()
+    with small_filesystem(tmp_path / "small", "128k") as mount:
+        root = mount / "alethia"
+        store = Store.open(root, new_keys(), clock=clock,
+                           durability=Durability(records=1000, ms=60_000))
+        store.append("turn", turn(0))
+        store.flush()
+        filler = mount / "filler"
+        with filler.open("wb", buffering=0) as handle, pytest.raises(OSError):
+            while True:
+                handle.write(b"\0" * 4096)
+        clock.next_day()
+        with pytest.raises(StoreFull):
+            for n in range(200):
+                store.append("turn", turn(n))
+            store.flush()
+        store.close()
+        report = verify(root)
+        assert report.ok and report.records == 1 and report.days == 1
+        filler.unlink()
+        again = Store.open(root, new_keys(), clock=clock)
+        again.append("turn", turn(1))
+        again.close()
+        assert verify(root).ok and verify(root).days == 2
