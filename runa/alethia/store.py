@@ -372,7 +372,7 @@ class Store:
     def entries(self, *, since: float | None = None, conversation: str | None = None,
                 after: str | None = None) -> Iterator[Entry]:
         """Every record's entry, oldest first, filtered (forgotten records and the
-        tombstones forgetting leaves are not shown)."""
+        tombstones forgetting leaves are not shown). Reading writes what is pending first."""
         self._check_open()
         position = parse_id(after) if after is not None else None
         for record_id, fields in self._records(since):
@@ -432,10 +432,9 @@ class Store:
 
     def _rewrite_forgotten(self, day: _Day, indices: set[int]) -> None:
         path = self.root / DAYS / day.log
-        scan = dayfile.scan(path.read_bytes())
         data = path.read_bytes()
         out = []
-        for line in scan.lines:
+        for line in dayfile.scan(data).lines:
             end = data.index(b"\n", line.offset) + 1
             raw = data[line.offset:end]
             if line.kind == "rec" and line.fields is not None and line.fields["i"] in indices:
