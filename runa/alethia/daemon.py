@@ -95,6 +95,7 @@ class AlethiaDaemon:
         self.waiting = "keys not asked for yet"  # why the store is not open ("" when it is)
         self.problem = ""  # what makes the store unusable until reload
         self._failure: StoreError | None = None  # the error it is, answered to every request
+        self.released = False  # closed on request (a restore), until reload
         self._next_try = float("-inf")
         self.key: BusKey | None = None
         self.bus: Bus | None = None
@@ -120,7 +121,8 @@ class AlethiaDaemon:
                   f"{self._status_line()}", open=self.store is not None)
 
     def step(self, timeout: float) -> None:
-        if self.store is None and not self.problem and self._clock() >= self._next_try:
+        if self.store is None and not (self.problem or self.released) \
+                and self._clock() >= self._next_try:
             self._try_open()
         due = self.store.due() if self.store is not None else None
         wait = timeout if due is None else max(0.0, min(timeout, due))
@@ -184,6 +186,8 @@ class AlethiaDaemon:
     def _status_line(self) -> str:
         if self.problem:
             return f"unusable: {self.problem}"
+        if self.released:
+            return f"closed: {self.waiting}"
         if self.store is None:
             return f"waiting for coven: {self.waiting}"
         return "open" + ("" if self.recording else " (not recording turns: memory.record)")
@@ -248,6 +252,8 @@ class AlethiaDaemon:
         spec = memory.OPS[op]
         if op == "reload":
             return self._reload()
+        if op == "release":
+            return self._release()
         store = self._open()
         if op == "append":
             return {memory.ID: self._append(store, fields)}
@@ -288,6 +294,8 @@ class AlethiaDaemon:
         if self._failure is not None:
             raise type(self._failure)(f"the memory store cannot be opened: {self._failure}; "
                                       "'reload' once that is put right")
+        if self.released:
+            raise MemoryUnavailable(f"the memory store is closed: {self.waiting}")
         raise MemoryUnavailable(f"the memory store is not open yet, waiting for coven: "
                                 f"{self.waiting}")
 
@@ -312,12 +320,24 @@ class AlethiaDaemon:
                   f"version {version}", key_version=version)
         return version
 
+    def _release(self) -> dict[str, Any]:
+        """Close the store (flushed and signed) and leave it closed until ``reload``."""
+        store = self._open()
+        store.flush()
+        answer = self._status(store)
+        self._close_store()
+        self.released = True
+        self.waiting = "released for a restore: 'reload' opens it again"
+        log.event(self.logger, "memory_released", "the memory store is closed until reload")
+        return answer
+
     def _reload(self) -> dict[str, Any]:
         """Close the store, ask for the keys again (a restored store may name other
         versions) and open it from disk."""
         self._close_store()
         self.problem = ""
         self._failure = None
+        self.released = False
         self._try_open()
         return self._status(self._open())
 

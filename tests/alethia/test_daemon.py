@@ -20,7 +20,7 @@ from support import isolated_env, remove_segments, wait_for
 
 from runa import stackbus as bus_mod
 from runa.alethia.daemon import MAX_RECORD_BYTES, AlethiaDaemon
-from runa.alethia.store import Durability, Keys, Store
+from runa.alethia.store import Durability, Keys, Store, StoreError, restore, snapshot
 from runa.client import ServiceClient, ServiceFault
 from runa.components import load_config
 from runa.crypto import sodium
@@ -151,21 +151,9 @@ class Alethia:
         remove_segments(self.env)
 
 
-def _real_store_exists(tmp_path: Path) -> bool:
-    try:
-        Store.open(tmp_path / "probe", GivenKeys().load()).close()
-    except NotImplementedError:
-        return False
-    return True
-
-
 @pytest.fixture(params=["memory", "store"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Path, Keys], Any]:
-    if request.param == "memory":
-        return MemoryStores()
-    if not _real_store_exists(tmp_path):
-        pytest.skip("runa.alethia.store is not implemented yet")
-    return real_store
+def open_store(request: pytest.FixtureRequest) -> Callable[[Path, Keys], Any]:
+    return MemoryStores() if request.param == "memory" else real_store
 
 
 @pytest.fixture
@@ -374,8 +362,6 @@ def test_a_full_disk_is_a_clear_error_and_the_daemon_goes_on(in_memory: Alethia)
 
 
 def test_the_real_store_keeps_a_turn_across_a_restart(tmp_path: Path) -> None:
-    if not _real_store_exists(tmp_path):
-        pytest.skip("runa.alethia.store is not implemented yet")
     alethia = Alethia(tmp_path, real_store)
     try:
         record_id = alethia.turn()
@@ -386,5 +372,29 @@ def test_the_real_store_keeps_a_turn_across_a_restart(tmp_path: Path) -> None:
         written = b"".join(p.read_bytes() for p in (alethia.paths.data / "alethia").rglob("*")
                            if p.is_file())
         assert TEXT.encode() not in written and ANSWER.encode() not in written
+    finally:
+        alethia.close()
+
+
+def test_a_store_released_is_restored_beside_the_running_daemon_and_reloaded(
+        tmp_path: Path) -> None:
+    alethia = Alethia(tmp_path, real_store)
+    root = alethia.paths.data / "alethia"
+    try:
+        kept = alethia.turn("c1")
+        alethia.call("sign")
+        snapshot(root, tmp_path / "memory.tar")
+        alethia.turn("c2")
+        with pytest.raises(StoreError):  # the daemon holds the store's lock
+            restore(tmp_path / "memory.tar", root)
+        assert alethia.call("release")["records"] == 2
+        closed = fault(lambda: alethia.call("list"))
+        assert closed["kind"] == "MemoryUnavailable" and "reload" in closed["message"]
+        assert alethia.runner.ctx.status_text.startswith("closed: ")
+        time.sleep(0.5)  # it does not open the store again on its own
+        assert restore(tmp_path / "memory.tar", root).ok
+        assert alethia.call("reload")["records"] == 1
+        assert [e["id"] for e in alethia.call("list")["entries"]] == [kept]
+        assert alethia.runner.ctx.status_text == "open"
     finally:
         alethia.close()

@@ -16,7 +16,7 @@ import pytest
 from support import isolated_env, remove_segments, runa, wait_for
 
 from runa import stackbus as bus_mod
-from runa.alethia.store import Durability, Keys, Store
+from runa.alethia.store import Durability
 from runa.client import ServiceClient
 from runa.components import load_config
 from runa.crypto.sealed import BusKey, key_path
@@ -27,24 +27,8 @@ TEXT = "a-turn-the-stack-keeps-5e21"
 LIGHT = ("[components.splinfer]\nenabled = false\n[components.tieto]\nenabled = false\n")
 
 
-def _implemented(tmp_path: Path) -> bool:
-    """Whether the store and alethia's keys (coven's ``create`` through the broker) are there
-    yet: the contract's bodies raise NotImplementedError until they land."""
-    from runa.alethia import keys as keys_mod
-
-    if "raise NotImplementedError" in Path(keys_mod.__file__).read_text():
-        return False
-    try:
-        Store.open(tmp_path / "probe", Keys({1: bytearray(32)}, bytearray(32))).close()
-    except NotImplementedError:
-        return False
-    return True
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
-    if not _implemented(tmp_path):
-        pytest.skip("the store or coven's create is not implemented yet")
     (tmp_path / "stack").mkdir()
     env = isolated_env(tmp_path / "stack", alethia=True)
     (tmp_path / "stack/etc/components.d/20-light.toml").write_text(LIGHT)

@@ -22,7 +22,6 @@ from support import remove_segments, wait_for
 
 from runa import registry
 from runa import stackbus as bus_mod
-from runa.alethia.store import Keys, Store
 from runa.client import ServiceClient
 from runa.components import load_config
 from runa.crypto.sealed import BusKey, key_path
@@ -39,18 +38,8 @@ MEMORY_STACK = ("[components.splinfer]\nenabled = false\n[components.tieto]\nena
                 "[components.whisper]\nenabled = false\n")
 
 
-def _store_exists(tmp_path: Path) -> bool:
-    try:
-        Store.open(tmp_path / "probe", Keys({1: bytearray(32)}, bytearray(32))).close()
-    except NotImplementedError:
-        return False
-    return True
-
-
 def test_alethia_s_unit_gets_its_keys_through_gilgul_and_keeps_a_turn_across_sigkill(
-        user_manager: Any, tmp_path: Path) -> None:
-    if not _store_exists(tmp_path):
-        pytest.skip("runa.alethia.store is not implemented yet")
+        user_manager: Any) -> None:
     root = user_manager.runtime_dir / f"runa-alethia-test-{os.getpid()}"  # outside PrivateTmp=
     shutil.rmtree(root, ignore_errors=True)
     (root / "etc/components.d").mkdir(parents=True)
