@@ -49,7 +49,7 @@ from runa.log import event
 
 __all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "Keys", "Problem", "Record",
            "Report", "Store", "StoreError", "StoreFull", "UnknownRecord", "WrongKey",
-           "restore", "snapshot", "verify"]
+           "public_key_of", "restore", "snapshot", "verify"]
 
 #: coven's names: the memory key of version N (32 random bytes) and the signing seed.
 MEMORY_KEY = "alethia.memory_key.v{version}"
@@ -77,6 +77,14 @@ def parse_id(record_id: str) -> tuple[str, int]:
     if number < 1:
         raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)")
     return day, number
+
+
+def public_key_of(seed: bytearray) -> bytes:
+    """The Ed25519 public key of the signing seed: the key ``verify`` and ``restore`` trust,
+    since ``alethia.json`` can be rewritten by whoever writes the files."""
+    public, secret = sodium.sign_keypair(seed)
+    sodium.wipe(secret)
+    return public
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -512,8 +520,14 @@ class Store:
 
 # -- checking, copying ------------------------------------------------------------------------
 
-def _check_days(read: Callable[[str], bytes], names: list[str], public: bytes) -> Report:
+def _check_days(read: Callable[[str], bytes], names: list[str], stored: bytes,
+                trusted: bytes | None) -> Report:
     problems: list[Problem] = []
+    public = stored if trusted is None else trusted
+    if trusted is not None and not sodium.equal(trusted, stored):
+        problems.append(Problem(META, None, "public_key", f"{META} names another public key "
+                                "than the signing key's: the files were re-signed, or are "
+                                "another store's"))
     records = forgotten = unsigned = 0
     head = chain.GENESIS
     for position, name in enumerate(names):
@@ -529,18 +543,25 @@ def _check_days(read: Callable[[str], bytes], names: list[str], public: bytes) -
         forgotten += check.forgotten
         unsigned += check.unsigned
         head = check.head if check.head is not None else head
-    return Report(len(names), records, forgotten, unsigned, public.hex(), tuple(problems))
+    return Report(len(names), records, forgotten, unsigned, public.hex(), tuple(problems),
+                  key_checked=trusted is not None)
 
 
-def verify(root: Path) -> Report:
-    """Walk every day's chain and signatures with the store's public key; no secret key, no
-    daemon needed. Names the first altered, removed, reordered or inserted record of each day
-    and each day whose signature fails; untouched days verify on their own."""
-    public = _read_public_key(root)
-    if public is None:
+def verify(root: Path, public_key: bytes | None = None) -> Report:
+    """Walk every day's chain and signatures; no secret key, no daemon needed. Names the
+    first altered, removed, reordered or inserted record of each day and each day whose
+    signature fails; untouched days verify on their own.
+
+    ``public_key`` (``public_key_of`` the signing seed) is the key trusted: an
+    ``alethia.json`` naming another is a ``public_key`` problem and the signatures are
+    checked with the given key. Without it, ``alethia.json``'s key is used and the report
+    says the key was not checked (``key_checked`` False): whoever can write the files can
+    then re-sign them."""
+    stored = _read_public_key(root)
+    if stored is None:
         raise StoreError(f"{root}: no alethia store here ({META} is missing)")
     return _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
-                       _day_names(root), public)
+                       _day_names(root), stored, public_key)
 
 
 def _complete_lines(path: Path) -> bytes:

@@ -1,0 +1,69 @@
+"""Someone who can write the store's files but holds no key: re-signing with a key of their
+own, damaging lines, restoring a foreign snapshot. Each is named, and nothing is destroyed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from runa.alethia import chain, dayfile
+from runa.alethia.store import Store, public_key_of, verify
+from runa.crypto import sodium
+
+from .helpers import Clock, new_keys, turn
+
+Open = Callable[..., Store]
+SEED = b"s" * 32
+
+
+def two_days(opener: Open, clock: Clock, per_day: int = 5) -> None:
+    store = opener()
+    for _day in range(2):
+        for n in range(per_day):
+            store.append("turn", turn(n))
+        store.flush()
+        clock.next_day()
+    store.close()
+
+
+def resign_with_own_key(root: Path) -> None:
+    """Put another public key in alethia.json, re-sign every day and forge a tombstone."""
+    public, secret = sodium.sign_keypair(bytearray(b"E" * 32))
+    (root / "alethia.json").write_text(json.dumps({"format": 1, "public_key": public.hex()}))
+    for path in (root / "days").glob("*.log"):
+        out = []
+        for line in dayfile.scan(path.read_bytes()).lines:
+            fields = line.fields
+            assert fields is not None
+            if fields["t"] == "sig":
+                head = line.hexes("head")
+                out.append(dayfile.signature(fields["count"], head, sodium.sign(
+                    secret, chain.head_message(path.stem, fields["count"], head))))
+            elif fields["t"] == "rec" and fields["i"] == 2:
+                digest = line.hexes("h")
+                out.append(dayfile.tombstone(2, digest, line.hexes("l"), sodium.sign(
+                    secret, chain.tombstone_message(path.stem, 2, digest))))
+            else:
+                out.append(json.dumps(fields, separators=(",", ":")).encode() + b"\n")
+        path.write_bytes(b"".join(out))
+
+
+def test_verify_with_the_signing_key_names_a_store_re_signed_by_another(
+        opener: Open, clock: Clock, root: Path) -> None:
+    two_days(opener, clock)
+    trusted = public_key_of(bytearray(SEED))
+    assert verify(root, trusted).ok and verify(root, trusted).key_checked
+    resign_with_own_key(root)
+    unchecked = verify(root)
+    assert unchecked.ok and not unchecked.key_checked  # alethia.json's key: fooled, and says so
+    report = verify(root, trusted)
+    assert not report.ok and report.key_checked and report.public_key == trusted.hex()
+    kinds = {(p.day, p.kind) for p in report.problems}
+    assert ("alethia.json", "public_key") in kinds
+    assert ("2026-12-07", "signature") in kinds and ("2026-12-08", "signature") in kinds
+
+
+def test_public_key_of_is_the_stores_key(opener: Open) -> None:
+    store = opener(new_keys(seed=SEED))
+    assert store.status()["public_key"] == public_key_of(bytearray(SEED)).hex()
