@@ -205,8 +205,9 @@ class Store:
                 files.replace(root / META, json.dumps(
                     {"format": dayfile.FORMAT, "public_key": public.hex()}).encode() + b"\n")
             files.remove_temporaries(root / DAYS)
+            newest = max(opened, default="")
             for name, (key, version) in opened.items():
-                store._load_day(name, key, version)
+                store._load_day(name, key, version, newest=name == newest)
         except BaseException:
             for key, _version in opened.values():
                 sodium.wipe(key)
@@ -215,28 +216,41 @@ class Store:
             raise
         return store
 
-    def _load_day(self, name: str, key: bytearray, version: int) -> None:
+    def _load_day(self, name: str, key: bytearray, version: int, *, newest: bool) -> None:
+        """Load one day. Only the newest day can have a torn tail, and only what follows its
+        last signature that holds is cut; damage anywhere else is left for ``verify`` to
+        name, never cut (a ``StoreError`` where the store cannot go on from it)."""
         path = self.root / DAYS / f"{name}.log"
-        if not path.exists():  # a key written, the day's first batch never: start it again
-            (self.root / DAYS / f"{name}.key").unlink()
+        if not path.exists():
+            if newest:  # a key written, the day's first batch never: start it again
+                (self.root / DAYS / f"{name}.key").unlink()
+            else:
+                event(_log, "day_without_log", f"alethia: day {name} has a key file but no "
+                      f"log; the key is kept (`runa memory verify`)", level=logging.WARNING,
+                      day=name)
             sodium.wipe(key)
             return
         data = path.read_bytes()
-        end = dayfile.scan(data).signed_end()
-        if end < len(data):
-            files.cut(path, end)
-            event(_log, "torn_tail", f"alethia: cut {len(data) - end} bytes after day {name}'s "
-                  f"last signed batch (a batch a crash interrupted)", level=logging.WARNING,
-                  day=name, bytes=len(data) - end)
-        scan = dayfile.scan(data[:end])
+        scan = dayfile.scan(data)
+        if newest:
+            end = _torn_start(name, scan, data, self.public)
+            if end == 0:  # no batch of this day was written whole
+                path.unlink()
+                (self.root / DAYS / f"{name}.key").unlink()
+                sodium.wipe(key)
+                event(_log, "torn_tail", f"alethia: removed day {name}, whose first batch a "
+                      f"crash interrupted ({len(data)} bytes)", level=logging.WARNING,
+                      day=name, bytes=len(data))
+                return
+            if end < len(data):
+                files.cut(path, end)
+                event(_log, "torn_tail", f"alethia: cut {len(data) - end} bytes after day "
+                      f"{name}'s last signed batch (a batch a crash interrupted)",
+                      level=logging.WARNING, day=name, bytes=len(data) - end)
+                scan = dayfile.scan(data[:end])
         header = scan.header
-        if header is None:  # no batch of this day was written whole
-            path.unlink()
-            (self.root / DAYS / f"{name}.key").unlink()
-            sodium.wipe(key)
-            return
-        day = _Day(name, key, version, header.hexes("prev"), header.hexes("prev"),
-                   written=True)
+        prev = header.hexes("prev") if header is not None else chain.GENESIS
+        day = _Day(name, key, version, prev, prev, written=True)
         for line in scan.records():
             assert line.fields is not None
             index = int(line.fields["i"])
@@ -245,9 +259,15 @@ class Store:
                 day.forgotten.add(index)
             if index > day.count:
                 day.count, day.head = index, line.hexes("l")
-        signatures = scan.signatures()
-        if signatures and signatures[-1].fields is not None:
-            day.signed = int(signatures[-1].fields["count"])
+        signatures = [line for line in scan.signatures() if line.fields is not None]
+        if signatures:
+            last = signatures[-1]
+            day.signed = int(last.fields["count"]) if last.fields else 0
+            if newest:  # go on from the head signed last (it matches the chain: checked)
+                day.count, day.head = day.signed, last.hexes("head")
+        if not day.offsets:
+            sodium.wipe(key)
+            raise StoreError(f"{path}: day {name} holds no records (`runa memory verify`)")
         self._days[name] = day
         self._durable = (day.count, day.head)
 
@@ -516,6 +536,51 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _torn_start(name: str, scan: dayfile.Scan, data: bytes, public: bytes) -> int:
+    """Where the newest day's torn tail starts: after its last signature line that verifies
+    and whose head is the chain's (0: none). What follows may only be what a crash leaves
+    of a batch: records that go on with the chain, lines with zeroed bytes (pages that
+    never reached the disk), signature lines of ours, and half a line; anything else is a
+    ``StoreError`` and nothing is cut."""
+    header = scan.header
+    if header is None or header.fields is None or header.fields.get("day") != name:
+        if not scan.lines:
+            return 0  # not even the header line was written whole
+        raise StoreError(f"day {name}: the first line is not the day's header; nothing was "
+                         f"cut (`runa memory verify` names the damage)")
+    links = {0: header.hexes("prev")}
+    end, signed, count = 0, 0, 0
+    tail: list[dayfile.Line] = []
+    for line in scan.lines[1:]:
+        fields = line.fields
+        if fields is not None and fields["t"] == "rec" and fields["i"] == count + 1 and \
+                chain.link(links[count], name, count + 1, line.hexes("h")) == line.hexes("l"):
+            count += 1
+            links[count] = line.hexes("l")
+            tail.append(line)
+            continue
+        if (fields is not None and fields["t"] == "sig" and links.get(fields["count"])
+                == line.hexes("head") and fields["count"] == count
+                and sodium.signed_by(public, chain.head_message(name, count, links[count]),
+                                     line.hexes("sig"))):
+            end = scan.lines[line.number].offset if line.number < len(scan.lines) else scan.end
+            signed, tail = count, []
+            continue
+        tail.append(line)
+    for line in tail:
+        raw = data[line.offset:data.index(b"\n", line.offset)]
+        fields = line.fields
+        ours = (fields is not None and fields["t"] == "sig" and sodium.signed_by(
+            public, chain.head_message(name, fields["count"], line.hexes("head")),
+            line.hexes("sig")))
+        follows = fields is not None and fields["t"] == "rec" and fields["i"] > signed
+        if not (ours or follows or b"\0" in raw):
+            raise StoreError(f"day {name}: line {line.number} after the last signed batch is "
+                             f"not what a crash leaves; nothing was cut (`runa memory "
+                             f"verify` names the damage)")
+    return end
 
 
 # -- checking, copying ------------------------------------------------------------------------

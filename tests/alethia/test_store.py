@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from runa.alethia import chain, dayfile
 from runa.alethia.store import (
     Durability,
     Store,
@@ -19,6 +20,17 @@ from runa.alethia.store import (
 from .helpers import DAY, Clock, new_keys, turn
 
 Open = Callable[..., Store]
+
+
+def next_record(log: Path) -> bytes:
+    """The line of a record that goes on with the day's chain (as a crash leaves it)."""
+    last = dayfile.scan(log.read_bytes()).records()[-1]
+    assert last.fields is not None
+    index = last.fields["i"] + 1
+    nonce, ciphertext = b"n" * 24, b"c" * 40
+    digest = chain.record_hash(nonce, ciphertext)
+    return dayfile.record(index, digest, chain.link(last.hexes("l"), log.stem, index, digest),
+                          nonce, ciphertext)
 
 
 def test_appended_turns_read_back_after_reopening(opener: Open, root: Path) -> None:
@@ -89,7 +101,7 @@ def test_a_torn_tail_is_cut_at_open_and_said_without_content(
     log = root / "days" / "2026-12-07.log"
     whole = log.read_bytes()
     with log.open("ab") as handle:  # a batch a crash cut short: records, no signature line
-        handle.write(b'{"t":"rec","i":4,"h":"00"}\n{"t":"rec","i":5,"h":')
+        handle.write(next_record(log) + b'{"t":"rec","i":5,"h":')
     with caplog.at_level(logging.WARNING, logger="runa.alethia"):
         again = opener()
     assert log.read_bytes() == whole

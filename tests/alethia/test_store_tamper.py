@@ -7,8 +7,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from runa.alethia import chain, dayfile
-from runa.alethia.store import Store, public_key_of, verify
+from runa.alethia.store import Store, StoreError, public_key_of, verify
 from runa.crypto import sodium
 
 from .helpers import Clock, new_keys, turn
@@ -67,3 +69,85 @@ def test_verify_with_the_signing_key_names_a_store_re_signed_by_another(
 def test_public_key_of_is_the_stores_key(opener: Open) -> None:
     store = opener(new_keys(seed=SEED))
     assert store.status()["public_key"] == public_key_of(bytearray(SEED)).hex()
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "lock"}
+
+
+def test_a_flipped_header_byte_is_named_and_open_deletes_nothing(
+        opener: Open, clock: Clock, root: Path) -> None:
+    two_days(opener, clock)
+    path = root / "days" / "2026-12-07.log"
+    data = bytearray(path.read_bytes())
+    at = data.index(b'"prev":"') + 8
+    data[at] = ord("A")
+    path.write_bytes(bytes(data))
+    before = files_of(root)
+    assert ("2026-12-07", "altered") in {(p.day, p.kind) for p in verify(root).problems}
+    store = opener()
+    assert len(list(store.entries())) == 10  # the damaged past day still reads
+    store.close()
+    assert files_of(root) == before
+
+
+def test_an_altered_last_signature_of_a_past_day_cuts_nothing(
+        opener: Open, clock: Clock, root: Path) -> None:
+    two_days(opener, clock)
+    path = root / "days" / "2026-12-07.log"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b'"sig":"', b'"sig":"X', 1)
+    path.write_bytes(b"".join(lines))
+    before = files_of(root)
+    store = opener()
+    assert store.status()["records"] == 10
+    store.close()
+    assert files_of(root) == before
+    assert ("2026-12-07", "altered") in {(p.day, p.kind) for p in verify(root).problems}
+
+
+def test_a_past_days_key_without_its_log_is_kept(opener: Open, clock: Clock,
+                                                 root: Path) -> None:
+    two_days(opener, clock)
+    (root / "days" / "2026-12-07.log").unlink()
+    opener().close()
+    assert (root / "days" / "2026-12-07.key").exists()
+
+
+def test_damage_on_the_newest_day_is_refused_not_cut(opener: Open, clock: Clock,
+                                                     root: Path) -> None:
+    two_days(opener, clock)
+    path = root / "days" / "2026-12-08.log"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b'"sig":"', b'"sig":"X', 1)  # the newest day's last signature
+    path.write_bytes(b"".join(lines))
+    before = files_of(root)
+    with pytest.raises(StoreError, match="verify"):
+        opener()
+    assert files_of(root) == before
+
+
+def test_zeroed_pages_in_a_torn_last_batch_are_cut(opener: Open, clock: Clock,
+                                                   root: Path) -> None:
+    """A power cut wrote the batch's signature line but not the page before it."""
+    store = opener()
+    store.append("turn", turn(0))
+    store.flush()
+    path = root / "days" / "2026-12-07.log"
+    durable = path.read_bytes()
+    for n in range(1, 4):
+        store.append("turn", turn(n))
+    store.flush()
+    whole = bytearray(path.read_bytes())
+    store.close()
+    first = whole.index(b"\n", len(durable)) + 1  # zero the second new record's line
+    second = whole.index(b"\n", first)
+    whole[first:second] = bytes(second - first)
+    path.write_bytes(bytes(whole))
+    again = opener()
+    assert path.read_bytes() == durable
+    assert again.status()["unsigned"] == 0
+    assert again.append("turn", turn(9)) == "2026-12-07/2"
+    again.close()
+    assert verify(root).ok
