@@ -208,6 +208,7 @@ class Store:
             newest = max(opened, default="")
             for name, (key, version) in opened.items():
                 store._load_day(name, key, version, newest=name == newest)
+            shutil.rmtree(_old(root), ignore_errors=True)  # a restore's old store: not needed
         except BaseException:
             for key, _version in opened.values():
                 sodium.wipe(key)
@@ -675,8 +676,7 @@ def _extract(source: Path, into: Path) -> None:
                     raise StoreError(f"{source}: {member.name!r} is not part of a snapshot")
                 path = into / member.name
                 path.parent.mkdir(mode=0o700, exist_ok=True)
-                path.write_bytes(handle.read())
-                path.chmod(0o600)
+                files.replace(path, handle.read())
     except (tarfile.TarError, OSError) as error:
         raise StoreError(f"{source}: not a readable snapshot ({error})") from None
 
@@ -695,10 +695,18 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
 
 
-def restore(source: Path, root: Path) -> Report:
-    """Check that ``source`` is a snapshot that verifies, then replace the store with it
-    atomically; the report of the restored store.
+def _old(root: Path) -> Path:
+    """Where ``restore`` keeps the store it replaced, until the restored one opens."""
+    return root.with_name(f".{root.name}.old")
 
+
+def restore(source: Path, root: Path, public_key: bytes | None = None) -> Report:
+    """Check that ``source`` is a snapshot of this store that verifies, then replace the
+    store with it atomically; the report of the restored store.
+
+    The key trusted is ``public_key`` (``public_key_of`` the seed) or else the current
+    store's: a snapshot of another store (``StoreError``) replaces nothing. The replaced
+    store is kept beside it (``.<name>.old``) until ``Store.open`` opens the restored one.
     The store must not be open (its lock is taken, ``StoreError`` if held): the daemon
     closes it first and opens the restored one after.
     """
@@ -708,18 +716,25 @@ def restore(source: Path, root: Path) -> Report:
     lock: int | None = None
     try:
         _extract(source, staging)
-        report = verify(staging)
+        trusted = public_key if public_key is not None else _read_public_key(root)
+        report = verify(staging, trusted)
+        if any(problem.kind == "public_key" for problem in report.problems):
+            raise StoreError(f"{source}: a snapshot of another store (its public key is not "
+                             f"this store's); nothing was replaced")
         if not report.ok:
             raise StoreError(f"{source}: the snapshot does not verify ({len(report.problems)} "
                              f"problems; the first: day {report.problems[0].day}, "
                              f"{report.problems[0].kind})")
+        files.fsync_directory(staging / DAYS)
+        files.fsync_directory(staging)
         if root.exists():
             lock = files.lock(root)
-            if not _exchange(staging, root):
-                old = root.with_name(f".{root.name}.old.{os.getpid()}")
-                os.rename(root, old)
+            shutil.rmtree(_old(root), ignore_errors=True)
+            if _exchange(staging, root):
+                os.rename(staging, _old(root))
+            else:
+                os.rename(root, _old(root))
                 os.rename(staging, root)
-                staging = old
         else:
             os.rename(staging, root)
         files.fsync_directory(root.parent)
