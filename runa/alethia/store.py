@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from runa.alethia import chain, dayfile, files
-from runa.alethia.errors import StoreError, StoreFull, UnknownRecord, WrongKey
+from runa.alethia.errors import KeyMissing, StoreError, StoreFull, UnknownRecord, WrongKey
 from runa.alethia.model import Durability, Entry, Keys, Problem, Record, Report
 from runa.alethia.verify import DayCheck, check_day
 from runa.crypto import sodium
 from runa.log import event
 
-__all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "Keys", "Problem", "Record",
+__all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "KeyMissing", "Keys", "Problem",
+           "Record",
            "Report", "Store", "StoreError", "StoreFull", "UnknownRecord", "WrongKey",
            "public_key_of", "restore", "snapshot", "verify"]
 
