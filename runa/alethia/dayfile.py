@@ -115,8 +115,12 @@ def _base64(value: Any) -> bool:
         base64.b64decode(value, validate=True)).decode() == value
 
 
-def _index(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+#: Indices and counts fit the chain's u64 with room to spare.
+INDEX_LIMIT = 2 ** 63
+
+
+def _index(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < INDEX_LIMIT
 
 
 def _well_formed(fields: dict[str, Any]) -> bool:
@@ -134,7 +138,7 @@ def _well_formed(fields: dict[str, Any]) -> bool:
             return (ok and set(fields) == {"t", "i", "h", "l", "n", "c"}
                     and _base64(fields["n"]) and _base64(fields["c"]))
         if kind == "sig":
-            return (set(fields) == {"t", "count", "head", "sig"} and _index(fields["count"])
+            return (set(fields) == {"t", "count", "head", "sig"} and _index(fields["count"], 0)
                     and _hex(fields["head"], 32) and _hex(fields["sig"], 64))
     except (KeyError, TypeError, ValueError):
         return False

@@ -481,10 +481,17 @@ class Store:
     # -- keys ---------------------------------------------------------------------------------
 
     def rotate(self, version: int, key: bytearray) -> None:
-        """Re-wrap every day's key under memory key ``version`` (crash-safe: each day file's
-        key is replaced atomically and names its version, so a half-done rotation opens
-        with both keys and finishes on the next rotate)."""
+        """Re-wrap every day's key under memory key ``version``: newer than every version
+        held, or the newest with the same key (finishing a rotation); anything else is a
+        ``StoreError``. Crash-safe: each day file's key is replaced atomically and names its
+        version, so a half-done rotation opens with both keys and finishes on the next
+        rotate."""
         self._check_open()
+        newest = max(self.keys.memory)
+        if version < newest or (version in self.keys.memory
+                                and not sodium.equal(self.keys.memory[version], key)):
+            raise StoreError(f"memory key version {version} is not a new version (the newest "
+                             f"is {newest}); nothing was re-wrapped")
         self.flush()
         self.keys.memory[version] = key
         for day in self._days.values():

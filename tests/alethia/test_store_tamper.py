@@ -151,3 +151,16 @@ def test_zeroed_pages_in_a_torn_last_batch_are_cut(opener: Open, clock: Clock,
     assert again.append("turn", turn(9)) == "2026-12-07/2"
     again.close()
     assert verify(root).ok
+
+
+@pytest.mark.parametrize("line", [
+    {"t": "sig", "count": -1, "head": "00" * 32, "sig": "00" * 64},
+    {"t": "rec", "i": 2 ** 64, "h": "00" * 32, "l": "00" * 32, "forgot": "00" * 64},
+    {"t": "rec", "i": 0, "h": "00" * 32, "l": "00" * 32, "forgot": "00" * 64},
+], ids=["negative-count", "huge-index", "index-zero"])
+def test_integers_out_of_range_are_named_not_a_crash(opener: Open, clock: Clock, root: Path,
+                                                     line: dict[str, object]) -> None:
+    two_days(opener, clock)
+    with (root / "days" / "2026-12-07.log").open("ab") as handle:
+        handle.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+    assert ("2026-12-07", "altered") in {(p.day, p.kind) for p in verify(root).problems}
