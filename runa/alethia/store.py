@@ -60,6 +60,7 @@ META = "alethia.json"
 DAYS = "days"
 TOMBSTONE = "tombstone"  # the kind of the record a forget appends to today's chain
 SHIPPED_DURABILITY = Durability()
+WRITE_SETTLES = 0.1  # seconds verify waits before reading a writer's unsigned tail again
 _log = logging.getLogger(__name__)
 
 
@@ -612,6 +613,10 @@ def _check_days(read: Callable[[str], bytes], names: list[str], stored: bytes,
         if check.unsigned and position < len(names) - 1:  # a past day ends signed
             check.note(None, "signature", f"the day's last {check.unsigned} records are not "
                                           f"signed")
+        elif check.unsigned:  # a batch is written with its signature: a crash, or forged
+            check.note(None, "unsigned", f"the day's last {check.unsigned} records are not "
+                                         f"signed (forged, or a batch a crash cut short, "
+                                         f"which the next open cuts)")
         problems.extend(check.problems)
         records += check.records
         forgotten += check.forgotten
@@ -634,8 +639,14 @@ def verify(root: Path, public_key: bytes | None = None) -> Report:
     stored = _read_public_key(root)
     if stored is None:
         raise StoreError(f"{root}: no alethia store here ({META} is missing)")
-    return _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
-                       _day_names(root), stored, public_key)
+    report = _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
+                         _day_names(root), stored, public_key)
+    if any(problem.kind == "unsigned" for problem in report.problems) and \
+            files.writer_running(root):
+        time.sleep(WRITE_SETTLES)  # read while the writer's batch was landing: once more
+        report = _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
+                             _day_names(root), stored, public_key)
+    return report
 
 
 def _complete_lines(path: Path) -> bytes:

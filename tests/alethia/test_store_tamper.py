@@ -164,3 +164,32 @@ def test_integers_out_of_range_are_named_not_a_crash(opener: Open, clock: Clock,
     with (root / "days" / "2026-12-07.log").open("ab") as handle:
         handle.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
     assert ("2026-12-07", "altered") in {(p.day, p.kind) for p in verify(root).problems}
+
+
+def forge_next_record(root: Path, day: str) -> None:
+    path = root / "days" / f"{day}.log"
+    last = dayfile.scan(path.read_bytes()).records()[-1]
+    assert last.fields is not None
+    index = last.fields["i"] + 1
+    nonce, ciphertext = b"n" * 24, b"forged" * 10
+    digest = chain.record_hash(nonce, ciphertext)
+    with path.open("ab") as handle:
+        handle.write(dayfile.record(index, digest, chain.link(last.hexes("l"), day, index,
+                                                              digest), nonce, ciphertext))
+
+
+def test_a_record_forged_after_the_newest_signature_is_named(opener: Open, clock: Clock,
+                                                             root: Path) -> None:
+    two_days(opener, clock)
+    forge_next_record(root, "2026-12-08")
+    report = verify(root)
+    assert [(p.day, p.kind) for p in report.problems] == [("2026-12-08", "unsigned")]
+
+
+def test_a_forged_record_is_named_while_the_writer_runs(opener: Open, root: Path) -> None:
+    store = opener()
+    store.append("turn", turn(0))
+    store.flush()
+    forge_next_record(root, "2026-12-07")
+    assert [(p.day, p.kind) for p in verify(root).problems] == [("2026-12-07", "unsigned")]
+    store.close()
