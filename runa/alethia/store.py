@@ -649,31 +649,36 @@ def verify(root: Path, public_key: bytes | None = None) -> Report:
     return report
 
 
-def _complete_lines(path: Path) -> bytes:
-    """The file's whole lines as of now: a batch being written is left out."""
+def _signed_lines(path: Path) -> bytes:
+    """The file's lines up to its last signature line, as of now: a batch being written (or
+    a torn tail) is left out."""
     with path.open("rb") as handle:
         data = handle.read(os.fstat(handle.fileno()).st_size)
-    return data[:data.rfind(b"\n") + 1]
+    return data[:dayfile.scan(data).signed_end()]
 
 
 def snapshot(root: Path, target: Path) -> None:
     """Copy the store (as encrypted as it is) to the new file ``target``, consistently.
 
-    A tar of ``alethia.json`` and the day files, readable while the daemon writes: key files
-    are replaced whole, and each log is taken up to its last complete line (day files only
-    grow between atomic replaces), so the copy is the store as it was at one moment per day.
+    A tar of ``alethia.json`` and the day files, readable while the daemon writes: the logs
+    are listed before the key files (a day starts with its key), a log without its key is
+    left out, key files are replaced whole, and each log is taken up to its last signature
+    line (day files only grow between atomic replaces), so the copy is the store as it was
+    at one moment per day, each day ending signed.
     """
     if _read_public_key(root) is None:
         raise StoreError(f"{root}: no alethia store here ({META} is missing)")
     if target.exists():
         raise StoreError(f"{target}: exists; a snapshot goes to a new file")
+    logs = sorted((root / DAYS).glob("*.log"))
+    keys = {path.stem: path.read_bytes() for path in sorted((root / DAYS).glob("*.key"))}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         members = [(META, (root / META).read_bytes())]
-        for path in sorted((root / DAYS).glob("*.key")):
-            members.append((f"{DAYS}/{path.name}", path.read_bytes()))
-        for path in sorted((root / DAYS).glob("*.log")):
-            members.append((f"{DAYS}/{path.name}", _complete_lines(path)))
+        members += [(f"{DAYS}/{name}.key", data) for name, data in keys.items()]
+        signed = [(f"{DAYS}/{path.name}", _signed_lines(path)) for path in logs
+                  if path.stem in keys]
+        members += [(name, data) for name, data in signed if data]
         for name, data in members:
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), 0o600

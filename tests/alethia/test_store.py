@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from runa.alethia import chain, dayfile
 from runa.alethia.store import (
     Durability,
     Store,
@@ -17,20 +16,10 @@ from runa.alethia.store import (
     verify,
 )
 
-from .helpers import DAY, Clock, new_keys, turn
+from .helpers import DAY, Clock, new_keys, next_record, turn
 
 Open = Callable[..., Store]
 
-
-def next_record(log: Path) -> bytes:
-    """The line of a record that goes on with the day's chain (as a crash leaves it)."""
-    last = dayfile.scan(log.read_bytes()).records()[-1]
-    assert last.fields is not None
-    index = last.fields["i"] + 1
-    nonce, ciphertext = b"n" * 24, b"c" * 40
-    digest = chain.record_hash(nonce, ciphertext)
-    return dayfile.record(index, digest, chain.link(last.hexes("l"), log.stem, index, digest),
-                          nonce, ciphertext)
 
 
 def test_appended_turns_read_back_after_reopening(opener: Open, root: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from runa.alethia.store import Store, StoreError, public_key_of, restore, snapshot, verify
 
-from .helpers import Clock, new_keys, turn
+from .helpers import Clock, new_keys, next_record, turn
 
 Open = Callable[..., Store]
 
@@ -42,11 +42,25 @@ def test_a_snapshot_leaves_out_a_batch_being_written(opener: Open, root: Path,
     store = opener()
     store.append("turn", turn(0))
     store.close()
-    with (root / "days" / "2026-12-07.log").open("ab") as handle:
-        handle.write(b'{"t":"rec","i":2,')
+    log = root / "days" / "2026-12-07.log"
+    with log.open("ab") as handle:  # whole record lines, their signature line not yet
+        handle.write(next_record(log) + b'{"t":"rec","i":3,')
     snapshot(root, tmp_path / "copy.tar")
     restored = tmp_path / "restored"
     assert restore(tmp_path / "copy.tar", restored).ok
+
+
+def test_a_log_without_its_key_is_left_out(opener: Open, root: Path, clock: Clock,
+                                           tmp_path: Path) -> None:
+    """A day started between listing the key files and the logs: its log, not its key."""
+    store = opener()
+    store.append("turn", turn(0))
+    store.close()
+    (root / "days" / "2026-12-08.log").write_bytes((root / "days" / "2026-12-07.log")
+                                                   .read_bytes())
+    snapshot(root, tmp_path / "copy.tar")
+    with tarfile.open(tmp_path / "copy.tar") as tar:
+        assert "days/2026-12-08.log" not in tar.getnames()
 
 
 def test_a_snapshot_that_does_not_verify_replaces_nothing(opener: Open, root: Path,
