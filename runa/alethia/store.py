@@ -143,6 +143,7 @@ class _Day:
     signed: int = 0
     offsets: dict[int, int] = field(default_factory=dict)
     forgotten: set[int] = field(default_factory=set)
+    forgets: dict[int, str] = field(default_factory=dict)  # tombstone record -> id it names
     written: bool = False  # the log file (and its header) exists
 
     @property
@@ -210,6 +211,7 @@ class Store:
             newest = max(opened, default="")
             for name, (key, version) in opened.items():
                 store._load_day(name, key, version, newest=name == newest)
+            store._hide_forgotten()
             shutil.rmtree(_old(root), ignore_errors=True)  # a restore's old store: not needed
         except BaseException:
             for key, _version in opened.values():
@@ -260,6 +262,8 @@ class Store:
             day.offsets[index] = line.offset
             if "forgot" in line.fields:
                 day.forgotten.add(index)
+            if "forgets" in line.fields:
+                day.forgets[index] = line.fields["forgets"]
             if index > day.count:
                 day.count, day.head = index, line.hexes("l")
         signatures = [line for line in scan.signatures() if line.fields is not None]
@@ -273,6 +277,15 @@ class Store:
             raise StoreError(f"{path}: day {name} holds no records (`runa memory verify`)")
         self._days[name] = day
         self._durable = (day.count, day.head)
+
+    def _hide_forgotten(self) -> None:
+        """A record a tombstone names stays forgotten, even if an old copy of its line was
+        put back (``verify`` names that)."""
+        for day in self._days.values():
+            for named in day.forgets.values():
+                name, index = parse_id(named)
+                if name in self._days:
+                    self._days[name].forgotten.add(index)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -303,6 +316,12 @@ class Store:
 
     def append(self, kind: str, body: Mapping[str, Any], *, at: float | None = None) -> str:
         """Encrypt, chain and queue one record; its id. Durable within ``durability``."""
+        if kind == TOMBSTONE:
+            raise StoreError("tombstones are written by forget")
+        return self._append(kind, body, at)
+
+    def _append(self, kind: str, body: Mapping[str, Any], at: float | None,
+                forgets: str | None = None) -> str:
         self._check_open()
         now = self._clock()
         day = self._day_for(now)
@@ -312,9 +331,11 @@ class Store:
         nonce = sodium.random_bytes(sodium.NONCE_BYTES)
         ciphertext = sodium.encrypt(day.key, nonce, plaintext,
                                     chain.record_associated(day.name, index))
-        digest = chain.record_hash(nonce, ciphertext)
+        digest = chain.record_hash(nonce, ciphertext, forgets)
         link = chain.link(day.head, day.name, index, digest)
-        self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext))
+        self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext, forgets))
+        if forgets is not None:
+            day.forgets[index] = forgets
         day.count, day.head = index, link
         if self._pending_since is None:
             self._pending_since = time.monotonic()
@@ -450,12 +471,16 @@ class Store:
             day = self._days.get(name)
             if day is None or index not in day.offsets or index in day.forgotten:
                 raise UnknownRecord(f"no record {record_id}")
+            if index in day.forgets:
+                raise StoreError(f"{record_id} is a tombstone; it stays while what it forgot "
+                                 f"is gone")
             by_day.setdefault(name, []).append(index)
         for name, indices in by_day.items():
             self._rewrite_forgotten(self._days[name], set(indices))
         for name, indices in by_day.items():
             for index in sorted(indices):
-                self.append(TOMBSTONE, {"forgot": f"{name}/{index}"})
+                forgotten = f"{name}/{index}"
+                self._append(TOMBSTONE, {"forgot": forgotten}, None, forgotten)
         self.flush()
         if by_day:
             event(_log, "forgotten", "alethia: records forgotten",
@@ -598,6 +623,8 @@ def _torn_start(name: str, scan: dayfile.Scan, data: bytes, public: bytes) -> in
 def _check_days(read: Callable[[str], bytes], names: list[str], stored: bytes,
                 trusted: bytes | None) -> Report:
     problems: list[Problem] = []
+    plain: dict[str, set[int]] = {}
+    forgets: list[str] = []
     public = stored if trusted is None else trusted
     if trusted is not None and not sodium.equal(trusted, stored):
         problems.append(Problem(META, None, "public_key", f"{META} names another public key "
@@ -618,10 +645,17 @@ def _check_days(read: Callable[[str], bytes], names: list[str], stored: bytes,
                                          f"signed (forged, or a batch a crash cut short, "
                                          f"which the next open cuts)")
         problems.extend(check.problems)
+        plain[name] = check.plain
+        forgets += check.forgets
         records += check.records
         forgotten += check.forgotten
         unsigned += check.unsigned
         head = check.head if check.head is not None else head
+    for named in forgets:  # an old copy of a forgotten record's line, put back
+        day, _, index = named.partition("/")
+        if int(index) in plain.get(day, ()):
+            problems.append(Problem(day, int(index), "unforgotten", f"record {index} was "
+                                    f"forgotten, and its ciphertext is back"))
     return Report(len(names), records, forgotten, unsigned, public.hex(), tuple(problems),
                   key_checked=trusted is not None)
 

@@ -39,6 +39,8 @@ class DayCheck:
     forgotten: int = 0
     unsigned: int = 0
     problems: list[Problem] = field(default_factory=list)
+    forgets: list[str] = field(default_factory=list)  # ids the day's tombstone records name
+    plain: set[int] = field(default_factory=set)  # indices whose ciphertext is here
 
     def note(self, index: int | None, kind: str, message: str) -> None:
         if all(problem.kind != kind for problem in self.problems):
@@ -123,10 +125,15 @@ def check_day(day: str, scan: Scan, public: bytes) -> DayCheck:
 def _check_contents(check: DayCheck, day: str, line: Line, public: bytes) -> None:
     assert line.fields is not None
     index, digest = int(line.fields["i"]), line.hexes("h")
+    if "forgets" in line.fields:
+        check.forgets.append(line.fields["forgets"])
+    if "forgot" not in line.fields:
+        check.plain.add(index)
     if "forgot" in line.fields:
         check.forgotten += 1
         if not sodium.signed_by(public, chain.tombstone_message(day, index, digest),
                                 line.hexes("forgot")):
             check.note(index, "signature", f"record {index}'s tombstone is not signed")
-    elif chain.record_hash(line.blob("n"), line.blob("c")) != digest:
+    elif chain.record_hash(line.blob("n"), line.blob("c"),
+                           line.fields.get("forgets")) != digest:
         check.note(index, "altered", f"record {index} does not match its hash")
