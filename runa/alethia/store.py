@@ -360,11 +360,14 @@ class Store:
         except StoreError as error:
             lost = len(self._pending)
             self._pending, self._pending_since = [], None
-            assert self._durable is not None
-            day.count, day.head = self._durable
+            day.count, day.head = self._durable or (0, day.prev)
             event(_log, "append_failed", f"alethia: {lost} records not written",
                   level=logging.ERROR, records=lost, full=isinstance(error, StoreFull))
-            raise
+            if not lost:
+                raise
+            raise type(error)(f"{error}; records {day.name}/{first} to {day.name}/"
+                              f"{first + lost - 1} were not written: those ids are void (the "
+                              f"next records take them)") from None
         offset = start + len(prefix)
         for index, line in enumerate(self._pending, start=first):
             day.offsets[index] = offset

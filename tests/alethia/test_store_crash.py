@@ -3,6 +3,7 @@ error that leaves the chain valid; both stores verify and open afterwards."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 from support import small_filesystem
 
+from runa.alethia import files
 from runa.alethia.store import Durability, Store, StoreFull, verify
 
 from .helpers import Clock, new_keys, turn
@@ -111,3 +113,23 @@ def test_a_disk_full_on_a_new_days_first_batch_leaves_no_half_day(tmp_path: Path
         again.append("turn", turn(1))
         again.close()
         assert verify(root).ok and verify(root).days == 2
+
+
+def test_a_full_disk_names_the_ids_it_voids(opener: Open, root: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC injected at the write: runs on any machine, root or not."""
+    store = opener(durability=Durability(records=100, ms=60_000))
+    store.append("turn", turn(0))
+    store.flush()
+    lost = [store.append("turn", turn(n)) for n in range(1, 4)]
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "_write_all", full)
+    with pytest.raises(StoreFull, match=f"{lost[0]} to {lost[-1]}.*void"):
+        store.flush()
+    monkeypatch.undo()
+    assert store.append("turn", turn(9)) == lost[0]  # the void id names another record now
+    store.close()
+    assert verify(root).ok and verify(root).records == 2
