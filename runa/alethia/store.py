@@ -70,15 +70,16 @@ def day_of(moment: float) -> str:
 
 
 def parse_id(record_id: str) -> tuple[str, int]:
+    """A record id's day and index: exactly ``YYYY-MM-DD/N`` (ASCII, N from 1), so an id
+    has one spelling."""
     day, _, index = record_id.partition("/")
     try:
+        if dayfile.RECORD_ID.fullmatch(record_id) is None:
+            raise ValueError(record_id)
         datetime.strptime(day, "%Y-%m-%d")
-        number = int(index)
     except ValueError:
         raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)") from None
-    if number < 1:
-        raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)")
-    return day, number
+    return day, int(index)
 
 
 def public_key_of(seed: bytearray) -> bytes:

@@ -50,7 +50,9 @@ def test_entries_filter_by_conversation_time_and_page(opener: Open, clock: Clock
 def test_an_unknown_id_is_unknown(opener: Open) -> None:
     store = opener()
     store.append("turn", turn(0))
-    for missing in ("2026-12-07/2", "2026-12-08/1", "nonsense"):
+    for missing in ("2026-12-07/2", "2026-12-08/1", "nonsense", "2026-12-07/+1",
+                    "2026-12-07/ 1", "2026-12-07/1_0", "2026-12-07/\u0661", "2026-12-07/01",
+                    "2026-13-07/1"):
         with pytest.raises(UnknownRecord):
             store.read(missing)
 
