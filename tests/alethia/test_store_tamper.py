@@ -193,3 +193,16 @@ def test_a_forged_record_is_named_while_the_writer_runs(opener: Open, root: Path
     forge_next_record(root, "2026-12-07")
     assert [(p.day, p.kind) for p in verify(root).problems] == [("2026-12-07", "unsigned")]
     store.close()
+
+
+def test_a_made_up_empty_day_is_named_by_verify(opener: Open, clock: Clock,
+                                                root: Path) -> None:
+    store = opener()
+    store.append("turn", turn(0))
+    clock.next_day()
+    clock.next_day()
+    store.append("turn", turn(1))
+    store.close()
+    third = (root / "days" / "2026-12-09.log").read_bytes().splitlines(keepends=True)[0]
+    (root / "days" / "2026-12-08.log").write_bytes(third.replace(b"2026-12-09", b"2026-12-08"))
+    assert [(p.day, p.kind) for p in verify(root).problems] == [("2026-12-08", "removed")]
