@@ -404,7 +404,7 @@ class Store:
             raise StoreError(f"record {day.name}/{index} does not decrypt: altered "
                              f"(`runa memory verify` names it)")
         try:
-            return dict(json.loads(bytes(plaintext)))
+            return dict(json.loads(plaintext))
         finally:
             sodium.wipe(plaintext)
 
