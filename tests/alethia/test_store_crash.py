@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,3 +134,41 @@ def test_a_full_disk_names_the_ids_it_voids(opener: Open, root: Path,
     assert store.append("turn", turn(9)) == lost[0]  # the void id names another record now
     store.close()
     assert verify(root).ok and verify(root).records == 2
+
+
+OWNER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from runa.alethia.store import Durability, Keys, Store
+    keys = Keys(memory={1: bytearray(b"m" * 32)}, signing_seed=bytearray(b"s" * 32))
+    store = Store.open(Path(sys.argv[1]), keys, durability=Durability(records=10000, ms=100))
+    while True:  # the owner's loop: flush when due() says so
+        record_id = store.append("turn", {"user": "x", "conversation": "c"})
+        print(record_id, flush=True)
+        due = store.due()
+        if due is not None and due <= 0:
+            store.flush()
+        time.sleep(0.05)
+""")
+
+
+def test_sigkill_loses_nothing_older_than_ms_while_the_owner_honours_due(
+        root: Path, opener: Open) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", OWNER, str(root)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    acknowledged: list[tuple[float, str]] = []
+    try:
+        for line in child.stdout:
+            acknowledged.append((time.monotonic(), line.strip()))
+            if len(acknowledged) >= 40:
+                break
+        killed = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    kept = {entry.id for entry in opener().entries()}
+    old_enough = [record for at, record in acknowledged if at < killed - 1.0]  # ms + slack
+    assert old_enough and set(old_enough) <= kept

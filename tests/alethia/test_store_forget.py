@@ -66,11 +66,14 @@ def test_forgetting_a_conversation_forgets_its_records(opener: Open, root: Path,
     forgotten = [store.append("turn", turn(1, "drop"))]
     clock.next_day()
     forgotten.append(store.append("turn", turn(2, "drop")))
+    store.flush()
+    gone = [base64.b64encode(ciphertext_of(root, record)) for record in forgotten]
+    assert all(ciphertext in every_file(root) for ciphertext in gone)
     assert store.forget_conversation("drop") == forgotten
     assert [e.id for e in store.entries()] == [kept]
     assert store.forget_conversation("drop") == []
     store.close()
-    assert b"drop" not in every_file(root)
+    assert not any(ciphertext in every_file(root) for ciphertext in gone)
     assert verify(root).ok and verify(root).forgotten == 2
 
 
