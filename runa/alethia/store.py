@@ -151,6 +151,16 @@ class _Day:
     def log(self) -> str:
         return f"{self.name}.log"
 
+    def live(self, index: int) -> bool:
+        """Whether record ``index`` is on disk and not forgotten."""
+        return index in self.offsets and index not in self.forgotten
+
+    def index_lines(self, scan: dayfile.Scan) -> None:
+        """Where each record's line starts, from a scan of the day's file."""
+        for line in scan.records():
+            if line.fields is not None:
+                self.offsets[int(line.fields["i"])] = line.offset
+
 
 class Store:
     """The open store: one writer (the daemon) at a time, under a lock file."""
@@ -257,10 +267,11 @@ class Store:
         header = scan.header
         prev = header.hexes("prev") if header is not None else chain.GENESIS
         day = _Day(name, key, version, prev, prev, written=True)
+        day.index_lines(scan)
         for line in scan.records():
-            assert line.fields is not None
+            if line.fields is None:
+                continue
             index = int(line.fields["i"])
-            day.offsets[index] = line.offset
             if "forgot" in line.fields:
                 day.forgotten.add(index)
             if "forgets" in line.fields:
@@ -445,7 +456,7 @@ class Store:
         name, index = parse_id(record_id)
         self.flush()
         day = self._days.get(name)
-        if day is None or index not in day.offsets or index in day.forgotten:
+        if day is None or not day.live(index):
             raise UnknownRecord(f"no record {record_id}")
         line = self._line_at(day, index)
         if line is None or line.fields is None or "forgot" in line.fields:
@@ -473,7 +484,7 @@ class Store:
         for record_id in ids:
             name, index = parse_id(record_id)
             day = self._days.get(name)
-            if day is None or index not in day.offsets or index in day.forgotten:
+            if day is None or not day.live(index):
                 raise UnknownRecord(f"no record {record_id}")
             if index in day.forgets:
                 raise StoreError(f"{record_id} is a tombstone; it stays while what it forgot "
@@ -504,9 +515,7 @@ class Store:
             out.append(raw)
         files.replace(path, b"".join(out))
         day.forgotten |= indices
-        for line in dayfile.scan(b"".join(out)).records():
-            assert line.fields is not None
-            day.offsets[int(line.fields["i"])] = line.offset
+        day.index_lines(dayfile.scan(b"".join(out)))
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -538,7 +547,8 @@ class Store:
         size = sum(path.stat().st_size for path in (self.root / DAYS).iterdir()
                    if path.is_file())
         return {
-            "records": sum(day.count for day in self._days.values()),
+            "records": sum(day.count - len(day.forgotten | set(day.forgets))
+                           for day in self._days.values()),
             "days": len(self._days),
             "bytes": size + sum(len(line) for line in self._pending),
             "key_version": max(self.keys.memory),

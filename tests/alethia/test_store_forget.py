@@ -44,6 +44,7 @@ def test_a_forgotten_record_is_gone_from_disk_list_and_read(opener: Open, root: 
     raw = every_file(root)
     assert gone not in raw and base64.b64encode(gone) not in raw
     assert [e.id for e in store.entries()] == [ids[0], ids[2], ids[3], later]
+    assert store.status()["records"] == 4  # neither the forgotten record nor its tombstone
     with pytest.raises(UnknownRecord):
         store.read(ids[1])
     with pytest.raises(UnknownRecord):
