@@ -6,14 +6,18 @@ reference):
 
 - ``alethia.json``: the format and the Ed25519 public key (hex), so ``verify`` needs no
   secret; ``lock``: the writer's flock;
-- ``days/YYYY-MM-DD.key``: the day's random data key, wrapped (XChaCha20-Poly1305) by the
-  memory key of the version it names (``Keys.memory``), so rotating the memory key
-  re-wraps these small files and re-encrypts nothing (the chain and the signatures stay);
+- ``days/YYYY-MM-DD.key``: the day's random data key, wrapped (XChaCha20-Poly1305,
+  ``runa.alethia.keyfile``) by the memory key of the version it names (``Keys.memory``),
+  so rotating the memory key re-wraps these small files and re-encrypts nothing (the
+  chain and the signatures stay);
 - ``days/YYYY-MM-DD.log``: the day's lines (``runa.alethia.dayfile``): a header naming the
   previous day's head, each record encrypted on its own under the day key (a fresh nonce;
   its day and index authenticated), and a signature line after every durable batch;
 - a hash chain over the records' ciphertext hashes (``runa.alethia.chain``): a forgotten
   record keeps its hash, so the chain still verifies.
+
+``verify`` (``runa.alethia.verify``) and ``snapshot``/``restore`` (``runa.alethia.snapshot``)
+are exported from here, with the store.
 
 Durability: ``append`` queues; the batch is written with one ``write``, signed and fsynced
 once ``Durability.records`` records are pending or the oldest is ``Durability.ms`` old (at
@@ -24,15 +28,10 @@ while the owner honours ``due()``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import io
 import json
 import logging
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,27 +39,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runa.alethia import chain, dayfile, files
+from runa.alethia import chain, dayfile, files, keyfile, layout
 from runa.alethia.errors import KeyMissing, StoreError, StoreFull, UnknownRecord, WrongKey
+from runa.alethia.layout import DAYS, META
 from runa.alethia.model import Durability, Entry, Keys, Problem, Record, Report
-from runa.alethia.verify import DayCheck, check_day
+from runa.alethia.snapshot import restore, snapshot
+from runa.alethia.verify import verify
 from runa.crypto import sodium
 from runa.log import event
 
 __all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "KeyMissing", "Keys", "Problem",
-           "Record",
-           "Report", "Store", "StoreError", "StoreFull", "UnknownRecord", "WrongKey",
+           "Record", "Report", "Store", "StoreError", "StoreFull", "UnknownRecord", "WrongKey",
            "public_key_of", "restore", "snapshot", "verify"]
 
 #: coven's names: the memory key of version N (32 random bytes) and the signing seed.
 MEMORY_KEY = "alethia.memory_key.v{version}"
 SIGNING_KEY = "alethia.signing_key"
 
-META = "alethia.json"
-DAYS = "days"
 TOMBSTONE = "tombstone"  # the kind of the record a forget appends to today's chain
 SHIPPED_DURABILITY = Durability()
-WRITE_SETTLES = 0.1  # seconds verify waits before reading a writer's unsigned tail again
 _log = logging.getLogger(__name__)
 
 
@@ -91,45 +88,6 @@ def public_key_of(seed: bytearray) -> bytes:
 
 
 # -- files ------------------------------------------------------------------------------------
-
-def _read_public_key(root: Path) -> bytes | None:
-    try:
-        meta = json.loads((root / META).read_text())
-        return bytes.fromhex(meta["public_key"])
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{root / META}: not an alethia store's description") from None
-
-
-def _day_names(root: Path) -> list[str]:
-    return sorted(path.stem for path in (root / DAYS).glob("*.log"))
-
-
-def _wrap(day: str, version: int, data_key: bytearray, memory_key: bytearray) -> bytes:
-    nonce = sodium.random_bytes(sodium.NONCE_BYTES)
-    wrapped = sodium.encrypt(memory_key, nonce, data_key, chain.day_key_associated(day, version))
-    return json.dumps({"day": day, "version": version, "nonce": nonce.hex(),
-                       "wrapped": wrapped.hex()}).encode() + b"\n"
-
-
-def _unwrap(path: Path, keys: Keys) -> tuple[bytearray, int]:
-    day = path.stem
-    try:
-        fields = json.loads(path.read_bytes())
-        version, nonce = int(fields["version"]), bytes.fromhex(fields["nonce"])
-        wrapped = bytes.fromhex(fields["wrapped"])
-    except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{path}: not a day key file") from None
-    if version not in keys.memory:
-        raise WrongKey(f"{path}: the day key is wrapped by memory key version {version}, "
-                       f"which was not given (given: {sorted(keys.memory)})")
-    key = sodium.decrypt_into(keys.memory[version], nonce, wrapped,
-                              chain.day_key_associated(day, version))
-    if key is None:
-        raise WrongKey(f"{path}: memory key version {version} does not open this day's key")
-    return key, version
-
 
 @dataclass
 class _Day:
@@ -199,7 +157,7 @@ class Store:
     def _checked(cls, root: Path, keys: Keys, lock: int, clock: Callable[[], float],
                  durability: Durability) -> Store:
         public, secret = sodium.sign_keypair(keys.signing_seed)
-        stored = _read_public_key(root)
+        stored = layout.read_public_key(root)
         if stored is None and any((root / DAYS).iterdir()):
             sodium.wipe(secret)
             raise StoreError(f"{root}: day files without {META}: not a store this opens")
@@ -210,8 +168,8 @@ class Store:
         opened: dict[str, tuple[bytearray, int]] = {}
         try:
             for path in sorted((root / DAYS).glob("*.key")):
-                opened[path.stem] = _unwrap(path, keys)
-            missing = [day for day in _day_names(root) if day not in opened]
+                opened[path.stem] = keyfile.unwrap(path, keys)
+            missing = [day for day in layout.day_names(root) if day not in opened]
             if missing:
                 raise StoreError(f"{root / DAYS}: day {missing[0]} has records but no key file")
             # Everything is checked: from here on the store may write.
@@ -223,7 +181,7 @@ class Store:
             for name, (key, version) in opened.items():
                 store._load_day(name, key, version, newest=name == newest)
             store._hide_forgotten()
-            shutil.rmtree(_old(root), ignore_errors=True)  # a restore's old store: not needed
+            shutil.rmtree(layout.old(root), ignore_errors=True)  # a restore's old store: not needed
         except BaseException:
             for key, _version in opened.values():
                 sodium.wipe(key)
@@ -316,7 +274,7 @@ class Store:
         key = sodium.new_key()
         try:
             files.replace(self.root / DAYS / f"{name}.key",
-                          _wrap(name, version, key, self.keys.memory[version]))
+                          keyfile.wrap(name, version, key, self.keys.memory[version]))
         except StoreError:
             sodium.wipe(key)
             raise
@@ -536,7 +494,7 @@ class Store:
         for day in self._days.values():
             if day.version != version:
                 files.replace(self.root / DAYS / f"{day.name}.key",
-                              _wrap(day.name, version, day.key, key))
+                              keyfile.wrap(day.name, version, day.key, key))
                 day.version = version
         event(_log, "rotated", "alethia: day keys re-wrapped", version=version,
               days=len(self._days))
@@ -630,188 +588,3 @@ def _torn_start(name: str, scan: dayfile.Scan, data: bytes, public: bytes) -> in
                              f"not what a crash leaves; nothing was cut (`runa memory "
                              f"verify` names the damage)")
     return end
-
-
-# -- checking, copying ------------------------------------------------------------------------
-
-def _check_days(read: Callable[[str], bytes], names: list[str], stored: bytes,
-                trusted: bytes | None) -> Report:
-    problems: list[Problem] = []
-    plain: dict[str, set[int]] = {}
-    forgets: list[str] = []
-    public = stored if trusted is None else trusted
-    if trusted is not None and not sodium.equal(trusted, stored):
-        problems.append(Problem(META, None, "public_key", f"{META} names another public key "
-                                "than the signing key's: the files were re-signed, or are "
-                                "another store's"))
-    records = forgotten = unsigned = 0
-    head = chain.GENESIS
-    for position, name in enumerate(names):
-        check: DayCheck = check_day(name, dayfile.scan(read(name)), public)
-        if check.prev is not None and check.prev != head:
-            problems.append(Problem(name, None, "missing", "the head this day names is not "
-                                    "the previous day's: a day, or a day's end, is missing"))
-        if check.unsigned and position < len(names) - 1:  # a past day ends signed
-            check.note(None, "signature", f"the day's last {check.unsigned} records are not "
-                                          f"signed")
-        elif check.unsigned:  # a batch is written with its signature: a crash, or forged
-            check.note(None, "unsigned", f"the day's last {check.unsigned} records are not "
-                                         f"signed (forged, or a batch a crash cut short, "
-                                         f"which the next open cuts)")
-        problems.extend(check.problems)
-        plain[name] = check.plain
-        forgets += check.forgets
-        records += check.records
-        forgotten += check.forgotten
-        unsigned += check.unsigned
-        head = check.head if check.head is not None else head
-    for named in forgets:  # an old copy of a forgotten record's line, put back
-        day, _, index = named.partition("/")
-        if int(index) in plain.get(day, ()):
-            problems.append(Problem(day, int(index), "unforgotten", f"record {index} was "
-                                    f"forgotten, and its ciphertext is back"))
-    return Report(len(names), records, forgotten, unsigned, public.hex(), tuple(problems),
-                  key_checked=trusted is not None)
-
-
-def verify(root: Path, public_key: bytes | None = None) -> Report:
-    """Walk every day's chain and signatures; no secret key, no daemon needed. Names the
-    first altered, removed, reordered or inserted record of each day and each day whose
-    signature fails; untouched days verify on their own.
-
-    ``public_key`` (``public_key_of`` the signing seed) is the key trusted: an
-    ``alethia.json`` naming another is a ``public_key`` problem and the signatures are
-    checked with the given key. Without it, ``alethia.json``'s key is used and the report
-    says the key was not checked (``key_checked`` False): whoever can write the files can
-    then re-sign them."""
-    stored = _read_public_key(root)
-    if stored is None:
-        raise StoreError(f"{root}: no alethia store here ({META} is missing)")
-    report = _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
-                         _day_names(root), stored, public_key)
-    if any(problem.kind == "unsigned" for problem in report.problems) and \
-            files.writer_running(root):
-        time.sleep(WRITE_SETTLES)  # read while the writer's batch was landing: once more
-        report = _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
-                             _day_names(root), stored, public_key)
-    return report
-
-
-def _signed_lines(path: Path) -> bytes:
-    """The file's lines up to its last signature line, as of now: a batch being written (or
-    a torn tail) is left out."""
-    with path.open("rb") as handle:
-        data = handle.read(os.fstat(handle.fileno()).st_size)
-    return data[:dayfile.scan(data).signed_end()]
-
-
-def snapshot(root: Path, target: Path) -> None:
-    """Copy the store (as encrypted as it is) to the new file ``target``, consistently.
-
-    A tar of ``alethia.json`` and the day files, readable while the daemon writes: the logs
-    are listed before the key files (a day starts with its key), a log without its key is
-    left out, key files are replaced whole, and each log is taken up to its last signature
-    line (day files only grow between atomic replaces), so the copy is the store as it was
-    at one moment per day, each day ending signed.
-    """
-    if _read_public_key(root) is None:
-        raise StoreError(f"{root}: no alethia store here ({META} is missing)")
-    if target.exists():
-        raise StoreError(f"{target}: exists; a snapshot goes to a new file")
-    logs = sorted((root / DAYS).glob("*.log"))
-    keys = {path.stem: path.read_bytes() for path in sorted((root / DAYS).glob("*.key"))}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        members = [(META, (root / META).read_bytes())]
-        members += [(f"{DAYS}/{name}.key", data) for name, data in keys.items()]
-        signed = [(f"{DAYS}/{path.name}", _signed_lines(path)) for path in logs
-                  if path.stem in keys]
-        members += [(name, data) for name, data in signed if data]
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
-            tar.addfile(info, io.BytesIO(data))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    files.replace(target, buffer.getvalue())
-
-
-def _extract(source: Path, into: Path) -> None:
-    try:
-        with tarfile.open(source, mode="r:") as tar:
-            for member in tar.getmembers():
-                parts = member.name.split("/")
-                allowed = (member.name == META or (
-                    len(parts) == 2 and parts[0] == DAYS and not parts[1].startswith(".")
-                    and parts[1].endswith((".key", ".log"))))
-                handle = tar.extractfile(member) if member.isfile() else None
-                if not allowed or handle is None:
-                    raise StoreError(f"{source}: {member.name!r} is not part of a snapshot")
-                path = into / member.name
-                path.parent.mkdir(mode=0o700, exist_ok=True)
-                files.replace(path, handle.read())
-    except (tarfile.TarError, OSError) as error:
-        raise StoreError(f"{source}: not a readable snapshot ({error})") from None
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
-
-
-def _old(root: Path) -> Path:
-    """Where ``restore`` keeps the store it replaced, until the restored one opens."""
-    return root.with_name(f".{root.name}.old")
-
-
-def restore(source: Path, root: Path, public_key: bytes | None = None) -> Report:
-    """Check that ``source`` is a snapshot of this store that verifies, then replace the
-    store with it atomically; the report of the restored store.
-
-    The key trusted is ``public_key`` (``public_key_of`` the seed) or else the current
-    store's: a snapshot of another store (``StoreError``) replaces nothing. The replaced
-    store is kept beside it (``.<name>.old``) until ``Store.open`` opens the restored one.
-    The store must not be open (its lock is taken, ``StoreError`` if held): the daemon
-    closes it first and opens the restored one after.
-    """
-    staging = root.with_name(f".{root.name}.restore.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / DAYS).mkdir(parents=True, mode=0o700)
-    lock: int | None = None
-    try:
-        _extract(source, staging)
-        trusted = public_key if public_key is not None else _read_public_key(root)
-        report = verify(staging, trusted)
-        if any(problem.kind == "public_key" for problem in report.problems):
-            raise StoreError(f"{source}: a snapshot of another store (its public key is not "
-                             f"this store's); nothing was replaced")
-        if not report.ok:
-            raise StoreError(f"{source}: the snapshot does not verify ({len(report.problems)} "
-                             f"problems; the first: day {report.problems[0].day}, "
-                             f"{report.problems[0].kind})")
-        files.fsync_directory(staging / DAYS)
-        files.fsync_directory(staging)
-        if root.exists():
-            lock = files.lock(root)
-            shutil.rmtree(_old(root), ignore_errors=True)
-            if _exchange(staging, root):
-                os.rename(staging, _old(root))
-            else:
-                os.rename(root, _old(root))
-                os.rename(staging, root)
-        else:
-            os.rename(staging, root)
-        files.fsync_directory(root.parent)
-        return report
-    finally:
-        if lock is not None:
-            os.close(lock)
-        shutil.rmtree(staging, ignore_errors=True)
