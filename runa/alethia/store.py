@@ -126,7 +126,9 @@ class Store:
     def __init__(self, root: Path, keys: Keys, public: bytes, secret: bytearray, lock: int,
                  clock: Callable[[], float], durability: Durability) -> None:
         self.root = root
-        self.keys = keys
+        # The store's own map of the caller's buffers: rotate adds to it, not to the
+        # caller's Keys (the caller still wipes every key it gave).
+        self.keys = Keys(memory=dict(keys.memory), signing_seed=keys.signing_seed)
         self.public = public
         self._secret = secret
         self._lock: int | None = lock

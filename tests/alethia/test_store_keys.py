@@ -113,3 +113,11 @@ def test_a_version_created_into_the_stores_keys_rotates(three_days: list[str], o
     store.rotate(2, keys.memory[2])
     store.close()
     assert len(list(opener(new_keys(memory=b"n" * 32, version=2)).entries())) == 6
+
+
+def test_rotate_leaves_the_callers_keys_as_they_were(three_days: list[str],
+                                                     opener: Open) -> None:
+    keys = new_keys()
+    store = opener(keys)
+    store.rotate(2, bytearray(b"n" * 32))
+    assert list(keys.memory) == [1] and store.status()["key_version"] == 2
