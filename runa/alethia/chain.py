@@ -1,6 +1,7 @@
 """The hash chain and what is signed: the bytes every link, hash and signature is made of.
 
-- A record's hash is BLAKE2b-256 of its nonce and ciphertext.
+- A record's hash is BLAKE2b-256 of its nonce and ciphertext (a tombstone record's: and
+  the id it forgets, personalized ``alethia/forgets``).
 - link_0 of a day is the previous day's head (32 zero bytes before the first day);
   link_i = BLAKE2b-256(link_{i-1} ‖ day ‖ i ‖ hash_i), i from 1 as a big-endian u64, so a
   record is bound to its place and its day, and a day to the one before it.
@@ -14,14 +15,20 @@ import hashlib
 
 HASH_BYTES = 32
 GENESIS = bytes(HASH_BYTES)
+FORGETS_PERSON = b"alethia/forgets"
 
 
 def _u64(value: int) -> bytes:
     return value.to_bytes(8, "big")
 
 
-def record_hash(nonce: bytes, ciphertext: bytes) -> bytes:
-    return hashlib.blake2b(nonce + ciphertext, digest_size=HASH_BYTES).digest()
+def record_hash(nonce: bytes, ciphertext: bytes, forgets: str | None = None) -> bytes:
+    """A record's hash; a tombstone record's also covers the id it names in the clear,
+    under BLAKE2b's personalization (so no plain record hashes the same)."""
+    if forgets is None:
+        return hashlib.blake2b(nonce + ciphertext, digest_size=HASH_BYTES).digest()
+    return hashlib.blake2b(nonce + ciphertext + forgets.encode(), digest_size=HASH_BYTES,
+                           person=FORGETS_PERSON).digest()
 
 
 def link(previous: bytes, day: str, index: int, digest: bytes) -> bytes:

@@ -3,7 +3,8 @@
 - ``{"t": "day", "format": 1, "day": D, "prev": HEX}``: the first line, naming the previous
   day's head;
 - ``{"t": "rec", "i": N, "h": HEX, "l": HEX, "n": B64, "c": B64}``: record N, its hash, its
-  link, nonce and ciphertext; once forgotten, ``"n"`` and ``"c"`` are gone and
+  link, nonce and ciphertext (a tombstone record adds ``"forgets": ID``, the record it
+  forgot, in the clear and under its hash); once forgotten, ``"n"`` and ``"c"`` are gone and
   ``"forgot": HEX`` is the tombstone's signature;
 - ``{"t": "sig", "count": N, "head": HEX, "sig": HEX}``: the day's head after N records,
   signed; one after every durable batch.
@@ -16,11 +17,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT = 1
+#: A record's id, ``YYYY-MM-DD/N`` (ASCII digits, N from 1).
+RECORD_ID = re.compile(r"\d{4}-\d{2}-\d{2}/[1-9]\d{0,18}", re.ASCII)
 
 
 def _line(fields: Mapping[str, Any]) -> bytes:
@@ -31,10 +35,13 @@ def header(day: str, prev: bytes) -> bytes:
     return _line({"t": "day", "format": FORMAT, "day": day, "prev": prev.hex()})
 
 
-def record(index: int, digest: bytes, link: bytes, nonce: bytes, ciphertext: bytes) -> bytes:
-    return _line({"t": "rec", "i": index, "h": digest.hex(), "l": link.hex(),
-                  "n": base64.b64encode(nonce).decode(),
-                  "c": base64.b64encode(ciphertext).decode()})
+def record(index: int, digest: bytes, link: bytes, nonce: bytes, ciphertext: bytes,
+           forgets: str | None = None) -> bytes:
+    fields = {"t": "rec", "i": index, "h": digest.hex(), "l": link.hex(),
+              "n": base64.b64encode(nonce).decode(), "c": base64.b64encode(ciphertext).decode()}
+    if forgets is not None:
+        fields["forgets"] = forgets
+    return _line(fields)
 
 
 def tombstone(index: int, digest: bytes, link: bytes, signature: bytes) -> bytes:
@@ -115,8 +122,16 @@ def _base64(value: Any) -> bool:
         base64.b64decode(value, validate=True)).decode() == value
 
 
-def _index(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+#: Indices and counts fit the chain's u64 with room to spare.
+INDEX_LIMIT = 2 ** 63
+
+
+def _index(value: Any, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < INDEX_LIMIT
+
+
+def _record_id(value: Any) -> bool:
+    return isinstance(value, str) and RECORD_ID.fullmatch(value) is not None
 
 
 def _well_formed(fields: dict[str, Any]) -> bool:
@@ -131,10 +146,12 @@ def _well_formed(fields: dict[str, Any]) -> bool:
             if "forgot" in fields:
                 return ok and set(fields) == {"t", "i", "h", "l", "forgot"} and _hex(
                     fields["forgot"], 64)
-            return (ok and set(fields) == {"t", "i", "h", "l", "n", "c"}
-                    and _base64(fields["n"]) and _base64(fields["c"]))
+            plain = {"t", "i", "h", "l", "n", "c"}
+            return (ok and set(fields) in (plain, plain | {"forgets"})
+                    and _base64(fields["n"]) and _base64(fields["c"])
+                    and ("forgets" not in fields or _record_id(fields["forgets"])))
         if kind == "sig":
-            return (set(fields) == {"t", "count", "head", "sig"} and _index(fields["count"])
+            return (set(fields) == {"t", "count", "head", "sig"} and _index(fields["count"], 0)
                     and _hex(fields["head"], 32) and _hex(fields["sig"], 64))
     except (KeyError, TypeError, ValueError):
         return False

@@ -18,6 +18,13 @@ class WrongKey(StoreError):
     exit_code = 77  # EX_NOPERM
 
 
+class KeyMissing(StoreError):
+    """A key the store's files depend on (a memory key version its days name, or the signing
+    seed of an existing store) is not in coven: nothing was made in its place."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
 class StoreFull(StoreError):
     """The disk is full: the record was not written and the chain is as it was before."""
 

@@ -120,3 +120,18 @@ def lock(directory: Path) -> int:
         raise StoreError(f"{directory}: the store is open in another process (its lock is "
                          f"held); one writer at a time") from None
     return fd
+
+
+def writer_running(directory: Path) -> bool:
+    """Whether a writer holds ``directory``'s lock now (a shared probe, released at once)."""
+    try:
+        fd = os.open(directory / "lock", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -10,22 +10,29 @@ rotation creates the next version, alethia re-wraps its day keys, and the person
 
 from __future__ import annotations
 
-from runa.alethia.store import MEMORY_KEY, SIGNING_KEY, Keys, WrongKey
+from runa.alethia.store import MEMORY_KEY, SIGNING_KEY, KeyMissing, Keys, WrongKey
 from runa.crypto import sodium
-from runa.secret_client import SecretsClient
+from runa.protocol import secret_wire as wire
+from runa.secret_client import SecretFault, SecretsClient
 
 #: Bytes of a memory key (an XChaCha20-Poly1305 key) and of the Ed25519 seed.
 KEY_BYTES = 32
+#: coven's fault ``kind`` for a name the vault does not hold.
+UNKNOWN_SECRET = "UnknownSecret"
 
 
 def load(client: SecretsClient, versions: list[int]) -> Keys:
     """The signing seed and the memory keys of ``versions`` (the versions the store's days
-    name; ``[]`` for a new store, which gets version 1), created by coven if absent.
-    A locked vault raises ``SecretFault`` whose ``locked`` is true: the caller waits."""
-    keys = Keys(memory={}, signing_seed=_created(client, SIGNING_KEY))
+    name). ``[]`` is a new store: coven creates the seed and version 1 if absent. For an
+    existing store nothing is created: a key its files depend on that coven lacks is
+    ``KeyMissing`` naming it (a new key would not open the days, and would stay in the
+    vault). A locked vault raises ``SecretFault`` whose ``locked`` is true: the caller
+    waits."""
+    take = _created if not versions else _existing
+    keys = Keys(memory={}, signing_seed=take(client, SIGNING_KEY))
     try:
         for version in sorted(set(versions) or {1}):
-            keys.memory[version] = _created(client, MEMORY_KEY.format(version=version))
+            keys.memory[version] = take(client, MEMORY_KEY.format(version=version))
     except BaseException:
         wipe(keys)
         raise
@@ -47,8 +54,25 @@ def wipe(keys: Keys) -> None:
     sodium.wipe(keys.signing_seed)
 
 
+def _existing(client: SecretsClient, name: str) -> bytearray:
+    try:
+        answer = client.call("get", name=name)
+    except SecretFault as fault:
+        if fault.payload.get(wire.KIND) == UNKNOWN_SECRET:
+            what = ("the signing key" if name == SIGNING_KEY
+                    else f"memory key v{name.rpartition('.v')[2]}")
+            raise KeyMissing(f"{what} is missing from coven ({name!r}): the store's files "
+                             f"need it; nothing was created in its place") from None
+        raise
+    return _checked(name, sodium.lock_memory(answer.value))
+
+
 def _created(client: SecretsClient, name: str) -> bytearray:
     value, _made = client.create(name, KEY_BYTES)
+    return _checked(name, value)
+
+
+def _checked(name: str, value: bytearray) -> bytearray:
     if len(value) != KEY_BYTES:  # a person set it by hand to something else
         sodium.wipe(value)
         raise WrongKey(f"the secret {name!r} is {len(value)} bytes, not a {KEY_BYTES}-byte key")

@@ -49,7 +49,8 @@ class Record:
 @dataclass(frozen=True)
 class Problem:
     """One thing ``verify`` found: the day, the record's place in it (None for the day as a
-    whole), and what is wrong — altered, removed, reordered, inserted, signature, missing."""
+    whole; ``alethia.json`` for ``public_key``), and what is wrong — altered, removed,
+    reordered, inserted, signature, missing, unsigned, public_key."""
 
     day: str
     index: int | None
@@ -59,7 +60,10 @@ class Problem:
 
 @dataclass(frozen=True)
 class Report:
-    """What ``verify`` walked and found; ``ok`` when nothing."""
+    """What ``verify`` walked and found; ``ok`` when nothing. ``public_key`` is the key the
+    signatures were checked with; ``key_checked`` whether the caller gave it (from the
+    signing seed), rather than it being taken from ``alethia.json``, which whoever writes
+    the files can replace."""
 
     days: int
     records: int
@@ -67,6 +71,7 @@ class Report:
     unsigned: int
     public_key: str
     problems: tuple[Problem, ...] = ()
+    key_checked: bool = False
 
     @property
     def ok(self) -> bool:

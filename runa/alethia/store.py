@@ -6,14 +6,18 @@ reference):
 
 - ``alethia.json``: the format and the Ed25519 public key (hex), so ``verify`` needs no
   secret; ``lock``: the writer's flock;
-- ``days/YYYY-MM-DD.key``: the day's random data key, wrapped (XChaCha20-Poly1305) by the
-  memory key of the version it names (``Keys.memory``), so rotating the memory key
-  re-wraps these small files and re-encrypts nothing (the chain and the signatures stay);
+- ``days/YYYY-MM-DD.key``: the day's random data key, wrapped (XChaCha20-Poly1305,
+  ``runa.alethia.keyfile``) by the memory key of the version it names (``Keys.memory``),
+  so rotating the memory key re-wraps these small files and re-encrypts nothing (the
+  chain and the signatures stay);
 - ``days/YYYY-MM-DD.log``: the day's lines (``runa.alethia.dayfile``): a header naming the
   previous day's head, each record encrypted on its own under the day key (a fresh nonce;
   its day and index authenticated), and a signature line after every durable batch;
 - a hash chain over the records' ciphertext hashes (``runa.alethia.chain``): a forgotten
   record keeps its hash, so the chain still verifies.
+
+``verify`` (``runa.alethia.verify``) and ``snapshot``/``restore`` (``runa.alethia.snapshot``)
+are exported from here, with the store.
 
 Durability: ``append`` queues; the batch is written with one ``write``, signed and fsynced
 once ``Durability.records`` records are pending or the oldest is ``Durability.ms`` old (at
@@ -24,15 +28,10 @@ while the owner honours ``due()``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
-import io
 import json
 import logging
 import os
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,23 +39,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runa.alethia import chain, dayfile, files
-from runa.alethia.errors import StoreError, StoreFull, UnknownRecord, WrongKey
+from runa.alethia import chain, dayfile, files, keyfile, layout
+from runa.alethia.errors import KeyMissing, StoreError, StoreFull, UnknownRecord, WrongKey
+from runa.alethia.layout import DAYS, META
 from runa.alethia.model import Durability, Entry, Keys, Problem, Record, Report
-from runa.alethia.verify import DayCheck, check_day
+from runa.alethia.snapshot import restore, snapshot
+from runa.alethia.verify import verify
 from runa.crypto import sodium
 from runa.log import event
 
-__all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "Keys", "Problem", "Record",
-           "Report", "Store", "StoreError", "StoreFull", "UnknownRecord", "WrongKey",
-           "restore", "snapshot", "verify"]
+__all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "KeyMissing", "Keys", "Problem",
+           "Record", "Report", "Store", "StoreError", "StoreFull", "UnknownRecord", "WrongKey",
+           "public_key_of", "restore", "snapshot", "verify"]
 
 #: coven's names: the memory key of version N (32 random bytes) and the signing seed.
 MEMORY_KEY = "alethia.memory_key.v{version}"
 SIGNING_KEY = "alethia.signing_key"
 
-META = "alethia.json"
-DAYS = "days"
 TOMBSTONE = "tombstone"  # the kind of the record a forget appends to today's chain
 SHIPPED_DURABILITY = Durability()
 _log = logging.getLogger(__name__)
@@ -68,57 +67,27 @@ def day_of(moment: float) -> str:
 
 
 def parse_id(record_id: str) -> tuple[str, int]:
+    """A record id's day and index: exactly ``YYYY-MM-DD/N`` (ASCII, N from 1), so an id
+    has one spelling."""
     day, _, index = record_id.partition("/")
     try:
+        if dayfile.RECORD_ID.fullmatch(record_id) is None:
+            raise ValueError(record_id)
         datetime.strptime(day, "%Y-%m-%d")
-        number = int(index)
     except ValueError:
         raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)") from None
-    if number < 1:
-        raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)")
-    return day, number
+    return day, int(index)
+
+
+def public_key_of(seed: bytearray) -> bytes:
+    """The Ed25519 public key of the signing seed: the key ``verify`` and ``restore`` trust,
+    since ``alethia.json`` can be rewritten by whoever writes the files."""
+    public, secret = sodium.sign_keypair(seed)
+    sodium.wipe(secret)
+    return public
 
 
 # -- files ------------------------------------------------------------------------------------
-
-def _read_public_key(root: Path) -> bytes | None:
-    try:
-        meta = json.loads((root / META).read_text())
-        return bytes.fromhex(meta["public_key"])
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{root / META}: not an alethia store's description") from None
-
-
-def _day_names(root: Path) -> list[str]:
-    return sorted(path.stem for path in (root / DAYS).glob("*.log"))
-
-
-def _wrap(day: str, version: int, data_key: bytearray, memory_key: bytearray) -> bytes:
-    nonce = sodium.random_bytes(sodium.NONCE_BYTES)
-    wrapped = sodium.encrypt(memory_key, nonce, data_key, chain.day_key_associated(day, version))
-    return json.dumps({"day": day, "version": version, "nonce": nonce.hex(),
-                       "wrapped": wrapped.hex()}).encode() + b"\n"
-
-
-def _unwrap(path: Path, keys: Keys) -> tuple[bytearray, int]:
-    day = path.stem
-    try:
-        fields = json.loads(path.read_bytes())
-        version, nonce = int(fields["version"]), bytes.fromhex(fields["nonce"])
-        wrapped = bytes.fromhex(fields["wrapped"])
-    except (ValueError, KeyError, TypeError):
-        raise StoreError(f"{path}: not a day key file") from None
-    if version not in keys.memory:
-        raise WrongKey(f"{path}: the day key is wrapped by memory key version {version}, "
-                       f"which was not given (given: {sorted(keys.memory)})")
-    key = sodium.decrypt_into(keys.memory[version], nonce, wrapped,
-                              chain.day_key_associated(day, version))
-    if key is None:
-        raise WrongKey(f"{path}: memory key version {version} does not open this day's key")
-    return key, version
-
 
 @dataclass
 class _Day:
@@ -133,11 +102,22 @@ class _Day:
     signed: int = 0
     offsets: dict[int, int] = field(default_factory=dict)
     forgotten: set[int] = field(default_factory=set)
+    forgets: dict[int, str] = field(default_factory=dict)  # tombstone record -> id it names
     written: bool = False  # the log file (and its header) exists
 
     @property
     def log(self) -> str:
         return f"{self.name}.log"
+
+    def live(self, index: int) -> bool:
+        """Whether record ``index`` is on disk and not forgotten."""
+        return index in self.offsets and index not in self.forgotten
+
+    def index_lines(self, scan: dayfile.Scan) -> None:
+        """Where each record's line starts, from a scan of the day's file."""
+        for line in scan.records():
+            if line.fields is not None:
+                self.offsets[int(line.fields["i"])] = line.offset
 
 
 class Store:
@@ -146,7 +126,9 @@ class Store:
     def __init__(self, root: Path, keys: Keys, public: bytes, secret: bytearray, lock: int,
                  clock: Callable[[], float], durability: Durability) -> None:
         self.root = root
-        self.keys = keys
+        # The store's own map of the caller's buffers: rotate adds to it, not to the
+        # caller's Keys (the caller still wipes every key it gave).
+        self.keys = Keys(memory=dict(keys.memory), signing_seed=keys.signing_seed)
         self.public = public
         self._secret = secret
         self._lock: int | None = lock
@@ -177,7 +159,7 @@ class Store:
     def _checked(cls, root: Path, keys: Keys, lock: int, clock: Callable[[], float],
                  durability: Durability) -> Store:
         public, secret = sodium.sign_keypair(keys.signing_seed)
-        stored = _read_public_key(root)
+        stored = layout.read_public_key(root)
         if stored is None and any((root / DAYS).iterdir()):
             sodium.wipe(secret)
             raise StoreError(f"{root}: day files without {META}: not a store this opens")
@@ -188,8 +170,8 @@ class Store:
         opened: dict[str, tuple[bytearray, int]] = {}
         try:
             for path in sorted((root / DAYS).glob("*.key")):
-                opened[path.stem] = _unwrap(path, keys)
-            missing = [day for day in _day_names(root) if day not in opened]
+                opened[path.stem] = keyfile.unwrap(path, keys)
+            missing = [day for day in layout.day_names(root) if day not in opened]
             if missing:
                 raise StoreError(f"{root / DAYS}: day {missing[0]} has records but no key file")
             # Everything is checked: from here on the store may write.
@@ -197,8 +179,11 @@ class Store:
                 files.replace(root / META, json.dumps(
                     {"format": dayfile.FORMAT, "public_key": public.hex()}).encode() + b"\n")
             files.remove_temporaries(root / DAYS)
+            newest = max(opened, default="")
             for name, (key, version) in opened.items():
-                store._load_day(name, key, version)
+                store._load_day(name, key, version, newest=name == newest)
+            store._hide_forgotten()
+            shutil.rmtree(layout.old(root), ignore_errors=True)  # a restore's old store: not needed
         except BaseException:
             for key, _version in opened.values():
                 sodium.wipe(key)
@@ -207,41 +192,72 @@ class Store:
             raise
         return store
 
-    def _load_day(self, name: str, key: bytearray, version: int) -> None:
+    def _load_day(self, name: str, key: bytearray, version: int, *, newest: bool) -> None:
+        """Load one day. Only the newest day can have a torn tail, and only what follows its
+        last signature that holds is cut; damage anywhere else is left for ``verify`` to
+        name, never cut (a ``StoreError`` where the store cannot go on from it)."""
         path = self.root / DAYS / f"{name}.log"
-        if not path.exists():  # a key written, the day's first batch never: start it again
-            (self.root / DAYS / f"{name}.key").unlink()
+        if not path.exists():
+            if newest:  # a key written, the day's first batch never: start it again
+                (self.root / DAYS / f"{name}.key").unlink()
+            else:
+                event(_log, "day_without_log", f"alethia: day {name} has a key file but no "
+                      f"log; the key is kept (`runa memory verify`)", level=logging.WARNING,
+                      day=name)
             sodium.wipe(key)
             return
         data = path.read_bytes()
-        end = dayfile.scan(data).signed_end()
-        if end < len(data):
-            files.cut(path, end)
-            event(_log, "torn_tail", f"alethia: cut {len(data) - end} bytes after day {name}'s "
-                  f"last signed batch (a batch a crash interrupted)", level=logging.WARNING,
-                  day=name, bytes=len(data) - end)
-        scan = dayfile.scan(data[:end])
+        scan = dayfile.scan(data)
+        if newest:
+            end = _torn_start(name, scan, data, self.public)
+            if end == 0:  # no batch of this day was written whole
+                path.unlink()
+                (self.root / DAYS / f"{name}.key").unlink()
+                sodium.wipe(key)
+                event(_log, "torn_tail", f"alethia: removed day {name}, whose first batch a "
+                      f"crash interrupted ({len(data)} bytes)", level=logging.WARNING,
+                      day=name, bytes=len(data))
+                return
+            if end < len(data):
+                files.cut(path, end)
+                event(_log, "torn_tail", f"alethia: cut {len(data) - end} bytes after day "
+                      f"{name}'s last signed batch (a batch a crash interrupted)",
+                      level=logging.WARNING, day=name, bytes=len(data) - end)
+                scan = dayfile.scan(data[:end])
         header = scan.header
-        if header is None:  # no batch of this day was written whole
-            path.unlink()
-            (self.root / DAYS / f"{name}.key").unlink()
-            sodium.wipe(key)
-            return
-        day = _Day(name, key, version, header.hexes("prev"), header.hexes("prev"),
-                   written=True)
+        prev = header.hexes("prev") if header is not None else chain.GENESIS
+        day = _Day(name, key, version, prev, prev, written=True)
+        day.index_lines(scan)
         for line in scan.records():
-            assert line.fields is not None
+            if line.fields is None:
+                continue
             index = int(line.fields["i"])
-            day.offsets[index] = line.offset
             if "forgot" in line.fields:
                 day.forgotten.add(index)
+            if "forgets" in line.fields:
+                day.forgets[index] = line.fields["forgets"]
             if index > day.count:
                 day.count, day.head = index, line.hexes("l")
-        signatures = scan.signatures()
-        if signatures and signatures[-1].fields is not None:
-            day.signed = int(signatures[-1].fields["count"])
+        signatures = [line for line in scan.signatures() if line.fields is not None]
+        if signatures:
+            last = signatures[-1]
+            day.signed = int(last.fields["count"]) if last.fields else 0
+            if newest:  # go on from the head signed last (it matches the chain: checked)
+                day.count, day.head = day.signed, last.hexes("head")
+        if not day.offsets:
+            sodium.wipe(key)
+            raise StoreError(f"{path}: day {name} holds no records (`runa memory verify`)")
         self._days[name] = day
         self._durable = (day.count, day.head)
+
+    def _hide_forgotten(self) -> None:
+        """A record a tombstone names stays forgotten, even if an old copy of its line was
+        put back (``verify`` names that)."""
+        for day in self._days.values():
+            for named in day.forgets.values():
+                name, index = parse_id(named)
+                if name in self._days:
+                    self._days[name].forgotten.add(index)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -260,7 +276,7 @@ class Store:
         key = sodium.new_key()
         try:
             files.replace(self.root / DAYS / f"{name}.key",
-                          _wrap(name, version, key, self.keys.memory[version]))
+                          keyfile.wrap(name, version, key, self.keys.memory[version]))
         except StoreError:
             sodium.wipe(key)
             raise
@@ -272,6 +288,12 @@ class Store:
 
     def append(self, kind: str, body: Mapping[str, Any], *, at: float | None = None) -> str:
         """Encrypt, chain and queue one record; its id. Durable within ``durability``."""
+        if kind == TOMBSTONE:
+            raise StoreError("tombstones are written by forget")
+        return self._append(kind, body, at)
+
+    def _append(self, kind: str, body: Mapping[str, Any], at: float | None,
+                forgets: str | None = None) -> str:
         self._check_open()
         now = self._clock()
         day = self._day_for(now)
@@ -281,9 +303,11 @@ class Store:
         nonce = sodium.random_bytes(sodium.NONCE_BYTES)
         ciphertext = sodium.encrypt(day.key, nonce, plaintext,
                                     chain.record_associated(day.name, index))
-        digest = chain.record_hash(nonce, ciphertext)
+        digest = chain.record_hash(nonce, ciphertext, forgets)
         link = chain.link(day.head, day.name, index, digest)
-        self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext))
+        self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext, forgets))
+        if forgets is not None:
+            day.forgets[index] = forgets
         day.count, day.head = index, link
         if self._pending_since is None:
             self._pending_since = time.monotonic()
@@ -308,11 +332,14 @@ class Store:
         except StoreError as error:
             lost = len(self._pending)
             self._pending, self._pending_since = [], None
-            assert self._durable is not None
-            day.count, day.head = self._durable
+            day.count, day.head = self._durable or (0, day.prev)
             event(_log, "append_failed", f"alethia: {lost} records not written",
                   level=logging.ERROR, records=lost, full=isinstance(error, StoreFull))
-            raise
+            if not lost:
+                raise
+            raise type(error)(f"{error}; records {day.name}/{first} to {day.name}/"
+                              f"{first + lost - 1} were not written: those ids are void (the "
+                              f"next records take them)") from None
         offset = start + len(prefix)
         for index, line in enumerate(self._pending, start=first):
             day.offsets[index] = offset
@@ -348,7 +375,7 @@ class Store:
             raise StoreError(f"record {day.name}/{index} does not decrypt: altered "
                              f"(`runa memory verify` names it)")
         try:
-            return dict(json.loads(bytes(plaintext)))
+            return dict(json.loads(plaintext))
         finally:
             sodium.wipe(plaintext)
 
@@ -389,7 +416,7 @@ class Store:
         name, index = parse_id(record_id)
         self.flush()
         day = self._days.get(name)
-        if day is None or index not in day.offsets or index in day.forgotten:
+        if day is None or not day.live(index):
             raise UnknownRecord(f"no record {record_id}")
         line = self._line_at(day, index)
         if line is None or line.fields is None or "forgot" in line.fields:
@@ -417,14 +444,18 @@ class Store:
         for record_id in ids:
             name, index = parse_id(record_id)
             day = self._days.get(name)
-            if day is None or index not in day.offsets or index in day.forgotten:
+            if day is None or not day.live(index):
                 raise UnknownRecord(f"no record {record_id}")
+            if index in day.forgets:
+                raise StoreError(f"{record_id} is a tombstone; it stays while what it forgot "
+                                 f"is gone")
             by_day.setdefault(name, []).append(index)
         for name, indices in by_day.items():
             self._rewrite_forgotten(self._days[name], set(indices))
         for name, indices in by_day.items():
             for index in sorted(indices):
-                self.append(TOMBSTONE, {"forgot": f"{name}/{index}"})
+                forgotten = f"{name}/{index}"
+                self._append(TOMBSTONE, {"forgot": forgotten}, None, forgotten)
         self.flush()
         if by_day:
             event(_log, "forgotten", "alethia: records forgotten",
@@ -444,23 +475,28 @@ class Store:
             out.append(raw)
         files.replace(path, b"".join(out))
         day.forgotten |= indices
-        for line in dayfile.scan(b"".join(out)).records():
-            assert line.fields is not None
-            day.offsets[int(line.fields["i"])] = line.offset
+        day.index_lines(dayfile.scan(b"".join(out)))
 
     # -- keys ---------------------------------------------------------------------------------
 
     def rotate(self, version: int, key: bytearray) -> None:
-        """Re-wrap every day's key under memory key ``version`` (crash-safe: each day file's
-        key is replaced atomically and names its version, so a half-done rotation opens
-        with both keys and finishes on the next rotate)."""
+        """Re-wrap every day's key under memory key ``version``: newer than every version
+        held, or the newest with the same key (finishing a rotation); anything else is a
+        ``StoreError``. Crash-safe: each day file's key is replaced atomically and names its
+        version, so a half-done rotation opens with both keys and finishes on the next
+        rotate."""
         self._check_open()
+        newest = max(self.keys.memory)
+        if version < newest or (version in self.keys.memory
+                                and not sodium.equal(self.keys.memory[version], key)):
+            raise StoreError(f"memory key version {version} is not a new version (the newest "
+                             f"is {newest}); nothing was re-wrapped")
         self.flush()
         self.keys.memory[version] = key
         for day in self._days.values():
             if day.version != version:
                 files.replace(self.root / DAYS / f"{day.name}.key",
-                              _wrap(day.name, version, day.key, key))
+                              keyfile.wrap(day.name, version, day.key, key))
                 day.version = version
         event(_log, "rotated", "alethia: day keys re-wrapped", version=version,
               days=len(self._days))
@@ -471,7 +507,8 @@ class Store:
         size = sum(path.stat().st_size for path in (self.root / DAYS).iterdir()
                    if path.is_file())
         return {
-            "records": sum(day.count for day in self._days.values()),
+            "records": sum(day.count - len(day.forgotten | set(day.forgets))
+                           for day in self._days.values()),
             "days": len(self._days),
             "bytes": size + sum(len(line) for line in self._pending),
             "key_version": max(self.keys.memory),
@@ -510,135 +547,46 @@ class Store:
         self.close()
 
 
-# -- checking, copying ------------------------------------------------------------------------
-
-def _check_days(read: Callable[[str], bytes], names: list[str], public: bytes) -> Report:
-    problems: list[Problem] = []
-    records = forgotten = unsigned = 0
-    head = chain.GENESIS
-    for position, name in enumerate(names):
-        check: DayCheck = check_day(name, dayfile.scan(read(name)), public)
-        if check.prev is not None and check.prev != head:
-            problems.append(Problem(name, None, "missing", "the head this day names is not "
-                                    "the previous day's: a day, or a day's end, is missing"))
-        if check.unsigned and position < len(names) - 1:  # a past day ends signed
-            check.note(None, "signature", f"the day's last {check.unsigned} records are not "
-                                          f"signed")
-        problems.extend(check.problems)
-        records += check.records
-        forgotten += check.forgotten
-        unsigned += check.unsigned
-        head = check.head if check.head is not None else head
-    return Report(len(names), records, forgotten, unsigned, public.hex(), tuple(problems))
-
-
-def verify(root: Path) -> Report:
-    """Walk every day's chain and signatures with the store's public key; no secret key, no
-    daemon needed. Names the first altered, removed, reordered or inserted record of each day
-    and each day whose signature fails; untouched days verify on their own."""
-    public = _read_public_key(root)
-    if public is None:
-        raise StoreError(f"{root}: no alethia store here ({META} is missing)")
-    return _check_days(lambda name: (root / DAYS / f"{name}.log").read_bytes(),
-                       _day_names(root), public)
-
-
-def _complete_lines(path: Path) -> bytes:
-    """The file's whole lines as of now: a batch being written is left out."""
-    with path.open("rb") as handle:
-        data = handle.read(os.fstat(handle.fileno()).st_size)
-    return data[:data.rfind(b"\n") + 1]
-
-
-def snapshot(root: Path, target: Path) -> None:
-    """Copy the store (as encrypted as it is) to the new file ``target``, consistently.
-
-    A tar of ``alethia.json`` and the day files, readable while the daemon writes: key files
-    are replaced whole, and each log is taken up to its last complete line (day files only
-    grow between atomic replaces), so the copy is the store as it was at one moment per day.
-    """
-    if _read_public_key(root) is None:
-        raise StoreError(f"{root}: no alethia store here ({META} is missing)")
-    if target.exists():
-        raise StoreError(f"{target}: exists; a snapshot goes to a new file")
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        members = [(META, (root / META).read_bytes())]
-        for path in sorted((root / DAYS).glob("*.key")):
-            members.append((f"{DAYS}/{path.name}", path.read_bytes()))
-        for path in sorted((root / DAYS).glob("*.log")):
-            members.append((f"{DAYS}/{path.name}", _complete_lines(path)))
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), 0o600
-            tar.addfile(info, io.BytesIO(data))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    files.replace(target, buffer.getvalue())
-
-
-def _extract(source: Path, into: Path) -> None:
-    try:
-        with tarfile.open(source, mode="r:") as tar:
-            for member in tar.getmembers():
-                parts = member.name.split("/")
-                allowed = (member.name == META or (
-                    len(parts) == 2 and parts[0] == DAYS and not parts[1].startswith(".")
-                    and parts[1].endswith((".key", ".log"))))
-                handle = tar.extractfile(member) if member.isfile() else None
-                if not allowed or handle is None:
-                    raise StoreError(f"{source}: {member.name!r} is not part of a snapshot")
-                path = into / member.name
-                path.parent.mkdir(mode=0o700, exist_ok=True)
-                path.write_bytes(handle.read())
-                path.chmod(0o600)
-    except (tarfile.TarError, OSError) as error:
-        raise StoreError(f"{source}: not a readable snapshot ({error})") from None
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
-
-
-def restore(source: Path, root: Path) -> Report:
-    """Check that ``source`` is a snapshot that verifies, then replace the store with it
-    atomically; the report of the restored store.
-
-    The store must not be open (its lock is taken, ``StoreError`` if held): the daemon
-    closes it first and opens the restored one after.
-    """
-    staging = root.with_name(f".{root.name}.restore.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / DAYS).mkdir(parents=True, mode=0o700)
-    lock: int | None = None
-    try:
-        _extract(source, staging)
-        report = verify(staging)
-        if not report.ok:
-            raise StoreError(f"{source}: the snapshot does not verify ({len(report.problems)} "
-                             f"problems; the first: day {report.problems[0].day}, "
-                             f"{report.problems[0].kind})")
-        if root.exists():
-            lock = files.lock(root)
-            if not _exchange(staging, root):
-                old = root.with_name(f".{root.name}.old.{os.getpid()}")
-                os.rename(root, old)
-                os.rename(staging, root)
-                staging = old
-        else:
-            os.rename(staging, root)
-        files.fsync_directory(root.parent)
-        return report
-    finally:
-        if lock is not None:
-            os.close(lock)
-        shutil.rmtree(staging, ignore_errors=True)
+def _torn_start(name: str, scan: dayfile.Scan, data: bytes, public: bytes) -> int:
+    """Where the newest day's torn tail starts: after its last signature line that verifies
+    and whose head is the chain's (0: none). What follows may only be what a crash leaves
+    of a batch: records that go on with the chain, lines with zeroed bytes (pages that
+    never reached the disk), signature lines of ours, and half a line; anything else is a
+    ``StoreError`` and nothing is cut."""
+    header = scan.header
+    if header is None or header.fields is None or header.fields.get("day") != name:
+        if not scan.lines:
+            return 0  # not even the header line was written whole
+        raise StoreError(f"day {name}: the first line is not the day's header; nothing was "
+                         f"cut (`runa memory verify` names the damage)")
+    links = {0: header.hexes("prev")}
+    end, signed, count = 0, 0, 0
+    tail: list[dayfile.Line] = []
+    for line in scan.lines[1:]:
+        fields = line.fields
+        if fields is not None and fields["t"] == "rec" and fields["i"] == count + 1 and \
+                chain.link(links[count], name, count + 1, line.hexes("h")) == line.hexes("l"):
+            count += 1
+            links[count] = line.hexes("l")
+            tail.append(line)
+            continue
+        if (fields is not None and fields["t"] == "sig" and links.get(fields["count"])
+                == line.hexes("head") and fields["count"] == count
+                and sodium.signed_by(public, chain.head_message(name, count, links[count]),
+                                     line.hexes("sig"))):
+            end = scan.lines[line.number].offset if line.number < len(scan.lines) else scan.end
+            signed, tail = count, []
+            continue
+        tail.append(line)
+    for line in tail:
+        raw = data[line.offset:data.index(b"\n", line.offset)]
+        fields = line.fields
+        ours = (fields is not None and fields["t"] == "sig" and sodium.signed_by(
+            public, chain.head_message(name, fields["count"], line.hexes("head")),
+            line.hexes("sig")))
+        follows = fields is not None and fields["t"] == "rec" and fields["i"] > signed
+        if not (ours or follows or b"\0" in raw):
+            raise StoreError(f"day {name}: line {line.number} after the last signed batch is "
+                             f"not what a crash leaves; nothing was cut (`runa memory "
+                             f"verify` names the damage)")
+    return end

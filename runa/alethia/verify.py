@@ -1,4 +1,4 @@
-"""Checking one day's chain and signatures, with the public key only.
+"""Checking the store's days, chain and signatures, with the public key only (``verify``).
 
 The walk goes through a day's record lines in file order, keeping the last link that held
 and the index it expects next (docs/alethia.md, VERIFY):
@@ -20,12 +20,18 @@ named per day.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from runa.alethia import chain
+from runa.alethia import chain, dayfile, files, layout
 from runa.alethia.dayfile import Line, Scan
-from runa.alethia.model import Problem
+from runa.alethia.errors import StoreError
+from runa.alethia.model import Problem, Report
 from runa.crypto import sodium
+
+WRITE_SETTLES = 0.1  # seconds verify waits before reading a writer's unsigned tail again
 
 
 @dataclass
@@ -39,6 +45,8 @@ class DayCheck:
     forgotten: int = 0
     unsigned: int = 0
     problems: list[Problem] = field(default_factory=list)
+    forgets: list[str] = field(default_factory=list)  # ids the day's tombstone records name
+    plain: set[int] = field(default_factory=set)  # indices whose ciphertext is here
 
     def note(self, index: int | None, kind: str, message: str) -> None:
         if all(problem.kind != kind for problem in self.problems):
@@ -100,6 +108,8 @@ def check_day(day: str, scan: Scan, public: bytes) -> DayCheck:
         link = links[index] = line.hexes("l")
         expected = index + 1
     top = expected - 1
+    if not check.records:  # the store writes a day's header with its first batch
+        check.note(1, "removed", "the day holds no records")
     check.head = links.get(top, link)
     signed = 0
     for line in scan.signatures():
@@ -123,10 +133,78 @@ def check_day(day: str, scan: Scan, public: bytes) -> DayCheck:
 def _check_contents(check: DayCheck, day: str, line: Line, public: bytes) -> None:
     assert line.fields is not None
     index, digest = int(line.fields["i"]), line.hexes("h")
+    if "forgets" in line.fields:
+        check.forgets.append(line.fields["forgets"])
+    if "forgot" not in line.fields:
+        check.plain.add(index)
     if "forgot" in line.fields:
         check.forgotten += 1
         if not sodium.signed_by(public, chain.tombstone_message(day, index, digest),
                                 line.hexes("forgot")):
             check.note(index, "signature", f"record {index}'s tombstone is not signed")
-    elif chain.record_hash(line.blob("n"), line.blob("c")) != digest:
+    elif chain.record_hash(line.blob("n"), line.blob("c"),
+                           line.fields.get("forgets")) != digest:
         check.note(index, "altered", f"record {index} does not match its hash")
+
+
+def _check_days(read: Callable[[str], bytes], names: list[str], stored: bytes,
+                trusted: bytes | None) -> Report:
+    problems: list[Problem] = []
+    plain: dict[str, set[int]] = {}
+    forgets: list[str] = []
+    public = stored if trusted is None else trusted
+    if trusted is not None and not sodium.equal(trusted, stored):
+        problems.append(Problem(layout.META, None, "public_key",
+                                f"{layout.META} names another public key than the signing "
+                                f"key's: the files were re-signed, or are another store's"))
+    records = forgotten = unsigned = 0
+    head = chain.GENESIS
+    for position, name in enumerate(names):
+        check = check_day(name, dayfile.scan(read(name)), public)
+        if check.prev is not None and check.prev != head:
+            problems.append(Problem(name, None, "missing", "the head this day names is not "
+                                    "the previous day's: a day, or a day's end, is missing"))
+        if check.unsigned and position < len(names) - 1:  # a past day ends signed
+            check.note(None, "signature", f"the day's last {check.unsigned} records are not "
+                                          f"signed")
+        elif check.unsigned:  # a batch is written with its signature: a crash, or forged
+            check.note(None, "unsigned", f"the day's last {check.unsigned} records are not "
+                                         f"signed (forged, or a batch a crash cut short, "
+                                         f"which the next open cuts)")
+        problems.extend(check.problems)
+        plain[name] = check.plain
+        forgets += check.forgets
+        records += check.records
+        forgotten += check.forgotten
+        unsigned += check.unsigned
+        head = check.head if check.head is not None else head
+    for named in forgets:  # an old copy of a forgotten record's line, put back
+        day, _, index = named.partition("/")
+        if int(index) in plain.get(day, ()):
+            problems.append(Problem(day, int(index), "unforgotten", f"record {index} was "
+                                    f"forgotten, and its ciphertext is back"))
+    return Report(len(names), records, forgotten, unsigned, public.hex(), tuple(problems),
+                  key_checked=trusted is not None)
+
+
+def verify(root: Path, public_key: bytes | None = None) -> Report:
+    """Walk every day's chain and signatures; no secret key, no daemon needed. Names the
+    first altered, removed, reordered or inserted record of each day and each day whose
+    signature fails; untouched days verify on their own.
+
+    ``public_key`` (``public_key_of`` the signing seed) is the key trusted: an
+    ``alethia.json`` naming another is a ``public_key`` problem and the signatures are
+    checked with the given key. Without it, ``alethia.json``'s key is used and the report
+    says the key was not checked (``key_checked`` False): whoever can write the files can
+    then re-sign them."""
+    stored = layout.read_public_key(root)
+    if stored is None:
+        raise StoreError(f"{root}: no alethia store here ({layout.META} is missing)")
+    report = _check_days(lambda name: (root / layout.DAYS / f"{name}.log").read_bytes(),
+                         layout.day_names(root), stored, public_key)
+    if any(problem.kind == "unsigned" for problem in report.problems) and \
+            files.writer_running(root):
+        time.sleep(WRITE_SETTLES)  # read while the writer's batch was landing: once more
+        report = _check_days(lambda name: (root / layout.DAYS / f"{name}.log").read_bytes(),
+                             layout.day_names(root), stored, public_key)
+    return report

@@ -287,11 +287,7 @@ class Vault:
                 return
             kek = self._held_kek(parsed.header)
             with self._decrypt(parsed, kek) as contents:
-                if name not in contents and len(contents) >= COUNT_MAX:
-                    raise SecretValueError(f"secret {name!r}: the vault holds {COUNT_MAX} "
-                                           "secrets, its limit")
-                with contents.with_value(name, value, self._clock_ms()) as changed:
-                    self._write_contents(parsed.header, kek, changed)
+                self._store(parsed.header, kek, contents, name, value)
 
     def get_or_create(self, name: str, size: int = CREATE_SIZE, *,
                       requester: str = LOCAL) -> tuple[SecretBytes, bool]:
@@ -325,15 +321,20 @@ class Vault:
                 if name in contents:
                     value.wipe()
                     return contents.get(name), False
-                if len(contents) >= COUNT_MAX:
-                    raise SecretValueError(f"secret {name!r}: the vault holds {COUNT_MAX} "
-                                           "secrets, its limit")
-                with contents.with_value(name, value.view(), self._clock_ms()) as changed:
-                    self._write_contents(parsed.header, kek, changed)
+                self._store(parsed.header, kek, contents, name, value.view())
             return value, True
         except BaseException:
             value.wipe()
             raise
+
+    def _store(self, header: Header, kek: _Kek, contents: Contents, name: str,
+               value: bytes | bytearray | memoryview) -> None:
+        """Write ``contents`` with ``name`` set to ``value`` (at most COUNT_MAX names)."""
+        if name not in contents and len(contents) >= COUNT_MAX:
+            raise SecretValueError(f"secret {name!r}: the vault holds {COUNT_MAX} secrets, "
+                                   "its limit")
+        with contents.with_value(name, value, self._clock_ms()) as changed:
+            self._write_contents(header, kek, changed)
 
     def remove(self, name: str, *, requester: str = LOCAL) -> None:
         """Delete ``name`` (UnknownSecret if there is none)."""

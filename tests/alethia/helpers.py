@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from runa.alethia import chain, dayfile
 from runa.alethia.store import Keys
 
 DAY = 86400.0
@@ -30,3 +33,14 @@ def turn(number: int, conversation: str = "conv-a") -> dict[str, object]:
             "answer": f"answer number {number}: the lamp is lit at dusk",
             "conversation": conversation, "persona": "default", "interventions": [],
             "feedback": None}
+
+
+def next_record(log: Path) -> bytes:
+    """The line of a record that goes on with the day's chain (as a crash leaves it)."""
+    last = dayfile.scan(log.read_bytes()).records()[-1]
+    assert last.fields is not None
+    index = last.fields["i"] + 1
+    nonce, ciphertext = b"n" * 24, b"c" * 40
+    digest = chain.record_hash(nonce, ciphertext)
+    return dayfile.record(index, digest, chain.link(last.hexes("l"), log.stem, index, digest),
+                          nonce, ciphertext)

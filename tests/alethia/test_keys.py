@@ -15,7 +15,7 @@ import pytest
 from secret_stack import MP, SecretStack, secret_stack
 
 from runa.alethia import keys
-from runa.alethia.store import MEMORY_KEY, SIGNING_KEY
+from runa.alethia.store import MEMORY_KEY, SIGNING_KEY, KeyMissing
 from runa.coven import Location, Vault
 from runa.crypto.sealed import BusKey
 from runa.secret_client import SecretFault, SecretsClient
@@ -41,6 +41,8 @@ def _run(main_path: str, key_file: str, steps: list[tuple[str, list[int]]], go: 
                              {v: k.hex() for v, k in held.memory.items()}))
         except SecretFault as fault:
             results.put(("fault", fault.payload, {}))
+        except KeyMissing as missing:
+            results.put(("missing", str(missing), {}))
         finally:
             if held is not None:
                 keys.wipe(held)
@@ -63,7 +65,7 @@ def as_component(stack: SecretStack, component: str,
                 got.append(results.get(timeout=0.2))
             except queue.Empty:
                 continue
-            if got[-1][0] == "fault":
+            if got[-1][0] in ("fault", "missing"):
                 break
         return got
     finally:
@@ -101,6 +103,16 @@ def test_rotation_makes_the_next_version_and_keeps_the_older(stack: SecretStack)
     assert rotated[2][2] != rotated[2][1]
     [again] = as_component(stack, "alethia", ("load", [2, 1]))
     assert again == rotated  # both versions, as the store's days name them
+
+
+def test_an_existing_stores_missing_keys_are_named_not_made(stack: SecretStack) -> None:
+    [(kind, message, _)] = as_component(stack, "alethia", ("load", [1]))
+    assert (kind, stored(stack)) == ("missing", {})
+    assert "the signing key is missing from coven" in message
+    as_component(stack, "alethia", ("load", []))
+    [(kind, message, _)] = as_component(stack, "alethia", ("load", [1, 2]))
+    assert kind == "missing" and "memory key v2 is missing from coven" in message
+    assert MEMORY_KEY.format(version=2) not in stored(stack)
 
 
 def test_a_component_not_granted_alethia_s_names_gets_nothing_made(stack: SecretStack) -> None:

@@ -16,9 +16,10 @@ from runa.alethia.store import (
     verify,
 )
 
-from .helpers import DAY, Clock, new_keys, turn
+from .helpers import DAY, Clock, new_keys, next_record, turn
 
 Open = Callable[..., Store]
+
 
 
 def test_appended_turns_read_back_after_reopening(opener: Open, root: Path) -> None:
@@ -49,7 +50,9 @@ def test_entries_filter_by_conversation_time_and_page(opener: Open, clock: Clock
 def test_an_unknown_id_is_unknown(opener: Open) -> None:
     store = opener()
     store.append("turn", turn(0))
-    for missing in ("2026-12-07/2", "2026-12-08/1", "nonsense"):
+    for missing in ("2026-12-07/2", "2026-12-08/1", "nonsense", "2026-12-07/+1",
+                    "2026-12-07/ 1", "2026-12-07/1_0", "2026-12-07/\u0661", "2026-12-07/01",
+                    "2026-13-07/1"):
         with pytest.raises(UnknownRecord):
             store.read(missing)
 
@@ -89,7 +92,7 @@ def test_a_torn_tail_is_cut_at_open_and_said_without_content(
     log = root / "days" / "2026-12-07.log"
     whole = log.read_bytes()
     with log.open("ab") as handle:  # a batch a crash cut short: records, no signature line
-        handle.write(b'{"t":"rec","i":4,"h":"00"}\n{"t":"rec","i":5,"h":')
+        handle.write(next_record(log) + b'{"t":"rec","i":5,"h":')
     with caplog.at_level(logging.WARNING, logger="runa.alethia"):
         again = opener()
     assert log.read_bytes() == whole

@@ -3,17 +3,20 @@ error that leaves the chain valid; both stores verify and open afterwards."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support import small_filesystem
 
+from runa.alethia import files
 from runa.alethia.store import Durability, Store, StoreFull, verify
 
 from .helpers import Clock, new_keys, turn
@@ -111,3 +114,61 @@ def test_a_disk_full_on_a_new_days_first_batch_leaves_no_half_day(tmp_path: Path
         again.append("turn", turn(1))
         again.close()
         assert verify(root).ok and verify(root).days == 2
+
+
+def test_a_full_disk_names_the_ids_it_voids(opener: Open, root: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC injected at the write: runs on any machine, root or not."""
+    store = opener(durability=Durability(records=100, ms=60_000))
+    store.append("turn", turn(0))
+    store.flush()
+    lost = [store.append("turn", turn(n)) for n in range(1, 4)]
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "_write_all", full)
+    with pytest.raises(StoreFull, match=f"{lost[0]} to {lost[-1]}.*void"):
+        store.flush()
+    monkeypatch.undo()
+    assert store.append("turn", turn(9)) == lost[0]  # the void id names another record now
+    store.close()
+    assert verify(root).ok and verify(root).records == 2
+
+
+OWNER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from runa.alethia.store import Durability, Keys, Store
+    keys = Keys(memory={1: bytearray(b"m" * 32)}, signing_seed=bytearray(b"s" * 32))
+    store = Store.open(Path(sys.argv[1]), keys, durability=Durability(records=10000, ms=100))
+    while True:  # the owner's loop: flush when due() says so
+        record_id = store.append("turn", {"user": "x", "conversation": "c"})
+        print(record_id, flush=True)
+        due = store.due()
+        if due is not None and due <= 0:
+            store.flush()
+        time.sleep(0.05)
+""")
+
+
+def test_sigkill_loses_nothing_older_than_ms_while_the_owner_honours_due(
+        root: Path, opener: Open) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", OWNER, str(root)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    acknowledged: list[tuple[float, str]] = []
+    try:
+        for line in child.stdout:
+            acknowledged.append((time.monotonic(), line.strip()))
+            if len(acknowledged) >= 40:
+                break
+        killed = time.monotonic()
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait()
+    kept = {entry.id for entry in opener().entries()}
+    old_enough = [record for at, record in acknowledged if at < killed - 1.0]  # ms + slack
+    assert old_enough and set(old_enough) <= kept

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runa.alethia.store import Store, UnknownRecord, verify
+from runa.alethia.store import Store, StoreError, UnknownRecord, verify
 
 from .helpers import Clock, turn
 
@@ -44,6 +44,7 @@ def test_a_forgotten_record_is_gone_from_disk_list_and_read(opener: Open, root: 
     raw = every_file(root)
     assert gone not in raw and base64.b64encode(gone) not in raw
     assert [e.id for e in store.entries()] == [ids[0], ids[2], ids[3], later]
+    assert store.status()["records"] == 4  # neither the forgotten record nor its tombstone
     with pytest.raises(UnknownRecord):
         store.read(ids[1])
     with pytest.raises(UnknownRecord):
@@ -66,11 +67,14 @@ def test_forgetting_a_conversation_forgets_its_records(opener: Open, root: Path,
     forgotten = [store.append("turn", turn(1, "drop"))]
     clock.next_day()
     forgotten.append(store.append("turn", turn(2, "drop")))
+    store.flush()
+    gone = [base64.b64encode(ciphertext_of(root, record)) for record in forgotten]
+    assert all(ciphertext in every_file(root) for ciphertext in gone)
     assert store.forget_conversation("drop") == forgotten
     assert [e.id for e in store.entries()] == [kept]
     assert store.forget_conversation("drop") == []
     store.close()
-    assert b"drop" not in every_file(root)
+    assert not any(ciphertext in every_file(root) for ciphertext in gone)
     assert verify(root).ok and verify(root).forgotten == 2
 
 
@@ -103,3 +107,39 @@ def test_nothing_said_is_readable_in_any_file(opener: Open, root: Path, clock: C
     assert raw
     for said in (b"pelican", b"lighthouse", b"zebra", b"ottoman", b"splendid"):
         assert said not in raw
+
+
+def test_a_forgotten_records_old_line_put_back_is_named_and_stays_hidden(
+        opener: Open, root: Path, clock: Clock) -> None:
+    store = opener()
+    ids = [store.append("turn", turn(n)) for n in range(3)]
+    clock.next_day()
+    store.append("turn", turn(9))
+    store.flush()
+    path = root / "days" / "2026-12-07.log"
+    old = path.read_bytes().splitlines(keepends=True)
+    store.forget(ids[1])
+    store.close()
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = old[2]  # the ciphertext back, from an older copy of the file
+    path.write_bytes(b"".join(lines))
+    assert [(p.day, p.index, p.kind) for p in verify(root).problems] == [
+        ("2026-12-07", 2, "unforgotten")]
+    again = opener()
+    assert ids[1] not in [e.id for e in again.entries()]
+    with pytest.raises(UnknownRecord):
+        again.read(ids[1])
+
+
+def test_the_tombstone_names_what_it_forgot_and_cannot_be_forgotten(opener: Open,
+                                                                   root: Path) -> None:
+    store = opener()
+    record = store.append("turn", turn(0))
+    store.forget(record)
+    with pytest.raises(StoreError, match="tombstone"):
+        store.forget("2026-12-07/2")
+    with pytest.raises(StoreError, match="forget"):
+        store.append("tombstone", {"forgot": record})
+    store.close()
+    last = (root / "days" / "2026-12-07.log").read_bytes().splitlines()[-2]
+    assert json.loads(last)["forgets"] == record

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runa.alethia.store import Store, WrongKey, verify
+from runa.alethia.store import Store, StoreError, WrongKey, verify
 
 from .helpers import Clock, new_keys, turn
 
@@ -90,3 +90,34 @@ def test_new_days_after_a_rotation_use_the_new_key(three_days: list[str], opener
     store.append("turn", turn(99))
     store.close()
     assert b'"version": 2' in (root / "days" / "2026-12-10.key").read_bytes()
+
+
+@pytest.mark.parametrize("version", [1, 0], ids=["existing", "older"])
+def test_rotating_to_a_version_that_is_not_new_is_refused(three_days: list[str], opener: Open,
+                                                          root: Path, version: int) -> None:
+    before = files_of(root)
+    store = opener()
+    with pytest.raises(StoreError, match="not a new version"):
+        store.rotate(version, bytearray(b"n" * 32))
+    store.close()
+    assert files_of(root) == before
+    assert len(list(opener().entries())) == 6  # the old key still opens every day
+
+
+def test_a_version_created_into_the_stores_keys_rotates(three_days: list[str], opener: Open,
+                                                        root: Path) -> None:
+    """The daemon's way: keys.create_next adds the version to the keys the store holds."""
+    keys = new_keys()
+    store = opener(keys)
+    keys.memory[2] = bytearray(b"n" * 32)
+    store.rotate(2, keys.memory[2])
+    store.close()
+    assert len(list(opener(new_keys(memory=b"n" * 32, version=2)).entries())) == 6
+
+
+def test_rotate_leaves_the_callers_keys_as_they_were(three_days: list[str],
+                                                     opener: Open) -> None:
+    keys = new_keys()
+    store = opener(keys)
+    store.rotate(2, bytearray(b"n" * 32))
+    assert list(keys.memory) == [1] and store.status()["key_version"] == 2

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runa.alethia.store import Store, StoreError, restore, snapshot, verify
+from runa.alethia.store import Store, StoreError, public_key_of, restore, snapshot, verify
 
-from .helpers import Clock, turn
+from .helpers import Clock, new_keys, next_record, turn
 
 Open = Callable[..., Store]
 
@@ -42,11 +42,25 @@ def test_a_snapshot_leaves_out_a_batch_being_written(opener: Open, root: Path,
     store = opener()
     store.append("turn", turn(0))
     store.close()
-    with (root / "days" / "2026-12-07.log").open("ab") as handle:
-        handle.write(b'{"t":"rec","i":2,')
+    log = root / "days" / "2026-12-07.log"
+    with log.open("ab") as handle:  # whole record lines, their signature line not yet
+        handle.write(next_record(log) + b'{"t":"rec","i":3,')
     snapshot(root, tmp_path / "copy.tar")
     restored = tmp_path / "restored"
     assert restore(tmp_path / "copy.tar", restored).ok
+
+
+def test_a_log_without_its_key_is_left_out(opener: Open, root: Path, clock: Clock,
+                                           tmp_path: Path) -> None:
+    """A day started between listing the key files and the logs: its log, not its key."""
+    store = opener()
+    store.append("turn", turn(0))
+    store.close()
+    (root / "days" / "2026-12-08.log").write_bytes((root / "days" / "2026-12-07.log")
+                                                   .read_bytes())
+    snapshot(root, tmp_path / "copy.tar")
+    with tarfile.open(tmp_path / "copy.tar") as tar:
+        assert "days/2026-12-08.log" not in tar.getnames()
 
 
 def test_a_snapshot_that_does_not_verify_replaces_nothing(opener: Open, root: Path,
@@ -86,3 +100,36 @@ def test_restore_refuses_an_open_store_and_foreign_files(opener: Open, root: Pat
     with pytest.raises(StoreError, match="not part of a snapshot"):
         restore(evil, root)
     assert not (tmp_path / "outside").exists()
+
+
+def test_a_snapshot_of_another_store_replaces_nothing(opener: Open, root: Path,
+                                                      tmp_path: Path) -> None:
+    store = opener()
+    record = store.append("turn", turn(0))
+    store.close()
+    other = tmp_path / "other"
+    foreign = Store.open(other, new_keys(seed=b"z" * 32), clock=Clock())
+    foreign.append("turn", turn(1))
+    foreign.close()
+    snapshot(other, tmp_path / "foreign.tar")
+    before = (root / "days" / "2026-12-07.log").read_bytes()
+    with pytest.raises(StoreError, match="another store"):
+        restore(tmp_path / "foreign.tar", root)
+    with pytest.raises(StoreError, match="another store"):  # the key given, not the files'
+        restore(tmp_path / "foreign.tar", tmp_path / "new", public_key_of(bytearray(b"s" * 32)))
+    assert (root / "days" / "2026-12-07.log").read_bytes() == before
+    assert opener().read(record).body["user"] == turn(0)["user"]
+
+
+def test_the_replaced_store_is_kept_until_the_restored_one_opens(opener: Open, root: Path,
+                                                                 tmp_path: Path) -> None:
+    store = opener()
+    store.append("turn", turn(0))
+    store.close()
+    snapshot(root, tmp_path / "copy.tar")
+    report = restore(tmp_path / "copy.tar", root, public_key_of(bytearray(b"s" * 32)))
+    assert report.ok and report.key_checked
+    old = root.with_name(".alethia.old")
+    assert (old / "days" / "2026-12-07.log").exists()
+    opener().close()
+    assert not old.exists()
