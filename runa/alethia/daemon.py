@@ -111,7 +111,7 @@ class AlethiaDaemon:
         self.key = BusKey.load_or_create(key_path(self.paths.runtime))
         if self._key_source is None:
             self._key_source = BrokerKeys(lambda: bus_mod.connect(self.config, self.stack),
-                                          self.key)
+                                          self.key, self.root)
         self.bus = bus_mod.connect(self.config, self.stack, memory.BUS)
         self.stats = self.bus.component_stats(NAME)
         self.queue = self.bus.queue(NAME, stats=self.stats, service=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runa.alethia import chain
+from runa.alethia import chain, layout
 from runa.alethia.errors import StoreError, WrongKey
 from runa.alethia.model import Keys
 from runa.crypto import sodium
@@ -17,6 +17,18 @@ def wrap(day: str, version: int, data_key: bytearray, memory_key: bytearray) -> 
     wrapped = sodium.encrypt(memory_key, nonce, data_key, chain.day_key_associated(day, version))
     return json.dumps({"day": day, "version": version, "nonce": nonce.hex(),
                        "wrapped": wrapped.hex()}).encode() + b"\n"
+
+
+def versions(root: Path) -> list[int]:
+    """The memory-key versions the store's day keys are wrapped under (no key needed: the
+    version is in the clear, authenticated when the day key is opened), lowest first."""
+    found: set[int] = set()
+    for path in (root / layout.DAYS).glob("*.key"):
+        try:
+            found.add(int(json.loads(path.read_bytes())["version"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise StoreError(f"{path}: not a day key file") from None
+    return sorted(found)
 
 
 def unwrap(path: Path, keys: Keys) -> tuple[bytearray, int]:

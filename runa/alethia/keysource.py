@@ -2,18 +2,20 @@
 
 The daemon holds a ``KeySource``; the one it ships with asks the broker, tests give it keys
 of their own. Which memory-key versions to load is what coven holds (the broker's ``list``
-of the names alethia may read): every version the store's days may still be wrapped under
-is there until the person's ``runa memory rotate-key`` removes the old one after a rotation,
-and a half-done rotation (a new version created, the days not yet re-wrapped) opens with
-both. So the versions are found without a key and without reading the store's files.
+of the names alethia may read) and what the store's day keys name (in the clear in each day
+key file): a half-done rotation (a new version created, the days not yet re-wrapped) opens
+with both, and a version the days need that coven no longer holds is named
+(``KeyMissing``), never replaced by a new key.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
+from runa.alethia import keyfile
 from runa.alethia import keys as keys_mod
 from runa.alethia.store import MEMORY_KEY, Keys
 from runa.crypto.sealed import BusKey
@@ -43,8 +45,10 @@ class BrokerKeys:
     """Keys asked of gilgul's broker on the main bus (opened when first needed: under systemd
     alethia may start before the keeper made the buses)."""
 
-    def __init__(self, open_bus: Callable[[], Bus], key: BusKey) -> None:
+    def __init__(self, open_bus: Callable[[], Bus], key: BusKey,
+                 root: Path | None = None) -> None:
         self._open_bus = open_bus
+        self._root = root
         self._key = key
         self._bus: Bus | None = None
         self._client: SecretsClient | None = None
@@ -65,7 +69,8 @@ class BrokerKeys:
             opened.wipe()
 
     def load(self) -> Keys:
-        return keys_mod.load(self.client(), self.versions())
+        stored = keyfile.versions(self._root) if self._root is not None else []
+        return keys_mod.load(self.client(), sorted(set(self.versions()) | set(stored)))
 
     def create_next(self, keys: Keys) -> int:
         return keys_mod.create_next(self.client(), keys)

@@ -74,3 +74,43 @@ def test_a_restart_after_a_rotation_loads_every_version_coven_holds(stack: Secre
     assert versions == [1] and sorted(rotated) == [1, 2] and rotated[1] == first[1]
     versions, again = start(stack)
     assert versions == [1, 2] and again == rotated
+
+
+def _run_with_store(main_path: str, key_file: str, root: str, go: Any, results: Any) -> None:
+    key = BusKey.load_or_create(Path(key_file))
+    source = BrokerKeys(lambda: Bus.open(main_path), key, Path(root))
+    go.wait(10)
+    try:
+        try:
+            held = source.load()
+        except Exception as error:  # noqa: BLE001 - the test reads which error it was
+            results.put((type(error).__name__, str(error), source.versions()))
+        else:
+            results.put(("loaded", sorted(held.memory), source.versions()))
+            wipe(held)
+    finally:
+        source.close()
+        key.close()
+
+
+def test_a_version_the_stores_days_name_that_coven_lacks_is_named_not_made_anew(
+        stack: SecretStack, tmp_path: Path) -> None:
+    days = tmp_path / "alethia" / "days"
+    days.mkdir(parents=True)
+    # A day wrapped under version 3 (the file as the store writes it; its key need not open).
+    (days / "2026-12-01.key").write_text('{"day": "2026-12-01", "version": 3, "nonce": "00", '
+                                         '"wrapped": "00"}\n')
+    go, results = MP.Event(), MP.Queue()
+    child = MP.Process(target=_run_with_store, args=(
+        stack.main_path, str(stack.key_file), str(tmp_path / "alethia"), go, results))
+    child.start()
+    assert child.pid is not None
+    stack.register(child.pid, "alethia")
+    go.set()
+    try:
+        kind, message, held = results.get(timeout=20)
+    finally:
+        child.join(10)
+        stack.table.pop(child.pid, None)
+    assert kind == "KeyMissing" and "missing from coven" in message
+    assert held == []  # nothing was created in its place
