@@ -83,7 +83,7 @@ def _run_with_store(main_path: str, key_file: str, root: str, go: Any, results: 
     try:
         try:
             held = source.load()
-        except Exception as error:  # noqa: BLE001 - the test reads which error it was
+        except Exception as error:  # the test reads which error it was
             results.put((type(error).__name__, str(error), source.versions()))
         else:
             results.put(("loaded", sorted(held.memory), source.versions()))
