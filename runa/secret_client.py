@@ -19,7 +19,7 @@ from runa.crypto.sealed import BusKey, Opened
 from runa.errors import RunaError
 from runa.protocol import faults
 from runa.protocol import secret_wire as wire
-from runa.protocol.secrets import BROKER, BROKER_OPS, SEALED_CONTEXTS
+from runa.protocol.secrets import BROKER, BROKER_OPS, CREATE_SIZE, SEALED_CONTEXTS
 from runa.splinter import Bus
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, ChannelNotFound, MessageTooLarge, SplinterError
@@ -85,6 +85,13 @@ class SecretsClient:
                               reply_to=self.replies.name, ttl_ms=max(1, int(timeout * 1000)))
         with self.bus.claim_request(query.id):
             return self._ask(query, timeout)
+
+    def create(self, name: str, size: int = CREATE_SIZE, *,
+               timeout: float = 30.0) -> tuple[bytearray, bool]:
+        """``name``'s value (made of ``size`` random bytes by coven if there is none yet) in
+        a locked buffer the caller wipes, and whether coven made it now."""
+        answer = self.call("create", name=name, extra={"size": size}, timeout=timeout)
+        return sodium.lock_memory(answer.value), bool(answer.fields.get("created"))
 
     def _ask(self, query: env_mod.Envelope, timeout: float) -> Opened:
         try:

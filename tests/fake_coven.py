@@ -9,6 +9,7 @@ was asked (op, name, ``for``, ``pid``, the value bytes) for the test, and answer
 from __future__ import annotations
 
 import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,11 @@ class FakeVault:
                         wire.KIND: "UnknownSecret",
                         "message": f"no secret {name!r} in the vault"}
             return {"name": name}, self.secrets[name]
+        if op == "create":
+            created = name not in self.secrets
+            if created:
+                self.secrets[str(name)] = os.urandom(int(fields.get("size") or 32))
+            return {"name": name, "created": created}, self.secrets[str(name)]
         if op == "set":
             self.secrets[str(name)] = value
             return {"name": name}, b""

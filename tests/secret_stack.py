@@ -1,10 +1,13 @@
-"""A stack's buses and bus key with gilgul's secrets broker and a fake coven, for the tests
-of the broker and of ``runa secret``."""
+"""A stack's buses and bus key with gilgul's secrets broker and coven (a fake one, or the real
+daemon), for the tests of the broker, of ``runa secret`` and of what asks for keys."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from runa.paths import Paths
 from runa.protocol.secrets import COVEN
 from runa.registry import Component, Registry
 from runa.splinter import Bus
+from runa.splinter.errors import SplinterError
 from runa.splinter.liveness import process_start_time
 
 MP = multiprocessing.get_context("fork")
@@ -57,6 +61,7 @@ class SecretStack:
     events: Events = field(default_factory=Events)
     asked: Any = field(default_factory=MP.Queue)  # what the fake coven was asked
     _stop: list[Any] = field(default_factory=list)
+    _daemons: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def broker(self, coven_wait_s: float = 2.0) -> SecretsBroker:
         logger = logging.getLogger(f"test.broker.{id(self)}")
@@ -89,6 +94,22 @@ class SecretStack:
         self._stop.append((done, process))
         return process.pid
 
+    def start_coven_daemon(self) -> int:
+        """``runa daemon coven`` as a child of this process (which holds the broker's coven
+        reply queue, so coven takes it for gilgul), registered as coven; its pid."""
+        process = subprocess.Popen([sys.executable, "-m", "runa", "daemon", "coven"],
+                                   env=self.env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        self._daemons.append(process)
+        deadline = time.monotonic() + 20
+        with Bus.open(self.coven_path) as bus:
+            while _holder(bus, COVEN) != process.pid:
+                assert process.poll() is None, "coven stopped at start"
+                assert time.monotonic() < deadline, "coven did not start"
+                time.sleep(0.05)
+        self.register(process.pid, COVEN)
+        return process.pid
+
     @contextmanager
     def broker_running(self) -> Iterator[BrokerThread]:
         thread = BrokerThread(self.broker(), logging.getLogger("test.broker"), poll_s=0.05)
@@ -102,6 +123,16 @@ class SecretStack:
         for done, process in self._stop:
             done.set()
             process.join(10)
+        for daemon in self._daemons:
+            daemon.terminate()
+            daemon.wait(10)
+
+
+def _holder(bus: Bus, queue: str) -> int | None:
+    try:
+        return bus.queue_holder(queue)
+    except SplinterError:  # not made yet
+        return None
 
 
 @contextmanager

@@ -31,12 +31,12 @@ SECRETS = {"alethia.memory_key": b"k3y\x00\xff-alethia", "api.key": b"api-VALUE-
 
 
 def _ask(main_path: str, key_file: str, op: str, name: str | None, value: bytes,
-         sender: str, go: Any, results: Any) -> None:
+         sender: str, go: Any, results: Any, extra: dict[str, Any] | None = None) -> None:
     key = BusKey.load_or_create(Path(key_file))
     with Bus.open(main_path) as bus, SecretsClient(bus, key, client_name=sender) as client:
         go.wait(10)
         try:
-            answer = client.call(op, name=name, value=value, timeout=5)
+            answer = client.call(op, name=name, value=value, extra=extra, timeout=5)
             results.put(("ok", answer.fields, bytes(answer.value)))
         except SecretFault as fault:
             results.put(("fault", fault.payload, b""))
@@ -46,11 +46,12 @@ def _ask(main_path: str, key_file: str, op: str, name: str | None, value: bytes,
 
 def ask(stack: SecretStack, broker: SecretsBroker, op: str, name: str | None = None,
         value: bytes = b"", *, component: str | None = None,
-        sender: str = "runa-secret") -> tuple[str, dict[str, Any], bytes, int]:
+        sender: str = "runa-secret", extra: dict[str, Any] | None = None
+        ) -> tuple[str, dict[str, Any], bytes, int]:
     """``op`` asked by a process of its own, as ``component`` (None: the person)."""
     go, results = MP.Event(), MP.Queue()
     child = MP.Process(target=_ask, args=(stack.main_path, str(stack.key_file), op, name,
-                                          value, sender, go, results))
+                                          value, sender, go, results, extra))
     child.start()
     assert child.pid is not None
     if component is not None:
@@ -135,6 +136,36 @@ def test_a_component_may_only_read_and_lists_only_its_own(stack: SecretStack,
     assert len(stack.events.named("secret_refused")) == 5
     for record in stack.events.records:  # no value in a message or a field
         assert "VALUE" not in str(vars(record))
+
+
+def test_a_component_creates_its_own_keys_and_nothing_else(stack: SecretStack,
+                                                           broker: SecretsBroker) -> None:
+    stack.start_coven(FakeVault(secrets=SECRETS))
+    kind, made, value, pid = ask(stack, broker, "create", "alethia.signing_key",
+                                 component="alethia", extra={"size": 48})
+    assert (kind, made, len(value)) == ("ok", {"name": "alethia.signing_key", "created": True},
+                                        48)
+    [forwarded] = asked_of_coven(stack)
+    assert (forwarded["op"], forwarded["name"], forwarded["size"], forwarded["for"],
+            forwarded["pid"]) == ("create", "alethia.signing_key", 48, "alethia", pid)
+    kind, again, same, _ = ask(stack, broker, "create", "alethia.signing_key",
+                               component="alethia")
+    assert (kind, again["created"], same) == ("ok", False, value)
+    assert "size" not in asked_of_coven(stack)[0]  # coven's default applies
+
+    kind, fault, _, _ = ask(stack, broker, "create", "api.key", component="alethia")
+    assert kind == "fault" and fault["code"] == Fault.NOT_AUTHORIZED
+    assert "alethia may not create the secret 'api.key'" in fault["message"]
+    kind, fault, _, _ = ask(stack, broker, "create", "alethia.x", component="splinfer")
+    assert kind == "fault" and fault["code"] == Fault.NOT_AUTHORIZED
+    kind, fault, _, _ = ask(stack, broker, "create", "alethia.x", component="alethia",
+                            extra={"size": 8})
+    assert kind == "fault" and fault["code"] == Fault.BAD_SCHEMA
+    assert "'size' must be 16 to 4096 bytes" in fault["message"]
+    assert asked_of_coven(stack) == []  # coven heard of none of them
+
+    kind, made, value, _ = ask(stack, broker, "create", "api.other")  # the person
+    assert (kind, made["created"], len(value)) == ("ok", True, 32)
 
 
 @pytest.mark.parametrize("forged", ["gilgul", PERSON, "coven"])

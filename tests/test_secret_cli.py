@@ -191,3 +191,23 @@ def test_rotate_sends_the_new_passphrase_as_a_value_never_a_field(stack: SecretS
     assert rotations == [(None, b""), ("passphrase", b"correct horse")]
     assert all(b"correct horse" not in str(k).encode() for a in asked for k in a.items()
                if k[0] != "value")
+
+
+def test_create_makes_a_random_secret_once_and_never_prints_it(stack: SecretStack) -> None:
+    stack.start_coven(FakeVault(secrets={"api.key": VALUE}))
+    with stack.broker_running():
+        made = runa("secret", "create", "api.token", "--size", "48", env=stack.env)
+        assert (made.returncode, made.stdout.strip()) == (0, "created api.token (48 random "
+                                                             "bytes)")
+        asked = stack.asked.get(timeout=5)
+        assert (asked["op"], asked["name"], asked["size"], asked["for"]) == \
+            ("create", "api.token", 48, "person")
+        got = subprocess.run([sys.executable, "-m", "runa", "secret", "get", "api.token"],
+                             env=stack.env, capture_output=True, timeout=30)
+        assert got.returncode == 0 and len(got.stdout) == 48
+        assert got.stdout.hex() not in made.stdout + made.stderr
+        kept = runa("secret", "create", "api.key", env=stack.env)
+        assert (kept.returncode, kept.stdout.strip()) == (0, "kept api.key: it exists "
+                                                             f"({len(VALUE)} bytes)")
+    small = runa("secret", "create", "api.other", "--size", "8", env=stack.env)
+    assert small.returncode == 64 and "'size' must be 16 to 4096 bytes" in small.stderr

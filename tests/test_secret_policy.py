@@ -78,8 +78,8 @@ def test_what_a_component_left_behind_with_the_supervisor_is_unknown_and_refused
     assert identify(400) == Requester(UNKNOWN, 400) and identify(400).is_unknown
     assert identify(600).is_person  # the shell that ran 'runa up' has another child
     policy = ReadPolicy(REG)
-    for op, name in (("get", "alethia.memory_key"), ("list", None), ("status", None),
-                     ("rm", "alethia.memory_key")):
+    for op, name in (("get", "alethia.memory_key"), ("create", "alethia.memory_key"),
+                     ("list", None), ("status", None), ("rm", "alethia.memory_key")):
         refused = policy.decide(identify(400), op, name)
         assert not refused.allowed and "left behind by a component" in refused.why
 
@@ -134,20 +134,33 @@ REG = Registry((Component("alethia", "a", secrets=("alethia.*", "api.key")),
 @pytest.mark.parametrize("who, op, name, allowed", [
     (PERSON, "set", "anything", True),
     (PERSON, "rotate", None, True),
+    (PERSON, "create", "anything.at_all", True),
     ("alethia", "get", "alethia.memory_key", True),
     ("alethia", "get", "api.key", True),
     ("alethia", "get", "api.key2", False),  # an exact name is not a prefix
     ("alethia", "get", "alethiax", False),
+    ("alethia", "create", "alethia.signing_key", True),  # a component makes its own keys
+    ("alethia", "create", "api.key", True),
+    ("alethia", "create", "api.key2", False),  # it creates exactly what it may read
+    ("alethia", "create", "alethiax", False),
     ("alethia", "list", None, True),
     ("alethia", "status", None, True),
     ("alethia", "set", "alethia.memory_key", False),
     ("alethia", "unlock", None, False),
     ("splinfer", "get", "alethia.memory_key", False),
+    ("splinfer", "create", "alethia.memory_key", False),
     ("stranger", "get", "alethia.memory_key", False),  # runa-stranger.service: no entry
+    ("stranger", "create", "alethia.memory_key", False),
 ])
 def test_the_person_may_do_everything_a_component_only_read_its_own(
         who: str, op: str, name: str | None, allowed: bool) -> None:
     assert ReadPolicy(REG).decide(Requester(who, 7), op, name).allowed is allowed
+
+
+def test_a_refused_create_says_the_name_is_not_the_component_s() -> None:
+    refused = ReadPolicy(REG).decide(Requester("splinfer", 7), "create", "alethia.memory_key")
+    assert refused.why == ("splinfer may not create the secret 'alethia.memory_key': its "
+                           "registry entry does not name it in 'secrets'")
 
 
 def test_a_list_shows_a_component_only_what_it_may_read() -> None:

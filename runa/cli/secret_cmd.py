@@ -26,6 +26,7 @@ from runa.crypto.process import undumpable
 from runa.crypto.sealed import BusKey, key_path
 from runa.errors import RunaError, UsageError
 from runa.protocol import secret_wire as wire
+from runa.protocol.secrets import CREATE_MAX, CREATE_MIN, CREATE_SIZE, size_problem
 from runa.secret_client import BrokerUnavailable, SecretFault, SecretsClient
 
 #: How long ``runa status`` waits for the vault's state (it must stay quick without coven).
@@ -50,7 +51,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Every access is recorded in the journal by coven (name, requester, decision; "
         "never a value). " + EXIT_TEXT,
         epilog="Examples: runa secret set api.key   (type it twice at the prompt); "
-        "head -c 32 /dev/urandom | runa secret set alethia.memory_key; "
+        "runa secret create api.token --size 48; "
         "runa secret get api.key > key.txt; runa secret list --json; "
         "runa secret rotate --passphrase; runa secret unlock. docs/secret.md says more.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -65,6 +66,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     set_.add_argument("stdin", metavar="-", nargs="?",
                       help="read the value from standard input (the default when it is "
                       "not a terminal)")
+    create = actions.add_parser(
+        "create", help="make a secret of random bytes, unless it exists (never printed)",
+        description="Have coven make NAME of SIZE random bytes and store it, unless NAME "
+        "exists (then it is kept as it is). The value is not printed: 'runa secret get' "
+        "does that. " + EXIT_TEXT)
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--size", type=int, default=CREATE_SIZE, metavar="N",
+                        help=f"how many random bytes, {CREATE_MIN} to {CREATE_MAX} "
+                        f"(default {CREATE_SIZE})")
     get = actions.add_parser(
         "get", help="print a secret's value",
         description="Write NAME's value to standard output exactly as stored (no newline "
@@ -131,6 +141,8 @@ def cmd_secret(ctx: CliContext, args: argparse.Namespace) -> int:
         return _set(ctx, args)
     if action == "get":
         return _get(ctx, args)
+    if action == "create":
+        return _create(ctx, args)
     if action == "unlock":
         return _unlock(ctx)
     if action == "rotate":
@@ -163,6 +175,19 @@ def _set(ctx: CliContext, args: argparse.Namespace) -> int:
         finally:
             sodium.wipe(value)
     print(f"stored {args.name} ({len(value)} bytes)")
+    return 0
+
+
+def _create(ctx: CliContext, args: argparse.Namespace) -> int:
+    problem = size_problem(args.size)
+    if problem:
+        raise SecretUsage(problem)
+    with client(ctx) as asker:
+        value, created = asker.create(args.name, args.size)
+    size = len(value)
+    sodium.wipe(value)
+    print(f"created {args.name} ({size} random bytes)" if created
+          else f"kept {args.name}: it exists ({size} bytes)")
     return 0
 
 

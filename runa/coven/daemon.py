@@ -182,6 +182,8 @@ class CovenDaemon:
                 pid = spec.read(fields, "pid")
                 if any(f.name == "name" for f in spec.fields):
                     check_name(spec.read(fields, "name"))
+                if any(f.name == "size" for f in spec.fields):
+                    spec.read(fields, "size")
             except PayloadError as error:
                 raise _bad(request, str(error)) from None
             self._asking = {"requester_pid": pid, "holder_pid": holder or 0}
@@ -201,12 +203,17 @@ class CovenDaemon:
 
     def _answer(self, op: str, fields: dict[str, Any], value: bytearray,
                 who: str) -> tuple[dict[str, Any], SecretBytes | None]:
-        """The sealed reply's fields and value (``get``'s secret, which the caller wipes)
-        for ``op``."""
+        """The sealed reply's fields and value (``get``'s and ``create``'s secret, which the
+        caller wipes) for ``op``."""
         vault = self.vault
         name = fields.get("name", "")
         if op == "get":
             return {"name": name}, vault.get(name, requester=who)
+        if op == "create":
+            size = fields.get("size")
+            made, created = vault.get_or_create(
+                name, protocol.CREATE_SIZE if size is None else size, requester=who)
+            return {"name": name, "created": created}, made
         if op == "set":
             vault.set(name, value, requester=who)
             return {"name": name, "stored": True}, None

@@ -7,11 +7,12 @@ locked). Only the KEK stays in memory while the vault is unlocked; every operati
 file, checks its checksum and both MACs, and wipes the data key and the decrypted contents
 before it returns.
 
-States (``VaultState``): ABSENT (no file yet: ``list`` is empty, ``set`` creates a key-file
-vault, ``create`` a passphrase one), LOCKED (the file exists, no KEK held: only ``status``
-answers; everything else raises VaultLocked, exit 69), UNLOCKED (a KEK held). ``unlock``
-and ``lock`` move between the last two; a new ``Vault`` (and ``Vault.open``) starts LOCKED.
-Names are encrypted with the values, so listing them needs the vault unlocked.
+States (``VaultState``): ABSENT (no file yet: ``list`` is empty, ``set`` and
+``get_or_create`` create a key-file vault, ``create`` a passphrase one), LOCKED (the file
+exists, no KEK held: only ``status`` answers; everything else raises VaultLocked, exit 69),
+UNLOCKED (a KEK held). ``unlock`` and ``lock`` move between the last two; a new ``Vault``
+(and ``Vault.open``) starts LOCKED. Names are encrypted with the values, so listing them
+needs the vault unlocked.
 
 Every public operation emits one ``AccessEvent`` (operation, secret name, requester,
 outcome) to the audit sink, before any secret leaves the vault; a sink that fails stops the
@@ -70,6 +71,7 @@ from runa.crypto import sodium
 from runa.errors import RunaError
 from runa.log import event
 from runa.paths import Paths
+from runa.protocol.secrets import CREATE_SIZE, size_problem
 
 VAULT_FILE = "vault"
 KEYS_DIR = "keys"
@@ -290,6 +292,48 @@ class Vault:
                                            "secrets, its limit")
                 with contents.with_value(name, value, self._clock_ms()) as changed:
                     self._write_contents(parsed.header, kek, changed)
+
+    def get_or_create(self, name: str, size: int = CREATE_SIZE, *,
+                      requester: str = LOCAL) -> tuple[SecretBytes, bool]:
+        """``name``'s value, made of ``size`` random bytes and stored first if there is none
+        (an absent vault is created with a key file), and whether it was made; the caller
+        wipes. Looking and storing under one writer's lock, so two requesters never make two
+        values."""
+        check_name(name)
+        problem = size_problem(size) if isinstance(size, int) else "'size' must be an integer"
+        if problem:
+            raise SecretValueError(f"secret {name!r}: {problem}")
+        with self._audited("create", name, requester) as done, self._writing():
+            value, created = self._get_or_make(name, size)
+            try:
+                done("created" if created else "ok")  # on record before the value leaves
+            except BaseException:
+                value.wipe()
+                raise
+            return value, created
+
+    def _get_or_make(self, name: str, size: int) -> tuple[SecretBytes, bool]:
+        """Under the exclusive lock: the stored value, or a new one stored."""
+        value = SecretBytes.adopt(sodium.random_into(bytearray(size)))
+        try:
+            parsed = self._read()
+            if parsed is None:
+                self._create(KeyMode.KEYFILE, None, Contents.empty(), name, value.view())
+                return value, True
+            kek = self._held_kek(parsed.header)
+            with self._decrypt(parsed, kek) as contents:
+                if name in contents:
+                    value.wipe()
+                    return contents.get(name), False
+                if len(contents) >= COUNT_MAX:
+                    raise SecretValueError(f"secret {name!r}: the vault holds {COUNT_MAX} "
+                                           "secrets, its limit")
+                with contents.with_value(name, value.view(), self._clock_ms()) as changed:
+                    self._write_contents(parsed.header, kek, changed)
+            return value, True
+        except BaseException:
+            value.wipe()
+            raise
 
     def remove(self, name: str, *, requester: str = LOCAL) -> None:
         """Delete ``name`` (UnknownSecret if there is none)."""

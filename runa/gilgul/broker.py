@@ -315,13 +315,15 @@ class SecretsBroker:
 
 def _read(fields: dict[str, Any]) -> tuple[str, str | None, dict[str, Any]]:
     """The op, the secret's name (None for ops without one) and what else a known op carries
-    (``rotate``'s ``mode``), checked against ``BROKER_OPS``."""
+    (``create``'s ``size``, ``rotate``'s ``mode``), checked against ``BROKER_OPS``."""
     op = fields.get("op")
     if not isinstance(op, str) or op not in BROKER_OPS:
         raise PayloadError(str(op), "op", f"'op' must be one of {', '.join(BROKER_OPS)}")
     spec = BROKER_OPS[op]
     name = spec.read(fields, "name") if any(f.name == "name" for f in spec.fields) else None
     extra: dict[str, Any] = {}
+    if op == "create" and (size := spec.read(fields, "size")) is not None:
+        extra["size"] = size
     if op == "rotate" and fields.get(wire.MODE) is not None:
         if fields[wire.MODE] not in wire.MODES:
             raise PayloadError(op, wire.MODE, f"'mode' must be one of {', '.join(wire.MODES)}")

@@ -2,7 +2,9 @@
 
 The person (``runa secret``) may do every operation. A component may only read: ``get`` a
 secret its registry entry names in ``secrets`` (``["alethia.*"]``: exact names, or prefixes
-ending in ``*``), ``list`` (answered with only the names it may read) and ``status``. A
+ending in ``*``), ``create`` one of those same names (coven makes its value of random bytes
+the first time, so a component makes its own keys without a person), ``list`` (answered with
+only the names it may read) and ``status``. A
 component the registry does not know may read nothing, and a process a component left behind
 (``UNKNOWN``) may do nothing.
 """
@@ -17,8 +19,9 @@ from runa.gilgul.requesters import Requester
 from runa.protocol import secret_wire
 from runa.registry import Component, Registry
 
-#: What a component may ask; ``get`` also needs the name to be its to read.
-COMPONENT_OPS = frozenset({"get", "list", "status"})
+#: What a component may ask; ``get`` and ``create`` also need the name to be its to read.
+COMPONENT_OPS = frozenset({"get", "create", "list", "status"})
+_NAMED_OPS = frozenset({"get", "create"})
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,12 @@ class ReadPolicy:
         if op not in COMPONENT_OPS:
             return Decision(False, f"only a person ('runa secret') may {op} secrets; "
                             f"{requester.name} may only read")
-        if op != "get":
+        if op not in _NAMED_OPS:
             return Decision(True)
         component = self._component(requester.name)
         if component is None or secret is None or not component.may_read(secret):
-            return Decision(False, f"{requester.name} may not read the secret {secret!r}: "
+            verb = "read" if op == "get" else op
+            return Decision(False, f"{requester.name} may not {verb} the secret {secret!r}: "
                             f"its registry entry does not name it in 'secrets'")
         return Decision(True)
 

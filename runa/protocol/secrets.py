@@ -38,8 +38,19 @@ _NAME = Field("name", "string", "the secret's name", required=True,
                       "at most 64 characters")
 _FOR = Field("for", "string", "who gilgul identified as the requester (a component, or "
              "'person' for `runa secret`), with its pid", required=True)
+#: How many random bytes ``create`` makes: enough for a key, few enough for any envelope.
+CREATE_SIZE = 32
+CREATE_MIN, CREATE_MAX = 16, 4096
 _SIZE = Field("size", "integer", "how many random bytes a created secret has",
-              default="32", allowed="16 to 4096")
+              default=str(CREATE_SIZE), allowed=f"{CREATE_MIN} to {CREATE_MAX}")
+
+
+def size_problem(size: int) -> str | None:
+    """What is wrong with ``size`` as ``create``'s (a sentence naming the field), or None."""
+    if CREATE_MIN <= size <= CREATE_MAX:
+        return None
+    return (f"'size' must be {CREATE_MIN} to {CREATE_MAX} bytes (a created secret is a key), "
+            f"not {size}")
 _PID = Field("pid", "integer", "the requester's pid as the kernel named it", required=True)
 
 
@@ -52,7 +63,7 @@ def _ops(service: str, extra: tuple[Field, ...]) -> Mapping[str, Op]:
         Op(service, "create", "a secret's value (the sealed frame's value bytes), made of "
            "'size' random bytes by coven if the secret does not exist yet; a component may "
            "create the names it may read, so it needs no person to make its own keys",
-           (_NAME, _SIZE, *extra)),
+           (_NAME, _SIZE, *extra), checks={"size": size_problem}),
         Op(service, "rm", "remove a secret; a person only", (_NAME, *extra)),
         Op(service, "list", "the names the requester may read, with size and last change",
            extra),

@@ -175,6 +175,31 @@ def test_set_get_list_rm_through_sealed_requests(coven: Coven) -> None:
     assert "RUNA_EVENT=secret_access" in logged and "RUNA_REQUESTER_PID=4242" in logged
 
 
+def test_create_makes_a_value_of_the_asked_size_once_then_returns_it(coven: Coven) -> None:
+    made = coven.call("create", name="made.key", size=48)
+    assert made.fields == {"name": "made.key", "created": True} and len(made.value) == 48
+    again = coven.call("create", name="made.key", size=16)  # the size of a made one stays
+    assert again.fields == {"name": "made.key", "created": False}
+    assert bytes(again.value) == bytes(made.value)
+    assert bytes(coven.call("get", name="made.key").value) == bytes(made.value)
+    default = coven.call("create", name="made.default")
+    assert len(default.value) == 32 and bytes(default.value) != bytes(made.value)
+    coven.call("set", VALUE, name="made.by_hand")  # a value a person set is handed back
+    assert bytes(coven.call("create", name="made.by_hand").value) == VALUE
+    logged = coven.logged()
+    assert "secret create made.key by tieto: created" in logged  # audited, once made
+    assert "secret create made.key by tieto: ok" in logged  # and when handed back
+    assert made.value.hex() not in logged and VALUE.decode() not in logged
+
+
+@pytest.mark.parametrize("size", [15, 4097, 0, -1])
+def test_create_refuses_a_size_out_of_range(coven: Coven, size: int) -> None:
+    refused = coven.fault("create", name="bad.size", size=size)
+    assert (refused.code, refused.exit_code) == (Fault.BAD_SCHEMA, 65)
+    assert "'size' must be 16 to 4096 bytes" in refused.payload["message"]
+    assert coven.fault("get", name="bad.size").payload["kind"] == "UnknownSecret"
+
+
 def test_status_and_rotate_keep_every_secret(coven: Coven) -> None:
     coven.call("set", VALUE, name="rotated.one")
     before = coven.call("status").fields

@@ -187,6 +187,24 @@ def test_every_operation_is_audited_without_values(location: Location) -> None:
     ]
 
 
+def test_get_or_create_makes_a_vault_and_a_value_once(location: Location) -> None:
+    events: list[AccessEvent] = []
+    vault = Vault(location, audit=events.append)
+    made, created = vault.get_or_create("alethia.signing_key", 32, requester="alethia")
+    assert created and len(made) == 32 and vault.status().mode is KeyMode.KEYFILE
+    again, created_again = Vault.open(location).get_or_create("alethia.signing_key", 64)
+    assert not created_again and again == made  # the stored one, whatever size is asked
+    with pytest.raises(SecretValueError, match="'size' must be 16 to 4096 bytes"):
+        vault.get_or_create("alethia.other", 4097)
+    vault.lock()
+    with pytest.raises(VaultLocked):
+        vault.get_or_create("alethia.other", requester="alethia")
+    assert [(e.op, e.name, e.outcome) for e in events if e.op == "create"] == [
+        ("create", "alethia.signing_key", "created"),
+        ("create", "alethia.other", "locked")]
+    assert contents(Vault.open(location)) == {"alethia.signing_key": bytes(made.view())}
+
+
 def test_a_secret_is_not_handed_out_when_its_access_cannot_be_recorded(
         location: Location) -> None:
     Vault(location).set("s", b"v")
