@@ -22,6 +22,7 @@ from runa.errors import RunaError
 from runa.paths import Paths
 from runa.protocol import faults
 from runa.protocol import memory as proto
+from runa.registry import Registry
 from runa.splinter import Fault
 from runa.splinter.errors import MessageTooLarge
 
@@ -197,8 +198,11 @@ class TurnRecorder:
         self._client = None
 
 
-def recorder_for(config: Config, paths: Paths, stack: str, client_name: str,
-                 notice: Callable[[str], None]) -> TurnRecorder:
-    """The recorder of a chat or ``runa ask`` on ``stack``, as ``[memory] record`` says."""
+def recorder_for(config: Config, registry: Registry, paths: Paths, stack: str,
+                 client_name: str, notice: Callable[[str], None]) -> TurnRecorder:
+    """The recorder of a chat or ``runa ask`` on ``stack``: off, and silent, when the person
+    said so (``[memory] record = false``) or when this installation runs no alethia (its
+    component disabled or not registered: nothing was meant to be recorded)."""
+    served = any(c.name == proto.SERVICE for c in registry.enabled)
     return TurnRecorder(lambda: connect(config, paths, stack, client_name), notice,
-                        enabled=bool(config["memory.record"]))
+                        enabled=bool(config["memory.record"]) and served)

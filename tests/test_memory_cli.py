@@ -32,8 +32,11 @@ from runa.crypto.sealed import key_path
 from runa.errors import UsageError
 from runa.memory_client import OFF_NOTICE, Turn, TurnRecorder, connect, recorder_for
 from runa.paths import Paths
+from runa.registry import Component, Registry
 
 SAID = "my cat is called Zanzibar-XYZZY"
+#: An installation that runs alethia (the recorder is silent and off without it).
+WITH_ALETHIA = Registry((Component("alethia", "the memory"),))
 
 
 @pytest.fixture
@@ -209,7 +212,7 @@ def test_a_chat_turn_is_written_with_what_the_person_typed_and_no_matched_text(
     env, paths, _ = stack
     config = load_config(paths, env)
     notices: list[str] = []
-    recorder = recorder_for(config, paths, env["RUNA_STACK"], "chat", notices.append)
+    recorder = recorder_for(config, WITH_ALETHIA, paths, env["RUNA_STACK"], "chat", notices.append)
     run = Run(FakeSplinfer(pieces=("Nice ", "cat.")))
     run.session.record = recorder.record
     try:
@@ -233,7 +236,7 @@ def test_with_alethia_not_running_the_chat_says_so_once_and_does_not_wait(
     env, paths, _ = stack
     config = load_config(paths, env)
     out = io.StringIO()
-    recorder = recorder_for(config, paths, env["RUNA_STACK"], "chat",
+    recorder = recorder_for(config, WITH_ALETHIA, paths, env["RUNA_STACK"], "chat",
                             lambda text: out.write(f"[{text}]\n"))
     run = Run()
     run.session.record = recorder.record
@@ -256,7 +259,7 @@ def test_recording_off_writes_nothing(stack: tuple[dict[str, str], Paths, str],
     off.parent.mkdir(parents=True, exist_ok=True)
     off.write_text("[memory]\nrecord = false\n")
     config = load_config(paths, env)
-    recorder = recorder_for(config, paths, env["RUNA_STACK"], "chat", print)
+    recorder = recorder_for(config, WITH_ALETHIA, paths, env["RUNA_STACK"], "chat", print)
     assert not recorder.enabled
     run = Run()
     run.session.record = recorder.record
@@ -266,6 +269,18 @@ def test_recording_off_writes_nothing(stack: tuple[dict[str, str], Paths, str],
     assert not [f for f in alethia.asked if f["op"] == "append"]
     status = runa("memory", "status", env=env)
     assert "recording: on" in status.stdout  # alethia's answer wins: the fake says on
+
+
+def test_an_installation_without_alethia_records_nothing_and_says_nothing(
+        stack: tuple[dict[str, str], Paths, str]) -> None:
+    env, paths, _ = stack
+    config = load_config(paths, env)
+    notices: list[str] = []
+    recorder = recorder_for(config, Registry((Component("splinfer", "the model"),)), paths,
+                            env["RUNA_STACK"], "chat", notices.append)
+    assert not recorder.enabled
+    assert not recorder.check() and recorder.record(Turn("c", "u", "a")) is None
+    assert notices == []
 
 
 def test_alethia_coming_back_resumes_recording_and_says_so(

@@ -113,7 +113,7 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
                 sys.stdout.write("\n")
             say(command_name(args), "answer stopped")
             return 130
-        memory = recorder_for(ctx.config, ctx.paths, ctx.stack, "ask",
+        memory = recorder_for(ctx.config, ctx.registry, ctx.paths, ctx.stack, "ask",
                               lambda text: say(command_name(args), text))
         try:
             memory.record(Turn.answered(str(final.get("conversation") or uuid.uuid4().hex),

@@ -176,7 +176,7 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
     with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
             bus, "splinfer", "chat", on_restart=asked_again) as client, ExitStack() as stack:
         client.check_running(restart_wait=args.timeout)
-        memory = recorder_for(ctx.config, ctx.paths, ctx.stack, "chat",
+        memory = recorder_for(ctx.config, ctx.registry, ctx.paths, ctx.stack, "chat",
                               lambda text: print(f"[{text}]", file=notices, flush=True))
         stack.callback(memory.close)
         retrieval = Retrieval(lambda: open_tieto(ctx.config, ctx.paths, ctx.stack, "chat",
