@@ -9,8 +9,8 @@ unchanged in every PyNaCl since 1.0; checked with Debian 12's 1.5.0 and with 1.6
 ``bytearray`` buffers: keys are generated, derived and decrypted straight into buffers
 that ``wipe`` zeroes with ``sodium_memzero``.
 
-The algorithms: XChaCha20-Poly1305 (IETF) AEAD with 24-byte random nonces, and Argon2id
-(``crypto_pwhash`` with ``ALG_ARGON2ID13``).
+The algorithms: XChaCha20-Poly1305 (IETF) AEAD with 24-byte random nonces, Argon2id
+(``crypto_pwhash`` with ``ALG_ARGON2ID13``), and Ed25519 signatures (``crypto_sign``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ SALT_BYTES: int = _lib.crypto_pwhash_saltbytes()
 OPSLIMIT_MIN: int = _lib.crypto_pwhash_argon2id_opslimit_min()
 MEMLIMIT_MIN: int = _lib.crypto_pwhash_argon2id_memlimit_min()
 _ARGON2ID: int = _lib.crypto_pwhash_alg_argon2id13()
+SIGN_SEED_BYTES = 32
+SIGN_PUBLIC_BYTES: int = _lib.crypto_sign_publickeybytes()
+SIGNATURE_BYTES: int = _lib.crypto_sign_bytes()
 
 Buffer = bytes | bytearray | memoryview
 
@@ -130,6 +133,36 @@ def argon2id_into(passphrase: Buffer, salt: bytes, opslimit: int, memlimit: int)
         wipe(out)
         raise MemoryError(f"Argon2id could not allocate {memlimit} bytes")
     return out
+
+
+def sign_keypair(seed: bytearray) -> tuple[bytes, bytearray]:
+    """The Ed25519 public key and secret key of ``seed``; the secret key in a buffer the
+    caller wipes."""
+    if len(seed) != SIGN_SEED_BYTES:
+        raise ValueError(f"an Ed25519 seed is {SIGN_SEED_BYTES} bytes, not {len(seed)}")
+    public = bytearray(SIGN_PUBLIC_BYTES)
+    secret = lock_memory(bytearray(_lib.crypto_sign_secretkeybytes()))
+    _lib.crypto_sign_seed_keypair(_out(public), _out(secret), _in(seed))
+    return bytes(public), secret
+
+
+def sign(secret: bytearray, message: bytes) -> bytes:
+    """The Ed25519 signature (detached) of ``message`` by ``secret``."""
+    out = bytearray(SIGNATURE_BYTES + len(message))
+    written = _ffi.new("unsigned long long *")
+    _lib.crypto_sign(_out(out), written, _in(message), len(message), _in(secret))
+    return bytes(out[:SIGNATURE_BYTES])
+
+
+def signed_by(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public``'s Ed25519 signature of ``message``."""
+    if len(public) != SIGN_PUBLIC_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    combined = signature + message
+    out = bytearray(len(combined))
+    written = _ffi.new("unsigned long long *")
+    return _lib.crypto_sign_open(_out(out), written, _in(combined), len(combined),
+                                 _in(public)) == 0
 
 
 def equal(a: Buffer, b: Buffer) -> bool:
