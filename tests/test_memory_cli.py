@@ -12,6 +12,7 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -359,6 +360,40 @@ def test_verify_passes_on_an_untouched_store_and_names_a_tampered_day_with_exit_
     assert day in tampered.stdout and "NOT verified" in tampered.stdout
     as_json = json.loads(runa("memory", "verify", "--json", env=runa_env).stdout)
     assert not as_json["ok"] and as_json["problems"][0]["day"] == day
+
+
+@needs_store
+def test_snapshot_and_restore_with_the_stack_down(runa_env: dict[str, str],
+                                                  tmp_path: Path) -> None:
+    root = Paths.for_stack(runa_env["RUNA_STACK"], runa_env).data / "alethia"
+    _written_store(root)
+    snap = tmp_path / "memory.snap"
+    made = runa("memory", "snapshot", str(snap), env=runa_env)
+    assert made.returncode == 0, made.stderr
+    assert "alethia is not running: the files as they are" in made.stdout
+    assert SAID.encode() not in snap.read_bytes()
+    again = runa("memory", "snapshot", str(snap), env=runa_env)
+    assert again.returncode == 73 and "exists" in again.stderr
+    shutil.rmtree(root)  # the memory lost
+    restored = runa("memory", "restore", str(snap), "--yes", env=runa_env)
+    assert restored.returncode == 0, restored.stderr
+    assert "restored 3 records" in restored.stdout
+    assert runa("memory", "verify", env=runa_env).returncode == 0
+    not_one = tmp_path / "not-a-snapshot"
+    not_one.write_bytes(b"hello")
+    refused = runa("memory", "restore", str(not_one), "--yes", env=runa_env)
+    assert refused.returncode == 74 and "not a readable snapshot" in refused.stderr
+    assert runa("memory", "verify", env=runa_env).returncode == 0  # untouched
+
+
+def test_restore_while_alethia_runs_is_refused_and_changes_nothing(
+        stack: tuple[dict[str, str], Paths, str], alethia: fake_alethia.FakeAlethia,
+        tmp_path: Path) -> None:
+    snap = tmp_path / "memory.snap"
+    snap.write_bytes(b"x")
+    result = runa("memory", "restore", str(snap), "--yes", env=stack[0])
+    assert result.returncode == 75
+    assert "stop it first" in result.stderr
 
 
 def _stack_env(root: Path, record: bool = True) -> dict[str, str]:
