@@ -397,14 +397,32 @@ def test_restore_while_alethia_runs_is_refused_and_changes_nothing(
 
 
 def _stack_env(root: Path, record: bool = True) -> dict[str, str]:
+    """A stack with alethia (and coven, for its keys) and splinfer on the tiny model."""
     from runa.testing.tiny_gguf import write_tiny_gguf
 
-    env = {**isolated_env(root), "RUNA_SPLINFER_MODEL": str(write_tiny_gguf(root / "t.gguf")),
+    root.mkdir(parents=True, exist_ok=True)
+    env = {**isolated_env(root, alethia=True),
+           "RUNA_SPLINFER_MODEL": str(write_tiny_gguf(root / "t.gguf")),
            "RUNA_SPLINFER_CTX_SIZE": "512", "RUNA_SPLINFER_THREADS": "2",
            "RUNA_LOG_TARGET": "stderr"}
+    (root / "etc/components.d/20-no-tieto.toml").write_text(
+        "[components.tieto]\nenabled = false\n")
     if not record:
         env["RUNA_MEMORY_RECORD"] = "false"
     return env
+
+
+def _up(env: dict[str, str]) -> None:
+    """``runa up -d``, then wait until alethia has its keys and its store open."""
+    up = runa("up", "--detach", env=env)
+    assert up.returncode == 0, up.stderr
+
+    def opened() -> bool:
+        status = json.loads(runa("status", "--json", env=env).stdout)
+        return any(c["name"] == "alethia" and c.get("status") == "open"
+                   for c in status["components"])
+
+    wait_for(opened, 60, "alethia to open its store with keys from coven")
 
 
 def _chat(env: dict[str, str], text: str) -> str:
@@ -428,12 +446,12 @@ def test_a_chat_is_remembered_across_a_restart_and_forget_removes_it_everywhere(
         tmp_path: Path) -> None:
     env = _stack_env(tmp_path)
     try:
-        assert runa("up", "--detach", env=env).returncode == 0
+        _up(env)
         kept = _chat(env, "the first conversation")
         gone = _chat(env, SAID)
         assert runa("down", env=env).returncode == 0
         assert SAID.encode() not in _raw(env)  # nothing readable on disk
-        assert runa("up", "--detach", env=env).returncode == 0
+        _up(env)
         listed = wait_for(lambda: (r := runa("memory", "list", "--json", env=env)).returncode
                           == 0 and r, 30, "alethia to answer after the restart")
         assert isinstance(listed, subprocess.CompletedProcess)
@@ -462,7 +480,7 @@ def test_a_chat_is_remembered_across_a_restart_and_forget_removes_it_everywhere(
 def test_with_recording_off_a_chat_writes_nothing(tmp_path: Path) -> None:
     env = _stack_env(tmp_path, record=False)
     try:
-        assert runa("up", "--detach", env=env).returncode == 0
+        _up(env)
         _chat(env, SAID)
         listed = runa("memory", "list", "--json", env=env)
         assert listed.returncode == 0, listed.stderr
