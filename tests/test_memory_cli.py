@@ -419,7 +419,7 @@ def _up(env: dict[str, str]) -> None:
 
     def opened() -> bool:
         status = json.loads(runa("status", "--json", env=env).stdout)
-        return any(c["name"] == "alethia" and c.get("status") == "open"
+        return any(c["name"] == "alethia" and str(c.get("status")).startswith("open")
                    for c in status["components"])
 
     wait_for(opened, 60, "alethia to open its store with keys from coven")
@@ -441,6 +441,19 @@ def _raw(env: dict[str, str]) -> bytes:
     return b"".join(f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file())
 
 
+def _ciphertexts(env: dict[str, str], ids: list[str]) -> list[str]:
+    """The ciphertexts (``c``) the day files hold for records ``ids`` (docs/alethia.md)."""
+    days = Paths.for_stack(env["RUNA_STACK"], env).data / "alethia/days"
+    found = []
+    for record_id in ids:
+        day, index = record_id.split("/")
+        for line in (days / f"{day}.log").read_text().splitlines():
+            item = json.loads(line)
+            if item.get("t") == "rec" and item.get("i") == int(index) and "c" in item:
+                found.append(item["c"])
+    return found
+
+
 @needs_daemon
 def test_a_chat_is_remembered_across_a_restart_and_forget_removes_it_everywhere(
         tmp_path: Path) -> None:
@@ -457,7 +470,10 @@ def test_a_chat_is_remembered_across_a_restart_and_forget_removes_it_everywhere(
         assert isinstance(listed, subprocess.CompletedProcess)
         conversations = {e["conversation"] for e in json.loads(listed.stdout)["entries"]}
         assert {kept, gone} <= conversations
-        before = _raw(env)
+        ids = [e["id"] for e in json.loads(listed.stdout)["entries"]
+               if e["conversation"] == gone]
+        destroyed = _ciphertexts(env, ids)
+        assert len(destroyed) == len(ids) == 1
         forget = runa("memory", "forget", "--conversation", gone, env=env)
         assert forget.returncode == 0, forget.stderr
         listed_after = runa("memory", "list", "--json", env=env).stdout
@@ -467,8 +483,10 @@ def test_a_chat_is_remembered_across_a_restart_and_forget_removes_it_everywhere(
         assert runa("memory", "export", str(target), env=env).returncode == 0
         assert SAID not in target.read_text() and kept in target.read_text()
         assert runa("memory", "snapshot", str(tmp_path / "s.snap"), env=env).returncode == 0
-        after = _raw(env)
-        assert after != before and len(after) < len(before)  # its ciphertext destroyed
+        assert _ciphertexts(env, ids) == []  # its ciphertext destroyed on disk
+        assert not any(c.encode() in _raw(env) for c in destroyed)
+        assert (tmp_path / "s.snap").exists() and destroyed[0].encode() not in (
+            tmp_path / "s.snap").read_bytes()
         verify = runa("memory", "verify", env=env)
         assert verify.returncode == 0, verify.stdout
     finally:
@@ -485,6 +503,29 @@ def test_with_recording_off_a_chat_writes_nothing(tmp_path: Path) -> None:
         listed = runa("memory", "list", "--json", env=env)
         assert listed.returncode == 0, listed.stderr
         assert json.loads(listed.stdout)["entries"] == []
+    finally:
+        runa("down", env=env)
+        remove_segments(env)
+
+
+@needs_daemon
+def test_rotate_key_moves_to_a_new_version_and_removes_the_old_one_from_coven(
+        tmp_path: Path) -> None:
+    env = _stack_env(tmp_path)
+    (tmp_path / "etc/components.d/21-no-splinfer.toml").write_text(
+        "[components.splinfer]\nenabled = false\n")
+    try:
+        _up(env)
+        rotated = runa("memory", "rotate-key", env=env)
+        assert rotated.returncode == 0, rotated.stderr
+        assert "memory key: version 2" in rotated.stdout
+        assert "removed from coven: alethia.memory_key.v1" in rotated.stdout
+        names = [s["name"] for s in json.loads(
+            runa("secret", "list", "--json", env=env).stdout)["secrets"]]
+        assert "alethia.memory_key.v2" in names and "alethia.memory_key.v1" not in names
+        status = runa("memory", "status", "--json", env=env)
+        assert json.loads(status.stdout)["key_version"] == 2
+        assert runa("memory", "verify", env=env).returncode == 0
     finally:
         runa("down", env=env)
         remove_segments(env)
