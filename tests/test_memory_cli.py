@@ -386,16 +386,6 @@ def test_snapshot_and_restore_with_the_stack_down(runa_env: dict[str, str],
     assert runa("memory", "verify", env=runa_env).returncode == 0  # untouched
 
 
-def test_restore_while_alethia_runs_is_refused_and_changes_nothing(
-        stack: tuple[dict[str, str], Paths, str], alethia: fake_alethia.FakeAlethia,
-        tmp_path: Path) -> None:
-    snap = tmp_path / "memory.snap"
-    snap.write_bytes(b"x")
-    result = runa("memory", "restore", str(snap), "--yes", env=stack[0])
-    assert result.returncode == 75
-    assert "stop it first" in result.stderr
-
-
 def _stack_env(root: Path, record: bool = True) -> dict[str, str]:
     """A stack with alethia (and coven, for its keys) and splinfer on the tiny model."""
     from runa.testing.tiny_gguf import write_tiny_gguf
@@ -489,6 +479,11 @@ def test_a_chat_is_remembered_across_a_restart_and_forget_removes_it_everywhere(
             tmp_path / "s.snap").read_bytes()
         verify = runa("memory", "verify", env=env)
         assert verify.returncode == 0, verify.stdout
+        restored = runa("memory", "restore", str(tmp_path / "s.snap"), "--yes", env=env)
+        assert restored.returncode == 0, restored.stderr
+        assert "alethia reads them now" in restored.stdout
+        again = json.loads(runa("memory", "list", "--json", env=env).stdout)["entries"]
+        assert kept in {e["conversation"] for e in again}
     finally:
         runa("down", env=env)
         remove_segments(env)

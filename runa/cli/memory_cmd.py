@@ -34,8 +34,8 @@ EX_FAILED, EX_CANTCREAT, EX_IOERR = 1, 73, 74
 EXIT_TEXT = ("Exit status: 0 done; 1 verify found a problem (each is named); 64 a bad "
              "option or id; 66 no such record, conversation or snapshot file; 69 Runa or "
              "alethia is not running; 73 the export file exists (--force replaces it); 74 a "
-             "file could not be read or written, or is not a snapshot; 75 restore while "
-             "alethia runs (stop it first); 77 a memory key that does not open the store.")
+             "file could not be read or written, or is not a snapshot; 77 a memory key that "
+             "does not open the store.")
 #: Export progress on a terminal: a line every this many records.
 PROGRESS_EVERY = 500
 
@@ -107,9 +107,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     restore = actions.add_parser(
         "restore", help="replace the memory with a snapshot",
         description="Check that FILE is a snapshot that verifies, then replace the store "
-        "with it at once. alethia must be stopped first (it holds the store open) and reads "
-        "the restored store when it starts. Records made since the snapshot are gone "
-        "afterwards: on a terminal it asks first, unless --yes. " + EXIT_TEXT)
+        "with it at once; a running alethia is asked to give the store up first and reads "
+        "the restored one after (if the restore fails, it opens the old one again). "
+        "Records made since the snapshot are gone afterwards: on a terminal it asks "
+        "first, unless --yes. " + EXIT_TEXT)
     restore.add_argument("file", type=Path, metavar="FILE")
     restore.add_argument("--yes", action="store_true", help="do not ask")
     actions.add_parser(
@@ -342,26 +343,19 @@ def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
     source: Path = args.file.expanduser()
     if not source.is_file():
         raise NoSnapshot(f"{source}: no such snapshot file")
-    if _alethia_running(ctx):  # it holds the store's lock: store.restore would be refused
-        raise StoreInUse("alethia is running and holds the memory open: stop it first "
-                         "('systemctl --user stop runa-alethia', or 'runa down' under 'runa "
-                         "up'), restore, then start it again; nothing was changed")
     if not args.yes and not _confirmed("replace your whole memory with this snapshot? "
                                        "Records made since it was taken are lost [y/N] "):
         print("nothing restored")
         return EX_FAILED
-    report = store.restore(source, store_root(ctx))
-    print(f"restored {report.records} records in {report.days} days from {source}; "
-          "alethia reads them when it starts")
-    return 0
-
-
-def _alethia_running(ctx: CliContext) -> bool:
+    released = _when_running(ctx, "release")  # it writes, signs and gives up the store
     try:
-        with _alethia(ctx) as client:
-            return client.running()
-    except stackbus.BusNotRunning:
-        return False
+        report = store.restore(source, store_root(ctx))
+    finally:
+        if released:  # the restored store, or the old one if the restore failed
+            _when_running(ctx, "reload")
+    print(f"restored {report.records} records in {report.days} days from {source}; "
+          + ("alethia reads them now" if released else "alethia reads them when it starts"))
+    return 0
 
 
 def _when_running(ctx: CliContext, op: str) -> bool:
@@ -415,12 +409,6 @@ class FileFailed(RunaError):
     """The file to write cannot be created."""
 
     exit_code = EX_IOERR
-
-
-class StoreInUse(RunaError):
-    """alethia has the store open; it must be stopped for a restore."""
-
-    exit_code = 75  # EX_TEMPFAIL
 
 
 class NoSnapshot(UsageError):
