@@ -57,12 +57,18 @@ SMALL_BUS = Geometry(slots=256, max_key=128, max_value=2048, channels=8,
 # the small bus's: 1.5 MiB more of /dev/shm per stack.
 COVEN_BUS = dataclasses.replace(SMALL_BUS, channel_capacity=256 * 1024,
                                 max_envelope=96 * 1024)
+# alethia's answers carry whole turns (a page of at most 64 KiB of JSON, and so one turn of
+# at most that), sealed and in base64: about 88 KiB of envelope, so its bus has coven's
+# geometry (runa.alethia.daemon.MAX_PAGE_BYTES; measured in tests/alethia/test_daemon.py).
+ALETHIA_BUS = COVEN_BUS
 
 
 def geometry(config: Config, name: str = "main") -> Geometry:
     """The segment geometry of bus ``name``: the ``[bus]`` table for main, small otherwise."""
     if name == "coven":
         return COVEN_BUS
+    if name == "alethia":
+        return ALETHIA_BUS
     if name != "main":
         return SMALL_BUS
     return Geometry(

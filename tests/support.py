@@ -36,15 +36,18 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 
 #: What keeps the semantic tier out of a test's stack (see ``isolated_env``).
 WHISPER_OFF = "[components.whisper]\nenabled = false\n"
+#: What keeps the memory out of a test's stack (see ``isolated_env``).
+ALETHIA_OFF = "[components.alethia]\nenabled = false\n"
 
 
-def isolated_env(root: Path, *, whisper: bool = False) -> dict[str, str]:
+def isolated_env(root: Path, *, whisper: bool = False, alethia: bool = False) -> dict[str, str]:
     """Environment for ``runa`` processes with every layer and directory under ``root``.
 
     The stack name is unique, so its bus segments in /dev/shm never meet another test's.
     Its registry disables whisper unless ``whisper``: these stacks have no embedding model,
     so every answer would carry the fail rule's flag and notice; the tests of tier 2 ask for
-    it (tests/whisper) and give it a model.
+    it (tests/whisper) and give it a model. alethia is disabled unless ``alethia``: it would
+    ask coven for its keys in every stack; the memory's own tests ask for it.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     env.update(
@@ -63,6 +66,12 @@ def isolated_env(root: Path, *, whisper: bool = False) -> dict[str, str]:
     else:
         off.parent.mkdir(parents=True, exist_ok=True)
         off.write_text(WHISPER_OFF)
+    memory_off = root / "etc/components.d/10-alethia-off.toml"
+    if alethia:
+        memory_off.unlink(missing_ok=True)
+    else:
+        memory_off.parent.mkdir(parents=True, exist_ok=True)
+        memory_off.write_text(ALETHIA_OFF)
     return env
 
 

@@ -43,6 +43,10 @@ enabled = false
 # coven's is tests/coven/test_daemon_systemd.py.
 [components.coven]
 enabled = false
+
+# alethia's is tests/alethia/test_daemon_systemd.py.
+[components.alethia]
+enabled = false
 """
 
 

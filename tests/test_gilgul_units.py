@@ -38,9 +38,10 @@ def write(path: Path, text: str) -> Path:
 def test_the_packaged_registry() -> None:
     reg = registry.load()
     assert [c.name for c in reg] == ["splinter", "whisper", "splinfer", "tieto", "coven",
-                                    "gilgul"]
+                                    "alethia", "gilgul"]
     assert reg.manager is not None and reg.manager.name == "gilgul"
-    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven"]
+    assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven",
+                                            "alethia"]
     assert reg.get("splinfer").after == ("splinter",)
     hardening = dict(reg.get("splinfer").hardening)
     assert hardening["PrivateNetwork"] is True
@@ -71,7 +72,7 @@ timeout_start_sec = 300
     assert hardening["MemoryDenyWriteExecute"] is False and hardening["ProtectHome"] == "read-only"
     assert hardening["NoNewPrivileges"] is True  # the defaults stay under the override
     assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven",
-                                            "demo"]
+                                            "alethia", "demo"]
     assert reg.sources[1:] == (str(tmp_path / "components.d/10-a.toml"),
                                str(tmp_path / "components.d/20-b.toml"))
 
@@ -141,7 +142,8 @@ def test_the_units_follow_the_design() -> None:
     rendered = units.render(registry.load())
     target = rendered["runa.target"]
     assert ("Wants=runa-splinter.service runa-whisper.service runa-splinfer.service "
-            "runa-tieto.service runa-coven.service runa-gilgul.service") in target
+            "runa-tieto.service runa-coven.service runa-alethia.service "
+            "runa-gilgul.service") in target
     for name in ("splinter", "splinfer", "coven", "gilgul"):
         text = rendered[f"runa-{name}.service"]
         settings = dict(line.split("=", 1) for line in text.splitlines()

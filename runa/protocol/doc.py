@@ -13,13 +13,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from runa.protocol import secrets, splinfer, tieto, whisper
+from runa.protocol import memory, secrets, splinfer, tieto, whisper
 from runa.protocol.payloads import Op, field_table
 
 SERVICES: Mapping[str, Mapping[str, Op]] = {"splinfer": splinfer.OPS, "tieto": tieto.OPS,
                                              "whisper": whisper.OPS,
                                              secrets.BROKER: secrets.BROKER_OPS,
-                                             secrets.COVEN: secrets.COVEN_OPS}
+                                             secrets.COVEN: secrets.COVEN_OPS,
+                                             memory.SERVICE: memory.OPS}
 _BLOCK = re.compile(r"(<!-- requests: ([\w.]+) -->\n).*?(<!-- end requests -->)", re.S)
 
 

@@ -66,6 +66,8 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
     Op(SERVICE, "sign", "write what is pending and sign every day's chain head now"),
     Op(SERVICE, "rotate", "re-wrap every day's key under a new memory key from coven "
        "('key_version'); nothing is re-encrypted, nothing lost"),
+    Op(SERVICE, "release", "write what is pending, sign, close the store and give up its "
+       "lock until 'reload' (so `runa memory restore` can replace it while the daemon runs)"),
     Op(SERVICE, "reload", "close the store and open it again from disk (after `runa memory "
        "restore` replaced it)"),
     Op(SERVICE, "status", "the store's counts, key version, public key and durability bound"),

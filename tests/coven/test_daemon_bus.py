@@ -28,7 +28,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Config, str]]:
 def test_the_coven_bus_takes_a_64_kib_secret_in_one_envelope(stack: tuple[Config, str]) -> None:
     config, _ = stack
     assert stackbus.geometry(config, "coven").max_envelope >= 87_871  # a largest `set`
-    assert stackbus.geometry(config, "alethia") == stackbus.SMALL_BUS
+    assert stackbus.geometry(config, "alethia") == stackbus.ALETHIA_BUS  # whole turns
 
 
 def test_an_unused_coven_bus_of_the_old_geometry_is_replaced(stack: tuple[Config, str]) -> None:

@@ -1,0 +1,434 @@
+"""alethia as a daemon: the memory store served on the ``alethia`` bus.
+
+It listens on the queue ``alethia`` (docs/protocol.md, "alethia") and answers the operations
+of ``runa.protocol.memory.OPS``. Every payload is sealed with the stack's bus key
+(``runa.crypto.sealed``, contexts ``memory.SEALED_CONTEXTS``): what a person said is never on
+the bus in the clear. Faults are plain ``error`` envelopes whose ``kind`` is the store error's
+class and whose message names ids and files, never remembered text. A payload that is not
+sealed, or not with this stack's key for ``alethia/request``, is ``BAD_SCHEMA``, counted, and
+the loop goes on.
+
+At start it makes itself undumpable (``runa.crypto.process``) and asks coven for its keys
+through gilgul's broker (``runa.alethia.keysource``). A locked vault, or a broker or coven
+not running yet, is not a failure: the daemon is ready, its status says what it waits for,
+every request but a wait is answered ``MemoryUnavailable`` (exit 69), and it asks again every
+``RETRY_S``. Keys that do not open the store (``WrongKey``) make it unusable until ``reload``.
+
+Appends are batched by the store (``Store.due``): the loop never waits longer than the
+oldest pending append may, and a stop flushes and signs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from runa import log
+from runa import stackbus as bus_mod
+from runa.alethia.keys import wipe
+from runa.alethia.keysource import BrokerKeys, KeySource
+from runa.alethia.store import Entry, Keys, Record, Store, StoreError, UnknownRecord
+from runa.config import Config
+from runa.crypto.process import Prctl, libc_prctl, undumpable
+from runa.crypto.sealed import BusKey, SealError, key_path
+from runa.errors import RunaError
+from runa.paths import Paths
+from runa.protocol import memory
+from runa.protocol.payloads import PayloadError
+from runa.service import ServiceContext
+from runa.splinter import Bus, Envelope, Fault
+from runa.splinter import envelope as env_mod
+from runa.splinter.errors import BadSchema, SplinterError, TtlExpired
+
+NAME = memory.SERVICE
+REQUEST = memory.SEALED_CONTEXTS["request"]
+REPLY = memory.SEALED_CONTEXTS["reply"]
+EX_DATAERR, EX_UNAVAILABLE, EX_SOFTWARE = 65, 69, 70
+#: How often the daemon asks for its keys again while the vault is locked or coven away.
+RETRY_S = 2.0
+#: The most JSON one answer's page carries (and one record may have): sealed and in base64 a
+#: page of 64 KiB is an envelope of about 88 KiB, under the alethia bus's 96 KiB
+#: (``runa.stackbus.ALETHIA_BUS``).
+MAX_PAGE_BYTES = 64 * 1024
+#: A record is at most this much JSON, so that the page that exports it fits.
+MAX_RECORD_BYTES = MAX_PAGE_BYTES - 1024
+
+StoreOpener = Callable[[Path, Keys], Store]
+
+
+class MemoryUnavailable(RunaError):
+    """The store is not open: its keys are not there yet (a locked vault, coven away)."""
+
+    exit_code = EX_UNAVAILABLE
+
+
+class RecordTooLarge(RunaError):
+    """A turn larger than one answer of the alethia bus could hand back."""
+
+    exit_code = EX_DATAERR
+
+
+class AlethiaDaemon:
+    name = NAME
+
+    def __init__(self, config: Config, stack: str, logger: logging.Logger, *,
+                 paths: Paths | None = None, keys: KeySource | None = None,
+                 open_store: StoreOpener = Store.open, prctl: Prctl = libc_prctl,
+                 clock: Callable[[], float] = time.monotonic, retry_s: float = RETRY_S) -> None:
+        self.config = config
+        self.stack = stack
+        self.logger = logger
+        self.paths = paths or Paths.for_stack(stack)
+        self.root = self.paths.data / "alethia"
+        self._key_source = keys
+        self._open_store = open_store
+        self._prctl = prctl
+        self._clock = clock
+        self._retry_s = retry_s
+        self.store: Store | None = None
+        self.keys: Keys | None = None
+        self.waiting = "keys not asked for yet"  # why the store is not open ("" when it is)
+        self.problem = ""  # what makes the store unusable until reload
+        self._failure: StoreError | None = None  # the error it is, answered to every request
+        self.released = False  # closed on request (a restore), until reload
+        self._next_try = float("-inf")
+        self.key: BusKey | None = None
+        self.bus: Bus | None = None
+        self.inbox: deque[Envelope] = deque()
+        self._seen = bus_mod.RecentRequests()
+        self._ctx: ServiceContext | None = None
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+        undumpable(self._prctl)  # before any key or remembered text is in memory
+        self.key = BusKey.load_or_create(key_path(self.paths.runtime))
+        if self._key_source is None:
+            self._key_source = BrokerKeys(lambda: bus_mod.connect(self.config, self.stack),
+                                          self.key)
+        self.bus = bus_mod.connect(self.config, self.stack, memory.BUS)
+        self.stats = self.bus.component_stats(NAME)
+        self.queue = self.bus.queue(NAME, stats=self.stats, service=True)
+        ctx.status("asking coven for the memory keys")
+        self._try_open()
+        log.event(self.logger, "memory_serving", f"alethia serves {self.root}; "
+                  f"{self._status_line()}", open=self.store is not None)
+
+    def step(self, timeout: float) -> None:
+        if self.store is None and not (self.problem or self.released) \
+                and self._clock() >= self._next_try:
+            self._try_open()
+        due = self.store.due() if self.store is not None else None
+        wait = timeout if due is None else max(0.0, min(timeout, due))
+        self.inbox.extend(bus_mod.read_requests(
+            self.queue, wait, on_bad_schema=self._bad_schema, on_cancel=lambda _r: None,
+            on_expired=self._expired, seen=self._seen))
+        while self.inbox:
+            self._handle(self.inbox.popleft())
+        if self.store is not None and (due := self.store.due()) is not None and due <= 0:
+            self.store.flush()
+
+    def stop(self) -> None:
+        self._close_store()
+        if isinstance(self._key_source, BrokerKeys):
+            self._key_source.close()
+        if self.key is not None:
+            self.key.close()
+        if self.bus is not None:
+            self.queue.close()
+            self.bus.close()
+
+    def _try_open(self) -> None:
+        """Ask for the keys and open the store; on failure, say why and when it asks again."""
+        assert self._key_source is not None
+        self._next_try = self._clock() + self._retry_s
+        try:
+            if self.keys is None:
+                self.keys = self._key_source.load()
+            self.store = self._open_store(self.root, self.keys)
+            self.waiting = self.problem = ""
+            self._failure = None
+            log.event(self.logger, "memory_opened", "the memory store is open")
+        except StoreError as error:  # WrongKey, an unreadable store: left for a person
+            self.problem = f"{type(error).__name__}: {error}"
+            self._failure = error
+            self._forget_keys()
+            log.event(self.logger, "memory_unusable", f"the memory store cannot be opened: "
+                      f"{error}", level=logging.ERROR, kind=type(error).__name__)
+        except RunaError as error:  # a locked vault, no broker, coven away: wait and ask again
+            locked = bool(getattr(error, "locked", False))
+            why = ("the vault is locked: 'runa secret unlock'" if locked
+                   else f"{type(error).__name__}: {error}")
+            if why != self.waiting:  # said once, not every retry
+                self.logger.info("memory keys not available yet (%s); asking again every %g s",
+                                 type(error).__name__, self._retry_s,
+                                 extra={"RUNA_EVENT": "memory_waiting"})
+            self.waiting = why
+        self._say_status()
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            store, self.store = self.store, None
+            store.close()
+        self._forget_keys()
+
+    def _forget_keys(self) -> None:
+        if self.keys is not None:
+            wipe(self.keys)
+            self.keys = None
+
+    def _status_line(self) -> str:
+        if self.problem:
+            return f"unusable: {self.problem}"
+        if self.released:
+            return f"closed: {self.waiting}"
+        if self.store is None:
+            return f"waiting for coven: {self.waiting}"
+        return "open" + ("" if self.recording else " (not recording turns: memory.record)")
+
+    def _say_status(self) -> None:
+        if self._ctx is not None:
+            self._ctx.status(self._status_line())
+
+    @property
+    def recording(self) -> bool:
+        """Whether this person's configuration has chat write its turns."""
+        return bool(self.config.get("memory.record", True))
+
+    # -- answering -------------------------------------------------------------------------
+
+    def _handle(self, request: Envelope) -> None:
+        if request.type != "query":
+            return
+        assert self.key is not None
+        try:
+            opened = self.key.open(REQUEST, request.payload)
+        except SealError as error:
+            self._bad_schema(_bad(request, str(error)), request, kind="SealError")
+            return
+        try:
+            self._serve(request, opened.fields)
+        finally:
+            opened.wipe()
+
+    def _serve(self, request: Envelope, fields: dict[str, Any]) -> None:
+        op = fields.get("op")
+        try:
+            spec = memory.OPS.get(op) if isinstance(op, str) else None
+            if spec is None:
+                raise _bad(request, f"unknown op {op!r}; alethia answers {', '.join(memory.OPS)}")
+            try:
+                answer = self._answer(spec.name, fields)
+            except PayloadError as error:
+                raise _bad(request, str(error)) from None
+            self._reply(request, answer)
+        except BadSchema as error:
+            self._bad_schema(error, request)
+        except RecordTooLarge as error:
+            self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
+                       error.exit_code)
+        except UnknownRecord as error:
+            self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
+                       error.exit_code)
+        except (StoreError, MemoryUnavailable) as error:
+            self._fail(request, Fault.INTERNAL_ERROR, str(error), type(error).__name__,
+                       error.exit_code)
+        except Exception as error:  # answered, logged (its class only), and the loop goes on
+            self.logger.error("%s failed: %s", op, type(error).__name__,
+                              extra={"RUNA_EVENT": "request_failed"})
+            self._fail(request, Fault.INTERNAL_ERROR, f"{type(error).__name__}: alethia failed",
+                       "InternalError", EX_SOFTWARE)
+        finally:
+            self._say_status()
+
+    def _answer(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The sealed answer's fields for ``op``."""
+        spec = memory.OPS[op]
+        if op == "reload":
+            return self._reload()
+        if op == "release":
+            return self._release()
+        store = self._open()
+        if op == "append":
+            return {memory.ID: self._append(store, fields)}
+        if op in ("list", "export"):
+            since, conversation = spec.read(fields, "since"), spec.read(fields, "conversation")
+            after, limit = spec.read(fields, "after"), _limit(spec.read(fields, "limit"))
+            entries = (e for e in store.entries(since=since, conversation=conversation,
+                                                after=after) if not e.forgotten)
+            if op == "list":
+                items, following = _page((_entry(e) for e in entries), limit)
+                return {memory.ENTRIES: items, memory.NEXT: following}
+            items, following = _page((_record(store.read(e.id)) for e in entries), limit)
+            return {memory.RECORDS: items, memory.NEXT: following}
+        if op == "show":
+            return {memory.RECORD: _record(store.read(spec.read(fields, "id")))}
+        if op == "forget":
+            record_id, conversation = spec.read(fields, "id"), spec.read(fields, "conversation")
+            if (record_id is None) == (conversation is None):
+                raise PayloadError(op, "id", "forget needs 'id' or 'conversation', not both")
+            if record_id is not None:
+                store.forget(record_id)
+                forgotten = [record_id]
+            else:
+                forgotten = store.forget_conversation(conversation)
+            log.event(self.logger, "memory_forgotten", f"forgot {len(forgotten)} record(s)",
+                      records=len(forgotten))
+            return {memory.IDS: forgotten}
+        if op == "sign":
+            store.flush()
+            return self._status(store)
+        if op == "rotate":
+            return {"key_version": self._rotate(store)}
+        return self._status(store)
+
+    def _open(self) -> Store:
+        if self.store is not None:
+            return self.store
+        if self._failure is not None:
+            raise type(self._failure)(f"the memory store cannot be opened: {self._failure}; "
+                                      "'reload' once that is put right")
+        if self.released:
+            raise MemoryUnavailable(f"the memory store is closed: {self.waiting}")
+        raise MemoryUnavailable(f"the memory store is not open yet, waiting for coven: "
+                                f"{self.waiting}")
+
+    def _append(self, store: Store, fields: dict[str, Any]) -> str:
+        spec = memory.OPS["append"]
+        kind = spec.read(fields, "kind") or "turn"
+        if kind != "turn":
+            raise PayloadError("append", "kind", "'kind' must be 'turn'")
+        body = {name: spec.read(fields, name) for name in
+                ("conversation", "persona", "user", "answer", "interventions", "feedback")}
+        size = len(_json(body))
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"the turn is {size} bytes of JSON; alethia keeps at most "
+                                 f"{MAX_RECORD_BYTES} (what one answer of its bus carries)")
+        return store.append(kind, body, at=spec.read(fields, "time"))
+
+    def _rotate(self, store: Store) -> int:
+        assert self._key_source is not None and self.keys is not None
+        version = self._key_source.create_next(self.keys)
+        store.rotate(version, self.keys.memory[version])
+        log.event(self.logger, "memory_rotated", f"the day keys are wrapped under memory key "
+                  f"version {version}", key_version=version)
+        return version
+
+    def _release(self) -> dict[str, Any]:
+        """Close the store (flushed and signed) and leave it closed until ``reload``."""
+        store = self._open()
+        store.flush()
+        answer = self._status(store)
+        self._close_store()
+        self.released = True
+        self.waiting = "released for a restore: 'reload' opens it again"
+        log.event(self.logger, "memory_released", "the memory store is closed until reload")
+        return answer
+
+    def _reload(self) -> dict[str, Any]:
+        """Close the store, ask for the keys again (a restored store may name other
+        versions) and open it from disk."""
+        self._close_store()
+        self.problem = ""
+        self._failure = None
+        self.released = False
+        self._try_open()
+        return self._status(self._open())
+
+    def _status(self, store: Store) -> dict[str, Any]:
+        known = dict(store.status())
+        return {**{name: known.get(name) for name in memory.STATUS_FIELDS},
+                "recording": self.recording}
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _reply(self, request: Envelope, fields: Mapping[str, Any]) -> None:
+        assert self.key is not None
+        if request.reply_to:
+            self._send(request.reply_to, env_mod.response(
+                request, NAME, self.key.seal(REPLY, fields), seq=0, eof=True))
+
+    def _fail(self, request: Envelope, code: Fault, message: str, kind: str,
+              exit_code: int) -> None:
+        envelope = env_mod.fault(code, message, sender=NAME, to=request.sender, id=request.id)
+        envelope.payload["kind"] = kind
+        envelope.payload["exit_code"] = exit_code
+        self.logger.info("request %s failed: %s", request.id, kind,
+                         extra={"RUNA_EVENT": "request_failed"})
+        if request.reply_to:
+            self._send(request.reply_to, envelope)
+
+    def _expired(self, request: Envelope, error: TtlExpired) -> None:
+        if request.reply_to:
+            self._send(request.reply_to, env_mod.error_reply(request, error, sender=NAME))
+
+    def _bad_schema(self, error: BadSchema, request: Envelope | None = None, *,
+                    kind: str = "BadSchema") -> None:
+        self.logger.warning("bad request: %s", error.message, extra={"RUNA_EVENT": "bad_schema"})
+        if request is not None:  # the bus counted the envelopes it could not read itself
+            self.stats.incr("bad_schema")
+        where = env_mod.reply_channel(request, error)
+        if where:
+            envelope = env_mod.error_reply(request, error, sender=NAME)
+            envelope.payload["kind"] = kind
+            envelope.payload["exit_code"] = EX_DATAERR
+            self._send(where, envelope)
+
+    def _send(self, channel: str, envelope: Envelope) -> None:
+        assert self.bus is not None
+        try:
+            self.bus.sender(channel, stats=self.stats).send(envelope)
+        except SplinterError as error:
+            self.logger.info("could not answer on %s: %s", channel, error)
+
+
+def _json(value: Any) -> str:
+    """``value`` as the sealed frame encodes it (so its length is what the envelope carries)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _page(items: Iterable[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]],
+                                                                str | None]:
+    """At most ``limit`` items and ``MAX_PAGE_BYTES`` of JSON (at least one item), and the
+    id the next page starts after (None when nothing is left)."""
+    page: list[dict[str, Any]] = []
+    size = 0
+    source: Iterator[dict[str, Any]] = iter(items)
+    for item in source:
+        length = len(_json(item)) + 1
+        if page and (len(page) >= limit or size + length > MAX_PAGE_BYTES):
+            return page, str(page[-1]["id"])
+        page.append(item)
+        size += length
+    return page, None
+
+
+def _limit(value: int | None) -> int:
+    if value is None:
+        return 100
+    if not 1 <= value <= 1000:
+        raise PayloadError("list", "limit", "'limit' must be 1 to 1000")
+    return value
+
+
+def _entry(entry: Entry) -> dict[str, Any]:
+    return {"id": entry.id, "time": entry.time, "kind": entry.kind,
+            "conversation": entry.conversation, "persona": entry.persona}
+
+
+def _record(record: Record) -> dict[str, Any]:
+    return {**_entry(record.entry), "body": dict(record.body)}
+
+
+def _bad(request: Envelope, message: str) -> BadSchema:
+    return BadSchema(message, id=request.id, sender=request.sender, reply_to=request.reply_to)
+
+
+def create(config: Config, logger: logging.Logger, stack: str) -> AlethiaDaemon:
+    return AlethiaDaemon(config, stack, logger)
