@@ -232,6 +232,17 @@ def test_a_chat_turn_is_written_with_what_the_person_typed_and_no_matched_text(
     assert appended[1]["interventions"] == [{"rule": "r1", "action": "mask"}]
 
 
+def test_a_stopped_answer_is_remembered_as_far_as_it_went_once() -> None:
+    turns: list[Turn] = []
+    run = Run()
+    run.session.record = turns.append
+    run.fake.interrupt_next = True
+    status, _ = run.run("a long story", "next one")
+    assert status == 0 and run.fake.cancels == 1
+    assert [(t.user, t.answer) for t in turns] == [("a long story", "Hel"),
+                                                   ("next one", "Hello!")]
+
+
 def test_with_alethia_not_running_the_chat_says_so_once_and_does_not_wait(
         stack: tuple[dict[str, str], Paths, str]) -> None:
     env, paths, _ = stack
