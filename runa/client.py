@@ -2,7 +2,9 @@
 
 Used by ``runa ask`` and ``runa chat`` (and later the web UI): it owns a private
 reply queue, checks that the service is alive before waiting on it, turns error
-envelopes into exceptions and can cancel a running request.
+envelopes into exceptions and can cancel a running request. ``SealedClient`` is the same
+for the one-query, one-answer services whose payloads are sealed (gilgul's secrets broker,
+alethia): the clients of both are made of it.
 """
 
 from __future__ import annotations
@@ -13,16 +15,24 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Self
 
+from runa.crypto import sodium
+from runa.crypto.sealed import BusKey, Opened
 from runa.errors import RunaError
 from runa.protocol import faults
 from runa.protocol.heartbeat import Heartbeat, health_key
 from runa.splinter import Bus, Envelope, Fault
 from runa.splinter import envelope as env_mod
 from runa.splinter.bus import EnvelopeSender
-from runa.splinter.errors import Backpressure, ChannelNotFound
+from runa.splinter.errors import (
+    Backpressure,
+    BadSchema,
+    ChannelNotFound,
+    MessageTooLarge,
+    SplinterError,
+)
 from runa.stackbus import EX_UNAVAILABLE
 
 # How soon a request notices its ``stop`` event while the service is silent.
@@ -45,7 +55,8 @@ MIN_TTL_S = 60.0
 #: (splinfer) is not running"); Runa's names are explained by 'runa help terms'.
 SERVICE_ROLES = {"splinfer": "the inference service", "tieto": "the retrieval service",
                  "whisper": "the semantic policy tier",
-                 "splinter": "the bus keeper", "gilgul": "the service manager"}
+                 "splinter": "the bus keeper", "gilgul": "the service manager",
+                 "alethia": "the memory service"}
 
 
 def service_name(service: str) -> str:
@@ -353,3 +364,101 @@ def _incarnation(health: Heartbeat | None) -> tuple[int, int] | None:
     if health is None:
         return None
     return (health.pid, health.incarnation)
+
+
+class SealedClient:
+    """One sealed query, one sealed answer, on a queue whose payloads are sealed with the
+    stack's bus key (``runa.crypto.sealed``): what ``SecretsClient`` and ``MemoryClient`` share.
+
+    It holds a private reply queue for its life (a service answers only a sender that holds
+    the queue it names), claims each request's id while it waits (``Bus.claim_request``: the
+    service asks the kernel who sent it), looks every ``OWNER_POLL`` seconds whether the
+    process consuming the queue is still alive, and turns what goes wrong into the
+    subclass's exceptions (``unavailable``, ``refused``, ``too_large``).
+    """
+
+    #: The queue asked, how a person reads its name, and the sealing contexts
+    #: (request, reply); each subclass sets them.
+    queue: str
+    name: str
+    contexts: tuple[str, str]
+
+    def __init__(self, bus: Bus, key: BusKey, client_name: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.bus = bus
+        self.key = key
+        self.clock = clock
+        self.client_name = client_name
+        self.replies = bus.queue(f"{client_name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+
+    def close(self) -> None:
+        self.replies.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def running(self) -> bool:
+        """Whether a live process consumes the queue now: one look at the bus, no wait."""
+        owner = self.bus.queue_owner(self.queue)
+        return owner is not None and owner.alive
+
+    def ask(self, fields: Mapping[str, Any], value: sodium.Buffer = b"", *,
+            timeout: float = 30.0) -> Opened:
+        """The answer to ``fields`` (and ``value``), opened; the caller wipes it."""
+        query = env_mod.query(self.client_name, self.queue,
+                              self.key.seal(self.contexts[0], fields, value),
+                              reply_to=self.replies.name, ttl_ms=max(1, int(timeout * 1000)))
+        with self.bus.claim_request(query.id):
+            return self.exchange(query, timeout)
+
+    def exchange(self, query: Envelope, timeout: float) -> Opened:
+        """Send ``query`` (already claimed) and wait up to ``timeout`` s for its answer."""
+        try:
+            self.bus.sender(self.queue).send(query)
+        except ChannelNotFound:
+            raise self.unavailable(
+                f"{self.name} is not running (no '{self.queue}' queue on the bus): start Runa "
+                "with 'systemctl --user start runa.target' or 'runa up -d'") from None
+        except MessageTooLarge as error:
+            raise self.too_large(error) from None
+        except Backpressure:
+            raise self.refused({"code": Fault.BACKPRESSURE, "name": "BACKPRESSURE",
+                                "message": f"{self.name} is busy (its queue is full); "
+                                "try again"}) from None
+        except SplinterError as error:
+            raise self.unavailable(f"{self.name} could not be asked: {error}") from None
+        deadline = self.clock() + timeout
+        while (left := deadline - self.clock()) > 0:
+            try:
+                answer = self.replies.recv(min(left, OWNER_POLL))
+            except BadSchema:
+                continue
+            if answer is None:
+                if not self.running():
+                    raise self.unavailable(
+                        f"{self.name} stopped before it answered; start Runa with "
+                        "'systemctl --user start runa.target' or 'runa up -d'")
+                continue
+            if answer.id != query.id:
+                continue
+            if answer.type == "error":
+                raise self.refused(answer.payload)
+            return self.key.open(self.contexts[1], answer.payload)
+        raise self.unavailable(f"{self.name} did not answer within {timeout:g} s "
+                               "(see 'runa status' and the journal)")
+
+    # -- what each failure is, as the subclass's exceptions ------------------------------
+
+    def unavailable(self, message: str) -> RunaError:
+        return ServiceUnavailable(message)
+
+    def refused(self, payload: dict[str, Any]) -> RunaError:
+        return ServiceFault(self.queue, payload)
+
+    def too_large(self, error: MessageTooLarge) -> RunaError:
+        return ServiceFault(self.queue, {"code": Fault.BAD_SCHEMA, "name": "BAD_SCHEMA",
+                                         "message": f"the request does not fit on the bus "
+                                         f"({error})"})

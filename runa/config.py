@@ -124,7 +124,7 @@ def _type_name(kind: type) -> str:
 
 
 # The sections every installation has; no component may take one of these names.
-SHARED_SECTIONS = ("bus", "log", "service", "components", "policy")
+SHARED_SECTIONS = ("bus", "log", "service", "components", "policy", "memory")
 
 SHARED: tuple[Setting, ...] = (
     Setting("bus.dir", str, "/dev/shm", "Directory holding the bus segments."),
@@ -155,6 +155,8 @@ SHARED: tuple[Setting, ...] = (
     Setting("policy.minimum", str, "",
             "The least strict policy set anyone may choose (empty: no lock); only /etc/runa.",
             admin_only=True),
+    Setting("memory.record", bool, True,
+            "Whether chat and ask turns are written to alethia's memory (docs/memory.md)."),
 )
 
 

@@ -17,6 +17,7 @@ from runa.chat.params import SessionParams
 from runa.chat.upload import in_pieces
 from runa.client import ServiceFault
 from runa.errors import RunaError, UsageError
+from runa.memory_client import Turn
 from runa.policy import PolicyLibrary
 from runa.protocol.answer import GroundedAnswer, Grounding, chat_turn
 from runa.protocol.splinfer import chat, request
@@ -121,7 +122,8 @@ class ChatSession:
                  new_id: Callable[[], str] = new_conversation_id,
                  remember: Callable[[str], None] = lambda _conversation: None,
                  retriever: Retriever | None = None, policy: str | None = None,
-                 policies: PolicyLibrary | None = None) -> None:
+                 policies: PolicyLibrary | None = None,
+                 record: Callable[[Turn], object] = lambda _turn: None) -> None:
         self.client = client
         self.conversation = conversation
         self.chosen_persona = persona
@@ -154,6 +156,10 @@ class ChatSession:
         """The bus's envelope size: a longer message is sent in pieces (``chat_part``)."""
         self.on_reading: Callable[[int], None] | None = None
         """Told the prompt tokens splinfer evaluates first, when it announces a long one."""
+        self.record = record
+        """Given each answered turn (``runa.memory_client.TurnRecorder.record``: alethia)."""
+        self._asked = ""
+        self._answered: list[str] = []
 
     # -- starting --------------------------------------------------------------------------
 
@@ -344,12 +350,16 @@ class ChatSession:
         """
         self.last = {}
         self.grounding = None
+        self._asked, self._answered = text, []
         citations: GroundedAnswer | None = None
         if self.rag_topic is not None and self.retriever is not None:
             self.grounding = self.retriever.ground(text, self.rag_topic)
             if not self.grounding.known:
                 self.last = {"finish_reason": "no_sources"}
-                yield self.grounding.unknown_text()
+                unknown = self.grounding.unknown_text()
+                self._answered.append(unknown)
+                yield unknown
+                self._turn_done()
                 return
             citations = GroundedAnswer(self.grounding)
             text = chat_turn(self.grounding)
@@ -362,6 +372,13 @@ class ChatSession:
                 # The lock changed since the check: the conversation keeps its set.
                 self.chosen_policy = self.policy = None
             raise
+        self._turn_done()
+
+    def _turn_done(self) -> None:
+        """Hand the turn just answered (what the person typed, not the sources sent with
+        it under /rag) to ``record``."""
+        self.record(Turn.answered(self.conversation, self._asked, "".join(self._answered),
+                                  self.last, persona=self.persona))
 
     def _stream(self, payload: dict[str, Any],
                 upload: Callable[[dict[str, Any]], dict[str, Any]] | None,
@@ -383,6 +400,7 @@ class ChatSession:
                 if citations is not None:
                     self.last.update(citations.outcome())
             if piece:
+                self._answered.append(piece)
                 yield piece
 
     def cancel(self) -> dict[str, Any] | None:
@@ -392,5 +410,6 @@ class ChatSession:
             self.last = dict(envelope.payload)
             if self.keeps_conversations:
                 self.messages += 2  # the question is in the history either way
+            self._turn_done()  # what was answered before the stop
             return self.last
         return None

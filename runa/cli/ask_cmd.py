@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 
 from runa import stackbus as bus_mod
 from runa.chat import SessionParams, in_pieces, intervention_summary, whisper_lines
@@ -12,6 +13,7 @@ from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json, say
 from runa.client import ServiceClient
 from runa.errors import UsageError
+from runa.memory_client import Turn, recorder_for
 from runa.policy import PolicyLibrary
 from runa.protocol.splinfer import chat
 
@@ -111,6 +113,13 @@ def cmd_ask(ctx: CliContext, args: argparse.Namespace) -> int:
                 sys.stdout.write("\n")
             say(command_name(args), "answer stopped")
             return 130
+        memory = recorder_for(ctx.config, ctx.registry, ctx.paths, ctx.stack, "ask",
+                              lambda text: say(command_name(args), text))
+        try:
+            memory.record(Turn.answered(str(final.get("conversation") or uuid.uuid4().hex),
+                                        question, "".join(pieces), final))
+        finally:
+            memory.close()
     if args.json:
         print_json({"policy": None, "interventions": [], "whispers": [], **final,
                     "text": "".join(pieces)})

@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from datetime import datetime
 
 from runa import log
 from runa.cli import interventions
 from runa.cli.context import CliContext
+from runa.cli.since import parse_since
 from runa.cli.voice import json_line, print_json
 from runa.errors import UsageError
 from runa.gilgul import audit
-
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -50,25 +47,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--mode", choices=("systemd", "supervisor"),
                         help="only events of gilgul under systemd, or of 'runa up'")
     parser.set_defaults(func=cmd_audit)
-
-
-def parse_since(text: str | None, now: float) -> float | None:
-    if text is None:
-        return None
-    if text.startswith("@"):
-        try:
-            return float(text[1:])
-        except ValueError:
-            pass
-    elif match := _RELATIVE.match(text):
-        return now - float(match.group(1)) * _UNITS[match.group(2)]
-    else:
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            pass
-    raise UsageError(f"--since {text!r} is not 30s/15m/2h/1d, an ISO date-time "
-                     "or @EPOCH-SECONDS")
 
 
 def cmd_audit(ctx: CliContext, args: argparse.Namespace) -> int:

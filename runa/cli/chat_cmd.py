@@ -30,6 +30,7 @@ from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json
 from runa.client import ServiceClient
 from runa.errors import UsageError
+from runa.memory_client import recorder_for
 from runa.policy import PolicyLibrary
 from runa.protocol.splinfer import request
 
@@ -175,6 +176,9 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
     with bus_mod.connect(ctx.config, ctx.stack) as bus, ServiceClient(
             bus, "splinfer", "chat", on_restart=asked_again) as client, ExitStack() as stack:
         client.check_running(restart_wait=args.timeout)
+        memory = recorder_for(ctx.config, ctx.registry, ctx.paths, ctx.stack, "chat",
+                              lambda text: print(f"[{text}]", file=notices, flush=True))
+        stack.callback(memory.close)
         retrieval = Retrieval(lambda: open_tieto(ctx.config, ctx.paths, ctx.stack, "chat",
                                                  timeout=args.timeout),
                               uncited=ctx.config["tieto.uncited"])
@@ -184,10 +188,12 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
         session = ChatSession(client, conversation, persona=args.persona, params=params,
                               timeout=args.timeout,
                               remember=files.remember if interactive else _keep_nothing,
-                              retriever=retrieval, policy=args.policy, policies=policies)
+                              retriever=retrieval, policy=args.policy, policies=policies,
+                              record=memory.record)
         session.max_request_bytes = bus.geometry.max_envelope
         for notice in session.start(how):
             print(notice, file=notices)
+        memory.check()
         reader: LineReader = (TerminalReader(files.ensure_history()) if interactive
                               else StreamReader(sys.stdin))
         if interactive:

@@ -18,7 +18,7 @@ START_HERE = (
 
 #: (heading, command names), in the order ``runa --help`` shows them.
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Talk with the model", ("chat", "ask")),
+    ("Talk with the model", ("chat", "ask", "memory")),
     ("Answer from your documents (tieto, the retrieval service)",
      ("ingest", "recall", "topic")),
     ("Run and look after Runa", ("up", "down", "status", "models", "config", "policy", "audit",
@@ -59,6 +59,8 @@ TERMS: tuple[tuple[str, str], ...] = (
     ("conversation", "the messages of one chat, kept by splinfer, with a saved model state so "
      "resuming is fast ('runa chat --list')."),
     ("topic", "a named collection of ingested documents in tieto."),
+    ("alethia", "Runa's memory: every chat turn, encrypted record by record, hash-chained and "
+     "signed by day ('runa memory'; docs/memory.md)."),
     ("model state", "llama.cpp's memory of a conversation (the KV cache), saved to disk; "
      "it only saves time and is dropped when old or over the size limit."),
     ("GGUF", "the model file format llama.cpp reads; any GGUF chat model can replace the "

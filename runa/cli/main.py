@@ -22,6 +22,7 @@ from runa.cli import (
     daemon_cmd,
     help_cmd,
     ingest_cmd,
+    memory_cmd,
     models_cmd,
     policy_cmd,
     recall_cmd,
@@ -38,7 +39,7 @@ from runa.paths import check_stack_name
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
                    daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, policy_cmd,
-                   secret_cmd, help_cmd)
+                   secret_cmd, memory_cmd, help_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
