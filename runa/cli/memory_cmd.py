@@ -27,7 +27,7 @@ from runa.cli.context import CliContext
 from runa.cli.since import FORMS, parse_since
 from runa.cli.voice import print_json
 from runa.errors import RunaError, UsageError
-from runa.memory_client import MemoryClient, MemoryUnavailable, connect
+from runa.memory_client import MemoryClient, MemoryFault, MemoryUnavailable, connect
 from runa.protocol import memory as proto
 
 EX_FAILED, EX_CANTCREAT, EX_IOERR = 1, 73, 74
@@ -307,18 +307,22 @@ def _verify(ctx: CliContext, args: argparse.Namespace) -> int:
         else:
             print(f"no memory yet ({root} does not exist)")
         return 0
-    report = store.verify(root)
+    trusted, source = trusted_key(ctx)
+    report = store.verify(root, public_key=trusted)
     if args.json:
         print_json({"ok": report.ok, "days": report.days, "records": report.records,
                     "forgotten": report.forgotten, "unsigned": report.unsigned,
                     "public_key": report.public_key,
                     "fingerprint": fingerprint(report.public_key),
+                    "key_checked": report.key_checked, "key_source": source,
                     "problems": [{"day": p.day, "index": p.index, "kind": p.kind,
                                   "message": p.message} for p in report.problems]})
         return 0 if report.ok else EX_FAILED
     print(f"{report.days} days, {report.records} records ({report.forgotten} forgotten, "
           f"{report.unsigned} not yet signed)")
-    print(f"public key: {fingerprint(report.public_key)}")
+    print(f"public key: {fingerprint(report.public_key)} ("
+          + (f"checked against {source})" if report.key_checked else
+             f"NOT checked: {source}; whoever can write the files could have re-signed them)"))
     for problem in report.problems:
         where = problem.day if problem.index is None else f"{problem.day}/{problem.index}"
         print(f"{where}: {problem.kind}: {problem.message}")
@@ -349,13 +353,41 @@ def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
         return EX_FAILED
     released = _when_running(ctx, "release")  # it writes, signs and gives up the store
     try:
-        report = store.restore(source, store_root(ctx))
+        report = store.restore(source, store_root(ctx), public_key=trusted_key(ctx)[0])
     finally:
         if released:  # the restored store, or the old one if the restore failed
             _when_running(ctx, "reload")
     print(f"restored {report.records} records in {report.days} days from {source}; "
           + ("alethia reads them now" if released else "alethia reads them when it starts"))
     return 0
+
+
+def trusted_key(ctx: CliContext) -> tuple[bytes | None, str]:
+    """The public key the store's signatures must verify under, from outside its files: what
+    a running alethia derived from its signing seed (it refuses a store whose description
+    names another key), else the seed the person gets from coven; None when neither answers
+    (``verify`` then checks the files against their own key, and says so). The second item
+    says where the key came from."""
+    from runa.cli.secret_cmd import client as secrets_client
+    from runa.secret_client import BrokerUnavailable, SecretFault
+
+    try:
+        with _alethia(ctx) as client:
+            if client.running():
+                key = client.call("status", timeout=5.0).get("public_key")
+                if isinstance(key, str):
+                    return bytes.fromhex(key), "alethia's signing key"
+    except (stackbus.BusNotRunning, MemoryUnavailable, MemoryFault, ValueError):
+        pass
+    try:
+        with secrets_client(ctx) as secrets:
+            opened = secrets.call("get", name=store.SIGNING_KEY)
+            try:
+                return store.public_key_of(opened.value), "the signing key in coven"
+            finally:
+                opened.wipe()
+    except (stackbus.BusNotRunning, BrokerUnavailable, SecretFault):
+        return None, "neither alethia nor coven answered"
 
 
 def _when_running(ctx: CliContext, op: str) -> bool:
