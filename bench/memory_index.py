@@ -54,7 +54,8 @@ from runa.alethia.vectors import VectorFile  # noqa: E402
 from runa.crypto import sodium  # noqa: E402
 
 K = 10
-CANDIDATE_CHOICES = (100, 200, 300, 500, 1000, 2000)
+CANDIDATE_CHOICES = (300, 1000, 2000, 4000)
+SHORTLIST_CHOICES = (100, 200, 300, 500)
 #: The tune recall a choice must reach (the target 0.95 with a margin for the test half).
 TUNE_RECALL = 0.97
 QUICK_RECORDS = 1_000_000
@@ -106,39 +107,46 @@ def rescored(rows: np.ndarray, vectors: np.ndarray, query: np.ndarray) -> set[in
 
 
 def tune(vectors: np.ndarray, queries: np.ndarray, progress: Progress
-         ) -> tuple[bool, int, dict[str, float]]:
-    """(centred?, candidates) chosen on the tune queries, and every choice's tune recall.
+         ) -> tuple[bool, int, int | None, dict[str, float]]:
+    """(centred?, candidates, shortlist) chosen on the tune queries, and every choice's tune
+    recall (``centered_2000_300``: centred codes, 2000 Hamming candidates, 300 of them by
+    the estimate from codes; ``_all``: every candidate to exact cosine).
 
-    The rule: the smallest candidate count whose tune recall reaches TUNE_RECALL, the
-    centring that reaches it with fewer (a tie: the higher recall); when none does, the
-    choice with the highest recall.
+    The rule: of the choices whose tune recall reaches TUNE_RECALL, the one that fetches
+    the fewest vectors (then: fewer candidates, then centred); when none does, the highest
+    recall.
     """
     truth = exact_top(vectors, queries)
     table: dict[str, float] = {}
     for centered in (True, False):
         index = BinaryIndex.build(vectors, centered=centered)
-        found: dict[int, list[set[int]]] = {count: [] for count in CANDIDATE_CHOICES}
+        found: dict[tuple[int, int | None], list[set[int]]] = {}
         for query in queries:
             distances = index.distances(query)
             for count in CANDIDATE_CHOICES:
-                found[count].append(rescored(nearest_rows(distances, count), vectors, query))
-        for count in CANDIDATE_CHOICES:
-            name = f"{'centered' if centered else 'raw'}_{count}"
-            table[name] = round(recall(found[count], truth), 4)
+                rows = nearest_rows(distances, count)
+                for short in (*SHORTLIST_CHOICES, None):
+                    if short is not None and short >= count:
+                        continue
+                    kept = rows if short is None else index.shortlist(rows, query, short)
+                    found.setdefault((count, short), []).append(rescored(kept, vectors, query))
+        for (count, short), sets in found.items():
+            name = f"{'centered' if centered else 'raw'}_{count}_{short or 'all'}"
+            table[name] = round(recall(sets, truth), 4)
         del index
     progress(f"tune recall@10: {table}")
 
-    def choice(centered: bool) -> tuple[int, float]:
-        name = "centered" if centered else "raw"
-        for count in CANDIDATE_CHOICES:
-            if table[f"{name}_{count}"] >= TUNE_RECALL:
-                return count, table[f"{name}_{count}"]
-        return CANDIDATE_CHOICES[-1] * 10, table[f"{name}_{CANDIDATE_CHOICES[-1]}"]
+    def parse(name: str) -> tuple[bool, int, int | None]:
+        kind, count, short = name.split("_")
+        return kind == "centered", int(count), None if short == "all" else int(short)
 
-    (c_count, c_recall), (r_count, r_recall) = choice(True), choice(False)
-    if (c_count, -c_recall) <= (r_count, -r_recall):
-        return True, min(c_count, CANDIDATE_CHOICES[-1]), table
-    return False, min(r_count, CANDIDATE_CHOICES[-1]), table
+    def cost(name: str) -> tuple[int, int, bool]:
+        centered, count, short = parse(name)
+        return (short or count, count, not centered)
+
+    good = [name for name, value in table.items() if value >= TUNE_RECALL]
+    best = min(good, key=cost) if good else max(table, key=lambda n: table[n])
+    return (*parse(best), table)
 
 
 def tieto_index(vectors: np.ndarray, digest: str, progress: Progress, cache: Path
@@ -215,8 +223,9 @@ def run(quick: bool, progress: Progress = print, *, records: int | None = None,
         "index_rss": "RSS growth across the build from the vector file",
     }
 
-    centered, candidates, table = tune(vectors, embedded.tune, progress)
-    params.update(centered=centered, candidates=candidates, tune_recall_at_10=table)
+    centered, candidates, shortlist, table = tune(vectors, embedded.tune, progress)
+    params.update(centered=centered, candidates=candidates, shortlist=shortlist,
+                  tune_recall_at_10=table)
 
     metrics: dict[str, float] = {}
     baselines: dict[str, float] = {}
@@ -243,13 +252,15 @@ def run(quick: bool, progress: Progress = print, *, records: int | None = None,
                 (index.codes.nbytes + index.ids.nbytes) / len(index), 2)
             params.update(index.params())
 
-            progress(f"searching ({params['scan']} scan, {candidates} candidates)")
+            progress(f"searching ({params['scan']} scan, {candidates} candidates, "
+                     f"shortlist {shortlist})")
             truth = exact_top(vectors, embedded.test)
             found = []
             samples = []
             for query in embedded.test:
                 t0 = time.perf_counter()
-                hits = index.search(query, K, file.fetch, candidates=candidates)
+                hits = index.search(query, K, file.fetch, candidates=candidates,
+                                    shortlist=shortlist)
                 samples.append((time.perf_counter() - t0) * 1000)
                 found.append({h.row for h in hits})
             metrics["search_p50_ms"] = round(percentile(samples, 50), 2)
@@ -260,7 +271,8 @@ def run(quick: bool, progress: Progress = print, *, records: int | None = None,
                 slow = []
                 for query in embedded.test[:50]:
                     t0 = time.perf_counter()
-                    index.search(query, K, file.fetch, candidates=candidates)
+                    index.search(query, K, file.fetch, candidates=candidates,
+                                 shortlist=shortlist)
                     slow.append((time.perf_counter() - t0) * 1000)
                 index.native = True
                 params["numpy_scan_search_p50_ms"] = round(percentile(slow, 50), 2)
@@ -304,6 +316,11 @@ def as_result(measured: dict[str, Any]) -> Result:
     return result
 
 
+def result_key(records: int) -> str:
+    """Where a run's result goes in memory.json: ``index_1m``, ``index_4m``, ..."""
+    return f"index_{records // 1_000_000}m" if records % 1_000_000 == 0 else f"index_{records}"
+
+
 def merge_into(path: Path, key: str, data: dict[str, Any]) -> None:
     """Put ``data`` under ``key`` in the JSON at ``path``, keeping its other keys."""
     existing: dict[str, Any] = {}
@@ -322,17 +339,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, help="another number of records")
     parser.add_argument("--no-tieto", action="store_true", help="skip tieto's baseline")
     parser.add_argument("--out", type=Path, default=RESULT,
-                        help="the JSON its result is merged into, under 'index'")
+                        help="the JSON its result is merged into, under 'index_<N>m'")
     args = parser.parse_args(argv)
     with guarded("bench/memory_index.py"):
         measured = run(args.quick, lambda line: print(line, file=sys.stderr, flush=True),
                        records=args.records, tieto=not args.no_tieto)
     result = as_result(measured)
+    key = result_key(measured["params"]["records"])
     if str(args.out) != os.devnull:
-        merge_into(args.out, "index", result.as_json())
+        merge_into(args.out, key, result.as_json())
     print(result.table())
     print(f"\nscan: {measured['params']['scan']} (C scan built: {native_available()}); "
-          f"merged into {args.out} under 'index'")
+          f"merged into {args.out} under '{key}'")
     return 0
 
 

@@ -10,8 +10,8 @@ its part, so the split is the same on every machine for the same text:
   half (the numbers are reported on it);
 - otherwise: a base paragraph, stored.
 
-The base paragraphs' embeddings (the shipped embedding model, all-MiniLM-L6-v2, 384
-dimensions) are cached in ~/.cache/runa-bench/memory (never in the repository). Record r of
+The paragraphs' embeddings (the shipped embedding model, all-MiniLM-L6-v2, 384 dimensions)
+are cached by text in ~/.cache/runa-bench/memory (never in the repository). Record r of
 an index of N is base ``r % B`` (B base paragraphs) for r < B, and after that a perturbed copy:
 the base vector plus Gaussian noise of ``NOISE`` a dimension, renormalised (cosine to its base
 ≈ 0.96), from a generator seeded by the block's number, so any block can be made again.
@@ -108,44 +108,58 @@ class Embedded:
 
 
 def _fit(embedder: object, text: str) -> str:
-    """``text`` cut to what the embedder takes (its word-piece limit)."""
+    """``text`` cut to what the embedder takes (its word-piece limit; a "word" can be long)."""
     count = embedder.count_tokens  # type: ignore[attr-defined]
     limit = embedder.max_tokens  # type: ignore[attr-defined]
-    words = text.split(" ")
-    while count(" ".join(words)) > limit:
-        words = words[:max(1, int(len(words) * 0.8))]
-    return " ".join(words)
+    while count(text) > limit:
+        text = text[:int(len(text) * 0.8)]
+    return text
 
 
 def embed_all(progress: object = print) -> Embedded:
-    """The three parts' embeddings, from the cache when it holds this text's."""
+    """The three parts' embeddings. The cache keeps each paragraph's vector by its text's
+    sha256, so a changed document costs only its new paragraphs."""
     found = texts()
-    digest = found.digest()
-    cached = CACHE / f"vectors-{digest}.npz"
+    cached = CACHE / "paragraphs.npz"
+    known: dict[bytes, np.ndarray] = {}
     if cached.exists():
         with np.load(cached) as data:
-            return Embedded(data["base"], data["tune"], data["test"], digest)
+            known = dict(zip((bytes(k) for k in data["keys"]), data["vectors"], strict=True))
+    everything = found.base + found.tune + found.test
+    keys = [hashlib.sha256(text.encode()).digest() for text in everything]
+    missing = [(key, text) for key, text in zip(keys, everything, strict=True)
+               if key not in known]
+    if missing:
+        _embed_into(known, missing, progress)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        partial = CACHE / "paragraphs.tmp.npz"
+        np.savez(partial, keys=np.array(list(known), dtype="S32"),
+                 vectors=np.stack(list(known.values())))
+        partial.replace(cached)
+    vectors = np.stack([known[key] for key in keys]).astype(np.float32)
+    b, t = len(found.base), len(found.tune)
+    return Embedded(vectors[:b], vectors[b:b + t], vectors[b + t:], found.digest())
+
+
+def _embed_into(known: dict[bytes, np.ndarray], missing: list[tuple[bytes, str]],
+                progress: object) -> None:
     from runa.models import LlamaEmbedder, embedding_model_path
     from runa.paths import Paths, personal_stack
 
+    say = progress if callable(progress) else print
     embedder = LlamaEmbedder(embedding_model_path("default", Paths.for_stack(
         personal_stack()).models))
     try:
-        parts = []
-        for name, part in (("base", found.base), ("tune", found.tune), ("test", found.test)):
-            progress(f"embedding {len(part)} {name} paragraphs (cached afterwards)")
-            out = np.empty((len(part), embedder.dim), dtype=np.float32)
-            for start in range(0, len(part), 32):
-                batch = [_fit(embedder, t) for t in part[start:start + 32]]
-                out[start:start + len(batch)] = embedder.embed(batch)
-            parts.append(out)
+        say(f"embedding {len(missing)} paragraphs (cached afterwards)")
+        for start in range(0, len(missing), 32):
+            batch = missing[start:start + 32]
+            vectors = embedder.embed([_fit(embedder, text) for _, text in batch])
+            for (key, _), vector in zip(batch, vectors, strict=True):
+                known[key] = vector
+            if start % 640 == 0:
+                say(f"  {start + len(batch)} / {len(missing)}")
     finally:
         embedder.close()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(".tmp.npz")
-    np.savez(partial, base=parts[0], tune=parts[1], test=parts[2])
-    partial.replace(cached)
-    return Embedded(parts[0], parts[1], parts[2], digest)
 
 
 def stored_block(base: np.ndarray, first: int, count: int, seed: int = 0) -> np.ndarray:

@@ -2,16 +2,15 @@
 
 Each 384-dimensional embedding is stored as the signs of ``vector - center`` (one bit a
 dimension, 48 bytes) beside its record id (an int64): 56 bytes a record, so 4M records fit
-in 224 MiB. ``center`` is the mean of the vectors the index was built from: embeddings of
-one model share a large common component, so the raw signs of many dimensions are nearly
-constant and carry little; centred, each bit splits the records about evenly (docs/bench.md,
-"Memory index", measures both).
+in 224 MiB. ``center`` is zero (raw signs) or the mean of the first records; the bench
+measured both on real embeddings (docs/bench.md, "Memory index") and they came out alike.
 
-A search is two steps. The Hamming distance from the query's code to every code (the C
-scan in ``_popcount`` where it was built, else numpy) picks the ``candidates`` nearest;
+A search is three steps. The Hamming distance from the query's code to every code (the C
+scan in ``_popcount`` where it was built, else numpy) picks the ``candidates`` nearest; an
+estimate of each one's similarity from its code and the float query keeps a ``shortlist``;
 their float vectors, which the index never holds, come from ``fetch(rows)`` (in alethia,
 decrypted on demand from the vector file) and exact cosine ranks them. With at least as
-many candidates as records the result is exact.
+many candidates as records and no shortlist the result is exact.
 """
 
 from __future__ import annotations
@@ -28,8 +27,14 @@ except ImportError:  # built without a C compiler: the numpy path does the same
     _popcount = None  # type: ignore[assignment]
 
 DIM = 384
-#: Candidates ranked by exact cosine; chosen on the tune queries (docs/bench.md).
-CANDIDATES = 300
+#: Candidates the Hamming scan keeps, and how many of them the estimate from their codes
+#: passes on to exact cosine (whose vectors are fetched); chosen on the tune queries
+#: (docs/bench.md, "Memory index").
+CANDIDATES = 4000
+SHORTLIST = 500
+#: Whether a build centres the codes on the records' mean; on the bench's real embeddings
+#: it made no difference worth its while, so the tune rule kept the raw signs.
+CENTERED = False
 #: Rows the numpy scan handles at once (bounds its temporaries to a few MiB).
 CHUNK_ROWS = 1 << 16
 #: Records whose mean is the center of a build from blocks (the first ones stored).
@@ -113,13 +118,15 @@ def nearest_rows(distances: np.ndarray, count: int) -> np.ndarray:
 class BinaryIndex:
     """Sign codes and ids in two growing arrays; search by Hamming, then exact cosine."""
 
-    def __init__(self, center: np.ndarray | None = None, *, dim: int = DIM,
-                 capacity: int = 0, native: bool = True) -> None:
+    def __init__(self, center: np.ndarray | None = None, *, scale: np.ndarray | None = None,
+                 dim: int = DIM, capacity: int = 0, native: bool = True) -> None:
         if dim % 64:
             raise IndexInputError(f"the code of {dim} dimensions is not whole uint64 words")
         self.dim = dim
         self.center = (np.zeros(dim, dtype=np.float32) if center is None
                        else np.asarray(center, dtype=np.float32).reshape(dim).copy())
+        self.scale = (np.ones(dim, dtype=np.float32) if scale is None
+                      else np.asarray(scale, dtype=np.float32).reshape(dim).copy())
         self.native = native and _popcount is not None
         self._codes = np.zeros((capacity, dim // 64), dtype=np.uint64)
         self._ids = np.zeros(capacity, dtype=np.int64)
@@ -127,22 +134,22 @@ class BinaryIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: np.ndarray | Sequence[int] | None = None, *,
-              centered: bool = True, native: bool = True) -> BinaryIndex:
-        """An index of ``vectors`` (rows 0..n-1), centred as :meth:`from_blocks` centres."""
+              centered: bool = CENTERED, native: bool = True) -> BinaryIndex:
+        """An index of ``vectors`` (rows 0..n-1), centred (if so) as :meth:`from_blocks`."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        center = (vectors[:CENTER_ROWS].mean(axis=0, dtype=np.float64)
-                  if centered and len(vectors) else None)
-        index = cls(center, dim=vectors.shape[1], capacity=len(vectors), native=native)
+        center, scale = _center_and_scale(vectors[:CENTER_ROWS], centered)
+        index = cls(center, scale=scale, dim=vectors.shape[1], capacity=len(vectors),
+                    native=native)
         index.append(vectors, ids)
         return index
 
     @classmethod
     def from_blocks(cls, blocks: Iterable[np.ndarray], *, capacity: int = 0,
-                    centered: bool = True, native: bool = True, dim: int = DIM
+                    centered: bool = CENTERED, native: bool = True, dim: int = DIM
                     ) -> BinaryIndex:
         """An index of the vectors ``blocks`` yields in row order (the build at start, from
-        the vector file): centred on the mean of the first CENTER_ROWS, so the same records
-        give the same codes on every rebuild."""
+        the vector file). ``center`` (when centred) and ``scale`` come from the first
+        CENTER_ROWS, so the same records give the same codes on every rebuild."""
         blocks = iter(blocks)
         head: list[np.ndarray] = []
         rows = 0
@@ -152,10 +159,9 @@ class BinaryIndex:
             if rows >= CENTER_ROWS:
                 break
         first = np.concatenate(head) if head else np.zeros((0, dim), np.float32)
-        center = (first[:CENTER_ROWS].mean(axis=0, dtype=np.float64)
-                  if centered and len(first) else None)
-        index = cls(center, dim=first.shape[1] if len(first) else dim, capacity=capacity,
-                    native=native)
+        center, scale = _center_and_scale(first[:CENTER_ROWS], centered)
+        index = cls(center, scale=scale, dim=first.shape[1] if len(first) else dim,
+                    capacity=capacity, native=native)
         index.append(first)
         del head, first
         for block in blocks:
@@ -177,7 +183,8 @@ class BinaryIndex:
     @property
     def nbytes(self) -> int:
         """Bytes the arrays hold, spare capacity included."""
-        return int(self._codes.nbytes + self._ids.nbytes + self.center.nbytes)
+        return int(self._codes.nbytes + self._ids.nbytes + self.center.nbytes
+                   + self.scale.nbytes)
 
     def quantize(self, vectors: np.ndarray) -> np.ndarray:
         """Each row's signs about ``center`` as uint64 words (bit i set: dim i above it)."""
@@ -241,11 +248,29 @@ class BinaryIndex:
             return kept[nearest_rows(distances[kept], count)]
         return nearest_rows(distances, count)
 
+    def estimate(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """How similar each row is to ``query``, from its code alone: the vector taken as
+        ``center + scale * sign`` (``scale``: the mean distance from the center a
+        dimension), less the term every row shares; ranks rows much as cosine does."""
+        bits = np.unpackbits(self._codes[rows].view(np.uint8), axis=1, bitorder="little")
+        weights = self.scale * np.asarray(query, dtype=np.float32)
+        return bits.astype(np.float32) @ (2 * weights)
+
+    def shortlist(self, rows: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:
+        """The ``count`` of ``rows`` with the best :meth:`estimate` (ties: lower row), by row."""
+        if count >= len(rows):
+            return rows
+        best = np.lexsort((rows, -self.estimate(rows, query)))[:count]
+        return np.sort(rows[best])
+
     def search(self, query: np.ndarray, k: int, fetch: Fetch, *,
-               candidates: int = CANDIDATES, mask: np.ndarray | None = None) -> list[Hit]:
+               candidates: int = CANDIDATES, shortlist: int | None = SHORTLIST,
+               mask: np.ndarray | None = None) -> list[Hit]:
         """The ``k`` records most similar to ``query`` by cosine, best first.
 
-        ``fetch(rows)`` returns the float vectors of ``rows`` (len(rows) x dim), in order.
+        The ``candidates`` nearest by Hamming distance, the ``shortlist`` of them best by
+        :meth:`estimate` (None: all), ranked by exact cosine over the vectors
+        ``fetch(rows)`` returns (len(rows) x dim, in order).
         """
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape != (self.dim,):
@@ -253,6 +278,8 @@ class BinaryIndex:
         if not self._count or k <= 0:
             return []
         rows = self.candidates(query, max(candidates, k), mask)
+        if shortlist is not None:
+            rows = self.shortlist(rows, query, max(shortlist, k))
         if not len(rows):
             return []
         vectors = np.asarray(fetch(rows), dtype=np.float32)
@@ -266,6 +293,16 @@ class BinaryIndex:
         """What a bench records about the index: the scan that ran and the centring."""
         return {"scan": "c" if self.native else "numpy",
                 "centered": bool(np.any(self.center != 0))}
+
+
+def _center_and_scale(first: np.ndarray, centered: bool
+                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The center (the mean of ``first``, or none) and each dimension's mean distance from it."""
+    if not len(first):
+        return None, None
+    center = first.mean(axis=0, dtype=np.float64) if centered else np.zeros(first.shape[1])
+    scale = np.abs(first - center.astype(np.float32)).mean(axis=0, dtype=np.float64)
+    return (center if centered else None), scale
 
 
 def cosine(vectors: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -60,6 +60,7 @@ def test_a_code_is_48_bytes_whose_bit_i_says_whether_dimension_i_is_above_the_ce
     vectors = rng.standard_normal((5, 384)).astype(np.float32)
     center = rng.standard_normal(384).astype(np.float32)
     codes = BinaryIndex(center).quantize(vectors)
+    assert not BinaryIndex.build(vectors).params()["centered"]  # the tuned default
     assert codes.shape == (5, 6) and codes.nbytes == 5 * 48
     for vector, code in zip(vectors, codes, strict=True):
         as_int = int.from_bytes(code.tobytes(), "little")
@@ -94,6 +95,8 @@ def test_the_c_and_numpy_paths_return_the_same_matches() -> None:
     for query in embedding_like(20, seed=5):
         assert (fast.search(query, 10, vectors.__getitem__, candidates=100)
                 == slow.search(query, 10, vectors.__getitem__, candidates=100))
+        assert (fast.search(query, 10, vectors.__getitem__, candidates=1000, shortlist=100)
+                == slow.search(query, 10, vectors.__getitem__, candidates=1000, shortlist=100))
 
 
 @needs_c
@@ -119,7 +122,7 @@ def test_with_candidates_covering_every_record_the_search_is_exact() -> None:
     ids = np.arange(3000) * 7 + 100
     index = BinaryIndex.build(vectors, ids)
     for query in embedding_like(5, seed=7):
-        hits = index.search(query, 10, vectors.__getitem__, candidates=3000)
+        hits = index.search(query, 10, vectors.__getitem__, candidates=3000, shortlist=None)
         expected = exact_top(vectors, query, 10)
         assert [h.row for h in hits] == expected
         assert [h.id for h in hits] == [int(ids[r]) for r in expected]
@@ -127,7 +130,7 @@ def test_with_candidates_covering_every_record_the_search_is_exact() -> None:
         assert hits[0].score == pytest.approx(float(cosine(vectors[expected[:1]], query)[0]))
 
 
-def test_the_index_holds_no_floats_and_fetches_only_the_candidates() -> None:
+def test_the_index_holds_no_floats_and_fetches_only_the_shortlist() -> None:
     vectors = embedding_like(5000, seed=8)
     index = BinaryIndex.build(vectors)
     asked: list[int] = []
@@ -136,9 +139,9 @@ def test_the_index_holds_no_floats_and_fetches_only_the_candidates() -> None:
         asked.extend(rows.tolist())
         return vectors[rows]
 
-    index.search(vectors[0], 10, fetch, candidates=200)
+    index.search(vectors[0], 10, fetch, candidates=1000, shortlist=200)
     assert len(asked) == 200
-    assert index.nbytes == 5000 * (48 + 8) + 384 * 4  # codes, ids and the center
+    assert index.nbytes == 5000 * (48 + 8) + 2 * 384 * 4  # codes, ids, center and scale
 
 
 def test_appends_grow_the_index_and_give_the_codes_of_one_build() -> None:
@@ -157,9 +160,10 @@ def test_appends_grow_the_index_and_give_the_codes_of_one_build() -> None:
 def test_a_build_from_blocks_is_a_build_from_the_whole() -> None:
     vectors = embedding_like(70_000, seed=10, clusters=20)
     blocks = (vectors[i:i + 4096] for i in range(0, len(vectors), 4096))
-    streamed = BinaryIndex.from_blocks(blocks, capacity=len(vectors))
-    whole = BinaryIndex.build(vectors)
+    streamed = BinaryIndex.from_blocks(blocks, capacity=len(vectors), centered=True)
+    whole = BinaryIndex.build(vectors, centered=True)
     assert np.array_equal(streamed.center, whole.center)
+    assert np.array_equal(streamed.scale, whole.scale)
     assert np.array_equal(streamed.codes, whole.codes)
 
 
@@ -189,10 +193,24 @@ def test_centering_finds_the_true_neighbours_of_embeddings_sharing_a_component()
     for centered in (True, False):
         index = BinaryIndex.build(vectors, centered=centered)
         found = [
-            len({h.row for h in index.search(q, 10, vectors.__getitem__, candidates=200)}
+            len({h.row for h in index.search(q, 10, vectors.__getitem__, candidates=200,
+                                             shortlist=None)}
                 & set(exact_top(vectors, q, 10))) / 10
             for q in queries
         ]
         recalls[centered] = float(np.mean(found))
     assert recalls[True] >= 0.9
     assert recalls[True] > recalls[False] + 0.1
+
+
+def test_the_estimate_from_codes_shortlists_the_candidates_that_matter() -> None:
+    vectors, queries = memory_like(20_000, 40)
+    index = BinaryIndex.build(vectors, centered=True)
+    found = [len({h.row for h in index.search(q, 10, vectors.__getitem__, candidates=2000,
+                                              shortlist=100)}
+                 & set(exact_top(vectors, q, 10))) / 10 for q in queries]
+    hamming_only = [len({h.row for h in index.search(q, 10, vectors.__getitem__,
+                                                     candidates=100, shortlist=None)}
+                        & set(exact_top(vectors, q, 10))) / 10 for q in queries]
+    assert np.mean(found) >= 0.9
+    assert np.mean(found) > np.mean(hamming_only) + 0.05
