@@ -160,7 +160,7 @@ def tieto_index(vectors: np.ndarray, digest: str, progress: Progress, cache: Pat
         return TopicIndex.open(path), {"tieto_index": "cached"}
     progress(f"filling tieto's index with {len(vectors)} vectors (cached afterwards)")
     partial = path.with_suffix(".partial")
-    for stale in cache.glob(partial.name + "*"):
+    for stale in cache.glob(f"tieto-*-{len(vectors)}-*"):  # other text: 2 GB a million
         stale.unlink()
     started = time.perf_counter()
     index = TopicIndex.create(partial, TopicConfig("memory-bench", "all-MiniLM-L6-v2", 384))
