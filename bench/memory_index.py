@@ -55,7 +55,7 @@ from runa.crypto import sodium  # noqa: E402
 
 K = 10
 CANDIDATE_CHOICES = (300, 1000, 2000, 4000)
-SHORTLIST_CHOICES = (100, 200, 300, 500)
+SHORTLIST_CHOICES = (100, 200, 300, 500, 750, 1000)
 #: The tune recall a choice must reach (the target 0.95 with a margin for the test half).
 TUNE_RECALL = 0.97
 QUICK_RECORDS = 1_000_000
