@@ -118,6 +118,22 @@ def decrypt_into(key: bytearray, nonce: bytes, ciphertext: Buffer,
     return out
 
 
+def decrypt_to(key: bytearray, nonce: bytes, ciphertext: Buffer, associated: bytes,
+               out: Buffer) -> bool:
+    """Decrypt ``ciphertext`` into ``out`` (writable, its plaintext's size); False if the MAC
+    fails (``out`` is then zeroed). For bulk reads into a buffer the caller already owns."""
+    _check_key_and_nonce(key, nonce)
+    if len(ciphertext) < MAC_BYTES or len(out) != len(ciphertext) - MAC_BYTES:
+        raise ValueError("out must be the size of the ciphertext's plaintext")
+    target = _ffi.from_buffer("unsigned char[]", out, require_writable=True)
+    failed = _lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        target if len(out) else _ffi.NULL, _ffi.NULL, _ffi.NULL, _in(ciphertext),
+        len(ciphertext), _in(associated), len(associated), _in(nonce), _in(key))
+    if failed:
+        _lib.sodium_memzero(target, len(out))
+    return not failed
+
+
 def argon2id_into(passphrase: Buffer, salt: bytes, opslimit: int, memlimit: int) -> bytearray:
     """The 32-byte key Argon2id derives from ``passphrase``, in a buffer the caller wipes.
 
