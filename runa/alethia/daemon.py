@@ -14,8 +14,13 @@ not running yet, is not a failure: the daemon is ready, its status says what it 
 every request but a wait is answered ``MemoryUnavailable`` (exit 69), and it asks again every
 ``RETRY_S``. Keys that do not open the store (``WrongKey``) make it unusable until ``reload``.
 
-Appends are batched by the store (``Store.due``): the loop never waits longer than the
-oldest pending append may, and a stop flushes and signs.
+Appends are committed in groups: an ``append`` is answered only once its batch is written,
+fsynced and signed, when the store's ``durability`` bound comes due (``Store.due``, 200 ms) or
+the batch is full (64 records), so an id a client holds names a turn on disk and a SIGKILL
+loses only turns not yet answered. Any other request writes the pending batch before it runs
+(a long ``forget`` or ``rotate`` never holds a batch back). A write that fails (a full disk)
+answers each waiting client an error naming its id, and the daemon goes on; its status says
+so until a write succeeds again. A stop writes, answers and signs.
 """
 
 from __future__ import annotations
@@ -41,9 +46,10 @@ from runa.paths import Paths
 from runa.protocol import memory
 from runa.protocol.payloads import PayloadError
 from runa.service import ServiceContext
-from runa.splinter import Bus, Envelope, Fault
+from runa.splinter import Bus, Envelope, EnvelopeReceiver, Fault, QueueReceiver
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, SplinterError, TtlExpired
+from runa.splinter.stats import ComponentStats
 
 NAME = memory.SERVICE
 REQUEST = memory.SEALED_CONTEXTS["request"]
@@ -102,6 +108,10 @@ class AlethiaDaemon:
         self.inbox: deque[Envelope] = deque()
         self._seen = bus_mod.RecentRequests()
         self._ctx: ServiceContext | None = None
+        self._held: list[tuple[Envelope, str]] = []  # appends answered once written
+        self.write_error = ""  # why the last write failed ("" once one succeeds)
+        self.stats: ComponentStats | None = None
+        self.queue: EnvelopeReceiver[QueueReceiver] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -126,13 +136,14 @@ class AlethiaDaemon:
             self._try_open()
         due = self.store.due() if self.store is not None else None
         wait = timeout if due is None else max(0.0, min(timeout, due))
+        assert self.queue is not None
         self.inbox.extend(bus_mod.read_requests(
             self.queue, wait, on_bad_schema=self._bad_schema, on_cancel=lambda _r: None,
             on_expired=self._expired, seen=self._seen))
         while self.inbox:
             self._handle(self.inbox.popleft())
         if self.store is not None and (due := self.store.due()) is not None and due <= 0:
-            self.store.flush()
+            self._commit()
 
     def stop(self) -> None:
         self._close_store()
@@ -140,8 +151,9 @@ class AlethiaDaemon:
             self._key_source.close()
         if self.key is not None:
             self.key.close()
-        if self.bus is not None:
+        if self.queue is not None:
             self.queue.close()
+        if self.bus is not None:
             self.bus.close()
 
     def _try_open(self) -> None:
@@ -174,6 +186,7 @@ class AlethiaDaemon:
 
     def _close_store(self) -> None:
         if self.store is not None:
+            self._commit()
             store, self.store = self.store, None
             store.close()
         self._forget_keys()
@@ -190,7 +203,8 @@ class AlethiaDaemon:
             return f"closed: {self.waiting}"
         if self.store is None:
             return f"waiting for coven: {self.waiting}"
-        return "open" + ("" if self.recording else " (not recording turns: memory.record)")
+        return ("open" + ("" if self.recording else " (not recording turns: memory.record)")
+                + (f"; the last write failed: {self.write_error}" if self.write_error else ""))
 
     def _say_status(self) -> None:
         if self._ctx is not None:
@@ -224,16 +238,14 @@ class AlethiaDaemon:
             if spec is None:
                 raise _bad(request, f"unknown op {op!r}; alethia answers {', '.join(memory.OPS)}")
             try:
-                answer = self._answer(spec.name, fields)
+                answer = self._answer(request, spec.name, fields)
             except PayloadError as error:
                 raise _bad(request, str(error)) from None
-            self._reply(request, answer)
+            if answer is not None:  # None: an append, answered once written (_commit)
+                self._reply(request, answer)
         except BadSchema as error:
             self._bad_schema(error, request)
-        except RecordTooLarge as error:
-            self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
-                       error.exit_code)
-        except UnknownRecord as error:
+        except (RecordTooLarge, UnknownRecord) as error:
             self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
                        error.exit_code)
         except (StoreError, MemoryUnavailable) as error:
@@ -247,8 +259,9 @@ class AlethiaDaemon:
         finally:
             self._say_status()
 
-    def _answer(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """The sealed answer's fields for ``op``."""
+    def _answer(self, request: Envelope, op: str,
+                fields: dict[str, Any]) -> dict[str, Any] | None:
+        """The sealed answer's fields for ``op`` (None for an append: answered once written)."""
         spec = memory.OPS[op]
         if op == "reload":
             return self._reload()
@@ -256,7 +269,9 @@ class AlethiaDaemon:
             return self._release()
         store = self._open()
         if op == "append":
-            return {memory.ID: self._append(store, fields)}
+            self._append(store, request, fields)
+            return None
+        self._commit()  # the waiting appends first: nothing below holds them back
         if op in ("list", "export"):
             since, conversation = spec.read(fields, "since"), spec.read(fields, "conversation")
             after, limit = spec.read(fields, "after"), _limit(spec.read(fields, "limit"))
@@ -299,7 +314,8 @@ class AlethiaDaemon:
         raise MemoryUnavailable(f"the memory store is not open yet, waiting for coven: "
                                 f"{self.waiting}")
 
-    def _append(self, store: Store, fields: dict[str, Any]) -> str:
+    def _append(self, store: Store, request: Envelope, fields: dict[str, Any]) -> None:
+        """Queue a turn; it is answered with the batch it is written in."""
         spec = memory.OPS["append"]
         kind = spec.read(fields, "kind") or "turn"
         if kind != "turn":
@@ -310,7 +326,50 @@ class AlethiaDaemon:
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"the turn is {size} bytes of JSON; alethia keeps at most "
                                  f"{MAX_RECORD_BYTES} (what one answer of its bus carries)")
-        return store.append(kind, body, at=spec.read(fields, "time"))
+        try:
+            record_id = store.append(kind, body, at=spec.read(fields, "time"))
+        except StoreError as error:
+            if store.due() is None:  # the store wrote (or voided) the waiting batch
+                self._settle(store, error)
+            raise
+        self._held.append((request, record_id))
+        if store.due() is None:  # the append filled its batch: written with it
+            self._commit()
+
+    def _commit(self) -> None:
+        """Write the pending batch and answer each append waiting for it: its id once it is
+        on disk, else an error naming it. The daemon goes on either way."""
+        if self.store is None:
+            return
+        try:
+            self.store.flush()
+        except StoreError as error:
+            self._settle(self.store, error)
+            return
+        if self.write_error:
+            self.write_error = ""
+            self._say_status()
+        held, self._held = self._held, []
+        for request, record_id in held:
+            self._reply(request, {memory.ID: record_id})
+
+    def _settle(self, store: Store, error: StoreError) -> None:
+        """A write failed: answer each waiting append, an error for each whose record is not
+        on disk (its id is void: the store gives it to the next record)."""
+        held, self._held = self._held, []
+        lost = [(request, record_id) for request, record_id in held
+                if not _written(store, record_id)]
+        for request, record_id in held:
+            if (request, record_id) not in lost:
+                self._reply(request, {memory.ID: record_id})
+        for request, record_id in lost:
+            self._fail(request, Fault.INTERNAL_ERROR, f"record {record_id} was not written: "
+                       f"{error}", type(error).__name__, error.exit_code)
+        self.write_error = f"{type(error).__name__}: {error}"
+        log.event(self.logger, "memory_write_failed", f"alethia could not write "
+                  f"{len(lost)} waiting turn(s): {type(error).__name__}", level=logging.ERROR,
+                  records=len(lost), kind=type(error).__name__)
+        self._say_status()
 
     def _rotate(self, store: Store) -> int:
         assert self._key_source is not None and self.keys is not None
@@ -323,6 +382,7 @@ class AlethiaDaemon:
     def _release(self) -> dict[str, Any]:
         """Close the store (flushed and signed) and leave it closed until ``reload``."""
         store = self._open()
+        self._commit()
         store.flush()
         answer = self._status(store)
         self._close_store()
@@ -371,7 +431,7 @@ class AlethiaDaemon:
     def _bad_schema(self, error: BadSchema, request: Envelope | None = None, *,
                     kind: str = "BadSchema") -> None:
         self.logger.warning("bad request: %s", error.message, extra={"RUNA_EVENT": "bad_schema"})
-        if request is not None:  # the bus counted the envelopes it could not read itself
+        if request is not None and self.stats is not None:  # the bus counted the rest itself
             self.stats.incr("bad_schema")
         where = env_mod.reply_channel(request, error)
         if where:
@@ -386,6 +446,15 @@ class AlethiaDaemon:
             self.bus.sender(channel, stats=self.stats).send(envelope)
         except SplinterError as error:
             self.logger.info("could not answer on %s: %s", channel, error)
+
+
+def _written(store: Store, record_id: str) -> bool:
+    """Whether ``record_id`` is on disk (after a failed write voided the batch, or not)."""
+    try:
+        store.read(record_id)
+    except StoreError:
+        return False
+    return True
 
 
 def _json(value: Any) -> str:

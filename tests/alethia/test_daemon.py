@@ -7,6 +7,7 @@ batched appends flushed in time and on stop."""
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
 import threading
@@ -19,6 +20,7 @@ import pytest
 from support import isolated_env, remove_segments, wait_for
 
 from runa import stackbus as bus_mod
+from runa.alethia import dayfile, files
 from runa.alethia.daemon import MAX_RECORD_BYTES, AlethiaDaemon
 from runa.alethia.store import Durability, Keys, Store, StoreError, restore, snapshot
 from runa.client import ServiceClient, ServiceFault
@@ -396,5 +398,80 @@ def test_a_store_released_is_restored_beside_the_running_daemon_and_reloaded(
         assert alethia.call("reload")["records"] == 1
         assert [e["id"] for e in alethia.call("list")["entries"]] == [kept]
         assert alethia.runner.ctx.status_text == "open"
+    finally:
+        alethia.close()
+
+
+def slow_store(root: Path, keys: Keys) -> Store:
+    return Store.open(root, keys, durability=Durability(records=64, ms=400))
+
+
+def day_indices(root: Path) -> set[str]:
+    """The ids whose lines are in the day files on disk now."""
+    written = set()
+    for path in (root / "days").glob("*.log"):
+        for line in dayfile.scan(path.read_bytes()).records():
+            if line.fields is not None:
+                written.add(f"{path.stem}/{line.fields['i']}")
+    return written
+
+
+def test_an_append_is_answered_only_once_its_line_is_on_disk(tmp_path: Path) -> None:
+    alethia = Alethia(tmp_path, slow_store, heartbeat_s=5.0)
+    root = alethia.paths.data / "alethia"
+    try:
+        for _ in range(3):
+            sent = time.monotonic()
+            record_id = alethia.turn()
+            assert record_id in day_indices(root)  # written when the answer came
+            assert time.monotonic() - sent >= 0.3  # held for its batch (400 ms), no longer
+    finally:
+        alethia.close()
+
+
+def send_appends(alethia: Alethia, count: int) -> list[env_mod.Envelope]:
+    """``count`` appends sent at once (one batch); their answers, in order."""
+    for n in range(count):
+        query = env_mod.query("test", memory.SERVICE, alethia.key.seal(
+            REQUEST, memory.OPS["append"].request(conversation="c", persona="default",
+                                                 user=f"{TEXT} {n}", answer=ANSWER)),
+            reply_to=alethia.client.replies.name)
+        alethia.bus.sender(memory.SERVICE).send(query)
+    answers: list[env_mod.Envelope] = []
+    while len(answers) < count:
+        answer = wait_for(lambda: alethia.client.replies.recv(0.1), 10, "an append's answer")
+        assert isinstance(answer, env_mod.Envelope)
+        answers.append(answer)
+    return answers
+
+
+def test_a_full_disk_at_the_batch_write_names_each_id_and_the_daemon_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real store, ENOSPC injected at its write: each waiting client is told its turn was
+    not written, by id; the daemon keeps serving and its status says what happened."""
+    alethia = Alethia(tmp_path, real_store)
+    try:
+        kept = alethia.turn()
+        day = kept.split("/")[0]
+
+        def full(fd: int, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(files, "_write_all", full)
+        answers = send_appends(alethia, 3)
+        assert all(a.type == "error" for a in answers)
+        faults = [a.payload for a in answers]
+        assert {f["kind"] for f in faults} == {"StoreFull"}
+        assert {f["exit_code"] for f in faults} == {74}
+        named = sorted(f["message"].split()[1] for f in faults)
+        assert named == [f"{day}/2", f"{day}/3", f"{day}/4"]
+        assert all(TEXT not in f["message"] for f in faults)
+        assert alethia.thread.is_alive()
+        assert "the last write failed: StoreFull" in alethia.runner.ctx.status_text
+        monkeypatch.undo()
+        again = alethia.turn()
+        assert again == f"{day}/2"  # never given to a client before: it names this turn now
+        assert alethia.runner.ctx.status_text == "open"
+        assert [e["id"] for e in alethia.call("list")["entries"]] == [kept, again]
     finally:
         alethia.close()
