@@ -11,7 +11,7 @@ the loop goes on.
 At start it makes itself undumpable (``runa.crypto.process``) and asks coven for its keys
 through gilgul's broker (``runa.alethia.keysource``). A locked vault, or a broker or coven
 not running yet, is not a failure: the daemon is ready, its status says what it waits for,
-every request but a wait is answered ``MemoryUnavailable`` (exit 69), and it asks again every
+every request but a wait is answered ``StoreClosed`` (exit 69), and it asks again every
 ``RETRY_S``. Keys that do not open the store (``WrongKey``) make it unusable until ``reload``.
 
 Appends are committed in groups: an ``append`` is answered only once its batch is written,
@@ -67,8 +67,10 @@ MAX_RECORD_BYTES = MAX_PAGE_BYTES - 1024
 StoreOpener = Callable[[Path, Keys], Store]
 
 
-class MemoryUnavailable(RunaError):
-    """The store is not open: its keys are not there yet (a locked vault, coven away)."""
+class StoreClosed(RunaError):
+    """The store is not open: its keys are not there yet (a locked vault, coven away), or it
+    was released. Not the client's ``MemoryUnavailable``, which means alethia itself is not
+    there."""
 
     exit_code = EX_UNAVAILABLE
 
@@ -248,7 +250,7 @@ class AlethiaDaemon:
         except (RecordTooLarge, UnknownRecord) as error:
             self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
                        error.exit_code)
-        except (StoreError, MemoryUnavailable) as error:
+        except (StoreError, StoreClosed) as error:
             self._fail(request, Fault.INTERNAL_ERROR, str(error), type(error).__name__,
                        error.exit_code)
         except Exception as error:  # answered, logged (its class only), and the loop goes on
@@ -310,8 +312,8 @@ class AlethiaDaemon:
             raise type(self._failure)(f"the memory store cannot be opened: {self._failure}; "
                                       "'reload' once that is put right")
         if self.released:
-            raise MemoryUnavailable(f"the memory store is closed: {self.waiting}")
-        raise MemoryUnavailable(f"the memory store is not open yet, waiting for coven: "
+            raise StoreClosed(f"the memory store is closed: {self.waiting}")
+        raise StoreClosed(f"the memory store is not open yet, waiting for coven: "
                                 f"{self.waiting}")
 
     def _append(self, store: Store, request: Envelope, fields: dict[str, Any]) -> None:
@@ -380,11 +382,16 @@ class AlethiaDaemon:
         return version
 
     def _release(self) -> dict[str, Any]:
-        """Close the store (flushed and signed) and leave it closed until ``reload``."""
-        store = self._open()
-        self._commit()
-        store.flush()
-        answer = self._status(store)
+        """Close the store (flushed and signed) and leave it closed until ``reload``. A store
+        that is not open (a locked vault, keys that do not open it) holds no lock: released
+        at once, so a restore can put right what kept it closed."""
+        if self.store is None:
+            answer: dict[str, Any] = {**dict.fromkeys(memory.STATUS_FIELDS),
+                                      "recording": self.recording}
+        else:
+            self._commit()
+            self.store.flush()
+            answer = self._status(self.store)
         self._close_store()
         self.released = True
         self.waiting = "released for a restore: 'reload' opens it again"

@@ -351,9 +351,10 @@ def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
                                        "Records made since it was taken are lost [y/N] "):
         print("nothing restored")
         return EX_FAILED
+    public_key = trusted_key(ctx)[0]  # asked while alethia still holds the store
     released = _when_running(ctx, "release")  # it writes, signs and gives up the store
     try:
-        report = store.restore(source, store_root(ctx), public_key=trusted_key(ctx)[0])
+        report = store.restore(source, store_root(ctx), public_key=public_key)
     finally:
         if released:  # the restored store, or the old one if the restore failed
             _when_running(ctx, "reload")

@@ -294,7 +294,7 @@ def test_a_locked_vault_is_waited_for_and_said(tmp_path: Path) -> None:
     try:
         assert "waiting for coven: the vault is locked" in alethia.runner.ctx.status_text
         waiting = fault(lambda: alethia.call("status"))
-        assert waiting["kind"] == "MemoryUnavailable" and waiting["exit_code"] == 69
+        assert waiting["kind"] == "StoreClosed" and waiting["exit_code"] == 69
         asked = keys.loads
         wait_for(lambda: keys.loads > asked, 5, "alethia to ask for its keys again")
         assert alethia.log.getvalue().count("memory keys not available yet") == 1  # said once
@@ -391,7 +391,7 @@ def test_a_store_released_is_restored_beside_the_running_daemon_and_reloaded(
             restore(tmp_path / "memory.tar", root)
         assert alethia.call("release")["records"] == 2
         closed = fault(lambda: alethia.call("list"))
-        assert closed["kind"] == "MemoryUnavailable" and "reload" in closed["message"]
+        assert closed["kind"] == "StoreClosed" and "reload" in closed["message"]
         assert alethia.runner.ctx.status_text.startswith("closed: ")
         time.sleep(0.5)  # it does not open the store again on its own
         assert restore(tmp_path / "memory.tar", root).ok
@@ -473,5 +473,30 @@ def test_a_full_disk_at_the_batch_write_names_each_id_and_the_daemon_goes_on(
         assert again == f"{day}/2"  # never given to a client before: it names this turn now
         assert alethia.runner.ctx.status_text == "open"
         assert [e["id"] for e in alethia.call("list")["entries"]] == [kept, again]
+    finally:
+        alethia.close()
+
+
+def test_a_store_that_cannot_be_opened_is_released_for_a_restore(tmp_path: Path) -> None:
+    """Keys that do not open the store: the daemon holds no lock, so release answers at once
+    and a snapshot can be put back while it runs."""
+    keys = GivenKeys()
+    alethia = Alethia(tmp_path, real_store, keys)
+    root = alethia.paths.data / "alethia"
+    try:
+        kept = alethia.turn()
+        alethia.call("sign")
+        snapshot(root, tmp_path / "memory.tar")
+        alethia.stop_daemon()
+        good = keys.memory[1]
+        keys.memory[1] = sodium.random_bytes(32)
+        alethia.start()
+        assert alethia.runner.ctx.status_text.startswith("unusable: WrongKey")
+        released = alethia.call("release")
+        assert released["records"] is None and released["recording"] is True
+        assert restore(tmp_path / "memory.tar", root).ok
+        keys.memory[1] = good
+        assert alethia.call("reload")["records"] == 1
+        assert [e["id"] for e in alethia.call("list")["entries"]] == [kept]
     finally:
         alethia.close()
