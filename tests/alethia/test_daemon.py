@@ -27,6 +27,7 @@ from runa.client import ServiceClient, ServiceFault
 from runa.components import load_config
 from runa.crypto import sodium
 from runa.crypto.sealed import BusKey, key_path
+from runa.memory_client import MemoryClient, Turn, TurnRecorder
 from runa.paths import Paths
 from runa.protocol import memory
 from runa.protocol import secret_wire as wire
@@ -500,3 +501,20 @@ def test_a_store_that_cannot_be_opened_is_released_for_a_restore(tmp_path: Path)
         assert [e["id"] for e in alethia.call("list")["entries"]] == [kept]
     finally:
         alethia.close()
+
+
+def test_more_chats_than_eight_record_at_once(in_memory: Alethia) -> None:
+    """Each chat holds a reply queue on the alethia bus for its life: twelve at once (the
+    bus had 8 channels) all record their turns."""
+    notices: list[str] = []
+    recorders = [TurnRecorder(lambda n=n: MemoryClient(in_memory.bus, in_memory.key,
+                                                       f"chat-{n}"), notices.append)
+                 for n in range(12)]
+    try:
+        assert all(recorder.check() for recorder in recorders)  # every reply queue open
+        ids = [recorder.record(Turn("c", f"{TEXT} {n}", ANSWER))
+               for n, recorder in enumerate(recorders)]
+        assert all(ids) and len(set(ids)) == 12 and notices == []
+    finally:
+        for recorder in recorders:
+            recorder.close()
