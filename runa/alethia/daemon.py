@@ -25,6 +25,7 @@ so until a write succeeds again. A stop writes, answers and signs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -65,6 +66,9 @@ MAX_PAGE_BYTES = 64 * 1024
 MAX_RECORD_BYTES = MAX_PAGE_BYTES - 1024
 
 StoreOpener = Callable[[Path, Keys], Store]
+#: The ops that read out or change the whole memory: who asked is logged (pids, never text),
+#: since any process of the person's uid may ask (docs/security.md).
+AUDITED = frozenset({"forget", "export", "rotate", "release", "reload"})
 
 
 class StoreClosed(RunaError):
@@ -239,6 +243,8 @@ class AlethiaDaemon:
             spec = memory.OPS.get(op) if isinstance(op, str) else None
             if spec is None:
                 raise _bad(request, f"unknown op {op!r}; alethia answers {', '.join(memory.OPS)}")
+            if spec.name in AUDITED and not (spec.name == "export" and fields.get("after")):
+                self._audit(request, spec.name)
             try:
                 answer = self._answer(request, spec.name, fields)
             except PayloadError as error:
@@ -412,6 +418,18 @@ class AlethiaDaemon:
         known = dict(store.status())
         return {**{name: known.get(name) for name in memory.STATUS_FIELDS},
                 "recording": self.recording}
+
+    def _audit(self, request: Envelope, op: str) -> None:
+        """Log who asked ``op``, as the kernel says: the pid that sent the request and the one
+        that holds its reply queue (the envelope's sender name is the client's own claim)."""
+        assert self.bus is not None
+        sender = holder = None
+        with contextlib.suppress(SplinterError):
+            sender = self.bus.request_sender(request.id)
+            if request.reply_to:
+                holder = self.bus.queue_holder(request.reply_to)
+        log.event(self.logger, "memory_request", f"{op} asked by pid {sender} (reply queue "
+                  f"held by pid {holder})", op=op, sender_pid=sender, holder_pid=holder)
 
     # -- sending ---------------------------------------------------------------------------
 

@@ -10,6 +10,9 @@ import base64
 import errno
 import io
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -325,6 +328,35 @@ def test_a_key_that_does_not_open_the_store_is_a_clear_error_until_reload(
         assert alethia.runner.ctx.status_text == "open"
     finally:
         alethia.close()
+
+
+ASKER = """
+import os, sys
+from runa.components import load_config
+from runa.memory_client import connect
+from runa.paths import Paths
+stack = os.environ["RUNA_STACK"]
+paths = Paths.for_stack(stack, os.environ)
+with connect(load_config(paths, os.environ), paths, stack) as client:
+    for op in sys.argv[1:-1]:
+        client.call(op, **({"id": sys.argv[-1]} if op == "forget" else {}))
+print(os.getpid())
+"""
+
+
+def test_who_asked_to_read_out_or_change_the_whole_memory_is_logged(
+        in_memory: Alethia) -> None:
+    """Another process asks: its pid, as the kernel says, is logged with the op's name."""
+    record_id = in_memory.turn()
+    env = {**in_memory.env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    asked = subprocess.run([sys.executable, "-c", ASKER, "list", "export", "forget",
+                            "release", "reload", record_id], env=env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    pid = asked.stdout.strip()
+    logged = [line for line in in_memory.log.getvalue().splitlines() if " asked by pid " in line]
+    assert [line.split()[0] for line in logged] == ["export", "forget", "release", "reload"]
+    assert all(f"asked by pid {pid} (reply queue held by pid {pid})" in line for line in logged)
+    assert TEXT not in in_memory.log.getvalue()
 
 
 def test_rotate_wraps_the_days_under_the_next_version(in_memory: Alethia) -> None:
