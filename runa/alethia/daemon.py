@@ -219,7 +219,7 @@ class AlethiaDaemon:
     @property
     def recording(self) -> bool:
         """Whether this person's configuration has chat write its turns."""
-        return bool(self.config.get("memory.record", True))
+        return bool(self.config["memory.record"])
 
     # -- answering -------------------------------------------------------------------------
 

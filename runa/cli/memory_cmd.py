@@ -275,10 +275,11 @@ def _rotate_key(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _status(ctx: CliContext, args: argparse.Namespace) -> int:
-    recording = bool(ctx.config["memory.record"])
     with _alethia(ctx) as client:
         fields = client.call("status", timeout=5.0)
-    fields = {**fields, "recording": fields.get("recording", recording)}
+    # whether chat records is the asking person's configuration (what chat reads), which
+    # may differ from the daemon's (another environment, a changed file not yet reloaded)
+    fields = {**fields, "recording": bool(ctx.config["memory.record"])}
     if args.json:
         print_json(fields)
         return 0
