@@ -64,6 +64,9 @@ RETRY_S = 2.0
 MAX_PAGE_BYTES = 64 * 1024
 #: A record is at most this much JSON, so that the page that exports it fits.
 MAX_RECORD_BYTES = MAX_PAGE_BYTES - 1024
+#: How far ahead of this machine's clock a turn's ``time`` may be (clocks of one machine
+#: agree; a later time would file the turn under a day to come and move it in ``--since``).
+MAX_AHEAD_S = 60.0
 
 StoreOpener = Callable[[Path, Keys], Store]
 #: The ops that read out or change the whole memory: who asked is logged (pids, never text),
@@ -91,7 +94,8 @@ class AlethiaDaemon:
     def __init__(self, config: Config, stack: str, logger: logging.Logger, *,
                  paths: Paths | None = None, keys: KeySource | None = None,
                  open_store: StoreOpener = Store.open, prctl: Prctl = libc_prctl,
-                 clock: Callable[[], float] = time.monotonic, retry_s: float = RETRY_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, retry_s: float = RETRY_S,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.stack = stack
         self.logger = logger
@@ -101,6 +105,7 @@ class AlethiaDaemon:
         self._open_store = open_store
         self._prctl = prctl
         self._clock = clock
+        self._wall_clock = wall_clock
         self._retry_s = retry_s
         self.store: Store | None = None
         self.keys: Keys | None = None
@@ -334,8 +339,12 @@ class AlethiaDaemon:
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"the turn is {size} bytes of JSON; alethia keeps at most "
                                  f"{MAX_RECORD_BYTES} (what one answer of its bus carries)")
+        at = spec.read(fields, "time")
+        if at is not None and not 0 <= at <= self._wall_clock() + MAX_AHEAD_S:
+            raise PayloadError("append", "time", f"'time' must be a Unix time from 0 to at "
+                               f"most {MAX_AHEAD_S:g} s from now")
         try:
-            record_id = store.append(kind, body, at=spec.read(fields, "time"))
+            record_id = store.append(kind, body, at=at)
         except StoreError as error:
             if store.due() is None:  # the store wrote (or voided) the waiting batch
                 self._settle(store, error)

@@ -359,6 +359,16 @@ def test_who_asked_to_read_out_or_change_the_whole_memory_is_logged(
     assert TEXT not in in_memory.log.getvalue()
 
 
+@pytest.mark.parametrize("offset", [3600.0, None])
+def test_a_turn_time_in_the_future_or_before_1970_is_refused(in_memory: Alethia,
+                                                              offset: float | None) -> None:
+    when = -1.0 if offset is None else time.time() + offset
+    refused = fault(lambda: in_memory.turn(time=when))
+    assert refused["code"] == Fault.BAD_SCHEMA and "'time'" in refused["message"]
+    assert in_memory.call("status")["records"] == 0
+    assert in_memory.turn(time=time.time() - 3600).endswith("/1")  # a past turn is kept
+
+
 def test_rotate_wraps_the_days_under_the_next_version(in_memory: Alethia) -> None:
     in_memory.turn()
     assert in_memory.call("rotate") == {"key_version": 2}
