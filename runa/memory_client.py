@@ -98,7 +98,11 @@ def connect(config: Config, paths: Paths, stack: str,
 INTERVENTION_FIELDS = ("rule", "action", "tier")
 #: How long a chat waits for alethia to take a turn before it goes on without it.
 APPEND_TIMEOUT_S = 2.0
+#: After alethia let a turn time out, how long each later turn asks ``status`` before it
+#: waits on an append again.
+PROBE_TIMEOUT_S = 0.2
 OFF_NOTICE = "memory is off: alethia is not running"
+HUNG_NOTICE = "memory is off: alethia does not answer; turns are not recorded until it does"
 
 
 @dataclass(frozen=True)
@@ -141,13 +145,17 @@ class TurnRecorder:
     in this process would be lost with it anyway, and one on disk would be the person's
     words in the clear, which alethia exists to prevent; the person knows memory is off
     and can start alethia. When it runs again, recording resumes, and the person is told.
+    Alethia alive but not answering (a long ``rotate``, a hung process) costs one turn the
+    full ``timeout``: later turns only ask ``status`` (``probe_timeout``) until it answers.
     """
 
     open_client: Callable[[], contextlib.AbstractContextManager[MemoryClient]]
     notice: Callable[[str], None]
     enabled: bool = True
     timeout: float = APPEND_TIMEOUT_S
+    probe_timeout: float = PROBE_TIMEOUT_S
     _client: MemoryClient | None = None
+    _hung: bool = False  # an append timed out: ask status before waiting on one again
     _exits: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _off: str | None = None
 
@@ -172,8 +180,13 @@ class TurnRecorder:
             client = self._connected()
             if not client.running():
                 raise MemoryUnavailable(OFF_NOTICE)
+            if self._hung:
+                client.call("status", timeout=self.probe_timeout)
+                self._hung = False
             record_id = client.call("append", timeout=self.timeout, **turn.fields())
         except RunaError as error:
+            self._hung = (isinstance(error, MemoryUnavailable) and self._client is not None
+                          and self._client.running())  # alive, yet no answer in time
             self._went_off(error)
             return None
         if self._off is not None:
@@ -187,7 +200,8 @@ class TurnRecorder:
         return self._client
 
     def _went_off(self, error: RunaError) -> None:
-        said = (OFF_NOTICE if isinstance(error, ServiceUnavailable | stackbus.BusNotRunning)
+        said = (HUNG_NOTICE if self._hung
+                else OFF_NOTICE if isinstance(error, ServiceUnavailable | stackbus.BusNotRunning)
                 else f"memory is off: this turn was not recorded ({error})")
         if self._off != said:
             self.notice(said)

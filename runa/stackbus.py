@@ -60,7 +60,11 @@ COVEN_BUS = dataclasses.replace(SMALL_BUS, channel_capacity=256 * 1024,
 # alethia's answers carry whole turns (a page of at most 64 KiB of JSON, and so one turn of
 # at most that), sealed and in base64: about 88 KiB of envelope, so its bus has coven's
 # geometry (runa.alethia.daemon.MAX_PAGE_BYTES; measured in tests/alethia/test_daemon.py).
-ALETHIA_BUS = COVEN_BUS
+# Unlike coven, which has one client, every chat, `runa ask` and `runa memory` keeps a reply
+# queue on it for its life: 32 channels (the service queue and 31 clients at once) instead
+# of 8, 8 MiB of channels reserved in /dev/shm per stack instead of 2 MiB. A killed chat's
+# reply queue is freed by the keeper's reap.
+ALETHIA_BUS = dataclasses.replace(COVEN_BUS, channels=32)
 
 
 def geometry(config: Config, name: str = "main") -> Geometry:

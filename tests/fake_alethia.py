@@ -26,6 +26,7 @@ class FakeAlethia:
     asked: list[dict[str, Any]] = field(default_factory=list)
     page: int = 2  # small pages, so the clients must follow 'next'
     key_version: int = 1
+    hung: bool = False  # alive, holding its queue, but reading nothing
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def serve(self, ready: threading.Event) -> None:
@@ -40,8 +41,11 @@ class FakeAlethia:
 
     def _loop(self, bus: Bus, queue: Any, key: BusKey) -> None:
         while not self._stop.is_set():
+            if self.hung:
+                time.sleep(0.02)
+                continue
             request = queue.recv(0.05)
-            if request is None or request.reply_to is None:
+            if request is None or request.reply_to is None or self.hung:
                 continue
             fields = key.open(proto.SEALED_CONTEXTS["request"], request.payload).fields
             self.asked.append(fields)

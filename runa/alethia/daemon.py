@@ -11,15 +11,21 @@ the loop goes on.
 At start it makes itself undumpable (``runa.crypto.process``) and asks coven for its keys
 through gilgul's broker (``runa.alethia.keysource``). A locked vault, or a broker or coven
 not running yet, is not a failure: the daemon is ready, its status says what it waits for,
-every request but a wait is answered ``MemoryUnavailable`` (exit 69), and it asks again every
+every request but a wait is answered ``StoreClosed`` (exit 69), and it asks again every
 ``RETRY_S``. Keys that do not open the store (``WrongKey``) make it unusable until ``reload``.
 
-Appends are batched by the store (``Store.due``): the loop never waits longer than the
-oldest pending append may, and a stop flushes and signs.
+Appends are committed in groups: an ``append`` is answered only once its batch is written,
+fsynced and signed, when the store's ``durability`` bound comes due (``Store.due``, 200 ms) or
+the batch is full (64 records), so an id a client holds names a turn on disk and a SIGKILL
+loses only turns not yet answered. Any other request writes the pending batch before it runs
+(a long ``forget`` or ``rotate`` never holds a batch back). A write that fails (a full disk)
+answers each waiting client an error naming its id, and the daemon goes on; its status says
+so until a write succeeds again. A stop writes, answers and signs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -41,9 +47,10 @@ from runa.paths import Paths
 from runa.protocol import memory
 from runa.protocol.payloads import PayloadError
 from runa.service import ServiceContext
-from runa.splinter import Bus, Envelope, Fault
+from runa.splinter import Bus, Envelope, EnvelopeReceiver, Fault, QueueReceiver
 from runa.splinter import envelope as env_mod
 from runa.splinter.errors import BadSchema, SplinterError, TtlExpired
+from runa.splinter.stats import ComponentStats
 
 NAME = memory.SERVICE
 REQUEST = memory.SEALED_CONTEXTS["request"]
@@ -57,12 +64,20 @@ RETRY_S = 2.0
 MAX_PAGE_BYTES = 64 * 1024
 #: A record is at most this much JSON, so that the page that exports it fits.
 MAX_RECORD_BYTES = MAX_PAGE_BYTES - 1024
+#: How far ahead of this machine's clock a turn's ``time`` may be (clocks of one machine
+#: agree; a later time would file the turn under a day to come and move it in ``--since``).
+MAX_AHEAD_S = 60.0
 
 StoreOpener = Callable[[Path, Keys], Store]
+#: The ops that read out or change the whole memory: who asked is logged (pids, never text),
+#: since any process of the person's uid may ask (docs/security.md).
+AUDITED = frozenset({"forget", "export", "rotate", "release", "reload"})
 
 
-class MemoryUnavailable(RunaError):
-    """The store is not open: its keys are not there yet (a locked vault, coven away)."""
+class StoreClosed(RunaError):
+    """The store is not open: its keys are not there yet (a locked vault, coven away), or it
+    was released. Not the client's ``MemoryUnavailable``, which means alethia itself is not
+    there."""
 
     exit_code = EX_UNAVAILABLE
 
@@ -79,7 +94,8 @@ class AlethiaDaemon:
     def __init__(self, config: Config, stack: str, logger: logging.Logger, *,
                  paths: Paths | None = None, keys: KeySource | None = None,
                  open_store: StoreOpener = Store.open, prctl: Prctl = libc_prctl,
-                 clock: Callable[[], float] = time.monotonic, retry_s: float = RETRY_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, retry_s: float = RETRY_S,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.stack = stack
         self.logger = logger
@@ -89,6 +105,7 @@ class AlethiaDaemon:
         self._open_store = open_store
         self._prctl = prctl
         self._clock = clock
+        self._wall_clock = wall_clock
         self._retry_s = retry_s
         self.store: Store | None = None
         self.keys: Keys | None = None
@@ -102,6 +119,10 @@ class AlethiaDaemon:
         self.inbox: deque[Envelope] = deque()
         self._seen = bus_mod.RecentRequests()
         self._ctx: ServiceContext | None = None
+        self._held: list[tuple[Envelope, str]] = []  # appends answered once written
+        self.write_error = ""  # why the last write failed ("" once one succeeds)
+        self.stats: ComponentStats | None = None
+        self.queue: EnvelopeReceiver[QueueReceiver] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -126,13 +147,14 @@ class AlethiaDaemon:
             self._try_open()
         due = self.store.due() if self.store is not None else None
         wait = timeout if due is None else max(0.0, min(timeout, due))
+        assert self.queue is not None
         self.inbox.extend(bus_mod.read_requests(
             self.queue, wait, on_bad_schema=self._bad_schema, on_cancel=lambda _r: None,
             on_expired=self._expired, seen=self._seen))
         while self.inbox:
             self._handle(self.inbox.popleft())
         if self.store is not None and (due := self.store.due()) is not None and due <= 0:
-            self.store.flush()
+            self._commit()
 
     def stop(self) -> None:
         self._close_store()
@@ -140,8 +162,9 @@ class AlethiaDaemon:
             self._key_source.close()
         if self.key is not None:
             self.key.close()
-        if self.bus is not None:
+        if self.queue is not None:
             self.queue.close()
+        if self.bus is not None:
             self.bus.close()
 
     def _try_open(self) -> None:
@@ -174,6 +197,7 @@ class AlethiaDaemon:
 
     def _close_store(self) -> None:
         if self.store is not None:
+            self._commit()
             store, self.store = self.store, None
             store.close()
         self._forget_keys()
@@ -190,7 +214,8 @@ class AlethiaDaemon:
             return f"closed: {self.waiting}"
         if self.store is None:
             return f"waiting for coven: {self.waiting}"
-        return "open" + ("" if self.recording else " (not recording turns: memory.record)")
+        return ("open" + ("" if self.recording else " (not recording turns: memory.record)")
+                + (f"; the last write failed: {self.write_error}" if self.write_error else ""))
 
     def _say_status(self) -> None:
         if self._ctx is not None:
@@ -199,7 +224,7 @@ class AlethiaDaemon:
     @property
     def recording(self) -> bool:
         """Whether this person's configuration has chat write its turns."""
-        return bool(self.config.get("memory.record", True))
+        return bool(self.config["memory.record"])
 
     # -- answering -------------------------------------------------------------------------
 
@@ -223,20 +248,20 @@ class AlethiaDaemon:
             spec = memory.OPS.get(op) if isinstance(op, str) else None
             if spec is None:
                 raise _bad(request, f"unknown op {op!r}; alethia answers {', '.join(memory.OPS)}")
+            if spec.name in AUDITED and not (spec.name == "export" and fields.get("after")):
+                self._audit(request, spec.name)
             try:
-                answer = self._answer(spec.name, fields)
+                answer = self._answer(request, spec.name, fields)
             except PayloadError as error:
                 raise _bad(request, str(error)) from None
-            self._reply(request, answer)
+            if answer is not None:  # None: an append, answered once written (_commit)
+                self._reply(request, answer)
         except BadSchema as error:
             self._bad_schema(error, request)
-        except RecordTooLarge as error:
+        except (RecordTooLarge, UnknownRecord) as error:
             self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
                        error.exit_code)
-        except UnknownRecord as error:
-            self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
-                       error.exit_code)
-        except (StoreError, MemoryUnavailable) as error:
+        except (StoreError, StoreClosed) as error:
             self._fail(request, Fault.INTERNAL_ERROR, str(error), type(error).__name__,
                        error.exit_code)
         except Exception as error:  # answered, logged (its class only), and the loop goes on
@@ -247,8 +272,9 @@ class AlethiaDaemon:
         finally:
             self._say_status()
 
-    def _answer(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """The sealed answer's fields for ``op``."""
+    def _answer(self, request: Envelope, op: str,
+                fields: dict[str, Any]) -> dict[str, Any] | None:
+        """The sealed answer's fields for ``op`` (None for an append: answered once written)."""
         spec = memory.OPS[op]
         if op == "reload":
             return self._reload()
@@ -256,7 +282,9 @@ class AlethiaDaemon:
             return self._release()
         store = self._open()
         if op == "append":
-            return {memory.ID: self._append(store, fields)}
+            self._append(store, request, fields)
+            return None
+        self._commit()  # the waiting appends first: nothing below holds them back
         if op in ("list", "export"):
             since, conversation = spec.read(fields, "since"), spec.read(fields, "conversation")
             after, limit = spec.read(fields, "after"), _limit(spec.read(fields, "limit"))
@@ -295,11 +323,12 @@ class AlethiaDaemon:
             raise type(self._failure)(f"the memory store cannot be opened: {self._failure}; "
                                       "'reload' once that is put right")
         if self.released:
-            raise MemoryUnavailable(f"the memory store is closed: {self.waiting}")
-        raise MemoryUnavailable(f"the memory store is not open yet, waiting for coven: "
+            raise StoreClosed(f"the memory store is closed: {self.waiting}")
+        raise StoreClosed(f"the memory store is not open yet, waiting for coven: "
                                 f"{self.waiting}")
 
-    def _append(self, store: Store, fields: dict[str, Any]) -> str:
+    def _append(self, store: Store, request: Envelope, fields: dict[str, Any]) -> None:
+        """Queue a turn; it is answered with the batch it is written in."""
         spec = memory.OPS["append"]
         kind = spec.read(fields, "kind") or "turn"
         if kind != "turn":
@@ -310,7 +339,54 @@ class AlethiaDaemon:
         if size > MAX_RECORD_BYTES:
             raise RecordTooLarge(f"the turn is {size} bytes of JSON; alethia keeps at most "
                                  f"{MAX_RECORD_BYTES} (what one answer of its bus carries)")
-        return store.append(kind, body, at=spec.read(fields, "time"))
+        at = spec.read(fields, "time")
+        if at is not None and not 0 <= at <= self._wall_clock() + MAX_AHEAD_S:
+            raise PayloadError("append", "time", f"'time' must be a Unix time from 0 to at "
+                               f"most {MAX_AHEAD_S:g} s from now")
+        try:
+            record_id = store.append(kind, body, at=at)
+        except StoreError as error:
+            if store.due() is None:  # the store wrote (or voided) the waiting batch
+                self._settle(store, error)
+            raise
+        self._held.append((request, record_id))
+        if store.due() is None:  # the append filled its batch: written with it
+            self._commit()
+
+    def _commit(self) -> None:
+        """Write the pending batch and answer each append waiting for it: its id once it is
+        on disk, else an error naming it. The daemon goes on either way."""
+        if self.store is None:
+            return
+        try:
+            self.store.flush()
+        except StoreError as error:
+            self._settle(self.store, error)
+            return
+        if self.write_error:
+            self.write_error = ""
+            self._say_status()
+        held, self._held = self._held, []
+        for request, record_id in held:
+            self._reply(request, {memory.ID: record_id})
+
+    def _settle(self, store: Store, error: StoreError) -> None:
+        """A write failed: answer each waiting append, an error for each whose record is not
+        on disk (its id is void: the store gives it to the next record)."""
+        held, self._held = self._held, []
+        lost = [(request, record_id) for request, record_id in held
+                if not _written(store, record_id)]
+        for request, record_id in held:
+            if (request, record_id) not in lost:
+                self._reply(request, {memory.ID: record_id})
+        for request, record_id in lost:
+            self._fail(request, Fault.INTERNAL_ERROR, f"record {record_id} was not written: "
+                       f"{error}", type(error).__name__, error.exit_code)
+        self.write_error = f"{type(error).__name__}: {error}"
+        log.event(self.logger, "memory_write_failed", f"alethia could not write "
+                  f"{len(lost)} waiting turn(s): {type(error).__name__}", level=logging.ERROR,
+                  records=len(lost), kind=type(error).__name__)
+        self._say_status()
 
     def _rotate(self, store: Store) -> int:
         assert self._key_source is not None and self.keys is not None
@@ -321,10 +397,16 @@ class AlethiaDaemon:
         return version
 
     def _release(self) -> dict[str, Any]:
-        """Close the store (flushed and signed) and leave it closed until ``reload``."""
-        store = self._open()
-        store.flush()
-        answer = self._status(store)
+        """Close the store (flushed and signed) and leave it closed until ``reload``. A store
+        that is not open (a locked vault, keys that do not open it) holds no lock: released
+        at once, so a restore can put right what kept it closed."""
+        if self.store is None:
+            answer: dict[str, Any] = {**dict.fromkeys(memory.STATUS_FIELDS),
+                                      "recording": self.recording}
+        else:
+            self._commit()
+            self.store.flush()
+            answer = self._status(self.store)
         self._close_store()
         self.released = True
         self.waiting = "released for a restore: 'reload' opens it again"
@@ -345,6 +427,18 @@ class AlethiaDaemon:
         known = dict(store.status())
         return {**{name: known.get(name) for name in memory.STATUS_FIELDS},
                 "recording": self.recording}
+
+    def _audit(self, request: Envelope, op: str) -> None:
+        """Log who asked ``op``, as the kernel says: the pid that sent the request and the one
+        that holds its reply queue (the envelope's sender name is the client's own claim)."""
+        assert self.bus is not None
+        sender = holder = None
+        with contextlib.suppress(SplinterError):
+            sender = self.bus.request_sender(request.id)
+            if request.reply_to:
+                holder = self.bus.queue_holder(request.reply_to)
+        log.event(self.logger, "memory_request", f"{op} asked by pid {sender} (reply queue "
+                  f"held by pid {holder})", op=op, sender_pid=sender, holder_pid=holder)
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -371,7 +465,7 @@ class AlethiaDaemon:
     def _bad_schema(self, error: BadSchema, request: Envelope | None = None, *,
                     kind: str = "BadSchema") -> None:
         self.logger.warning("bad request: %s", error.message, extra={"RUNA_EVENT": "bad_schema"})
-        if request is not None:  # the bus counted the envelopes it could not read itself
+        if request is not None and self.stats is not None:  # the bus counted the rest itself
             self.stats.incr("bad_schema")
         where = env_mod.reply_channel(request, error)
         if where:
@@ -386,6 +480,15 @@ class AlethiaDaemon:
             self.bus.sender(channel, stats=self.stats).send(envelope)
         except SplinterError as error:
             self.logger.info("could not answer on %s: %s", channel, error)
+
+
+def _written(store: Store, record_id: str) -> bool:
+    """Whether ``record_id`` is on disk (after a failed write voided the batch, or not)."""
+    try:
+        store.read(record_id)
+    except StoreError:
+        return False
+    return True
 
 
 def _json(value: Any) -> str:

@@ -10,10 +10,11 @@ import io
 import os
 import shutil
 import tarfile
+from collections.abc import Collection
 from pathlib import Path
 
-from runa.alethia import dayfile, files, layout
-from runa.alethia.errors import StoreError
+from runa.alethia import dayfile, files, keyfile, layout
+from runa.alethia.errors import KeyMissing, StoreError
 from runa.alethia.layout import DAYS, META
 from runa.alethia.model import Report
 from runa.alethia.verify import verify
@@ -89,7 +90,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
 
 
-def restore(source: Path, root: Path, public_key: bytes | None = None) -> Report:
+def restore(source: Path, root: Path, public_key: bytes | None = None,
+            key_versions: Collection[int] | None = None) -> Report:
     """Check that ``source`` is a snapshot of this store that verifies, then replace the
     store with it atomically; the report of the restored store.
 
@@ -97,7 +99,9 @@ def restore(source: Path, root: Path, public_key: bytes | None = None) -> Report
     store's: a snapshot of another store (``StoreError``) replaces nothing. The replaced
     store is kept beside it (``.<name>.old``) until ``Store.open`` opens the restored one.
     The store must not be open (its lock is taken, ``StoreError`` if held): the daemon
-    closes it first and opens the restored one after.
+    closes it first and opens the restored one after. ``key_versions``, the memory-key
+    versions coven holds: a snapshot whose day keys name another (one ``rotate-key`` removed)
+    could not be opened, so it is refused (``KeyMissing``) before anything is replaced.
     """
     staging = root.with_name(f".{root.name}.restore.{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -114,6 +118,12 @@ def restore(source: Path, root: Path, public_key: bytes | None = None) -> Report
             raise StoreError(f"{source}: the snapshot does not verify ({len(report.problems)} "
                              f"problems; the first: day {report.problems[0].day}, "
                              f"{report.problems[0].kind})")
+        missing = sorted(set(keyfile.versions(staging)) - set(key_versions or ())
+                         ) if key_versions is not None else []
+        if missing:
+            raise KeyMissing(f"{source}: its days are wrapped under memory key version(s) "
+                             f"{', '.join(map(str, missing))}, which coven no longer holds "
+                             f"(rotate-key removed them); nothing was replaced")
         files.fsync_directory(staging / DAYS)
         files.fsync_directory(staging)
         if root.exists():

@@ -275,10 +275,11 @@ def _rotate_key(ctx: CliContext, args: argparse.Namespace) -> int:
 
 
 def _status(ctx: CliContext, args: argparse.Namespace) -> int:
-    recording = bool(ctx.config["memory.record"])
     with _alethia(ctx) as client:
         fields = client.call("status", timeout=5.0)
-    fields = {**fields, "recording": fields.get("recording", recording)}
+    # whether chat records is the asking person's configuration (what chat reads), which
+    # may differ from the daemon's (another environment, a changed file not yet reloaded)
+    fields = {**fields, "recording": bool(ctx.config["memory.record"])}
     if args.json:
         print_json(fields)
         return 0
@@ -351,9 +352,12 @@ def _restore(ctx: CliContext, args: argparse.Namespace) -> int:
                                        "Records made since it was taken are lost [y/N] "):
         print("nothing restored")
         return EX_FAILED
+    public_key = trusted_key(ctx)[0]  # asked while alethia still holds the store
+    versions = _coven_versions(ctx)
     released = _when_running(ctx, "release")  # it writes, signs and gives up the store
     try:
-        report = store.restore(source, store_root(ctx), public_key=trusted_key(ctx)[0])
+        report = store.restore(source, store_root(ctx), public_key=public_key,
+                               key_versions=versions)
     finally:
         if released:  # the restored store, or the old one if the restore failed
             _when_running(ctx, "reload")
@@ -388,6 +392,25 @@ def trusted_key(ctx: CliContext) -> tuple[bytes | None, str]:
                 opened.wipe()
     except (stackbus.BusNotRunning, BrokerUnavailable, SecretFault):
         return None, "neither alethia nor coven answered"
+
+
+def _coven_versions(ctx: CliContext) -> list[int] | None:
+    """The memory-key versions coven holds (a snapshot naming another cannot be opened);
+    None when gilgul's broker does not answer (the restore then does not check them)."""
+    from runa.alethia.keysource import versions_in
+    from runa.cli.secret_cmd import client as secrets_client
+    from runa.secret_client import BrokerUnavailable, SecretFault
+
+    try:
+        with secrets_client(ctx) as secrets:
+            opened = secrets.call("list")
+            try:
+                listed = opened.fields.get("secrets") or []
+                return versions_in([item for item in listed if isinstance(item, dict)])
+            finally:
+                opened.wipe()
+    except (stackbus.BusNotRunning, BrokerUnavailable, SecretFault):
+        return None
 
 
 def _when_running(ctx: CliContext, op: str) -> bool:

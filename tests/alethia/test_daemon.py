@@ -7,8 +7,12 @@ batched appends flushed in time and on stop."""
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +23,14 @@ import pytest
 from support import isolated_env, remove_segments, wait_for
 
 from runa import stackbus as bus_mod
+from runa.alethia import dayfile, files
 from runa.alethia.daemon import MAX_RECORD_BYTES, AlethiaDaemon
 from runa.alethia.store import Durability, Keys, Store, StoreError, restore, snapshot
 from runa.client import ServiceClient, ServiceFault
 from runa.components import load_config
 from runa.crypto import sodium
 from runa.crypto.sealed import BusKey, key_path
+from runa.memory_client import MemoryClient, Turn, TurnRecorder
 from runa.paths import Paths
 from runa.protocol import memory
 from runa.protocol import secret_wire as wire
@@ -292,7 +298,7 @@ def test_a_locked_vault_is_waited_for_and_said(tmp_path: Path) -> None:
     try:
         assert "waiting for coven: the vault is locked" in alethia.runner.ctx.status_text
         waiting = fault(lambda: alethia.call("status"))
-        assert waiting["kind"] == "MemoryUnavailable" and waiting["exit_code"] == 69
+        assert waiting["kind"] == "StoreClosed" and waiting["exit_code"] == 69
         asked = keys.loads
         wait_for(lambda: keys.loads > asked, 5, "alethia to ask for its keys again")
         assert alethia.log.getvalue().count("memory keys not available yet") == 1  # said once
@@ -322,6 +328,45 @@ def test_a_key_that_does_not_open_the_store_is_a_clear_error_until_reload(
         assert alethia.runner.ctx.status_text == "open"
     finally:
         alethia.close()
+
+
+ASKER = """
+import os, sys
+from runa.components import load_config
+from runa.memory_client import connect
+from runa.paths import Paths
+stack = os.environ["RUNA_STACK"]
+paths = Paths.for_stack(stack, os.environ)
+with connect(load_config(paths, os.environ), paths, stack) as client:
+    for op in sys.argv[1:-1]:
+        client.call(op, **({"id": sys.argv[-1]} if op == "forget" else {}))
+print(os.getpid())
+"""
+
+
+def test_who_asked_to_read_out_or_change_the_whole_memory_is_logged(
+        in_memory: Alethia) -> None:
+    """Another process asks: its pid, as the kernel says, is logged with the op's name."""
+    record_id = in_memory.turn()
+    env = {**in_memory.env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    asked = subprocess.run([sys.executable, "-c", ASKER, "list", "export", "forget",
+                            "release", "reload", record_id], env=env, capture_output=True,
+                           text=True, timeout=60, check=True)
+    pid = asked.stdout.strip()
+    logged = [line for line in in_memory.log.getvalue().splitlines() if " asked by pid " in line]
+    assert [line.split()[0] for line in logged] == ["export", "forget", "release", "reload"]
+    assert all(f"asked by pid {pid} (reply queue held by pid {pid})" in line for line in logged)
+    assert TEXT not in in_memory.log.getvalue()
+
+
+@pytest.mark.parametrize("offset", [3600.0, None])
+def test_a_turn_time_in_the_future_or_before_1970_is_refused(in_memory: Alethia,
+                                                              offset: float | None) -> None:
+    when = -1.0 if offset is None else time.time() + offset
+    refused = fault(lambda: in_memory.turn(time=when))
+    assert refused["code"] == Fault.BAD_SCHEMA and "'time'" in refused["message"]
+    assert in_memory.call("status")["records"] == 0
+    assert in_memory.turn(time=time.time() - 3600).endswith("/1")  # a past turn is kept
 
 
 def test_rotate_wraps_the_days_under_the_next_version(in_memory: Alethia) -> None:
@@ -389,7 +434,7 @@ def test_a_store_released_is_restored_beside_the_running_daemon_and_reloaded(
             restore(tmp_path / "memory.tar", root)
         assert alethia.call("release")["records"] == 2
         closed = fault(lambda: alethia.call("list"))
-        assert closed["kind"] == "MemoryUnavailable" and "reload" in closed["message"]
+        assert closed["kind"] == "StoreClosed" and "reload" in closed["message"]
         assert alethia.runner.ctx.status_text.startswith("closed: ")
         time.sleep(0.5)  # it does not open the store again on its own
         assert restore(tmp_path / "memory.tar", root).ok
@@ -398,3 +443,120 @@ def test_a_store_released_is_restored_beside_the_running_daemon_and_reloaded(
         assert alethia.runner.ctx.status_text == "open"
     finally:
         alethia.close()
+
+
+def slow_store(root: Path, keys: Keys) -> Store:
+    return Store.open(root, keys, durability=Durability(records=64, ms=400))
+
+
+def day_indices(root: Path) -> set[str]:
+    """The ids whose lines are in the day files on disk now."""
+    written = set()
+    for path in (root / "days").glob("*.log"):
+        for line in dayfile.scan(path.read_bytes()).records():
+            if line.fields is not None:
+                written.add(f"{path.stem}/{line.fields['i']}")
+    return written
+
+
+def test_an_append_is_answered_only_once_its_line_is_on_disk(tmp_path: Path) -> None:
+    alethia = Alethia(tmp_path, slow_store, heartbeat_s=5.0)
+    root = alethia.paths.data / "alethia"
+    try:
+        for _ in range(3):
+            sent = time.monotonic()
+            record_id = alethia.turn()
+            assert record_id in day_indices(root)  # written when the answer came
+            assert time.monotonic() - sent >= 0.3  # held for its batch (400 ms), no longer
+    finally:
+        alethia.close()
+
+
+def send_appends(alethia: Alethia, count: int) -> list[env_mod.Envelope]:
+    """``count`` appends sent at once (one batch); their answers, in order."""
+    for n in range(count):
+        query = env_mod.query("test", memory.SERVICE, alethia.key.seal(
+            REQUEST, memory.OPS["append"].request(conversation="c", persona="default",
+                                                 user=f"{TEXT} {n}", answer=ANSWER)),
+            reply_to=alethia.client.replies.name)
+        alethia.bus.sender(memory.SERVICE).send(query)
+    answers: list[env_mod.Envelope] = []
+    while len(answers) < count:
+        answer = wait_for(lambda: alethia.client.replies.recv(0.1), 10, "an append's answer")
+        assert isinstance(answer, env_mod.Envelope)
+        answers.append(answer)
+    return answers
+
+
+def test_a_full_disk_at_the_batch_write_names_each_id_and_the_daemon_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real store, ENOSPC injected at its write: each waiting client is told its turn was
+    not written, by id; the daemon keeps serving and its status says what happened."""
+    alethia = Alethia(tmp_path, real_store)
+    try:
+        kept = alethia.turn()
+        day = kept.split("/")[0]
+
+        def full(fd: int, data: bytes) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(files, "_write_all", full)
+        answers = send_appends(alethia, 3)
+        assert all(a.type == "error" for a in answers)
+        faults = [a.payload for a in answers]
+        assert {f["kind"] for f in faults} == {"StoreFull"}
+        assert {f["exit_code"] for f in faults} == {74}
+        named = sorted(f["message"].split()[1] for f in faults)
+        assert named == [f"{day}/2", f"{day}/3", f"{day}/4"]
+        assert all(TEXT not in f["message"] for f in faults)
+        assert alethia.thread.is_alive()
+        assert "the last write failed: StoreFull" in alethia.runner.ctx.status_text
+        monkeypatch.undo()
+        again = alethia.turn()
+        assert again == f"{day}/2"  # never given to a client before: it names this turn now
+        assert alethia.runner.ctx.status_text == "open"
+        assert [e["id"] for e in alethia.call("list")["entries"]] == [kept, again]
+    finally:
+        alethia.close()
+
+
+def test_a_store_that_cannot_be_opened_is_released_for_a_restore(tmp_path: Path) -> None:
+    """Keys that do not open the store: the daemon holds no lock, so release answers at once
+    and a snapshot can be put back while it runs."""
+    keys = GivenKeys()
+    alethia = Alethia(tmp_path, real_store, keys)
+    root = alethia.paths.data / "alethia"
+    try:
+        kept = alethia.turn()
+        alethia.call("sign")
+        snapshot(root, tmp_path / "memory.tar")
+        alethia.stop_daemon()
+        good = keys.memory[1]
+        keys.memory[1] = sodium.random_bytes(32)
+        alethia.start()
+        assert alethia.runner.ctx.status_text.startswith("unusable: WrongKey")
+        released = alethia.call("release")
+        assert released["records"] is None and released["recording"] is True
+        assert restore(tmp_path / "memory.tar", root).ok
+        keys.memory[1] = good
+        assert alethia.call("reload")["records"] == 1
+        assert [e["id"] for e in alethia.call("list")["entries"]] == [kept]
+    finally:
+        alethia.close()
+
+
+def test_more_chats_than_eight_record_at_once(in_memory: Alethia) -> None:
+    """Each chat holds a reply queue on the alethia bus for its life: twelve at once (the
+    bus had 8 channels) all record their turns."""
+    notices: list[str] = []
+    recorders = [TurnRecorder(lambda n=n: MemoryClient(in_memory.bus, in_memory.key,
+                                                       f"chat-{n}"), notices.append)
+                 for n in range(12)]
+    try:
+        assert all(recorder.check() for recorder in recorders)  # every reply queue open
+        ids = [recorder.record(Turn("c", f"{TEXT} {n}", ANSWER))
+               for n, recorder in enumerate(recorders)]
+        assert all(ids) and len(set(ids)) == 12 and notices == []
+    finally:
+        for recorder in recorders:
+            recorder.close()

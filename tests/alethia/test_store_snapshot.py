@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from runa.alethia.store import Store, StoreError, public_key_of, restore, snapshot, verify
+from runa.alethia.store import (
+    KeyMissing,
+    Store,
+    StoreError,
+    public_key_of,
+    restore,
+    snapshot,
+    verify,
+)
 
 from .helpers import Clock, new_keys, next_record, turn
 
@@ -133,3 +141,18 @@ def test_the_replaced_store_is_kept_until_the_restored_one_opens(opener: Open, r
     assert (old / "days" / "2026-12-07.log").exists()
     opener().close()
     assert not old.exists()
+
+
+def test_a_snapshot_naming_a_key_version_coven_lacks_is_refused_before_the_swap(
+        opener: Open, root: Path, tmp_path: Path) -> None:
+    """After rotate-key, coven holds only the new version: an older snapshot's days, wrapped
+    under version 1, could not be opened, so the store is left as it is."""
+    store = opener()
+    store.append("turn", turn(0))
+    store.close()
+    snapshot(root, tmp_path / "old.tar")
+    before = sorted((p.name, p.read_bytes()) for p in (root / "days").iterdir())
+    with pytest.raises(KeyMissing, match=r"version\(s\) 1.*nothing was replaced"):
+        restore(tmp_path / "old.tar", root, key_versions=[2])
+    assert sorted((p.name, p.read_bytes()) for p in (root / "days").iterdir()) == before
+    assert restore(tmp_path / "old.tar", root, key_versions=[1, 2]).ok
