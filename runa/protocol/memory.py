@@ -50,7 +50,8 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
         Field("interventions", "list of objects", "tokenWhisper's interventions "
               "(rule, action, tier; never the matched text)"),
         Field("feedback", "string", "the person's feedback on the answer, if any"),
-        Field("time", "number", "when the turn happened (Unix seconds)", default="now"),
+        Field("time", "number", "when the turn happened (Unix seconds)", default="now",
+              allowed="0 to at most 60 s ahead of alethia's clock; else `BAD_SCHEMA`"),
     )),
     Op(SERVICE, "list", "records' ids, times, kinds, conversations and personas, oldest "
        "first ('entries', and 'next' for the following page)",
