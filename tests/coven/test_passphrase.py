@@ -116,9 +116,11 @@ def test_argon2id_parameters_out_of_bounds_are_refused_unrun(location: Location)
 
 def test_the_shipped_cost_fits_a_256_mb_unit(tmp_path: Path) -> None:
     """Unlock with the shipped parameters in a fresh interpreter: its peak memory stays under
-    the MemoryMax=256M it is sized for, and it takes a fraction of a second to seconds."""
+    the MemoryMax=256M it is sized for, and it takes a fraction of a second to seconds. The peak
+    is the process's own (``VmHWM``): ``ru_maxrss`` would also count the test runner's pages,
+    which the child shares until it runs its own program."""
     code = f"""
-import json, resource, time
+import json, time
 from pathlib import Path
 from runa.coven import Location, Vault
 location = Location.in_directory(Path({str(tmp_path)!r}))
@@ -127,8 +129,9 @@ vault = Vault(location)
 start = time.perf_counter()
 vault.unlock(b"pw")
 elapsed = time.perf_counter() - start
-print(json.dumps({{"unlock_s": elapsed,
-                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+hwm = next(line for line in Path("/proc/self/status").read_text().splitlines()
+           if line.startswith("VmHWM:"))
+print(json.dumps({{"unlock_s": elapsed, "peak_mib": int(hwm.split()[1]) / 1024}}))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
