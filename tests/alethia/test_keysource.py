@@ -38,10 +38,11 @@ def _run(main_path: str, key_file: str, rotate: bool, go: Any, results: Any) -> 
         key.close()
 
 
-def start(stack: SecretStack, rotate: bool = False) -> tuple[list[int], dict[int, str]]:
+def as_alethia(stack: SecretStack, target: Any, *args: object) -> Any:
+    """Run ``target(*args, go, results)`` in a child the supervisor's table names alethia;
+    its one result."""
     go, results = MP.Event(), MP.Queue()
-    child = MP.Process(target=_run, args=(stack.main_path, str(stack.key_file), rotate, go,
-                                          results))
+    child = MP.Process(target=target, args=(*args, go, results))
     child.start()
     assert child.pid is not None
     stack.register(child.pid, "alethia")
@@ -50,13 +51,17 @@ def start(stack: SecretStack, rotate: bool = False) -> tuple[list[int], dict[int
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                return results.get(timeout=0.2)  # type: ignore[no-any-return]
+                return results.get(timeout=0.2)
             except queue.Empty:
                 continue
         raise AssertionError("the key source did not answer")
     finally:
         child.join(10)
         stack.table.pop(child.pid, None)
+
+
+def start(stack: SecretStack, rotate: bool = False) -> tuple[list[int], dict[int, str]]:
+    return as_alethia(stack, _run, stack.main_path, str(stack.key_file), rotate)
 
 
 @pytest.fixture
@@ -100,17 +105,7 @@ def test_a_version_the_stores_days_name_that_coven_lacks_is_named_not_made_anew(
     # A day wrapped under version 3 (the file as the store writes it; its key need not open).
     (days / "2026-12-01.key").write_text('{"day": "2026-12-01", "version": 3, "nonce": "00", '
                                          '"wrapped": "00"}\n')
-    go, results = MP.Event(), MP.Queue()
-    child = MP.Process(target=_run_with_store, args=(
-        stack.main_path, str(stack.key_file), str(tmp_path / "alethia"), go, results))
-    child.start()
-    assert child.pid is not None
-    stack.register(child.pid, "alethia")
-    go.set()
-    try:
-        kind, message, held = results.get(timeout=20)
-    finally:
-        child.join(10)
-        stack.table.pop(child.pid, None)
+    kind, message, held = as_alethia(stack, _run_with_store, stack.main_path,
+                                     str(stack.key_file), str(tmp_path / "alethia"))
     assert kind == "KeyMissing" and "missing from coven" in message
     assert held == []  # nothing was created in its place
