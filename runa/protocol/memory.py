@@ -24,12 +24,23 @@ KINDS = ("turn", "document")
 
 # -- answer fields (sealed) ------------------------------------------------------------------
 ID, IDS, ENTRIES, RECORD, RECORDS, NEXT = "id", "ids", "entries", "record", "records", "next"
+#: ``search``: the best records first, each ``{"id", "score" (cosine, -1 to 1), "time",
+#: "kind", "conversation", "persona", "text"}`` and, for a document, ``"source"``,
+#: ``"title"``, ``"passage"``; ``text`` is the turn's ``user`` and ``answer`` (or the
+#: passage) cut to ``EXCERPT_CHARS``. ``SKIPPED`` (``ingest``): sources already stored with
+#: the same sha256, not stored again.
+MATCHES, SKIPPED = "matches", "skipped"
+#: Characters of a match's text in a ``search`` answer (the whole record is ``show``).
+EXCERPT_CHARS = 1200
 #: ``status``: ``records``, ``days``, ``bytes``, ``key_version``, ``public_key`` (hex of the
 #: Ed25519 public key), ``unsigned`` (records not yet under a signature), ``durability``
 #: (``{"records": int, "ms": int}``: the most an unclean stop may lose), ``recording``
 #: (whether turns are written for this person).
+#: ``indexed``: records in the search index; ``index``: ``"ready"``, ``"building"`` (at
+#: start, from the vector file), ``"embedding"`` (records not yet embedded are being
+#: caught up) or ``"no embedding model"`` (search is off until it is installed).
 STATUS_FIELDS = ("records", "days", "bytes", "key_version", "public_key", "unsigned",
-                 "durability", "recording")
+                 "durability", "recording", "indexed", "index")
 
 _ID = Field("id", "string", "a record's id, 'YYYY-MM-DD/N'", required=True)
 _CONVERSATION = Field("conversation", "string", "a conversation's id")
@@ -71,5 +82,20 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
        "lock until 'reload' (so `runa memory restore` can replace it while the daemon runs)"),
     Op(SERVICE, "reload", "close the store and open it again from disk (after `runa memory "
        "restore` replaced it)"),
+    Op(SERVICE, "search", "the records nearest in meaning to 'query' ('matches', best "
+       "first): turns and document passages, found through the binary index", (
+        Field("query", "string", "what to look for, in the person's words", required=True),
+        Field("k", "integer", "how many matches", default="5", allowed="1 to 50"),
+        _SINCE,
+        _CONVERSATION,
+        Field("kind", "string", "only records of this kind", allowed="turn, document"),
+    )),
+    Op(SERVICE, "ingest", "store document passages (as tieto reads and chunks them, front "
+       "matter kept), written and signed before the answer ('ids'; 'skipped' names sources "
+       "already stored with the same sha256)", (
+        Field("passages", "list of objects", "each {source, sha256, title, meta (the "
+              "front matter), passage (its number in the source, from 0), text}",
+              required=True),
+    )),
     Op(SERVICE, "status", "the store's counts, key version, public key and durability bound"),
 )}
