@@ -56,6 +56,8 @@ __all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "KeyMissing", "Ke
 MEMORY_KEY = "alethia.memory_key.v{version}"
 SIGNING_KEY = "alethia.signing_key"
 
+#: Bytes of a record's hash ``record_hash`` gives (what the search index's rows keep).
+HASH_PREFIX = 8
 TOMBSTONE = "tombstone"  # the kind of the record a forget appends to today's chain
 SHIPPED_DURABILITY = Durability()
 _log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class _Day:
     offsets: dict[int, int] = field(default_factory=dict)
     forgotten: set[int] = field(default_factory=set)
     forgets: dict[int, str] = field(default_factory=dict)  # tombstone record -> id it names
+    hashes: dict[int, bytes] = field(default_factory=dict)  # record -> its hash's first bytes
     written: bool = False  # the log file (and its header) exists
 
     @property
@@ -118,6 +121,7 @@ class _Day:
         for line in scan.records():
             if line.fields is not None:
                 self.offsets[int(line.fields["i"])] = line.offset
+                self.hashes[int(line.fields["i"])] = line.hexes("h")[:HASH_PREFIX]
 
 
 class Store:
@@ -308,6 +312,7 @@ class Store:
         self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext, forgets))
         if forgets is not None:
             day.forgets[index] = forgets
+        day.hashes[index] = digest[:HASH_PREFIX]  # kept once written (its offset says so)
         day.count, day.head = index, link
         if self._pending_since is None:
             self._pending_since = time.monotonic()
@@ -394,7 +399,8 @@ class Store:
     def _entry(record_id: str, fields: Mapping[str, Any]) -> Entry:
         body = fields.get("body") or {}
         return Entry(record_id, float(fields["time"]), str(fields["kind"]),
-                     body.get("conversation"), body.get("persona"))
+                     body.get("conversation"), body.get("persona"),
+                     source=body.get("source") if fields["kind"] == "document" else None)
 
     def entries(self, *, since: float | None = None, conversation: str | None = None,
                 after: str | None = None) -> Iterator[Entry]:
@@ -423,6 +429,24 @@ class Store:
             raise UnknownRecord(f"no record {record_id}")
         fields = self._decrypt(day, index, line)
         return Record(self._entry(record_id, fields), fields.get("body") or {})
+
+    def live_ids(self) -> Iterator[str]:
+        """The ids of the records on disk that are neither forgotten nor tombstones, without
+        decrypting them (what the search index must hold)."""
+        self._check_open()
+        for day in list(self._days.values()):
+            for index in sorted(day.offsets):
+                if index not in day.forgotten and index not in day.forgets:
+                    yield f"{day.name}/{index}"
+
+    def record_hash(self, record_id: str) -> bytes | None:
+        """The first ``HASH_PREFIX`` bytes of a record's hash in the chain (None if it is not
+        on disk, forgotten or a tombstone): a vector made of another record is told apart."""
+        name, index = parse_id(record_id)
+        day = self._days.get(name)
+        if day is None or not day.live(index) or index in day.forgets:
+            return None
+        return day.hashes.get(index)
 
     # -- forgetting ---------------------------------------------------------------------------
 
