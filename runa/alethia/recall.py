@@ -105,6 +105,7 @@ class Recall:
     def open(cls, root: Path, keys: Keys, *, model_id: str, dim: int) -> Recall:
         """Open (or create) the index's files for vectors of ``model_id``; ``WrongKey`` if
         ``keys`` do not open the vectors' key. Rows from another model are dropped."""
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         meta = root / layout.VECTORS_META
         wanted = {"model_id": model_id, "dim": dim}
         try:
@@ -203,11 +204,6 @@ class Recall:
             self.vectors.sync()
         self.dead.update(rows)
 
-    def rotate(self, version: int, memory_key: bytearray) -> None:
-        """Re-wrap the vectors' key under memory key ``version`` (atomically)."""
-        path = self.root / layout.VECTORS_KEY
-        files.replace(path, keyfile.wrap(path.stem, version, self.key, memory_key))
-
     # -- searching ----------------------------------------------------------------------
 
     def search(self, query: np.ndarray, count: int = SHORTLIST, *,
@@ -234,6 +230,26 @@ class Recall:
             os.close(self._rows_fd)
             self._rows_fd = -1
         sodium.wipe(self.key)
+
+
+def rotate_key(root: Path, keys: Keys, version: int) -> None:
+    """Re-wrap the vectors' key (if there is one) under ``keys.memory[version]``, with or
+    without the index open: ``rotate-key`` then removes the older memory keys from coven.
+    A key that no given version opens is removed with the vectors it sealed (they are
+    embedded again) rather than leaving a file that names a version coven may drop."""
+    path = root / layout.VECTORS_KEY
+    if not path.exists():
+        return
+    try:
+        key, _old = keyfile.unwrap(path, keys)
+    except StoreError:
+        for name in (layout.VECTORS, layout.ROWS, layout.VECTORS_KEY):
+            (root / name).unlink(missing_ok=True)
+        return
+    try:
+        files.replace(path, keyfile.wrap(path.stem, version, key, keys.memory[version]))
+    finally:
+        sodium.wipe(key)
 
 
 def _align(root: Path, dim: int) -> int:

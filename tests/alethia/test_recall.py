@@ -11,7 +11,7 @@ import pytest
 from tieto.fakes import FakeEmbedder
 
 from runa.alethia import keyfile, layout
-from runa.alethia.recall import Recall, decode_id, encode_id, text_of
+from runa.alethia.recall import Recall, decode_id, encode_id, rotate_key, text_of
 from runa.alethia.store import Keys, Store, WrongKey
 
 from .helpers import new_keys
@@ -135,10 +135,11 @@ def test_rotate_rewraps_the_vectors_key_under_the_new_version(
     store, ids = filled
     recall = built(open_recall(root), store)
     embed_all(recall, store, ids)
-    new = bytearray(b"n" * 32)
-    store.rotate(2, new)
-    recall.rotate(2, new)
-    recall.close()
+    recall.close()  # rotated with the index closed (no embedding model): re-wrapped all the same
+    keys = new_keys()
+    keys.memory[2] = bytearray(b"n" * 32)
+    store.rotate(2, keys.memory[2])
+    rotate_key(root, keys, 2)
     assert keyfile.versions(root) == [2]  # rotate-key may remove version 1 from coven
     only_new = Keys(memory={2: bytearray(b"n" * 32)}, signing_seed=bytearray(b"s" * 32))
     again = built(open_recall(root, only_new), store)
