@@ -40,7 +40,7 @@ from runa.alethia import recall as recall_mod
 from runa.alethia import searching as search_mod
 from runa.alethia.keys import wipe
 from runa.alethia.keysource import BrokerKeys, KeySource
-from runa.alethia.searching import NoEmbeddingModel, Searching, SearchUnavailable
+from runa.alethia.searching import ModelNotFound, Searching, SearchUnavailable
 from runa.alethia.store import Entry, Keys, Record, Store, StoreError, UnknownRecord
 from runa.config import Config
 from runa.crypto.process import Prctl, libc_prctl, undumpable
@@ -262,7 +262,7 @@ class AlethiaDaemon:
         leaves time for it."""
         return (self.searching is not None and self.store is not None
                 and (due is None or due > 2 * search_mod.BUILD_STEP_S)
-                and (not self.searching.recall.ready or bool(self.searching.fresh)
+                and (self.searching.building or bool(self.searching.fresh)
                      or bool(self.searching.backlog)))
 
     def _index_step(self) -> None:
@@ -270,9 +270,9 @@ class AlethiaDaemon:
         assert self.searching is not None and self.store is not None
         searching = self.searching
         try:
-            if not searching.recall.ready:
+            if searching.building:
                 searching.step(self.store)
-                if searching.recall.ready:
+                if not searching.building:
                     log.event(self.logger, "memory_index_built", f"the search index holds "
                               f"{searching.indexed} records; {len(searching.backlog)} to "
                               f"embed", records=searching.indexed,
@@ -280,7 +280,7 @@ class AlethiaDaemon:
                     self._say_status()
             elif searching.idle(self.store) and not (searching.fresh or searching.backlog):
                 self._say_status()
-        except RunaError as error:  # a damaged vector file: search is off until reload
+        except Exception as error:  # a damaged vector file, a bug: search is off until reload
             self.index_problem = f"{type(error).__name__}: {error}"
             self.searching = None
             searching.close()
@@ -541,7 +541,7 @@ class AlethiaDaemon:
                                f"{', '.join(memory.KINDS)}")
         if self.searching is None:
             if self.index_problem == "no embedding model" or self.embedder is None:
-                raise NoEmbeddingModel("search needs the embedding model. " + EMBEDDING_HINT
+                raise ModelNotFound("search needs the embedding model. " + EMBEDDING_HINT
                                        .format(setting="alethia.embedding_model"))
             raise SearchUnavailable(f"the search index cannot be used: {self.index_problem}; "
                                     "'reload' once that is put right")

@@ -19,6 +19,7 @@ function of its vector alone: the index rebuilt at start is the one a search use
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -148,7 +149,7 @@ class Recall:
         vectors = self.vectors.rows(first, count)
         codes, hashes = self._read_rows(first, count)
         stale = [first + i for i in range(count)
-                 if store.record_hash(decode_id(int(codes[i]))) != hashes[i]]
+                 if _hash_of(store, int(codes[i])) != hashes[i]]
         self.index.append(vectors, codes)
         self._built = first + count
         if stale:
@@ -165,11 +166,23 @@ class Recall:
 
     def missing(self, store: RecallStore) -> list[str]:
         """The store's live records the index has no row for (to be embedded)."""
-        live = np.fromiter((encode_id(i) for i in store.live_ids()), dtype=np.int64)
+        return [i for chunk in self.missing_steps(store) for i in chunk]
+
+    def missing_steps(self, store: RecallStore, rows: int = 1 << 16) -> Iterator[list[str]]:
+        """``missing`` in pieces of ``rows`` live records (a step of the daemon's loop each),
+        against the ids the index holds, sorted once."""
         kept = np.ones(len(self.index), dtype=bool)
         kept[list(self.dead)] = False
-        have = np.isin(live, self.index.ids[kept])
-        return [decode_id(int(code)) for code in live[~have]]
+        have = np.sort(self.index.ids[kept])
+        days: dict[str, int] = {}
+        live = store.live_ids()
+        while chunk := list(itertools.islice(live, rows)):
+            codes = np.fromiter((_code(i, days) for i in chunk), dtype=np.int64,
+                                count=len(chunk))
+            at = np.searchsorted(have, codes)
+            found = have[np.minimum(at, len(have) - 1)] == codes if len(have) else \
+                np.zeros(len(codes), dtype=bool)
+            yield [chunk[i] for i in np.flatnonzero(~found)]
 
     # -- changing -----------------------------------------------------------------------
 
@@ -230,6 +243,25 @@ class Recall:
             os.close(self._rows_fd)
             self._rows_fd = -1
         sodium.wipe(self.key)
+
+
+def _code(record_id: str, days: dict[str, int]) -> int:
+    """``encode_id`` with the days' codes kept (a build reads millions of one few days)."""
+    day, _, index = record_id.partition("/")
+    code = days.get(day)
+    if code is None:
+        code = days[day] = day_code(day)
+    return code | int(index)
+
+
+def _hash_of(store: RecallStore, code: int) -> bytes | None:
+    """The store's hash of the record a row names (None: no such live record, or a row
+    whose id is no date at all)."""
+    try:
+        record_id = decode_id(code)
+    except (ValueError, OverflowError):
+        return None
+    return store.record_hash(record_id)
 
 
 def rotate_key(root: Path, keys: Keys, version: int) -> None:

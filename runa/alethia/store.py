@@ -35,7 +35,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def parse_id(record_id: str) -> tuple[str, int]:
     try:
         if dayfile.RECORD_ID.fullmatch(record_id) is None:
             raise ValueError(record_id)
-        datetime.strptime(day, "%Y-%m-%d")
+        date.fromisoformat(day)  # the pattern fixed its shape: this checks the date
     except ValueError:
         raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)") from None
     return day, int(index)

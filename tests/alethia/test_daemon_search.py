@@ -4,6 +4,7 @@ limit, and search without an embedding model."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from runa.alethia import layout
 from runa.alethia.recall import ROW
 from runa.alethia.searching import EMBED_BATCH
 from runa.errors import RunaError
+from runa.models.embedder import LlamaEmbedder
 from runa.protocol import memory
 from runa.splinter import envelope as env_mod
 
@@ -147,9 +149,32 @@ def test_without_the_embedding_model_appends_work_and_search_says_what_to_do(
     try:
         assert alethia.turn().endswith("/1")
         refused = fault(lambda: search(alethia, "anything"))
-        assert refused["exit_code"] == 69 and refused["kind"] == "NoEmbeddingModel"
+        assert refused["exit_code"] == 69 and refused["kind"] == "ModelNotFound"
         assert "runa models setup" in refused["message"]
         status = alethia.call("status")
         assert status["index"] == "no embedding model" and status["indexed"] == 0
+    finally:
+        alethia.close()
+
+
+def test_yesterdays_turn_is_found_by_a_paraphrase_with_the_shipped_model(
+        tmp_path: Path, minilm_gguf: Path) -> None:
+    """Done means 2: what was said yesterday found by what it meant, not its words; an
+    unrelated question does not put it first."""
+    yesterday = time.time() - 86400
+    alethia = Alethia(tmp_path, real_store,
+                      embedder=lambda _config, _paths: LlamaEmbedder(minilm_gguf, threads=1))
+    try:
+        said = alethia.turn("c1", user="My sister's wedding is in Lisbon next June, and I "
+                            "still have not booked a flight.", time=yesterday)
+        others = [alethia.turn("c2", user=text, time=yesterday) for text in (
+            "How do I reset the router when the wifi keeps dropping?",
+            "Give me a recipe for a quick vegetable curry.",
+            "What is the difference between a list and a tuple in Python?")]
+        found = search(alethia, "travel plans for a family celebration in Portugal", k=4)
+        assert found[0]["id"] == said, found
+        assert float(found[0]["score"]) > float(found[1]["score"])
+        unrelated = search(alethia, "the router's wifi connection drops", k=4)
+        assert unrelated[0]["id"] == others[0] and unrelated[0]["id"] != said
     finally:
         alethia.close()
