@@ -168,7 +168,7 @@ class Recall:
         """The store's live records the index has no row for (to be embedded)."""
         return [i for chunk in self.missing_steps(store) for i in chunk]
 
-    def missing_steps(self, store: RecallStore, rows: int = 1 << 16) -> Iterator[list[str]]:
+    def missing_steps(self, store: RecallStore, rows: int = 1 << 14) -> Iterator[list[str]]:
         """``missing`` in pieces of ``rows`` live records (a step of the daemon's loop each),
         against the ids the index holds, sorted once."""
         kept = np.ones(len(self.index), dtype=bool)

@@ -17,7 +17,11 @@ SETTINGS: tuple[Setting, ...] = (
             "generation.", in_range(-1, 1024)),
 )
 
-#: The unit's limits: Python, PyNaCl and one page of records (at most 64 KiB of JSON) in
-#: flight; the store keeps the entries of its days in memory, about 200 bytes a record.
-#: Half a core: a chat turn is one encryption, one hash and a batched fsync.
-RESOURCES = {"cpu_quota": "50%", "memory_max": "256M"}
+#: The unit's limits (docs/alethia-index.md, "Memory"; measured by bench/alethia_start.py):
+#: Python and the store's code about 40 MiB, the embedding model (MiniLM, f32) and its
+#: llama.cpp context about 120 MiB, the index 56 bytes a record: 214 MiB at 4M records, and
+#: as much again and a quarter while its arrays grow by a quarter (copied). 768M holds those
+#: at 4M records. The store's own maps of its days (about 230 bytes a record, measured) are
+#: not in that sum: a store of more than about 1.5M records needs a larger MemoryMax.
+#: Half a core: a chat turn is one encryption, one hash, a batched fsync and an embedding.
+RESOURCES = {"cpu_quota": "50%", "memory_max": "768M"}
