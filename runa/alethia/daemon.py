@@ -21,6 +21,11 @@ loses only turns not yet answered. Any other request writes the pending batch be
 (a long ``forget`` or ``rotate`` never holds a batch back). A write that fails (a full disk)
 answers each waiting client an error naming its id, and the daemon goes on; its status says
 so until a write succeeds again. A stop writes, answers and signs.
+
+``search`` and ``ingest`` go through ``runa.alethia.searching``: records are embedded after
+their batch is answered, when the loop is idle, and the index is built from the vector file
+at start in steps of ``step`` (docs/alethia-index.md). Without the embedding model every
+other op is served and ``search`` answers ``ModelNotFound``.
 """
 
 from __future__ import annotations
@@ -640,7 +645,7 @@ def _passage(item: Any) -> dict[str, Any]:
     body = {**{name: item[name] for name in kinds}, "meta": meta}
     size = len(_json(body))
     if size > MAX_RECORD_BYTES:
-        raise RecordTooLarge(f"a passage of {item['source']!r} is {size} bytes of JSON; "
+        raise RecordTooLarge(f"passage {item['passage']} of a source is {size} bytes of JSON; "
                              f"alethia keeps at most {MAX_RECORD_BYTES}")
     return body
 

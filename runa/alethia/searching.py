@@ -159,7 +159,10 @@ class Searching:
         while self.fresh:
             self.idle(store)
         vector = self.embedder.embed([fit(self.embedder, query)])[0]
-        found = self.recall.search(vector, since_day=day_of(since) if since else None)
+        # a record is filed under the day it was written, which may differ from its own
+        # time (given by the client, up to a minute ahead): a day's slack, then the time
+        first = day_of(since - 86400) if since is not None and since >= 86400 else None
+        found = self.recall.search(vector, since_day=first)
         matches: list[dict[str, Any]] = []
         for hit in found:
             try:

@@ -13,7 +13,7 @@ import pytest
 from support import wait_for
 
 from runa import stackbus as bus_mod
-from runa.alethia import layout
+from runa.alethia import keyfile, layout
 from runa.alethia.recall import ROW
 from runa.alethia.searching import EMBED_BATCH
 from runa.errors import RunaError
@@ -55,6 +55,7 @@ def test_a_turn_just_said_is_found_first_and_filters_apply(alethia: Alethia) -> 
     assert [m["id"] for m in search(alethia, "lighthouse lamp", conversation="c2")] == [quince]
     assert search(alethia, "lighthouse", kind="document") == []
     assert search(alethia, "lighthouse", since=4_000_000_000.0) == []
+    assert len(search(alethia, "lighthouse", since=time.time() - 60)) == 2
     status = alethia.call("status")
     assert status["indexed"] == 2 and status["index"] == "ready"
     logged = alethia.log.getvalue()
@@ -178,3 +179,16 @@ def test_yesterdays_turn_is_found_by_a_paraphrase_with_the_shipped_model(
         assert unrelated[0]["id"] == others[0] and unrelated[0]["id"] != said
     finally:
         alethia.close()
+
+
+def test_rotate_rewraps_the_vectors_key_so_old_memory_keys_can_go(alethia: Alethia) -> None:
+    said = alethia.turn("c1", user=LIGHTHOUSE)
+    search(alethia, "x")
+    assert alethia.call("rotate") == {"key_version": 2}
+    root = alethia.paths.data / "alethia"
+    assert keyfile.versions(root) == [2]
+    del alethia.keys.memory[1]  # as after `runa memory rotate-key`
+    alethia.stop_daemon()
+    alethia.start()
+    assert search(alethia, LIGHTHOUSE, k=1)[0]["id"] == said
+    assert alethia.call("status")["indexed"] == 1
