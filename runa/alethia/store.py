@@ -105,7 +105,7 @@ class _Day:
     offsets: dict[int, int] = field(default_factory=dict)
     forgotten: set[int] = field(default_factory=set)
     forgets: dict[int, str] = field(default_factory=dict)  # tombstone record -> id it names
-    hashes: dict[int, bytes] = field(default_factory=dict)  # record -> its hash's first bytes
+    hashes: bytearray = field(default_factory=bytearray)  # HASH_PREFIX bytes a record, from 1
     written: bool = False  # the log file (and its header) exists
 
     @property
@@ -116,12 +116,23 @@ class _Day:
         """Whether record ``index`` is on disk and not forgotten."""
         return index in self.offsets and index not in self.forgotten
 
+    def set_hash(self, index: int, digest: bytes) -> None:
+        """Keep the first bytes of record ``index``'s hash (8 bytes a record, not a dict's
+        hundred: the search index checks its rows against them)."""
+        end = index * HASH_PREFIX
+        if len(self.hashes) < end:
+            self.hashes.extend(bytes(end - len(self.hashes)))
+        self.hashes[end - HASH_PREFIX:end] = digest[:HASH_PREFIX]
+
+    def hash_of(self, index: int) -> bytes:
+        return bytes(self.hashes[(index - 1) * HASH_PREFIX:index * HASH_PREFIX])
+
     def index_lines(self, scan: dayfile.Scan) -> None:
         """Where each record's line starts, from a scan of the day's file."""
         for line in scan.records():
             if line.fields is not None:
                 self.offsets[int(line.fields["i"])] = line.offset
-                self.hashes[int(line.fields["i"])] = line.hexes("h")[:HASH_PREFIX]
+                self.set_hash(int(line.fields["i"]), line.hexes("h"))
 
 
 class Store:
@@ -312,7 +323,7 @@ class Store:
         self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext, forgets))
         if forgets is not None:
             day.forgets[index] = forgets
-        day.hashes[index] = digest[:HASH_PREFIX]  # kept once written (its offset says so)
+        day.set_hash(index, digest)  # used once written (its offset says so)
         day.count, day.head = index, link
         if self._pending_since is None:
             self._pending_since = time.monotonic()
@@ -446,7 +457,7 @@ class Store:
         day = self._days.get(name)
         if day is None or not day.live(index) or index in day.forgets:
             return None
-        return day.hashes.get(index)
+        return day.hash_of(index)
 
     # -- forgetting ---------------------------------------------------------------------------
 
