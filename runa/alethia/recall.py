@@ -4,10 +4,10 @@ in RAM (docs/alethia-index.md).
 In the store's root (``runa.alethia.layout``):
 
 - ``vectors.key``: a random 32-byte data key, wrapped by the current memory key exactly as a
-  day's key is (``runa.alethia.keyfile``, its "day" is ``vectors``); ``rotate`` re-wraps it;
+  day's key is (``runa.alethia.keyfile``, its "day" is ``vectors``); ``rotate_key`` re-wraps it;
 - ``vectors.bin``: the vectors, each sealed under that key in its row (``VectorFile``);
 - ``vectors.rows``: per row, the record's id (int64, ``encode_id``) and the first
-  ``HASH_PREFIX`` bytes of its hash in the chain, in the clear as the day files have them,
+  8 bytes (``store.HASH_PREFIX``) of its hash in the chain, in the clear as the day files have them,
   so a row whose record was forgotten or is another record now (a restored store) is
   never used, and is zeroed at the next build;
 - ``vectors.json``: the embedding model the vectors were made with; another model's

@@ -21,7 +21,7 @@ SETTINGS: tuple[Setting, ...] = (
 #: Python and the store's code about 40 MiB, the embedding model (MiniLM, f32) and its
 #: llama.cpp context about 120 MiB, the index 56 bytes a record: 214 MiB at 4M records, and
 #: as much again and a quarter while its arrays grow by a quarter (copied). 768M holds those
-#: at 4M records. The store's own maps of its days (about 230 bytes a record, measured) are
-#: not in that sum: a store of more than about 1.5M records needs a larger MemoryMax.
+#: at 4M records. The store's own map of its records' offsets (about 170 bytes a record,
+#: measured) is not in that sum: a store of more than about 2M records needs a larger one.
 #: Half a core: a chat turn is one encryption, one hash, a batched fsync and an embedding.
 RESOURCES = {"cpu_quota": "50%", "memory_max": "768M"}
