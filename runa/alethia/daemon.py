@@ -140,7 +140,8 @@ class AlethiaDaemon:
         self.embedder: Embedder | None = None
         self.searching: Searching | None = None  # the search index of the open store
         self.index_problem = ""  # why there is no search index ("no embedding model", …)
-        self._documents: dict[str, str] | None = None  # stored sources' sha256, read once
+        # the document passages stored, (source, sha256, passage); read once
+        self._documents: set[tuple[str, str, int]] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -559,16 +560,20 @@ class AlethiaDaemon:
             matches, MAX_PAGE_BYTES, lambda value: len(_json(value)))}
 
     def _ingest(self, store: Store, fields: dict[str, Any]) -> dict[str, Any]:
-        """Store document passages, written and signed before the answer; a source already
-        stored with the same sha256 is skipped (all its passages)."""
+        """Store document passages, written and signed before the answer. A passage already
+        stored under the same source, sha256 and number is skipped: a source sent again
+        unchanged stores nothing, and a large one's later requests are stored, not skipped."""
         passages = [_passage(item) for item in memory.OPS["ingest"].read(fields, "passages")]
         if self._documents is None:
-            self._documents = dict(search_mod.documents(store))
+            self._documents = search_mod.documents(store)
         known = self._documents
-        skipped = sorted({p["source"] for p in passages if known.get(p["source"]) == p["sha256"]})
-        ids = [store.append("document", p) for p in passages if p["source"] not in skipped]
+        keys = [(p["source"], p["sha256"], p["passage"]) for p in passages]
+        fresh = [p for p, key in zip(passages, keys, strict=True) if key not in known]
+        skipped = sorted({p["source"] for p, key in zip(passages, keys, strict=True)
+                          if key in known})
+        ids = [store.append("document", p) for p in fresh]
         store.flush()
-        known.update({p["source"]: p["sha256"] for p in passages})
+        known.update(keys)
         if self.searching is not None:
             self.searching.queue(ids)
         log.event(self.logger, "memory_ingested", f"stored {len(ids)} passage(s); "

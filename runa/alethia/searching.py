@@ -225,11 +225,12 @@ def fit_answer(matches: list[dict[str, Any]], budget: int,
     return matches
 
 
-def documents(store: Any) -> Mapping[str, str]:
-    """The sources of the documents stored and their sha256 (read once, at the first
-    ``ingest``: passages are decrypted to read it)."""
-    known: dict[str, str] = {}
+def documents(store: Any) -> set[tuple[str, str, int]]:
+    """The document passages stored, as (source, sha256, passage) (read once, at the first
+    ``ingest``: passages are decrypted to read it); forgotten ones are not held."""
+    known: set[tuple[str, str, int]] = set()
     for entry in store.entries():
-        if entry.kind == "document" and entry.source is not None:
-            known[entry.source] = str(store.read(entry.id).body.get("sha256") or "")
+        if entry.kind == "document" and entry.source is not None and not entry.forgotten:
+            body = store.read(entry.id).body
+            known.add((entry.source, str(body.get("sha256") or ""), int(body.get("passage", 0))))
     return known

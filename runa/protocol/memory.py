@@ -96,7 +96,7 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
     )),
     Op(SERVICE, "ingest", "store document passages (as tieto reads and chunks them, front "
        "matter kept), written and signed before the answer ('ids'; 'skipped' names sources "
-       "already stored with the same sha256)", (
+       "whose passages were already stored with the same sha256 and number)", (
         Field("passages", "list of objects", "each {source, sha256, title, meta (the "
               "front matter), passage (its number in the source, from 0), text}",
               required=True),

@@ -87,6 +87,20 @@ def test_documents_are_stored_signed_found_and_not_stored_twice(alethia: Alethia
     assert bad["kind"] == "BadSchema" and bad["exit_code"] == 65
 
 
+def test_a_source_too_large_for_one_request_is_stored_whole_and_once(alethia: Alethia) -> None:
+    parts = [[passage("big.md", n, f"passage {n} of the big file") for n in (0, 1)],
+             [passage("big.md", n, f"passage {n} of the big file") for n in (2, 3)]]
+    first, second = (alethia.call("ingest", passages=part) for part in parts)
+    assert len(first["ids"]) == 2 and len(second["ids"]) == 2 and second["skipped"] == []
+    assert [alethia.call("ingest", passages=part) for part in parts] == [
+        {"ids": [], "skipped": ["big.md"]}] * 2
+    alethia.call("forget", id=second["ids"][0])
+    again = alethia.call("ingest", passages=parts[1])
+    assert len(again["ids"]) == 1 and again["skipped"] == ["big.md"]
+    listed = alethia.call("list")["entries"]
+    assert len([e for e in listed if e["kind"] == "document"]) == 4
+
+
 def test_a_forgotten_turn_is_never_found_also_after_a_restart(alethia: Alethia) -> None:
     forgotten = alethia.turn("c1", user=LIGHTHOUSE)
     kept = alethia.turn("c2", user=QUINCE)
