@@ -11,7 +11,7 @@ later) are found once the index is built (``missing``) and embedded the same way
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
