@@ -27,10 +27,12 @@ from runa.threadwell.wire import (
     ApiError,
     ChatRequest,
     Completion,
+    embedding_list,
     finish_reason,
     from_runa_error,
     model_list,
     parse_chat,
+    parse_embeddings,
 )
 
 #: How a streamed item reaches the event loop: a piece, the error that ended it, or the end.
@@ -49,6 +51,10 @@ class Backend(Protocol):
     def chat(self, asked: ChatRequest, stop: threading.Event
              ) -> Iterator[tuple[dict[str, Any], bool]]: ...
 
+    def embedding_models(self) -> list[str]: ...
+
+    def embed(self, texts: list[str]) -> tuple[str, list[bytes], int]: ...
+
 
 def error_response(error: ApiError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
@@ -65,7 +71,8 @@ class Api:
 
     def app(self) -> Starlette:
         routes = [Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-                  Route("/v1/models", self.models, methods=["GET"])]
+                  Route("/v1/models", self.models, methods=["GET"]),
+                  Route("/v1/embeddings", self.embeddings, methods=["POST"])]
         return Starlette(routes=routes, exception_handlers={
             HTTPException: self._http_error, ApiError: self._api_error,
             RunaError: self._runa_error})
@@ -75,6 +82,7 @@ class Api:
     async def models(self, request: Request) -> Response:
         await self.authorize(request)
         names = await self._blocking(self.backend.models)
+        names += await self._blocking(self.backend.embedding_models)
         return JSONResponse(model_list(names))
 
     async def chat_completions(self, request: Request) -> Response:
@@ -96,6 +104,16 @@ class Api:
                                               stop),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
+
+    async def embeddings(self, request: Request) -> Response:
+        await self.authorize(request)
+        asked = parse_embeddings(await self.json_body(request))
+        model, vectors, n_tokens = await self._blocking(lambda: self.backend.embed(asked.texts))
+        if asked.model != model:
+            raise ApiError(404, f"the embedding model {asked.model!r} does not exist; this "
+                           f"stack embeds with {model!r}", param="model",
+                           code="model_not_found")
+        return JSONResponse(embedding_list(model, vectors, n_tokens, asked.base64))
 
     # -- what every route does -----------------------------------------------------------
 

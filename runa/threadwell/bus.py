@@ -7,12 +7,15 @@ carries it. A stream stops, and splinfer is told to cancel it, when its ``stop``
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from runa.client import ServiceClient
+from runa.errors import RunaError
+from runa.protocol import tieto
 from runa.protocol.splinfer import chat, request
 from runa.splinter import Bus
 from runa.threadwell.wire import ChatRequest
@@ -30,6 +33,7 @@ class BusBackend:
         self._bus: Bus | None = None
         self._lock = threading.Lock()
         self.timeout = timeout
+        self.embedding_model = ""  # known once tieto has embedded for the API
 
     def bus(self) -> Bus:
         with self._lock:
@@ -50,6 +54,33 @@ class BusBackend:
             status = client.call(request("status"), idle_timeout=self.timeout)
         path = status.get("model")
         return [Path(path).stem] if isinstance(path, str) and path else []
+
+    def embedding_models(self) -> list[str]:
+        """tieto's embedding model's name, learnt from its first embedding (one word, the
+        first time: tieto loads its model on first need); none while tieto is not running."""
+        if not self.embedding_model:
+            try:
+                self.embed(["model"])
+            except RunaError:
+                return []
+        return [self.embedding_model]
+
+    def embed(self, texts: list[str]) -> tuple[str, list[bytes], int]:
+        """tieto's embedding model's name, the vectors of ``texts`` (float32, little-endian)
+        and the word-pieces read, asked ``tieto.MAX_EMBED_TEXTS`` texts at a time."""
+        vectors: list[bytes] = []
+        n_tokens, model = 0, ""
+        with ServiceClient(self.bus(), "tieto", CLIENT_NAME) as client:
+            client.check_running()
+            for start in range(0, len(texts), tieto.MAX_EMBED_TEXTS):
+                answer = client.call(tieto.request(
+                    "embed", texts=texts[start:start + tieto.MAX_EMBED_TEXTS]),
+                    idle_timeout=self.timeout)
+                vectors += [base64.b64decode(row) for row in answer["vectors"]]
+                n_tokens += int(answer.get("n_tokens") or 0)
+                model = str(answer["model"])
+        self.embedding_model = model
+        return model, vectors, n_tokens
 
     def chat(self, asked: ChatRequest, stop: threading.Event
              ) -> Iterator[tuple[dict[str, Any], bool]]:

@@ -6,6 +6,8 @@ field), and splinfer's answer pieces become OpenAI's completion, chunk and error
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -172,6 +174,45 @@ def parse_chat(body: Any, new_id: Any = lambda: uuid.uuid4().hex) -> ChatRequest
     return ChatRequest(model=model, text=text, conversation=conversation or new_id(),
                        new=conversation is None, stream=stream, include_usage=include_usage,
                        system=system, persona=persona, params=sampling(body))
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    texts: list[str]
+    base64: bool
+
+
+def parse_embeddings(body: Any) -> EmbeddingRequest:
+    """``body`` as an embeddings request: ``input`` a string or a list of strings."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required (see GET /v1/models)", param="model")
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(
+            isinstance(text, str) and text for text in texts):
+        raise ApiError(400, "'input' must be a non-empty string or a list of them (token "
+                       "arrays are not taken)", param="input")
+    encoding = body.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, "'encoding_format' must be float or base64",
+                       param="encoding_format")
+    return EmbeddingRequest(model, texts, encoding == "base64")
+
+
+def embedding_list(model: str, vectors: list[bytes], n_tokens: int,
+                   as_base64: bool) -> dict[str, Any]:
+    """OpenAI's embeddings answer; ``vectors`` are float32 little-endian rows."""
+    data = [{"object": "embedding", "index": index,
+             "embedding": base64.b64encode(row).decode() if as_base64
+             else list(struct.unpack(f"<{len(row) // 4}f", row))}
+            for index, row in enumerate(vectors)]
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
 
 
 def _usage(final: Mapping[str, Any]) -> dict[str, int]:

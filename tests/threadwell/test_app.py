@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import threading
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from runa.threadwell.wire import ChatRequest
 
 KEY = "runa-test-key"
 MODEL = "tiny-model"
+EMBEDDER = "tiny-embedder"
 
 
 class Keys:
@@ -54,6 +56,13 @@ class Backend:
 
     def models(self) -> list[str]:
         return [MODEL]
+
+    def embedding_models(self) -> list[str]:
+        return [EMBEDDER]
+
+    def embed(self, texts: list[str]) -> tuple[str, list[bytes], int]:
+        self.embedded = list(texts)
+        return EMBEDDER, [struct.pack("<3f", len(t), 0.5, -1.0) for t in texts], 2 * len(texts)
 
     def chat(self, asked: ChatRequest, stop: threading.Event
              ) -> Iterator[tuple[dict[str, Any], bool]]:
@@ -157,7 +166,7 @@ def test_a_continued_conversation_sends_only_the_new_turn_and_a_new_one_the_tran
 def test_the_models_are_listed(api) -> None:
     url, _, _ = api
     client = openai.OpenAI(base_url=url, api_key=KEY)
-    assert [m.id for m in client.models.list()] == [MODEL]
+    assert [m.id for m in client.models.list()] == [MODEL, EMBEDDER]
 
 
 @pytest.mark.parametrize("key", [None, "runa-wrong", "", KEY + "x"])
@@ -239,3 +248,36 @@ def test_a_streaming_client_that_goes_away_stops_the_answer(api) -> None:
         while b"Hello" not in seen:  # the stream has begun
             seen += conn.recv(65536)
     assert backend.stopped.wait(5), "the answer went on after its client left"
+
+
+def test_the_official_client_gets_embeddings_as_floats_and_as_base64(api) -> None:
+    url, backend, _ = api
+    client = openai.OpenAI(base_url=url, api_key=KEY)
+    answer = client.embeddings.create(model=EMBEDDER, input=["one", "three"],
+                                      encoding_format="float")
+    assert [d.embedding for d in answer.data] == [[3.0, 0.5, -1.0], [5.0, 0.5, -1.0]]
+    assert answer.model == EMBEDDER and answer.usage.prompt_tokens == 4
+    assert backend.embedded == ["one", "three"]
+    packed = client.embeddings.create(model=EMBEDDER, input="four")  # base64 on the wire
+    assert packed.data[0].embedding == [4.0, 0.5, -1.0]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"model": "other", "input": "x"}, 404, "model"),
+    ({"model": EMBEDDER, "input": []}, 400, "input"),
+    ({"model": EMBEDDER, "input": [[1, 2, 3]]}, 400, "input"),
+    ({"model": EMBEDDER, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+])
+def test_bad_embedding_requests_are_answered_in_openais_error_shape(api, body, status,
+                                                                   param) -> None:
+    url, _, _ = api
+    got, answer = post(f"{url}/embeddings", json.dumps(body).encode())
+    assert got == status and answer["error"]["param"] == param
+
+
+def test_a_message_larger_than_one_bus_envelope_is_413(api) -> None:
+    url, backend, _ = api
+    from runa.splinter.errors import MessageTooLarge
+    backend.fault = MessageTooLarge(40000, 32768)
+    status, body = post(f"{url}/chat/completions", chat_body())
+    assert status == 413 and body["error"]["code"] == "request_too_large"

@@ -34,12 +34,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def stack(real_model: Path, tmp_path_factory: pytest.TempPathFactory
+def stack(real_model: Path, minilm_gguf: Path, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[tuple[dict[str, str], int]]:
     root = tmp_path_factory.mktemp("api")
     port = free_port()
     env = {**isolated_env(root, threadwell=True), **CONTEXT,
-           "RUNA_SPLINFER_MODEL": str(real_model), "RUNA_THREADWELL_PORT": str(port)}
+           "RUNA_SPLINFER_MODEL": str(real_model), "RUNA_THREADWELL_PORT": str(port),
+           "RUNA_TIETO_EMBEDDING_MODEL": str(minilm_gguf)}
     up = runa("up", "--detach", env=env, timeout=180)
     assert up.returncode == 0, up.stderr
     try:
@@ -82,6 +83,25 @@ def test_the_official_client_streams_and_does_not(stack) -> None:
     assert 0 < whole.usage.completion_tokens <= 24
     assert whole.usage.prompt_tokens > 5
     assert len([c for c in streamed if c.choices and c.choices[0].delta.content]) > 3
+
+
+def test_the_official_client_gets_embeddings_from_tieto_s_model(stack) -> None:
+    client = api_client(stack)
+    names = [m.id for m in client.models.list()]
+    assert len(names) == 2 and names[0] == "SmolLM2-135M-Instruct.Q4_1"
+    texts = ["The sailing boat is moored at the pier.", "A boat is tied up in the harbour.",
+             "Three carrots and an onion make the soup."]
+    answer = client.embeddings.create(model=names[1], input=texts)
+    vectors = [d.embedding for d in answer.data]
+    assert [len(v) for v in vectors] == [384] * 3
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-3 for v in vectors)  # unit length
+
+    def cosine(a: list[float], b: list[float]) -> float:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    assert cosine(vectors[0], vectors[1]) > cosine(vectors[0], vectors[2]) + 0.2
+    many = client.embeddings.create(model=names[1], input=[f"text {n}" for n in range(11)])
+    assert [d.index for d in many.data] == list(range(11))  # across two tieto requests
 
 
 def test_a_conversation_goes_on_in_runa_chat_and_back(stack) -> None:
