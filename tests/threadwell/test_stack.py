@@ -5,6 +5,8 @@ stream whose client goes away cancelled in splinfer."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -198,3 +200,20 @@ def splinfer_status(env: dict[str, str]) -> dict[str, object]:
             ServiceClient(bus, "splinfer", "test") as client:
         return client.call({"op": "status"})
 
+
+
+def test_the_supervisor_keeps_the_sockets_across_a_restart(stack) -> None:
+    env, port = stack
+    client = api_client(stack)
+
+    def threadwell_pid() -> int:
+        status = json.loads(runa("status", "--json", env=env).stdout)
+        found = next(c for c in status["components"] if c["name"] == "threadwell")
+        return int(found["pid"] or 0) if found["state"] == "running" else 0
+
+    before = threadwell_pid()
+    assert before
+    os.kill(before, signal.SIGKILL)
+    wait_for(lambda: threadwell_pid() not in (0, before), 60, "threadwell to be restarted")
+    assert client.models.list().data  # the same port, never closed in between
+    assert {address for address, at in listening("tcp") if at == port} == {"0100007F"}
