@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import http.client
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -108,6 +109,7 @@ def main(cleanups: contextlib.ExitStack) -> int:
     args = parser.parse_args()
     rounds = 2 if args.quick else 5
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     model = Path(args.model) if args.model else resolve_model(
         SMOLLM2_135M.name, Paths.for_stack(personal_stack()).models).path
     port = free_port()
@@ -172,7 +174,9 @@ def main(cleanups: contextlib.ExitStack) -> int:
                 "prompts": len(STORIES), "greedy": True, "quick": args.quick,
                 "n_gen_api": [a["n_gen"] for a in api], "n_gen_bus": [b["n_gen"] for b in bus],
                 "identical_answers": f"{identical} of {len(api)}",
-                "seconds": round(time.monotonic() - started, 1)},
+                "seconds": round(time.monotonic() - started, 1),
+                "loadavg_before": round(load_before, 2),
+                "loadavg_after": round(os.getloadavg()[0], 2)},
         metrics=metrics, baselines=baselines, targets=targets)
     return report(result, None)
 
