@@ -33,6 +33,7 @@ def _block(name: str) -> re.Pattern[str]:
 class Component:
     name: str
     description: str
+    listens: bool = False  # it has a .socket unit (``listen`` in its registry entry)
 
     @property
     def short(self) -> str:
@@ -43,7 +44,7 @@ class Component:
 def components(registry: Path = REGISTRY) -> list[Component]:
     """The registry's components, in its start order."""
     data = tomllib.loads(registry.read_text())
-    return [Component(name, table["description"])
+    return [Component(name, table["description"], bool(table.get("listen")))
             for name, table in data.get("components", {}).items()]
 
 
@@ -81,7 +82,8 @@ def spec_block(comps: list[Component]) -> str:
                 "Requires: runa-common = %{version}-%{release}", "",
                 f"%description -n runa-{c.name}",
                 f"The systemd user unit runa-{c.name}.service, started by runa.target.", "",
-                f"%files -n runa-{c.name}", f"%{{_userunitdir}}/runa-{c.name}.service", ""]
+                f"%files -n runa-{c.name}", f"%{{_userunitdir}}/runa-{c.name}.service",
+                *([f"%{{_userunitdir}}/runa-{c.name}.socket"] if c.listens else []), ""]
     return "\n".join(out)
 
 

@@ -74,6 +74,9 @@ class Component:
     documentation: tuple[str, ...] = ()
     hardening: tuple[tuple[str, HardeningValue], ...] = ()
     secrets: tuple[str, ...] = ()  # what gilgul's broker lets it read: names, or "prefix*"
+    # The configuration key of a TCP port its manager listens on, on loopback, and hands over
+    # by socket activation (its .socket unit; the supervisor alike); "": none.
+    listen: str = ""
 
     def may_read(self, secret: str) -> bool:
         """Whether ``secrets`` names ``secret``: exactly, or by a prefix ending in ``*``."""
@@ -281,6 +284,7 @@ _COMPONENT_KEYS: dict[str, tuple[type[Any], str]] = {
     "timeout_stop_sec": (int, "an integer"),
     "documentation": (list, "a list of URIs"),
     "secrets": (list, "a list of secret names or prefixes ending in '*'"),
+    "listen": (str, "the configuration key of a port, e.g. 'threadwell.port'"),
 }
 
 

@@ -38,16 +38,20 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 WHISPER_OFF = "[components.whisper]\nenabled = false\n"
 #: What keeps the memory out of a test's stack (see ``isolated_env``).
 ALETHIA_OFF = "[components.alethia]\nenabled = false\n"
+#: What keeps the API out of a test's stack (see ``isolated_env``).
+THREADWELL_OFF = "[components.threadwell]\nenabled = false\n"
 
 
-def isolated_env(root: Path, *, whisper: bool = False, alethia: bool = False) -> dict[str, str]:
+def isolated_env(root: Path, *, whisper: bool = False, alethia: bool = False,
+                 threadwell: bool = False) -> dict[str, str]:
     """Environment for ``runa`` processes with every layer and directory under ``root``.
 
     The stack name is unique, so its bus segments in /dev/shm never meet another test's.
     Its registry disables whisper unless ``whisper``: these stacks have no embedding model,
     so every answer would carry the fail rule's flag and notice; the tests of tier 2 ask for
     it (tests/whisper) and give it a model. alethia is disabled unless ``alethia``: it would
-    ask coven for its keys in every stack; the memory's own tests ask for it.
+    ask coven for its keys in every stack; the memory's own tests ask for it. threadwell is
+    disabled unless ``threadwell``: every stack would listen on the one configured port.
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNA_")}
     env.update(
@@ -72,6 +76,11 @@ def isolated_env(root: Path, *, whisper: bool = False, alethia: bool = False) ->
     else:
         memory_off.parent.mkdir(parents=True, exist_ok=True)
         memory_off.write_text(ALETHIA_OFF)
+    api_off = root / "etc/components.d/10-threadwell-off.toml"
+    if threadwell:
+        api_off.unlink(missing_ok=True)
+    else:
+        api_off.write_text(THREADWELL_OFF)
     return env
 
 

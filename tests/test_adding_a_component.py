@@ -148,7 +148,8 @@ def test_runa_daemon_offers_the_registry_s_components(greeter_env: dict[str, str
     assert unknown.returncode == 64
     assert unknown.stderr.strip() == (
         "runa daemon: argument name: invalid choice: 'nosuch' (choose from 'alethia', 'coven', "
-        "'gilgul', 'greeter', 'splinfer', 'splinter', 'tieto', 'whisper') (see 'runa daemon "
+        "'gilgul', 'greeter', 'splinfer', 'splinter', 'threadwell', 'tieto', 'whisper') (see "
+        "'runa daemon "
         "--help')")
     (tmp_path / "other").mkdir()  # a stack whose registry does not have it
     elsewhere = runa("daemon", "greeter", env=isolated_env(tmp_path / "other"))

@@ -28,13 +28,14 @@ SPLINFER, SPLINTER, GILGUL = (registry.unit_name(n) for n in ("splinfer", "splin
 
 
 def core_registry() -> registry.Registry:
-    """The packaged registry without tieto, whisper, coven and alethia: these tests script
-    splinter and splinfer only."""
+    """The packaged registry without tieto, whisper, coven, alethia and threadwell: these
+    tests script splinter and splinfer only."""
     with tempfile.TemporaryDirectory() as etc:
         (Path(etc) / "components.d").mkdir()
         (Path(etc) / "components.d/50-no-tieto.toml").write_text(
             "[components.tieto]\nenabled = false\n[components.whisper]\nenabled = false\n"
-            "[components.coven]\nenabled = false\n[components.alethia]\nenabled = false\n")
+            "[components.coven]\nenabled = false\n[components.alethia]\nenabled = false\n"
+            "[components.threadwell]\nenabled = false\n")
         return registry.load(Path(etc))
 
 

@@ -47,6 +47,10 @@ enabled = false
 # alethia's is tests/alethia/test_daemon_systemd.py.
 [components.alethia]
 enabled = false
+
+# threadwell's is tests/threadwell/test_systemd.py (its key needs coven).
+[components.threadwell]
+enabled = false
 """
 
 

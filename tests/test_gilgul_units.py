@@ -38,10 +38,10 @@ def write(path: Path, text: str) -> Path:
 def test_the_packaged_registry() -> None:
     reg = registry.load()
     assert [c.name for c in reg] == ["splinter", "whisper", "splinfer", "tieto", "coven",
-                                    "alethia", "gilgul"]
+                                    "alethia", "threadwell", "gilgul"]
     assert reg.manager is not None and reg.manager.name == "gilgul"
     assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven",
-                                            "alethia"]
+                                            "alethia", "threadwell"]
     assert reg.get("splinfer").after == ("splinter",)
     hardening = dict(reg.get("splinfer").hardening)
     assert hardening["PrivateNetwork"] is True
@@ -72,7 +72,7 @@ timeout_start_sec = 300
     assert hardening["MemoryDenyWriteExecute"] is False and hardening["ProtectHome"] == "read-only"
     assert hardening["NoNewPrivileges"] is True  # the defaults stay under the override
     assert [c.name for c in reg.watched] == ["splinter", "whisper", "splinfer", "tieto", "coven",
-                                            "alethia", "demo"]
+                                            "alethia", "threadwell", "demo"]
     assert reg.sources[1:] == (str(tmp_path / "components.d/10-a.toml"),
                                str(tmp_path / "components.d/20-b.toml"))
 
@@ -143,7 +143,7 @@ def test_the_units_follow_the_design() -> None:
     target = rendered["runa.target"]
     assert ("Wants=runa-splinter.service runa-whisper.service runa-splinfer.service "
             "runa-tieto.service runa-coven.service runa-alethia.service "
-            "runa-gilgul.service") in target
+            "runa-threadwell.service runa-gilgul.service") in target
     for name in ("splinter", "splinfer", "coven", "gilgul"):
         text = rendered[f"runa-{name}.service"]
         settings = dict(line.split("=", 1) for line in text.splitlines()
@@ -170,6 +170,22 @@ def test_the_units_follow_the_design() -> None:
             assert settings["Restart"] == "no" and settings["StartLimitIntervalSec"] == "0"
             assert settings["After"].startswith("runa-gilgul.service")
             assert settings["EnvironmentFile"] == f"-%t/runa/gilgul/{name}.env"
+
+
+def test_a_listening_component_gets_a_socket_unit_on_loopback_and_keeps_its_sandbox() -> None:
+    rendered = units.render(registry.load())
+    assert [name for name in rendered if name.endswith(".socket")] == ["runa-threadwell.socket"]
+    socket_unit = rendered["runa-threadwell.socket"].splitlines()
+    port = packaged_schema().setting("threadwell.port").default
+    assert [line for line in socket_unit if line.startswith("ListenStream=")] == [
+        f"ListenStream=127.0.0.1:{port}", f"ListenStream=[::1]:{port}"]
+    assert "Service=runa-threadwell.service" in socket_unit
+    service = dict(line.split("=", 1) for line in
+                   rendered["runa-threadwell.service"].splitlines()
+                   if "=" in line and not line.startswith("#"))
+    assert service["Requires"] == "runa-threadwell.socket"
+    assert service["After"].endswith("runa-threadwell.socket")
+    assert service["PrivateNetwork"] == "yes" and service["RestrictAddressFamilies"] == "AF_UNIX"
 
 
 def test_render_check_and_write_through_the_command(tmp_path: Path, runa_env) -> None:

@@ -22,7 +22,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Answer from your documents (tieto, the retrieval service)",
      ("ingest", "recall", "topic")),
     ("Run and look after Runa", ("up", "down", "status", "models", "config", "policy", "audit",
-                                 "secret")),
+                                 "secret", "api-key")),
     ("For operators and developers", ("bus", "units", "daemon")),
     ("Help", ("help",)),
 )

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from runa.cli import (
+    api_key_cmd,
     ask_cmd,
     audit_cmd,
     bus_cmd,
@@ -39,7 +40,7 @@ from runa.paths import check_stack_name
 
 COMMAND_MODULES = (chat_cmd, ask_cmd, stack_cmd, models_cmd, bus_cmd, config_cmd, units_cmd,
                    daemon_cmd, ingest_cmd, recall_cmd, topic_cmd, audit_cmd, policy_cmd,
-                   secret_cmd, memory_cmd, help_cmd)
+                   secret_cmd, memory_cmd, api_key_cmd, help_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

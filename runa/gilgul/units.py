@@ -16,9 +16,9 @@ from pathlib import Path
 
 import jinja2
 
-from runa.components import resources_of
+from runa.components import resources_of, settings_of
 from runa.config import resource_settings
-from runa.registry import Registry, render_value, unit_name
+from runa.registry import Component, Registry, RegistryError, render_value, unit_name
 
 EXECUTABLE = "/usr/bin/runa"
 TARGET = "runa.target"
@@ -68,15 +68,38 @@ def render(registry: Registry, executable: str = EXECUTABLE) -> dict[str, str]:
         components=registry.enabled,
         documentation=registry.components[0].documentation if registry.components else ())}
     service = env.get_template("service.j2")
+    socket = env.get_template("socket.j2")
     manager = registry.manager
     for component in registry:
         after = [unit_name(name) for name in component.after]
         if manager is not None and not component.is_manager:
             after.insert(0, manager.unit)  # its drop-ins first; it sees every start
+        if component.listen:  # its sockets first: the service is handed them
+            after.append(socket_unit(component))
+            units[socket_unit(component)] = socket.render(
+                unit=socket_unit(component), c=component,
+                port=packaged_port(component, registry))
         units[component.unit] = service.render(
             unit=component.unit, c=component, executable=executable, after=after,
-            limits=Limits.packaged(component.name, resources_of(component)))
+            limits=Limits.packaged(component.name, resources_of(component)),
+            sockets=socket_unit(component) if component.listen else "")
     return units
+
+
+def socket_unit(component: Component) -> str:
+    """The .socket unit of a component that listens (``listen`` in its registry entry)."""
+    return component.unit.removesuffix(".service") + ".socket"
+
+
+def packaged_port(component: Component, registry: Registry) -> int:
+    """The packaged default of the port its ``listen`` names (what the committed unit says;
+    the supervisor binds the configured one)."""
+    for setting in settings_of(component, registry):
+        if setting.key == component.listen:
+            return int(setting.default)
+    raise RegistryError(registry.origin(f"components.{component.name}.listen"),
+                        f"components.{component.name}.listen", component.listen,
+                        "names no setting of the component")
 
 
 def write(units: Mapping[str, str], directory: Path) -> list[Path]:

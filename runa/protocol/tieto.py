@@ -85,6 +85,11 @@ _TARGET = Field("target", "string", "the id of a running complete or of an inges
                 required=True)
 
 
+#: Texts one ``embed`` takes: their vectors (384 float32 in base64, 2 KiB each) fit one
+#: envelope of the main bus.
+MAX_EMBED_TEXTS = 8
+
+
 def _op(name: str, doc: str, *fields: Field) -> Op:
     """An op whose fields ``read`` checks for their wire type; the numbers' ranges are held
     by :func:`check_number` (a usage error, as the command's flag), the topic name and the
@@ -110,6 +115,9 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
     _op("topics", "the topics' names"),
     _op("status", "the topics, the model, the ingests"),
     _op("cancel", "end a complete or an ingest", _TARGET),
+    _op("embed", "texts as the embedding model's vectors",
+        Field("texts", "list of strings", "the texts", required=True,
+              allowed=f"1 to {MAX_EMBED_TEXTS}, each within the model's word-pieces")),
 )}
 
 

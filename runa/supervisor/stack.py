@@ -46,6 +46,7 @@ def specs(config: Config, reg: registry.Registry) -> list[ComponentSpec]:
             start_timeout_s=float(component.timeout_start_sec),
             stop_timeout_s=float(component.timeout_stop_sec),
             memory_max=parse_size(str(values["memory_max"])),
+            listen_port=config[component.listen] if component.listen else None,
         ))
     return out
 

@@ -17,6 +17,7 @@ what to run). Long work (an ingest) pings the watchdog between embedding batches
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -318,6 +319,24 @@ class TietoDaemon:
         for seq, hit in enumerate(hits):
             self._reply(request, {"hit": hit.as_dict()}, seq, False)
         self._reply(request, {"topic": p["topic"], "count": len(hits)}, len(hits), True)
+
+    def _op_embed(self, request: Envelope) -> None:
+        """Vectors for a client (the API's /v1/embeddings): float32, little-endian, base64."""
+        texts = _strings(request, "texts")
+        if not 1 <= len(texts) <= protocol.MAX_EMBED_TEXTS:
+            raise _bad(request, f"embed takes 1 to {protocol.MAX_EMBED_TEXTS} texts, "
+                       f"not {len(texts)}")
+        model = self._lively_model()
+        counts = [model.count_tokens(text) for text in texts]
+        for index, count in enumerate(counts):
+            if count > model.max_tokens:
+                raise _bad(request, f"texts[{index}] has {count} word-pieces; the embedding "
+                           f"model takes at most {model.max_tokens}")
+        vectors = model.embed(texts).astype("<f4")
+        self._reply(request, {"model": model.model_id.rsplit(":", 1)[0], "dim": model.dim,
+                              "n_tokens": sum(counts),
+                              "vectors": [base64.b64encode(row.tobytes()).decode()
+                                          for row in vectors]}, 0, True)
 
     def _grounding(self, request: Envelope) -> Grounding:
         assert self.tieto is not None

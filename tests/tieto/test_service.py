@@ -621,3 +621,30 @@ def test_ingest_status_and_cancel_without_the_daemon_say_so(stack: Stack) -> Non
     assert mixed.returncode == 64 and "take no PATH" in mixed.stderr
     bare = runa("ingest", str(stack.docs), env=stack.env)
     assert bare.returncode == 64 and "--topic T" in bare.stderr
+
+
+def test_the_daemon_embeds_texts_for_a_client_and_refuses_what_the_model_cannot_take(
+        stack: Stack) -> None:
+    """``embed``: the model's rows, float32 little-endian in base64, in the order asked."""
+    import base64
+
+    import numpy as np
+
+    from runa.client import ServiceFault
+    from runa.protocol import tieto as protocol
+
+    stack.start_daemon()
+    texts = ["the sailing boat", "three carrots"]
+    with bus_mod.connect(stack.config, stack.stack) as bus, \
+            ServiceClient(bus, "tieto", "test") as client:
+        answer = client.call(protocol.request("embed", texts=texts))
+        assert (answer["model"], answer["dim"]) == ("fake", 32)
+        assert answer["n_tokens"] == 5
+        rows = [np.frombuffer(base64.b64decode(row), dtype="<f4") for row in answer["vectors"]]
+        assert all(np.array_equal(row, stack.fake.vector(text))
+                   for row, text in zip(rows, texts, strict=True))
+        with pytest.raises(ServiceFault, match=r"texts\[1\] has 300 word-pieces") as refused:
+            client.call(protocol.request("embed", texts=["fine", "word " * 300]))
+        assert refused.value.exit_code == 65
+        with pytest.raises(ServiceFault, match="1 to 8 texts"):
+            client.call(protocol.request("embed", texts=["a"] * 9))

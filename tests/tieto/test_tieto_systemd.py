@@ -31,7 +31,9 @@ backoff_initial_s = 0.5
 backoff_max_s = 2.0
 heartbeat_timeout_s = 5.0
 """
-NO_SPLINFER = "[components.splinfer]\nenabled = false\n"
+NO_SPLINFER = ("[components.splinfer]\nenabled = false\n"
+               # threadwell's own is tests/threadwell/test_systemd.py
+               "[components.threadwell]\nenabled = false\n")
 
 
 def test_tieto_killed_is_restarted_by_gilgul_and_answers_again(user_manager, minilm_gguf

@@ -14,6 +14,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-from runa import log
+from runa import activation, log
 from runa.gilgul.core import Failure, Gilgul
 from runa.gilgul.policy import NOT_RUNNING
 from runa.splinter.liveness import process_start_time
@@ -91,6 +92,7 @@ class ComponentSpec:
     start_timeout_s: float
     stop_timeout_s: float = 15.0
     memory_max: int | None = None  # bytes
+    listen_port: int | None = None  # bound on loopback here, handed over (socket activation)
 
 
 def daemon_argv(name: str) -> list[str]:
@@ -142,6 +144,9 @@ class ChildProcesses:
         self.logger = logger
         self.clock = clock
         self.stopping = False  # the stack is being stopped: what ends now is left stopped
+        # Each listening component's sockets, bound at its first start and kept across its
+        # restarts (as systemd keeps a .socket unit's), so no connection is refused meanwhile.
+        self.listening: dict[str, list[socket.socket]] = {}
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.spec.name == name)
@@ -181,9 +186,16 @@ class ChildProcesses:
         if limit is not None:
             steps.append(limit)
         child.oom_kills = self.limits.oom_kills(name)
+        argv = list(child.spec.argv)
         try:
-            child.process = subprocess.Popen(child.spec.argv, env=env,
-                                             preexec_fn=lambda: [step() for step in steps])
+            if child.spec.listen_port is not None:
+                # The sockets go over as fds 3, 4, …: moved there before exec, and kept open
+                # because only they are inheritable (PEP 446), so nothing else is closed for it.
+                argv, env, move = activation.handing_over(self._sockets(child), argv, env)
+                steps.append(move)
+            child.process = subprocess.Popen(
+                argv, env=env, close_fds=child.spec.listen_port is None,
+                preexec_fn=lambda: [step() for step in steps])
         except OSError as error:
             log.event(self.logger, "start_refused", f"could not start {name}: {error}",
                       level=logging.ERROR, component=name, reason="start-refused")
@@ -197,6 +209,20 @@ class ChildProcesses:
         child.started_at = child.last_ping = now
         child.deadline = now + child.spec.start_timeout_s
         return True
+
+    def _sockets(self, child: Child) -> list[socket.socket]:
+        name, port = child.spec.name, child.spec.listen_port
+        assert port is not None
+        if name not in self.listening:
+            self.listening[name] = activation.bind_loopback(port)
+        return self.listening[name]
+
+    def close_sockets(self) -> None:
+        """Stop listening for every component (the stack is down)."""
+        for sockets in self.listening.values():
+            for sock in sockets:
+                sock.close()
+        self.listening.clear()
 
     def start_stopped(self) -> bool:
         """Ask the core to start every child that is down (held, exited, failed), in order."""
@@ -232,6 +258,7 @@ class ChildProcesses:
                 continue  # its end is logged already
             self.core.stopped(child.spec.name, f"stopped with the stack ({how})",
                               incarnation=child.incarnation, main_pid=child.process.pid)
+        self.close_sockets()
 
     # -- what the children tell us ----------------------------------------------------------
 
