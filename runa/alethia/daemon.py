@@ -51,7 +51,7 @@ from runa.config import Config
 from runa.crypto.process import Prctl, libc_prctl, undumpable
 from runa.crypto.sealed import BusKey, SealError, key_path
 from runa.errors import RunaError
-from runa.models.embedder import EMBEDDING_HINT, Embedder
+from runa.models import EMBEDDING_HINT, Embedder
 from runa.paths import Paths
 from runa.protocol import memory
 from runa.protocol.payloads import PayloadError

@@ -19,7 +19,7 @@ from runa.alethia.recall import Recall, RecallStore, text_of
 from runa.alethia.store import Keys, Record, UnknownRecord, day_of
 from runa.config import Config
 from runa.errors import RunaError
-from runa.models.embedder import Embedder, LlamaEmbedder, embedding_model_path
+from runa.models import Embedder, LlamaEmbedder, embedding_model_path
 from runa.paths import Paths
 from runa.protocol import memory
 
