@@ -134,7 +134,9 @@ def embed_all(progress: object = print) -> Embedded:
     known: dict[bytes, np.ndarray] = {}
     if cached.exists():
         with np.load(cached) as data:
-            known = dict(zip((bytes(k) for k in data["keys"]), data["vectors"], strict=True))
+            # "S32" drops trailing NUL bytes: a digest ending in 0 is padded back.
+            known = dict(zip((bytes(k).ljust(32, b"\0") for k in data["keys"]),
+                             data["vectors"], strict=True))
     everything = found.base + found.tune + found.test
     keys = [hashlib.sha256(text.encode()).digest() for text in everything]
     missing = [(key, text) for key, text in zip(keys, everything, strict=True)
