@@ -9,17 +9,21 @@ The store's section writes chat-turn sized records through ``Store.append`` as s
 - ``plain_write_records_s``: lines of the same size written and fsynced in batches of the
   same size, no encryption, chain or signature: the disk's floor under the store.
 
-Each section is a function in ``SECTIONS`` returning its metrics, baselines, parameters and
-targets; the index's section (``bench/memory_index.py``) is added to that list.
+The index's section (issue 23, ``bench/memory_index.py``) follows: alethia's search index
+at 1M records (``--quick``), then 4M (the full run), each under its own key (``index_1m``,
+``index_4m``) with its metrics, baselines and params.
 
     python bench/memory.py [--quick]
 
-Writes bench/results/memory.json and prints the table.
+Writes bench/results/memory.json whole (one run, one commit and date; a 4M result a quick run
+did not measure is kept only under ``earlier_runs``, with its own commit and date) and prints
+one table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -36,10 +40,13 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from cleanup import guarded  # noqa: E402
-from common import Result, Target, report  # noqa: E402
+from common import RESULTS, Result, Target  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import memory_index  # noqa: E402
+from memory_vectors import embed_all  # noqa: E402
 
 from runa.alethia.store import Durability, Keys, Store, verify  # noqa: E402
 
@@ -140,18 +147,75 @@ def store_section(scratch: Path, rounds: dict[str, int]) -> Section:
         targets=[Target("append_records_s", ">=", 2000)])
 
 
-#: The sections, in order: (name, function). The index's section joins here as
-#: ``("index", memory_index.section)`` from bench/memory_index.py, same signature.
+#: The store's sections, in order: (name, function); the index's follow (``index_sections``).
 SECTIONS: list[tuple[str, Callable[[Path, dict[str, int]], Section]]] = [
     ("store", store_section),
 ]
+
+
+def index_sizes(quick: bool) -> list[int]:
+    """The index sizes a run measures: 1M quick, 1M and 4M in full."""
+    return ([memory_index.QUICK_RECORDS] if quick
+            else [memory_index.QUICK_RECORDS, memory_index.FULL_RECORDS])
+
+
+def index_sections(scratch: Path, sizes: list[int], progress: Callable[[str], object],
+                   **run: Any) -> dict[str, Result]:
+    """The index measured at each size (the embeddings made or loaded once), by result key;
+    ``run`` goes to ``memory_index.run`` (tests: ``embedded``, ``cache``, ``tieto``)."""
+    embedded = run.pop("embedded", None) or embed_all(progress)
+    results = {}
+    for records in sizes:
+        work = scratch / f"index-{records}"
+        work.mkdir(parents=True)
+        measured = memory_index.run(records <= memory_index.QUICK_RECORDS, progress,
+                                    records=records, embedded=embedded, workroot=work, **run)
+        results[memory_index.result_key(records)] = memory_index.as_result(measured)
+    return results
+
+
+def document(store: Result, indexes: dict[str, Result], previous: dict[str, Any]
+             ) -> dict[str, Any]:
+    """memory.json: the store's result, each index's under its key, ``pass`` over all; an
+    index key of ``previous`` this run did not measure goes under ``earlier_runs`` as it was
+    (its own commit and date), never beside this run's numbers."""
+    data = store.as_json()
+    for key, result in indexes.items():
+        data[key] = result.as_json()
+    data["pass"] = all([data["pass"], *(data[key]["pass"] for key in indexes)])
+    earlier = {key: value for key, value in previous.items()
+               if key.startswith("index_") and key not in indexes}
+    earlier.update({key: value for key, value in previous.get("earlier_runs", {}).items()
+                    if key not in indexes and key not in earlier})
+    if earlier:
+        data["earlier_runs"] = earlier
+    return data
+
+
+def table(store: Result, indexes: dict[str, Result]) -> str:
+    """One table: the store's rows, then each index's, its rows named ``<key>: <metric>``."""
+    rows = store.table().splitlines()
+    for key, result in indexes.items():
+        for row in result.table().splitlines()[2:]:
+            name, rest = row[2:].split(" | ", 1)
+            rows.append(f"| {key}: {name} | {rest}")
+    return "\n".join(rows)
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(data, indent=2) + "\n")
+    partial.replace(path)
 
 
 def main(cleanups: ExitStack) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK['fsync_each_records']} records for the fsync-per-record "
-                             f"baseline instead of {FULL['fsync_each_records']}")
+                             f"baseline instead of {FULL['fsync_each_records']}, the index at "
+                             "1M records only (else 1M and 4M)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "memory.json")
     args = parser.parse_args()
     rounds = QUICK if args.quick else FULL
     began = time.monotonic()
@@ -165,9 +229,18 @@ def main(cleanups: ExitStack) -> int:
         result.baselines.update(part.baselines)
         result.params[name] = part.params
         result.targets += part.targets
+    indexes = index_sections(scratch, index_sizes(args.quick),
+                             lambda line: print(line, file=sys.stderr, flush=True))
     result.params.update({"loadavg_end": round(os.getloadavg()[0], 2),
                           "duration_s": round(time.monotonic() - began, 1)})
-    return report(result)
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    data = document(result, indexes, previous)
+    write(args.out, data)
+    print(table(result, indexes))
+    scans = ", ".join(f"{key}: {r.params['scan']}" for key, r in indexes.items())
+    print(f"\nwrote {args.out} in {result.params['duration_s']} s (Hamming scan {scans}) — "
+          f"{'all targets met' if data['pass'] else 'TARGETS MISSED'}")
+    return 0
 
 
 if __name__ == "__main__":

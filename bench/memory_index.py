@@ -14,8 +14,10 @@
   and tieto's index (``tieto_search_p50_ms``: ``TopicIndex.vector_search``, sqlite-vec bit
   prefilter then exact cosine, over tieto's own tables filled with these vectors).
 
-Vectors: bench/memory_vectors.py. The centring and the candidate count are chosen on the
-tune queries; the numbers are on the test queries. The tieto index is cached beside the
+Run alone (``--records``, ``--no-tieto``) it prints its table and writes nothing;
+bench/memory.py runs it at 1M (and 4M) and writes the result. Vectors:
+bench/memory_vectors.py. The centring and the candidate count are chosen on the tune queries;
+the numbers are on the test queries. The tieto index is cached beside the
 embeddings (~/.cache/runa-bench/memory), its fill is not measured; the vector file lives in a
 temporary directory removed however the run ends.
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import resource
 import shutil
@@ -38,8 +39,8 @@ from typing import Any
 
 import numpy as np
 from cleanup import guarded
-from common import RESULTS, Result, Target, percentile
-from memory_vectors import CACHE, NOISE, Embedded, embed_all, stored
+from common import Result, Target, percentile
+from memory_vectors import CACHE, DOC_GLOBS, NOISE, REPO_DOCS, Embedded, embed_all, stored
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -60,7 +61,6 @@ SHORTLIST_CHOICES = (100, 200, 300, 500, 750, 1000)
 TUNE_RECALL = 0.97
 QUICK_RECORDS = 1_000_000
 FULL_RECORDS = 4_000_000
-RESULT = RESULTS / "memory.json"
 
 Progress = Callable[[str], object]
 
@@ -218,6 +218,8 @@ def run(quick: bool, progress: Progress = print, *, records: int | None = None,
     params: dict[str, Any] = {
         "records": n, "dim": vectors.shape[1], "k": K, "base_paragraphs": len(embedded.base),
         "tune_queries": len(embedded.tune), "test_queries": len(embedded.test),
+        "copies_per_paragraph": round(n / len(embedded.base)),
+        "generator": "bench/memory_vectors.py", "sources": [*DOC_GLOBS, *REPO_DOCS],
         "noise_per_dim": NOISE, "text": embedded.digest, "numpy": np.__version__,
         "load_avg_1m_at_start": round(load, 2), "query_embedding": "excluded (pre-embedded)",
         "index_rss": "RSS growth across the build from the vector file",
@@ -321,36 +323,18 @@ def result_key(records: int) -> str:
     return f"index_{records // 1_000_000}m" if records % 1_000_000 == 0 else f"index_{records}"
 
 
-def merge_into(path: Path, key: str, data: dict[str, Any]) -> None:
-    """Put ``data`` under ``key`` in the JSON at ``path``, keeping its other keys."""
-    existing: dict[str, Any] = {}
-    if path.exists():
-        existing = json.loads(path.read_text())
-    existing[key] = data
-    partial = path.with_suffix(".json.tmp")
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    partial.write_text(json.dumps(existing, indent=2) + "\n")
-    partial.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1M records (else 4M)")
     parser.add_argument("--records", type=int, help="another number of records")
     parser.add_argument("--no-tieto", action="store_true", help="skip tieto's baseline")
-    parser.add_argument("--out", type=Path, default=RESULT,
-                        help="the JSON its result is merged into, under 'index_<N>m'")
     args = parser.parse_args(argv)
     with guarded("bench/memory_index.py"):
         measured = run(args.quick, lambda line: print(line, file=sys.stderr, flush=True),
                        records=args.records, tieto=not args.no_tieto)
-    result = as_result(measured)
-    key = result_key(measured["params"]["records"])
-    if str(args.out) != os.devnull:
-        merge_into(args.out, key, result.as_json())
-    print(result.table())
+    print(as_result(measured).table())
     print(f"\nscan: {measured['params']['scan']} (C scan built: {native_available()}); "
-          f"merged into {args.out} under '{key}'")
+          "written nowhere: bench/memory.py writes the results file")
     return 0
 
 

@@ -1,5 +1,6 @@
 """The memory index bench (issue 23) on a small set: every metric the issue names, its
-temporary vector file gone afterwards, and its result merged beside the other benches' keys."""
+temporary vector file gone afterwards, and bench/memory.py's one results file holding the
+store's and the index's numbers from the same run."""
 
 from __future__ import annotations
 
@@ -16,7 +17,16 @@ _spec = importlib.util.spec_from_file_location("bench_memory_index", BENCH / "me
 assert _spec is not None and _spec.loader is not None
 memory_index = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(memory_index)
+sys.modules["memory_index"] = memory_index  # what bench/memory.py imports
+_spec = importlib.util.spec_from_file_location("bench_memory", BENCH / "memory.py")
+assert _spec is not None and _spec.loader is not None
+memory = importlib.util.module_from_spec(_spec)
+sys.modules["bench_memory"] = memory  # its dataclasses look their module up
+_spec.loader.exec_module(memory)
 import memory_vectors  # noqa: E402
+
+INDEX_METRICS = {"index_bytes_per_record", "index_rss_mib", "search_p50_ms", "recall_at_10",
+                 "start_index_build_s"}
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
@@ -31,30 +41,46 @@ def fake_embeddings() -> memory_vectors.Embedded:
     return memory_vectors.Embedded(base, near(base[:40]), near(base[40:80]), "test")
 
 
-def test_a_small_run_measures_what_the_issue_names_and_leaves_no_vector_file(
+def test_one_run_writes_the_store_and_the_index_in_one_file_and_sets_aside_older_numbers(
         tmp_path: Path) -> None:
-    (tmp_path / "work").mkdir()
-    measured = memory_index.run(True, lambda line: None, records=20_000,
-                                embedded=fake_embeddings(), cache=tmp_path / "cache",
-                                workroot=tmp_path / "work")
-    metrics, baselines, params = measured["metrics"], measured["baselines"], measured["params"]
-    assert set(metrics) == {"index_bytes_per_record", "index_rss_mib", "search_p50_ms",
-                            "recall_at_10", "start_index_build_s"}
-    assert set(baselines) == {"numpy_float_search_p50_ms", "tieto_search_p50_ms"}
-    assert metrics["index_bytes_per_record"] == 56
-    assert metrics["recall_at_10"] >= 0.9
-    assert params["scan"] in ("c", "numpy") and params["records"] == 20_000
-    assert list((tmp_path / "work").iterdir()) == []
+    """A small index (20k records) measured as bench/memory.py measures 1M and 4M."""
+    store = memory.Result("memory", {"quick": True}, {"append_records_s": 9000.0,
+                                                      "verify_records_s": 20000.0},
+                          targets=[memory.Target("append_records_s", ">=", 2000)])
+    indexes = memory.index_sections(tmp_path / "scratch", [20_000], lambda line: None,
+                                    embedded=fake_embeddings(), cache=tmp_path / "cache")
+    older = {"commit": "0000000", "date": "2026-01-01T00:00:00+00:00", "metrics": {}}
+    data = memory.document(store, indexes, {"metrics": {"stale": 1}, "index_4m": older,
+                                            "index_20000": {"metrics": {"stale": 1}}})
+    out = tmp_path / "memory.json"
+    memory.write(out, data)
+    data = json.loads(out.read_text())
+
+    index = data["index_20000"]
+    assert set(index["metrics"]) == INDEX_METRICS | {"faster_than_tieto"}
+    assert set(index["baselines"]) == {"numpy_float_search_p50_ms", "tieto_search_p50_ms"}
+    assert index["metrics"]["index_bytes_per_record"] == 56
+    assert index["metrics"]["recall_at_10"] >= 0.9
+    assert index["params"]["scan"] in ("c", "numpy") and index["params"]["records"] == 20_000
+    assert index["params"]["generator"] == "bench/memory_vectors.py"
+    assert index["commit"] == data["commit"] and index["date"][:13] == data["date"][:13]
+    assert data["metrics"] == {"append_records_s": 9000.0, "verify_records_s": 20000.0}
+    assert data["pass"] == (index["pass"] and data["targets"]["append_records_s"]["met"])
+    assert "index_4m" not in data and data["earlier_runs"] == {"index_4m": older}
+    assert list((tmp_path / "scratch" / "index-20000").iterdir()) == []  # no vector file
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [
         f"tieto-test-20000-{memory_vectors.NOISE}.db"]
+    rows = memory.table(store, indexes).splitlines()
+    assert rows[2].startswith("| append_records_s | 9000 | >= 2000 | yes |")
+    assert any(row.startswith("| index_20000: search_p50_ms | ") for row in rows)
+    assert any(row.startswith("| index_20000: baseline: tieto_search_p50_ms | ")
+               for row in rows)
 
 
-def test_the_result_is_merged_under_index_keeping_the_files_other_keys(tmp_path: Path) -> None:
-    out = tmp_path / "memory.json"
-    out.write_text(json.dumps({"bench": "memory", "metrics": {"append_per_s": 5}}))
-    memory_index.merge_into(out, "index", {"metrics": {"recall_at_10": 0.97}})
-    assert json.loads(out.read_text()) == {"bench": "memory", "metrics": {"append_per_s": 5},
-                                           "index": {"metrics": {"recall_at_10": 0.97}}}
+def test_a_quick_run_measures_the_index_at_1m_and_a_full_run_at_4m_too() -> None:
+    assert memory.index_sizes(True) == [1_000_000]
+    assert memory.index_sizes(False) == [1_000_000, 4_000_000]
+    assert memory_index.result_key(4_000_000) == "index_4m"
 
 
 def test_the_stored_vectors_are_the_bases_then_reproducible_near_copies() -> None:
