@@ -46,6 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from runa.alethia.index import (  # noqa: E402
+    CANDIDATES,
+    CENTERED,
+    SHORTLIST,
     BinaryIndex,
     cosine,
     native_available,
@@ -198,12 +201,15 @@ def timed(fn: Callable[[], object], rounds: int) -> list[float]:
 
 def run(quick: bool, progress: Progress = print, *, records: int | None = None,
         tieto: bool = True, embedded: Embedded | None = None, cache: Path = CACHE,
-        workroot: Path | None = None) -> dict[str, Any]:
+        workroot: Path | None = None, tune_settings: bool = False) -> dict[str, Any]:
     """The measurement: ``{"params", "metrics", "baselines", "targets"}`` (targets as
     [metric, op, value]); bench/memory.py adds these to its result.
 
     ``embedded`` replaces the documentation's embeddings (tests), ``cache`` is where
-    tieto's index is kept, ``workroot`` where the temporary vector file is made.
+    tieto's index is kept, ``workroot`` where the temporary vector file is made. The index
+    runs with alethia's own settings (``runa.alethia.index``: CENTERED, CANDIDATES,
+    SHORTLIST), which is what the daemon searches with; ``tune_settings`` instead chooses
+    them on the tune queries (slow: every choice is tried) and reports the choice.
     """
     started = time.perf_counter()
     n = records or (QUICK_RECORDS if quick else FULL_RECORDS)
@@ -225,9 +231,13 @@ def run(quick: bool, progress: Progress = print, *, records: int | None = None,
         "index_rss": "RSS growth across the build from the vector file",
     }
 
-    centered, candidates, shortlist, table = tune(vectors, embedded.tune, progress)
-    params.update(centered=centered, candidates=candidates, shortlist=shortlist,
-                  tune_recall_at_10=table)
+    if tune_settings:
+        centered, candidates, shortlist, table = tune(vectors, embedded.tune, progress)
+        params.update(settings="chosen on the tune queries", tune_recall_at_10=table)
+    else:
+        centered, candidates, shortlist = CENTERED, CANDIDATES, SHORTLIST
+        params["settings"] = "alethia's (runa.alethia.index)"
+    params.update(centered=centered, candidates=candidates, shortlist=shortlist)
 
     metrics: dict[str, float] = {}
     baselines: dict[str, float] = {}
@@ -328,10 +338,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1M records (else 4M)")
     parser.add_argument("--records", type=int, help="another number of records")
     parser.add_argument("--no-tieto", action="store_true", help="skip tieto's baseline")
+    parser.add_argument("--tune", action="store_true",
+                        help="choose the codes' centring, candidates and shortlist on the tune "
+                             "queries instead of using alethia's settings")
     args = parser.parse_args(argv)
     with guarded("bench/memory_index.py"):
         measured = run(args.quick, lambda line: print(line, file=sys.stderr, flush=True),
-                       records=args.records, tieto=not args.no_tieto)
+                       records=args.records, tieto=not args.no_tieto, tune_settings=args.tune)
     print(as_result(measured).table())
     print(f"\nscan: {measured['params']['scan']} (C scan built: {native_available()}); "
           "written nowhere: bench/memory.py writes the results file")
