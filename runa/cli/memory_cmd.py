@@ -28,14 +28,19 @@ from runa.cli.context import CliContext
 from runa.cli.since import FORMS, parse_since
 from runa.cli.voice import command_name, print_json
 from runa.errors import RunaError, UsageError
-from runa.memory_client import MemoryClient, MemoryFault, MemoryUnavailable, connect
+from runa.memory_client import (
+    MemoryClient,
+    MemoryFault,
+    MemoryUnavailable,
+    connect,
+    index_state,
+)
 from runa.protocol import memory as proto
 
 if TYPE_CHECKING:
-    from runa.cli.memory_ingest import Asker
     from runa.tieto.chunk import Chunker
 
-EX_FAILED, EX_DATAERR, EX_NOINPUT, EX_CANTCREAT, EX_IOERR = 1, 65, 66, 73, 74
+EX_FAILED, EX_CANTCREAT, EX_IOERR = 1, 73, 74
 EXIT_TEXT = ("Exit status: 0 done; 1 verify found a problem (each is named); 64 a bad "
              "option or id; 65 ingest: a file could not be used (each is named; the others "
              "are stored); 66 no such record, conversation, snapshot file or PATH; 69 Runa or "
@@ -45,8 +50,6 @@ EXIT_TEXT = ("Exit status: 0 done; 1 verify found a problem (each is named); 64 
              "does not open the store.")
 #: ``search``'s matches unless --k says; the most the daemon gives.
 SEARCH_K, MAX_K = 5, 50
-#: What the index says in ``status`` when there is no embedding model.
-NO_MODEL = "no embedding model"
 #: Excerpts are wrapped to this width.
 EXCERPT_WIDTH = 96
 #: Which embedding model counts an ingest's word-pieces: alethia's setting when there is
@@ -229,7 +232,7 @@ def _search(ctx: CliContext, args: argparse.Namespace) -> int:
                       kind=args.kind, k=args.k, as_json=args.json)
 
 
-def search(client: Asker, query: str, *, since: float | None = None,
+def search(client: MemoryClient, query: str, *, since: float | None = None,
            conversation: str | None = None, kind: str | None = None, k: int = SEARCH_K,
            as_json: bool = False, out: TextIO | None = None) -> int:
     """Print the matches alethia finds for ``query`` (``runa memory search``)."""
@@ -238,14 +241,14 @@ def search(client: Asker, query: str, *, since: float | None = None,
         matches = client.call("search", query=query, k=k, since=since,
                               conversation=conversation, kind=kind).get(proto.MATCHES) or []
     except MemoryFault:
-        _index_state(client)  # no embedding model: say so; else the fault as it came
+        index_state(client)  # no embedding model: say so; else the fault as it came
         raise
     if as_json:
         print_json({"query": query, "matches": matches}, stream=out)
         return 0
     if not matches:
         filtered = since is not None or conversation is not None or kind is not None
-        state = _index_state(client)
+        state = index_state(client)
         print("nothing found" + (" with these filters" if filtered else "")
               + ("" if state in ("ready", None) else f" (alethia's index is {state}: "
                  "what is not indexed yet cannot be found; try again shortly)"), file=out)
@@ -257,20 +260,6 @@ def search(client: Asker, query: str, *, since: float | None = None,
         print(textwrap.fill(excerpt, width=EXCERPT_WIDTH, initial_indent="   ",
                             subsequent_indent="   ") or "   (no text)", file=out)
     return 0
-
-
-def _index_state(client: Asker) -> str | None:
-    """The index's state from ``status`` (None when it does not say); NoEmbeddingModel when
-    alethia has no embedding model, so search is off."""
-    try:
-        state = client.call("status", timeout=5.0).get("index")
-    except (MemoryFault, MemoryUnavailable):
-        return None
-    if state == NO_MODEL:
-        raise NoEmbeddingModel("memory search is off: alethia has no embedding model; "
-                               "'runa models setup' installs it (all-minilm-l6-v2), then "
-                               "restart alethia")
-    return state if isinstance(state, str) else None
 
 
 def _score(score: Any) -> str:
@@ -291,7 +280,7 @@ def _origin(match: Mapping[str, Any]) -> str:
 
 def _ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.cli.ingest_cmd import IngestProgress
-    from runa.cli.memory_ingest import ingest
+    from runa.cli.memory_ingest import ingest, report
 
     with _alethia(ctx) as client:
         if not client.running():  # before the model is loaded and the files are read
@@ -303,11 +292,7 @@ def _ingest(ctx: CliContext, args: argparse.Namespace) -> int:
             summary = ingest(client, args.paths, _chunker(ctx), progress=progress)
         finally:
             progress.finish()
-    if args.json:
-        print_json(summary.as_dict())
-    else:
-        print(summary.line(), file=sys.stderr)
-    return (EX_DATAERR if summary.problems else EX_NOINPUT if summary.missing else 0)
+    return report(summary, as_json=args.json)
 
 
 def _chunker(ctx: CliContext) -> Chunker:
@@ -615,12 +600,6 @@ class FileFailed(RunaError):
     """The file to write cannot be created."""
 
     exit_code = EX_IOERR
-
-
-class NoEmbeddingModel(RunaError):
-    """alethia runs without an embedding model: search is off until one is installed."""
-
-    exit_code = 69  # EX_UNAVAILABLE
 
 
 class NoSnapshot(UsageError):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TextIO
 
 from runa import stackbus
+from runa.cli.voice import print_json
 from runa.crypto import sodium
 from runa.protocol import memory as proto
 from runa.tieto.chunk import Chunker
@@ -23,6 +25,7 @@ from runa.tieto.errors import InputError, NotRegularFileError
 from runa.tieto.ingest import IngestEvent
 from runa.tieto.sources import Record, parse, read_bytes, walk
 
+EX_DATAERR, EX_NOINPUT = 65, 66
 #: Room left in an envelope for its own fields (id, sender, reply queue, ttl): 210 bytes
 #: measured for ``runa memory``'s names, so a kilobyte leaves a wide margin.
 ENVELOPE_FIELDS = 1024
@@ -171,6 +174,18 @@ def ingest(client: Asker, paths: Sequence[Path], chunker: Chunker, *,
             progress(IngestEvent("ingested", str(path), number, len(files), chunks=count))
     sender.flush()
     return summary
+
+
+def report(summary: IngestSummary, *, as_json: bool = False, out: TextIO | None = None,
+           err: TextIO | None = None) -> int:
+    """Print the summary (JSON on standard output, else a line on standard error) and
+    return the exit status: 65 when a file could not be used, 66 when a PATH does not
+    exist, else 0."""
+    if as_json:
+        print_json(summary.as_dict(), stream=out)
+    else:
+        print(summary.line(), file=err or sys.stderr)
+    return EX_DATAERR if summary.problems else EX_NOINPUT if summary.missing else 0
 
 
 def _one(path: Path, chunker: Chunker, sender: Sender) -> tuple[int, list[InputError]]:
