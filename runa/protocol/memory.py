@@ -28,7 +28,10 @@ ID, IDS, ENTRIES, RECORD, RECORDS, NEXT = "id", "ids", "entries", "record", "rec
 #: "kind", "conversation", "persona", "text"}`` and, for a document, ``"source"``,
 #: ``"title"``, ``"passage"``; ``text`` is the turn's ``user`` and ``answer`` (or the
 #: passage) cut to ``EXCERPT_CHARS``. ``SKIPPED`` (``ingest``): sources already stored with
-#: the same sha256, not stored again.
+#: the same sha256, not stored again. A source too large for one request (the bus's 96 KiB
+#: envelope) comes in several, its ``passage`` numbers going on from one to the next, in
+#: order: a source is skipped only when a previous ``ingest`` stored that sha256, never
+#: because an earlier request of the same source did.
 MATCHES, SKIPPED = "matches", "skipped"
 #: Characters of a match's text in a ``search`` answer (the whole record is ``show``).
 EXCERPT_CHARS = 1200
