@@ -30,8 +30,8 @@ ID, IDS, ENTRIES, RECORD, RECORDS, NEXT = "id", "ids", "entries", "record", "rec
 #: passage) cut to ``EXCERPT_CHARS``. ``SKIPPED`` (``ingest``): sources already stored with
 #: the same sha256, not stored again. A source too large for one request (the bus's 96 KiB
 #: envelope) comes in several, its ``passage`` numbers going on from one to the next, in
-#: order: a source is skipped only when a previous ``ingest`` stored that sha256, never
-#: because an earlier request of the same source did.
+#: order: what is skipped is a passage already stored under the same source, sha256 and
+#: number, so the later requests of one source are stored, not skipped.
 MATCHES, SKIPPED = "matches", "skipped"
 #: Characters of a match's text in a ``search`` answer (the whole record is ``show``).
 EXCERPT_CHARS = 1200
