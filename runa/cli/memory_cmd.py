@@ -283,10 +283,7 @@ def _ingest(ctx: CliContext, args: argparse.Namespace) -> int:
     from runa.cli.memory_ingest import ingest, report
 
     with _alethia(ctx) as client:
-        if not client.running():  # before the model is loaded and the files are read
-            raise MemoryUnavailable("alethia is not running (no 'alethia' queue on the "
-                                    "bus): start Runa with 'systemctl --user start "
-                                    "runa.target' or 'runa up -d'")
+        client.call("status", timeout=5.0)  # before the model loads and the files are read
         progress = IngestProgress(command=command_name(args))
         try:
             summary = ingest(client, args.paths, _chunker(ctx), progress=progress)
