@@ -14,6 +14,7 @@ from runa.chat import (
     ChatSession,
     LineReader,
     NotSupported,
+    PastTurns,
     Repl,
     SessionParams,
     Start,
@@ -24,7 +25,6 @@ from runa.chat import (
     new_conversation_id,
     valid_conversation_id,
 )
-from runa.chat.remember import PastTurns
 from runa.cli.ask_cmd import add_sampling_flags, sampling_params
 from runa.cli.context import CliContext
 from runa.cli.numbers import timeout_seconds

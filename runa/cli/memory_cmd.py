@@ -38,7 +38,7 @@ from runa.memory_client import (
 from runa.protocol import memory as proto
 
 if TYPE_CHECKING:
-    from runa.tieto.chunk import Chunker
+    from runa.tieto import Chunker
 
 EX_FAILED, EX_CANTCREAT, EX_IOERR = 1, 73, 74
 EXIT_TEXT = ("Exit status: 0 done; 1 verify found a problem (each is named); 64 a bad "
@@ -296,7 +296,7 @@ def _chunker(ctx: CliContext) -> Chunker:
     """tieto's Chunker with its defaults (254 word-pieces, 32 shared), counting in the
     embedding model's word-pieces: the passages are what alethia embeds."""
     from runa.models import LlamaEmbedder, embedding_model_path
-    from runa.tieto.chunk import Chunker
+    from runa.tieto import Chunker
 
     name = ctx.config.get(EMBEDDING_SETTING, "default")
     model = LlamaEmbedder(embedding_model_path(name, tuple(ctx.paths.models),

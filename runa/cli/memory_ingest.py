@@ -20,10 +20,16 @@ from runa import stackbus
 from runa.cli.voice import print_json
 from runa.crypto import sodium
 from runa.protocol import memory as proto
-from runa.tieto.chunk import Chunker
-from runa.tieto.errors import InputError, NotRegularFileError
-from runa.tieto.ingest import IngestEvent
-from runa.tieto.sources import Record, parse, read_bytes, walk
+from runa.tieto import (
+    Chunker,
+    IngestEvent,
+    InputError,
+    NotRegularFileError,
+    Record,
+    parse,
+    read_bytes,
+    walk,
+)
 
 EX_DATAERR, EX_NOINPUT = 65, 66
 #: Room left in an envelope for its own fields (id, sender, reply queue, ttl): 210 bytes
