@@ -74,11 +74,12 @@ def remember(fake: fake_alethia.FakeAlethia, conversation: str, n: int) -> None:
 def test_help_teaches_every_action_with_examples_and_exit_status() -> None:
     result = runa("memory", "--help", env=dict(os.environ))
     assert result.returncode == 0
-    for action in ("list", "show", "export", "forget", "verify", "snapshot", "restore",
-                   "rotate-key", "status"):
+    for action in ("search", "ingest", "list", "show", "export", "forget", "verify",
+                   "snapshot", "restore", "rotate-key", "status"):
         assert action in result.stdout
     assert "Exit status: 0 done; 1 verify found a problem" in " ".join(result.stdout.split())
-    assert "Examples: runa memory list --since 2d" in " ".join(result.stdout.split())
+    assert 'Examples: runa memory search "the trip to Oslo" --since 7d; runa memory ingest ' \
+        "~/notes; runa memory list --since 2d" in " ".join(result.stdout.split())
     assert "record = false" in result.stdout
 
 
