@@ -92,10 +92,17 @@ NO_MODEL_NOTICE = ("memory search is off: alethia has no embedding model; 'runa 
                    "setup' installs it (all-minilm-l6-v2), then restart alethia")
 
 
+def search_refused(fault: MemoryFault) -> RunaError:
+    """What to raise for a ``search`` alethia refused: NoEmbeddingModel for its
+    ``ModelNotFound`` (said the same way everywhere), else the fault as it came (the index
+    still being built, ``SearchUnavailable``, says so itself)."""
+    return NoEmbeddingModel(NO_MODEL_NOTICE) if fault.kind == "ModelNotFound" else fault
+
+
 def index_state(client: MemoryClient) -> str | None:
     """The search index's state from ``status`` (None when alethia does not say);
-    NoEmbeddingModel when it has no embedding model, so search is off. A search that failed
-    or found nothing asks this to tell the person why."""
+    NoEmbeddingModel when it has no embedding model, so search is off. A search that found
+    nothing asks this to tell the person why."""
     try:
         state = client.call("status", timeout=5.0).get("index")
     except (MemoryFault, MemoryUnavailable):

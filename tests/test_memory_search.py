@@ -125,17 +125,20 @@ def test_nothing_found_says_so_and_names_an_index_still_being_built() -> None:
 
 def test_without_an_embedding_model_search_says_it_is_off_with_exit_69() -> None:
     refused = FakeMemory(index="no embedding model", search_fault={
-        "code": 1003, "name": "INTERNAL_ERROR", "message": "search is off", "exit_code": 69})
+        "code": 5000, "name": "INTERNAL_ERROR", "kind": "ModelNotFound",
+        "message": "search needs the embedding model", "exit_code": 69})
     for fake in (refused, FakeMemory(index="no embedding model")):
         with pytest.raises(NoEmbeddingModel) as caught:
             search(fake, "ferry", out=io.StringIO())  # type: ignore[arg-type]
         assert caught.value.exit_code == 69
         assert "no embedding model" in str(caught.value)
         assert "runa models setup" in str(caught.value)
-    other = FakeMemory(search_fault={"code": 1000, "name": "BAD_SCHEMA", "message": "bad k",
-                                     "kind": "BadRequest"})
-    with pytest.raises(MemoryFault, match="bad k"):
-        search(other, "ferry", out=io.StringIO())  # type: ignore[arg-type]
+    building = FakeMemory(search_fault={
+        "code": 5000, "name": "INTERNAL_ERROR", "kind": "SearchUnavailable", "exit_code": 69,
+        "message": "the search index is still being built"})
+    with pytest.raises(MemoryFault, match="still being built") as refused_now:
+        search(building, "ferry", out=io.StringIO())  # type: ignore[arg-type]
+    assert refused_now.value.exit_code == 69
 
 
 def test_without_a_running_stack_search_and_ingest_say_so(runa_env: dict[str, str],
@@ -246,6 +249,16 @@ def test_no_request_exceeds_the_alethia_envelope_and_requests_are_well_filled(
     assert sorted(sizes)[-1] > limit * 0.7
 
 
+def test_a_file_that_fits_one_request_is_never_split_across_two(tmp_path: Path) -> None:
+    paragraph = " ".join(["word"] * 200)
+    for n in range(6):  # each file about 40 KiB of passages: two never share a request
+        (tmp_path / f"f{n}.md").write_text("\n\n".join([paragraph] * 40))
+    fake = FakeMemory()
+    ingest(fake, [tmp_path], chunker())  # type: ignore[arg-type]
+    sources = [{p["source"] for p in r["passages"]} for r in fake.requests("ingest")]
+    assert len(sources) == 6 and all(len(s) == 1 for s in sources)
+
+
 def test_a_passage_too_large_for_one_request_is_refused_and_the_others_go_on(
         tmp_path: Path) -> None:
     (tmp_path / "huge.md").write_text("---\nblob: " + "x" * 80_000 + "\n---\nshort body\n")
@@ -318,9 +331,11 @@ def test_remember_with_alethia_down_or_search_off_says_one_line_and_the_chat_goe
         yield Stopped()
 
     off = FakeMemory(index="no embedding model")
-    for opener, said in ((down, OFF_LINE), (gone, OFF_LINE),
-                         (lambda: opened(off), "memory search is off: alethia has no "
-                          "embedding model")):
+    refused = FakeMemory(search_fault={"code": 5000, "name": "INTERNAL_ERROR",
+                                       "kind": "ModelNotFound", "message": "no model"})
+    no_model = "memory search is off: alethia has no embedding model"
+    for opener, said in ((down, OFF_LINE), (gone, OFF_LINE), (lambda: opened(off), no_model),
+                         (lambda: opened(refused), no_model)):
         status, out = remember_run(PastTurns(opener), "/remember ferry", "hello")
         assert status == 0
         notices = [line for line in out.splitlines() if "memory search" in line]

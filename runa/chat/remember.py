@@ -17,6 +17,7 @@ from runa.memory_client import (
     MemoryFault,
     NoEmbeddingModel,
     index_state,
+    search_refused,
 )
 from runa.protocol import memory as proto
 
@@ -44,9 +45,8 @@ class PastTurns:
         try:
             answer = self._client.call("search", timeout=self.timeout, query=query,
                                        k=self.k, kind="turn")
-        except MemoryFault:
-            index_state(self._client)  # no embedding model: that is what to say
-            raise
+        except MemoryFault as fault:
+            raise search_refused(fault) from None
         matches = [m for m in answer.get(proto.MATCHES) or [] if isinstance(m, dict)]
         if not matches:
             index_state(self._client)  # nothing, because search is off?

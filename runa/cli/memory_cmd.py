@@ -34,6 +34,7 @@ from runa.memory_client import (
     MemoryUnavailable,
     connect,
     index_state,
+    search_refused,
 )
 from runa.protocol import memory as proto
 
@@ -52,9 +53,10 @@ EXIT_TEXT = ("Exit status: 0 done; 1 verify found a problem (each is named); 64 
 SEARCH_K, MAX_K = 5, 50
 #: Excerpts are wrapped to this width.
 EXCERPT_WIDTH = 96
-#: Which embedding model counts an ingest's word-pieces: alethia's setting when there is
-#: one, else the shipped model; word-pieces shared by consecutive passages (tieto's).
-EMBEDDING_SETTING, CHUNK_OVERLAP = "memory.embedding_model", 32
+#: Which embedding model counts an ingest's word-pieces (alethia's, which embeds the
+#: passages; the shipped one where that setting is unknown); word-pieces consecutive
+#: passages share (tieto's default).
+EMBEDDING_SETTING, CHUNK_OVERLAP = "alethia.embedding_model", 32
 #: Export progress on a terminal: a line every this many records.
 PROGRESS_EVERY = 500
 
@@ -240,9 +242,8 @@ def search(client: MemoryClient, query: str, *, since: float | None = None,
     try:
         matches = client.call("search", query=query, k=k, since=since,
                               conversation=conversation, kind=kind).get(proto.MATCHES) or []
-    except MemoryFault:
-        index_state(client)  # no embedding model: say so; else the fault as it came
-        raise
+    except MemoryFault as fault:
+        raise search_refused(fault) from None
     if as_json:
         print_json({"query": query, "matches": matches}, stream=out)
         return 0

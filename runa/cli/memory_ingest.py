@@ -142,6 +142,14 @@ class Sender:
         self._batch.append(passage)
         self._bytes += added
 
+    def keep_together(self, size: int) -> None:
+        """A file's passages, ``size`` bytes in all, are about to come: send what is packed
+        first unless they fit beside it, so a file that fits one request goes in one
+        (alethia tells an unchanged source by its sha256, so one source in one request is
+        the plainest case; only a file larger than a request spans several)."""
+        if self._batch and self._bytes + size > self.budget:
+            self.flush()
+
     def flush(self) -> None:
         if not self._batch:
             return
@@ -212,6 +220,7 @@ def _one(path: Path, chunker: Chunker, sender: Sender) -> tuple[int, list[InputE
         return 0, [InputError(path, None, f"a passage with its front matter takes {largest} "
                               "bytes, more than one request to alethia holds "
                               f"({sender.budget}); shorten the front matter")]
+    sender.keep_together(sum(sizes) + len(sizes))
     for passage, size in zip(passages, sizes, strict=True):
         sender.add(passage, size)
     return len(passages), list(source.problems)
