@@ -261,7 +261,7 @@ def test_a_file_that_fits_one_request_is_never_split_across_two(tmp_path: Path) 
 
 def test_a_passage_too_large_for_one_request_is_refused_and_the_others_go_on(
         tmp_path: Path) -> None:
-    (tmp_path / "huge.md").write_text("---\nblob: " + "x" * 80_000 + "\n---\nshort body\n")
+    (tmp_path / "huge.md").write_text("---\nblob: " + "x" * 65_000 + "\n---\nshort body\n")
     (tmp_path / "fine.md").write_text("fine body\n")
     fake = FakeMemory()
     summary = ingest(fake, [tmp_path], chunker())  # type: ignore[arg-type]
@@ -269,7 +269,7 @@ def test_a_passage_too_large_for_one_request_is_refused_and_the_others_go_on(
         == ["fine.md"]
     assert len(summary.problems) == 1
     assert summary.problems[0].path == str(tmp_path / "huge.md")
-    assert "more than one request to alethia holds" in summary.problems[0].problem
+    assert "more than alethia keeps in one record (64512)" in summary.problems[0].problem
     assert "front matter" in summary.problems[0].problem
 
 

@@ -40,6 +40,8 @@ _SEALED_WRAPPING = len('{"sealed":""}')
 _SEAL_BYTES = sodium.NONCE_BYTES + 4 + sodium.MAC_BYTES
 _REQUEST_SHELL = len(json.dumps(proto.OPS["ingest"].request(passages=[]),
                                 separators=(",", ":")))
+#: The most JSON alethia keeps in one record (docs/protocol.md: 63 KiB), a passage's too.
+MAX_PASSAGE_BYTES = 63 * 1024
 #: How long alethia may take to write, sign and answer one request.
 INGEST_TIMEOUT_S = 120.0
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
@@ -142,6 +144,10 @@ class Sender:
         self._batch.append(passage)
         self._bytes += added
 
+    def passage_limit(self) -> int:
+        """The most one passage may take: alone in a request, and within one record."""
+        return min(self.budget - _REQUEST_SHELL, MAX_PASSAGE_BYTES)
+
     def keep_together(self, size: int) -> None:
         """A file's passages, ``size`` bytes in all, are about to come: send what is packed
         first unless they fit beside it, so a file that fits one request goes in one
@@ -215,11 +221,11 @@ def _one(path: Path, chunker: Chunker, sender: Sender) -> tuple[int, list[InputE
         return 0, [InputError(path, None, f"cannot be read: {error.strerror or error}")]
     passages = passages_of(path, source.records, sha256, chunker)
     sizes = [passage_bytes(p) for p in passages]
-    largest = max(sizes, default=0)
-    if _REQUEST_SHELL + largest > sender.budget:
+    largest, limit = max(sizes, default=0), sender.passage_limit()
+    if largest > limit:
         return 0, [InputError(path, None, f"a passage with its front matter takes {largest} "
-                              "bytes, more than one request to alethia holds "
-                              f"({sender.budget}); shorten the front matter")]
+                              f"bytes of JSON, more than alethia keeps in one record ({limit})"
+                              "; shorten the front matter")]
     sender.keep_together(sum(sizes) + len(sizes))
     for passage, size in zip(passages, sizes, strict=True):
         sender.add(passage, size)
