@@ -259,6 +259,30 @@ def test_a_file_that_fits_one_request_is_never_split_across_two(tmp_path: Path) 
     assert len(sources) == 6 and all(len(s) == 1 for s in sources)
 
 
+class PerSource(FakeMemory):
+    """Skips a source whose sha256 any earlier request stored, as alethia first did."""
+
+    def call(self, op: str, *, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        answer = super().call(op, timeout=timeout, **fields)
+        if op == "ingest":
+            self.stored |= {p["sha256"] for p in fields["passages"]}
+        return answer
+
+
+def test_a_file_over_one_request_whose_later_part_alethia_skips_is_named(
+        tmp_path: Path) -> None:
+    paragraph = " ".join(["word"] * 200)
+    (tmp_path / "big.md").write_text("\n\n".join([paragraph] * 120))
+    fake = PerSource()
+    summary = ingest(fake, [tmp_path], chunker())  # type: ignore[arg-type]
+    assert len(fake.requests("ingest")) == 2
+    assert summary.unchanged == set() and summary.stored_files == {str(tmp_path / "big.md")}
+    assert len(summary.problems) == 1 and "did not keep" in summary.problems[0].problem
+    assert report(summary, err=io.StringIO()) == 65
+    honest = FakeMemory()  # skips only what an earlier ingest stored: nothing to say
+    assert not ingest(honest, [tmp_path], chunker()).problems  # type: ignore[arg-type]
+
+
 def test_a_passage_too_large_for_one_request_is_refused_and_the_others_go_on(
         tmp_path: Path) -> None:
     (tmp_path / "huge.md").write_text("---\nblob: " + "x" * 65_000 + "\n---\nshort body\n")

@@ -162,8 +162,15 @@ class Sender:
         answer = self.client.call("ingest", timeout=INGEST_TIMEOUT_S, passages=self._batch)
         ids = answer.get(proto.IDS) or []
         skipped = {str(s) for s in answer.get(proto.SKIPPED) or []}
+        cut = skipped & self.summary.stored_files  # its earlier part stored in this run
+        for source in sorted(cut):
+            dropped = sum(1 for p in self._batch if p["source"] == source)
+            self.summary.problems.append(InputError(
+                source, None, f"alethia did not keep {dropped} of its passages: it took the "
+                "part sent in a later request for a copy it already holds (a file too large "
+                "for one request); the part before is stored"))
         self.summary.passages += len(ids)
-        self.summary.unchanged |= skipped
+        self.summary.unchanged |= skipped - cut
         self.summary.stored_files |= {p["source"] for p in self._batch} - skipped
         self._batch = []
         self._bytes = _REQUEST_SHELL
