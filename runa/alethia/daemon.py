@@ -21,6 +21,11 @@ loses only turns not yet answered. Any other request writes the pending batch be
 (a long ``forget`` or ``rotate`` never holds a batch back). A write that fails (a full disk)
 answers each waiting client an error naming its id, and the daemon goes on; its status says
 so until a write succeeds again. A stop writes, answers and signs.
+
+``search`` and ``ingest`` go through ``runa.alethia.searching``: records are embedded after
+their batch is answered, when the loop is idle, and the index is built from the vector file
+at start in steps of ``step`` (docs/alethia-index.md). Without the embedding model every
+other op is served and ``search`` answers ``ModelNotFound``.
 """
 
 from __future__ import annotations
@@ -36,13 +41,17 @@ from typing import Any
 
 from runa import log
 from runa import stackbus as bus_mod
+from runa.alethia import recall as recall_mod
+from runa.alethia import searching as search_mod
 from runa.alethia.keys import wipe
 from runa.alethia.keysource import BrokerKeys, KeySource
+from runa.alethia.searching import ModelNotFound, Searching, SearchUnavailable
 from runa.alethia.store import Entry, Keys, Record, Store, StoreError, UnknownRecord
 from runa.config import Config
 from runa.crypto.process import Prctl, libc_prctl, undumpable
 from runa.crypto.sealed import BusKey, SealError, key_path
 from runa.errors import RunaError
+from runa.models.embedder import EMBEDDING_HINT, Embedder
 from runa.paths import Paths
 from runa.protocol import memory
 from runa.protocol.payloads import PayloadError
@@ -67,8 +76,11 @@ MAX_RECORD_BYTES = MAX_PAGE_BYTES - 1024
 #: How far ahead of this machine's clock a turn's ``time`` may be (clocks of one machine
 #: agree; a later time would file the turn under a day to come and move it in ``--since``).
 MAX_AHEAD_S = 60.0
+#: The most matches one ``search`` answers (its excerpts are cut to fit ``MAX_PAGE_BYTES``).
+MAX_MATCHES = 50
 
 StoreOpener = Callable[[Path, Keys], Store]
+EmbedderFactory = Callable[[Config, Paths], Embedder]
 #: The ops that read out or change the whole memory: who asked is logged (pids, never text),
 #: since any process of the person's uid may ask (docs/security.md).
 AUDITED = frozenset({"forget", "export", "rotate", "release", "reload"})
@@ -95,7 +107,8 @@ class AlethiaDaemon:
                  paths: Paths | None = None, keys: KeySource | None = None,
                  open_store: StoreOpener = Store.open, prctl: Prctl = libc_prctl,
                  clock: Callable[[], float] = time.monotonic, retry_s: float = RETRY_S,
-                 wall_clock: Callable[[], float] = time.time) -> None:
+                 wall_clock: Callable[[], float] = time.time,
+                 embedder: EmbedderFactory = search_mod.load_embedder) -> None:
         self.config = config
         self.stack = stack
         self.logger = logger
@@ -123,6 +136,11 @@ class AlethiaDaemon:
         self.write_error = ""  # why the last write failed ("" once one succeeds)
         self.stats: ComponentStats | None = None
         self.queue: EnvelopeReceiver[QueueReceiver] | None = None
+        self._load_embedder = embedder
+        self.embedder: Embedder | None = None
+        self.searching: Searching | None = None  # the search index of the open store
+        self.index_problem = ""  # why there is no search index ("no embedding model", …)
+        self._documents: dict[str, str] | None = None  # stored sources' sha256, read once
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -136,6 +154,7 @@ class AlethiaDaemon:
         self.bus = bus_mod.connect(self.config, self.stack, memory.BUS)
         self.stats = self.bus.component_stats(NAME)
         self.queue = self.bus.queue(NAME, stats=self.stats, service=True)
+        self._embedder()
         ctx.status("asking coven for the memory keys")
         self._try_open()
         log.event(self.logger, "memory_serving", f"alethia serves {self.root}; "
@@ -146,7 +165,8 @@ class AlethiaDaemon:
                 and self._clock() >= self._next_try:
             self._try_open()
         due = self.store.due() if self.store is not None else None
-        wait = timeout if due is None else max(0.0, min(timeout, due))
+        work = self._index_work(due)
+        wait = 0.0 if work else timeout if due is None else max(0.0, min(timeout, due))
         assert self.queue is not None
         self.inbox.extend(bus_mod.read_requests(
             self.queue, wait, on_bad_schema=self._bad_schema, on_cancel=lambda _r: None,
@@ -155,9 +175,14 @@ class AlethiaDaemon:
             self._handle(self.inbox.popleft())
         if self.store is not None and (due := self.store.due()) is not None and due <= 0:
             self._commit()
+        if work and not self.inbox:
+            self._index_step()
 
     def stop(self) -> None:
         self._close_store()
+        close = getattr(self.embedder, "close", None)
+        if close is not None:
+            close()
         if isinstance(self._key_source, BrokerKeys):
             self._key_source.close()
         if self.key is not None:
@@ -178,6 +203,7 @@ class AlethiaDaemon:
             self.waiting = self.problem = ""
             self._failure = None
             log.event(self.logger, "memory_opened", "the memory store is open")
+            self._open_index()
         except StoreError as error:  # WrongKey, an unreadable store: left for a person
             self.problem = f"{type(error).__name__}: {error}"
             self._failure = error
@@ -200,7 +226,72 @@ class AlethiaDaemon:
             self._commit()
             store, self.store = self.store, None
             store.close()
+        if self.searching is not None:
+            searching, self.searching = self.searching, None
+            searching.close()
+        self._documents = None
         self._forget_keys()
+
+    # -- the search index --------------------------------------------------------------------
+
+    def _embedder(self) -> Embedder | None:
+        """The embedding model, loaded once (again at a reload, if it was missing)."""
+        if self.embedder is None:
+            try:
+                self.embedder = self._load_embedder(self.config, self.paths)
+                self.index_problem = ""
+            except RunaError as error:
+                self.index_problem = "no embedding model"
+                log.event(self.logger, "memory_no_embedder", f"search is off: "
+                          f"{type(error).__name__}", level=logging.WARNING,
+                          kind=type(error).__name__)
+        return self.embedder
+
+    def _open_index(self) -> None:
+        """Open the search index's files and start building it (in steps, from ``step``)."""
+        assert self.keys is not None
+        embedder = self._embedder()
+        if embedder is None:
+            return
+        try:
+            self.searching = Searching(self.root, self.keys, embedder)
+            self.index_problem = ""
+        except RunaError as error:
+            self.index_problem = f"{type(error).__name__}: {error}"
+            log.event(self.logger, "memory_index_unusable", f"the search index cannot be "
+                      f"opened: {type(error).__name__}", level=logging.ERROR,
+                      kind=type(error).__name__)
+
+    def _index_work(self, due: float | None) -> bool:
+        """Whether the index has work (a build step, records to embed) and the pending batch
+        leaves time for it."""
+        return (self.searching is not None and self.store is not None
+                and (due is None or due > 2 * search_mod.BUILD_STEP_S)
+                and (self.searching.building or bool(self.searching.fresh)
+                     or bool(self.searching.backlog)))
+
+    def _index_step(self) -> None:
+        """One step of the index's work: build, or embed one small batch."""
+        assert self.searching is not None and self.store is not None
+        searching = self.searching
+        try:
+            if searching.building:
+                searching.step(self.store)
+                if not searching.building:
+                    log.event(self.logger, "memory_index_built", f"the search index holds "
+                              f"{searching.indexed} records; {len(searching.backlog)} to "
+                              f"embed", records=searching.indexed,
+                              missing=len(searching.backlog))
+                    self._say_status()
+            elif searching.idle(self.store) and not (searching.fresh or searching.backlog):
+                self._say_status()
+        except Exception as error:  # a damaged vector file, a bug: search is off until reload
+            self.index_problem = f"{type(error).__name__}: {error}"
+            self.searching = None
+            searching.close()
+            log.event(self.logger, "memory_index_unusable", f"the search index failed: "
+                      f"{type(error).__name__}", level=logging.ERROR, kind=type(error).__name__)
+            self._say_status()
 
     def _forget_keys(self) -> None:
         if self.keys is not None:
@@ -261,7 +352,7 @@ class AlethiaDaemon:
         except (RecordTooLarge, UnknownRecord) as error:
             self._fail(request, Fault.BAD_SCHEMA, str(error), type(error).__name__,
                        error.exit_code)
-        except (StoreError, StoreClosed) as error:
+        except (StoreError, StoreClosed, SearchUnavailable) as error:
             self._fail(request, Fault.INTERNAL_ERROR, str(error), type(error).__name__,
                        error.exit_code)
         except Exception as error:  # answered, logged (its class only), and the loop goes on
@@ -306,9 +397,16 @@ class AlethiaDaemon:
                 forgotten = [record_id]
             else:
                 forgotten = store.forget_conversation(conversation)
+            if self.searching is not None:
+                self.searching.forget(forgotten)
+            self._documents = None
             log.event(self.logger, "memory_forgotten", f"forgot {len(forgotten)} record(s)",
                       records=len(forgotten))
             return {memory.IDS: forgotten}
+        if op == "search":
+            return self._search(store, fields)
+        if op == "ingest":
+            return self._ingest(store, fields)
         if op == "sign":
             store.flush()
             return self._status(store)
@@ -367,6 +465,8 @@ class AlethiaDaemon:
             self.write_error = ""
             self._say_status()
         held, self._held = self._held, []
+        if self.searching is not None:
+            self.searching.queue([record_id for _request, record_id in held])
         for request, record_id in held:
             self._reply(request, {memory.ID: record_id})
 
@@ -392,6 +492,7 @@ class AlethiaDaemon:
         assert self._key_source is not None and self.keys is not None
         version = self._key_source.create_next(self.keys)
         store.rotate(version, self.keys.memory[version])
+        recall_mod.rotate_key(self.root, self.keys, version)  # the vectors' key too
         log.event(self.logger, "memory_rotated", f"the day keys are wrapped under memory key "
                   f"version {version}", key_version=version)
         return version
@@ -426,7 +527,54 @@ class AlethiaDaemon:
     def _status(self, store: Store) -> dict[str, Any]:
         known = dict(store.status())
         return {**{name: known.get(name) for name in memory.STATUS_FIELDS},
-                "recording": self.recording}
+                "recording": self.recording, **self._index_status()}
+
+    def _index_status(self) -> dict[str, Any]:
+        if self.searching is None:
+            return {"indexed": 0, "index": self.index_problem or "no embedding model"}
+        return {"indexed": self.searching.indexed, "index": self.searching.state}
+
+    def _search(self, store: Store, fields: dict[str, Any]) -> dict[str, Any]:
+        spec = memory.OPS["search"]
+        query, k = spec.read(fields, "query"), spec.read(fields, "k")
+        k = 5 if k is None else k
+        if not 1 <= k <= MAX_MATCHES:
+            raise PayloadError("search", "k", f"'k' must be 1 to {MAX_MATCHES}")
+        kind = spec.read(fields, "kind")
+        if kind is not None and kind not in memory.KINDS:
+            raise PayloadError("search", "kind", f"'kind' must be one of "
+                               f"{', '.join(memory.KINDS)}")
+        if self.searching is None:
+            if self.index_problem == "no embedding model" or self.embedder is None:
+                raise ModelNotFound("search needs the embedding model. " + EMBEDDING_HINT
+                                       .format(setting="alethia.embedding_model"))
+            raise SearchUnavailable(f"the search index cannot be used: {self.index_problem}; "
+                                    "'reload' once that is put right")
+        matches = self.searching.search(store, query, k, since=spec.read(fields, "since"),
+                                        conversation=spec.read(fields, "conversation"),
+                                        kind=kind)
+        self.logger.debug("search answered %d match(es)", len(matches),
+                          extra={"RUNA_EVENT": "memory_searched"})
+        return {memory.MATCHES: search_mod.fit_answer(
+            matches, MAX_PAGE_BYTES, lambda value: len(_json(value)))}
+
+    def _ingest(self, store: Store, fields: dict[str, Any]) -> dict[str, Any]:
+        """Store document passages, written and signed before the answer; a source already
+        stored with the same sha256 is skipped (all its passages)."""
+        passages = [_passage(item) for item in memory.OPS["ingest"].read(fields, "passages")]
+        if self._documents is None:
+            self._documents = dict(search_mod.documents(store))
+        known = self._documents
+        skipped = sorted({p["source"] for p in passages if known.get(p["source"]) == p["sha256"]})
+        ids = [store.append("document", p) for p in passages if p["source"] not in skipped]
+        store.flush()
+        known.update({p["source"]: p["sha256"] for p in passages})
+        if self.searching is not None:
+            self.searching.queue(ids)
+        log.event(self.logger, "memory_ingested", f"stored {len(ids)} passage(s); "
+                  f"{len(skipped)} source(s) already stored", records=len(ids),
+                  skipped=len(skipped))
+        return {memory.IDS: ids, memory.SKIPPED: skipped}
 
     def _audit(self, request: Envelope, op: str) -> None:
         """Log who asked ``op``, as the kernel says: the pid that sent the request and the one
@@ -482,6 +630,26 @@ class AlethiaDaemon:
             self.logger.info("could not answer on %s: %s", channel, error)
 
 
+def _passage(item: Any) -> dict[str, Any]:
+    """One passage of an ``ingest``, checked: its fields and no more than a record holds."""
+    kinds = {"source": str, "sha256": str, "title": str, "passage": int, "text": str}
+    if not isinstance(item, dict):
+        raise PayloadError("ingest", "passages", "each passage must be an object")
+    for name, kind in kinds.items():
+        if not isinstance(item.get(name), kind) or isinstance(item.get(name), bool):
+            raise PayloadError("ingest", "passages", f"each passage needs {name!r} "
+                               f"({kind.__name__})")
+    meta = item.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise PayloadError("ingest", "passages", "a passage's 'meta' must be an object")
+    body = {**{name: item[name] for name in kinds}, "meta": meta}
+    size = len(_json(body))
+    if size > MAX_RECORD_BYTES:
+        raise RecordTooLarge(f"passage {item['passage']} of a source is {size} bytes of JSON; "
+                             f"alethia keeps at most {MAX_RECORD_BYTES}")
+    return body
+
+
 def _written(store: Store, record_id: str) -> bool:
     """Whether ``record_id`` is on disk (after a failed write voided the batch, or not)."""
     try:
@@ -521,8 +689,9 @@ def _limit(value: int | None) -> int:
 
 
 def _entry(entry: Entry) -> dict[str, Any]:
-    return {"id": entry.id, "time": entry.time, "kind": entry.kind,
-            "conversation": entry.conversation, "persona": entry.persona}
+    shown = {"id": entry.id, "time": entry.time, "kind": entry.kind,
+             "conversation": entry.conversation, "persona": entry.persona}
+    return {**shown, "source": entry.source} if entry.kind == "document" else shown
 
 
 def _record(record: Record) -> dict[str, Any]:

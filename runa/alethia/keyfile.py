@@ -23,7 +23,9 @@ def versions(root: Path) -> list[int]:
     """The memory-key versions the store's day keys are wrapped under (no key needed: the
     version is in the clear, authenticated when the day key is opened), lowest first."""
     found: set[int] = set()
-    for path in (root / layout.DAYS).glob("*.key"):
+    for path in [*(root / layout.DAYS).glob("*.key"), *(root / layout.VECTORS_KEY,)]:
+        if not path.exists():
+            continue
         try:
             found.add(int(json.loads(path.read_bytes())["version"]))
         except (OSError, ValueError, KeyError, TypeError):

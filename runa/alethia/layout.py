@@ -9,6 +9,13 @@ from runa.alethia.errors import StoreError
 
 META = "alethia.json"
 DAYS = "days"
+#: The search index's files (runa.alethia.recall): the vectors' data key, wrapped as a day's
+#: is (its "day" is ``vectors``); the sealed vectors; each row's record id and hash; the
+#: embedding model they were made with.
+VECTORS_KEY = "vectors.key"
+VECTORS = "vectors.bin"
+ROWS = "vectors.rows"
+VECTORS_META = "vectors.json"
 
 
 def read_public_key(root: Path) -> bytes | None:

@@ -35,6 +35,7 @@ class Entry:
     conversation: str | None
     persona: str | None
     forgotten: bool = False
+    source: str | None = None  # a document passage's source (``ingest``)
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ __all__ = ["MEMORY_KEY", "SIGNING_KEY", "Durability", "Entry", "KeyMissing", "Ke
 MEMORY_KEY = "alethia.memory_key.v{version}"
 SIGNING_KEY = "alethia.signing_key"
 
+#: Bytes of a record's hash ``record_hash`` gives (what the search index's rows keep).
+HASH_PREFIX = 8
 TOMBSTONE = "tombstone"  # the kind of the record a forget appends to today's chain
 SHIPPED_DURABILITY = Durability()
 _log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def parse_id(record_id: str) -> tuple[str, int]:
     try:
         if dayfile.RECORD_ID.fullmatch(record_id) is None:
             raise ValueError(record_id)
-        datetime.strptime(day, "%Y-%m-%d")
+        date.fromisoformat(day)  # the pattern fixed its shape: this checks the date
     except ValueError:
         raise UnknownRecord(f"{record_id!r} is not a record id (YYYY-MM-DD/N)") from None
     return day, int(index)
@@ -103,6 +105,7 @@ class _Day:
     offsets: dict[int, int] = field(default_factory=dict)
     forgotten: set[int] = field(default_factory=set)
     forgets: dict[int, str] = field(default_factory=dict)  # tombstone record -> id it names
+    hashes: bytearray = field(default_factory=bytearray)  # HASH_PREFIX bytes a record, from 1
     written: bool = False  # the log file (and its header) exists
 
     @property
@@ -113,11 +116,23 @@ class _Day:
         """Whether record ``index`` is on disk and not forgotten."""
         return index in self.offsets and index not in self.forgotten
 
+    def set_hash(self, index: int, digest: bytes) -> None:
+        """Keep the first bytes of record ``index``'s hash (8 bytes a record, not a dict's
+        hundred: the search index checks its rows against them)."""
+        end = index * HASH_PREFIX
+        if len(self.hashes) < end:
+            self.hashes.extend(bytes(end - len(self.hashes)))
+        self.hashes[end - HASH_PREFIX:end] = digest[:HASH_PREFIX]
+
+    def hash_of(self, index: int) -> bytes:
+        return bytes(self.hashes[(index - 1) * HASH_PREFIX:index * HASH_PREFIX])
+
     def index_lines(self, scan: dayfile.Scan) -> None:
         """Where each record's line starts, from a scan of the day's file."""
         for line in scan.records():
             if line.fields is not None:
                 self.offsets[int(line.fields["i"])] = line.offset
+                self.set_hash(int(line.fields["i"]), line.hexes("h"))
 
 
 class Store:
@@ -308,6 +323,7 @@ class Store:
         self._pending.append(dayfile.record(index, digest, link, nonce, ciphertext, forgets))
         if forgets is not None:
             day.forgets[index] = forgets
+        day.set_hash(index, digest)  # used once written (its offset says so)
         day.count, day.head = index, link
         if self._pending_since is None:
             self._pending_since = time.monotonic()
@@ -394,7 +410,8 @@ class Store:
     def _entry(record_id: str, fields: Mapping[str, Any]) -> Entry:
         body = fields.get("body") or {}
         return Entry(record_id, float(fields["time"]), str(fields["kind"]),
-                     body.get("conversation"), body.get("persona"))
+                     body.get("conversation"), body.get("persona"),
+                     source=body.get("source") if fields["kind"] == "document" else None)
 
     def entries(self, *, since: float | None = None, conversation: str | None = None,
                 after: str | None = None) -> Iterator[Entry]:
@@ -423,6 +440,24 @@ class Store:
             raise UnknownRecord(f"no record {record_id}")
         fields = self._decrypt(day, index, line)
         return Record(self._entry(record_id, fields), fields.get("body") or {})
+
+    def live_ids(self) -> Iterator[str]:
+        """The ids of the records on disk that are neither forgotten nor tombstones, without
+        decrypting them (what the search index must hold)."""
+        self._check_open()
+        for day in list(self._days.values()):
+            for index in sorted(day.offsets):
+                if index not in day.forgotten and index not in day.forgets:
+                    yield f"{day.name}/{index}"
+
+    def record_hash(self, record_id: str) -> bytes | None:
+        """The first ``HASH_PREFIX`` bytes of a record's hash in the chain (None if it is not
+        on disk, forgotten or a tombstone): a vector made of another record is told apart."""
+        name, index = parse_id(record_id)
+        day = self._days.get(name)
+        if day is None or not day.live(index) or index in day.forgets:
+            return None
+        return day.hash_of(index)
 
     # -- forgetting ---------------------------------------------------------------------------
 

@@ -105,6 +105,17 @@ class VectorFile:
                 raise VectorFileError(f"{self.path}: short write at row {first + start}")
         return first
 
+    def overwrite(self, row: int, vector: np.ndarray) -> None:
+        """Seal ``vector`` into row ``row`` in place (forget writes a zero vector there, so
+        the record's meaning does not stay in the file); the caller syncs."""
+        vector = np.ascontiguousarray(vector, dtype="<f4").reshape(self.dim)
+        if not 0 <= row < len(self):
+            raise VectorFileError(f"{self.path}: no row {row} (it holds {len(self)})")
+        nonce = sodium.random_bytes(sodium.NONCE_BYTES)
+        slot = nonce + sodium.encrypt(self.key, nonce, vector.tobytes(), _associated(row))
+        if os.pwrite(self._fd, slot, self._offset(row)) != len(slot):
+            raise VectorFileError(f"{self.path}: short write at row {row}")
+
     def sync(self) -> None:
         os.fsync(self._fd)
 
@@ -123,13 +134,16 @@ class VectorFile:
         """Every vector in row order, ``block_rows`` at a time (one read a block)."""
         count = len(self)
         for first in range(0, count, block_rows):
-            n = min(block_rows, count - first)
-            data = os.pread(self._fd, n * self.slot, self._offset(first))
-            out = np.empty((n, self.dim), dtype="<f4")
-            view = memoryview(data)
-            for i in range(n):
-                self._open_into(view[i * self.slot:(i + 1) * self.slot], first + i, out[i])
-            yield out
+            yield self.rows(first, min(block_rows, count - first))
+
+    def rows(self, first: int, n: int) -> np.ndarray:
+        """The vectors of rows ``first`` to ``first + n - 1`` (one read)."""
+        data = os.pread(self._fd, n * self.slot, self._offset(first))
+        out = np.empty((n, self.dim), dtype="<f4")
+        view = memoryview(data)
+        for i in range(n):
+            self._open_into(view[i * self.slot:(i + 1) * self.slot], first + i, out[i])
+        return out
 
     def read_all(self) -> np.ndarray:
         """Every vector (n x dim float32)."""

@@ -33,7 +33,11 @@ ID, IDS, ENTRIES, RECORD, RECORDS, NEXT = "id", "ids", "entries", "record", "rec
 #: order: what is skipped is a passage already stored under the same source, sha256 and
 #: number, so the later requests of one source are stored, not skipped.
 MATCHES, SKIPPED = "matches", "skipped"
-#: Characters of a match's text in a ``search`` answer (the whole record is ``show``).
+#: Characters of a match's text in a ``search`` answer at most (the whole record is
+#: ``show``). 50 of them do not always fit one answer of the alethia bus (JSON escapes a
+#: character that is not ASCII to 6 or 12 bytes; even ASCII, 50 x 1200 characters sealed
+#: and in base64 is over 96 KiB): alethia cuts every excerpt by the same share until the
+#: answer is at most 64 KiB of JSON, as a page of ``list`` or ``export`` is.
 EXCERPT_CHARS = 1200
 #: ``status``: ``records``, ``days``, ``bytes``, ``key_version``, ``public_key`` (hex of the
 #: Ed25519 public key), ``unsigned`` (records not yet under a signature), ``durability``

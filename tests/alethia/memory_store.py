@@ -4,6 +4,8 @@ store, and it can fail as the real one rarely does (a full disk)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -32,7 +34,8 @@ class MemoryStore:
         at = time.time() if at is None else at
         day = time.strftime("%Y-%m-%d", time.gmtime(at))
         record_id = f"{day}/{sum(1 for r in self.records if r.startswith(day)) + 1}"
-        entry = Entry(record_id, at, kind, body.get("conversation"), body.get("persona"))
+        entry = Entry(record_id, at, kind, body.get("conversation"), body.get("persona"),
+                      source=body.get("source") if kind == "document" else None)
         self.records[record_id] = Record(entry, dict(body))
         self.pending.append(record_id)
         self.oldest = self.oldest or time.monotonic()
@@ -67,6 +70,17 @@ class MemoryStore:
         if record is None or record.entry.forgotten:
             raise UnknownRecord(f"no record {record_id}")
         return record
+
+    def live_ids(self) -> Iterator[str]:
+        return iter([i for i, r in self.records.items()
+                     if not r.entry.forgotten and i not in self.pending])
+
+    def record_hash(self, record_id: str) -> bytes | None:
+        record = self.records.get(record_id)
+        if record is None or record.entry.forgotten or record_id in self.pending:
+            return None
+        return hashlib.blake2b(json.dumps([record_id, record.body], sort_keys=True).encode(),
+                               digest_size=8).digest()
 
     def forget(self, record_id: str) -> None:
         record = self.read(record_id)

@@ -21,10 +21,11 @@ from typing import Any
 
 import pytest
 from support import isolated_env, remove_segments, wait_for
+from tieto.fakes import FakeEmbedder
 
 from runa import stackbus as bus_mod
 from runa.alethia import dayfile, files
-from runa.alethia.daemon import MAX_RECORD_BYTES, AlethiaDaemon
+from runa.alethia.daemon import MAX_RECORD_BYTES, AlethiaDaemon, EmbedderFactory
 from runa.alethia.store import Durability, Keys, Store, StoreError, restore, snapshot
 from runa.client import ServiceClient, ServiceFault
 from runa.components import load_config
@@ -93,7 +94,7 @@ class Alethia:
 
     def __init__(self, root: Path, open_store: Callable[[Path, Keys], Any],
                  keys: GivenKeys | None = None, log: io.StringIO | None = None,
-                 heartbeat_s: float = 0.2) -> None:
+                 heartbeat_s: float = 0.2, embedder: EmbedderFactory | None = None) -> None:
         self.env = isolated_env(root)
         self.stack = self.env["RUNA_STACK"]
         self.paths = Paths.for_stack(self.stack, self.env)
@@ -110,13 +111,15 @@ class Alethia:
         self.key = BusKey.load_or_create(key_path(self.paths.runtime))
         self.client = ServiceClient(self.bus, memory.SERVICE, "test")
         self.heartbeat_s = heartbeat_s
+        self.embedder = embedder or (lambda _config, _paths: FakeEmbedder(dim=64))
         self.start()
 
     def start(self) -> None:
         self.heartbeat = HealthWriter(self.config, self.stack, self.logger, self.heartbeat_s)
         self.daemon = AlethiaDaemon(self.config, self.stack, self.logger, paths=self.paths,
                                     keys=self.keys, open_store=self.open_store,
-                                    prctl=lambda _option, _arg: 0, retry_s=0.2)
+                                    prctl=lambda _option, _arg: 0, retry_s=0.2,
+                                    embedder=self.embedder)
         notifier = Ready()
         self.runner = ServiceRunner(self.daemon, self.logger, notifier=notifier, env={},
                                     heartbeat=self.heartbeat, heartbeat_interval=self.heartbeat_s)

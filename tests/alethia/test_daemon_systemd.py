@@ -72,7 +72,7 @@ def test_alethia_s_unit_gets_its_keys_through_gilgul_and_keeps_a_turn_across_sig
         systemctl("start", "runa.target")
         wait_for(lambda: show("StatusText") == "open", 90,
                  "runa-alethia.service to open its store with keys from coven")
-        assert show("LimitCORE") == "0" and show("MemoryMax") == str(256 << 20)
+        assert show("LimitCORE") == "0" and show("MemoryMax") == str(768 << 20)
 
         paths = Paths.for_stack(common["RUNA_STACK"], env)
         bus = bus_mod.connect(load_config(paths, env), common["RUNA_STACK"], memory.BUS)

@@ -22,7 +22,7 @@ def test_the_unit_starts_after_coven_with_limits_and_no_core_dumps() -> None:
     unit = settings()
     assert unit["ExecStart"] == "/usr/bin/runa daemon alethia" and unit["Type"] == "notify"
     assert "runa-coven.service" in unit["After"].split()
-    assert unit["LimitCORE"] == "0" and unit["MemoryMax"] == "256M"
+    assert unit["LimitCORE"] == "0" and unit["MemoryMax"] == "768M"
     assert unit["CPUQuota"] == "50%"
     assert unit["NoNewPrivileges"] == "yes" and unit["PrivateNetwork"] == "yes"
 
