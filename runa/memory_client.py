@@ -80,6 +80,38 @@ class MemoryClient(SealedClient):
                             "message": f"the request does not fit on the alethia bus ({error})"})
 
 
+class NoEmbeddingModel(RunaError):
+    """alethia runs without an embedding model: search is off until one is installed."""
+
+    exit_code = 69  # EX_UNAVAILABLE
+
+
+#: ``status``'s ``index`` when alethia has no embedding model, and what a person is told.
+NO_MODEL = "no embedding model"
+NO_MODEL_NOTICE = ("memory search is off: alethia has no embedding model; 'runa models "
+                   "setup' installs it (all-minilm-l6-v2), then restart alethia")
+
+
+def search_refused(fault: MemoryFault) -> RunaError:
+    """What to raise for a ``search`` alethia refused: NoEmbeddingModel for its
+    ``ModelNotFound`` (said the same way everywhere), else the fault as it came (the index
+    still being built, ``SearchUnavailable``, says so itself)."""
+    return NoEmbeddingModel(NO_MODEL_NOTICE) if fault.kind == "ModelNotFound" else fault
+
+
+def index_state(client: MemoryClient) -> str | None:
+    """The search index's state from ``status`` (None when alethia does not say);
+    NoEmbeddingModel when it has no embedding model, so search is off. A search that found
+    nothing asks this to tell the person why."""
+    try:
+        state = client.call("status", timeout=5.0).get("index")
+    except (MemoryFault, MemoryUnavailable):
+        return None
+    if state == NO_MODEL:
+        raise NoEmbeddingModel(NO_MODEL_NOTICE)
+    return state if isinstance(state, str) else None
+
+
 @contextlib.contextmanager
 def connect(config: Config, paths: Paths, stack: str,
             client_name: str = "runa-memory") -> Iterator[MemoryClient]:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import fake_alethia
 import pytest
@@ -37,6 +38,7 @@ from runa.memory_client import (
     connect,
     recorder_for,
 )
+from runa.models.catalog import MINILM_L6_V2
 from runa.paths import Paths
 from runa.registry import Component, Registry
 
@@ -74,11 +76,12 @@ def remember(fake: fake_alethia.FakeAlethia, conversation: str, n: int) -> None:
 def test_help_teaches_every_action_with_examples_and_exit_status() -> None:
     result = runa("memory", "--help", env=dict(os.environ))
     assert result.returncode == 0
-    for action in ("list", "show", "export", "forget", "verify", "snapshot", "restore",
-                   "rotate-key", "status"):
+    for action in ("search", "ingest", "list", "show", "export", "forget", "verify",
+                   "snapshot", "restore", "rotate-key", "status"):
         assert action in result.stdout
     assert "Exit status: 0 done; 1 verify found a problem" in " ".join(result.stdout.split())
-    assert "Examples: runa memory list --since 2d" in " ".join(result.stdout.split())
+    assert 'Examples: runa memory search "the trip to Oslo" --since 7d; runa memory ingest ' \
+        "~/notes; runa memory list --since 2d" in " ".join(result.stdout.split())
     assert "record = false" in result.stdout
 
 
@@ -534,6 +537,69 @@ def test_rotate_key_moves_to_a_new_version_and_removes_the_old_one_from_coven(
         status = runa("memory", "status", "--json", env=env)
         assert json.loads(status.stdout)["key_version"] == 2
         assert runa("memory", "verify", env=env).returncode == 0
+    finally:
+        runa("down", env=env)
+        remove_segments(env)
+
+
+def _search(env: dict[str, str], *argv: str) -> list[dict[str, Any]]:
+    result = runa("memory", "search", *argv, "--json", env=env)
+    if result.returncode == 69 and "built" in result.stderr:
+        return []  # alethia's index is still being built at its start: ask again
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout)["matches"])
+
+
+def test_yesterdays_turn_and_an_ingested_note_are_found_by_what_they_mean(
+        tmp_path: Path, minilm_gguf: Path) -> None:
+    """Issue 23, done means 2, on a real stack with the real embedding model: a turn from
+    yesterday is found first with a paraphrase of what was said (by `runa memory search` and
+    by /remember in a chat); a Markdown note that `runa memory ingest` stored is found with
+    its source and title."""
+    env = _stack_env(tmp_path)
+    paths = Paths.for_stack(env["RUNA_STACK"], env)
+    paths.models[0].mkdir(parents=True, exist_ok=True)
+    (paths.models[0] / MINILM_L6_V2.filename).symlink_to(minilm_gguf)
+    note = tmp_path / "notes/garden.md"
+    note.parent.mkdir()
+    note.write_text("---\ntitle: Tomato care\ntags: [garden]\n---\n# Tomatoes\n\n"
+                    "Water the tomato plants every evening and tie them to stakes.\n")
+    try:
+        _up(env)
+        yesterday = time.time() - 86400
+        said = {"ferry": ("The ferry to Bergen leaves at nine in the morning and I must "
+                          "not miss it.", "Then set an alarm for seven."),
+                "soup": ("How many carrots go into the soup?", "Three carrots and an onion."),
+                "taxes": ("When is the tax return due this year?", "By the end of April.")}
+        with connect(load_config(paths, env), paths, env["RUNA_STACK"]) as client:
+            for conversation, (user, answer) in said.items():
+                client.call("append", conversation=conversation, user=user, answer=answer,
+                            time=yesterday, timeout=120.0)  # a busy machine: alethia starts
+        matches = wait_for(lambda: (m := _search(env, "what time does the boat depart",
+                                                 "--kind", "turn")) and m, 120,
+                           "alethia to index the turns")
+        assert isinstance(matches, list)
+        assert matches[0]["conversation"] == "ferry"
+        assert abs(matches[0]["time"] - yesterday) < 1
+        shown = runa("memory", "search", "what time does the boat depart", env=env)
+        assert "turn in conversation ferry" in shown.stdout.splitlines()[0]
+        chat = subprocess.run([sys.executable, "-m", "runa", "chat", "--new"], env=env,
+                              input="/remember what time does the boat depart\n",
+                              capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0, chat.stderr
+        lines = chat.stdout.splitlines()
+        assert lines[0] == "from your past conversations:"
+        assert lines[1].endswith("conversation ferry") and "ferry to Bergen" in lines[2]
+        ingest = runa("memory", "ingest", str(note.parent), env=env)
+        assert ingest.returncode == 0, ingest.stderr
+        assert "1 stored (1 passages)" in ingest.stderr
+        again = runa("memory", "ingest", str(note), "--json", env=env)
+        assert json.loads(again.stdout)["unchanged"] == 1
+        found = wait_for(lambda: (m := _search(env, "how should I look after my tomatoes",
+                                               "--kind", "document")) and m, 120,
+                         "alethia to index the note")
+        assert isinstance(found, list)
+        assert found[0]["source"] == str(note) and found[0]["title"] == "Tomato care"
     finally:
         runa("down", env=env)
         remove_segments(env)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from runa.chat.params import SessionParams
     from runa.chat.policy_notes import intervention_summary, whisper_lines
     from runa.chat.rag import Retrieval
+    from runa.chat.remember import PastTurns
     from runa.chat.repl import LineReader, Repl, StreamReader, TerminalReader
     from runa.chat.session import ChatSession, NotSupported, Start, new_conversation_id
     from runa.chat.typeahead import TypeAhead
@@ -27,6 +28,7 @@ __all__ = [
     "ChatSession",
     "LineReader",
     "NotSupported",
+    "PastTurns",
     "Repl",
     "Retrieval",
     "SessionParams",
@@ -47,6 +49,7 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
         "params": ("SessionParams",),
         "policy_notes": ("intervention_summary", "whisper_lines"),
         "rag": ("Retrieval",),
+        "remember": ("PastTurns",),
         "repl": ("LineReader", "Repl", "StreamReader", "TerminalReader"),
         "session": ("ChatSession", "NotSupported", "Start", "new_conversation_id"),
         "typeahead": ("TypeAhead",),

@@ -35,6 +35,8 @@ HELP: dict[str, tuple[str, str]] = {
                   "Alt-Enter sends"),
     "rag": ("/rag on TOPIC | /rag off",
             "answer from TOPIC's passages (tieto) and list the sources, or stop"),
+    "remember": ("/remember WORDS",
+                 "your past turns nearest in meaning to WORDS (alethia's memory search)"),
     "help": ("/help", "this list"),
     "quit": ("/quit", "leave (so does Ctrl-D); Ctrl-C stops an answer"),
 }

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TextIO
 from runa.chat import commands, conversations
 from runa.chat.commands import Command
 from runa.chat.policy_notes import intervention_summary, whisper_lines
+from runa.chat.remember import PastTurns
 from runa.chat.session import (
     ChatSession,
     NotSupported,
@@ -113,8 +114,11 @@ class Repl:
 
     def __init__(self, session: ChatSession, reader: LineReader, *, out: TextIO,
                  notices: TextIO, interactive: bool,
-                 typeahead: TypeAhead | None = None, speaker: str = "runa chat") -> None:
+                 typeahead: TypeAhead | None = None, speaker: str = "runa chat",
+                 past: PastTurns | None = None) -> None:
         self.session = session
+        self.past = past
+        """What /remember asks (alethia's search); None: this chat has no memory."""
         self.reader = reader
         self.out = out
         self.notices = notices
@@ -339,6 +343,22 @@ class Repl:
             self.notice(f"/rag on TOPIC takes sources from TOPIC; /rag off stops{where}")
             return EX_USAGE
         self.notice(self.session.rag(args[1]))
+        return 0
+
+    def cmd_remember(self, args: tuple[str, ...]) -> int:
+        if not args:
+            self.notice("/remember WORDS shows your past turns nearest in meaning to WORDS")
+            return EX_USAGE
+        if self.past is None:
+            self.notice("memory search is off: this chat has no memory (alethia)")
+            return 0
+        lines, off = self.past.lines(" ".join(args))
+        if off is not None:
+            self.notice(off)
+            return 0
+        self.say("from your past conversations:")
+        for line in lines:
+            self.say("  " + line)
         return 0
 
     def cmd_new(self, _args: tuple[str, ...]) -> int:

@@ -14,6 +14,7 @@ from runa.chat import (
     ChatSession,
     LineReader,
     NotSupported,
+    PastTurns,
     Repl,
     SessionParams,
     Start,
@@ -30,7 +31,7 @@ from runa.cli.numbers import timeout_seconds
 from runa.cli.voice import command_name, print_json
 from runa.client import ServiceClient
 from runa.errors import UsageError
-from runa.memory_client import recorder_for
+from runa.memory_client import connect, recorder_for
 from runa.policy import PolicyLibrary
 from runa.protocol.splinfer import request
 
@@ -43,7 +44,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "the inference service (splinfer) keeps the conversation (and its model state), and "
         "'runa chat' resumes the last one. Enter sends, Alt-Enter starts a new line; Ctrl-C "
         "stops an answer, Ctrl-D leaves; /help lists the commands (/persona, /policy, /new, "
-        "/conversations, /resume, /history, /save, /params, /rag, /multiline, /quit). When "
+        "/conversations, /resume, /history, /save, /params, /rag, /remember, /multiline, "
+        "/quit). When "
         "standard input is not a terminal, each line is one question in a conversation of "
         "its own (unless --conversation names one) and each answer is printed; it ends at "
         "the end of input. "
@@ -183,6 +185,8 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
                                                  timeout=args.timeout),
                               uncited=ctx.config["tieto.uncited"])
         stack.callback(retrieval.close)
+        past = PastTurns(lambda: connect(ctx.config, ctx.paths, ctx.stack, "chat-remember"))
+        stack.callback(past.close)
         if how is Start.EXPLICIT:
             conversation = session_resolve(client, conversation, args.timeout)
         session = ChatSession(client, conversation, persona=args.persona, params=params,
@@ -201,7 +205,7 @@ def converse(ctx: CliContext, args: argparse.Namespace) -> int:
                   "leaves, /help lists the commands.", file=notices)
         return Repl(session, reader, out=sys.stdout, notices=notices, interactive=interactive,
                     typeahead=TypeAhead(sys.stdin.fileno()) if interactive else None,
-                    speaker=command_name(args)).run()
+                    speaker=command_name(args), past=past).run()
 
 
 def _keep_nothing(_conversation: str) -> None:

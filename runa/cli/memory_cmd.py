@@ -15,27 +15,48 @@ import hashlib
 import json
 import os
 import sys
+import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from runa import stackbus
 from runa.alethia import store
 from runa.cli.context import CliContext
 from runa.cli.since import FORMS, parse_since
-from runa.cli.voice import print_json
+from runa.cli.voice import command_name, print_json
 from runa.errors import RunaError, UsageError
-from runa.memory_client import MemoryClient, MemoryFault, MemoryUnavailable, connect
+from runa.memory_client import (
+    MemoryClient,
+    MemoryFault,
+    MemoryUnavailable,
+    connect,
+    index_state,
+    search_refused,
+)
 from runa.protocol import memory as proto
+
+if TYPE_CHECKING:
+    from runa.tieto import Chunker
 
 EX_FAILED, EX_CANTCREAT, EX_IOERR = 1, 73, 74
 EXIT_TEXT = ("Exit status: 0 done; 1 verify found a problem (each is named); 64 a bad "
-             "option or id; 66 no such record, conversation or snapshot file; 69 Runa or "
-             "alethia is not running; 73 the export file exists (--force replaces it); 74 a "
-             "file could not be read or written, or is not a snapshot; 77 a memory key that "
+             "option or id; 65 ingest: a file could not be used (each is named; the others "
+             "are stored); 66 no such record, conversation, snapshot file or PATH; 69 Runa or "
+             "alethia is not running, or search has no embedding model; 73 the export file "
+             "exists (--force replaces it); 74 a file could not be read or written, or is "
+             "not a snapshot; 77 a memory key that "
              "does not open the store.")
+#: ``search``'s matches unless --k says; the most the daemon gives.
+SEARCH_K, MAX_K = 5, 50
+#: Excerpts are wrapped to this width.
+EXCERPT_WIDTH = 96
+#: Which embedding model counts an ingest's word-pieces (alethia's, which embeds the
+#: passages; the shipped one where that setting is unknown); word-pieces consecutive
+#: passages share (tieto's default).
+EMBEDDING_SETTING, CHUNK_OVERLAP = "alethia.embedding_model", 32
 #: Export progress on a terminal: a line every this many records.
 PROGRESS_EVERY = 500
 
@@ -43,7 +64,8 @@ PROGRESS_EVERY = 500
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "memory",
-        help="your memory (alethia): list, show, export, forget, verify, snapshot, restore",
+        help="your memory (alethia): search, list, show, ingest, export, forget, verify, "
+        "snapshot, restore",
         description="alethia remembers every chat turn (what you said, the answer, the "
         "conversation and persona, what the policy did: rule, action and tier, never the "
         "matched text), each record encrypted on its own, hash-chained, and signed by day, "
@@ -51,11 +73,43 @@ def register(commands: argparse._SubParsersAction) -> None:
         "holds the keys (from coven); verify, snapshot and restore work on the files and "
         "need no key, so verify works with Runa stopped. Turning recording off: '[memory] "
         "record = false' in ~/.config/runa/runa.toml. " + EXIT_TEXT,
-        epilog="Examples: runa memory list --since 2d; runa memory show 2026-12-07/3; "
+        epilog="Examples: runa memory search \"the trip to Oslo\" --since 7d; "
+        "runa memory ingest ~/notes; runa memory list --since 2d; "
+        "runa memory show 2026-12-07/3; "
         "runa memory export ~/memory.jsonl; runa memory forget --conversation 3f2a9c; "
         "runa memory verify; runa memory snapshot ~/memory-2026-12.snap. docs/memory.md "
         "says more.")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    search = actions.add_parser(
+        "search", help="the records nearest in meaning to QUERY: turns and documents",
+        description="Find what you said, what Runa answered, and the documents you "
+        "ingested, by meaning rather than by words: the best matches first, each with its "
+        "score (cosine, -1 to 1), date, conversation and persona (a turn) or source and "
+        "title (a document), and an excerpt. alethia embeds QUERY and searches its index; "
+        "nothing leaves your machine. " + EXIT_TEXT)
+    search.add_argument("query", metavar="QUERY", help="what to look for, in your words")
+    _filters(search)
+    search.add_argument("--kind", choices=proto.KINDS,
+                        help="only chat turns, or only document passages")
+    search.add_argument("--k", type=int, default=SEARCH_K, metavar="N",
+                        help=f"how many matches (1 to {MAX_K}; default: %(default)s)")
+    search.add_argument("--json", action="store_true",
+                        help='one JSON object: {"query", "matches": [{"id", "score", "time", '
+                        '"kind", "conversation", "persona", "text", and for a document '
+                        '"source", "title", "passage"}]}')
+    ingest = actions.add_parser(
+        "ingest", help="store documents (Markdown, text, JSONL) in your memory, encrypted",
+        description="Read each PATH (a directory: its .md, .markdown, .txt, .text and "
+        ".jsonl files, hidden ones skipped) as 'runa ingest' reads it: YAML front matter is "
+        "kept with each passage, a JSONL line is a document. Each is cut into passages that "
+        "fit the embedding model and stored in alethia, encrypted and signed, so 'runa "
+        "memory search' finds them. A file already stored unchanged (same sha256) is not "
+        "stored again. A file that cannot be used is named with its problem and the others "
+        "go on. Progress on standard error. " + EXIT_TEXT)
+    ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    ingest.add_argument("--json", action="store_true",
+                        help='the summary as one JSON object: {"files", "stored", "passages", '
+                        '"unchanged", "problems", "skipped", "missing"}')
     listing = actions.add_parser(
         "list", help="the records: id, time, kind, conversation, persona (never text)",
         description="List the remembered records, oldest first: id (YYYY-MM-DD/N: the UTC "
@@ -169,6 +223,86 @@ def _list(ctx: CliContext, args: argparse.Namespace) -> int:
               f"{entry.get('kind', '?'):<8}  {entry.get('conversation') or '-':<32}  "
               f"{entry.get('persona') or '-'}{forgotten}")
     return 0
+
+
+def _search(ctx: CliContext, args: argparse.Namespace) -> int:
+    since = parse_since(args.since, time.time())
+    if not 1 <= args.k <= MAX_K:
+        raise UsageError(f"--k {args.k}: from 1 to {MAX_K}")
+    with _alethia(ctx) as client:
+        return search(client, args.query, since=since, conversation=args.conversation,
+                      kind=args.kind, k=args.k, as_json=args.json)
+
+
+def search(client: MemoryClient, query: str, *, since: float | None = None,
+           conversation: str | None = None, kind: str | None = None, k: int = SEARCH_K,
+           as_json: bool = False, out: TextIO | None = None) -> int:
+    """Print the matches alethia finds for ``query`` (``runa memory search``)."""
+    out = out or sys.stdout
+    try:
+        matches = client.call("search", query=query, k=k, since=since,
+                              conversation=conversation, kind=kind).get(proto.MATCHES) or []
+    except MemoryFault as fault:
+        raise search_refused(fault) from None
+    if as_json:
+        print_json({"query": query, "matches": matches}, stream=out)
+        return 0
+    if not matches:
+        filtered = since is not None or conversation is not None or kind is not None
+        state = index_state(client)
+        print("nothing found" + (" with these filters" if filtered else "")
+              + ("" if state in ("ready", None) else f" (alethia's index is {state}: "
+                 "what is not indexed yet cannot be found; try again shortly)"), file=out)
+        return 0
+    for rank, match in enumerate(matches, start=1):
+        print(f"{rank}. {_score(match.get('score'))}  {_when(match.get('time'))}  "
+              f"{_origin(match)}  [{match.get('id', '?')}]", file=out)
+        excerpt = " ".join(str(match.get("text") or "").split())
+        print(textwrap.fill(excerpt, width=EXCERPT_WIDTH, initial_indent="   ",
+                            subsequent_indent="   ") or "   (no text)", file=out)
+    return 0
+
+
+def _score(score: Any) -> str:
+    return f"{score:.2f}" if isinstance(score, int | float) else "?"
+
+
+def _origin(match: Mapping[str, Any]) -> str:
+    """Where a match comes from: a turn's conversation and persona, a document's title and
+    source."""
+    if match.get("kind") == "document":
+        title = match.get("title") or "-"
+        passage = match.get("passage")
+        where = f", passage {passage}" if isinstance(passage, int) else ""
+        return f"document \"{title}\" ({match.get('source') or '-'}{where})"
+    persona = f", persona {match['persona']}" if match.get("persona") else ""
+    return f"turn in conversation {match.get('conversation') or '-'}{persona}"
+
+
+def _ingest(ctx: CliContext, args: argparse.Namespace) -> int:
+    from runa.cli.ingest_cmd import IngestProgress
+    from runa.cli.memory_ingest import ingest, report
+
+    with _alethia(ctx) as client:
+        client.call("status", timeout=5.0)  # before the model loads and the files are read
+        progress = IngestProgress(command=command_name(args))
+        try:
+            summary = ingest(client, args.paths, _chunker(ctx), progress=progress)
+        finally:
+            progress.finish()
+    return report(summary, as_json=args.json)
+
+
+def _chunker(ctx: CliContext) -> Chunker:
+    """tieto's Chunker with its defaults (254 word-pieces, 32 shared), counting in the
+    embedding model's word-pieces: the passages are what alethia embeds."""
+    from runa.models import LlamaEmbedder, embedding_model_path
+    from runa.tieto import Chunker
+
+    name = ctx.config.get(EMBEDDING_SETTING, "default")
+    model = LlamaEmbedder(embedding_model_path(name, tuple(ctx.paths.models),
+                                               EMBEDDING_SETTING))
+    return Chunker(model.count_tokens, model.max_tokens, CHUNK_OVERLAP)
 
 
 def _show(ctx: CliContext, args: argparse.Namespace) -> int:
@@ -473,6 +607,7 @@ class NoSnapshot(UsageError):
 
 
 ACTIONS: dict[str, Callable[[CliContext, argparse.Namespace], int]] = {
-    "list": _list, "show": _show, "export": _export, "forget": _forget, "verify": _verify,
+    "search": _search, "ingest": _ingest, "list": _list, "show": _show, "export": _export,
+    "forget": _forget, "verify": _verify,
     "snapshot": _snapshot, "restore": _restore, "rotate-key": _rotate_key, "status": _status,
 }

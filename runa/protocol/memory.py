@@ -28,7 +28,10 @@ ID, IDS, ENTRIES, RECORD, RECORDS, NEXT = "id", "ids", "entries", "record", "rec
 #: "kind", "conversation", "persona", "text"}`` and, for a document, ``"source"``,
 #: ``"title"``, ``"passage"``; ``text`` is the turn's ``user`` and ``answer`` (or the
 #: passage) cut to ``EXCERPT_CHARS``. ``SKIPPED`` (``ingest``): sources already stored with
-#: the same sha256, not stored again.
+#: the same sha256, not stored again. A source too large for one request (the bus's 96 KiB
+#: envelope) comes in several, its ``passage`` numbers going on from one to the next, in
+#: order: what is skipped is a passage already stored under the same source, sha256 and
+#: number, so the later requests of one source are stored, not skipped.
 MATCHES, SKIPPED = "matches", "skipped"
 #: Characters of a match's text in a ``search`` answer at most (the whole record is
 #: ``show``). 50 of them do not always fit one answer of the alethia bus (JSON escapes a

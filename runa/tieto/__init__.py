@@ -18,26 +18,39 @@ from runa.surface import lazy
 
 if TYPE_CHECKING:
     from runa.tieto.access import Local, Remote, open_tieto
+    from runa.tieto.chunk import Chunker
+    from runa.tieto.errors import InputError, NotRegularFileError
     from runa.tieto.ingest import IngestEvent, IngestReport
     from runa.tieto.ingests import cancel_ingest, find_ingest, list_ingests
+    from runa.tieto.sources import Record, parse, read_bytes, walk
     from runa.tieto.topic import COLUMN_TYPES, parse_declaration
 
 __all__ = [
     "COLUMN_TYPES",
+    "Chunker",
     "IngestEvent",
     "IngestReport",
+    "InputError",
     "Local",
+    "NotRegularFileError",
+    "Record",
     "Remote",
     "cancel_ingest",
     "find_ingest",
     "list_ingests",
     "open_tieto",
+    "parse",
     "parse_declaration",
+    "read_bytes",
+    "walk",
 ]
 if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
     __getattr__ = lazy(__name__, {
         "access": ("Local", "Remote", "open_tieto"),
+        "chunk": ("Chunker",),
+        "errors": ("InputError", "NotRegularFileError"),
         "ingest": ("IngestEvent", "IngestReport"),
         "ingests": ("cancel_ingest", "find_ingest", "list_ingests"),
+        "sources": ("Record", "parse", "read_bytes", "walk"),
         "topic": ("COLUMN_TYPES", "parse_declaration"),
     })
