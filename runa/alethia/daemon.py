@@ -174,10 +174,20 @@ class AlethiaDaemon:
             on_expired=self._expired, seen=self._seen))
         while self.inbox:
             self._handle(self.inbox.popleft())
-        if self.store is not None and (due := self.store.due()) is not None and due <= 0:
-            self._commit()
+        self._commit_if_due()
         if work and not self.inbox:
             self._index_step()
+            self._commit_if_due()
+
+    def _commit_if_due(self) -> None:
+        """Commit once the pending batch is due, or once something else wrote it: a read of
+        the store (the index's catch-up reads records) writes what is pending first, and the
+        appends held for that batch are answered then, not left waiting for a next one."""
+        if self.store is None:
+            return
+        due = self.store.due()
+        if (due is not None and due <= 0) or (due is None and self._held):
+            self._commit()
 
     def stop(self) -> None:
         self._close_store()

@@ -4,24 +4,27 @@ limit, and search without an embedding model."""
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from support import wait_for
+from tieto.fakes import FakeEmbedder
 
 from runa import stackbus as bus_mod
 from runa.alethia import keyfile, layout
 from runa.alethia.recall import ROW
 from runa.alethia.searching import EMBED_BATCH
+from runa.alethia.store import Durability, Keys, Store
 from runa.errors import RunaError
 from runa.models.embedder import LlamaEmbedder
 from runa.protocol import memory
 from runa.splinter import envelope as env_mod
 
-from .test_daemon import REPLY, REQUEST, Alethia, fault, real_store
+from .test_daemon import ANSWER, REPLY, REQUEST, Alethia, fault, real_store
 
 LIGHTHOUSE = "when does the keeper light the lighthouse lamp"
 QUINCE = "my grandmother's quince jam recipe with lemon"
@@ -206,3 +209,45 @@ def test_rotate_rewraps_the_vectors_key_so_old_memory_keys_can_go(alethia: Aleth
     alethia.start()
     assert search(alethia, LIGHTHOUSE, k=1)[0]["id"] == said
     assert alethia.call("status")["indexed"] == 1
+
+
+class GatedEmbedder(FakeEmbedder):
+    """Embeds only once ``gate`` is set: holds the daemon inside its index's catch-up."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=64)
+        self.gate = threading.Event()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        assert self.gate.wait(10), "the test did not open the gate"
+        return super().embed(texts)
+
+
+def test_an_append_written_by_the_index_catch_up_is_answered_then(tmp_path: Path) -> None:
+    """The catch-up reads records, and a read writes the pending batch first: the appends
+    held for that batch are answered then, not when a batch of their own would be due
+    (here ten minutes later)."""
+    def slow_batches(root: Path, keys: Keys) -> Store:
+        return Store.open(root, keys, durability=Durability(records=64, ms=600_000))
+
+    alethia = Alethia(tmp_path, slow_batches)
+    try:
+        alethia.stop_daemon()
+        with Store.open(alethia.paths.data / "alethia", alethia.keys.load()) as store:
+            for number in range(EMBED_BATCH + 1):  # more than one catch-up batch, no vectors
+                store.append("turn", {"conversation": "c", "user": f"turn {number}",
+                                      "answer": ANSWER})
+        gated = GatedEmbedder()
+        alethia.embedder = lambda _config, _paths: gated
+        alethia.start()
+        answered: list[str] = []
+        late = threading.Thread(target=lambda: answered.append(alethia.turn("c", user="late")),
+                                daemon=True)
+        late.start()
+        time.sleep(0.5)  # the late append waits on the queue while the catch-up is held
+        gated.gate.set()
+        late.join(15)
+        assert answered, "the late append was written by the catch-up but never answered"
+        assert alethia.call("status")["indexed"] == EMBED_BATCH + 2
+    finally:
+        alethia.close()
