@@ -31,6 +31,14 @@ if TYPE_CHECKING:
     from runa.models.errors import ModelNotFoundError
     from runa.models.gguf_info import ModelInfo, read_model_info
     from runa.models.install import SetupEvent, setup_model
+    from runa.models.library import (
+        ROLES,
+        ModelEntry,
+        add_model,
+        find_entry,
+        list_entries,
+        remove_model,
+    )
     from runa.models.resolve import (
         configured_chat_model,
         list_models,
@@ -44,19 +52,25 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDING_CATALOG",
     "EMBEDDING_HINT",
+    "ROLES",
     "Embedder",
     "EmbedderError",
     "EmbedderWrapper",
     "LlamaEmbedder",
+    "ModelEntry",
     "ModelInfo",
     "ModelNotFoundError",
     "SetupEvent",
+    "add_model",
     "configured_chat_model",
     "embedding_model_path",
+    "find_entry",
+    "list_entries",
     "list_models",
     "lookup",
     "lookup_embedding",
     "read_model_info",
+    "remove_model",
     "require_chat_model",
     "resolve_model",
     "setup_embedding_model",
@@ -72,5 +86,7 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
         "errors": ("ModelNotFoundError",),
         "gguf_info": ("ModelInfo", "read_model_info"),
         "install": ("SetupEvent", "setup_model"),
+        "library": ("ROLES", "ModelEntry", "add_model", "find_entry", "list_entries",
+                    "remove_model"),
         "resolve": ("configured_chat_model", "list_models", "require_chat_model", "resolve_model"),
     })
