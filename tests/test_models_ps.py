@@ -123,3 +123,85 @@ def test_models_list_says_unknown_when_the_stack_is_down(tmp_path: Path) -> None
     assert "unknown" in runa("models", "list", env=env).stdout
     ps = runa("ps", env=env)
     assert ps.returncode == 69 and "not running" in ps.stderr
+
+
+def ask(env: dict[str, str], conversation: str, text: str) -> dict[str, Any]:
+    """One short greedy turn; its final payload."""
+    config = load_config(Paths.for_stack(env["RUNA_STACK"], env), env)
+    with connect(config, env["RUNA_STACK"]) as bus, \
+            ServiceClient(bus, "splinfer", "test") as client:
+        final: dict[str, Any] = {}
+        for envelope in client.request({"op": "chat", "text": text, "conversation": conversation,
+                                        "params": {"n_predict": 8, "temp": 0}}, idle_timeout=60):
+            if envelope.eof:
+                final = envelope.payload
+        return final
+
+
+@pytest.fixture
+def two_models(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A stack on model 'first' with 'second' added beside it, under a 160 MiB limit."""
+    env = {**isolated_env(tmp_path), **SETTINGS, "RUNA_SPLINFER_MEMORY_MAX": "160M"}
+    for name, seed in (("first", 0), ("second", 1)):
+        source = write_tiny_gguf(tmp_path / f"{name}-src.gguf", seed=seed, name=name)
+        assert runa("models", "add", str(source), "--name", name, env=env).returncode == 0
+    big = write_tiny_gguf(tmp_path / "big.gguf", n_embd=512, n_head=4, n_head_kv=4, n_ff=1024,
+                          n_layer=8, name="big")
+    assert runa("models", "add", str(big), env=env).returncode == 0
+    env["RUNA_SPLINFER_MODEL"] = "first"
+    up = runa("up", "--detach", env=env)
+    assert up.returncode == 0, up.stderr
+    yield env
+    runa("down", env=env)
+    remove_segments(env)
+
+
+def test_use_switches_models_and_back_restores_the_earlier_state(
+        two_models: dict[str, str]) -> None:
+    env = two_models
+    first = ask(env, "walk", "hello there how are you")
+    assert first["restored"] is False
+    used = runa("models", "use", "second", env=env)
+    assert used.returncode == 0, used.stderr
+    assert "now answers with second.gguf" in used.stdout
+    assert json.loads(runa("ps", "--json", env=env).stdout)["model"]["name"] == "second"
+    # the conversation goes on under the new model: its history is read once, whole
+    second = ask(env, "walk", "and the sea")
+    assert second["restored"] is False and second["n_eval"] == second["n_prompt"]
+    assert second["n_prompt"] > first["n_prompt"] + first["n_gen"]
+    back = runa("models", "use", "first", env=env)
+    assert back.returncode == 0, back.stderr
+    assert "1 conversation state(s) it made before are back" in back.stdout
+    # back on the first model: its saved state of the first turn is restored, and only what
+    # came after it is read
+    third = ask(env, "walk", "and the sky")
+    assert third["restored"] is True
+    assert third["n_eval"] < third["n_prompt"] - first["n_prompt"] // 2, third
+    history = [m["role"] for m in _history(env, "walk")]
+    assert history == ["user", "assistant"] * 3
+    assert runa("models", "use", "first", env=env).stdout.startswith("splinfer already uses")
+
+
+def _history(env: dict[str, str], conversation: str) -> list[dict[str, str]]:
+    config = load_config(Paths.for_stack(env["RUNA_STACK"], env), env)
+    with connect(config, env["RUNA_STACK"]) as bus, \
+            ServiceClient(bus, "splinfer", "test") as client:
+        answer = client.call({"op": "history", "conversation": conversation})
+    return list(answer["messages"])
+
+
+def test_refused_switches_say_why_and_the_model_keeps_serving(
+        two_models: dict[str, str]) -> None:
+    env = two_models
+    unknown = runa("models", "use", "nosuch", env=env)
+    assert unknown.returncode == 66 and "model 'nosuch' not found" in unknown.stderr
+    big = runa("models", "use", "big", env=env)
+    assert big.returncode == 75, big.stderr
+    assert "needs about" in big.stderr and "the memory limit is 160 MiB" in big.stderr
+    assert "components.splinfer.memory_max" in big.stderr
+    assert json.loads(runa("ps", "--json", env=env).stdout)["model"]["name"] == "first"
+    assert ask(env, "still", "hello")["n_gen"] > 0
+    listed = {row["name"]: row for row in json.loads(
+        runa("models", "list", "--json", env=env).stdout)}
+    assert listed["big"]["fits"] is False and "the limit is 160 MiB" in listed["big"]["why"]
+    assert listed["first"]["in_use"] is True and listed["second"]["in_use"] is False

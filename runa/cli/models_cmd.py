@@ -29,6 +29,8 @@ from runa.models import (
     lookup,
     lookup_embedding,
     remove_model,
+    require_chat_model,
+    resolve_model,
     setup_embedding_model,
     setup_model,
 )
@@ -96,6 +98,17 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "running splinfer uses is refused (exit status 75).")
     rm.add_argument("name", help="the model's name, as 'runa models list' shows it")
     rm.set_defaults(func=cmd_rm)
+    use = sub.add_parser(
+        "use", help="switch the running splinfer to another chat model, no restart",
+        description="splinfer loads NAME between answers: conversations keep their history "
+        "and re-read it once under the new model; the model states the old one made are "
+        "kept, and used again when it comes back. Refused, with the running model still "
+        "answering: an unknown name (66), not a chat model (65), answers running (75, ask "
+        "again), a model needing more memory than the limit (75: the numbers and the "
+        "setting, components.splinfer.memory_max). For this run of the stack: set "
+        "splinfer.model to keep it.")
+    use.add_argument("name", help="a name from 'runa models list', or a path")
+    use.set_defaults(func=cmd_use)
     ps = commands.add_parser(
         "ps", help="what splinfer runs: the model, its memory, the conversations, the speed",
         description="Asks the running splinfer: the loaded model and its memory (the "
@@ -266,6 +279,26 @@ def cmd_rm(ctx: CliContext, args: argparse.Namespace) -> int:
     running = Path(status["model"]) if status and status.get("model") else None
     remove_model(entry, running)
     print(f"removed {entry.path}" + ("" if status else f" ({why}: not checked in use)"))
+    return 0
+
+
+def cmd_use(ctx: CliContext, args: argparse.Namespace) -> int:
+    info = require_chat_model(resolve_model(args.name, ctx.paths.models))
+    try:
+        with bus_mod.connect(ctx.config, ctx.stack) as bus, \
+                ServiceClient(bus, "splinfer", "models") as client:
+            client.check_running(grace=0.0)
+            answer = client.call(protocol.request("use_model", model=str(info.path.absolute())),
+                                 idle_timeout=300.0)
+    except (BusNotRunning, ServiceUnavailable):
+        raise StackError("the inference service is not running; start it with "
+                         f"'runa up -d -m {args.name}'") from None
+    if not answer.get("changed"):
+        print(f"splinfer already uses {info.path.name}")
+        return 0
+    print(f"splinfer now answers with {info.path.name} (loaded in {answer['load_ms']:.0f} ms; "
+          f"was {Path(answer['previous']).name}); {answer['states_back']} conversation "
+          "state(s) it made before are back, the others re-read their history once")
     return 0
 
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         embedding_model_path,
     )
     from runa.models.embedding_install import setup_embedding_model
-    from runa.models.errors import ModelNotFoundError
+    from runa.models.errors import ModelError, ModelNotFoundError
     from runa.models.gguf_info import ModelInfo, read_model_info
     from runa.models.install import SetupEvent, setup_model
     from runa.models.library import (
@@ -58,6 +58,7 @@ __all__ = [
     "EmbedderWrapper",
     "LlamaEmbedder",
     "ModelEntry",
+    "ModelError",
     "ModelInfo",
     "ModelNotFoundError",
     "SetupEvent",
@@ -83,7 +84,7 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
         "embedder": ("EMBEDDING_HINT", "Embedder", "EmbedderError", "EmbedderWrapper",
                      "LlamaEmbedder", "embedding_model_path"),
         "embedding_install": ("setup_embedding_model",),
-        "errors": ("ModelNotFoundError",),
+        "errors": ("ModelError", "ModelNotFoundError"),
         "gguf_info": ("ModelInfo", "read_model_info"),
         "install": ("SetupEvent", "setup_model"),
         "library": ("ROLES", "ModelEntry", "add_model", "find_entry", "list_entries",

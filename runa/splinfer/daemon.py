@@ -37,7 +37,7 @@ from runa import registry as registry_mod
 from runa import stackbus as bus_mod
 from runa.config import Config
 from runa.errors import RunaError
-from runa.models import configured_chat_model
+from runa.models import ModelError, configured_chat_model, require_chat_model, resolve_model
 from runa.paths import Paths
 from runa.policy import (
     Action,
@@ -64,11 +64,12 @@ from runa.splinfer.conversations import (
 from runa.splinfer.engine import Engine
 from runa.splinfer.errors import (
     InferenceError,
+    MemoryFitError,
     NoFreeSequenceError,
     PromptTooLongError,
     TemplateError,
 )
-from runa.splinfer.fit import configured_context, configured_limit
+from runa.splinfer.fit import check_fit, configured_context, configured_limit
 from runa.splinfer.generation import Generation, GenerationResult
 from runa.splinfer.hooks import TokenHook
 from runa.splinfer.personas import (
@@ -328,6 +329,8 @@ class Splinfer:
             self._reply_once(request, self.describe())
         elif op == "ps":
             self._reply_once(request, self.ps())
+        elif op == "use_model":
+            self._use_model(request)
         elif op == "personas":
             self._reply_once(request, self._personas())
         elif op == "history":
@@ -417,6 +420,68 @@ class Splinfer:
             "threads": engine.threads_now if engine and loaded else None,
             "conversations": rows, "queued": len(self.pending),
             "tokens_per_s": [round(speed, 2) for speed in self.speeds]}
+
+    def _use_model(self, request: Envelope) -> None:
+        """Switch to another chat model between answers. Every refusal (unknown, not a chat
+        model, too big for the limit, busy, llama.cpp refusing it) leaves the running model
+        serving; conversations keep their histories, and the states each model made wait
+        for it (``ConversationStore.switch_states``)."""
+        name = read(request, "model")
+        engine = self.engine
+        assert engine is not None and self.identity is not None and self._ctx is not None
+        if self.turns or self.pending:
+            self._refuse_use(request, Fault.BACKPRESSURE, f"{len(self.turns)} answer(s) "
+                             f"running and {len(self.pending)} waiting; ask again when they "
+                             "are done", 75)
+            return
+        try:
+            info = require_chat_model(resolve_model(name, self.paths.models))
+            check_fit(info, self.context_params, self._memory_limit())
+        except MemoryFitError as error:
+            self._refuse_use(request, Fault.BAD_SCHEMA, f"{error} The unit's limit is "
+                             "components.splinfer.memory_max (its MemoryMax=); "
+                             "splinfer.memory_max lowers it further.", error.exit_code)
+            return
+        except ModelError as error:
+            self._refuse_use(request, Fault.BAD_SCHEMA, str(error), error.exit_code)
+            return
+        old, old_identity = engine, self.identity
+        if info.path.resolve() == old.info.path.resolve():
+            self._reply_once(request, {"model": str(info.path), "changed": False,
+                                       "states_back": 0})
+            return
+        self._ctx.status(f"switching to {info.path.name}")
+        old.unload()  # resident conversations leave: their states are saved by the old model
+        self.sequences.clear()
+        new = Engine(info, self.context_params, memory_limit=self._memory_limit(),
+                     clock=self.clock, logger=self.logger, on_evict=self._on_evict)
+        try:
+            self.engine = new
+            new.load()
+            self.identity = self._identity(self._ctx)
+        except (InferenceError, OSError) as error:
+            self.engine, self.identity = old, old_identity
+            self._ensure_loaded()
+            self._ctx.status(self._ready())
+            self._refuse_use(request, Fault.INTERNAL_ERROR, f"{info.path}: {error}; still "
+                             f"answering with {old.info.path.name}", 65)
+            return
+        back = self.store.switch_states(old_identity.model, self.identity.model)
+        self.dirty.clear()
+        self.last_used = self.clock()
+        log.event(self.logger, "model_switched", f"switched from {old.info.path} to "
+                  f"{info.path} in {new.load_seconds:.2f} s; {back} saved state(s) of it "
+                  "back", model=str(info.path), states_back=back)
+        self._ctx.status(self._ready())
+        self._reply_once(request, {"model": str(info.path), "changed": True,
+                                   "previous": str(old.info.path), "states_back": back,
+                                   "load_ms": round(new.load_seconds * 1000, 1)})
+
+    def _refuse_use(self, request: Envelope, code: Fault, message: str, exit_code: int) -> None:
+        log.event(self.logger, "model_not_switched", message, level=logging.WARNING)
+        envelope = env_mod.fault(code, message, sender=NAME, to=request.sender, id=request.id)
+        envelope.payload["exit_code"] = exit_code
+        self._send_quietly(request.reply_to or "", envelope)
 
     def _personas(self) -> dict[str, Any]:
         return {"personas": [{"name": p.name, "description": p.description,
