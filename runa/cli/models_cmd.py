@@ -41,8 +41,9 @@ from runa.stackbus import BusNotRunning
 
 SMALL_DEMO = ("The default chat model is a small demo model (SmolLM2-135M-Instruct, 93 MiB): "
               "quick on any machine, but it often gets facts wrong and loses the thread.")
-OWN_GGUF = ("To use your own GGUF chat model: 'runa up -d -m /path/to/model.gguf', or "
-            "set splinfer.model to its path in ~/.config/runa/runa.toml.")
+OWN_GGUF = ("To use your own GGUF chat model: 'runa models add /path/to/model.gguf', then "
+            "'runa models use model' (or 'runa up -d -m model'); splinfer.model in "
+            "~/.config/runa/runa.toml keeps it.")
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -268,8 +269,8 @@ def cmd_add(ctx: CliContext, args: argparse.Namespace) -> int:
           f"{_mib(entry.size)}, context {info.n_ctx_train} tokens, {template}")
     print(f"  {entry.path} (sha256 {entry.sha256})")
     if entry.role == "chat":
-        print(f"  use it: set splinfer.model = \"{entry.name}\" in ~/.config/runa/runa.toml, "
-              f"or 'runa up -d -m {entry.name}'")
+        print(f"  use it now: 'runa models use {entry.name}'; for good: splinfer.model = "
+              f"\"{entry.name}\" in ~/.config/runa/runa.toml")
     return 0
 
 

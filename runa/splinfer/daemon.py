@@ -451,6 +451,7 @@ class Splinfer:
                                        "states_back": 0})
             return
         self._ctx.status(f"switching to {info.path.name}")
+        self._ctx.extend_timeout(60)
         old.unload()  # resident conversations leave: their states are saved by the old model
         self.sequences.clear()
         new = Engine(info, self.context_params, memory_limit=self._memory_limit(),
