@@ -22,12 +22,14 @@ from runa.models import (
     EMBEDDING_CATALOG,
     ROLES,
     ModelEntry,
+    Progress,
     SetupEvent,
     add_model,
     find_entry,
     list_entries,
     lookup,
     lookup_embedding,
+    quantize_model,
     remove_model,
     require_chat_model,
     resolve_model,
@@ -99,6 +101,18 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "running splinfer uses is refused (exit status 75).")
     rm.add_argument("name", help="the model's name, as 'runa models list' shows it")
     rm.set_defaults(func=cmd_rm)
+    quantize = sub.add_parser(
+        "quantize", help="write a smaller copy of a model with llama.cpp's quantizer",
+        description="Quantizes NAME to TYPE (Q4_K_M, Q5_K_M, Q8_0 …: llama.cpp's names) into "
+        "NAME-type.gguf beside it, with progress. llama.cpp's dry run says the size first, "
+        "checked against the free space (exit 74 when it does not fit); the file is written "
+        "under a temporary name and renamed when complete, so Ctrl-C (exit 130) or a full "
+        "disk (74) leaves nothing behind.")
+    quantize.add_argument("name", help="the model, as 'runa models list' shows it")
+    quantize.add_argument("type", metavar="TYPE", help="the quantization, e.g. Q4_K_M")
+    quantize.add_argument("--name", dest="new_name", help="the new model's name "
+                          "(default: NAME-type)")
+    quantize.set_defaults(func=cmd_quantize)
     use = sub.add_parser(
         "use", help="switch the running splinfer to another chat model, no restart",
         description="splinfer loads NAME between answers: conversations keep their history "
@@ -280,6 +294,27 @@ def cmd_rm(ctx: CliContext, args: argparse.Namespace) -> int:
     running = Path(status["model"]) if status and status.get("model") else None
     remove_model(entry, running)
     print(f"removed {entry.path}" + ("" if status else f" ({why}: not checked in use)"))
+    return 0
+
+
+def cmd_quantize(ctx: CliContext, args: argparse.Namespace) -> int:
+    entry = find_entry(args.name, ctx.paths.models)
+    label = f"quantizing {entry.name} to {args.type.upper()}"
+    tty = sys.stderr.isatty()
+
+    def progress(step: Progress) -> None:
+        if tty:
+            end = "\n" if step.done == step.total else ""
+            print(f"\r{label}: tensor {step.done}/{step.total}", end=end, file=sys.stderr,
+                  flush=True)
+        elif step.done == 1:
+            print(f"{label} ({step.total} tensors)", file=sys.stderr, flush=True)
+
+    made = quantize_model(entry, args.type, entry.path.parent, name=args.new_name,
+                          progress=progress)
+    print(f"wrote {made.name}: {made.info.quantization if made.info else '?'}, "
+          f"{_mib(made.size)} (from {_mib(entry.size)})")
+    print(f"  {made.path} (sha256 {made.sha256})")
     return 0
 
 

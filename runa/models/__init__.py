@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         list_entries,
         remove_model,
     )
+    from runa.models.quantize import Progress, quant_types, quantize_model
     from runa.models.resolve import (
         configured_chat_model,
         list_models,
@@ -61,6 +62,7 @@ __all__ = [
     "ModelError",
     "ModelInfo",
     "ModelNotFoundError",
+    "Progress",
     "SetupEvent",
     "add_model",
     "configured_chat_model",
@@ -70,6 +72,8 @@ __all__ = [
     "list_models",
     "lookup",
     "lookup_embedding",
+    "quant_types",
+    "quantize_model",
     "read_model_info",
     "remove_model",
     "require_chat_model",
@@ -89,5 +93,6 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
         "install": ("SetupEvent", "setup_model"),
         "library": ("ROLES", "ModelEntry", "add_model", "find_entry", "list_entries",
                     "remove_model"),
+        "quantize": ("Progress", "quant_types", "quantize_model"),
         "resolve": ("configured_chat_model", "list_models", "require_chat_model", "resolve_model"),
     })

@@ -131,7 +131,8 @@ def _copy(source: Path, target: Path, progress: Callable[[int, int], None]) -> s
     return digest.hexdigest()
 
 
-def _hash(path: Path, progress: Callable[[int, int], None]) -> str:
+def sha256_of(path: Path,
+              progress: Callable[[int, int], None] = lambda done, total: None) -> str:
     digest, done, total = hashlib.sha256(), 0, path.stat().st_size
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -164,7 +165,7 @@ def add_model(source: Path, models_dir: Path, *, name: str | None = None, role: 
     partial = models_dir / f".{stem}.gguf.partial"
     try:
         if link:
-            digest = _hash(source, progress)
+            digest = sha256_of(source, progress)
             os.symlink(source, partial)
         else:
             digest = _copy(source, partial, progress)
