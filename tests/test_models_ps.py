@@ -191,8 +191,16 @@ def _history(env: dict[str, str], conversation: str) -> list[dict[str, str]]:
 
 
 def test_refused_switches_say_why_and_the_model_keeps_serving(
-        two_models: dict[str, str]) -> None:
+        two_models: dict[str, str], tmp_path: Path) -> None:
+    from tieto.tiny_bert import write_tiny_bert
+
+    from runa.models.bert_gguf import convert_bert
+
     env = two_models
+    embedding = tmp_path / "bert.gguf"
+    convert_bert(write_tiny_bert(tmp_path / "bert-source"), embedding)
+    not_chat = runa("models", "use", str(embedding), env=env)
+    assert not_chat.returncode == 65 and "an embedding model (bert)" in not_chat.stderr
     unknown = runa("models", "use", "nosuch", env=env)
     assert unknown.returncode == 66 and "model 'nosuch' not found" in unknown.stderr
     big = runa("models", "use", "big", env=env)
