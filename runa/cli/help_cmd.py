@@ -21,8 +21,8 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Talk with the model", ("chat", "ask", "memory")),
     ("Answer from your documents (tieto, the retrieval service)",
      ("ingest", "recall", "topic")),
-    ("Run and look after Runa", ("up", "down", "status", "models", "config", "policy", "audit",
-                                 "secret", "api-key")),
+    ("Run and look after Runa", ("up", "down", "status", "ps", "models", "config", "policy",
+                                 "audit", "secret", "api-key")),
     ("For operators and developers", ("bus", "units", "daemon")),
     ("Help", ("help",)),
 )

@@ -28,9 +28,18 @@ if TYPE_CHECKING:
         embedding_model_path,
     )
     from runa.models.embedding_install import setup_embedding_model
-    from runa.models.errors import ModelNotFoundError
+    from runa.models.errors import ModelError, ModelNotFoundError
     from runa.models.gguf_info import ModelInfo, read_model_info
     from runa.models.install import SetupEvent, setup_model
+    from runa.models.library import (
+        ROLES,
+        ModelEntry,
+        add_model,
+        find_entry,
+        list_entries,
+        remove_model,
+    )
+    from runa.models.quantize import Progress, quant_types, quantize_model
     from runa.models.resolve import (
         configured_chat_model,
         list_models,
@@ -44,19 +53,29 @@ __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDING_CATALOG",
     "EMBEDDING_HINT",
+    "ROLES",
     "Embedder",
     "EmbedderError",
     "EmbedderWrapper",
     "LlamaEmbedder",
+    "ModelEntry",
+    "ModelError",
     "ModelInfo",
     "ModelNotFoundError",
+    "Progress",
     "SetupEvent",
+    "add_model",
     "configured_chat_model",
     "embedding_model_path",
+    "find_entry",
+    "list_entries",
     "list_models",
     "lookup",
     "lookup_embedding",
+    "quant_types",
+    "quantize_model",
     "read_model_info",
+    "remove_model",
     "require_chat_model",
     "resolve_model",
     "setup_embedding_model",
@@ -69,8 +88,11 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
         "embedder": ("EMBEDDING_HINT", "Embedder", "EmbedderError", "EmbedderWrapper",
                      "LlamaEmbedder", "embedding_model_path"),
         "embedding_install": ("setup_embedding_model",),
-        "errors": ("ModelNotFoundError",),
+        "errors": ("ModelError", "ModelNotFoundError"),
         "gguf_info": ("ModelInfo", "read_model_info"),
         "install": ("SetupEvent", "setup_model"),
+        "library": ("ROLES", "ModelEntry", "add_model", "find_entry", "list_entries",
+                    "remove_model"),
+        "quantize": ("Progress", "quant_types", "quantize_model"),
         "resolve": ("configured_chat_model", "list_models", "require_chat_model", "resolve_model"),
     })

@@ -66,6 +66,9 @@ class ModelInfo:
     """``<arch>.pooling_type``: set (above 0) only by embedding models."""
     causal: bool | None = None
     """``<arch>.attention.causal``: False for encoders, which cannot generate text."""
+    quantization: str = "unknown"
+    """``general.file_type`` by llama.cpp's name (``Q4_K_M``, ``F16``), else the type most
+    of the weights' bytes have."""
 
     def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
         """KV-cache bytes one token of context costs (f16 cache by default)."""
@@ -205,6 +208,7 @@ def _parse(path: Path, buf: mmap.mmap, size: int) -> ModelInfo:
             key = cur.string()
             meta[key] = cur.value(int(cur.take("<I")))
         tensors: list[tuple[str, int, int]] = []
+        by_type: dict[int, int] = {}
         for _ in range(n_tensors):
             name = cur.string()
             n_dims = int(cur.take("<I"))
@@ -214,6 +218,7 @@ def _parse(path: Path, buf: mmap.mmap, size: int) -> ModelInfo:
             ggml_type = int(cur.take("<I"))
             offset = int(cur.take("<Q"))
             tensors.append((name, offset, _tensor_nbytes(ggml_type, dims)))
+            by_type[ggml_type] = by_type.get(ggml_type, 0) + tensors[-1][2]
     except ValueError as e:
         raise CorruptModelError(path, str(e)) from None
 
@@ -228,10 +233,27 @@ def _parse(path: Path, buf: mmap.mmap, size: int) -> ModelInfo:
                 f"tensor {name} needs bytes up to {data_start + offset + nbytes} but the file "
                 f"has {size} (truncated download?)",
             )
-    return _model_info(path, size, meta, len(tensors))
+    return _model_info(path, size, meta, len(tensors), _quantization(meta, by_type))
 
 
-def _model_info(path: Path, size: int, meta: dict[str, object], n_tensors: int) -> ModelInfo:
+def _quantization(meta: dict[str, object], by_type: dict[int, int]) -> str:
+    """The file's quantization as llama.cpp names it (``Q4_K_M``), ``unknown`` if unsaid."""
+    file_type = meta.get(gguf.Keys.General.FILE_TYPE)
+    if isinstance(file_type, int):
+        try:
+            return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+        except ValueError:
+            pass
+    if not by_type:
+        return "unknown"
+    try:
+        return gguf.GGMLQuantizationType(max(by_type, key=by_type.__getitem__)).name
+    except ValueError:
+        return "unknown"
+
+
+def _model_info(path: Path, size: int, meta: dict[str, object], n_tensors: int,
+                quantization: str) -> ModelInfo:
     arch = meta.get(gguf.Keys.General.ARCHITECTURE)
     if not isinstance(arch, str) or not arch:
         raise CorruptModelError(path, "no general.architecture in the metadata")
@@ -288,6 +310,7 @@ def _model_info(path: Path, size: int, meta: dict[str, object], n_tensors: int) 
         tensor_count=n_tensors,
         pooling_type=pooling if isinstance(pooling, int) else None,
         causal=causal if isinstance(causal, bool) else None,
+        quantization=quantization,
     )
 
 

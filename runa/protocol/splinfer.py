@@ -87,6 +87,14 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
     _op("cancel", "end a running or waiting chat",
         Field("target", "string", "the id of the chat", required=True)),
     _op("status", "the model, the context and the queue"),
+    _op("ps", "the loaded model and its memory, the conversations in the context and their "
+        "sizes, threads, the last answers' speed"),
+    _op("use_model", "switch to another chat model without a restart (the stack's owner; on "
+        "a shared stack its administrator)",
+        Field("model", "string", "the chat model", required=True,
+              allowed="a path, a file in a models directory, a catalog name"),
+        checks={"model": lambda value: None if value.strip() else
+                "'model' must name a chat model (see 'runa models list')"}),
     _op("personas", "the personas splinfer knows"),
     _op("history", "a kept conversation's messages",
         replace(_CONVERSATION, required=True),

@@ -19,14 +19,19 @@ from typing import TYPE_CHECKING
 from runa.surface import lazy
 
 if TYPE_CHECKING:
+    from runa.splinfer.fit import configured_context, configured_limit, estimate_memory
     from runa.splinfer.personas import PersonaLibrary, configured_persona, persona_dirs
 
 __all__ = [
     "PersonaLibrary",
+    "configured_context",
+    "configured_limit",
     "configured_persona",
+    "estimate_memory",
     "persona_dirs",
 ]
 if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an error
     __getattr__ = lazy(__name__, {
+        "fit": ("configured_context", "configured_limit", "estimate_memory"),
         "personas": ("PersonaLibrary", "configured_persona", "persona_dirs"),
     })

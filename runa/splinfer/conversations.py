@@ -12,6 +12,9 @@ Under ``<state>/conversations/`` each conversation has
   the history is re-processed. The state files together stay under
   ``splinfer.state_max_mib``; the least recently saved go first. A state file not
   saved for ``splinfer.state_max_age_days`` is dropped as well (0: kept at any age).
+- ``models/<sha256>/<id>.state``: the state another model made, put aside when
+  ``use_model`` switched away from it and brought back when it returns (not counted
+  by the cap).
 
 Every write goes through ``storage.atomic_write`` (temporary file, fsync, rename),
 so a crash or a full disk leaves the previous file in place. Each state file's
@@ -20,8 +23,10 @@ metadata is also published on the bus as ``splinfer:conv:<id>`` (DESIGN §3).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +41,8 @@ from runa.splinfer.statefile import SavedState, StateHeader, StateIdentity
 from runa.splinfer.storage import Writer, atomic_write, remove_temporaries
 
 HISTORY_FORMAT = 1
+#: Where the states another model made wait for it to come back: ``models/<sha256>/<id>.state``.
+MODELS_DIR = "models"
 
 #: ``publish(conversation id, metadata or None to remove)``: the bus mirror of state files.
 MetaPublisher = Callable[[str, dict[str, Any] | None], None]
@@ -304,6 +311,8 @@ class ConversationStore:
         if not history.exists() and not state.exists():
             raise UnknownConversationError(conversation)
         self.drop_state(conversation)
+        for kept in self.root.glob(f"{MODELS_DIR}/*/{check_id(conversation)}.state"):
+            kept.unlink(missing_ok=True)  # the states other models made of it go too
         history.unlink(missing_ok=True)
 
     # -- saved model state ----------------------------------------------------------
@@ -333,6 +342,28 @@ class ConversationStore:
         self.state_path(conversation).unlink(missing_ok=True)
         if self.publish is not None:
             self.publish(conversation, None)
+
+    def switch_states(self, old_model: str, new_model: str) -> int:
+        """The model changes from ``old_model`` to ``new_model`` (sha256s): the states the old
+        one made are put aside under ``models/<old>/``, for when it comes back, and those the
+        new one made before come back into use; how many came back."""
+        aside = self.root / MODELS_DIR / old_model
+        aside.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for path in self.root.glob("*.state"):
+            os.replace(path, aside / path.name)
+            if self.publish is not None:
+                self.publish(path.stem, None)
+        back = self.root / MODELS_DIR / new_model
+        returned = 0
+        for path in sorted(back.glob("*.state")):
+            if self.exists(path.stem):
+                os.replace(path, self.root / path.name)
+                returned += 1
+            else:
+                path.unlink(missing_ok=True)  # forgotten meanwhile
+        with contextlib.suppress(OSError):
+            back.rmdir()
+        return returned
 
     def state_files(self) -> list[StateFile]:
         """Every state file, least recently saved first."""

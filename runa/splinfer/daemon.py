@@ -29,14 +29,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runa import cgroup, log
 from runa import registry as registry_mod
 from runa import stackbus as bus_mod
-from runa.config import Config, parse_size
+from runa.config import Config
 from runa.errors import RunaError
-from runa.models import configured_chat_model
+from runa.models import ModelError, configured_chat_model, require_chat_model, resolve_model
 from runa.paths import Paths
 from runa.policy import (
     Action,
@@ -63,10 +64,12 @@ from runa.splinfer.conversations import (
 from runa.splinfer.engine import Engine
 from runa.splinfer.errors import (
     InferenceError,
+    MemoryFitError,
     NoFreeSequenceError,
     PromptTooLongError,
     TemplateError,
 )
+from runa.splinfer.fit import check_fit, configured_context, configured_limit
 from runa.splinfer.generation import Generation, GenerationResult
 from runa.splinfer.hooks import TokenHook
 from runa.splinfer.personas import (
@@ -98,6 +101,8 @@ UPLOAD_TTL_S = 120.0
 READING_NOTICE_TOKENS = 256
 #: How long the loop waits for the queue while it only waits for slow readers.
 DRAIN_WAIT_S = 0.005
+#: Answers whose speed ``ps`` reports.
+RECENT_SPEEDS = 8
 
 
 def conversation_key(conversation: str) -> str:
@@ -184,16 +189,14 @@ class Splinfer:
         self.whisper: WhisperLink | None = None
         """The line to the semantic tier (tier 2), once the bus is open."""
         self._ctx: ServiceContext | None = None
+        self.speeds: deque[float] = deque(maxlen=RECENT_SPEEDS)
+        """Tokens per second of the last answers' generation, the latest last."""
 
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self, ctx: ServiceContext) -> None:
         self._ctx = ctx
-        self.context_params, _ = parse_params(
-            {k: self.config[f"splinfer.{k}"]
-             for k in ("ctx_size", "threads", "batch_size", "flash_attn", "parallel",
-                       "cache_type_k", "cache_type_v")},
-            source="configuration [splinfer]")
+        self.context_params = configured_context(self.config)
         configured_persona(self.config, self.personas)
         self.policy.start()
         model = configured_chat_model(self.config, self.paths)
@@ -217,7 +220,7 @@ class Splinfer:
         self.store.enforce_cap()
         self.store.republish()
         self.last_used = self.clock()
-        ctx.status(f"ready: {model.path.name}")
+        ctx.status(self._ready())
 
     def _tier2_off(self) -> str:
         """Why tier 2 is off (whisper not registered or disabled), or empty when it is on."""
@@ -253,11 +256,7 @@ class Splinfer:
 
     def _memory_limit(self) -> int | None:
         """The tighter of ``splinfer.memory_max`` and the cgroup's limit (MemoryMax=)."""
-        limits = [self.memory_limit()]
-        if self.config["splinfer.memory_max"]:
-            limits.append(parse_size(self.config["splinfer.memory_max"]))
-        known = [limit for limit in limits if limit is not None]
-        return min(known) if known else None
+        return configured_limit(self.config, self.memory_limit())
 
     def step(self, timeout: float) -> None:
         busy = bool(self.turns or self.inbox)
@@ -328,6 +327,10 @@ class Splinfer:
             self._reply_once(request, self.uploads.add(request, self._upload_limit()))
         elif op == "status":
             self._reply_once(request, self.describe())
+        elif op == "ps":
+            self._reply_once(request, self.ps())
+        elif op == "use_model":
+            self._use_model(request)
         elif op == "personas":
             self._reply_once(request, self._personas())
         elif op == "history":
@@ -381,6 +384,105 @@ class Splinfer:
                 "conversations": {"active": len(self.turns), "resident": len(resident),
                                   "stored": len(self.store.ids()),
                                   "parallel": self.context_params.parallel}}
+
+    def _model_name(self) -> str:
+        return self.engine.info.path.name if self.engine else "no model"
+
+    def _ready(self) -> str:
+        """The health status between answers: the model stays named (``runa status``)."""
+        return f"ready: {self._model_name()}"
+
+    def ps(self) -> dict[str, Any]:
+        """What runs: the model and its memory, the conversations in the context and their
+        sizes in tokens, the threads, the last answers' speed (``runa ps``)."""
+        engine = self.engine
+        loaded = bool(engine and engine.loaded)
+        answering = {t.seq.seq_id: t for t in self.turns.values()}
+        rows = []
+        for turn in self.turns.values():
+            rows.append({"conversation": turn.conv.id if turn.conv else None,
+                         "state": "answering", "tokens": turn.seq.n_past,
+                         "generated": turn.gen.n_generated if turn.gen else 0})
+        for seq in engine.residents if engine and loaded else []:
+            if seq.owner and seq.seq_id not in answering:
+                rows.append({"conversation": seq.owner, "state": "idle",
+                             "tokens": seq.n_past, "generated": 0})
+        info = engine.info if engine else None
+        return {
+            "model": None if info is None else {
+                "path": str(info.path), "name": info.path.stem, "bytes": info.file_size,
+                "architecture": info.architecture, "quantization": info.quantization},
+            "loaded": loaded, "rss_bytes": own_rss(),
+            "estimate_bytes": engine.estimate.total if engine and engine.estimate else None,
+            "memory_limit": engine.memory_limit if engine else None,
+            "n_ctx": engine.n_ctx if engine else None,
+            "parallel": self.context_params.parallel,
+            "threads": engine.threads_now if engine and loaded else None,
+            "conversations": rows, "queued": len(self.pending),
+            "tokens_per_s": [round(speed, 2) for speed in self.speeds]}
+
+    def _use_model(self, request: Envelope) -> None:
+        """Switch to another chat model between answers. Every refusal (unknown, not a chat
+        model, too big for the limit, busy, llama.cpp refusing it) leaves the running model
+        serving; conversations keep their histories, and the states each model made wait
+        for it (``ConversationStore.switch_states``)."""
+        name = read(request, "model")
+        engine = self.engine
+        assert engine is not None and self.identity is not None and self._ctx is not None
+        if self.turns or self.pending:
+            self._refuse_use(request, Fault.BACKPRESSURE, f"{len(self.turns)} answer(s) "
+                             f"running and {len(self.pending)} waiting; ask again when they "
+                             "are done", 75)
+            return
+        try:
+            info = require_chat_model(resolve_model(name, self.paths.models))
+            check_fit(info, self.context_params, self._memory_limit())
+        except MemoryFitError as error:
+            self._refuse_use(request, Fault.BAD_SCHEMA, f"{error} The unit's limit is "
+                             "components.splinfer.memory_max (its MemoryMax=); "
+                             "splinfer.memory_max lowers it further.", error.exit_code)
+            return
+        except ModelError as error:
+            self._refuse_use(request, Fault.BAD_SCHEMA, str(error), error.exit_code)
+            return
+        old, old_identity = engine, self.identity
+        if info.path.resolve() == old.info.path.resolve():
+            self._reply_once(request, {"model": str(info.path), "changed": False,
+                                       "states_back": 0})
+            return
+        self._ctx.status(f"switching to {info.path.name}")
+        self._ctx.extend_timeout(60)
+        old.unload()  # resident conversations leave: their states are saved by the old model
+        self.sequences.clear()
+        new = Engine(info, self.context_params, memory_limit=self._memory_limit(),
+                     clock=self.clock, logger=self.logger, on_evict=self._on_evict)
+        try:
+            self.engine = new
+            new.load()
+            self.identity = self._identity(self._ctx)
+        except (InferenceError, OSError) as error:
+            self.engine, self.identity = old, old_identity
+            self._ensure_loaded()
+            self._ctx.status(self._ready())
+            self._refuse_use(request, Fault.INTERNAL_ERROR, f"{info.path}: {error}; still "
+                             f"answering with {old.info.path.name}", 65)
+            return
+        back = self.store.switch_states(old_identity.model, self.identity.model)
+        self.dirty.clear()
+        self.last_used = self.clock()
+        log.event(self.logger, "model_switched", f"switched from {old.info.path} to "
+                  f"{info.path} in {new.load_seconds:.2f} s; {back} saved state(s) of it "
+                  "back", model=str(info.path), states_back=back)
+        self._ctx.status(self._ready())
+        self._reply_once(request, {"model": str(info.path), "changed": True,
+                                   "previous": str(old.info.path), "states_back": back,
+                                   "load_ms": round(new.load_seconds * 1000, 1)})
+
+    def _refuse_use(self, request: Envelope, code: Fault, message: str, exit_code: int) -> None:
+        log.event(self.logger, "model_not_switched", message, level=logging.WARNING)
+        envelope = env_mod.fault(code, message, sender=NAME, to=request.sender, id=request.id)
+        envelope.payload["exit_code"] = exit_code
+        self._send_quietly(request.reply_to or "", envelope)
 
     def _personas(self) -> dict[str, Any]:
         return {"personas": [{"name": p.name, "description": p.description,
@@ -522,7 +624,7 @@ class Splinfer:
             if turn.conv is not None:
                 active.add(turn.conv.id)
             assert self._ctx is not None
-            self._ctx.status(f"answering {len(self.turns)}")
+            self._ctx.status(f"answering {len(self.turns)}: {self._model_name()}")
 
     def _begin(self, chat: ChatRequest) -> _Turn | None:
         """Build the prompt, find (or restore) the sequence, start decoding; None if the
@@ -812,8 +914,10 @@ class Splinfer:
                   finish=result.finish_reason, conversation=conv.id if conv else "")
         self.draining.append(turn)
         self.last_used = self.clock()
+        if result.gen_seconds > 0:
+            self.speeds.append(result.gen_tok_s)
         if not self.turns and self._ctx is not None:
-            self._ctx.status("ready")
+            self._ctx.status(self._ready())
 
     def _record(self, turn: _Turn, conv: Conversation, result: GenerationResult) -> None:
         assert self.engine is not None and self.identity is not None and turn.plan is not None
@@ -957,6 +1061,17 @@ class Splinfer:
             self.bus.sender(channel, stats=self.stats).send(envelope)  # type: ignore[union-attr]
         except SplinterError as error:
             self.logger.info("could not answer on %s: %s", channel, error)
+
+
+def own_rss(status: Path = Path("/proc/self/status")) -> int | None:
+    """This process's resident memory in bytes (``VmRSS``), None where /proc cannot say."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _message(error: Exception) -> str:

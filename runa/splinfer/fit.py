@@ -25,12 +25,32 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from runa.config import Config, parse_size
 from runa.models import ModelInfo
-from runa.protocol.params import CACHE_TYPES, ContextParams
+from runa.protocol.params import CACHE_TYPES, ContextParams, parse_params
 from runa.splinfer.errors import MemoryFitError
 
 MIB = 1 << 20
 DEFAULT_RUNTIME_OVERHEAD = 64 * MIB
+#: The [splinfer] settings fixed when the model loads.
+CONTEXT_SETTINGS = ("ctx_size", "threads", "batch_size", "flash_attn", "parallel",
+                    "cache_type_k", "cache_type_v")
+
+
+def configured_context(config: Config) -> ContextParams:
+    """The context splinfer loads a model with, from the [splinfer] settings."""
+    params, _ = parse_params({k: config[f"splinfer.{k}"] for k in CONTEXT_SETTINGS},
+                             source="configuration [splinfer]")
+    return params
+
+
+def configured_limit(config: Config, unit_limit: int | None) -> int | None:
+    """The tighter of ``splinfer.memory_max`` and the unit's ``MemoryMax=`` (None: no limit)."""
+    limits = [unit_limit]
+    if config["splinfer.memory_max"]:
+        limits.append(parse_size(config["splinfer.memory_max"]))
+    known = [limit for limit in limits if limit is not None]
+    return min(known) if known else None
 
 
 @dataclass(frozen=True)

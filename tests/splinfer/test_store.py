@@ -236,3 +236,23 @@ def test_a_second_listing_reads_only_the_histories_that_changed(tmp_path: Path) 
     assert reader.read == ["b2.json"]  # only the history that was written again
     assert sorted(listed) == ["a1", "b2"] and listed["b2"].messages == 2
     assert listed["a1"].state_bytes == store.state_path("a1").stat().st_size
+
+
+def test_each_models_states_wait_for_it_and_go_with_a_forgotten_conversation(
+        tmp_path: Path) -> None:
+    other = StateIdentity(model="o" * 64, llama=ME.llama, kv=ME.kv)
+    store = store_at(tmp_path)
+    for name in ("kept", "dropped"):
+        store.save(store.new(name, "calm"))
+        store.save_state(name, ME, [1, 2], memoryview(b"m" * 64))
+    assert store.switch_states(ME.model, other.model) == 0  # nothing the other model made
+    assert store.state_files() == []
+    with pytest.raises(statefile.StateError):
+        store.load_state("kept", other)
+    store.save_state("kept", other, [7], memoryview(b"o" * 64))
+    store.forget("dropped")
+    assert store.switch_states(other.model, ME.model) == 1  # only 'kept': 'dropped' is gone
+    assert store.load_state("kept", ME).tokens == [1, 2]
+    assert store.switch_states(ME.model, other.model) == 1
+    assert store.load_state("kept", other).tokens == [7]
+    assert not list(tmp_path.glob("models/*/dropped.state"))
