@@ -284,6 +284,10 @@ class AlethiaDaemon:
     def _index_step(self) -> None:
         """One step of the index's work: build, or embed one small batch."""
         assert self.searching is not None and self.store is not None
+        if self._held:  # written here, not by the step's reads: a failed write is settled
+            self._commit()
+            if self.store is None or self.searching is None:
+                return
         searching = self.searching
         try:
             if searching.building:

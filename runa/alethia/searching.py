@@ -37,6 +37,10 @@ BUILD_ROWS = 1024
 #: answers that the index is not ready (a store of some hundred thousand records is built
 #: within it).
 SEARCH_BUILD_S = 1.0
+#: How long a search embeds records not yet embedded (the newest first) before it answers
+#: from what is indexed; the idle loop embeds the rest. After a large ingest thousands wait:
+#: neither the answer nor the daemon's watchdog may wait for all of them.
+SEARCH_EMBED_S = 1.0
 #: Characters of a text the embedder is given at most (it reads ``max_tokens`` word-pieces;
 #: a word-piece is at least one character, so no more is ever needed).
 EMBED_CHARS_PER_TOKEN = 8
@@ -156,7 +160,8 @@ class Searching:
             raise SearchUnavailable(f"the search index is still being built "
                                     f"({len(self.recall.index)} records so far); ask again "
                                     f"shortly")
-        while self.fresh:
+        deadline = self._clock() + SEARCH_EMBED_S
+        while (self.fresh or self.backlog) and self._clock() < deadline:
             self.idle(store)
         vector = self.embedder.embed([fit(self.embedder, query)])[0]
         # a record is filed under the day it was written, which may differ from its own

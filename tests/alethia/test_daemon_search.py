@@ -248,6 +248,35 @@ def test_an_append_written_by_the_index_catch_up_is_answered_then(tmp_path: Path
         gated.gate.set()
         late.join(15)
         assert answered, "the late append was written by the catch-up but never answered"
-        assert alethia.call("status")["indexed"] == EMBED_BATCH + 2
+        wait_for(lambda: alethia.call("status")["indexed"] == EMBED_BATCH + 2, 10,
+                 "every record embedded")
+    finally:
+        alethia.close()
+
+
+class SlowEmbedder(FakeEmbedder):
+    """0.3 s a batch, as a real model on a busy machine."""
+
+    def __init__(self) -> None:
+        super().__init__(dim=64)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        time.sleep(0.3)
+        return super().embed(texts)
+
+
+def test_a_search_after_a_large_ingest_answers_without_embedding_it_all(
+        tmp_path: Path) -> None:
+    """200 passages are 25 batches, 7.5 s of embedding: a search embeds for at most a
+    second, answers from what is indexed, and the rest follows in the background."""
+    alethia = Alethia(tmp_path, real_store, embedder=lambda _config, _paths: SlowEmbedder())
+    try:
+        alethia.call("ingest", passages=[passage("big.md", n, f"passage number {n}")
+                                         for n in range(200)])
+        started = time.monotonic()
+        alethia.call("search", query="passage number 7", k=1)
+        assert time.monotonic() - started < 4.0
+        assert alethia.call("status")["indexed"] < 200
+        wait_for(lambda: alethia.call("status")["indexed"] == 200, 30, "the rest embedded")
     finally:
         alethia.close()
