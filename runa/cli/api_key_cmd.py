@@ -23,8 +23,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     actions.add_parser("show", help="print the key (made now if there is none)",
                        description="Print the API key on standard output. " + EXIT_TEXT)
     actions.add_parser("rotate", help="replace the key with a new one and print it",
-                       description="Make a new API key and print it; the old one is refused "
-                       "from the next request on. " + EXIT_TEXT)
+                       description="Make a new API key and print it; a running threadwell "
+                       "refuses the old one within seconds (it asks the vault again before it "
+                       "trusts a key held longer than that). " + EXIT_TEXT)
     parser.set_defaults(func=cmd_api_key)
 
 

@@ -41,7 +41,8 @@ def fetch(client: SecretsClient) -> str:
 
 
 def rotate(client: SecretsClient) -> str:
-    """A new key in coven (the old one stops working at once); its text."""
+    """A new key in coven; its text. A running threadwell refuses the old one within
+    ``REFRESH_S`` (it asks coven again before it trusts a key held longer)."""
     raw = sodium.new_key()
     try:
         client.call("set", name=SECRET, value=raw).wipe()
@@ -52,7 +53,8 @@ def rotate(client: SecretsClient) -> str:
 
 class KeyHolder:
     """The key the daemon compares with: asked of ``load`` at start, and again (at most every
-    ``REFRESH_S``) when a request brings another one, which is how a rotation arrives."""
+    ``REFRESH_S``) when a request brings another one or the one held is older than that, so
+    a rotation takes effect within ``REFRESH_S`` whichever key the next client brings."""
 
     def __init__(self, load: Callable[[], str], clock: Callable[[], float] = time.monotonic
                  ) -> None:
@@ -64,6 +66,11 @@ class KeyHolder:
 
     def current(self) -> bytes:
         return self._key
+
+    def recent(self) -> bool:
+        """Whether the key was asked of coven within ``REFRESH_S`` (else a rotation may have
+        replaced it: ask again before trusting it)."""
+        return self._clock() - self._loaded_at < REFRESH_S
 
     def refreshed(self) -> bytes:
         """The key, asked again if the last ask is older than ``REFRESH_S``."""

@@ -42,6 +42,8 @@ _PIECE, _ERROR, _END = "piece", "error", "end"
 class Keys(Protocol):
     def current(self) -> bytes: ...
 
+    def recent(self) -> bool: ...
+
     def refreshed(self) -> bytes: ...
 
 
@@ -119,12 +121,15 @@ class Api:
 
     async def authorize(self, request: Request) -> None:
         """The bearer key, compared in constant time; nothing about the key is told. A key
-        that differs from the one held makes it ask coven again (a rotation), at most every
-        few seconds (``apikey.REFRESH_S``)."""
+        that differs from the one held, or a held key older than ``apikey.REFRESH_S``, makes
+        it ask coven again (at most that often), so a rotated-out key stops working within
+        seconds even if nobody uses the new one."""
         scheme, _, text = request.headers.get("authorization", "").partition(" ")
         given = text.strip().encode()
+        held = (self.keys.current() if self.keys.recent()
+                else await self._blocking(self.keys.refreshed))
         if scheme.lower() != "bearer" or not (
-                hmac.compare_digest(given, self.keys.current())
+                hmac.compare_digest(given, held)
                 or hmac.compare_digest(given, await self._blocking(self.keys.refreshed))):
             raise ApiError(401, "a missing or wrong API key (the key is shown by "
                            "'runa api-key show')", code="invalid_api_key")

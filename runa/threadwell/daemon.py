@@ -20,6 +20,7 @@ import uvicorn
 from runa import activation, log
 from runa import stackbus as bus_mod
 from runa.config import Config
+from runa.crypto.process import Prctl, libc_prctl, undumpable
 from runa.crypto.sealed import BusKey, key_path
 from runa.paths import Paths
 from runa.secret_client import SecretFault, SecretsClient
@@ -40,8 +41,10 @@ class Threadwell:
 
     def __init__(self, config: Config, stack: str, logger: logging.Logger, *,
                  backend: Backend | None = None, key_loader: Callable[[], str] | None = None,
-                 sockets: Callable[[], list[socket.socket]] | None = None) -> None:
+                 sockets: Callable[[], list[socket.socket]] | None = None,
+                 prctl: Prctl = libc_prctl) -> None:
         self.config = config
+        self._prctl = prctl
         self.stack = stack
         self.logger = logger
         self._backend = backend
@@ -56,6 +59,7 @@ class Threadwell:
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self, ctx: ServiceContext) -> None:
+        undumpable(self._prctl)  # before the API key or anyone's prompt is in memory
         sockets = (self._sockets or self._default_sockets)()
         if self._backend is None:
             self._backend = BusBackend(lambda: bus_mod.connect(self.config, self.stack),

@@ -33,9 +33,13 @@ class Keys:
     def __init__(self) -> None:
         self.held = self.stored = KEY.encode()
         self.refreshes = 0
+        self.fresh = True  # asked of coven within apikey.REFRESH_S
 
     def current(self) -> bytes:
         return self.held
+
+    def recent(self) -> bool:
+        return self.fresh
 
     def refreshed(self) -> bytes:
         self.refreshes += 1
@@ -189,6 +193,17 @@ def test_a_wrong_key_asks_for_the_key_again_so_a_rotated_one_works(api) -> None:
     assert keys.refreshes == 1
     assert post(f"{url}/chat/completions", chat_body(), key="runa-rotated")[0] == 200
     assert post(f"{url}/chat/completions", chat_body(), key=KEY)[0] == 401
+
+
+def test_after_a_rotation_the_old_key_is_refused_once_the_held_one_is_stale(api) -> None:
+    """Nobody needs to use the new key first: a key held longer than apikey.REFRESH_S is
+    asked of coven again before it lets a request in."""
+    url, _, keys = api
+    keys.stored = b"runa-rotated"  # `runa api-key rotate` because the old one leaked
+    assert post(f"{url}/chat/completions", chat_body(), key=KEY)[0] == 200  # still fresh
+    keys.fresh = False
+    assert post(f"{url}/chat/completions", chat_body(), key=KEY)[0] == 401
+    assert keys.refreshes >= 1
 
 
 @pytest.mark.parametrize(("body", "status", "param", "code"), [
