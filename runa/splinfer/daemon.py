@@ -240,6 +240,7 @@ class Splinfer:
         last = [self.clock()]
 
         def progress() -> None:
+            ctx.keepalive()  # hashing a large model (at start, or `models use`) takes long
             if self.clock() - last[0] > 5:
                 last[0] = self.clock()
                 ctx.extend_timeout(30)
@@ -458,7 +459,9 @@ class Splinfer:
                      clock=self.clock, logger=self.logger, on_evict=self._on_evict)
         try:
             self.engine = new
+            self._ctx.keepalive()  # the loop is held up by the load and the model's hash
             new.load()
+            self._ctx.keepalive()
             self.identity = self._identity(self._ctx)
         except (InferenceError, OSError) as error:
             self.engine, self.identity = old, old_identity
