@@ -41,6 +41,9 @@ SEARCH_BUILD_S = 1.0
 #: from what is indexed; the idle loop embeds the rest. After a large ingest thousands wait:
 #: neither the answer nor the daemon's watchdog may wait for all of them.
 SEARCH_EMBED_S = 1.0
+#: Characters of a document's source and title in a match (the excerpts are cut to fit the
+#: envelope; these are not, so they are bounded here).
+NAME_CHARS = 300
 #: Characters of a text the embedder is given at most (it reads ``max_tokens`` word-pieces;
 #: a word-piece is at least one character, so no more is ever needed).
 EMBED_CHARS_PER_TOKEN = 8
@@ -76,6 +79,9 @@ class Searching:
         self.backlog: dict[str, None] = {}  # found without a vector at start
         self._finding: Iterator[list[str]] | None = None  # what has no vector, in pieces
         self._caught_up = False
+        # embedded while the look for what has no vector runs (a search between its steps):
+        # its pieces were read before, and must not queue them again
+        self._added_while_finding: set[str] = set()
 
     @property
     def building(self) -> bool:
@@ -111,8 +117,11 @@ class Searching:
                 chunk = next(self._finding, None)
                 if chunk is None:
                     self._caught_up, self._finding = True, None
+                    self._added_while_finding.clear()
                     break
-                self.backlog.update(dict.fromkeys(i for i in chunk if i not in self.fresh))
+                self.backlog.update(dict.fromkeys(
+                    i for i in chunk
+                    if i not in self.fresh and i not in self._added_while_finding))
             return True
         return bool(self.fresh or self.backlog)
 
@@ -141,6 +150,8 @@ class Searching:
             texts.append(fit(self.embedder, text_of(record)))
         if kept:
             self.recall.add(kept, hashes, self.embedder.embed(texts))
+            if self._finding is not None:
+                self._added_while_finding.update(kept)
         return len(kept)
 
     def forget(self, ids: Sequence[str]) -> None:
@@ -195,7 +206,8 @@ def match(record: Record, score: float) -> dict[str, Any]:
         "id": entry.id, "score": round(float(score), 6), "time": entry.time,
         "kind": entry.kind, "conversation": entry.conversation, "persona": entry.persona}
     if entry.kind == "document":
-        item.update(source=body.get("source"), title=body.get("title"),
+        item.update(source=str(body.get("source") or "")[:NAME_CHARS],
+                    title=str(body.get("title") or "")[:NAME_CHARS],
                     passage=body.get("passage"), text=str(body.get("text") or ""))
     else:
         item["text"] = f"{body.get('user') or ''}\n{body.get('answer') or ''}"
