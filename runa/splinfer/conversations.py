@@ -376,11 +376,43 @@ class ConversationStore:
             found.append(StateFile(path.stem, path, st.st_size, st.st_mtime))
         return sorted(found, key=lambda f: (f.mtime, f.conversation))
 
+    def set_aside_files(self) -> list[StateFile]:
+        """The states other models made, waiting under ``models/`` for them to come back;
+        least recently saved first."""
+        found = []
+        for path in self.root.glob(f"{MODELS_DIR}/*/*.state"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            found.append(StateFile(path.stem, path, st.st_size, st.st_mtime))
+        return sorted(found, key=lambda f: (f.mtime, f.conversation))
+
+    def _trim_set_aside(self, room: int) -> int:
+        """Delete other models' states past the age limit, then the oldest of them until at
+        most ``room`` bytes are left to them (they count against the same limits as the
+        states in use, and go first); the bytes they still take."""
+        aside = self.set_aside_files()
+        cutoff = (self.clock() - self.max_state_age_s if self.max_state_age_s > 0
+                  else float("-inf"))
+        total = sum(f.size for f in aside)
+        for f in aside:
+            if f.mtime >= cutoff and total <= room:
+                continue
+            f.path.unlink(missing_ok=True)
+            total -= f.size
+            log.event(self.log, "state_dropped", f"dropped a saved state of {f.conversation} "
+                      "kept for another model (age or size limit)", conversation=f.conversation)
+        return total
+
     def enforce_cap(self) -> list[str]:
         """Delete states older than ``max_state_age_s``, then the least recently saved
-        until they fit ``max_state_bytes``."""
+        until they fit ``max_state_bytes``. Other models' states (``models/``) count too,
+        and go first."""
         files = self.state_files()
         dropped = []
+        in_use = sum(f.size for f in files)
+        aside = self._trim_set_aside(max(0, self.max_state_bytes - in_use))
         if self.max_state_age_s > 0:
             cutoff = self.clock() - self.max_state_age_s
             for f in [f for f in files if f.mtime < cutoff]:
@@ -390,7 +422,7 @@ class ConversationStore:
                           f"dropped the saved state of {f.conversation}: not used for "
                           f"{self.max_state_age_s / 86400:g} days", conversation=f.conversation)
             files = [f for f in files if f.conversation not in dropped]
-        total = sum(f.size for f in files)
+        total = sum(f.size for f in files) + aside
         for f in files:
             if total <= self.max_state_bytes:
                 break

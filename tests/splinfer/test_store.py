@@ -256,3 +256,30 @@ def test_each_models_states_wait_for_it_and_go_with_a_forgotten_conversation(
     assert store.switch_states(ME.model, other.model) == 1
     assert store.load_state("kept", other).tokens == [7]
     assert not list(tmp_path.glob("models/*/dropped.state"))
+
+
+def test_states_kept_for_another_model_count_against_the_limits_and_go_first(
+        tmp_path: Path) -> None:
+    """A person's `splinfer.state_max_mib` and age limit hold for every saved state,
+    whichever model made it."""
+    other = StateIdentity(model="o" * 64, llama=ME.llama, kv=ME.kv)
+    clock = ticking_clock()
+    store = store_at(tmp_path, cap=5 * MIB, clock=clock, max_state_age_s=7 * 86400)
+    blob = memoryview(b"\x07" * (2 * MIB))
+    for name in ("aside-old", "aside-new"):
+        store.save(store.new(name, "calm"))
+        store.save_state(name, ME, [1], blob)
+    store.switch_states(ME.model, other.model)  # both now wait for ME's model
+    stale = clock.now() - 8 * 86400
+    aside_old = next(tmp_path.glob("models/*/aside-old.state"))
+    os.utime(aside_old, (stale, stale))
+    store.save(store.new("current", "calm"))
+    store.save_state("current", other, [1], blob)
+    store.enforce_cap()
+    assert not aside_old.exists()  # past the age limit
+    assert [f.conversation for f in store.set_aside_files()] == ["aside-new"]
+    store.save(store.new("current2", "calm"))
+    store.save_state("current2", other, [1], blob)  # 3 x 2 MiB > 5 MiB: the one aside goes
+    store.enforce_cap()
+    assert store.set_aside_files() == []
+    assert sorted(f.conversation for f in store.state_files()) == ["current", "current2"]
