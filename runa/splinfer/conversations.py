@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -353,17 +354,37 @@ class ConversationStore:
             os.replace(path, aside / path.name)
             if self.publish is not None:
                 self.publish(path.stem, None)
-        back = self.root / MODELS_DIR / new_model
+        return self._bring_back(new_model)
+
+    def _bring_back(self, model: str) -> int:
+        """The states ``model`` made, put aside before, in use again (a conversation's state
+        in use stays); how many came back."""
+        back = self.root / MODELS_DIR / model
         returned = 0
         for path in sorted(back.glob("*.state")):
-            if self.exists(path.stem):
+            if self.exists(path.stem) and not (self.root / path.name).exists():
                 os.replace(path, self.root / path.name)
                 returned += 1
             else:
-                path.unlink(missing_ok=True)  # forgotten meanwhile
+                path.unlink(missing_ok=True)  # forgotten meanwhile, or saved again since
         with contextlib.suppress(OSError):
             back.rmdir()
         return returned
+
+    def settle_states(self, model: str) -> int:
+        """At start, under ``model`` (a sha256): the states in use that another model made
+        (the stack ran another one, `runa models use`, before it stopped) are put aside for
+        that model, and ``model``'s own states come back; how many came back."""
+        for path in self.root.glob("*.state"):
+            try:
+                header, _ = statefile.read_header(path)
+            except statefile.StateError:
+                continue  # unreadable: loading it later says so and drops it
+            if header.model != model and re.fullmatch(r"[0-9A-Za-z]{1,128}", header.model):
+                aside = self.root / MODELS_DIR / header.model
+                aside.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.replace(path, aside / path.name)
+        return self._bring_back(model)
 
     def state_files(self) -> list[StateFile]:
         """Every state file, least recently saved first."""

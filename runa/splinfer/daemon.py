@@ -217,6 +217,7 @@ class Splinfer:
             log.event(self.logger, "tier2_off", f"the semantic tier is off: {self.whisper.off}")
         self.identity = self._identity(ctx)
         self.store.open()
+        self.store.settle_states(self.identity.model)  # after `models use`, a restart
         self.store.enforce_cap()
         self.store.republish()
         self.last_used = self.clock()

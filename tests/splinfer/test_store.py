@@ -283,3 +283,19 @@ def test_states_kept_for_another_model_count_against_the_limits_and_go_first(
     store.enforce_cap()
     assert store.set_aside_files() == []
     assert sorted(f.conversation for f in store.state_files()) == ["current", "current2"]
+
+
+def test_at_start_each_models_states_are_settled(tmp_path: Path) -> None:
+    """`models use B`, then a restart on `splinfer.model` A: B's states in use go aside for
+    B, A's come back."""
+    b = StateIdentity(model="b" * 64, llama=ME.llama, kv=ME.kv)
+    store = store_at(tmp_path)
+    store.save(store.new("talk", "calm"))
+    store.save_state("talk", ME, [1, 2], memoryview(b"a" * 64))
+    store.switch_states(ME.model, b.model)  # `runa models use B`
+    store.save_state("talk", b, [9], memoryview(b"b" * 64))
+    restarted = store_at(tmp_path)
+    assert restarted.settle_states(ME.model) == 1
+    assert restarted.load_state("talk", ME).tokens == [1, 2]
+    assert restarted.settle_states(b.model) == 1  # and the other way round
+    assert restarted.load_state("talk", b).tokens == [9]
