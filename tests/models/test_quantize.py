@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from support import isolated_env, runa
 
 from runa.models.errors import ModelError, ModelSpaceError
 from runa.models.library import add_model, read_entry, sidecar
 from runa.models.quantize import Progress, quantize_model
+from runa.paths import Paths
 from runa.testing.tiny_gguf import write_tiny_gguf
 
 
@@ -68,3 +73,27 @@ def test_a_disk_that_fills_while_writing_leaves_nothing(f32_model: Path,
                        free_space=lambda directory: 1 << 40)
     assert err.value.exit_code == 74
     assert list(tiny_tmpfs.iterdir()) == []
+
+
+def test_a_real_ctrl_c_leaves_only_the_model_it_started_from(tmp_path: Path) -> None:
+    """SIGINT to `runa models quantize` while llama.cpp writes: exit 130, nothing half
+    written beside the source."""
+    env = isolated_env(tmp_path)
+    models = Paths.for_stack(env["RUNA_STACK"], env).models[0]
+    source = write_tiny_gguf(tmp_path / "big.gguf", n_embd=1024, n_ff=4096,
+                             n_layer=8)  # ~400 MB of F32: seconds to quantize
+    assert runa("models", "add", str(source), "--name", "big", env=env).returncode == 0
+    before = sorted(p.name for p in models.iterdir())
+    child = subprocess.Popen([sys.executable, "-m", "runa", "models", "quantize", "big",
+                              "Q8_0"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stderr is not None
+        started = child.stderr.readline()  # "quantizing big to Q8_0 (N tensors)"
+        assert "quantizing big" in started, started
+        child.send_signal(signal.SIGINT)
+        assert child.wait(60) == 130
+    finally:
+        child.kill()
+        child.wait()
+    assert sorted(p.name for p in models.iterdir()) == before
