@@ -19,7 +19,7 @@ from runa.alethia.recall import Recall, RecallStore, text_of
 from runa.alethia.store import Keys, Record, UnknownRecord, day_of
 from runa.config import Config
 from runa.errors import RunaError
-from runa.models import Embedder, LlamaEmbedder, embedding_model_path
+from runa.models import Embedder, configured_embedder
 from runa.paths import Paths
 from runa.protocol import memory
 
@@ -62,9 +62,7 @@ class ModelNotFound(SearchUnavailable):
 
 def load_embedder(config: Config, paths: Paths) -> Embedder:
     """The configured embedding model (a RunaError saying what to do when it is missing)."""
-    path = embedding_model_path(config["alethia.embedding_model"], tuple(paths.models),
-                                "alethia.embedding_model")
-    return LlamaEmbedder(path, threads=config["alethia.threads"])
+    return configured_embedder(config, paths.models, "alethia")
 
 
 class Searching:

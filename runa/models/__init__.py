@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         EmbedderError,
         EmbedderWrapper,
         LlamaEmbedder,
+        configured_embedder,
         embedding_model_path,
     )
     from runa.models.embedding_install import setup_embedding_model
@@ -66,6 +67,7 @@ __all__ = [
     "SetupEvent",
     "add_model",
     "configured_chat_model",
+    "configured_embedder",
     "embedding_model_path",
     "find_entry",
     "list_entries",
@@ -86,7 +88,7 @@ if not TYPE_CHECKING:  # mypy reads the imports above; an unknown name stays an 
         "catalog": ("CATALOG", "DEFAULT_EMBEDDING_MODEL", "DEFAULT_MODEL", "EMBEDDING_CATALOG",
                     "lookup", "lookup_embedding"),
         "embedder": ("EMBEDDING_HINT", "Embedder", "EmbedderError", "EmbedderWrapper",
-                     "LlamaEmbedder", "embedding_model_path"),
+                     "LlamaEmbedder", "configured_embedder", "embedding_model_path"),
         "embedding_install": ("setup_embedding_model",),
         "errors": ("ModelError", "ModelNotFoundError"),
         "gguf_info": ("ModelInfo", "read_model_info"),

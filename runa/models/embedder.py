@@ -10,7 +10,7 @@ one loaded model for every request.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -148,3 +148,12 @@ def embedding_model_path(name: str, model_dirs: Sequence[Path],
     except ModelNotFoundError as e:
         raise ModelNotFoundError(name, e.searched,
                                  EMBEDDING_HINT.format(setting=setting)) from None
+
+
+def configured_embedder(config: Mapping[str, Any], model_dirs: Sequence[Path],
+                        component: str) -> LlamaEmbedder:
+    """The embedding model a component's settings choose (``<component>.embedding_model``,
+    ``<component>.threads``): ModelNotFoundError or EmbedderError saying what to do."""
+    setting = f"{component}.embedding_model"
+    path = embedding_model_path(config[setting], tuple(model_dirs), setting)
+    return LlamaEmbedder(path, threads=config[f"{component}.threads"])

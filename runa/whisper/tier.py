@@ -14,7 +14,7 @@ from pathlib import Path
 from runa import log
 from runa.config import Config
 from runa.errors import RunaError
-from runa.models import Embedder, LlamaEmbedder, embedding_model_path
+from runa.models import Embedder, configured_embedder
 from runa.paths import Paths
 from runa.policy import Matrix, PolicyLibrary
 from runa.policy.tier2 import Classifier, Judgement, SemanticTier, packaged_weights
@@ -28,9 +28,7 @@ def weights_path(config: Config) -> Path:
 
 def load_embedder(config: Config, paths: Paths) -> Embedder:
     """The configured embedding model (ModelNotFoundError or EmbedderError saying what to do)."""
-    path = embedding_model_path(config["whisper.embedding_model"], tuple(paths.models),
-                                "whisper.embedding_model")
-    return LlamaEmbedder(path, threads=config["whisper.threads"])
+    return configured_embedder(config, paths.models, "whisper")
 
 
 class Tier2:
